@@ -1,0 +1,89 @@
+package balancer
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// ErrNoBackend is returned by a [Picker] when no backend can take work:
+// the pool is empty, or every member is unhealthy or draining.
+var ErrNoBackend = errors.New("balancer: no healthy backend")
+
+// Backend describes one member of a pool as configured by the user.
+// Backend is comparable; Addr is its identity within a [Pool].
+type Backend struct {
+	// Addr is the backend's address and port. It identifies the backend.
+	Addr netip.AddrPort
+	// Weight is the backend's relative share of new work. Zero means 1.
+	Weight uint32
+	// Zone names the failure domain or location of the backend (a rack,
+	// an availability zone, a city). Empty means no zone.
+	Zone string
+}
+
+// weight returns b.Weight with the zero value mapped to 1.
+func (b Backend) weight() uint32 {
+	if b.Weight == 0 {
+		return 1
+	}
+	return b.Weight
+}
+
+// PickInfo carries what a [Picker] may use to choose an endpoint.
+// The zero value means "no affinity": the policy chooses freely.
+type PickInfo struct {
+	// Key is a 64-bit affinity hash: of the client address, the flow's
+	// 5-tuple, a cookie or the request URI. See [HashString], [HashAddr]
+	// and [HashFlow]. Hash-based policies send equal keys to the same
+	// endpoint while the ready set is unchanged.
+	Key uint64
+	// HasKey reports whether Key is set. Hash-based policies pick at
+	// random when it is false.
+	HasKey bool
+}
+
+// WithKey returns a PickInfo carrying the affinity key k.
+func WithKey(k uint64) PickInfo { return PickInfo{Key: k, HasKey: true} }
+
+// Picker chooses an endpoint for one unit of work (a request, a
+// connection, a DNS answer, a flow).
+//
+// A Picker is an immutable snapshot of a pool's ready set: it is safe for
+// concurrent use, never blocks and does not allocate. It returns
+// [ErrNoBackend] (possibly wrapped) when it has nothing to offer.
+type Picker interface {
+	Pick(info PickInfo) (*Endpoint, error)
+}
+
+// Weighted is one entry of a ready set: an endpoint and its effective
+// weight at the time the set was built. The effective weight is the
+// configured weight scaled down during slow start; it is always > 0.
+type Weighted struct {
+	Endpoint *Endpoint
+	Weight   float64
+}
+
+// Builder turns a ready set into a [Picker]. A pool calls Build whenever
+// the ready set or an effective weight changes.
+//
+// ready is never empty and must not be modified or retained beyond the
+// returned picker's needs (copy what you keep). Build may allocate and may
+// take time; Pick may not. Build must be safe to call from several pools at
+// once.
+type Builder interface {
+	Build(ready []Weighted) Picker
+}
+
+// BuilderFunc adapts a function to the [Builder] interface.
+type BuilderFunc func(ready []Weighted) Picker
+
+// Build calls f(ready).
+func (f BuilderFunc) Build(ready []Weighted) Picker { return f(ready) }
+
+// ErrPicker returns a [Picker] whose Pick always fails with err. Pools use
+// it for an empty ready set, so a snapshot is never nil.
+func ErrPicker(err error) Picker { return errPicker{err} }
+
+type errPicker struct{ err error }
+
+func (p errPicker) Pick(PickInfo) (*Endpoint, error) { return nil, p.err }

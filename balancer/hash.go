@@ -1,0 +1,56 @@
+package balancer
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// HashString returns the 64-bit xxHash of s, for use as [PickInfo.Key].
+func HashString(s string) uint64 { return xxhash.Sum64String(s) }
+
+// HashBytes returns the 64-bit xxHash of b, for use as [PickInfo.Key].
+func HashBytes(b []byte) uint64 { return xxhash.Sum64(b) }
+
+// HashAddr returns a 64-bit hash of an IP address. IPv4 and IPv4-mapped
+// IPv6 forms of the same address hash alike. It does not allocate.
+func HashAddr(a netip.Addr) uint64 {
+	b := a.Unmap().As16()
+	return xxhash.Sum64(b[:])
+}
+
+// HashAddrPort returns a 64-bit hash of an address and port. It does not
+// allocate.
+func HashAddrPort(ap netip.AddrPort) uint64 {
+	var b [18]byte
+	a := ap.Addr().Unmap().As16()
+	copy(b[:16], a[:])
+	binary.BigEndian.PutUint16(b[16:], ap.Port())
+	return xxhash.Sum64(b[:])
+}
+
+// HashFlow returns a 64-bit hash of a flow's 5-tuple: protocol number
+// (6 for TCP, 17 for UDP), source and destination. It does not allocate.
+func HashFlow(proto uint8, src, dst netip.AddrPort) uint64 {
+	var b [37]byte
+	s := src.Addr().Unmap().As16()
+	d := dst.Addr().Unmap().As16()
+	copy(b[0:16], s[:])
+	copy(b[16:32], d[:])
+	binary.BigEndian.PutUint16(b[32:], src.Port())
+	binary.BigEndian.PutUint16(b[34:], dst.Port())
+	b[36] = proto
+	return xxhash.Sum64(b[:])
+}
+
+// Mix64 is a fast bijective 64-bit mixer (splitmix64's finaliser). Policies
+// use it to derive independent hashes from one key.
+func Mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}

@@ -1,0 +1,236 @@
+// Package maglev implements Maglev consistent hashing (Eisenbud et al.,
+// "Maglev: A Fast and Reliable Software Network Load Balancer", NSDI 2016),
+// weighted as in Envoy, as a balancer policy and as an exported lookup
+// table.
+//
+// The table is the single source of truth for every data plane in lbkit:
+// Go pickers call [Table.Lookup], and kernel data planes (iplb, l2lb) copy
+// its slots into a BPF or nftables map, writing only the slots that
+// [Table.Diff] reports as changed.
+//
+// How the table is filled, on a tiny example: with size M = 7 and two
+// backends A and B, each gets a permutation of the slots from its own
+// hash, offset + j·skip mod M (skip in [1, M-1], so every permutation
+// visits every slot). Say A's is 3 0 4 1 5 2 6 and B's is 0 2 4 6 1 3 5.
+// Backends take turns claiming the next free slot of their permutation:
+// A takes 3, B takes 0, A takes 4 (0 is taken), B takes 2, A takes 1, B
+// takes 6, A takes 5. Table: [B A B A A A B]. Removing B leaves A's choices
+// unchanged wherever it had them, so only B's slots move: that is why
+// disruption is close to the ideal 1/N. Weights change how often a
+// backend gets a turn: a backend with half the largest weight claims a slot
+// every other round.
+package maglev
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/lbkit/lbkit/balancer"
+)
+
+// DefaultSize is the default table size: a prime well above 100 × the
+// number of backends for pools up to a few hundred.
+const DefaultSize = 65537
+
+// Table is a filled Maglev lookup table. It is immutable and safe for
+// concurrent use.
+type Table struct {
+	slots []uint32 // slot → entry index
+	ids   []uint64 // entry index → caller's identity
+}
+
+// NewTable builds a table of size slots (a prime, larger than len(ids))
+// for entries identified by ids (distinct, hashed to derive each entry's
+// permutation, so the same id gets the same slots in every build) with the
+// given relative weights (> 0; nil means all equal).
+func NewTable(ids []uint64, weights []float64, size int) (*Table, error) {
+	n := len(ids)
+	switch {
+	case n == 0:
+		return nil, errors.New("maglev: no entries")
+	case weights != nil && len(weights) != n:
+		return nil, fmt.Errorf("maglev: %d weights for %d entries", len(weights), n)
+	case size <= n:
+		return nil, fmt.Errorf("maglev: table size %d must exceed the entry count %d", size, n)
+	case size > math.MaxUint32 || !isPrime(uint64(size)):
+		return nil, fmt.Errorf("maglev: table size %d must be a prime below 2^32", size)
+	}
+	maxW := 0.0
+	for i := range n {
+		w := 1.0
+		if weights != nil {
+			w = weights[i]
+		}
+		if !(w > 0) || math.IsInf(w, 0) {
+			return nil, fmt.Errorf("maglev: weight %v of entry %d must be positive and finite", w, i)
+		}
+		maxW = max(maxW, w)
+	}
+
+	type cursor struct {
+		pos, skip uint64 // next candidate slot; step between candidates
+		weight    float64
+		target    float64 // Envoy's target_weight_: when this entry may claim next
+	}
+	m := uint64(size)
+	cur := make([]cursor, n)
+	seen := make(map[uint64]struct{}, n)
+	for i, id := range ids {
+		if _, dup := seen[id]; dup {
+			return nil, fmt.Errorf("maglev: duplicate id %#x", id)
+		}
+		seen[id] = struct{}{}
+		h1 := balancer.Mix64(id)
+		h2 := balancer.Mix64(h1 ^ 0x9e3779b97f4a7c15)
+		w := 1.0
+		if weights != nil {
+			w = weights[i]
+		}
+		cur[i] = cursor{pos: h1 % m, skip: h2%(m-1) + 1, weight: w / maxW}
+	}
+
+	const empty = math.MaxUint32
+	slots := make([]uint32, m)
+	for i := range slots {
+		slots[i] = empty
+	}
+	filled := uint64(0)
+	for iter := 1.0; ; iter++ {
+		for i := range cur {
+			c := &cur[i]
+			// An entry with weight w (of the largest) claims a slot on
+			// every 1/w-th round.
+			if iter*c.weight < c.target {
+				continue
+			}
+			c.target++
+			for slots[c.pos] != empty {
+				c.pos += c.skip
+				if c.pos >= m {
+					c.pos -= m
+				}
+			}
+			slots[c.pos] = uint32(i)
+			c.pos += c.skip
+			if c.pos >= m {
+				c.pos -= m
+			}
+			if filled++; filled == m {
+				return &Table{slots: slots, ids: append([]uint64(nil), ids...)}, nil
+			}
+		}
+	}
+}
+
+// Size returns the number of slots.
+func (t *Table) Size() int { return len(t.slots) }
+
+// Lookup returns the index (into the ids given to NewTable) of the entry
+// that owns hash h: the entry in slot h mod Size.
+func (t *Table) Lookup(h uint64) int { return int(t.slots[h%uint64(len(t.slots))]) }
+
+// Slot returns the entry index owning slot i.
+func (t *Table) Slot(i int) int { return int(t.slots[i]) }
+
+// SlotID returns the id of the entry owning slot i.
+func (t *Table) SlotID(i int) uint64 { return t.ids[t.slots[i]] }
+
+// IDs returns the entry ids in the order given to NewTable. The slice must
+// not be modified.
+func (t *Table) IDs() []uint64 { return t.ids }
+
+// Counts returns how many slots each entry owns, by entry index.
+func (t *Table) Counts() []int {
+	c := make([]int, len(t.ids))
+	for _, s := range t.slots {
+		c[s]++
+	}
+	return c
+}
+
+// Diff returns, in increasing order, the slots whose owning id differs
+// between old and t. A nil old or one of another size differs everywhere.
+// A data plane that mirrors the table writes only these slots.
+func (t *Table) Diff(old *Table) []int {
+	var d []int
+	if old == nil || len(old.slots) != len(t.slots) {
+		d = make([]int, len(t.slots))
+		for i := range d {
+			d[i] = i
+		}
+		return d
+	}
+	for i, s := range t.slots {
+		if t.ids[s] != old.ids[old.slots[i]] {
+			d = append(d, i)
+		}
+	}
+	return d
+}
+
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Builder builds Maglev pickers. Its zero value uses DefaultSize slots.
+// Endpoints are identified by [balancer.HashAddrPort] of their address, so
+// a backend keeps its slots across rebuilds and pools.
+type Builder struct {
+	// Size is the table size, a prime larger than the number of
+	// backends. Zero means DefaultSize.
+	Size int
+}
+
+var _ balancer.Builder = Builder{}
+
+// Build returns a picker over ready. If the table cannot be built (Size is
+// not a prime larger than the ready set), every pick fails with an error
+// wrapping [balancer.ErrNoBackend] that says why.
+func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
+	size := b.Size
+	if size == 0 {
+		size = DefaultSize
+	}
+	ids := make([]uint64, len(ready))
+	weights := make([]float64, len(ready))
+	eps := make([]*balancer.Endpoint, len(ready))
+	for i, w := range ready {
+		ids[i] = balancer.HashAddrPort(w.Endpoint.Addr())
+		weights[i] = w.Weight
+		eps[i] = w.Endpoint
+	}
+	t, err := NewTable(ids, weights, size)
+	if err != nil {
+		return balancer.ErrPicker(fmt.Errorf("%w: %v", balancer.ErrNoBackend, err))
+	}
+	return &Picker{table: t, eps: eps}
+}
+
+// Picker picks by Maglev lookup of the pick key; without a key it picks a
+// random slot, so keyless picks still follow the weights.
+type Picker struct {
+	table *Table
+	eps   []*balancer.Endpoint
+}
+
+// Table returns the picker's lookup table.
+func (p *Picker) Table() *Table { return p.table }
+
+// Pick returns the endpoint owning info.Key's slot. It does not allocate.
+func (p *Picker) Pick(info balancer.PickInfo) (*balancer.Endpoint, error) {
+	h := info.Key
+	if !info.HasKey {
+		h = rand.Uint64()
+	}
+	return p.eps[p.table.Lookup(h)], nil
+}

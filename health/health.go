@@ -1,0 +1,73 @@
+package health
+
+import (
+	"net/netip"
+	"time"
+)
+
+// State is the health state of a target.
+type State uint8
+
+// The states of a target. Unknown is the state before the first probe
+// when a target is configured to wait for one.
+const (
+	Unknown State = iota
+	Healthy
+	Unhealthy
+	Draining
+)
+
+// String returns the state's name in lower case.
+func (s State) String() string {
+	switch s {
+	case Healthy:
+		return "healthy"
+	case Unhealthy:
+		return "unhealthy"
+	case Draining:
+		return "draining"
+	default:
+		return "unknown"
+	}
+}
+
+// Outcome is what a front-end observed of one unit of work sent to a
+// target, reported through an Observer. It is a small value so reporting
+// it does not allocate.
+type Outcome struct {
+	// Failed reports a failure that says something about the target: a
+	// refused or timed-out connection, a reset, a 5xx from the target
+	// itself. Client errors (4xx, a client that went away) are not
+	// failures.
+	Failed bool
+	// Latency is the time the target took (to the response header, for
+	// HTTP), or zero if unknown.
+	Latency time.Duration
+}
+
+// Observer receives passive outcomes from front-ends. *Checker implements
+// it; front-ends accept the interface so they can be used without active
+// health checking. Observe must not block or allocate.
+type Observer interface {
+	Observe(target netip.AddrPort, o Outcome)
+}
+
+// Event reports a transition of one target. Events fire on transitions
+// only, never for a repeated state.
+type Event struct {
+	// Target is the address of the target that changed.
+	Target netip.AddrPort
+	// State is the new state; Prev the one before.
+	State, Prev State
+	// Weight is the weight the target asked for through an agent report
+	// (see Report), or 0 if the event does not change the weight.
+	Weight uint32
+	// Reason says which rule caused the change: "probe", "passive:
+	// consecutive failures", "passive: failure rate", "passive: latency",
+	// "agent", "ejection expired", "removed" ...
+	Reason string
+	// Err is the last probe or passive error behind the change, if any.
+	Err error
+	// Time is when the transition happened.
+	Time time.Time
+}
