@@ -87,3 +87,11 @@ func ErrPicker(err error) Picker { return errPicker{err} }
 type errPicker struct{ err error }
 
 func (p errPicker) Pick(PickInfo) (*Endpoint, error) { return nil, p.err }
+
+// PickerFunc adapts a function to the [Picker] interface. The function
+// must honour the Picker contract: safe for concurrent use, non-blocking,
+// allocation-free.
+type PickerFunc func(info PickInfo) (*Endpoint, error)
+
+// Pick calls f(info).
+func (f PickerFunc) Pick(info PickInfo) (*Endpoint, error) { return f(info) }
