@@ -1,0 +1,38 @@
+package roundrobin
+
+import "github.com/lbkit/lbkit/balancer"
+
+// Builder builds round-robin pickers. The zero value is ready to use and
+// is safe for concurrent use by several pools.
+type Builder struct{}
+
+var _ balancer.Builder = Builder{}
+
+// Build returns a picker that rotates over ready in order, starting at
+// random offsets. Weights are ignored. Build copies what it keeps.
+func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
+	if len(ready) == 0 {
+		return balancer.ErrPicker(balancer.ErrNoBackend)
+	}
+	eps := make([]*balancer.Endpoint, len(ready))
+	for i, w := range ready {
+		eps[i] = w.Endpoint
+	}
+	return &Picker{eps: eps, ctr: newCounter(len(eps))}
+}
+
+// Picker hands out its endpoints in turn. It is immutable apart from its
+// counters and safe for concurrent use.
+type Picker struct {
+	eps []*balancer.Endpoint
+	ctr counter
+}
+
+// Pick returns the next endpoint in rotation; info is ignored. It never
+// blocks, never fails and does not allocate.
+func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
+	if len(p.eps) == 1 {
+		return p.eps[0], nil
+	}
+	return p.eps[p.ctr.next()], nil
+}

@@ -1,0 +1,192 @@
+package roundrobin
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/balancertest"
+)
+
+var sizes = []int{1, 3, 100, 1000}
+
+func TestBuildEmpty(t *testing.T) {
+	_, err := Builder{}.Build(nil).Pick(balancer.PickInfo{})
+	require.ErrorIs(t, err, balancer.ErrNoBackend)
+}
+
+// Every shard visits every endpoint exactly once per n picks: strict
+// rotation from its own offset.
+func TestShardRotation(t *testing.T) {
+	for _, n := range []int{2, 3, 7, 100} {
+		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
+			p := Builder{}.Build(balancertest.Ready(n)).(*Picker)
+			for s := range p.ctr.shards {
+				first := p.ctr.on(s)
+				seen := map[uint64]bool{first: true}
+				prev := first
+				for range n - 1 {
+					i := p.ctr.on(s)
+					require.Equal(t, (prev+1)%uint64(n), i, "shard %d", s)
+					seen[i] = true
+					prev = i
+				}
+				assert.Len(t, seen, n)
+				assert.Equal(t, first, p.ctr.on(s), "shard %d wraps", s)
+			}
+		})
+	}
+}
+
+// Shards start at random offsets so pickers rebuilt together do not herd.
+func TestShardsStartAtRandomOffsets(t *testing.T) {
+	p := Builder{}.Build(balancertest.Ready(1000)).(*Picker)
+	starts := map[uint64]bool{}
+	for s := range p.ctr.shards {
+		starts[p.ctr.on(s)] = true
+	}
+	// 16+ shards drawing from 1000 offsets: all equal has probability 1e-45.
+	assert.Greater(t, len(starts), 1)
+}
+
+func TestDistribution(t *testing.T) {
+	for _, n := range sizes {
+		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
+			ready := balancertest.Ready(n)
+			p := Builder{}.Build(ready)
+			const perEndpoint = 200
+			counts := balancertest.Counts(t, p, n*perEndpoint, nil)
+			// Each shard is off by less than one pick per endpoint.
+			tol := float64(len(p.(*Picker).ctr.shards)) / perEndpoint
+			balancertest.CheckDistribution(t, ready, counts, tol)
+		})
+	}
+}
+
+// Picks from several goroutines still spread within the shard bound.
+func TestDistributionParallel(t *testing.T) {
+	ready := balancertest.Ready(10)
+	p := Builder{}.Build(ready)
+	const goroutines, each = 8, 5000
+	var mu sync.Mutex
+	total := map[*balancer.Endpoint]int{}
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			c := balancertest.Counts(t, p, each, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			for ep, k := range c {
+				total[ep] += k
+			}
+		})
+	}
+	wg.Wait()
+	shards := float64(len(p.(*Picker).ctr.shards))
+	balancertest.CheckDistribution(t, ready, total, shards/(goroutines*each/10))
+}
+
+func TestIgnoresWeights(t *testing.T) {
+	ready := balancertest.ReadyWeights(1, 2, 7.5)
+	p := Builder{}.Build(ready)
+	counts := balancertest.Counts(t, p, 30000, nil)
+	for _, w := range ready {
+		assert.InDelta(t, 10000, counts[w.Endpoint], float64(len(p.(*Picker).ctr.shards)))
+	}
+}
+
+func TestNoAllocs(t *testing.T) {
+	for _, n := range sizes {
+		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
+			balancertest.CheckNoAllocs(t, Builder{}.Build(balancertest.Ready(n)), balancer.PickInfo{})
+		})
+	}
+}
+
+func TestPickConcurrentWithUpdates(t *testing.T) {
+	pool := balancer.MustNew(balancer.Config{Builder: Builder{}, PanicThreshold: 0.3})
+	defer pool.Close()
+	const members = 12
+	backends := make([]balancer.Backend, members)
+	valid := map[any]bool{}
+	for i := range backends {
+		backends[i] = balancer.Backend{Addr: balancertest.Addr(i), Weight: uint32(1 + i%3)}
+		valid[backends[i].Addr] = true
+	}
+	require.NoError(t, pool.Set(backends))
+
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(done)
+		for i := range 2000 {
+			a := backends[i%members].Addr
+			switch i % 5 {
+			case 0:
+				pool.SetHealthy(a, i%2 == 0)
+			case 1:
+				pool.SetDraining(a, i%3 == 0)
+			case 2:
+				pool.SetWeight(a, uint32(1+i%4))
+			case 3:
+				pool.Remove(a)
+			case 4:
+				assert.NoError(t, pool.Add(backends[i%members]))
+			}
+		}
+	})
+	for range 4 {
+		wg.Go(func() {
+			for i := 0; i < 200_000; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				ep, err := pool.Pick(balancer.PickInfo{})
+				if err != nil {
+					if !errors.Is(err, balancer.ErrNoBackend) {
+						t.Errorf("pick: %v", err)
+						return
+					}
+					continue
+				}
+				if ep == nil || !valid[ep.Addr()] {
+					t.Errorf("picked %v", ep)
+					return
+				}
+				ep.Start()
+				ep.Done(nil, 0)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func benchmarkPick(b *testing.B, parallel bool) {
+	for _, n := range []int{3, 100, 1000} {
+		b.Run(fmt.Sprint("n=", n), func(b *testing.B) {
+			p := Builder{}.Build(balancertest.Ready(n))
+			b.ReportAllocs()
+			if parallel {
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						_, _ = p.Pick(balancer.PickInfo{})
+					}
+				})
+				return
+			}
+			for b.Loop() {
+				_, _ = p.Pick(balancer.PickInfo{})
+			}
+		})
+	}
+}
+
+func BenchmarkPick(b *testing.B)         { benchmarkPick(b, false) }
+func BenchmarkPickParallel(b *testing.B) { benchmarkPick(b, true) }
