@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+)
+
+// demoConfig holds the demo's flags.
+type demoConfig struct {
+	backends    int
+	requests    int
+	concurrency int
+	timeout     time.Duration
+	killBackend bool
+	only        string
+	progress    bool
+	verbose     bool
+}
+
+func demoMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var cfg demoConfig
+	fs := flag.NewFlagSet("lbkit demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&cfg.backends, "backends", 3, "number of backends started on loopback")
+	fs.IntVar(&cfg.requests, "requests", 10000, "requests per strategy")
+	fs.IntVar(&cfg.concurrency, "concurrency", 1000, "concurrent clients")
+	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "client timeout per request")
+	fs.BoolVar(&cfg.killBackend, "kill-backend", false, "kill one backend halfway through each strategy to show failover")
+	fs.StringVar(&cfg.only, "only", "", "comma-separated strategies to run (default: all)")
+	fs.BoolVar(&cfg.progress, "progress", true, "print a progress line while running")
+	fs.BoolVar(&cfg.verbose, "v", false, "log what the balancers do")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if cfg.backends < 1 || cfg.backends > 200 || cfg.requests < 1 || cfg.concurrency < 1 {
+		fmt.Fprintln(stderr, "lbkit demo: -backends must be 1..200, -requests and -concurrency at least 1")
+		return 2
+	}
+	if cfg.killBackend && cfg.backends < 2 {
+		fmt.Fprintln(stderr, "lbkit demo: -kill-backend needs at least 2 backends")
+		return 2
+	}
+	level := slog.LevelWarn
+	if cfg.verbose {
+		level = slog.LevelDebug
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
+
+	results, err := runDemo(ctx, cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbkit demo: %v\n", err)
+		return 1
+	}
+	printResults(stdout, cfg, results)
+	for _, r := range results {
+		if r.skip == "" && r.lost() {
+			return 1
+		}
+	}
+	return 0
+}
+
+// result is one row of the demo's table.
+type result struct {
+	name     string
+	skip     string // why the strategy did not run
+	ok, fail int
+	elapsed  time.Duration
+	p50, p99 time.Duration
+	perBack  []int64
+	expected bool // failures are expected here (no balancer to fail over)
+	note     string
+}
+
+func (r result) lost() bool { return r.fail > 0 && !r.expected }
+
+// spread is the busiest backend's share divided by the mean share among
+// backends that were alive throughout (1.00 is perfectly even).
+func (r result) spread() float64 {
+	var total, most int64
+	n := 0
+	for _, c := range r.perBack {
+		total += c
+		most = max(most, c)
+		n++
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(most) / (float64(total) / float64(n))
+}
+
+func printResults(w io.Writer, cfg demoConfig, results []result) {
+	fmt.Fprintf(w, "\nlbkit demo: %d requests per strategy, %d concurrent clients, %d backends on loopback", cfg.requests, cfg.concurrency, cfg.backends)
+	if cfg.killBackend {
+		fmt.Fprint(w, ", backend 1 killed halfway")
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "strategy\tsuccess\ttime\treq/s\tp50\tp99\tper backend\tspread\t")
+	for _, r := range results {
+		if r.skip != "" {
+			continue
+		}
+		total := r.ok + r.fail
+		pct := 100 * float64(r.ok) / float64(max(total, 1))
+		rps := float64(r.ok) / r.elapsed.Seconds()
+		counts := make([]string, len(r.perBack))
+		for i, c := range r.perBack {
+			counts[i] = fmt.Sprint(c)
+		}
+		fmt.Fprintf(tw, "%s\t%.2f%%\t%s\t%.0f\t%s\t%s\t%s\t%.2f\t\n", r.name, pct,
+			r.elapsed.Round(time.Millisecond), rps, fmtDur(r.p50), fmtDur(r.p99), strings.Join(counts, "/"), r.spread())
+	}
+	tw.Flush()
+	for _, r := range results {
+		switch {
+		case r.skip != "":
+			fmt.Fprintf(w, "skipped %s: %s\n", r.name, r.skip)
+		case r.note != "":
+			fmt.Fprintf(w, "%s: %s\n", r.name, r.note)
+		}
+	}
+	fmt.Fprintln(w, "spread = busiest backend / mean (1.00 is even)")
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	}
+}
+
+// backend is one demo backend: an HTTP server on its own loopback address.
+type backend struct {
+	addr  netip.AddrPort
+	srv   *http.Server
+	ln    net.Listener
+	count atomic.Int64
+	dead  atomic.Bool
+	done  chan struct{}
+}
+
+// startBackends starts n HTTP backends on 127.0.0.11, 127.0.0.12, ... all
+// on one port, so DNS answers (addresses only) can name them.
+func startBackends(n int) ([]*backend, error) {
+	for range 20 {
+		bs, err := tryStartBackends(n)
+		if err == nil {
+			return bs, nil
+		}
+	}
+	return nil, errors.New("could not find a free port on 127.0.0.11 and up")
+}
+
+func tryStartBackends(n int) ([]*backend, error) {
+	var bs []*backend
+	port := uint16(0)
+	for i := range n {
+		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)})
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, port).String())
+		if err != nil {
+			for _, b := range bs {
+				b.kill()
+			}
+			return nil, err
+		}
+		ap := netip.MustParseAddrPort(ln.Addr().String())
+		port = ap.Port()
+		b := &backend{addr: ap, ln: ln, done: make(chan struct{})}
+		body := []byte(fmt.Sprintf("hello from backend %d\n", i+1))
+		b.srv = &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b.count.Add(1)
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.Header().Set("Content-Type", "text/plain")
+				_, _ = w.Write(body)
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          nil,
+		}
+		go func() {
+			defer close(b.done)
+			_ = b.srv.Serve(ln)
+		}()
+		bs = append(bs, b)
+	}
+	return bs, nil
+}
+
+// kill stops the backend at once: listener closed, connections cut.
+func (b *backend) kill() {
+	if b.dead.Swap(true) {
+		return
+	}
+	_ = b.srv.Close()
+	<-b.done
+}
+
+// httpClient returns a keep-alive client sized for the concurrency.
+func httpClient(cfg demoConfig, follow bool) *http.Client {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: cfg.timeout}).DialContext,
+		MaxIdleConns:        cfg.concurrency * 2,
+		MaxIdleConnsPerHost: cfg.concurrency,
+		IdleConnTimeout:     30 * time.Second,
+		DisableCompression:  true,
+	}
+	c := &http.Client{Transport: tr, Timeout: cfg.timeout}
+	if !follow {
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	}
+	return c
+}
+
+// get performs one GET and reads the whole body; any status but 200 is an
+// error.
+func get(ctx context.Context, c *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// drive runs total requests through do with conc workers, kills a backend
+// halfway when asked, and measures.
+func drive(ctx context.Context, cfg demoConfig, name string, bs []*backend, do func(ctx context.Context, i int) error, progress io.Writer) result {
+	for _, b := range bs {
+		b.count.Store(0)
+	}
+	lat := make([]time.Duration, cfg.requests)
+	var next, done, failed atomic.Int64
+	var killOnce sync.Once
+	var firstErr atomic.Value
+	start := time.Now()
+	stopProgress := make(chan struct{})
+	var pwg sync.WaitGroup
+	if progress != nil {
+		pwg.Go(func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopProgress:
+					fmt.Fprintf(progress, "\r%-12s %6d/%d done, %d failed   \n", name, done.Load(), cfg.requests, failed.Load())
+					return
+				case <-t.C:
+					fmt.Fprintf(progress, "\r%-12s %6d/%d done, %d failed   ", name, done.Load(), cfg.requests, failed.Load())
+				}
+			}
+		})
+	}
+	var wg sync.WaitGroup
+	for range min(cfg.concurrency, cfg.requests) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= cfg.requests || ctx.Err() != nil {
+					return
+				}
+				t0 := time.Now()
+				err := do(ctx, i)
+				lat[i] = time.Since(t0)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+				if done.Add(1) == int64(cfg.requests/2) && cfg.killBackend {
+					killOnce.Do(func() { bs[0].kill() })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(stopProgress)
+	pwg.Wait()
+
+	n := int(done.Load())
+	lat = lat[:n]
+	slices.Sort(lat)
+	r := result{name: name, ok: n - int(failed.Load()), fail: int(failed.Load()), elapsed: elapsed}
+	if n > 0 {
+		r.p50 = lat[n/2]
+		r.p99 = lat[min(n-1, n*99/100)]
+	}
+	for _, b := range bs {
+		r.perBack = append(r.perBack, b.count.Load())
+	}
+	if e, ok := firstErr.Load().(string); ok {
+		r.note = "first error: " + e
+	}
+	return r
+}

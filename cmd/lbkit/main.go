@@ -1,0 +1,47 @@
+// Command lbkit runs lbkit's load balancers.
+//
+//	lbkit demo [flags]   the classic experiment through every strategy
+//
+// Run `lbkit demo -h` for the flags.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "demo":
+		return demoMain(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "lbkit: unknown command %q\n", args[0])
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: lbkit <command> [flags]
+
+commands:
+  demo    start backends on loopback and drive the classic experiment
+          (10,000 requests at 1,000 concurrency) through every strategy
+`)
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// strategy is one way of spreading the demo's requests over the backends.
+// setup prepares the front-end for bs and returns the per-request
+// function; a non-empty skip says why the strategy cannot run here.
+type strategy struct {
+	name  string
+	setup func(ctx context.Context, cfg demoConfig, bs []*backend) (do func(ctx context.Context, i int) error, cleanup func(), skip string, err error)
+	// expectLoss marks strategies without failover (direct): requests to a
+	// killed backend fail by design and do not fail the demo.
+	expectLoss bool
+}
+
+func strategies() []strategy {
+	return []strategy{
+		{name: "direct", setup: setupDirect, expectLoss: true},
+	}
+}
+
+func runDemo(ctx context.Context, cfg demoConfig, progressOut io.Writer) ([]result, error) {
+	var only map[string]bool
+	if cfg.only != "" {
+		only = map[string]bool{}
+		for _, s := range strings.Split(cfg.only, ",") {
+			only[strings.TrimSpace(s)] = true
+		}
+		for name := range only {
+			found := false
+			for _, s := range strategies() {
+				found = found || s.name == name
+			}
+			if !found {
+				return nil, fmt.Errorf("unknown strategy %q", name)
+			}
+		}
+	}
+	var progress io.Writer
+	if cfg.progress {
+		progress = progressOut
+	}
+	var results []result
+	for _, s := range strategies() {
+		if only != nil && !only[s.name] {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return results, err
+		}
+		r, err := runStrategy(ctx, cfg, s, progress)
+		if err != nil {
+			return results, fmt.Errorf("%s: %w", s.name, err)
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func runStrategy(ctx context.Context, cfg demoConfig, s strategy, progress io.Writer) (result, error) {
+	bs, err := startBackends(cfg.backends)
+	if err != nil {
+		return result{}, err
+	}
+	defer func() {
+		for _, b := range bs {
+			b.kill()
+		}
+	}()
+	do, cleanup, skip, err := s.setup(ctx, cfg, bs)
+	if err != nil {
+		return result{}, err
+	}
+	if skip != "" {
+		return result{name: s.name, skip: skip}, nil
+	}
+	defer cleanup()
+	r := drive(ctx, cfg, s.name, bs, do, progress)
+	r.expected = s.expectLoss && cfg.killBackend
+	return r, nil
+}
+
+// setupDirect is the baseline: no balancer; each client request goes
+// straight to backend i mod n.
+func setupDirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
+	c := httpClient(cfg, true)
+	urls := make([]string, len(bs))
+	for i, b := range bs {
+		urls[i] = "http://" + b.addr.String() + "/"
+	}
+	do := func(ctx context.Context, i int) error { return get(ctx, c, urls[i%len(urls)]) }
+	return do, c.CloseIdleConnections, "", nil
+}
