@@ -1,7 +1,6 @@
 package roundrobin
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -12,13 +11,6 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/balancertest"
 )
-
-var sizes = []int{1, 3, 100, 1000}
-
-func TestBuildEmpty(t *testing.T) {
-	_, err := Builder{}.Build(nil).Pick(balancer.PickInfo{})
-	require.ErrorIs(t, err, balancer.ErrNoBackend)
-}
 
 // Every shard visits every endpoint exactly once per n picks: strict
 // rotation from its own offset.
@@ -100,93 +92,3 @@ func TestIgnoresWeights(t *testing.T) {
 	}
 }
 
-func TestNoAllocs(t *testing.T) {
-	for _, n := range sizes {
-		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
-			balancertest.CheckNoAllocs(t, Builder{}.Build(balancertest.Ready(n)), balancer.PickInfo{})
-		})
-	}
-}
-
-func TestPickConcurrentWithUpdates(t *testing.T) {
-	pool := balancer.MustNew(balancer.Config{Builder: Builder{}, PanicThreshold: 0.3})
-	defer pool.Close()
-	const members = 12
-	backends := make([]balancer.Backend, members)
-	valid := map[any]bool{}
-	for i := range backends {
-		backends[i] = balancer.Backend{Addr: balancertest.Addr(i), Weight: uint32(1 + i%3)}
-		valid[backends[i].Addr] = true
-	}
-	require.NoError(t, pool.Set(backends))
-
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		defer close(done)
-		for i := range 2000 {
-			a := backends[i%members].Addr
-			switch i % 5 {
-			case 0:
-				pool.SetHealthy(a, i%2 == 0)
-			case 1:
-				pool.SetDraining(a, i%3 == 0)
-			case 2:
-				pool.SetWeight(a, uint32(1+i%4))
-			case 3:
-				pool.Remove(a)
-			case 4:
-				assert.NoError(t, pool.Add(backends[i%members]))
-			}
-		}
-	})
-	for range 4 {
-		wg.Go(func() {
-			for i := 0; i < 200_000; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				ep, err := pool.Pick(balancer.PickInfo{})
-				if err != nil {
-					if !errors.Is(err, balancer.ErrNoBackend) {
-						t.Errorf("pick: %v", err)
-						return
-					}
-					continue
-				}
-				if ep == nil || !valid[ep.Addr()] {
-					t.Errorf("picked %v", ep)
-					return
-				}
-				ep.Start()
-				ep.Done(nil, 0)
-			}
-		})
-	}
-	wg.Wait()
-}
-
-func benchmarkPick(b *testing.B, parallel bool) {
-	for _, n := range []int{3, 100, 1000} {
-		b.Run(fmt.Sprint("n=", n), func(b *testing.B) {
-			p := Builder{}.Build(balancertest.Ready(n))
-			b.ReportAllocs()
-			if parallel {
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						_, _ = p.Pick(balancer.PickInfo{})
-					}
-				})
-				return
-			}
-			for b.Loop() {
-				_, _ = p.Pick(balancer.PickInfo{})
-			}
-		})
-	}
-}
-
-func BenchmarkPick(b *testing.B)         { benchmarkPick(b, false) }
-func BenchmarkPickParallel(b *testing.B) { benchmarkPick(b, true) }
