@@ -721,12 +721,12 @@ type Offload uint32
 
 // Offload features, as ethtool -K names them.
 const (
-	TxChecksum Offload = unix.ETHTOOL_STXCSUM // tx-checksumming
-	RxChecksum Offload = unix.ETHTOOL_SRXCSUM // rx-checksumming
-	ScatterGather Offload = unix.ETHTOOL_SSG  // scatter-gather
-	TSO        Offload = unix.ETHTOOL_STSO    // tcp-segmentation-offload
-	GSO        Offload = unix.ETHTOOL_SGSO    // generic-segmentation-offload
-	GRO        Offload = unix.ETHTOOL_SGRO    // generic-receive-offload
+	TxChecksum    Offload = unix.ETHTOOL_STXCSUM // tx-checksumming
+	RxChecksum    Offload = unix.ETHTOOL_SRXCSUM // rx-checksumming
+	ScatterGather Offload = unix.ETHTOOL_SSG     // scatter-gather
+	TSO           Offload = unix.ETHTOOL_STSO    // tcp-segmentation-offload
+	GSO           Offload = unix.ETHTOOL_SGSO    // generic-segmentation-offload
+	GRO           Offload = unix.ETHTOOL_SGRO    // generic-receive-offload
 )
 
 // SetOffload turns an offload feature of the link dev on or off, through
