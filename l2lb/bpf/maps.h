@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* The l2lb program's maps. The control plane resizes them at load time
+ * (max_entries) from its Config; the sizes here are defaults. */
+#ifndef L2LB_MAPS_H
+#define L2LB_MAPS_H
+
+#include "types.h"
+#include "bpf_helpers.h"
+#include "structs.h"
+
+/* Virtual services: (VIP, port, protocol) to service. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vip_key);
+	__type(value, struct service);
+	__uint(max_entries, MAX_SERVICES);
+} services SEC(".maps");
+
+/* Maglev tables, RING_SIZE slots per service: slot to backend id.
+ * Backend id 0 is reserved and never up: an empty service's ring is all 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, MAX_SERVICES * RING_SIZE);
+} rings SEC(".maps");
+
+/* Backends by id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, MAX_BACKENDS);
+} backends SEC(".maps");
+
+/* The connection table: flow to backend id. One LRU hash shared by every
+ * CPU rather than an LRU per CPU: in generic XDP (and with senders that
+ * migrate between CPUs, as on veth) one flow's packets are processed on
+ * several CPUs, and per-CPU tables would each pick, and could disagree
+ * after a ring change. Lookups are lock-free; only new flows write. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+	__uint(max_entries, CONN_TABLE_SIZE);
+} conns SEC(".maps");
+
+/* The balancer's settings: one entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(max_entries, 1);
+} lb_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counters);
+	__uint(max_entries, MAX_SERVICES);
+} service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counters);
+	__uint(max_entries, MAX_BACKENDS);
+} backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct global_counters);
+	__uint(max_entries, 1);
+} global_stats SEC(".maps");
+
+#endif

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Map keys and values shared by the l2lb program and its Go control plane.
+ * bpf2go generates the Go types from this file's BTF (l2lbVipKey,
+ * l2lbBackend, ...), so nothing here is mirrored by hand in Go. */
+#ifndef L2LB_STRUCTS_H
+#define L2LB_STRUCTS_H
+
+#include "types.h"
+
+/* RING_SIZE is the number of slots of each service's Maglev table: a
+ * prime, maglev.DefaultSize. Ring slot i of service s lives at index
+ * s * RING_SIZE + i of the rings map. */
+#define RING_SIZE 65537
+
+/* Default map sizes; the control plane sets the real ones at load time. */
+#define MAX_SERVICES 16
+#define MAX_BACKENDS 1024
+#define CONN_TABLE_SIZE 65536
+
+/* FLOW_HASH_SEED starts the flow hash. It is a constant so every balancer
+ * of a fleet hashes a flow alike. */
+#define FLOW_HASH_SEED 0x6c326c62666c6f77ULL /* "l2lbflow" */
+
+/* backend.flags */
+#define BACKEND_UP 1 /* forward to this backend (its MAC is known) */
+
+/* config.flags */
+#define CONFIG_READY 1 /* the balancer's MAC is set: balance */
+
+/* A virtual service: destination address, port and protocol. IPv4
+ * addresses are stored IPv4-mapped (::ffff:a.b.c.d), as Go's
+ * netip.Addr.As16 gives them; family tells IPv4 (4) from IPv6 (6). */
+struct vip_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* What a virtual service maps to. */
+struct service {
+	__u32 id; /* index of the service's ring and counters */
+	__u32 flags; /* reserved, zero */
+};
+
+/* One backend: where frames for it go. */
+struct backend {
+	__u8 mac[6];
+	__u16 flags; /* BACKEND_UP */
+	__u32 service; /* the service the backend belongs to */
+};
+
+/* A flow's 5-tuple, the connection table's key and the flow hash's input.
+ * Addresses as in vip_key; ports in network byte order. */
+struct flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+} __attribute__((aligned(8)));
+
+/* The balancer's own settings. */
+struct config {
+	__u8 mac[6]; /* source MAC of forwarded frames: the interface's */
+	__u16 flags; /* CONFIG_READY */
+};
+
+/* Packet and byte counters of a service or backend (per CPU). */
+struct counters {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Counters of every frame the program saw (per CPU). */
+struct global_counters {
+	__u64 passed;       /* XDP_PASS: not for a virtual service, or not parsed */
+	__u64 dropped;      /* XDP_DROP, all causes */
+	__u64 no_backend;   /* dropped: the service had no backend up */
+	__u64 forwarded;    /* XDP_TX to a backend */
+	__u64 conn_hits;    /* forwarded by the connection table */
+	__u64 conn_misses;  /* picked from the ring: new flow, or TCP SYN */
+	__u64 conn_repicks; /* the cached backend was down: picked again */
+};
+
+#endif

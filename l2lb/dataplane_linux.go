@@ -1,0 +1,193 @@
+package l2lb
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// dataplane is the loaded XDP program and its maps, with typed writers
+// for the control plane and typed readers for Stats.
+type dataplane struct {
+	objs        l2lbObjects
+	maxServices int
+	maxBackends int
+	ncpu        int
+}
+
+// loadDataplane loads the program with maps sized for maxServices
+// services, maxBackends backend ids and a connection table of connTable
+// flows. It needs CAP_BPF (root).
+func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) {
+	spec, err := loadL2lb()
+	if err != nil {
+		return nil, fmt.Errorf("l2lb: load program spec: %w", err)
+	}
+	spec.Maps["services"].MaxEntries = uint32(maxServices)
+	spec.Maps["service_stats"].MaxEntries = uint32(maxServices)
+	spec.Maps["rings"].MaxEntries = uint32(maxServices * RingSize)
+	spec.Maps["backends"].MaxEntries = uint32(maxBackends)
+	spec.Maps["backend_stats"].MaxEntries = uint32(maxBackends)
+	spec.Maps["conns"].MaxEntries = uint32(connTable)
+	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends}
+	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("l2lb: load program: %+v", ve)
+		}
+		return nil, fmt.Errorf("l2lb: load program: %w", err)
+	}
+	dp.ncpu, err = ebpf.PossibleCPU()
+	if err != nil {
+		dp.objs.Close()
+		return nil, fmt.Errorf("l2lb: %w", err)
+	}
+	return dp, nil
+}
+
+func (dp *dataplane) Close() error { return dp.objs.Close() }
+
+func (dp *dataplane) setConfig(mac [6]byte) error {
+	c := l2lbConfig{Mac: mac, Flags: 1} // CONFIG_READY
+	if err := dp.objs.LbConfig.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write config: %w", err)
+	}
+	return nil
+}
+
+func vipKey(v VIP) l2lbVipKey {
+	return l2lbVipKey{
+		Addr:   v.Addr.Addr().As16(),
+		Port:   htons(v.Addr.Port()),
+		Proto:  uint8(v.Proto),
+		Family: family(v.Addr.Addr()),
+	}
+}
+
+func htons(p uint16) uint16 { return p<<8 | p>>8 }
+
+func (dp *dataplane) setService(v VIP, id uint32) error {
+	k := vipKey(v)
+	if err := dp.objs.Services.Update(&k, &l2lbService{Id: id}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write service %s/%s: %w", v.Addr, v.Proto, err)
+	}
+	return nil
+}
+
+func (dp *dataplane) deleteService(v VIP) error {
+	k := vipKey(v)
+	if err := dp.objs.Services.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("l2lb: delete service %s/%s: %w", v.Addr, v.Proto, err)
+	}
+	return nil
+}
+
+// setSlots writes ring slots slots[i] of service to backend ids[i], in
+// batches where the kernel supports it.
+func (dp *dataplane) setSlots(service uint32, slots []int, ids []uint32) error {
+	if len(slots) == 0 {
+		return nil
+	}
+	keys := make([]uint32, len(slots))
+	for i, s := range slots {
+		keys[i] = service*RingSize + uint32(s)
+	}
+	const batch = 8192
+	for i := 0; i < len(keys); i += batch {
+		j := min(i+batch, len(keys))
+		_, err := dp.objs.Rings.BatchUpdate(keys[i:j], ids[i:j], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			for k := i; k < j; k++ {
+				if err = dp.objs.Rings.Update(keys[k], ids[k], ebpf.UpdateAny); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("l2lb: write ring of service %d: %w", service, err)
+		}
+	}
+	return nil
+}
+
+func (dp *dataplane) setBackend(id uint32, e BackendEntry) error {
+	v := l2lbBackend{Mac: e.MAC, Service: e.Service}
+	if e.Up {
+		v.Flags = 1 // BACKEND_UP
+	}
+	if err := dp.objs.Backends.Update(id, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write backend %d: %w", id, err)
+	}
+	return nil
+}
+
+func (dp *dataplane) counters() (Counters, error) {
+	per := make([]l2lbGlobalCounters, dp.ncpu)
+	if err := dp.objs.GlobalStats.Lookup(uint32(0), &per); err != nil {
+		return Counters{}, fmt.Errorf("l2lb: read counters: %w", err)
+	}
+	var c Counters
+	for _, p := range per {
+		c.Passed += p.Passed
+		c.Dropped += p.Dropped
+		c.NoBackend += p.NoBackend
+		c.Forwarded += p.Forwarded
+		c.ConnHits += p.ConnHits
+		c.ConnMisses += p.ConnMisses
+		c.ConnRepicks += p.ConnRepicks
+	}
+	return c, nil
+}
+
+func (dp *dataplane) traffic(m *ebpf.Map, id uint32) (Traffic, error) {
+	per := make([]l2lbCounters, dp.ncpu)
+	if err := m.Lookup(id, &per); err != nil {
+		return Traffic{}, fmt.Errorf("l2lb: read counters %d: %w", id, err)
+	}
+	var t Traffic
+	for _, p := range per {
+		t.Packets += p.Packets
+		t.Bytes += p.Bytes
+	}
+	return t, nil
+}
+
+func (dp *dataplane) serviceTraffic(id uint32) (Traffic, error) {
+	return dp.traffic(dp.objs.ServiceStats, id)
+}
+
+func (dp *dataplane) backendTraffic(id uint32) (Traffic, error) {
+	return dp.traffic(dp.objs.BackendStats, id)
+}
+
+// resetTraffic zeroes the counters of a backend or service id about to
+// be reused.
+func (dp *dataplane) resetTraffic(m *ebpf.Map, id uint32) error {
+	zero := make([]l2lbCounters, dp.ncpu)
+	if err := m.Update(id, zero, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: reset counters %d: %w", id, err)
+	}
+	return nil
+}
+
+// cachedBackend returns the backend id the connection table holds for f.
+func (dp *dataplane) cachedBackend(f Flow) (uint32, bool) {
+	k := flowKeyOf(f)
+	var id uint32
+	if err := dp.objs.Conns.Lookup(&k, &id); err != nil {
+		return 0, false
+	}
+	return id, true
+}
+
+func flowKeyOf(f Flow) l2lbFlowKey {
+	return l2lbFlowKey{
+		Src:    f.Src.Addr().As16(),
+		Dst:    f.Dst.Addr().As16(),
+		Sport:  htons(f.Src.Port()),
+		Dport:  htons(f.Dst.Port()),
+		Proto:  uint8(f.Proto),
+		Family: family(f.Dst.Addr()),
+	}
+}

@@ -1,0 +1,394 @@
+package l2lb
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/lbkit/lbkit/balancer"
+)
+
+// RingSize is the number of slots of each service's Maglev table in the
+// data plane: a prime, equal to maglev.DefaultSize. A flow with hash h
+// uses slot h mod RingSize.
+const RingSize = 65537
+
+// flowHashSeed starts [FlowHash]; it matches FLOW_HASH_SEED in
+// bpf/structs.h.
+const flowHashSeed = 0x6c326c62666c6f77
+
+// Protocol is an IP protocol number the data plane balances.
+type Protocol uint8
+
+// The protocols a [Service] can carry.
+const (
+	TCP Protocol = 6
+	UDP Protocol = 17
+)
+
+// String returns "tcp", "udp" or the protocol number.
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	default:
+		return fmt.Sprintf("proto(%d)", uint8(p))
+	}
+}
+
+// Verdict is what the XDP program does with a frame. Its values are the
+// kernel's XDP action codes.
+type Verdict uint32
+
+// The verdicts the program returns.
+const (
+	// Drop discards the frame: it was for a service with no backend up.
+	Drop Verdict = 1
+	// Pass hands the frame to the balancer's own network stack: it was
+	// not for a virtual service, or not a TCP or UDP frame the program
+	// parses.
+	Pass Verdict = 2
+	// TX sends the frame, its MAC addresses rewritten, back out of the
+	// interface it came in on, to the backend.
+	TX Verdict = 3
+)
+
+// String returns the verdict's XDP name.
+func (v Verdict) String() string {
+	switch v {
+	case Drop:
+		return "XDP_DROP"
+	case Pass:
+		return "XDP_PASS"
+	case TX:
+		return "XDP_TX"
+	default:
+		return fmt.Sprintf("verdict(%d)", uint32(v))
+	}
+}
+
+// Flow is what the data plane reads from a frame: the 5-tuple and whether
+// the segment opens a TCP connection.
+type Flow struct {
+	Proto    Protocol
+	Src, Dst netip.AddrPort
+	// SYN reports a TCP segment with SYN set and ACK clear: it always
+	// picks from the ring, never from the connection table.
+	SYN bool
+}
+
+// flowKey is the wire layout of struct flow_key (bpf/structs.h): the
+// connection table's key and the flow hash's input.
+func (f Flow) key() [40]byte {
+	var k [40]byte
+	s, d := f.Src.Addr().As16(), f.Dst.Addr().As16()
+	copy(k[0:16], s[:])
+	copy(k[16:32], d[:])
+	binary.BigEndian.PutUint16(k[32:], f.Src.Port())
+	binary.BigEndian.PutUint16(k[34:], f.Dst.Port())
+	k[36] = uint8(f.Proto)
+	k[37] = family(f.Dst.Addr())
+	return k
+}
+
+func family(a netip.Addr) uint8 {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+// FlowHash returns the hash the data plane computes for f: starting from
+// a fixed seed, h = Mix64(h ^ w) for each of the five little-endian 64-bit
+// words of the flow key (source and destination addresses in their 16-byte
+// form, IPv4 mapped; ports in network byte order; protocol; address
+// family 4 or 6; two zero bytes). The seed is a constant so every balancer
+// of a fleet hashes a flow alike. It does not allocate.
+func FlowHash(f Flow) uint64 {
+	k := f.key()
+	h := uint64(flowHashSeed)
+	for i := 0; i < len(k); i += 8 {
+		h = balancer.Mix64(h ^ binary.LittleEndian.Uint64(k[i:]))
+	}
+	return h
+}
+
+// ParseFlow reads the flow of an Ethernet frame as the XDP program does.
+// It reports false for frames the program passes without a lookup: other
+// EtherTypes (ARP, VLAN-tagged frames), an IP version that disagrees with
+// the EtherType, IPv4 with a header length under 20 bytes, IPv4 fragments,
+// IPv6 with extension headers, protocols other than TCP and UDP, and
+// frames cut short of the headers it reads. Lengths in the IP headers are
+// not checked against the frame: the balancer forwards frames, the
+// backend's stack validates them.
+func ParseFlow(frame []byte) (Flow, bool) {
+	const ethLen = 14
+	if len(frame) < ethLen {
+		return Flow{}, false
+	}
+	var (
+		f     Flow
+		l4    []byte
+		proto uint8
+	)
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case 0x0800:
+		ip := frame[ethLen:]
+		if len(ip) < 20 || ip[0]>>4 != 4 {
+			return Flow{}, false
+		}
+		ihl := int(ip[0]&0x0f) * 4
+		if ihl < 20 {
+			return Flow{}, false
+		}
+		if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 { // MF or offset
+			return Flow{}, false
+		}
+		proto = ip[9]
+		src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
+		f.Src, f.Dst = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
+		if len(ip) < ihl {
+			return Flow{}, false
+		}
+		l4 = ip[ihl:]
+	case 0x86dd:
+		ip := frame[ethLen:]
+		if len(ip) < 40 || ip[0]>>4 != 6 {
+			return Flow{}, false
+		}
+		proto = ip[6]
+		src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
+		f.Src, f.Dst = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
+		l4 = ip[40:]
+	default:
+		return Flow{}, false
+	}
+	switch Protocol(proto) {
+	case TCP:
+		if len(l4) < 20 {
+			return Flow{}, false
+		}
+		const syn, ack = 0x02, 0x10
+		f.SYN = l4[13]&(syn|ack) == syn
+	case UDP:
+		if len(l4) < 8 {
+			return Flow{}, false
+		}
+	default:
+		return Flow{}, false
+	}
+	f.Proto = Protocol(proto)
+	f.Src = netip.AddrPortFrom(f.Src.Addr(), binary.BigEndian.Uint16(l4[0:]))
+	f.Dst = netip.AddrPortFrom(f.Dst.Addr(), binary.BigEndian.Uint16(l4[2:]))
+	return f, true
+}
+
+// Counters are the data plane's global counters. Every frame the program
+// sees adds one to exactly one of Passed, Dropped and Forwarded.
+type Counters struct {
+	Passed      uint64 // passed to the balancer's stack (not for a service, or not parsed)
+	Dropped     uint64 // dropped, all causes
+	NoBackend   uint64 // dropped because the service had no backend up
+	Forwarded   uint64 // rewritten and sent to a backend
+	ConnHits    uint64 // forwarded to the backend cached in the connection table
+	ConnMisses  uint64 // picked from the ring: no cached backend, or a TCP SYN
+	ConnRepicks uint64 // the cached backend was down: picked from the ring again
+}
+
+// Traffic counts the packets and bytes (whole frames) sent to a service or
+// a backend.
+type Traffic struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// CacheResult says how the connection table took part in a decision.
+type CacheResult uint8
+
+// The ways a decision can use the connection table.
+const (
+	// CacheMiss: the flow had no cached backend, or was a TCP SYN.
+	CacheMiss CacheResult = iota
+	// CacheHit: the cached backend was up and took the frame.
+	CacheHit
+	// CacheRepick: the cached backend was down; the ring picked again.
+	CacheRepick
+)
+
+// Decision is the model's account of one frame.
+type Decision struct {
+	Verdict Verdict
+	// Service and Backend are the ids the program used (Backend is 0
+	// unless Verdict is TX).
+	Service, Backend uint32
+	// Slot is the ring slot the flow hashes to (set when the frame was
+	// for a service).
+	Slot  uint32
+	Cache CacheResult
+}
+
+// BackendEntry is the data plane's record of one backend id.
+type BackendEntry struct {
+	MAC [6]byte
+	// Up means the backend takes traffic: new flows through the ring,
+	// and cached flows. A drained backend is up but out of the ring.
+	Up bool
+	// Service is the id of the service the backend belongs to; a cached
+	// flow whose backend id now belongs to another service picks again.
+	Service uint32
+}
+
+// VIP identifies a virtual service: the destination address, port and
+// protocol of its frames.
+type VIP struct {
+	Addr  netip.AddrPort
+	Proto Protocol
+}
+
+// Model is a pure-Go model of the XDP program's decisions over the same
+// state as its maps: services, rings, backends, the balancer's MAC and the
+// connection table (unbounded: the model never evicts, the kernel's LRU
+// table does when full). Fed the same state and frames, it picks the same
+// backend and counts the same, which is how the tests check the program.
+// It also answers "where does this flow go" without a kernel.
+//
+// The zero value is not ready; use [NewModel]. A Model is not safe for
+// concurrent use.
+type Model struct {
+	mac      [6]byte
+	services map[VIP]uint32
+	rings    map[uint32][]uint32
+	backends map[uint32]BackendEntry
+	conns    map[[40]byte]uint32
+
+	// Counters are the global counters, as the program keeps them.
+	Counters Counters
+	// ServiceTraffic and BackendTraffic count by service and backend id.
+	ServiceTraffic map[uint32]Traffic
+	BackendTraffic map[uint32]Traffic
+}
+
+// NewModel returns a model of a balancer whose interface has the MAC mac,
+// with no services.
+func NewModel(mac [6]byte) *Model {
+	return &Model{
+		mac:            mac,
+		services:       make(map[VIP]uint32),
+		rings:          make(map[uint32][]uint32),
+		backends:       make(map[uint32]BackendEntry),
+		conns:          make(map[[40]byte]uint32),
+		ServiceTraffic: make(map[uint32]Traffic),
+		BackendTraffic: make(map[uint32]Traffic),
+	}
+}
+
+// SetService maps v to service id (see [Model.SetSlots] for its ring).
+func (m *Model) SetService(v VIP, id uint32) { m.services[v] = id }
+
+// DeleteService removes v.
+func (m *Model) DeleteService(v VIP) { delete(m.services, v) }
+
+// SetSlots sets ring slot slots[i] of service id to backend id ids[i]. A
+// slot never set holds 0, the reserved id that is never up.
+func (m *Model) SetSlots(service uint32, slots []int, ids []uint32) {
+	r := m.rings[service]
+	if r == nil {
+		r = make([]uint32, RingSize)
+		m.rings[service] = r
+	}
+	for i, s := range slots {
+		r[s] = ids[i]
+	}
+}
+
+// SetBackend sets the entry of backend id.
+func (m *Model) SetBackend(id uint32, e BackendEntry) { m.backends[id] = e }
+
+// Backend returns the entry of backend id (the zero entry if never set).
+func (m *Model) Backend(id uint32) BackendEntry { return m.backends[id] }
+
+// backendOK mirrors backend_ok in bpf/l2lb.c.
+func (m *Model) backendOK(id, service uint32) (BackendEntry, bool) {
+	e, ok := m.backends[id]
+	return e, ok && e.Up && e.Service == service
+}
+
+// Decide returns the program's decision for a frame of flow f of length
+// size bytes, and updates the connection table and counters as the
+// program does.
+func (m *Model) Decide(f Flow, size int) Decision {
+	sid, ok := m.services[VIP{f.Dst, f.Proto}]
+	if !ok {
+		m.Counters.Passed++
+		return Decision{Verdict: Pass}
+	}
+	n := uint64(size)
+	add(m.ServiceTraffic, sid, n)
+	d := Decision{Service: sid, Slot: uint32(FlowHash(f) % RingSize)}
+	k := f.key()
+	var id uint32
+	found := false
+	if !(f.Proto == TCP && f.SYN) {
+		if cached, hit := m.conns[k]; hit {
+			id = cached
+			if _, found = m.backendOK(id, sid); found {
+				d.Cache = CacheHit
+				m.Counters.ConnHits++
+			} else {
+				d.Cache = CacheRepick
+				m.Counters.ConnRepicks++
+			}
+		} else {
+			m.Counters.ConnMisses++
+		}
+	} else {
+		m.Counters.ConnMisses++
+	}
+	if !found {
+		id = 0
+		if r := m.rings[sid]; r != nil {
+			id = r[d.Slot]
+		}
+		if _, found = m.backendOK(id, sid); !found {
+			m.Counters.NoBackend++
+			m.Counters.Dropped++
+			d.Verdict = Drop
+			return d
+		}
+		m.conns[k] = id
+	}
+	add(m.BackendTraffic, id, n)
+	m.Counters.Forwarded++
+	d.Verdict, d.Backend = TX, id
+	return d
+}
+
+func add(m map[uint32]Traffic, id uint32, bytes uint64) {
+	t := m[id]
+	t.Packets++
+	t.Bytes += bytes
+	m[id] = t
+}
+
+// Process runs frame through the model: it parses the frame as the
+// program does, decides, and returns the decision and the frame the
+// program would send (a rewritten copy for TX: destination MAC the
+// backend's, source MAC the balancer's; frame itself otherwise).
+func (m *Model) Process(frame []byte) (Decision, []byte) {
+	f, ok := ParseFlow(frame)
+	if !ok {
+		m.Counters.Passed++
+		return Decision{Verdict: Pass}, frame
+	}
+	d := m.Decide(f, len(frame))
+	if d.Verdict != TX {
+		return d, frame
+	}
+	out := append([]byte(nil), frame...)
+	be := m.backends[d.Backend]
+	copy(out[0:6], be.MAC[:])
+	copy(out[6:12], m.mac[:])
+	return d, out
+}

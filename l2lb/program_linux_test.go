@@ -1,0 +1,406 @@
+package l2lb
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer/maglev"
+)
+
+func requireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("l2lb: loading XDP programs needs root (CAP_BPF, CAP_NET_ADMIN); skipping")
+	}
+}
+
+// twin is the XDP program and the Go model fed the same state, so every
+// frame can be run through both and compared.
+type twin struct {
+	tb testing.TB
+	dp *dataplane
+	m  *Model
+}
+
+func newTwin(tb testing.TB) *twin {
+	tb.Helper()
+	requireRoot(tb)
+	dp, err := loadDataplane(4, 64, 1<<16)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { dp.Close() })
+	require.NoError(tb, dp.setConfig(balancerMAC))
+	return &twin{tb: tb, dp: dp, m: NewModel(balancerMAC)}
+}
+
+func (tw *twin) service(v VIP, id uint32) {
+	require.NoError(tw.tb, tw.dp.setService(v, id))
+	tw.m.SetService(v, id)
+}
+
+func (tw *twin) backend(id uint32, e BackendEntry) {
+	require.NoError(tw.tb, tw.dp.setBackend(id, e))
+	tw.m.SetBackend(id, e)
+}
+
+// ring fills service's ring with a Maglev table over backend ids (the
+// table's ids are the backend ids) and returns the table.
+func (tw *twin) ring(service uint32, ids []uint32, old *maglev.Table) *maglev.Table {
+	mids := make([]uint64, len(ids))
+	for i, id := range ids {
+		mids[i] = uint64(id)
+	}
+	t, err := maglev.NewTable(mids, nil, RingSize)
+	require.NoError(tw.tb, err)
+	slots := t.Diff(old)
+	vals := make([]uint32, len(slots))
+	for i, s := range slots {
+		vals[i] = uint32(t.SlotID(s))
+	}
+	require.NoError(tw.tb, tw.dp.setSlots(service, slots, vals))
+	tw.m.SetSlots(service, slots, vals)
+	return t
+}
+
+// run runs frame through the program and returns its verdict and output.
+func (tw *twin) run(in []byte) (Verdict, []byte) {
+	tw.tb.Helper()
+	opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256)}
+	ret, err := tw.dp.objs.L2lbXdp.Run(&opts)
+	require.NoError(tw.tb, err)
+	return Verdict(ret), opts.DataOut
+}
+
+// both runs frame through the program and the model, requires the same
+// verdict and bytes, and returns the model's decision.
+func (tw *twin) both(in []byte) (Decision, []byte) {
+	tw.tb.Helper()
+	v, out := tw.run(in)
+	d, want := tw.m.Process(in)
+	require.Equal(tw.tb, d.Verdict, v, "verdict for frame %x", in)
+	require.Equal(tw.tb, want, out, "frame out")
+	return d, out
+}
+
+var (
+	vip4   = netip.MustParseAddrPort("198.18.0.100:80")
+	vip6   = netip.MustParseAddrPort("[2001:db8::100]:80")
+	vip4u  = netip.MustParseAddrPort("198.18.0.100:53")
+	vip6u  = netip.MustParseAddrPort("[2001:db8::100]:53")
+	client = netip.MustParseAddr("198.18.0.1")
+	cli6   = netip.MustParseAddr("2001:db8::1")
+)
+
+func macOf(id uint32) [6]byte { return [6]byte{0x02, 0xbe, 0, 0, byte(id >> 8), byte(id)} }
+
+// fourServices sets up TCP and UDP services on an IPv4 and an IPv6 VIP,
+// three backends each (ids 1-3, 4-6, ...).
+func fourServices(tw *twin) []VIP {
+	vips := []VIP{{vip4, TCP}, {vip6, TCP}, {vip4u, UDP}, {vip6u, UDP}}
+	for s, v := range vips {
+		sid := uint32(s)
+		tw.service(v, sid)
+		ids := []uint32{3*sid + 1, 3*sid + 2, 3*sid + 3}
+		for _, id := range ids {
+			tw.backend(id, BackendEntry{MAC: macOf(id), Up: true, Service: sid})
+		}
+		tw.ring(sid, ids, nil)
+	}
+	return vips
+}
+
+func TestProgramRewrite(t *testing.T) {
+	tw := newTwin(t)
+	vips := fourServices(tw)
+	payload := []byte("GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
+	for s, v := range vips {
+		src := client
+		if v.Addr.Addr().Is6() {
+			src = cli6
+		}
+		f := Flow{Proto: v.Proto, Src: netip.AddrPortFrom(src, 40000), Dst: v.Addr}
+		t.Run(fmt.Sprintf("%s/%s", v.Addr, v.Proto), func(t *testing.T) {
+			in := frame(f, tcpSYN, payload)
+			orig := bytes.Clone(in)
+			v, out := tw.run(in)
+			require.Equal(t, TX, v)
+			require.Len(t, out, len(orig))
+			id := tw.m.rings[uint32(s)][FlowHash(f)%RingSize]
+			assert.Equal(t, macOf(id), [6]byte(out[0:6]), "destination MAC is the backend's")
+			assert.Equal(t, balancerMAC, [6]byte(out[6:12]), "source MAC is the balancer's")
+			assert.Equal(t, orig[12:], out[12:], "the rest of the frame is unchanged")
+			assert.Equal(t, uint32(s), tw.m.backends[id].Service)
+		})
+	}
+}
+
+func TestProgramPass(t *testing.T) {
+	tw := newTwin(t)
+	fourServices(tw)
+	tcp := func(src, dst string) []byte {
+		return frame(Flow{Proto: TCP, Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst)}, tcpSYN, nil)
+	}
+	udp := func(src, dst string) []byte {
+		return frame(Flow{Proto: UDP, Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst)}, 0, nil)
+	}
+	mod := func(b []byte, f func(b []byte)) []byte { f(b); return b }
+	arp := make([]byte, 42)
+	copy(arp, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	arp[12], arp[13] = 0x08, 0x06
+	cases := []struct {
+		name string
+		in   []byte
+	}{
+		{"other address", tcp("198.18.0.1:40000", "198.18.0.101:80")},
+		{"other port", tcp("198.18.0.1:40000", "198.18.0.100:81")},
+		{"udp to a tcp service", udp("198.18.0.1:40000", "198.18.0.100:80")},
+		{"tcp to a udp service", tcp("198.18.0.1:40000", "198.18.0.100:53")},
+		{"ipv6 other address", tcp("[2001:db8::1]:40000", "[2001:db8::101]:80")},
+		{"ipv4-mapped ipv6 vip", tcp("[::ffff:198.18.0.1]:40000", "[::ffff:198.18.0.100]:80")},
+		{"arp", arp},
+		{"icmp", ipFrame(client, vip4.Addr(), 1, make([]byte, 8))},
+		{"icmpv6", ipFrame(cli6, vip6.Addr(), 58, make([]byte, 8))},
+		{"ipv4 first fragment", mod(tcp("198.18.0.1:40000", "198.18.0.100:80"), func(b []byte) { b[20] = 0x20 })},
+		{"ipv4 later fragment", mod(tcp("198.18.0.1:40000", "198.18.0.100:80"), func(b []byte) { b[21] = 0x10 })},
+		{"ipv6 hop-by-hop header", mod(tcp("[2001:db8::1]:40000", "[2001:db8::100]:80"), func(b []byte) { b[20] = 0 })},
+		{"ipv4 header length 16", mod(tcp("198.18.0.1:40000", "198.18.0.100:80"), func(b []byte) { b[14] = 0x44 })},
+		{"ipv4 ethertype, version 6", mod(tcp("198.18.0.1:40000", "198.18.0.100:80"), func(b []byte) { b[14] = 0x65 })},
+		{"ipv6 ethertype, version 4", mod(tcp("[2001:db8::1]:40000", "[2001:db8::100]:80"), func(b []byte) { b[14] = 0x40 })},
+		{"vlan tagged", mod(tcp("198.18.0.1:40000", "198.18.0.100:80"), func(b []byte) { b[12], b[13] = 0x81, 0x00 })},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			orig := bytes.Clone(c.in)
+			v, out := tw.run(c.in)
+			assert.Equal(t, Pass, v)
+			assert.Equal(t, orig, out, "passed frames are untouched")
+			d, _ := tw.m.Process(c.in)
+			assert.Equal(t, Pass, d.Verdict, "the model agrees")
+		})
+	}
+	c, err := tw.dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(len(cases)), c.Passed)
+	assert.Equal(t, tw.m.Counters, c)
+}
+
+// TestProgramTruncated cuts valid frames at every length from an Ethernet
+// header up and corrupts header lengths: the program must never fail, and
+// must agree with the model (pass, or forward when the headers it reads
+// are whole).
+func TestProgramTruncated(t *testing.T) {
+	tw := newTwin(t)
+	vips := fourServices(tw)
+	for _, v := range vips {
+		src := client
+		if v.Addr.Addr().Is6() {
+			src = cli6
+		}
+		full := frame(Flow{Proto: v.Proto, Src: netip.AddrPortFrom(src, 1234), Dst: v.Addr}, tcpACK, []byte("x"))
+		t.Run(fmt.Sprintf("%s/%s", v.Addr, v.Proto), func(t *testing.T) {
+			for n := 14; n <= len(full); n++ {
+				d, _ := tw.both(bytes.Clone(full[:n]))
+				hdr := 14 + 20 + 20
+				if v.Addr.Addr().Is6() {
+					hdr += 20
+				}
+				if v.Proto == UDP {
+					hdr -= 12
+				}
+				if n < hdr {
+					assert.Equal(t, Pass, d.Verdict, "cut at %d", n)
+				} else {
+					assert.Equal(t, TX, d.Verdict, "cut at %d", n)
+				}
+			}
+		})
+	}
+	t.Run("ipv4 options longer than the frame", func(t *testing.T) {
+		in := frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 1), Dst: vip4}, tcpACK, nil)
+		in[14] = 0x4f // 60-byte header: runs past the end
+		d, _ := tw.both(in)
+		assert.Equal(t, Pass, d.Verdict)
+	})
+	t.Run("ipv4 with options", func(t *testing.T) {
+		l4 := frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 1), Dst: vip4}, tcpACK, nil)[34:]
+		in := ipFrame(client, vip4.Addr(), 6, append(make([]byte, 8), l4...))
+		in[14] = 0x47                               // 28-byte header
+		copy(in[34:], []byte{1, 1, 1, 1, 1, 1, 1, 0}) // NOPs, end of options
+		d, _ := tw.both(in)
+		assert.Equal(t, TX, d.Verdict)
+	})
+}
+
+// TestProgramMatchesModel sends thousands of random flows (several packets
+// each, SYNs and not) through the program and the model, changing the
+// backend set on the way, and requires the same backend for every frame
+// and the same counters at the end.
+func TestProgramMatchesModel(t *testing.T) {
+	tw := newTwin(t)
+	vips := fourServices(tw)
+	rng := rand.New(rand.NewPCG(1, 2))
+	randFlow := func() Flow {
+		v := vips[rng.IntN(len(vips))]
+		var src netip.Addr
+		if v.Addr.Addr().Is4() {
+			src = netip.AddrFrom4([4]byte{198, 18, byte(rng.IntN(256)), byte(rng.IntN(256))})
+		} else {
+			a := cli6.As16()
+			a[14], a[15] = byte(rng.IntN(256)), byte(rng.IntN(256))
+			src = netip.AddrFrom16(a)
+		}
+		return Flow{Proto: v.Proto, Src: netip.AddrPortFrom(src, uint16(1024+rng.IntN(60000))), Dst: v.Addr}
+	}
+	flows := make([]Flow, 2000)
+	for i := range flows {
+		flows[i] = randFlow()
+	}
+	send := func() {
+		for _, f := range flows {
+			flags := byte(tcpACK)
+			if rng.IntN(4) == 0 {
+				flags = tcpSYN
+			}
+			d, _ := tw.both(frame(f, flags, make([]byte, rng.IntN(64))))
+			if d.Verdict == TX {
+				require.Equal(t, d.Service, tw.m.backends[d.Backend].Service)
+			}
+		}
+	}
+	send()
+	// Service 0 loses backend 1 to failure and drains backend 2; service
+	// 2 gains backend 13; service 3 loses every backend.
+	old := tw.ring(0, []uint32{1, 2, 3}, nil)
+	tw.ring(0, []uint32{3}, old)
+	tw.backend(1, BackendEntry{MAC: macOf(1), Up: false, Service: 0})
+	tw.backend(13, BackendEntry{MAC: macOf(13), Up: true, Service: 2})
+	tw.ring(2, []uint32{7, 8, 9, 13}, nil)
+	require.NoError(t, tw.dp.setSlots(3, allSlots(), make([]uint32, RingSize))) // an empty ring is all 0
+	tw.m.SetSlots(3, allSlots(), make([]uint32, RingSize))
+	send()
+	for range 1000 {
+		tw.both(frame(randFlow(), tcpSYN, nil))
+	}
+
+	c, err := tw.dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, tw.m.Counters, c)
+	assert.NotZero(t, c.ConnHits)
+	assert.NotZero(t, c.ConnRepicks)
+	assert.NotZero(t, c.NoBackend)
+	for sid := range uint32(4) {
+		got, err := tw.dp.serviceTraffic(sid)
+		require.NoError(t, err)
+		assert.Equal(t, tw.m.ServiceTraffic[sid], got, "service %d", sid)
+	}
+	for id := range uint32(14) {
+		got, err := tw.dp.backendTraffic(id)
+		require.NoError(t, err)
+		assert.Equal(t, tw.m.BackendTraffic[id], got, "backend %d", id)
+	}
+}
+
+func allSlots() []int {
+	s := make([]int, RingSize)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
+// TestProgramConnTable checks the connection table's semantics against the
+// kernel: established flows keep their backend when the ring changes
+// (backend added, backend drained), a TCP SYN follows the current ring, and
+// a cached backend marked down is picked again.
+func TestProgramConnTable(t *testing.T) {
+	tw := newTwin(t)
+	const sid = 0
+	tw.service(VIP{vip4, TCP}, sid)
+	for id := uint32(1); id <= 4; id++ {
+		tw.backend(id, BackendEntry{MAC: macOf(id), Up: true, Service: sid})
+	}
+	ring := tw.ring(sid, []uint32{1, 2, 3}, nil)
+
+	flows := make([]Flow, 500)
+	first := make([]uint32, len(flows))
+	for i := range flows {
+		flows[i] = Flow{Proto: TCP, Src: netip.AddrPortFrom(client, uint16(10000+i)), Dst: vip4}
+		d, _ := tw.both(frame(flows[i], tcpSYN, nil))
+		require.Equal(t, TX, d.Verdict)
+		first[i] = d.Backend
+		id, ok := tw.dp.cachedBackend(flows[i])
+		require.True(t, ok, "the SYN created a connection entry")
+		require.Equal(t, d.Backend, id)
+	}
+	ack := func(i int) Decision {
+		d, _ := tw.both(frame(flows[i], tcpACK|tcpPSH, []byte("data")))
+		return d
+	}
+
+	t.Run("backend added: established flows stay", func(t *testing.T) {
+		ring = tw.ring(sid, []uint32{1, 2, 3, 4}, ring)
+		moved := 0
+		for i := range flows {
+			d := ack(i)
+			require.Equal(t, first[i], d.Backend, "flow %d", i)
+			require.Equal(t, CacheHit, d.Cache)
+			if uint32(ring.IDs()[ring.Lookup(FlowHash(flows[i]))]) != first[i] {
+				moved++
+			}
+		}
+		assert.NotZero(t, moved, "some flows' slots now belong to backend 4")
+	})
+
+	t.Run("backend drained: its flows stay, new connections avoid it", func(t *testing.T) {
+		ring = tw.ring(sid, []uint32{2, 3, 4}, ring) // 1 out of the ring, still up
+		onOne := 0
+		for i := range flows {
+			require.Equal(t, first[i], ack(i).Backend, "flow %d", i)
+			if first[i] == 1 {
+				onOne++
+			}
+		}
+		require.NotZero(t, onOne)
+		for i := range flows {
+			f := flows[i]
+			f.Src = netip.AddrPortFrom(f.Src.Addr(), f.Src.Port()+20000)
+			d, _ := tw.both(frame(f, tcpSYN, nil))
+			require.NotEqual(t, uint32(1), d.Backend, "new connection %d", i)
+		}
+	})
+
+	t.Run("backend failed: its flows move, others stay", func(t *testing.T) {
+		tw.backend(1, BackendEntry{MAC: macOf(1), Up: false, Service: sid})
+		for i := range flows {
+			d := ack(i)
+			if first[i] == 1 {
+				require.Equal(t, CacheRepick, d.Cache, "flow %d", i)
+				require.Equal(t, uint32(ring.IDs()[ring.Lookup(FlowHash(flows[i]))]), d.Backend)
+				require.NotEqual(t, uint32(1), d.Backend)
+				// The entry now names the new backend.
+				require.Equal(t, CacheHit, ack(i).Cache)
+			} else {
+				require.Equal(t, first[i], d.Backend, "flow %d", i)
+			}
+		}
+	})
+
+	t.Run("cached backend of another service is not used", func(t *testing.T) {
+		f := Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 5), Dst: vip4}
+		d, _ := tw.both(frame(f, tcpACK, nil))
+		tw.backend(d.Backend, BackendEntry{MAC: macOf(d.Backend), Up: true, Service: 3})
+		d2, _ := tw.both(frame(f, tcpACK, nil))
+		assert.Equal(t, CacheRepick, d2.Cache)
+	})
+
+	c, err := tw.dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, tw.m.Counters, c)
+}
