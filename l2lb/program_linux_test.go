@@ -231,7 +231,7 @@ func TestProgramTruncated(t *testing.T) {
 	t.Run("ipv4 with options", func(t *testing.T) {
 		l4 := frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 1), Dst: vip4}, tcpACK, nil)[34:]
 		in := ipFrame(client, vip4.Addr(), 6, append(make([]byte, 8), l4...))
-		in[14] = 0x47                               // 28-byte header
+		in[14] = 0x47                                 // 28-byte header
 		copy(in[34:], []byte{1, 1, 1, 1, 1, 1, 1, 0}) // NOPs, end of options
 		d, _ := tw.both(in)
 		assert.Equal(t, TX, d.Verdict)
