@@ -1,0 +1,311 @@
+package redirect
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+	"unsafe"
+
+	"github.com/lbkit/lbkit/balancer"
+)
+
+// urlSafe marks the bytes copied into a Location as they are: RFC 3986
+// unreserved characters, sub-delimiters, ':', '@', '/' and '%' (the input
+// is already escaped). Everything else, control characters and white space
+// first, is percent-encoded. Queries may also carry '?'.
+var pathSafe, querySafe [256]bool
+
+func init() {
+	for c := 'a'; c <= 'z'; c++ {
+		pathSafe[c] = true
+		pathSafe[c-'a'+'A'] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		pathSafe[c] = true
+	}
+	for _, c := range []byte("-._~!$&'()*+,;=:@/%") {
+		pathSafe[c] = true
+	}
+	querySafe = pathSafe
+	querySafe['?'] = true
+}
+
+const hexUpper = "0123456789ABCDEF"
+
+// requestTarget returns the parts of r's target a Location carries: the
+// escaped path (never empty) and the raw query. It uses r.URL only, so an
+// absolute-form request target contributes its path and query and never
+// its host.
+func requestTarget(r *http.Request) (path, query string, hasQuery bool) {
+	if r.URL == nil {
+		return "/", "", false
+	}
+	path = r.URL.EscapedPath()
+	if path == "" || path == "*" {
+		path = "/"
+	}
+	return path, r.URL.RawQuery, r.URL.RawQuery != "" || r.URL.ForceQuery
+}
+
+// escapedLen returns the length of s once the bytes not marked in safe are
+// percent-encoded.
+func escapedLen(s string, safe *[256]bool) int {
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		if !safe[s[i]] {
+			n += 2
+		}
+	}
+	return n
+}
+
+// appendEscaped writes s to b, percent-encoding the bytes not in safe.
+func appendEscaped(b *strings.Builder, s string, safe *[256]bool) {
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if safe[c] {
+			continue
+		}
+		b.WriteString(s[start:i])
+		b.WriteByte('%')
+		b.WriteByte(hexUpper[c>>4])
+		b.WriteByte(hexUpper[c&15])
+		start = i + 1
+	}
+	b.WriteString(s[start:])
+}
+
+// locationLen returns the length of the Location that buildLocation
+// produces for these parts.
+func locationLen(base, path, query string, hasQuery bool) int {
+	n := len(base) + 1 + escapedLen(strings.TrimLeft(path, "/"), &pathSafe)
+	if hasQuery {
+		n += 1 + escapedLen(query, &querySafe)
+	}
+	return n
+}
+
+// buildLocation returns base + "/" + path + "?" + query with the path's
+// leading slashes collapsed into the one after base (so no "//" follows
+// the base, and no relative reading of the Location can turn the path
+// into a host) and every byte outside the URL-safe set percent-encoded.
+// n is locationLen's result; the string is the only allocation.
+func buildLocation(base, path, query string, hasQuery bool, n int) string {
+	var b strings.Builder
+	b.Grow(n)
+	writeLocation(&b, base, path, query, hasQuery)
+	return b.String()
+}
+
+func writeLocation(b *strings.Builder, base, path, query string, hasQuery bool) {
+	b.WriteString(base)
+	b.WriteByte('/')
+	appendEscaped(b, strings.TrimLeft(path, "/"), &pathSafe)
+	if hasQuery {
+		b.WriteByte('?')
+		appendEscaped(b, query, &querySafe)
+	}
+}
+
+// locationHeader returns a one-element header value holding the Location
+// (see buildLocation). For the usual lengths the slice and the string's
+// bytes share one allocation.
+func locationHeader(base, path, query string, hasQuery bool, n int) []string {
+	switch {
+	case n <= len(locSmall{}.buf):
+		v := new(locSmall)
+		return fillLocation(v.hdr[:], v.buf[:0], base, path, query, hasQuery)
+	case n <= len(locMedium{}.buf):
+		v := new(locMedium)
+		return fillLocation(v.hdr[:], v.buf[:0], base, path, query, hasQuery)
+	case n <= len(locLarge{}.buf):
+		v := new(locLarge)
+		return fillLocation(v.hdr[:], v.buf[:0], base, path, query, hasQuery)
+	}
+	return []string{buildLocation(base, path, query, hasQuery, n)}
+}
+
+// Size classes for locationHeader: 128, 256 and 512 bytes in all.
+type (
+	locSmall struct {
+		hdr [1]string
+		buf [128 - 16]byte
+	}
+	locMedium struct {
+		hdr [1]string
+		buf [256 - 16]byte
+	}
+	locLarge struct {
+		hdr [1]string
+		buf [512 - 16]byte
+	}
+)
+
+// fillLocation writes the Location into buf (whose capacity suffices),
+// points hdr[0] at it and returns hdr. buf is never written again, so the
+// string is immutable as Go requires.
+func fillLocation(hdr []string, buf []byte, base, path, query string, hasQuery bool) []string {
+	buf = append(buf, base...)
+	buf = append(buf, '/')
+	buf = appendEscapedBytes(buf, strings.TrimLeft(path, "/"), &pathSafe)
+	if hasQuery {
+		buf = append(buf, '?')
+		buf = appendEscapedBytes(buf, query, &querySafe)
+	}
+	hdr[0] = unsafe.String(unsafe.SliceData(buf), len(buf))
+	return hdr
+}
+
+// appendEscapedBytes is appendEscaped for a byte slice.
+func appendEscapedBytes(b []byte, s string, safe *[256]bool) []byte {
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if safe[c] {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
+		start = i + 1
+	}
+	return append(b, s[start:]...)
+}
+
+// hasDotSegment reports whether path has a "." or ".." segment, plain or
+// percent-encoded: a client resolving it could leave the base URL's path
+// prefix.
+func hasDotSegment(path string) bool {
+	for len(path) > 0 {
+		var seg string
+		seg, path, _ = strings.Cut(path, "/")
+		if isDotSegment(seg) {
+			return true
+		}
+	}
+	return false
+}
+
+func isDotSegment(s string) bool {
+	if len(s) == 0 || len(s) > 6 {
+		return false
+	}
+	dots := 0
+	for i := 0; i < len(s); {
+		switch {
+		case s[i] == '.':
+			i++
+		case i+3 <= len(s) && s[i] == '%' && s[i+1] == '2' && (s[i+2] == 'e' || s[i+2] == 'E'):
+			i += 3
+		default:
+			return false
+		}
+		dots++
+	}
+	return dots <= 2
+}
+
+// clientAddr returns the client's address: the TCP peer, or, when the peer
+// is a trusted proxy, the rightmost X-Forwarded-For hop that is not
+// trusted. An unparsable hop stops the walk at the last trusted one. The
+// zero Addr means unknown. It does not allocate.
+func (h *Handler) clientAddr(r *http.Request) netip.Addr {
+	peer := parseHostAddr(r.RemoteAddr)
+	if !peer.IsValid() || len(h.trusted) == 0 || !h.isTrusted(peer) {
+		return peer
+	}
+	xff := r.Header["X-Forwarded-For"]
+	for i := len(xff) - 1; i >= 0; i-- {
+		line := xff[i]
+		for len(line) > 0 {
+			var hop string
+			if j := strings.LastIndexByte(line, ','); j >= 0 {
+				hop, line = line[j+1:], line[:j]
+			} else {
+				hop, line = line, ""
+			}
+			hop = strings.TrimSpace(hop)
+			if hop == "" {
+				continue
+			}
+			a := parseHostAddr(hop)
+			if !a.IsValid() {
+				return peer
+			}
+			if !h.isTrusted(a) {
+				return a
+			}
+			peer = a
+		}
+	}
+	return peer
+}
+
+func (h *Handler) isTrusted(a netip.Addr) bool {
+	for _, p := range h.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseHostAddr parses "ip", "ip:port" or "[ip]:port" and returns the
+// address unmapped, or the zero Addr.
+func parseHostAddr(s string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap()
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return a.Unmap()
+	}
+	return netip.Addr{}
+}
+
+// zoneOf returns the zone of the longest rule containing a, or "".
+func (h *Handler) zoneOf(a netip.Addr) string {
+	for _, z := range h.zones {
+		if z.Prefix.Contains(a) {
+			return z.Zone
+		}
+	}
+	return ""
+}
+
+// zoneView holds one picker per zone, built from one pool snapshot's ready
+// set. It is immutable.
+type zoneView struct {
+	snap    *balancer.Snapshot
+	pickers map[string]balancer.Picker
+}
+
+// view returns the zone pickers for snap, building them the first time a
+// snapshot is seen. Requests between two snapshot changes share one view
+// and do not allocate.
+func (h *Handler) view(snap *balancer.Snapshot) *zoneView {
+	if v := h.zoneView.Load(); v != nil && (v.snap == snap || v.snap.Version > snap.Version) {
+		return v
+	}
+	h.zmu.Lock()
+	defer h.zmu.Unlock()
+	if v := h.zoneView.Load(); v != nil && (v.snap == snap || v.snap.Version > snap.Version) {
+		return v
+	}
+	byZone := make(map[string][]balancer.Weighted)
+	for _, w := range snap.Ready {
+		if z := w.Endpoint.Zone(); z != "" {
+			byZone[z] = append(byZone[z], w)
+		}
+	}
+	v := &zoneView{snap: snap, pickers: make(map[string]balancer.Picker, len(byZone))}
+	for _, rule := range h.zones {
+		if _, done := v.pickers[rule.Zone]; done {
+			continue
+		}
+		if ready := byZone[rule.Zone]; len(ready) > 0 {
+			v.pickers[rule.Zone] = h.builder.Build(ready)
+		}
+	}
+	h.zoneView.Store(v)
+	return v
+}
