@@ -14,10 +14,10 @@ import (
 func FuzzLocation(f *testing.F) {
 	seeds := []struct{ path, rawPath, query, method string }{
 		{"/", "", "", "GET"},
-		{"//evil.example", "", "", "GET"},                        // protocol-relative
+		{"//evil.example", "", "", "GET"},                       // protocol-relative
 		{"/\r\nSet-Cookie:x", "/%0d%0aSet-Cookie:x", "", "GET"}, // header injection
 		{"/", "", "a\r\nLocation: http://evil", "POST"},         // injection in the query
-		{"/a/../../b", "", "", "GET"},                            // dot segments
+		{"/a/../../b", "", "", "GET"},                           // dot segments
 		{"/\\evil", "", "#frag", "PUT"},
 		{"*", "", "", "OPTIONS"},
 		{"", "", "", ""},
