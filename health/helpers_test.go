@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -92,9 +94,23 @@ type tr struct {
 }
 
 func transitions(evs []Event) []tr {
+	if len(evs) == 0 {
+		return nil
+	}
 	out := make([]tr, len(evs))
 	for i, e := range evs {
 		out[i] = tr{e.State, e.Reason}
 	}
 	return out
+}
+
+// half is a Rand that always returns 0.5: first probes at half the
+// interval and no jitter.
+func half() float64 { return 0.5 }
+
+// step advances the bubble's fake clock by d and waits for every
+// goroutine to settle.
+func step(d time.Duration) {
+	time.Sleep(d)
+	synctest.Wait()
 }
