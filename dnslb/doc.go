@@ -1,0 +1,24 @@
+// Package dnslb is an authoritative DNS server that load-balances by its
+// answers, and a dynamic-DNS client that keeps records on other DNS
+// servers in step with a pool's health.
+//
+// A [Server] is authoritative for one or more [Zone]s given as zone-file
+// text and serves [Service] names from a balancer.Pool: A, AAAA and SRV
+// answers name the pool's ready backends (health, drain, weights and slow
+// start apply) chosen by a [Policy] — all of them rotated, N drawn by
+// weight, the same ones per client subnet (consistent hashing), or the
+// nearest zone by client subnet with EDNS Client Subnet (RFC 7871)
+// scoped answers. It speaks UDP and TCP, EDNS0 with truncation to the
+// client's buffer size, answers NXDOMAIN and NODATA with the SOA for
+// negative caching, refuses names outside its zones (no recursion), and
+// limits response rates per client prefix ([RateLimit]).
+//
+// The serving path parses queries in wire format and copies answers from
+// buffers packed ahead of time for each pool snapshot, so a query costs
+// no allocation; several UDP sockets share the port with SO_REUSEPORT,
+// each with its own read loop.
+//
+// An [Updater] pushes a pool's ready set to an existing authoritative
+// server (BIND, Knot, PowerDNS, ...) as RFC 2136 UPDATEs signed with TSIG
+// (RFC 8945), touching only the records it owns.
+package dnslb

@@ -1,0 +1,832 @@
+package dnslb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/miekg/dns"
+)
+
+// DefaultMaxUDPSize is the largest UDP response the server sends when
+// Config.MaxUDPSize is zero: 1232 bytes, the DNS Flag Day 2020 value that
+// avoids IP fragmentation.
+const DefaultMaxUDPSize = 1232
+
+// Config configures a [Server]. Zones is required; every other field has
+// a useful zero value, documented on the field.
+type Config struct {
+	// Addr is the address ListenAndServe listens on for UDP and TCP, such
+	// as "127.0.0.1:5353". Empty means ":53".
+	Addr string
+	// Zones are the zones the server is authoritative for. Names outside
+	// them are REFUSED. At least one is required.
+	Zones []Zone
+	// Services are the load-balanced names. Each must be inside a zone and
+	// must not also have A, AAAA, SRV or CNAME records in the zone data.
+	Services []Service
+	// UDPSockets is how many UDP sockets ListenAndServe binds to Addr with
+	// SO_REUSEPORT, each with its own read loop, so the kernel spreads
+	// queries over cores. Zero means GOMAXPROCS.
+	UDPSockets int
+	// MaxUDPSize caps UDP responses (EDNS0 clients may ask for more; a
+	// client without EDNS0 always gets at most 512 bytes). Zero means
+	// DefaultMaxUDPSize. Range 512–65535.
+	MaxUDPSize int
+	// RateLimit limits UDP responses per client prefix. The zero value
+	// disables it.
+	RateLimit RateLimit
+	// TCPIdleTimeout closes a TCP connection that sends no query for that
+	// long. Zero means 10 seconds.
+	TCPIdleTimeout time.Duration
+	// MaxTCPConns bounds concurrent TCP connections; more are closed at
+	// once. Zero means 1024.
+	MaxTCPConns int
+	// Logger receives serving errors. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is an authoritative DNS server for a set of zones whose service
+// names answer from balancer pools. It answers standard queries over UDP
+// and TCP with a purpose-built wire-format path that does not allocate:
+// service answers are packed ahead of time from each pool snapshot and
+// rebuilt when the pool publishes a new one.
+//
+// A Server serves once: call ListenAndServe or Serve one time, and stop
+// it by cancelling the context or calling Shutdown. All methods are safe
+// for concurrent use.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	zones    map[string]*zone // lower-case wire apex → zone
+	services []*service
+	rrl      *limiter
+	maxUDP   int
+	idle     time.Duration
+	tcpSem   chan struct{}
+
+	workers sync.Pool // *worker for TCP connections and ServeDNS
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	done    chan struct{}
+	udp     []net.PacketConn
+	lns     []net.Listener
+	conns   map[net.Conn]struct{}
+	stats   []*worker // UDP loops, for Stats
+	wg      sync.WaitGroup
+	tcpStat workerStats
+}
+
+// ErrServerClosed is returned by Serve and ListenAndServe when the server
+// was already shut down or started.
+var ErrServerClosed = errors.New("dnslb: server closed or already started")
+
+// New validates cfg and returns a server ready to serve.
+func New(cfg Config) (*Server, error) {
+	if len(cfg.Zones) == 0 {
+		return nil, errors.New("dnslb: at least one zone is required")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, zones: make(map[string]*zone), done: make(chan struct{}),
+		conns: make(map[net.Conn]struct{})}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	for _, z := range cfg.Zones {
+		zn, err := compileZone(z)
+		if err != nil {
+			return nil, err
+		}
+		if s.zones[string(zn.apex)] != nil {
+			return nil, fmt.Errorf("dnslb: zone %q configured twice", zn.origin)
+		}
+		s.zones[string(zn.apex)] = zn
+	}
+	for _, sc := range cfg.Services {
+		sv, err := compileService(sc)
+		if err != nil {
+			return nil, err
+		}
+		zn, _ := s.findZone(sv.name)
+		if zn == nil {
+			return nil, fmt.Errorf("dnslb: service %q is in none of the zones", sc.Name)
+		}
+		nd, err := zn.ensure(presentation(sv.name))
+		if err != nil {
+			return nil, err
+		}
+		if nd.svc != nil {
+			return nil, fmt.Errorf("dnslb: service %q configured twice", sc.Name)
+		}
+		for _, t := range []uint16{typeA, typeAAAA, typeSRV, typeCNAME} {
+			if nd.rrsets[t] != nil {
+				return nil, fmt.Errorf("dnslb: service %q also has %s records in the zone", sc.Name, dns.TypeToString[t])
+			}
+		}
+		nd.svc = sv
+		s.services = append(s.services, sv)
+	}
+	var err error
+	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
+		return nil, err
+	}
+	s.maxUDP = cfg.MaxUDPSize
+	if s.maxUDP == 0 {
+		s.maxUDP = DefaultMaxUDPSize
+	}
+	if s.maxUDP < 512 || s.maxUDP > 65535 {
+		return nil, errors.New("dnslb: MaxUDPSize must be in [512, 65535]")
+	}
+	s.idle = cfg.TCPIdleTimeout
+	if s.idle == 0 {
+		s.idle = 10 * time.Second
+	}
+	maxConns := cfg.MaxTCPConns
+	if maxConns == 0 {
+		maxConns = 1024
+	}
+	if s.idle < 0 || maxConns < 0 || cfg.UDPSockets < 0 {
+		return nil, errors.New("dnslb: TCPIdleTimeout, MaxTCPConns and UDPSockets must not be negative")
+	}
+	s.tcpSem = make(chan struct{}, maxConns)
+	s.workers.New = func() any { return s.newWorker() }
+	return s, nil
+}
+
+// findZone returns the zone with the longest apex that name (lower-case
+// wire form) is in, and the offset of that apex in name.
+func (s *Server) findZone(name []byte) (*zone, int) {
+	for off := 0; off < len(name); off += int(name[off]) + 1 {
+		if zn := s.zones[string(name[off:])]; zn != nil {
+			return zn, off
+		}
+	}
+	return nil, 0
+}
+
+// Stats are counters of a server's work since it started.
+type Stats struct {
+	// Queries counts messages received (UDP and TCP).
+	Queries uint64
+	// Responses counts responses sent.
+	Responses uint64
+	// Truncated counts UDP responses sent with TC set because the answer
+	// did not fit (rate-limit slips are counted in RateLimited only).
+	Truncated uint64
+	// RateLimited counts responses the rate limiter dropped or slipped.
+	RateLimited uint64
+	// Slipped counts rate-limited responses sent truncated.
+	Slipped uint64
+	// Dropped counts messages not answered for another reason: too short
+	// for a header, or a response rather than a query.
+	Dropped uint64
+}
+
+type workerStats struct {
+	queries, responses, truncated, limited, slipped, dropped atomic.Uint64
+}
+
+func (ws *workerStats) add(st *Stats) {
+	st.Queries += ws.queries.Load()
+	st.Responses += ws.responses.Load()
+	st.Truncated += ws.truncated.Load()
+	st.RateLimited += ws.limited.Load()
+	st.Slipped += ws.slipped.Load()
+	st.Dropped += ws.dropped.Load()
+}
+
+// Stats returns the server's counters. It does not block on serving.
+func (s *Server) Stats() Stats {
+	var st Stats
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, w := range s.stats {
+		w.stats.add(&st)
+	}
+	s.tcpStat.add(&st)
+	return st
+}
+
+// ListenAndServe listens on Config.Addr with Config.UDPSockets UDP sockets
+// and one TCP listener (see [Listen]) and serves until ctx ends or
+// Shutdown is called, then returns nil. It returns an error if listening
+// fails, or ErrServerClosed if the server was already started or shut down.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	addr := s.cfg.Addr
+	if addr == "" {
+		addr = ":53"
+	}
+	n := s.cfg.UDPSockets
+	if n == 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	udp, tcp, err := Listen(ctx, addr, n)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, udp, []net.Listener{tcp})
+}
+
+// Serve answers queries arriving on the given UDP sockets (one read loop
+// each) and TCP listeners until ctx ends or Shutdown is called, then
+// closes them all, waits for the loops and connections to finish and
+// returns nil. The server takes ownership of the sockets. It returns
+// ErrServerClosed if the server was already started or shut down.
+func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.Listener) error {
+	s.mu.Lock()
+	if s.started || s.closed {
+		s.mu.Unlock()
+		for _, pc := range udp {
+			pc.Close()
+		}
+		for _, ln := range tcp {
+			ln.Close()
+		}
+		return ErrServerClosed
+	}
+	s.started = true
+	s.udp, s.lns = udp, tcp
+	for _, pc := range udp {
+		w := s.newWorker()
+		w.stats = new(workerStats)
+		s.stats = append(s.stats, w)
+		s.wg.Add(1)
+		go s.serveUDP(pc, w)
+	}
+	for _, ln := range tcp {
+		s.wg.Add(1)
+		go s.serveTCP(ln)
+	}
+	s.mu.Unlock()
+	select {
+	case <-ctx.Done():
+	case <-s.done:
+	}
+	s.closeAll()
+	s.wg.Wait()
+	return nil
+}
+
+// Shutdown stops the server: it closes the sockets, so no new query is
+// read, and waits until the read loops and TCP connections have finished
+// or ctx ends, whichever comes first (returning ctx.Err() then).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeAll()
+	waited := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	for _, pc := range s.udp {
+		pc.Close()
+	}
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+}
+
+func (s *Server) serveUDP(pc net.PacketConn, w *worker) {
+	defer s.wg.Done()
+	buf := make([]byte, 65535)
+	uc, _ := pc.(*net.UDPConn)
+	for {
+		var (
+			n    int
+			src  netip.AddrPort
+			addr net.Addr
+			err  error
+		)
+		if uc != nil {
+			n, src, err = uc.ReadFromUDPAddrPort(buf)
+		} else {
+			n, addr, err = pc.ReadFrom(buf)
+			if ua, ok := addr.(*net.UDPAddr); ok {
+				src = ua.AddrPort()
+			}
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || s.isClosed() {
+				return
+			}
+			s.log.Warn("dnslb: UDP read", "err", err)
+			continue
+		}
+		resp := w.respond(buf[:n], src, false)
+		if resp == nil {
+			continue
+		}
+		if uc != nil {
+			_, err = uc.WriteToUDPAddrPort(resp[2:], src)
+		} else {
+			_, err = pc.WriteTo(resp[2:], addr)
+		}
+		if err != nil && !s.isClosed() {
+			s.log.Debug("dnslb: UDP write", "client", src, "err", err)
+		}
+	}
+}
+
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) serveTCP(ln net.Listener) {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || s.isClosed() {
+				return
+			}
+			// Out of file descriptors and the like: back off as
+			// net/http does instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("dnslb: TCP accept", "err", err, "retry", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
+				return
+			}
+			continue
+		}
+		backoff = 0
+		select {
+		case s.tcpSem <- struct{}{}:
+		default:
+			c.Close() // over MaxTCPConns
+			continue
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			<-s.tcpSem
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.handleTCP(c)
+	}
+}
+
+func (s *Server) handleTCP(c net.Conn) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+		<-s.tcpSem
+		s.wg.Done()
+	}()
+	var src netip.AddrPort
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		src = ta.AddrPort()
+	}
+	w := s.workers.Get().(*worker)
+	defer s.workers.Put(w)
+	buf := make([]byte, 65535)
+	for {
+		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
+			return
+		}
+		if _, err := io.ReadFull(c, buf[:2]); err != nil {
+			return
+		}
+		n := int(buf[0])<<8 | int(buf[1])
+		if _, err := io.ReadFull(c, buf[:n]); err != nil {
+			return
+		}
+		resp := w.respond(buf[:n], src, true)
+		if resp == nil {
+			continue
+		}
+		l := len(resp) - 2
+		resp[0], resp[1] = byte(l>>8), byte(l)
+		if err := c.SetWriteDeadline(time.Now().Add(s.idle)); err != nil {
+			return
+		}
+		if _, err := c.Write(resp); err != nil {
+			return
+		}
+	}
+}
+
+// ServeDNS answers r as the server would over the writer's transport, so
+// the server can also run as a dns.Handler inside a miekg/dns server (at
+// the cost of that server's per-query allocations). It implements
+// dns.Handler.
+func (s *Server) ServeDNS(rw dns.ResponseWriter, r *dns.Msg) {
+	pkt, err := r.Pack()
+	if err != nil {
+		return
+	}
+	var src netip.AddrPort
+	tcp := false
+	switch a := rw.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		src = a.AddrPort()
+	case *net.TCPAddr:
+		src, tcp = a.AddrPort(), true
+	}
+	w := s.workers.Get().(*worker)
+	defer s.workers.Put(w)
+	if resp := w.respond(pkt, src, tcp); resp != nil {
+		rw.Write(resp[2:])
+	}
+}
+
+// worker holds one serving loop's scratch state, so answering does not
+// allocate and loops share no mutable state but the rate limiter.
+type worker struct {
+	s     *Server
+	q     query
+	lname [maxNameLen + 1]byte
+	out   []byte
+	rng   *rand.Rand
+	rot   uint32
+	wts   []float64
+	stats *workerStats // own for UDP loops, the server's shared TCP one otherwise
+}
+
+func (s *Server) newWorker() *worker {
+	return &worker{s: s, out: make([]byte, 0, 2+65535+512), rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		stats: &s.tcpStat}
+}
+
+// respond builds the response to pkt from src into the worker's buffer
+// and returns it with two bytes reserved in front for the TCP length
+// prefix, or nil when pkt gets no response. The result is valid until the
+// next call.
+func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
+	w.stats.queries.Add(1)
+	q := &w.q
+	if !q.parseHeader(pkt) || q.flags&flagQR != 0 {
+		w.stats.dropped.Add(1)
+		return nil
+	}
+	err := q.parseQuery(pkt)
+	limit := 512
+	if tcp {
+		limit = 65535
+	} else if q.edns {
+		limit = min(max(int(q.udpSize), 512), w.s.maxUDP)
+	}
+	r := resp{b: appendHeader(w.out[:2], q, 0), limit: limit, q: q}
+	switch {
+	case q.opcode != opcodeQuery:
+		r.rcode = rcodeNotImp
+	case err != nil:
+		r.rcode = rcodeFormErr
+	case q.edns && q.version != 0:
+		r.rcode = rcodeBadVers
+	case q.qclass != classIN:
+		r.rcode = rcodeRefused
+	}
+	if q.question != nil {
+		r.b = append(r.b, q.question...)
+		r.qd = 1
+	}
+	r.qEnd = len(r.b)
+	if r.rcode == 0 {
+		w.answer(&r, src.Addr())
+	}
+	out := r.finish()
+	if r.tc {
+		w.stats.truncated.Add(1)
+	}
+	if !tcp && w.s.rrl != nil {
+		switch w.s.rrl.check(w.s.rrl.key(src.Addr()), w.s.rrl.now()) {
+		case rrlDrop:
+			w.stats.limited.Add(1)
+			return nil
+		case rrlSlip:
+			w.stats.limited.Add(1)
+			w.stats.slipped.Add(1)
+			out = out[:r.qEnd]
+			out[4] |= flagTC >> 8
+			out[5] &^= 0xF // rcode NOERROR
+			setCounts(out[2:], r.qd, 0, 0, 0)
+		}
+	}
+	w.stats.responses.Add(1)
+	w.out = out[:0]
+	return out
+}
+
+// resp is a response under construction. b starts with the two reserved
+// bytes, then the header.
+type resp struct {
+	b          []byte
+	q          *query
+	limit      int
+	qEnd       int
+	rcode      int
+	qd, an, ns int
+	ar         int
+	scope      uint8
+	tc         bool
+}
+
+// finish sets the rcode and counts, appends the OPT record when the query
+// had one, and truncates to header, question and OPT with TC set when the
+// message exceeds the limit.
+func (r *resp) finish() []byte {
+	optLen := 0
+	if r.q.edns {
+		optLen = 11
+		if r.q.ecs {
+			optLen += 8 + int(r.q.ecsBytes)
+		}
+	}
+	if len(r.b)-2+optLen > r.limit {
+		r.b = r.b[:r.qEnd]
+		r.an, r.ns, r.ar = 0, 0, 0
+		r.tc = true
+	}
+	h := r.b[2:]
+	h[3] = h[3]&^0xF | byte(r.rcode&0xF)
+	if r.tc {
+		h[2] |= flagTC >> 8
+	}
+	ar := r.ar
+	if r.q.edns {
+		r.b = appendOPT(r.b, r.q, uint16(min(r.limit, 65535)), r.rcode, r.scope)
+		ar++
+	}
+	setCounts(r.b[2:], r.qd, r.an, r.ns, ar)
+	return r.b
+}
+
+// answer resolves the (well-formed, class IN, EDNS version 0) query.
+func (w *worker) answer(r *resp, src netip.Addr) {
+	q := r.q
+	switch q.qtype {
+	case typeAXFR, typeIXFR:
+		r.rcode = rcodeRefused // no zone transfers
+		return
+	case typeMAILA, typeMAILB:
+		r.rcode = rcodeNotImp
+		return
+	case typeOPT, typeTSIG, 0:
+		r.rcode = rcodeFormErr
+		return
+	}
+	lname := lowerName(&w.lname, q.qname)
+	zn, zoff := w.s.findZone(lname)
+	if zn == nil {
+		r.rcode = rcodeRefused
+		return
+	}
+	nd := zn.nodes[string(lname)]
+	if nd == nil {
+		if zoff > 0 && w.hostAnswer(r, zn, zoff, lname) {
+			return
+		}
+		r.rcode = rcodeNXDomain
+		r.authority(zn, zoff)
+		return
+	}
+	if nd.svc != nil {
+		switch q.qtype {
+		case typeA, typeAAAA:
+			f := 0
+			if q.qtype == typeAAAA {
+				f = 1
+			}
+			w.serviceAnswer(r, nd.svc, f, src)
+			if r.rcode == 0 && r.an == 0 {
+				r.authority(zn, zoff)
+			}
+			return
+		case typeSRV:
+			st := nd.svc.state()
+			if st.srvN == 0 {
+				if st.fam[0].servfail || st.fam[1].servfail {
+					r.rcode = rcodeServFail
+					return
+				}
+				r.authority(zn, zoff)
+				return
+			}
+			r.b = append(r.b, st.srv...)
+			r.an = st.srvN
+			r.b = append(r.b, st.glue...)
+			r.ar = st.glueN
+			return
+		case typeANY:
+			r.hinfo(nd.svc.ttl)
+			return
+		}
+	}
+	if q.qtype == typeANY {
+		if len(nd.rrsets) == 0 {
+			r.authority(zn, zoff)
+			return
+		}
+		r.hinfo(zn.negTTL)
+		return
+	}
+	set := nd.rrsets[q.qtype]
+	if set == nil {
+		set = nd.rrsets[typeCNAME]
+	}
+	if set == nil {
+		r.authority(zn, zoff)
+		return
+	}
+	r.b = append(r.b, set.wire...)
+	r.an = set.n
+}
+
+// authority appends the zone's SOA (negative TTL) to the authority
+// section, its owner a compression pointer to the apex inside the
+// question name.
+func (r *resp) authority(zn *zone, zoff int) {
+	p := headerLen + zoff
+	r.b = append(r.b, 0xC0|byte(p>>8), byte(p))
+	r.b = append(r.b, zn.soaRest...)
+	r.ns = 1
+}
+
+// hinfo answers an ANY query the RFC 8482 way: one synthesized HINFO
+// record instead of every RRset.
+func (r *resp) hinfo(ttl uint32) {
+	r.b = append(r.b, 0xC0, headerLen)
+	r.b = appendRRHeader(r.b, typeHINFO, ttl, 9)
+	r.b = append(r.b, 7, 'R', 'F', 'C', '8', '4', '8', '2', 0)
+	r.an = 1
+}
+
+// hostAnswer answers the SRV target names under a service. It reports
+// false if lname is not one.
+func (w *worker) hostAnswer(r *resp, zn *zone, zoff int, lname []byte) bool {
+	pn := zn.nodes[string(lname[lname[0]+1:])]
+	if pn == nil || pn.svc == nil {
+		return false
+	}
+	st := pn.svc.state()
+	ref, ok := st.hosts[string(lname[1:1+lname[0]])]
+	if !ok {
+		return false
+	}
+	switch {
+	case r.q.qtype == typeA && ref.fam == 0, r.q.qtype == typeAAAA && ref.fam == 1:
+		fs := &st.fam[ref.fam]
+		i := int(ref.idx) * fs.stride
+		r.b = append(r.b, fs.wire[i:i+fs.stride]...)
+		r.an = 1
+	case r.q.qtype == typeANY:
+		r.hinfo(pn.svc.ttl)
+	default:
+		r.authority(zn, zoff)
+	}
+	return true
+}
+
+// serviceAnswer appends the A (f = 0) or AAAA (f = 1) records the
+// service's policy chooses for this query.
+func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
+	st := sv.state()
+	fs := &st.fam[f]
+	if fs.servfail {
+		r.rcode = rcodeServFail
+		return
+	}
+	n := fs.n
+	if n == 0 {
+		return // NODATA
+	}
+	stride := fs.stride
+	switch sv.cfg.Policy {
+	case PolicyAll:
+		i := int(w.rot%uint32(n)) * stride
+		w.rot++
+		r.b = append(r.b, fs.wire[i:]...)
+		r.b = append(r.b, fs.wire[:i]...)
+		r.an = n
+	case PolicyWeighted:
+		k := min(sv.count, n)
+		if n == 1 {
+			r.b = append(r.b, fs.wire...)
+			r.an = 1
+			return
+		}
+		w.wts = append(w.wts[:0], fs.weights...)
+		total := fs.total
+		for range k {
+			x := w.rng.Float64() * total
+			pick := -1
+			for i, wt := range w.wts {
+				if wt == 0 {
+					continue
+				}
+				pick = i
+				if x < wt {
+					break
+				}
+				x -= wt
+			}
+			total -= w.wts[pick]
+			w.wts[pick] = 0
+			r.b = append(r.b, fs.wire[pick*stride:(pick+1)*stride]...)
+		}
+		r.an = k
+	case PolicyConsistent:
+		addr, nbits, ecs := clientSubnet(r.q, src)
+		nbits = min(nbits, 24)
+		if !addr.Is4() {
+			nbits = min(nbits, 56)
+		}
+		p, _ := addr.Prefix(nbits)
+		key := balancer.HashAddr(p.Addr())
+		if ecs {
+			r.scope = uint8(nbits)
+		}
+		idx := -1
+		if ep, err := st.snap.Picker.Pick(balancer.WithKey(key)); err == nil {
+			if i, ok := st.refs[ep]; ok && famOf(ep.Addr().Addr()) == f {
+				idx = int(i)
+			}
+		}
+		if idx < 0 {
+			idx = jump(key, n)
+		}
+		k := min(sv.count, n)
+		for j := range k {
+			i := (idx + j) % n * stride
+			r.b = append(r.b, fs.wire[i:i+stride]...)
+		}
+		r.an = k
+	case PolicyNearest:
+		addr, _, ecs := clientSubnet(r.q, src)
+		ri, scope := sv.nearest(addr)
+		if ecs {
+			r.scope = scope
+		}
+		var list []int32
+		if ri >= 0 {
+			list = fs.byRule[ri]
+		}
+		k := sv.count
+		if len(list) == 0 {
+			if k == 0 || k > n {
+				k = n
+			}
+			start := int(w.rot % uint32(n))
+			w.rot++
+			for j := range k {
+				i := (start + j) % n * stride
+				r.b = append(r.b, fs.wire[i:i+stride]...)
+			}
+			r.an = k
+			return
+		}
+		m := len(list)
+		if k == 0 || k > m {
+			k = m
+		}
+		start := int(w.rot % uint32(m))
+		w.rot++
+		for j := range k {
+			i := int(list[(start+j)%m]) * stride
+			r.b = append(r.b, fs.wire[i:i+stride]...)
+		}
+		r.an = k
+	}
+}

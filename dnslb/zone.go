@@ -1,0 +1,203 @@
+package dnslb
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// Zone is one zone the server is authoritative for.
+type Zone struct {
+	// Origin is the zone's apex, such as "example.test." (a trailing dot
+	// is added when missing).
+	Origin string
+	// Records is the zone's data as zone-file text (RFC 1035 master file
+	// format, parsed with dns.ZoneParser; relative names are relative to
+	// Origin). It must hold exactly one SOA record, at the apex. Every
+	// name must be inside the zone; delegations (NS below the apex),
+	// DNAME and wildcards are not supported and rejected.
+	Records string
+}
+
+// zone is a compiled Zone: its names in lower-case wire form mapped to the
+// records (pre-packed) and services they hold.
+type zone struct {
+	origin string // canonical presentation form
+	apex   []byte // lower-case wire form
+	negTTL uint32 // min(SOA TTL, SOA MINIMUM), RFC 2308 §5
+	// soaRest is the SOA record after its owner name (type, class, TTL =
+	// negTTL, rdata with uncompressed names), for authority sections.
+	soaRest []byte
+	nodes   map[string]*node
+}
+
+// node is one name in a zone. A node without records and service is an
+// empty non-terminal: it exists (NODATA, not NXDOMAIN).
+type node struct {
+	rrsets map[uint16]*rrset
+	svc    *service
+}
+
+// rrset is a static RRset packed for an answer section: each record is
+// the compression pointer to the question name (0xC00C) followed by type,
+// class, TTL and rdata with uncompressed names.
+type rrset struct {
+	wire []byte
+	n    int
+}
+
+// wireName returns the lower-case wire form of the presentation name s
+// (fully qualified).
+func wireName(s string) ([]byte, error) {
+	s = dns.CanonicalName(s)
+	buf := make([]byte, maxNameLen+1)
+	off, err := dns.PackDomainName(s, buf, 0, nil, false)
+	if err != nil {
+		return nil, fmt.Errorf("dnslb: name %q: %w", s, err)
+	}
+	return buf[:off], nil
+}
+
+// packRest packs rr with the owner name replaced by a compression pointer
+// to the question name, ready to be appended to an answer section.
+func packRest(rr dns.RR) ([]byte, error) {
+	h := *rr.Header()
+	cp := dns.Copy(rr)
+	cp.Header().Name = "."
+	buf := make([]byte, 2+dns.Len(cp)+16)
+	off, err := dns.PackRR(cp, buf, 1, nil, false)
+	if err != nil {
+		return nil, fmt.Errorf("dnslb: record %s: %w", h.Name, err)
+	}
+	// buf[1] is the root owner byte 0; overwrite buf[0:2] with 0xC00C.
+	buf[0], buf[1] = 0xC0, headerLen
+	return buf[:off], nil
+}
+
+// compileZone parses z into a zone.
+func compileZone(z Zone) (*zone, error) {
+	origin := dns.CanonicalName(dns.Fqdn(z.Origin))
+	if _, ok := dns.IsDomainName(origin); !ok || z.Origin == "" {
+		return nil, fmt.Errorf("dnslb: invalid zone origin %q", z.Origin)
+	}
+	apex, err := wireName(origin)
+	if err != nil {
+		return nil, err
+	}
+	zn := &zone{origin: origin, apex: apex, nodes: make(map[string]*node)}
+	zp := dns.NewZoneParser(strings.NewReader(z.Records), origin, "")
+	zp.SetDefaultTTL(3600)
+	var soa *dns.SOA
+	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+		h := rr.Header()
+		h.Name = dns.CanonicalName(h.Name)
+		if h.Class != dns.ClassINET {
+			return nil, fmt.Errorf("dnslb: zone %q: record %s: only class IN is served", origin, h.Name)
+		}
+		if !dns.IsSubDomain(origin, h.Name) {
+			return nil, fmt.Errorf("dnslb: zone %q: record %s is outside the zone", origin, h.Name)
+		}
+		apexName := h.Name == origin
+		switch h.Rrtype {
+		case dns.TypeSOA:
+			if !apexName || soa != nil {
+				return nil, fmt.Errorf("dnslb: zone %q: exactly one SOA, at the apex, is allowed", origin)
+			}
+			soa = rr.(*dns.SOA)
+		case dns.TypeNS:
+			if !apexName {
+				return nil, fmt.Errorf("dnslb: zone %q: delegation at %s is not supported", origin, h.Name)
+			}
+		case dns.TypeDNAME:
+			return nil, fmt.Errorf("dnslb: zone %q: DNAME at %s is not supported", origin, h.Name)
+		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3, dns.TypeOPT, dns.TypeTSIG:
+			return nil, fmt.Errorf("dnslb: zone %q: %s records are not served", origin, dns.TypeToString[h.Rrtype])
+		}
+		if strings.HasPrefix(h.Name, "*.") || h.Name == "*" {
+			return nil, fmt.Errorf("dnslb: zone %q: wildcard %s is not supported", origin, h.Name)
+		}
+		if err := zn.add(rr); err != nil {
+			return nil, err
+		}
+	}
+	if err := zp.Err(); err != nil {
+		return nil, fmt.Errorf("dnslb: zone %q: %w", origin, err)
+	}
+	if soa == nil {
+		return nil, fmt.Errorf("dnslb: zone %q: no SOA record", origin)
+	}
+	zn.negTTL = min(soa.Hdr.Ttl, soa.Minttl)
+	neg := dns.Copy(soa).(*dns.SOA)
+	neg.Hdr.Ttl = zn.negTTL
+	rest, err := packRest(neg)
+	if err != nil {
+		return nil, err
+	}
+	zn.soaRest = rest[2:]
+	// CNAME must stand alone at its name (RFC 1034 §3.6.2).
+	for name, nd := range zn.nodes {
+		if nd.rrsets[dns.TypeCNAME] != nil && len(nd.rrsets) > 1 {
+			return nil, fmt.Errorf("dnslb: zone %q: CNAME at %s must be the only record there", origin, presentation([]byte(name)))
+		}
+	}
+	return zn, nil
+}
+
+// add inserts rr, creating its node and the empty non-terminals between
+// it and the apex.
+func (zn *zone) add(rr dns.RR) error {
+	h := rr.Header()
+	nd, err := zn.ensure(h.Name)
+	if err != nil {
+		return err
+	}
+	rest, err := packRest(rr)
+	if err != nil {
+		return err
+	}
+	set := nd.rrsets[h.Rrtype]
+	if set == nil {
+		set = &rrset{}
+		nd.rrsets[h.Rrtype] = set
+	}
+	set.wire = append(set.wire, rest...)
+	set.n++
+	return nil
+}
+
+// ensure returns the node for name (inside the zone), creating it and its
+// ancestors up to the apex.
+func (zn *zone) ensure(name string) (*node, error) {
+	w, err := wireName(name)
+	if err != nil {
+		return nil, err
+	}
+	key := string(w)
+	nd := zn.nodes[key]
+	if nd == nil {
+		nd = &node{rrsets: make(map[uint16]*rrset)}
+		zn.nodes[key] = nd
+	}
+	for off := 0; len(w)-off > len(zn.apex); off += int(w[off]) + 1 {
+		anc := string(w[off+int(w[off])+1:])
+		if zn.nodes[anc] == nil {
+			zn.nodes[anc] = &node{rrsets: make(map[uint16]*rrset)}
+		}
+	}
+	return nd, nil
+}
+
+// presentation returns the presentation form of a wire name (for
+// messages only).
+func presentation(w []byte) string {
+	var sb strings.Builder
+	for off := 0; off < len(w) && w[off] != 0; off += int(w[off]) + 1 {
+		sb.Write(w[off+1 : off+1+int(w[off])])
+		sb.WriteByte('.')
+	}
+	if sb.Len() == 0 {
+		return "."
+	}
+	return sb.String()
+}
