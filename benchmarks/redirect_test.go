@@ -1,0 +1,383 @@
+package benchmarks
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lbkit/lbkit/redirect"
+)
+
+// The redirect benchmarks compare lbkit's redirect handler, served by a
+// plain net/http server, with nginx's `return 302` on the same machine in
+// the same run. Both pick among three backends on 127.0.0.1 (never
+// contacted: a redirect only names them).
+
+const (
+	redirNginx   = "/usr/sbin/nginx"
+	redirWrk     = "/usr/bin/wrk"
+	redirConns   = 100
+	redirPath    = "/static/app.js?v=42"
+	redirTimeout = 30 * time.Second
+)
+
+var redirBackends = []string{"127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"}
+
+// redirStartLbkit serves a redirect handler on a free loopback port and
+// returns its address.
+func redirStartLbkit(b *testing.B) string {
+	b.Helper()
+	var targets []redirect.Target
+	for _, a := range redirBackends {
+		targets = append(targets, redirect.Target{URL: "http://" + a})
+	}
+	h, err := redirect.New(redirect.Config{Backends: targets, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close() })
+	return redirServe(b, h)
+}
+
+// redirStartPlain serves the baseline every Go redirector starts from:
+// http.Redirect to a rotating backend, in the same kind of server.
+func redirStartPlain(b *testing.B) string {
+	var next atomic.Uint32
+	return redirServe(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i := next.Add(1) % uint32(len(redirBackends))
+		http.Redirect(w, r, "http://"+redirBackends[i]+r.URL.RequestURI(), http.StatusFound)
+	}))
+}
+
+func redirServe(b *testing.B, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	go srv.Serve(ln)
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ln.Addr().String()
+}
+
+// redirStartNginx starts nginx answering `return 302` with a
+// split_clients pick, and returns its address. It skips b when nginx is
+// not installed. nginx is stopped by its PID when b ends.
+func redirStartNginx(b *testing.B) string {
+	b.Helper()
+	if _, err := os.Stat(redirNginx); err != nil {
+		b.Skipf("nginx not installed at %s", redirNginx)
+	}
+	dir := b.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	conf := fmt.Sprintf(`daemon off;
+master_process on;
+worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  split_clients "${request_id}" $backend {
+    33.3%% %[3]s;
+    33.3%% %[4]s;
+    *      %[5]s;
+  }
+  server {
+    listen %[2]s;
+    location / { return 302 http://$backend$request_uri; }
+  }
+}
+`, dir, addr, redirBackends[0], redirBackends[1], redirBackends[2])
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(redirNginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", confPath)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	b.Cleanup(func() {
+		syscall.Kill(pid, syscall.SIGQUIT) // graceful stop of master and workers
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(pid, syscall.SIGKILL)
+			<-done
+		}
+	})
+	for deadline := time.Now().Add(redirTimeout); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			b.Fatalf("nginx did not start: %v\n%s\n%s", err, stderr.String(), log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// redirLoad sends n GET requests to addr over conns keep-alive
+// connections, one request in flight per connection, parsing responses
+// just enough to find their end. Every response must be a 302 whose
+// Location names a backend. It returns the elapsed time.
+func redirLoad(addr string, n, conns int) (time.Duration, error) {
+	req := []byte("GET " + redirPath + " HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: lbkit-bench\r\n\r\n")
+	var left atomic.Int64
+	left.Store(int64(n))
+	cs := make([]net.Conn, conns)
+	for i := range cs {
+		c, err := net.DialTimeout("tcp", addr, redirTimeout)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(redirTimeout))
+		cs[i] = c
+	}
+	errs := make(chan error, conns)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, c := range cs {
+		wg.Go(func() {
+			br := bufio.NewReaderSize(c, 4096)
+			for left.Add(-1) >= 0 {
+				if _, err := c.Write(req); err != nil {
+					errs <- err
+					return
+				}
+				if err := redirReadResponse(br); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	select {
+	case err := <-errs:
+		return 0, err
+	default:
+	}
+	return elapsed, nil
+}
+
+var (
+	redirStatus302 = []byte("HTTP/1.1 302 ")
+	redirLocation  = []byte("location: http://127.0.0.1:1808")
+)
+
+// redirReadResponse reads one response: the status line, headers up to the
+// empty line, and a Content-Length body.
+func redirReadResponse(br *bufio.Reader) error {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(line, redirStatus302) {
+		return fmt.Errorf("unexpected status line %q", line)
+	}
+	length, located := 0, false
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		if len(line) > 16 && (line[0] == 'C' || line[0] == 'c') && bytes.EqualFold(line[:15], []byte("content-length:")) {
+			length, err = strconv.Atoi(string(bytes.TrimSpace(line[15:])))
+			if err != nil {
+				return err
+			}
+		}
+		if len(line) > len(redirLocation) && bytes.EqualFold(line[:len(redirLocation)], redirLocation) {
+			located = true
+		}
+	}
+	if !located {
+		return errors.New("response without a backend Location")
+	}
+	_, err = br.Discard(length)
+	return err
+}
+
+// BenchmarkRedirectVsNginx sends b.N requests to each responder at 100
+// concurrent keep-alive connections from an in-process client, alternating
+// halves so drift on a shared machine hits all alike, and reports each
+// one's requests per second and the ratios of lbkit to nginx (target ≥
+// 0.9) and to a plain net/http redirector.
+func BenchmarkRedirectVsNginx(b *testing.B) {
+	nginx := redirStartNginx(b)
+	lbkit := redirStartLbkit(b)
+	plain := redirStartPlain(b)
+	// Warm them up (connections, caches, GC pacing).
+	for _, a := range []string{nginx, lbkit, plain} {
+		if _, err := redirLoad(a, 2000, redirConns); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	var tl, tn, tp time.Duration
+	for _, half := range []int{b.N / 2, b.N - b.N/2} {
+		if half == 0 {
+			continue
+		}
+		for _, run := range []struct {
+			name, addr string
+			total      *time.Duration
+		}{{"lbkit", lbkit, &tl}, {"nginx", nginx, &tn}, {"plain", plain, &tp}} {
+			d, err := redirLoad(run.addr, half, redirConns)
+			if err != nil {
+				b.Fatal(run.name, ": ", err)
+			}
+			*run.total += d
+		}
+	}
+	b.StopTimer()
+	lr := float64(b.N) / tl.Seconds()
+	nr := float64(b.N) / tn.Seconds()
+	pr := float64(b.N) / tp.Seconds()
+	b.ReportMetric(lr, "lbkit-req/s")
+	b.ReportMetric(nr, "nginx-req/s")
+	b.ReportMetric(pr, "plain-go-req/s")
+	b.ReportMetric(lr/nr, "ratio")
+	b.ReportMetric(lr/pr, "vs-plain-go")
+}
+
+// redirWrkResults caches one wrk comparison per process: wrk runs for a
+// fixed time, so repeating it for every b.N the framework tries would only
+// multiply the run time.
+var redirWrkResults struct {
+	sync.Once
+	lbkit, nginx float64
+	err          error
+}
+
+var redirWrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+
+func redirRunWrk(addr string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), redirTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, redirWrk, "-t2", "-c100", "-d2s", "--timeout", "5s", "http://"+addr+redirPath).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	m := redirWrkRate.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("wrk: no rate in output\n%s", out)
+	}
+	// wrk counts 302 as "Non-2xx": expected. It prints "Socket errors"
+	// only when some occurred.
+	if bytes.Contains(out, []byte("Socket errors")) {
+		return 0, fmt.Errorf("wrk reported socket errors\n%s", out)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+// BenchmarkRedirectVsNginxWrk measures both responders with wrk (-t2 -c100
+// -d2s each, after a 1 s warm-up), the load generator the peer baselines
+// were measured with. It runs once per process and skips when wrk or nginx
+// is missing. ns/op is meaningless here; read the reported metrics.
+func BenchmarkRedirectVsNginxWrk(b *testing.B) {
+	if _, err := os.Stat(redirWrk); err != nil {
+		b.Skipf("wrk not installed at %s", redirWrk)
+	}
+	r := &redirWrkResults
+	r.Do(func() {
+		nginx := redirStartNginx(b)
+		lbkit := redirStartLbkit(b)
+		for _, a := range []string{nginx, lbkit} {
+			if _, err := redirLoad(a, 5000, redirConns); err != nil {
+				r.err = err
+				return
+			}
+		}
+		if r.lbkit, r.err = redirRunWrk(lbkit); r.err != nil {
+			return
+		}
+		r.nginx, r.err = redirRunWrk(nginx)
+	})
+	if r.err != nil {
+		b.Fatal(r.err)
+	}
+	for b.Loop() {
+	}
+	b.ReportMetric(r.lbkit, "lbkit-req/s")
+	b.ReportMetric(r.nginx, "nginx-req/s")
+	b.ReportMetric(r.lbkit/r.nginx, "ratio")
+}
+
+// BenchmarkRedirectHandler is the handler's own cost, without a server:
+// what lbkit adds on top of net/http per request.
+func BenchmarkRedirectHandler(b *testing.B) {
+	var targets []redirect.Target
+	for _, a := range redirBackends {
+		targets = append(targets, redirect.Target{URL: "http://" + a})
+	}
+	h, err := redirect.New(redirect.Config{Backends: targets})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		r, _ := http.NewRequest(http.MethodGet, "http://bench.example"+redirPath, nil)
+		r.RemoteAddr = "192.0.2.1:1234"
+		w := &redirWriter{h: http.Header{}}
+		for pb.Next() {
+			clear(w.h)
+			h.ServeHTTP(w, r)
+		}
+	})
+}
+
+type redirWriter struct{ h http.Header }
+
+func (w *redirWriter) Header() http.Header         { return w.h }
+func (w *redirWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *redirWriter) WriteHeader(int)             {}
+
+var _ io.Writer = (*redirWriter)(nil)
