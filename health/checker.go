@@ -136,11 +136,13 @@ func (t Target) validate() error {
 //
 // All methods are safe for concurrent use. Each target has its own
 // goroutine that probes it and handles its ejections; one more goroutine
-// delivers events. [Checker.Close] stops them all.
+// delivers events, and one advances the passive window's clock when a
+// window rule is on. [Checker.Close] stops them all.
 type Checker struct {
 	log     *slog.Logger
 	rand    func() float64
 	passive passiveParams
+	epoch   atomic.Uint64 // current window bucket number; see clock
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -185,6 +187,11 @@ func New(cfg Config) (*Checker, error) {
 	c.subs.Store(new([]*subscriber))
 	c.wg.Add(1)
 	go c.dispatch()
+	if p.windowed && !p.disabled {
+		c.epoch.Store(uint64(time.Now().UnixNano() / p.bucketNanos))
+		c.wg.Add(1)
+		go c.clock()
+	}
 	return c, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -202,10 +203,15 @@ func closeOnDone(ctx context.Context, conn net.Conn) (stop func() bool) {
 	return context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 }
 
-// ctxErr prefers ctx's error, which says why an I/O error happened.
+// ctxErr prefers ctx's error, which says why an I/O error happened. A
+// connection's deadline comes from ctx, so its expiry is ctx's deadline
+// even if ctx has not noticed yet.
 func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
 	}
 	return err
 }

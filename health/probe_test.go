@@ -1,0 +1,365 @@
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// probeTimeout is generous: CI shares two cores with other test binaries.
+const probeTimeout = 5 * time.Second
+
+func probeCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func addrOf(t *testing.T, a net.Addr) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(a.String())
+	require.NoError(t, err)
+	return ap
+}
+
+// closedPort returns a loopback TCP port that nothing listens on.
+func closedPort(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	a := addrOf(t, ln.Addr())
+	require.NoError(t, ln.Close())
+	return a
+}
+
+func TestTCPProbe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	_, err = TCP{}.Probe(probeCtx(t, probeTimeout), addrOf(t, ln.Addr()))
+	assert.NoError(t, err)
+
+	_, err = TCP{}.Probe(probeCtx(t, probeTimeout), closedPort(t))
+	assert.ErrorContains(t, err, "refused")
+}
+
+// hangingServer accepts connections and never answers until the test
+// ends.
+func hangingServer(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		close(done)
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	return addrOf(t, ln.Addr())
+}
+
+func TestHTTPProbe(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
+		if r.Host != "svc.example" && r.URL.Query().Get("want-host") != "" {
+			http.Error(w, "wrong host "+r.Host, http.StatusBadRequest)
+			return
+		}
+		w.Write([]byte("status: all good"))
+	})
+	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "broken", http.StatusServiceUnavailable)
+	})
+	mux.HandleFunc("/agent", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Agent-State", r.URL.Query().Get("words"))
+		if r.URL.Query().Has("fail") {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/elsewhere", http.StatusFound)
+	})
+	mux.HandleFunc("/method", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodHead {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	a := addrOf(t, srv.Listener.Addr())
+
+	for _, tc := range []struct {
+		name     string
+		probe    HTTP
+		addr     netip.AddrPort
+		wantErr  string
+		mismatch bool
+		report   Report
+	}{
+		{name: "ok", probe: HTTP{Path: "/ok"}},
+		{name: "host header", probe: HTTP{Path: "/ok?want-host=1", Host: "svc.example"}},
+		{name: "wrong status", probe: HTTP{Path: "/fail"}, wantErr: "status 503", mismatch: true},
+		{name: "status range", probe: HTTP{Path: "/fail", StatusMin: 500, StatusMax: 503}},
+		{name: "redirect is not followed and passes", probe: HTTP{Path: "/redirect"}},
+		{name: "redirect out of range", probe: HTTP{Path: "/redirect", StatusMax: 299}, wantErr: "status 302", mismatch: true},
+		{name: "body matches", probe: HTTP{Path: "/ok", BodyContains: "all good"}},
+		{name: "body mismatch", probe: HTTP{Path: "/ok", BodyContains: "degraded"}, wantErr: "body does not contain", mismatch: true},
+		{name: "not found", probe: HTTP{Path: "/missing"}, wantErr: "status 404", mismatch: true},
+		{name: "method", probe: HTTP{Path: "/method", Method: http.MethodHead}},
+		{name: "agent drain and weight", probe: HTTP{Path: "/agent?words=drain,75%25", AgentHeader: "X-Agent-State"},
+			report: Report{Agent: AgentDrain, HasWeight: true, Weight: 75, WeightPercent: true}},
+		{name: "agent words on a failed check", probe: HTTP{Path: "/agent?words=maint&fail=1", AgentHeader: "X-Agent-State"},
+			wantErr: "status 503", mismatch: true, report: Report{Agent: AgentMaint}},
+		{name: "agent header ignored unless asked", probe: HTTP{Path: "/agent?words=down"}},
+		{name: "unknown agent words are skipped", probe: HTTP{Path: "/agent?words=up+sideways", AgentHeader: "X-Agent-State"},
+			report: Report{Agent: AgentUp}},
+		{name: "refused", probe: HTTP{}, addr: closedPort(t), wantErr: "refused"},
+		{name: "bad scheme", probe: HTTP{Scheme: "gopher"}, wantErr: "unknown scheme"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := a
+			if tc.addr.IsValid() {
+				target = tc.addr
+			}
+			rep, err := tc.probe.Probe(probeCtx(t, probeTimeout), target)
+			assert.Equal(t, tc.report, rep)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tc.wantErr)
+			assert.Equal(t, tc.mismatch, errors.Is(err, ErrMismatch))
+		})
+	}
+}
+
+func TestHTTPProbeHangingServerTimesOut(t *testing.T) {
+	a := hangingServer(t)
+	for _, p := range []Prober{HTTP{}, HTTP{TLSConfig: &tls.Config{}}} {
+		start := time.Now()
+		_, err := p.Probe(probeCtx(t, 200*time.Millisecond), a)
+		require.Error(t, err)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Less(t, time.Since(start), probeTimeout, "the probe returned because of its deadline")
+	}
+}
+
+func TestHTTPSProbe(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("secure"))
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // failed handshakes are the point
+	srv.StartTLS()
+	defer srv.Close()
+	a := addrOf(t, srv.Listener.Addr())
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+
+	for _, tc := range []struct {
+		name    string
+		probe   HTTP
+		wantErr string
+	}{
+		{name: "unknown CA", probe: HTTP{Scheme: "https"}, wantErr: "certificate"},
+		{name: "unknown CA with empty config", probe: HTTP{TLSConfig: &tls.Config{}}, wantErr: "certificate"},
+		{name: "server CA", probe: HTTP{TLSConfig: &tls.Config{RootCAs: pool}, BodyContains: "secure"}},
+		// httptest's certificate names example.com and 127.0.0.1.
+		{name: "server CA and host name", probe: HTTP{TLSConfig: &tls.Config{RootCAs: pool}, Host: "example.com:443"}},
+		{name: "name mismatch", probe: HTTP{TLSConfig: &tls.Config{RootCAs: pool}, Host: "other.example"}, wantErr: "certificate"},
+		{name: "plain HTTP to a TLS server", probe: HTTP{}, wantErr: "status 400"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.probe.Probe(probeCtx(t, probeTimeout), a)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tc.wantErr)
+		})
+	}
+}
+
+// dnsServer starts an in-process authoritative server on 127.0.0.1:0 for
+// net, answering "svc.example." A and nothing else.
+func dnsServer(t *testing.T, network string) netip.AddrPort {
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		m.Authoritative = true
+		q := r.Question[0]
+		switch {
+		case q.Name == "svc.example." && q.Qtype == dns.TypeA:
+			rr, _ := dns.NewRR("svc.example. 30 IN A 198.18.0.10")
+			m.Answer = append(m.Answer, rr)
+		case q.Name == "svc.example.":
+			// NODATA
+		case dns.IsSubDomain("example.", q.Name):
+			m.Rcode = dns.RcodeNameError
+		default:
+			m.Rcode = dns.RcodeRefused
+		}
+		w.WriteMsg(m)
+	})
+	started := make(chan struct{})
+	srv := &dns.Server{Net: network, Handler: handler, NotifyStartedFunc: func() { close(started) }}
+	var a netip.AddrPort
+	switch network {
+	case "udp":
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		srv.PacketConn = pc
+		a = addrOf(t, pc.LocalAddr())
+	default:
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		srv.Listener = ln
+		a = addrOf(t, ln.Addr())
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.ActivateAndServe()
+	}()
+	<-started
+	t.Cleanup(func() {
+		srv.Shutdown()
+		<-done
+	})
+	return a
+}
+
+func TestDNSProbe(t *testing.T) {
+	for _, network := range []string{"udp", "tcp"} {
+		a := dnsServer(t, network)
+		for _, tc := range []struct {
+			name    string
+			probe   DNS
+			wantErr string
+		}{
+			{name: "answer", probe: DNS{Name: "svc.example", WantAnswer: true}},
+			{name: "nodata passes without WantAnswer", probe: DNS{Name: "svc.example", Type: dns.TypeAAAA}},
+			{name: "nodata fails with WantAnswer", probe: DNS{Name: "svc.example", Type: dns.TypeAAAA, WantAnswer: true}, wantErr: "no answer"},
+			{name: "nxdomain", probe: DNS{Name: "nope.example."}, wantErr: "rcode NXDOMAIN"},
+			{name: "want nxdomain", probe: DNS{Name: "nope.example.", WantRcode: dns.RcodeNameError}},
+			{name: "refused", probe: DNS{Name: "elsewhere.test."}, wantErr: "rcode REFUSED"},
+			{name: "name required", probe: DNS{}, wantErr: "Name is required"},
+			{name: "bad network", probe: DNS{Name: "svc.example", Net: "sctp"}, wantErr: "unknown network"},
+		} {
+			t.Run(network+"/"+tc.name, func(t *testing.T) {
+				p := tc.probe
+				if p.Net == "" {
+					p.Net = network
+				}
+				_, err := p.Probe(probeCtx(t, probeTimeout), a)
+				if tc.wantErr == "" {
+					require.NoError(t, err)
+					return
+				}
+				require.ErrorContains(t, err, tc.wantErr)
+			})
+		}
+	}
+	t.Run("no server", func(t *testing.T) {
+		_, err := DNS{Name: "svc.example", Net: "tcp"}.Probe(probeCtx(t, probeTimeout), closedPort(t))
+		assert.ErrorContains(t, err, "refused")
+	})
+}
+
+func TestUDPProbe(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "silence" {
+				continue
+			}
+			pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
+		}
+	}()
+	defer func() { pc.Close(); <-done }()
+	a := addrOf(t, pc.LocalAddr())
+
+	// A closed UDP port: the ICMP port-unreachable refuses the read.
+	spare, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := addrOf(t, spare.LocalAddr())
+	spare.Close()
+
+	for _, tc := range []struct {
+		name    string
+		probe   UDP
+		addr    netip.AddrPort
+		timeout time.Duration
+		wantErr string
+	}{
+		{name: "echo", probe: UDP{Send: []byte("ping"), Expect: []byte("echo:ping")}},
+		{name: "any reply", probe: UDP{Send: []byte("ping")}},
+		{name: "mismatch", probe: UDP{Send: []byte("ping"), Expect: []byte("pong")}, wantErr: "does not contain"},
+		{name: "no reply", probe: UDP{Send: []byte("silence")}, timeout: 200 * time.Millisecond, wantErr: "deadline exceeded"},
+		{name: "port unreachable", probe: UDP{Send: []byte("ping")}, addr: closed, wantErr: "refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := a
+			if tc.addr.IsValid() {
+				target = tc.addr
+			}
+			d := tc.timeout
+			if d == 0 {
+				d = probeTimeout
+			}
+			_, err := tc.probe.Probe(probeCtx(t, d), target)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tc.wantErr)
+		})
+	}
+}
+
+func TestProberFunc(t *testing.T) {
+	want := Report{Agent: AgentDrain}
+	p := ProberFunc(func(ctx context.Context, a netip.AddrPort) (Report, error) { return want, nil })
+	rep, err := p.Probe(context.Background(), netip.MustParseAddrPort("127.0.0.1:1"))
+	require.NoError(t, err)
+	assert.Equal(t, want, rep)
+}
