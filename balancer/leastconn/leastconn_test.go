@@ -2,6 +2,7 @@ package leastconn
 
 import (
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -136,8 +137,10 @@ func TestClosedLoopFollowsWeights(t *testing.T) {
 func TestIdleDistribution(t *testing.T) {
 	for _, n := range sizes {
 		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
+			// k picks per endpoint; the band is 6.5 standard deviations.
+			k := 400_000 / n
 			ready := balancertest.Ready(n)
-			balancertest.CheckDistribution(t, ready, balancertest.Counts(t, Builder{}.Build(ready), 4000*n, nil), 0.1)
+			balancertest.CheckDistribution(t, ready, balancertest.Counts(t, Builder{}.Build(ready), k*n, nil), 6.5/math.Sqrt(float64(k)))
 		})
 	}
 }

@@ -91,4 +91,3 @@ func TestIgnoresWeights(t *testing.T) {
 		assert.InDelta(t, 10000, counts[w.Endpoint], float64(len(p.(*Picker).ctr.shards)))
 	}
 }
-
