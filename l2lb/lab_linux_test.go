@@ -1,0 +1,358 @@
+package l2lb
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/internal/netlab"
+)
+
+var (
+	labVIP4 = netip.MustParseAddr("198.18.0.100")
+	labVIP6 = netip.MustParseAddr("fd00:198:18::100")
+)
+
+// dsrLab is a client, a balancer and backends, each in its own namespace
+// on one bridge (netlab's 198.18.0.0/24 and fd00:198:18::/64). The VIPs
+// are on the balancer's eth0, so it answers ARP and neighbour
+// solicitations for them; the backends carry them on lo with
+// arp_ignore=1, arp_announce=2 and rp_filter=0.
+type dsrLab struct {
+	lab      *netlab.Lab
+	client   *netlab.Host
+	lb       *netlab.Host
+	backends []*netlab.Host
+	pool4    *balancer.Pool
+	pool6    *balancer.Pool
+	poolUDP  *balancer.Pool
+	bal      *Balancer
+}
+
+func (l *dsrLab) backendAddr(i int) netip.AddrPort { return netip.AddrPortFrom(l.backends[i].Addr4(), 80) }
+
+// setupBackend gives a backend host the VIPs and the DSR sysctls.
+func setupBackend(t testing.TB, h *netlab.Host) {
+	t.Helper()
+	require.NoError(t, h.AddAddr(netip.PrefixFrom(labVIP4, 32), "lo"))
+	require.NoError(t, h.AddAddr(netip.PrefixFrom(labVIP6, 128), "lo"))
+	for _, kv := range [][2]string{
+		{"net.ipv4.conf.all.arp_ignore", "1"},
+		{"net.ipv4.conf.all.arp_announce", "2"},
+		{"net.ipv4.conf.eth0.arp_ignore", "1"},
+		{"net.ipv4.conf.eth0.arp_announce", "2"},
+		{"net.ipv4.conf.all.rp_filter", "0"},
+		{"net.ipv4.conf.eth0.rp_filter", "0"},
+	} {
+		require.NoError(t, h.Sysctl(kv[0], kv[1]))
+	}
+}
+
+// serveHTTP runs an HTTP server on :80 in h: /name answers the host's
+// name, /blob?n=N sends N bytes.
+func serveHTTP(t testing.TB, h *netlab.Host) {
+	t.Helper()
+	ln, err := h.Listen("tcp", ":80")
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/name", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, h.Name()) })
+	blob := make([]byte, 1<<20)
+	mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		for n > 0 {
+			k := min(n, len(blob))
+			if _, err := w.Write(blob[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+}
+
+func newDSRLab(t testing.TB, nBackends int) *dsrLab {
+	t.Helper()
+	netlab.RequireRoot(t)
+	lab, err := netlab.New(t, netlab.Config{})
+	require.NoError(t, err)
+	l := &dsrLab{lab: lab}
+	l.client, err = lab.AddHost("client")
+	require.NoError(t, err)
+	l.lb, err = lab.AddHost("lb")
+	require.NoError(t, err)
+	require.NoError(t, l.lb.AddAddr(netip.PrefixFrom(labVIP4, 32), "eth0"))
+	require.NoError(t, l.lb.AddAddr(netip.PrefixFrom(labVIP6, 128), "eth0"))
+	var b4, b6, bu []balancer.Backend
+	for i := range nBackends {
+		h, err := lab.AddHost(fmt.Sprintf("be%d", i+1))
+		require.NoError(t, err)
+		setupBackend(t, h)
+		serveHTTP(t, h)
+		l.backends = append(l.backends, h)
+		b4 = append(b4, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr4(), 80)})
+		b6 = append(b6, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr6(), 80)})
+		bu = append(bu, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr4(), 9000)})
+	}
+	mk := func(bs []balancer.Backend) *balancer.Pool {
+		p := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+		require.NoError(t, p.Set(bs))
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	l.pool4, l.pool6, l.poolUDP = mk(b4), mk(b6), mk(bu)
+	err = l.lb.Do(func() (err error) {
+		l.bal, err = New(Config{
+			Interface: "eth0",
+			Mode:      AttachGeneric,
+			Services: []Service{
+				{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: l.pool4},
+				{VIP: netip.AddrPortFrom(labVIP6, 80), Pool: l.pool6},
+				{VIP: netip.AddrPortFrom(labVIP4, 9000), Proto: UDP, Pool: l.poolUDP},
+			},
+			ResolveInterval: 50 * time.Millisecond,
+		})
+		return err
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.bal.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, l.bal.Sync(ctx), "backend MACs resolve through the neighbour table")
+	return l
+}
+
+// conn is a keep-alive HTTP/1.1 connection from the client to a VIP.
+type conn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (l *dsrLab) dial(t testing.TB, vip netip.Addr) *conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := l.client.DialContext(ctx, "tcp", netip.AddrPortFrom(vip, 80).String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return &conn{c: c, r: bufio.NewReader(c)}
+}
+
+// get sends one request on the connection and returns the body.
+func (c *conn) get(path string) (string, error) {
+	c.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(c.c, "GET %s HTTP/1.1\r\nHost: vip\r\n\r\n", path); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(c.r, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// name opens a new connection to vip and returns the backend that served
+// it.
+func (l *dsrLab) name(t testing.TB, vip netip.Addr) string {
+	t.Helper()
+	c := l.dial(t, vip)
+	defer c.c.Close()
+	n, err := c.get("/name")
+	require.NoError(t, err)
+	return n
+}
+
+func rxBytes(t testing.TB, h *netlab.Host) uint64 {
+	t.Helper()
+	link, err := h.Handle().LinkByName("eth0")
+	require.NoError(t, err)
+	return link.Attrs().Statistics.RxBytes
+}
+
+func TestLab(t *testing.T) {
+	l := newDSRLab(t, 3)
+
+	t.Run("backends are set up for DSR", func(t *testing.T) {
+		for _, h := range l.backends {
+			assert.NoError(t, CheckBackend(h.Do, labVIP4), h.Name())
+			assert.NoError(t, CheckBackend(h.Do, labVIP6), h.Name())
+		}
+		// The client is not: the check says exactly what is wrong.
+		require.NoError(t, l.client.Sysctl("net.ipv4.conf.all.rp_filter", "1"))
+		err := CheckBackend(l.client.Do, labVIP4)
+		var se *SetupError
+		require.ErrorAs(t, err, &se)
+		require.ErrorIs(t, err, ErrBackendSetup)
+		msg := err.Error()
+		assert.Contains(t, msg, "VIP 198.18.0.100 is not on lo")
+		assert.Contains(t, msg, "eth0: arp_ignore is 0")
+		assert.Contains(t, msg, "eth0: arp_announce is 0")
+		assert.Contains(t, msg, "eth0: rp_filter is strict")
+		assert.Len(t, se.Problems, 4, msg)
+		require.NoError(t, l.client.Sysctl("net.ipv4.conf.all.rp_filter", "0"))
+	})
+
+	t.Run("TCP through the VIP reaches every backend", func(t *testing.T) {
+		for _, vip := range []netip.Addr{labVIP4, labVIP6} {
+			seen := map[string]int{}
+			for range 60 {
+				seen[l.name(t, vip)]++
+			}
+			assert.Len(t, seen, 3, "backends seen through %v: %v", vip, seen)
+		}
+	})
+
+	t.Run("replies bypass the balancer", func(t *testing.T) {
+		before, err := l.bal.Stats()
+		require.NoError(t, err)
+		lbRx0, clientRx0 := rxBytes(t, l.lb), rxBytes(t, l.client)
+		const size = 4 << 20
+		for range 6 {
+			c := l.dial(t, labVIP4)
+			body, err := c.get("/blob?n=" + strconv.Itoa(size))
+			require.NoError(t, err)
+			require.Len(t, body, size)
+			c.c.Close()
+		}
+		after, err := l.bal.Stats()
+		require.NoError(t, err)
+		lbRx, clientRx := rxBytes(t, l.lb)-lbRx0, rxBytes(t, l.client)-clientRx0
+		xdpBytes := after.Services[0].Bytes - before.Services[0].Bytes
+		t.Logf("client received %d bytes; balancer eth0 received %d bytes, its XDP program forwarded %d bytes in %d frames",
+			clientRx, lbRx, xdpBytes, after.Services[0].Packets-before.Services[0].Packets)
+		assert.Greater(t, clientRx, uint64(6*size))
+		assert.Less(t, lbRx*20, clientRx, "the balancer sees only client-to-server frames")
+		assert.Less(t, xdpBytes*20, clientRx)
+		assert.Equal(t, after.Services[0].Packets-before.Services[0].Packets, after.Forwarded-before.Forwarded-
+			(after.Services[1].Packets-before.Services[1].Packets)-(after.Services[2].Packets-before.Services[2].Packets),
+			"every frame for the service was forwarded")
+	})
+
+	t.Run("a failed backend's new flows move within one apply; others undisturbed", func(t *testing.T) {
+		// One keep-alive connection per backend.
+		byName := map[string]*conn{}
+		for range 200 {
+			if len(byName) == 3 {
+				break
+			}
+			c := l.dial(t, labVIP4)
+			n, err := c.get("/name")
+			require.NoError(t, err)
+			if byName[n] == nil {
+				byName[n] = c
+			} else {
+				c.c.Close()
+			}
+		}
+		require.Len(t, byName, 3)
+
+		// be3 drains: its connection keeps working, new ones avoid it.
+		require.True(t, l.pool4.SetDraining(l.backendAddr(2), true))
+		// be2 fails.
+		require.True(t, l.pool4.SetHealthy(l.backendAddr(1), false))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, l.bal.Sync(ctx))
+
+		st, err := l.bal.Stats()
+		require.NoError(t, err)
+		b2, _ := st.Services[0].Backend(l.backendAddr(1))
+		b3, _ := st.Services[0].Backend(l.backendAddr(2))
+		assert.False(t, b2.Up)
+		assert.True(t, b3.Up)
+		assert.False(t, b3.InRing)
+
+		for range 40 {
+			assert.Equal(t, "be1", l.name(t, labVIP4))
+		}
+		for range 5 {
+			n, err := byName["be1"].get("/name")
+			require.NoError(t, err)
+			assert.Equal(t, "be1", n, "flows to healthy backends are undisturbed")
+			n, err = byName["be3"].get("/name")
+			require.NoError(t, err)
+			assert.Equal(t, "be3", n, "a draining backend keeps its flows")
+		}
+		// be2's flow was picked again, to a backend that knows nothing
+		// of it and resets it.
+		_, err = byName["be2"].get("/name")
+		assert.Error(t, err, "the failed backend's flow is dropped")
+
+		require.True(t, l.pool4.SetHealthy(l.backendAddr(1), true))
+		require.True(t, l.pool4.SetDraining(l.backendAddr(2), false))
+		require.NoError(t, l.bal.Sync(ctx))
+		seen := map[string]bool{}
+		for range 60 {
+			seen[l.name(t, labVIP4)] = true
+		}
+		assert.Len(t, seen, 3, "recovered backends take new flows again")
+	})
+
+	t.Run("UDP", func(t *testing.T) {
+		var pcs []net.PacketConn
+		for _, h := range l.backends {
+			pc, err := h.ListenPacket("udp4", ":9000")
+			require.NoError(t, err)
+			pcs = append(pcs, pc)
+		}
+		got := make(chan string, 100)
+		for i, pc := range pcs {
+			go func() {
+				buf := make([]byte, 64)
+				for {
+					n, _, err := pc.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					got <- fmt.Sprintf("be%d:%s", i+1, buf[:n])
+				}
+			}()
+		}
+		var out net.PacketConn
+		require.NoError(t, l.client.Do(func() (err error) { out, err = net.ListenPacket("udp4", ":0"); return err }))
+		defer out.Close()
+		dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(labVIP4, 9000))
+		for i := range 30 {
+			_, err := out.WriteTo([]byte(strconv.Itoa(i)), dst)
+			require.NoError(t, err)
+		}
+		// One flow (one source port): every datagram to one backend.
+		seen := map[string]bool{}
+		for range 30 {
+			select {
+			case s := <-got:
+				seen[strings.Split(s, ":")[0]] = true
+			case <-time.After(10 * time.Second):
+				t.Fatal("datagrams lost")
+			}
+		}
+		assert.Len(t, seen, 1)
+		for _, pc := range pcs {
+			pc.Close()
+		}
+	})
+
+	st, err := l.bal.Stats()
+	require.NoError(t, err)
+	assert.Equal(t, AttachGeneric, st.Mode)
+	assert.Zero(t, st.NoBackend)
+	t.Logf("stats: %+v", st.Counters)
+}
+
