@@ -42,7 +42,9 @@ type dsrLab struct {
 	bal      *Balancer
 }
 
-func (l *dsrLab) backendAddr(i int) netip.AddrPort { return netip.AddrPortFrom(l.backends[i].Addr4(), 80) }
+func (l *dsrLab) backendAddr(i int) netip.AddrPort {
+	return netip.AddrPortFrom(l.backends[i].Addr4(), 80)
+}
 
 // setupBackend gives a backend host the VIPs and the DSR sysctls.
 func setupBackend(t testing.TB, h *netlab.Host) {
@@ -355,4 +357,3 @@ func TestLab(t *testing.T) {
 	assert.Zero(t, st.NoBackend)
 	t.Logf("stats: %+v", st.Counters)
 }
-
