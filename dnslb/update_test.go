@@ -104,7 +104,10 @@ func TestUpdaterKnot(t *testing.T) {
 			wg.Wait()
 		}()
 		want := []string{"198.18.0.1", "198.18.0.2", "198.18.99.99"}
-		inStep := func() bool { got, _ := k.lookup("svc.example.test.", dns.TypeA); return assert.ObjectsAreEqual(want, got) }
+		inStep := func() bool {
+			got, _ := k.lookup("svc.example.test.", dns.TypeA)
+			return assert.ObjectsAreEqual(want, got)
+		}
 		require.Eventually(t, inStep, 20*time.Second, 20*time.Millisecond)
 		k.restart(knotZone) // back to .99.99 and .3, serial 1
 		// 198.18.0.3 was never a member of this updater's pool: not
