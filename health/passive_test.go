@@ -1,6 +1,7 @@
 package health
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"testing"
@@ -325,4 +326,22 @@ func TestObserveConcurrentWithUpdates(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+func TestEjectionNotDelayedByHangingProbe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, _ := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: 10 * time.Second}})
+		hang := ProberFunc(func(ctx context.Context, _ netip.AddrPort) (Report, error) {
+			<-ctx.Done()
+			return Report{}, ctx.Err()
+		})
+		a := addr(1)
+		require.NoError(t, c.SetTarget(Target{Addr: a, Probe: hang, Initial: Healthy, Interval: time.Second, Timeout: time.Hour}))
+		step(time.Second) // the probe hangs from 0.5 s on
+		observeN(c, a, fail, 5)
+		synctest.Wait()
+		assert.Equal(t, Unhealthy, c.State(a))
+		step(10 * time.Second)
+		assert.Equal(t, Healthy, c.State(a), "the ejection expired while the probe still hangs")
+	})
 }

@@ -141,8 +141,16 @@ func (t *target) emitLocked(ev Event) {
 	c.emit(ev)
 }
 
+// probeResult is the outcome of one probe, sent back to run.
+type probeResult struct {
+	rep Report
+	err error
+}
+
 // run is the target's goroutine: it probes on schedule, ejects on kicks
-// from Observe and ends ejections when they expire.
+// from Observe and ends ejections when they expire. Each probe runs on a
+// goroutine of its own, so a slow probe delays neither ejections nor
+// their expiry; one probe at most is in flight.
 func (c *Checker) run(t *target) {
 	defer c.wg.Done()
 	cfg := t.config()
@@ -158,6 +166,8 @@ func (c *Checker) run(t *target) {
 	var ejectC <-chan time.Time
 	defer probe.Stop()
 	defer eject.Stop()
+	results := make(chan probeResult, 1) // the probe goroutine never blocks
+	probing := false
 	for {
 		select {
 		case <-t.ctx.Done():
@@ -174,7 +184,7 @@ func (c *Checker) run(t *target) {
 			cfg = t.config()
 			probe.Stop()
 			probeC = nil
-			if cfg.Probe != nil {
+			if cfg.Probe != nil && !probing {
 				probe.Reset(time.Duration(c.rand() * float64(t.delay(&cfg))))
 				probeC = probe.C
 			}
@@ -184,14 +194,27 @@ func (c *Checker) run(t *target) {
 				probeC = nil
 				continue
 			}
-			ctx, cancel := context.WithTimeout(t.ctx, cfg.Timeout)
-			rep, err := cfg.Probe.Probe(ctx, t.addr)
-			cancel()
+			probing = true
+			c.wg.Add(1)
+			go func(p Prober, timeout time.Duration) {
+				defer c.wg.Done()
+				ctx, cancel := context.WithTimeout(t.ctx, timeout)
+				defer cancel()
+				rep, err := p.Probe(ctx, t.addr)
+				results <- probeResult{rep, err}
+			}(cfg.Probe, cfg.Timeout)
+		case r := <-results:
+			probing = false
 			if t.ctx.Err() != nil {
 				return
 			}
-			c.handleProbe(t, rep, err)
-			probe.Reset(c.jittered(t.delay(&cfg), &cfg))
+			c.handleProbe(t, r.rep, r.err)
+			cfg = t.config()
+			probeC = nil
+			if cfg.Probe != nil {
+				probe.Reset(c.jittered(t.delay(&cfg), &cfg))
+				probeC = probe.C
+			}
 		}
 	}
 }
