@@ -21,6 +21,8 @@ type strategy struct {
 func strategies() []strategy {
 	return []strategy{
 		{name: "direct", setup: setupDirect, expectLoss: true},
+		{name: "redirect", setup: setupRedirect},
+		{name: "dns", setup: setupDNS},
 	}
 }
 
