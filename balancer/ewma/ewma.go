@@ -16,16 +16,23 @@ const Penalty = float64(math.MaxInt64 >> 16)
 
 // Builder builds peak-EWMA pickers. The zero value is ready to use and is
 // safe for concurrent use by several pools.
-type Builder struct{}
+type Builder struct {
+	// Rand, when set, is the source of the picker's random choices
+	// instead of math/rand/v2's global functions, for reproducible tests
+	// and simulations. A picker calls it from every goroutine that picks,
+	// so it must be safe for concurrent use unless the picker is used by
+	// one goroutine at a time (*rand.PCG and *rand.ChaCha8 are not safe).
+	Rand rand.Source
+}
 
 var _ balancer.Builder = Builder{}
 
 // Build returns a picker over ready. It copies what it keeps.
-func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
+func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	if len(ready) == 0 {
 		return balancer.ErrPicker(balancer.ErrNoBackend)
 	}
-	p := &Picker{entries: make([]entry, len(ready)), sameDecay: true}
+	p := &Picker{entries: make([]entry, len(ready)), sameDecay: true, src: b.Rand}
 	for i, w := range ready {
 		tau := float64(w.Endpoint.EWMADecay())
 		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / w.Weight, tau: tau}
@@ -39,6 +46,7 @@ func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
 type Picker struct {
 	entries   []entry
 	sameDecay bool // every entry has the same τ: picks need no clock
+	src       rand.Source
 }
 
 type entry struct {
@@ -75,7 +83,7 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 		return es[0].ep, nil
 	}
 	n := uint64(len(es))
-	i, lo := bits.Mul64(rand.Uint64(), n)
+	i, lo := bits.Mul64(p.uint64(), n)
 	j, lo := bits.Mul64(lo, n-1)
 	if j >= i {
 		j++
@@ -91,6 +99,14 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 		return b.ep, nil
 	}
 	return a.ep, nil
+}
+
+// uint64 draws from the builder's Rand, or math/rand/v2.
+func (p *Picker) uint64() uint64 {
+	if p.src != nil {
+		return p.src.Uint64()
+	}
+	return rand.Uint64()
 }
 
 // compare returns -1 if a is cheaper now, 1 if b is, 0 on a tie.

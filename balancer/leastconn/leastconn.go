@@ -19,6 +19,13 @@ type Builder struct {
 	// two random choices. Zero means DefaultScanLimit; negative means
 	// always use two choices (for sets of three or more).
 	ScanLimit int
+
+	// Rand, when set, is the source of the picker's random choices
+	// instead of math/rand/v2's global functions, for reproducible tests
+	// and simulations. A picker calls it from every goroutine that picks,
+	// so it must be safe for concurrent use unless the picker is used by
+	// one goroutine at a time (*rand.PCG and *rand.ChaCha8 are not safe).
+	Rand rand.Source
 }
 
 var _ balancer.Builder = Builder{}
@@ -32,7 +39,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	if limit == 0 {
 		limit = DefaultScanLimit
 	}
-	p := &Picker{entries: make([]entry, len(ready)), scan: len(ready) <= max(limit, 2)}
+	p := &Picker{entries: make([]entry, len(ready)), scan: len(ready) <= max(limit, 2), src: b.Rand}
 	for i, w := range ready {
 		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / w.Weight}
 	}
@@ -45,6 +52,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 type Picker struct {
 	entries []entry
 	scan    bool
+	src     rand.Source
 }
 
 type entry struct {
@@ -64,7 +72,7 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 	if len(es) == 1 {
 		return es[0].ep, nil
 	}
-	r := rand.Uint64()
+	r := p.uint64()
 	if p.scan {
 		return p.minimum(r), nil
 	}
@@ -82,6 +90,14 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 		return b.ep, nil
 	}
 	return a.ep, nil
+}
+
+// uint64 draws from the builder's Rand, or math/rand/v2.
+func (p *Picker) uint64() uint64 {
+	if p.src != nil {
+		return p.src.Uint64()
+	}
+	return rand.Uint64()
 }
 
 // minimum scans every entry and returns one of least cost, chosen

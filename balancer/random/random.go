@@ -10,19 +10,26 @@ import (
 
 // Builder builds random pickers. The zero value is ready to use and is
 // safe for concurrent use by several pools.
-type Builder struct{}
+type Builder struct {
+	// Rand, when set, is the source of the picker's random choices
+	// instead of math/rand/v2's global functions, for reproducible tests
+	// and simulations. A picker calls it from every goroutine that picks,
+	// so it must be safe for concurrent use unless the picker is used by
+	// one goroutine at a time (*rand.PCG and *rand.ChaCha8 are not safe).
+	Rand rand.Source
+}
 
 var _ balancer.Builder = Builder{}
 
 // Build returns a picker over ready: uniform when all weights are equal,
 // weighted by the alias method otherwise. Build copies what it keeps and
 // takes O(n) time.
-func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
+func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	n := len(ready)
 	if n == 0 {
 		return balancer.ErrPicker(balancer.ErrNoBackend)
 	}
-	p := &Picker{eps: make([]*balancer.Endpoint, n), n: uint64(n)}
+	p := &Picker{eps: make([]*balancer.Endpoint, n), n: uint64(n), src: b.Rand}
 	equal := true
 	for i, w := range ready {
 		p.eps[i] = w.Endpoint
@@ -41,6 +48,7 @@ type Picker struct {
 	n     uint64
 	cut   []uint64 // column i keeps i when the pick's fraction is < cut[i]; nil when uniform
 	alias []uint32 // column i's other endpoint
+	src   rand.Source
 }
 
 // Pick returns a random endpoint, with probability proportional to its
@@ -50,11 +58,19 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 	// hi is uniform in [0, n) (Lemire's multiply-shift; the bias is at
 	// most n/2^64); lo is the fraction left over, uniform in [0, 2^64)
 	// to within n units.
-	hi, lo := bits.Mul64(rand.Uint64(), p.n)
+	hi, lo := bits.Mul64(p.uint64(), p.n)
 	if p.cut == nil || lo < p.cut[hi] {
 		return p.eps[hi], nil
 	}
 	return p.eps[p.alias[hi]], nil
+}
+
+// uint64 draws from the builder's Rand, or math/rand/v2.
+func (p *Picker) uint64() uint64 {
+	if p.src != nil {
+		return p.src.Uint64()
+	}
+	return rand.Uint64()
 }
 
 // aliasTable builds Vose's alias table for the weights of ready. Column i

@@ -43,12 +43,20 @@ func shardCount() int {
 
 // newCounter returns a counter over n > 0 entries with shards starting at
 // random offsets, so pickers rebuilt at the same time do not all start on
-// the same entry.
-func newCounter(n int) counter {
+// the same entry. With a non-nil src the offsets come from src and the
+// counter has a single shard, so its sequence is reproducible.
+func newCounter(n int, src rand.Source) counter {
 	s := shardCount()
+	if src != nil {
+		s = 1
+	}
 	c := counter{shards: make([]shard, s), shift: uint(64 - bits.TrailingZeros(uint(s))), n: uint64(n)}
 	for i := range c.shards {
-		c.shards[i].pos.Store(rand.Uint64N(c.n))
+		if src != nil {
+			c.shards[i].pos.Store(rand.New(src).Uint64N(c.n))
+		} else {
+			c.shards[i].pos.Store(rand.Uint64N(c.n))
+		}
 	}
 	return c
 }
@@ -60,7 +68,7 @@ func (c *counter) next() uint64 {
 	// the address of a local does not make it escape.
 	var anchor byte
 	h := uint64(uintptr(unsafe.Pointer(&anchor))) * 0x9e3779b97f4a7c15
-	return c.on(int(h >> c.shift))
+	return c.on(int(h >> c.shift & uint64(len(c.shards)-1)))
 }
 
 // on advances shard i and returns its entry index.

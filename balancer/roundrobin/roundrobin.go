@@ -1,16 +1,27 @@
 package roundrobin
 
-import "github.com/lbkit/lbkit/balancer"
+import (
+	"math/rand/v2"
+
+	"github.com/lbkit/lbkit/balancer"
+)
 
 // Builder builds round-robin pickers. The zero value is ready to use and
 // is safe for concurrent use by several pools.
-type Builder struct{}
+type Builder struct {
+	// Rand, when set, is the source of the starting offsets instead of
+	// math/rand/v2's global functions, and makes picks deterministic: the
+	// picker then uses a single counter, so concurrent picks contend on
+	// one cache line. Meant for tests and simulations; Build calls it, Pick
+	// does not.
+	Rand rand.Source
+}
 
 var _ balancer.Builder = Builder{}
 
 // Build returns a picker that rotates over ready in order, starting at
 // random offsets. Weights are ignored. Build copies what it keeps.
-func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
+func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	if len(ready) == 0 {
 		return balancer.ErrPicker(balancer.ErrNoBackend)
 	}
@@ -18,7 +29,7 @@ func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	for i, w := range ready {
 		eps[i] = w.Endpoint
 	}
-	return &Picker{eps: eps, ctr: newCounter(len(eps))}
+	return &Picker{eps: eps, ctr: newCounter(len(eps), b.Rand)}
 }
 
 // Picker hands out its endpoints in turn. It is immutable apart from its

@@ -2,6 +2,7 @@ package weighted
 
 import (
 	"math"
+	"math/rand/v2"
 	"slices"
 
 	"github.com/lbkit/lbkit/balancer"
@@ -14,7 +15,14 @@ const MaxSchedule = 1 << 16
 
 // Builder builds weighted round-robin pickers. The zero value is ready to
 // use and is safe for concurrent use by several pools.
-type Builder struct{}
+type Builder struct {
+	// Rand, when set, is the source of the starting offsets instead of
+	// math/rand/v2's global functions, and makes picks deterministic: the
+	// picker then uses a single counter, so concurrent picks contend on
+	// one cache line. Meant for tests and simulations; Build calls it, Pick
+	// does not.
+	Rand rand.Source
+}
 
 var _ balancer.Builder = Builder{}
 
@@ -22,7 +30,7 @@ var _ balancer.Builder = Builder{}
 // ready in proportion to the weights. It copies what it keeps and takes
 // O(n + cycle length) time and memory (at most 4 × MaxSchedule bytes for
 // the schedule).
-func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
+func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	if len(ready) == 0 {
 		return balancer.ErrPicker(balancer.ErrNoBackend)
 	}
@@ -33,7 +41,7 @@ func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
 		weights[i] = w.Weight
 	}
 	sched := schedule(slots(weights))
-	return &Picker{eps: eps, sched: sched, ctr: newCounter(len(sched))}
+	return &Picker{eps: eps, sched: sched, ctr: newCounter(len(sched), b.Rand)}
 }
 
 // Picker hands out endpoints in the order of its schedule. It is
