@@ -286,10 +286,10 @@ type Status struct {
 	// Probe is the state the active probes alone give (Healthy for a
 	// passive-only target).
 	Probe State
-	// Ejected reports that passive outlier detection ejected the target;
-	// Ejections is the decaying ejection count that sets the next
-	// ejection's length.
-	Ejected   bool
+	// Ejected reports that passive outlier detection ejected the target.
+	Ejected bool
+	// Ejections is the decaying ejection count that sets the length of
+	// the next ejection (see [PassiveConfig.BaseEjection]).
 	Ejections int
 	// Agent is the last state an agent reported, AgentNone if none.
 	Agent AgentState

@@ -72,11 +72,13 @@ func (s AgentState) String() string {
 type Report struct {
 	// Agent is the state the agent asked for, or AgentNone.
 	Agent AgentState
-	// HasWeight reports that the agent asked for a weight: Weight, or
-	// Weight percent of the target's configured weight if WeightPercent.
-	// A weight of zero drains the target, as in HAProxy.
-	HasWeight     bool
-	Weight        uint32
+	// HasWeight reports that the agent asked for a weight. A weight of
+	// zero drains the target, as in HAProxy.
+	HasWeight bool
+	// Weight is the weight asked for: absolute, or a percentage of the
+	// target's configured weight if WeightPercent.
+	Weight uint32
+	// WeightPercent reports that Weight is a percentage ("75%").
 	WeightPercent bool
 }
 
@@ -150,7 +152,9 @@ func ParseAgent(s string) (Report, error) {
 // connection is closed at once. The zero value is ready to use.
 type TCP struct{}
 
-// Probe dials addr and closes the connection.
+// Probe dials addr and closes the connection. It blocks until the
+// connection is established or refused, or ctx is done, and is safe for
+// concurrent use.
 func (TCP) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr.String())
@@ -170,7 +174,9 @@ type UDP struct {
 	Expect []byte
 }
 
-// Probe sends u.Send to addr and reads one reply.
+// Probe sends u.Send to addr from a new socket and reads one reply. It
+// blocks until the reply, an error or the end of ctx, and is safe for
+// concurrent use.
 func (u UDP) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "udp", addr.String())

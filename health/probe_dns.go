@@ -25,7 +25,9 @@ type DNS struct {
 	Net string
 }
 
-// Probe queries the server at addr.
+// Probe sends one query to the server at addr over a new socket and
+// checks the response. It blocks until the response or the end of ctx,
+// and is safe for concurrent use.
 func (q DNS) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 	if q.Name == "" {
 		return Report{}, errors.New("health: dns probe: Name is required")

@@ -52,7 +52,10 @@ type HTTP struct {
 	AgentHeader string
 }
 
-// Probe sends the request to addr and checks the response.
+// Probe sends the request to addr over a new connection and checks the
+// response. It blocks until the response is checked or ctx is done, and
+// is safe for concurrent use. The Report holds the agent words of the
+// response, also when the status or body fails the check.
 func (h HTTP) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 	scheme := h.Scheme
 	if scheme == "" {
