@@ -1,0 +1,231 @@
+package dnslb
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/ringhash"
+	"github.com/miekg/dns"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// newTestServer returns a server (not listening) with one service per
+// policy, "all", "weighted", "consistent", "nearest", and "big" (100
+// backends, too many for a 512-byte answer).
+func newTestServer(t testing.TB, cfg Config) *Server {
+	t.Helper()
+	var small, big []balancer.Backend
+	for i := range 4 {
+		small = append(small, balancer.Backend{Addr: netip.MustParseAddrPort(fmt.Sprintf("198.18.0.%d:80", i+1)),
+			Weight: uint32(i + 1), Zone: []string{"ams", "nyc"}[i%2]})
+	}
+	small = append(small, balancer.Backend{Addr: netip.MustParseAddrPort("[2001:db8::1]:80"), Zone: "nyc"})
+	for i := range 100 {
+		big = append(big, be(fmt.Sprintf("198.18.1.%d:53", i+1)))
+	}
+	rules := []ZoneRule{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Zone: "ams"}, {Prefix: netip.MustParsePrefix("10.1.0.0/16"), Zone: "nyc"}}
+	cfg.Zones = []Zone{{Origin: "example.test.", Records: testZone}}
+	cfg.Services = []Service{
+		{Name: "all.example.test.", Pool: newPool(t, nil, small...)},
+		{Name: "weighted.example.test.", Pool: newPool(t, nil, small...), Policy: PolicyWeighted, Count: 2},
+		{Name: "consistent.example.test.", Pool: newPool(t, ringhash.Builder{}, small...), Policy: PolicyConsistent},
+		{Name: "nearest.example.test.", Pool: newPool(t, nil, small...), Policy: PolicyNearest, Zones: rules},
+		{Name: "big.example.test.", Pool: newPool(t, nil, big...)},
+	}
+	s, err := New(cfg)
+	require.NoError(t, err)
+	return s
+}
+
+func packQuery(t testing.TB, name string, qtype uint16, opts ...func(*dns.Msg)) []byte {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	for _, o := range opts {
+		o(m)
+	}
+	b, err := m.Pack()
+	require.NoError(t, err)
+	return b
+}
+
+// FuzzQuery feeds arbitrary bytes to the query path over UDP and TCP. It
+// must never panic; a UDP response must never exceed what the query
+// allowed (512 bytes without a valid OPT record, else the OPT's size
+// capped by MaxUDPSize); every response must parse, be a response and
+// carry the query's ID.
+func FuzzQuery(f *testing.F) {
+	s := newTestServer(f, Config{MaxUDPSize: 1400})
+	for _, seed := range [][]byte{
+		packQuery(f, "all.example.test.", dns.TypeA),
+		packQuery(f, "big.example.test.", dns.TypeA),                      // truncated at 512
+		packQuery(f, "big.example.test.", dns.TypeA, withEDNS(4096)),      // truncated at 1400
+		packQuery(f, "big.example.test.", dns.TypeSRV, withEDNS(65535)),   // SRV + glue
+		packQuery(f, "weighted.example.test.", dns.TypeAAAA, withEDNS(0)), // EDNS size below 512
+		packQuery(f, "consistent.example.test.", dns.TypeA, withECS("203.0.113.0/24")),
+		packQuery(f, "nearest.example.test.", dns.TypeA, withECS("2001:db8::/56")),
+		packQuery(f, "nope.example.test.", dns.TypeANY),
+		packQuery(f, "example.org.", dns.TypeA),
+		packQuery(f, "ip4-198-18-0-1.all.example.test.", dns.TypeA),
+		{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0xC0, 12, 0, 1, 0, 1}, // compression loop in the question
+		{},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		w := s.newWorker()
+		allowed := 512
+		var qm dns.Msg
+		if qm.Unpack(pkt) == nil {
+			if opt := qm.IsEdns0(); opt != nil {
+				allowed = max(512, min(int(opt.UDPSize()), 1400))
+			}
+		}
+		for _, tcp := range []bool{false, true} {
+			out := w.respond(pkt, netip.MustParseAddrPort("192.0.2.1:5353"), tcp)
+			if out == nil {
+				continue
+			}
+			msg := out[2:]
+			if !tcp {
+				require.LessOrEqual(t, len(msg), allowed, "UDP response larger than the client allowed")
+			}
+			var r dns.Msg
+			require.NoError(t, r.Unpack(msg), "response must parse")
+			require.True(t, r.Response)
+			require.Equal(t, uint16(pkt[0])<<8|uint16(pkt[1]), r.Id)
+		}
+	})
+}
+
+func TestQueryPathRegressions(t *testing.T) {
+	s := newTestServer(t, Config{})
+	w := s.newWorker()
+	tests := []struct {
+		name  string
+		pkt   []byte
+		rcode int
+	}{
+		{"compression pointer in question", []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0xC0, 12, 0, 1, 0, 1}, dns.RcodeFormatError},
+		{"label past the end", []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9, 'a'}, dns.RcodeFormatError},
+		{"ECS address longer than prefix", func() []byte {
+			m := new(dns.Msg)
+			m.SetQuestion("all.example.test.", dns.TypeA)
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: 8, Data: []byte{0, 1, 8, 0, 10, 0}}}
+			b, _ := m.Pack()
+			return b
+		}(), dns.RcodeFormatError},
+		{"ECS bits beyond prefix", func() []byte {
+			m := new(dns.Msg)
+			m.SetQuestion("all.example.test.", dns.TypeA)
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: 8, Data: []byte{0, 1, 7, 0, 11}}}
+			b, _ := m.Pack()
+			return b
+		}(), dns.RcodeFormatError},
+		{"two OPT records", func() []byte {
+			m := new(dns.Msg)
+			m.SetQuestion("all.example.test.", dns.TypeA)
+			m.SetEdns0(1232, false)
+			m.Extra = append(m.Extra, m.Extra[0])
+			b, _ := m.Pack()
+			return b
+		}(), dns.RcodeFormatError},
+		{"unknown EDNS option ignored", func() []byte {
+			m := new(dns.Msg)
+			m.SetQuestion("all.example.test.", dns.TypeA)
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: 65001, Data: []byte{1, 2, 3}}}
+			b, _ := m.Pack()
+			return b
+		}(), dns.RcodeSuccess},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := w.respond(tc.pkt, netip.MustParseAddrPort("192.0.2.1:5353"), false)
+			require.NotNil(t, out)
+			var r dns.Msg
+			require.NoError(t, r.Unpack(out[2:]))
+			assert.Equal(t, dns.RcodeToString[tc.rcode], dns.RcodeToString[r.Rcode])
+		})
+	}
+}
+
+// TestServeNoAllocs holds the answer path to zero allocations per query
+// for every policy, negative answers and truncation.
+func TestServeNoAllocs(t *testing.T) {
+	s := newTestServer(t, Config{RateLimit: RateLimit{Rate: 1e9}})
+	w := s.newWorker()
+	src := netip.MustParseAddrPort("192.0.2.1:5353")
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"all", packQuery(t, "all.example.test.", dns.TypeA)},
+		{"weighted", packQuery(t, "weighted.example.test.", dns.TypeA)},
+		{"consistent+ECS", packQuery(t, "consistent.example.test.", dns.TypeA, withECS("203.0.113.0/24"))},
+		{"nearest+ECS", packQuery(t, "nearest.example.test.", dns.TypeA, withECS("10.1.2.0/24"))},
+		{"AAAA", packQuery(t, "all.example.test.", dns.TypeAAAA)},
+		{"SRV", packQuery(t, "all.example.test.", dns.TypeSRV, withEDNS(4096))},
+		{"NXDOMAIN", packQuery(t, "nope.example.test.", dns.TypeA)},
+		{"truncated", packQuery(t, "big.example.test.", dns.TypeA)},
+		{"static", packQuery(t, "example.test.", dns.TypeSOA)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NotNil(t, w.respond(tc.pkt, src, false))
+			allocs := testing.AllocsPerRun(100, func() { w.respond(tc.pkt, src, false) })
+			assert.Zero(t, allocs)
+		})
+	}
+}
+
+func BenchmarkServeDNS(b *testing.B) {
+	s := newTestServer(b, Config{})
+	src := netip.MustParseAddrPort("192.0.2.1:5353")
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"all", packQuery(b, "all.example.test.", dns.TypeA)},
+		{"weighted", packQuery(b, "weighted.example.test.", dns.TypeA)},
+		{"consistent", packQuery(b, "consistent.example.test.", dns.TypeA, withECS("203.0.113.0/24"))},
+		{"nearest", packQuery(b, "nearest.example.test.", dns.TypeA, withECS("10.1.2.0/24"))},
+		{"nxdomain", packQuery(b, "nope.example.test.", dns.TypeA)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			w := s.newWorker()
+			b.ReportAllocs()
+			b.SetBytes(int64(len(tc.pkt)))
+			for b.Loop() {
+				w.respond(tc.pkt, src, false)
+			}
+		})
+	}
+	// The miekg/dns baseline: unpack, build and pack a dns.Msg per query.
+	b.Run("miekg-baseline", func(b *testing.B) {
+		pkt := packQuery(b, "all.example.test.", dns.TypeA)
+		rrs := make([]dns.RR, 4)
+		for i := range rrs {
+			rrs[i], _ = dns.NewRR(fmt.Sprintf("all.example.test. 30 IN A 198.18.0.%d", i+1))
+		}
+		buf := make([]byte, 512)
+		b.ReportAllocs()
+		for b.Loop() {
+			var q dns.Msg
+			if q.Unpack(pkt) != nil {
+				b.Fatal("unpack")
+			}
+			r := new(dns.Msg)
+			r.SetReply(&q)
+			r.Authoritative = true
+			r.Answer = append(r.Answer, rrs...)
+			if _, err := r.PackBuffer(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
