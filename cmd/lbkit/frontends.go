@@ -84,13 +84,21 @@ func serveHTTP(h http.Handler) (string, func(), error) {
 	return "http://" + ln.Addr().String(), stop, nil
 }
 
-// retry runs f up to tries times while it fails, as a client that re-asks
-// the dispatcher (redirect) or the resolver (DNS) would.
+// retry runs f up to tries times while it fails, waiting a growing
+// fraction of the health interval between tries, as a client that re-asks
+// the dispatcher (redirect) or the resolver (DNS) after an error would.
 func retry(ctx context.Context, tries int, f func() error) error {
 	var err error
-	for range tries {
+	for i := range tries {
 		if err = f(); err == nil || ctx.Err() != nil {
 			return err
+		}
+		if i < tries-1 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(i+1) * healthInterval / 2):
+			}
 		}
 	}
 	return err
@@ -119,7 +127,7 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 	}
 	c := httpClient(cfg, true)
 	do := func(ctx context.Context, i int) error {
-		return retry(ctx, 3, func() error { return get(ctx, c, base+"/index.html") })
+		return retry(ctx, 4, func() error { return get(ctx, c, base+"/index.html") })
 	}
 	cleanup := func() {
 		c.CloseIdleConnections()
@@ -139,8 +147,8 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.
 	}
 	const name = "www.demo.lbkit.test."
 	srv, err := dnslb.New(dnslb.Config{
-		Zones: []dnslb.Zone{{Origin: "demo.lbkit.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 5\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n"}},
-		Services: []dnslb.Service{{Name: name, Pool: pool, Policy: dnslb.PolicyWeighted, Count: 1, TTL: time.Second}},
+		Zones:      []dnslb.Zone{{Origin: "demo.lbkit.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 5\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n"}},
+		Services:   []dnslb.Service{{Name: name, Pool: pool, Policy: dnslb.PolicyWeighted, Count: 1, TTL: time.Second}},
 		UDPSockets: 2,
 	})
 	if err != nil {
@@ -178,7 +186,7 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.
 		return netip.Addr{}, fmt.Errorf("no A record (rcode %s)", dns.RcodeToString[r.Rcode])
 	}
 	do := func(ctx context.Context, i int) error {
-		return retry(ctx, 3, func() error {
+		return retry(ctx, 4, func() error {
 			ip, err := resolve(ctx)
 			if err != nil {
 				return err
