@@ -1,0 +1,71 @@
+// Package proxy holds lbkit's reverse proxies: [HTTP], an http.Handler
+// that forwards requests to backends picked from a balancer.Pool, and
+// [TCP], a layer-4 proxy.
+//
+// # HTTP forwarding path
+//
+// [HTTP] does not use net/http's Transport. Its own HTTP/1.1 client keeps
+// a LIFO stack of persistent connections per backend, each with a
+// bufio.Reader and bufio.Writer taken from sync.Pools; it writes the
+// request line and header fields straight from the request's header map
+// (skipping hop-by-hop ones), parses the response status line and header
+// fields itself, strictly (CRLF only, no obs-fold, token names, no control
+// bytes in values, a single consistent Content-Length, "chunked" as the
+// only Transfer-Encoding and never together with Content-Length, a size
+// cap), and streams bodies through pooled 32 KiB buffers. A request costs
+// no goroutine beyond the one net/http's server runs the handler on; only
+// protocol upgrades (WebSocket) take a second one to copy both ways.
+//
+// # Retries
+//
+// An attempt that fails to connect is retried on another backend: nothing
+// was sent. An idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE
+// or one with an Idempotency-Key header) is also retried after a
+// connection error, a reset or a response status listed in
+// HTTPConfig.RetryStatuses, as long as its body can be replayed: it had
+// none, or it fitted in HTTPConfig.RetryBufferBytes and was buffered. A
+// body read from the client and not buffered is never sent twice. Tries
+// are bounded by HTTPConfig.MaxTries and HTTPConfig.RetryBudget.
+//
+// # Connection limits and the queue
+//
+// HTTPConfig.MaxConns caps the requests in flight per backend, as
+// HAProxy's maxconn does. A request first tries the backend the policy
+// picks; when it is full, it asks the policy again (up to twice the ready
+// count) for a backend with a free slot. When all are full it waits in one
+// FIFO queue shared by the whole pool (HAProxy's backend queue), bounded by
+// HTTPConfig.MaxQueue and HTTPConfig.QueueTimeout: the first slot freed on
+// any ready backend goes to the oldest waiter that may use it, so a
+// waiting request is not stuck behind one slow backend. Requests holding
+// a sticky cookie wait only for their backend. Waiting costs no goroutine
+// and no allocation beyond a timer; a full queue or a timeout answers 503.
+//
+// # Health, drain and shutdown
+//
+// Every attempt is bracketed by Endpoint.Start and Endpoint.Done with the
+// latency to the response header (feeding the peak-EWMA), and reported to
+// HTTPConfig.Observer: connect errors, timeouts, protocol errors and 5xx
+// are failures. A backend that leaves the ready set (unhealthy or
+// draining) gets no new request and its idle connections are closed;
+// requests in flight on it finish, and their connections are closed
+// afterwards rather than kept. A backend removed from the pool is treated
+// the same way. http.Server.Shutdown lets requests in flight finish; then
+// [HTTP.Close] closes the idle connections.
+//
+// # Headers
+//
+// X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC
+// 7239) are replaced for clients outside HTTPConfig.TrustedProxies and
+// extended for those inside. Hop-by-hop headers (Connection, Keep-Alive,
+// Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade and those named
+// in Connection) are not forwarded either way. [NewServer] returns an
+// http.Server with limits fit for clients and documents the request-side
+// smuggling defences that net/http's server provides.
+//
+// # Errors
+//
+// 400: a request the proxy will not forward. 502: the backend failed
+// (refused, reset, protocol error, [ErrUpstreamProtocol]). 503: no backend
+// ready, [ErrQueueFull], [ErrQueueTimeout]. 504: dial, response header or
+// request timeout.
+package proxy

@@ -1,0 +1,842 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/health"
+)
+
+// Defaults for [HTTPConfig] fields left zero.
+const (
+	DefaultMaxIdleConns           = 512
+	DefaultIdleTimeout            = 60 * time.Second
+	DefaultDialTimeout            = 5 * time.Second
+	DefaultResponseHeaderTimeout  = 60 * time.Second
+	DefaultMaxTries               = 3
+	DefaultRetryBudget            = 10 * time.Second
+	DefaultQueueTimeout           = 5 * time.Second
+	DefaultMaxResponseHeaderBytes = 64 << 10
+	DefaultCookieName             = "lbkit_sticky"
+)
+
+// HTTPConfig configures an [HTTP] proxy. Only Pool is required; every
+// other field has a useful zero value, documented on the field.
+type HTTPConfig struct {
+	// Pool holds the backends and picks one per attempt. Required. Drive
+	// its health with a health.Checker (Checker.Drive) or Pool.SetHealthy;
+	// drain a backend with Pool.SetDraining.
+	Pool *balancer.Pool
+	// Observer, when set, receives one passive outcome per attempt:
+	// connect errors, timeouts and 5xx responses as failures, with the
+	// latency to the response header. A *health.Checker fits.
+	Observer health.Observer
+
+	// TLS, when set, makes the proxy talk HTTPS to the backends with this
+	// configuration. An empty ServerName means the backend's IP address.
+	// Nil means plain HTTP/1.1.
+	TLS *tls.Config
+
+	// MaxIdleConns is the number of idle keep-alive connections kept per
+	// backend. Zero means DefaultMaxIdleConns.
+	MaxIdleConns int
+	// IdleTimeout closes connections idle for longer. Keep it below the
+	// backends' own keep-alive timeout. Zero means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// DialTimeout bounds connecting (and the TLS handshake). Zero means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the time from sending a request to
+	// receiving the response header. Zero means
+	// DefaultResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
+	// RequestTimeout, when positive, bounds each request as a whole, body
+	// streaming included. Zero means no limit.
+	RequestTimeout time.Duration
+
+	// MaxTries is how many backends a request may be sent to, the first
+	// included. Zero means DefaultMaxTries; 1 disables retries.
+	MaxTries int
+	// RetryBudget is the time after a request started past which no new
+	// attempt begins. Zero means DefaultRetryBudget.
+	RetryBudget time.Duration
+	// RetryStatuses lists response statuses (say 502, 503, 504) on which
+	// an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or one
+	// with an Idempotency-Key) with a replayable body is retried on
+	// another backend. The response is passed on when no try is left.
+	// Nil means statuses are never retried, only connection failures.
+	RetryStatuses []int
+	// RetryBufferBytes, when positive, lets the proxy buffer request
+	// bodies up to this size so they can be replayed on another backend.
+	// Larger bodies are streamed and never retried once read from. Zero
+	// means no buffering: only bodyless requests are retried after a
+	// byte was sent, and any request whose body was not yet read.
+	RetryBufferBytes int64
+
+	// MaxConns, when positive, limits the requests in flight per backend.
+	// Requests over the limit wait in one FIFO queue shared by all
+	// backends (see MaxQueue). Zero means no limit.
+	MaxConns int
+	// MaxQueue is how many requests may wait for a slot, in total, when
+	// every candidate backend is at MaxConns. A full queue answers 503 at
+	// once. Zero means no queue: 503 as soon as all are at MaxConns.
+	MaxQueue int
+	// QueueTimeout is how long a request waits in the queue before a 503.
+	// Zero means DefaultQueueTimeout.
+	QueueTimeout time.Duration
+
+	// StickyCookie, when set, enables sticky sessions with a cookie of
+	// this name whose value is an HMAC-SHA256 of the backend address
+	// under CookieKey. A request naming a ready backend goes there;
+	// otherwise the proxy picks and re-sets the cookie.
+	StickyCookie string
+	// CookieKey signs sticky cookies; share it between replicas. Nil means
+	// a random key (cookies do not survive a restart). At least 16 bytes.
+	CookieKey []byte
+	// CookieMaxAge is the sticky cookie's lifetime. Zero means a session
+	// cookie.
+	CookieMaxAge time.Duration
+	// CookieSecure adds the Secure attribute to the sticky cookie.
+	CookieSecure bool
+
+	// TrustedProxies are the peers whose X-Forwarded-For, -Proto, -Host
+	// and Forwarded headers are extended. From any other peer they are
+	// replaced. Empty means no peer is trusted.
+	TrustedProxies []netip.Prefix
+	// Via, when set, is the pseudonym added in a Via header to requests
+	// and responses ("1.1 name"). Empty means no Via.
+	Via string
+
+	// FlushInterval controls flushing of response bodies to the client.
+	// Streaming responses (text/event-stream, or without Content-Length)
+	// are always flushed whenever the proxy has passed on everything the
+	// backend sent so far. A positive value also flushes other responses
+	// at most once per interval; a negative value flushes after every
+	// write. Zero means streaming responses only.
+	FlushInterval time.Duration
+	// MaxResponseHeaderBytes caps a backend's response head (and each
+	// trailer section). Larger answers 502. Zero means
+	// DefaultMaxResponseHeaderBytes.
+	MaxResponseHeaderBytes int
+
+	// Logger receives errors at debug level. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// HTTP is a reverse proxy for HTTP/1.1 and HTTP/2 clients (as served by
+// net/http) to HTTP/1.1 backends picked from a balancer pool. It is an
+// [http.Handler] and composes with any middleware and [http.Server].
+//
+// ServeHTTP is safe for concurrent use. It blocks until the response is
+// passed on or fails, and it starts no goroutine per request except for
+// protocol upgrades (WebSocket), which copy both ways at once. The
+// proxy's own goroutine follows pool changes and closes idle connections;
+// [HTTP.Close] stops it.
+type HTTP struct {
+	pool *balancer.Pool
+	obs  health.Observer
+	log  *slog.Logger
+
+	tls               *tls.Config
+	dialer            net.Dialer
+	maxIdle           int
+	idleTimeout       time.Duration
+	dialTimeout       time.Duration
+	respHeaderTimeout time.Duration
+	requestTimeout    time.Duration
+	maxTries          int
+	retryBudget       time.Duration
+	retryStatus       [600]bool
+	retryBuf          int64
+	queueTimeout      time.Duration
+	maxHead           int
+	flushInterval     time.Duration
+	trusted           []netip.Prefix
+	via               string // "name", sent as "1.1 name"
+
+	cookieName string
+	cookieKey  []byte
+	cookieTail string // "; Path=/; ... " after the value
+
+	regMu sync.Mutex
+	reg   atomic.Pointer[registry]
+	lim   limiter
+
+	tunMu   sync.Mutex
+	tunnels map[net.Conn]struct{}
+	closed  bool
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+var _ http.Handler = (*HTTP)(nil)
+
+// NewHTTP validates cfg and returns a proxy, with its pool watcher
+// running. Call Close when done with it.
+func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("proxy: HTTPConfig.Pool is required")
+	}
+	if cfg.MaxIdleConns < 0 || cfg.IdleTimeout < 0 || cfg.DialTimeout < 0 || cfg.ResponseHeaderTimeout < 0 ||
+		cfg.RequestTimeout < 0 || cfg.MaxTries < 0 || cfg.RetryBudget < 0 || cfg.RetryBufferBytes < 0 ||
+		cfg.MaxConns < 0 || cfg.MaxQueue < 0 || cfg.QueueTimeout < 0 || cfg.CookieMaxAge < 0 || cfg.MaxResponseHeaderBytes < 0 {
+		return nil, errors.New("proxy: HTTPConfig sizes and durations must not be negative")
+	}
+	h := &HTTP{
+		pool:              cfg.Pool,
+		obs:               cfg.Observer,
+		log:               cfg.Logger,
+		tls:               cfg.TLS,
+		maxIdle:           orInt(cfg.MaxIdleConns, DefaultMaxIdleConns),
+		idleTimeout:       orDur(cfg.IdleTimeout, DefaultIdleTimeout),
+		dialTimeout:       orDur(cfg.DialTimeout, DefaultDialTimeout),
+		respHeaderTimeout: orDur(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
+		requestTimeout:    cfg.RequestTimeout,
+		maxTries:          orInt(cfg.MaxTries, DefaultMaxTries),
+		retryBudget:       orDur(cfg.RetryBudget, DefaultRetryBudget),
+		retryBuf:          cfg.RetryBufferBytes,
+		queueTimeout:      orDur(cfg.QueueTimeout, DefaultQueueTimeout),
+		maxHead:           orInt(cfg.MaxResponseHeaderBytes, DefaultMaxResponseHeaderBytes),
+		flushInterval:     cfg.FlushInterval,
+		via:               cfg.Via,
+		lim:               limiter{max: cfg.MaxConns, maxQueue: cfg.MaxQueue},
+		tunnels:           make(map[net.Conn]struct{}),
+		stop:              make(chan struct{}),
+		done:              make(chan struct{}),
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	for _, s := range cfg.RetryStatuses {
+		if s < 100 || s >= len(h.retryStatus) {
+			return nil, fmt.Errorf("proxy: invalid retry status %d", s)
+		}
+		h.retryStatus[s] = true
+	}
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() {
+			return nil, errors.New("proxy: invalid prefix in TrustedProxies")
+		}
+		h.trusted = append(h.trusted, p.Masked())
+	}
+	for _, c := range []byte(cfg.Via) {
+		if !tokenTable[c] {
+			return nil, fmt.Errorf("proxy: Via %q is not a token", cfg.Via)
+		}
+	}
+	if cfg.StickyCookie != "" {
+		for _, c := range []byte(cfg.StickyCookie) {
+			if !tokenTable[c] {
+				return nil, fmt.Errorf("proxy: invalid StickyCookie name %q", cfg.StickyCookie)
+			}
+		}
+		h.cookieName = cfg.StickyCookie
+		h.cookieKey = cfg.CookieKey
+		if h.cookieKey == nil {
+			h.cookieKey = make([]byte, 32)
+			rand.Read(h.cookieKey)
+		} else if len(h.cookieKey) < 16 {
+			return nil, errors.New("proxy: CookieKey must be at least 16 bytes")
+		}
+		tail := "; Path=/"
+		if cfg.CookieMaxAge > 0 {
+			tail += "; Max-Age=" + strconv.FormatInt(int64(cfg.CookieMaxAge/time.Second), 10)
+		}
+		tail += "; HttpOnly; SameSite=Lax"
+		if cfg.CookieSecure {
+			tail += "; Secure"
+		}
+		h.cookieTail = tail
+	}
+	h.reg.Store(&registry{byEP: map[*balancer.Endpoint]*upstream{}, byToken: map[string]*upstream{}})
+	h.sync()
+	go h.watch()
+	return h, nil
+}
+
+func orInt(v, d int) int {
+	if v == 0 {
+		return d
+	}
+	return v
+}
+
+func orDur(v, d time.Duration) time.Duration {
+	if v == 0 {
+		return d
+	}
+	return v
+}
+
+// Close stops the pool watcher, closes idle backend connections and
+// tunnels (upgraded connections). Requests in flight finish; their
+// connections are closed as they end. Close is idempotent; the proxy must
+// not serve requests afterwards.
+func (h *HTTP) Close() error {
+	h.closeOnce.Do(func() {
+		close(h.stop)
+		<-h.done
+		for _, u := range h.reg.Load().byEP {
+			u.retired.Store(true)
+			u.closeIdle(time.Time{})
+		}
+		h.tunMu.Lock()
+		h.closed = true
+		for c := range h.tunnels {
+			c.Close()
+		}
+		h.tunMu.Unlock()
+	})
+	return nil
+}
+
+// IdleConns returns the number of idle connections kept to addr. It is
+// meant for tests and metrics.
+func (h *HTTP) IdleConns(addr netip.AddrPort) int {
+	for _, u := range h.reg.Load().byEP {
+		if u.addr == addr {
+			u.mu.Lock()
+			n := len(u.idle)
+			u.mu.Unlock()
+			return n
+		}
+	}
+	return 0
+}
+
+// Short error bodies.
+var (
+	hdrTextPlain = []string{"text/plain; charset=utf-8"}
+	hdrNoSniff   = []string{"nosniff"}
+)
+
+// errBadRequest marks a client request the proxy refuses to forward.
+var errBadRequest = errors.New("proxy: invalid request header")
+
+// errStatus is the failure recorded for a 5xx response.
+type errStatus int
+
+func (e errStatus) Error() string { return "proxy: backend answered " + strconv.Itoa(int(e)) }
+
+// request is the per-request state shared by the attempts.
+type request struct {
+	r          *http.Request
+	start      time.Time
+	deadline   time.Time // whole-request deadline, or zero
+	hasBody    bool
+	buffered   []byte // replayable body, or nil
+	consumed   bool   // read from r.Body (not replayable unless buffered)
+	idempotent bool
+	upgrade    string // the Upgrade header value to forward, or ""
+	peer       netip.Addr
+	trusted    bool
+	sticky     *upstream // named by the request's cookie
+}
+
+// replayable reports whether the body can be sent again.
+func (rq *request) replayable() bool {
+	return !rq.hasBody || rq.buffered != nil || !rq.consumed
+}
+
+// ServeHTTP forwards r to a backend and its response to w, retrying on
+// another backend as configured. Errors answer 400 (a request the proxy
+// will not forward), 502 (connection or protocol failure), 503 (no
+// backend, queue full or queue timeout) or 504 (timeout) with a short
+// text body.
+func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		writeError(w, http.StatusMethodNotAllowed, "proxy: CONNECT is not supported\n")
+		return
+	}
+	rq := request{r: r, start: time.Now()}
+	if h.requestTimeout > 0 {
+		rq.deadline = rq.start.Add(h.requestTimeout)
+	}
+	rq.hasBody = r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	rq.idempotent = isIdempotent(r)
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		rq.peer = ap.Addr().Unmap()
+		rq.trusted = h.isTrusted(rq.peer)
+	}
+	if r.ProtoMajor == 1 && headerHasToken(r.Header["Connection"], "upgrade") {
+		if v := r.Header["Upgrade"]; len(v) == 1 && v[0] != "" {
+			rq.upgrade = v[0]
+		}
+	}
+	if rq.hasBody && h.retryBuf > 0 && r.ContentLength > 0 && r.ContentLength <= h.retryBuf {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			writeError(w, http.StatusBadRequest, "proxy: reading request body failed\n")
+			return
+		}
+		rq.buffered = buf
+	}
+	if h.cookieName != "" {
+		rq.sticky = h.stickyUpstream(r)
+	}
+
+	var triedBuf [4]*upstream
+	tried := triedBuf[:0]
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		u, err := h.acquire(r.Context(), rq.sticky, tried)
+		if err != nil {
+			if lastErr == nil || errors.Is(err, ErrQueueFull) || errors.Is(err, ErrQueueTimeout) {
+				lastErr = err
+			}
+			h.fail(w, r, lastErr)
+			return
+		}
+		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryBudget
+		res, err := h.try(w, &rq, u, mayRetry)
+		h.lim.release(u)
+		switch res {
+		case resDone:
+			return
+		case resAbort:
+			panic(http.ErrAbortHandler)
+		case resFail:
+			h.fail(w, r, err)
+			return
+		}
+		lastErr = err
+		tried = append(tried, u)
+		rq.sticky = nil
+		h.log.Debug("proxy: retrying on another backend", "backend", u.addr, "err", err, "attempt", attempt)
+	}
+}
+
+// Outcomes of one attempt.
+const (
+	resDone  = iota // a response was passed on (perhaps cut short by the client)
+	resRetry        // failed before a response was passed on; safe to try again
+	resFail         // failed before a response was passed on; answer an error
+	resAbort        // the response was cut short by the backend: abort the client's
+)
+
+// acquire picks an upstream, preferring the sticky one when ready and
+// avoiding those already tried, and takes a connection slot on it,
+// queueing when every candidate is at MaxConns.
+func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream) (*upstream, error) {
+	if sticky != nil && sticky.ready() {
+		if h.lim.tryAcquire(sticky) {
+			return sticky, nil
+		}
+		if h.lim.maxQueue > 0 {
+			return h.lim.wait(ctx, sticky, nil, h.queueTimeout)
+		}
+		return nil, ErrQueueFull
+	}
+	snap := h.pool.Snapshot()
+	n := len(snap.Ready)
+	if n == 0 {
+		return nil, balancer.ErrNoBackend
+	}
+	var first *upstream
+	for range 2*n + 2 {
+		ep, err := snap.Picker.Pick(balancer.PickInfo{})
+		if err != nil {
+			return nil, err
+		}
+		u := h.upstreamFor(ep)
+		if contains(tried, u) {
+			if len(tried) >= n {
+				// Everything was tried: allow a second go on one.
+				tried = tried[:0]
+			}
+			continue
+		}
+		if h.lim.tryAcquire(u) {
+			return u, nil
+		}
+		if first == nil {
+			first = u
+		}
+	}
+	if first == nil {
+		return nil, balancer.ErrNoBackend
+	}
+	if h.lim.maxQueue == 0 {
+		return nil, ErrQueueFull
+	}
+	return h.lim.wait(ctx, nil, tried, h.queueTimeout)
+}
+
+// try sends the request to u once and passes the response on.
+func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry bool) (int, error) {
+	r := rq.r
+	ctx := r.Context()
+	ep := u.ep
+	ep.Start()
+	t0 := time.Now()
+	pc := u.getIdle(t0, h.idleTimeout)
+	if pc == nil {
+		var err error
+		pc, err = h.dial(ctx, u)
+		if err != nil {
+			if ctx.Err() != nil {
+				ep.Done(nil, 0)
+				return resDone, nil
+			}
+			ep.Done(err, 0)
+			h.observe(u, true, 0)
+			if mayRetry {
+				return resRetry, err // nothing was sent
+			}
+			return resFail, err
+		}
+	}
+	dl := t0.Add(h.respHeaderTimeout)
+	if !rq.deadline.IsZero() && rq.deadline.Before(dl) {
+		dl = rq.deadline
+	}
+	pc.conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { pc.conn.SetDeadline(aLongTimeAgo) })
+
+	reused := pc.reused
+	err := h.writeRequest(pc, rq)
+	if err == nil {
+		err = h.readFinalHead(pc, r.Method == http.MethodHead)
+	}
+	if err != nil {
+		stop()
+		pc.close()
+		if ctx.Err() != nil {
+			ep.Done(nil, 0)
+			return resDone, nil
+		}
+		if errors.Is(err, errBadRequest) {
+			ep.Done(nil, 0)
+			return resFail, err
+		}
+		// A keep-alive connection closed by the backend is not its
+		// failure; a timeout, a refused or reset fresh connection, or a
+		// protocol violation is.
+		failed := !reused || isTimeout(err) || errors.Is(err, ErrUpstreamProtocol)
+		ep.Done(err, 0)
+		h.observe(u, failed, 0)
+		if mayRetry && rq.replayable() && (rq.idempotent || !rq.hasBody && reused && isClosedConn(err)) && !errors.Is(err, ErrUpstreamProtocol) {
+			if rq.buffered == nil && rq.hasBody {
+				rq.consumed = true // body bytes may have gone
+			}
+			return resRetry, err
+		}
+		return resFail, err
+	}
+	head := &pc.head
+	latency := time.Since(t0)
+	failed := head.status >= 500
+	if failed && mayRetry && h.retryStatus[head.status] && rq.idempotent && rq.replayable() {
+		stop()
+		pc.close()
+		ep.Done(errStatus(head.status), latency)
+		h.observe(u, true, latency)
+		return resRetry, errStatus(head.status)
+	}
+	if head.status == http.StatusSwitchingProtocols {
+		if rq.upgrade == "" || head.upgrade == 0 {
+			stop()
+			pc.close()
+			ep.Done(ErrUpstreamProtocol, latency)
+			h.observe(u, true, latency)
+			return resFail, fmt.Errorf("%w: unsolicited 101 Switching Protocols", ErrUpstreamProtocol)
+		}
+		stop()
+		h.observe(u, false, latency)
+		err := h.tunnel(w, rq, pc)
+		ep.Done(nil, latency)
+		if err != nil {
+			return resFail, err
+		}
+		return resDone, nil
+	}
+
+	hdr := w.Header()
+	head.copyTo(hdr)
+	if h.via != "" {
+		hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
+	}
+	if h.cookieName != "" && rq.sticky != u {
+		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+	}
+	if !rq.deadline.IsZero() {
+		pc.conn.SetDeadline(rq.deadline)
+	} else {
+		pc.conn.SetDeadline(time.Time{})
+	}
+	bodyless := head.bodyless(r.Method == http.MethodHead)
+	w.WriteHeader(head.status)
+	reusable := !head.closeConn && rq.upgrade == ""
+	var upErr, clErr error
+	if !bodyless {
+		if head.contentLength < 0 && !head.chunked {
+			reusable = false // delimited by close
+		}
+		upErr, clErr = h.copyBody(w, pc, head, hdr)
+	}
+	stop()
+	if upErr != nil && ctx.Err() != nil {
+		upErr, clErr = nil, ctx.Err() // interrupted by the client going away
+	}
+	if upErr != nil {
+		ep.Done(upErr, latency)
+		h.observe(u, true, latency)
+	} else if failed {
+		ep.Done(errStatus(head.status), latency)
+		h.observe(u, true, latency)
+	} else {
+		ep.Done(nil, latency)
+		h.observe(u, false, latency)
+	}
+	if upErr == nil && clErr == nil && reusable {
+		u.put(pc, h.maxIdle, time.Now())
+	} else {
+		pc.close()
+	}
+	if upErr != nil {
+		h.log.Debug("proxy: response body from backend cut short", "backend", u.addr, "err", upErr)
+		return resAbort, upErr
+	}
+	return resDone, nil
+}
+
+// readFinalHead reads response heads until a final one (or 101),
+// skipping interim 1xx responses.
+func (h *HTTP) readFinalHead(pc *pconn, isHead bool) error {
+	for range 16 {
+		if err := readHead(pc.br, &pc.head, &pc.scratch, h.maxHead); err != nil {
+			return protoErr(err)
+		}
+		if pc.head.status >= 200 || pc.head.status == http.StatusSwitchingProtocols {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: too many interim responses", ErrUpstreamProtocol)
+}
+
+// copyBody streams the response body from pc to w. It reports an
+// upstream error (a body cut short or malformed) and a client error
+// (writing to w failed) separately.
+func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr http.Header) (upErr, clErr error) {
+	bufp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bufp)
+	buf := *bufp
+
+	stream := head.contentLength < 0 || isEventStream(hdr)
+	var fl http.Flusher
+	if stream || h.flushInterval != 0 {
+		fl = flusherOf(w)
+	}
+	var lastFlush time.Time
+	if h.flushInterval > 0 {
+		lastFlush = time.Now()
+	}
+	var cr *chunkedReader
+	if head.chunked {
+		cr = &chunkedReader{br: pc.br, scratch: &pc.scratch, limit: h.maxHead, trailer: hdr}
+	}
+	remaining := head.contentLength
+	for {
+		p := buf
+		if head.contentLength >= 0 {
+			if remaining == 0 {
+				return nil, nil
+			}
+			if remaining < int64(len(p)) {
+				p = p[:remaining]
+			}
+		}
+		var n int
+		var err error
+		if cr != nil {
+			n, err = cr.Read(p)
+		} else {
+			n, err = pc.br.Read(p)
+		}
+		if n > 0 {
+			remaining -= int64(n)
+			if _, werr := w.Write(p[:n]); werr != nil {
+				return nil, werr
+			}
+			if fl != nil {
+				more := pc.br.Buffered() > 0 && (cr == nil || cr.left > 0)
+				switch {
+				case h.flushInterval < 0,
+					stream && !more,
+					h.flushInterval > 0 && time.Since(lastFlush) >= h.flushInterval:
+					fl.Flush()
+					if h.flushInterval > 0 {
+						lastFlush = time.Now()
+					}
+				}
+			}
+		}
+		if err == io.EOF {
+			if head.contentLength >= 0 && remaining > 0 {
+				return io.ErrUnexpectedEOF, nil
+			}
+			return nil, nil
+		}
+		if err != nil {
+			return protoErr(err), nil
+		}
+	}
+}
+
+func flusherOf(w http.ResponseWriter) http.Flusher {
+	for {
+		switch t := w.(type) {
+		case http.Flusher:
+			return t
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return nil
+		}
+	}
+}
+
+func isEventStream(hdr http.Header) bool {
+	ct := hdr["Content-Type"]
+	return len(ct) > 0 && strings.HasPrefix(ct[0], "text/event-stream")
+}
+
+// observe reports a passive outcome when an observer is configured.
+func (h *HTTP) observe(u *upstream, failed bool, latency time.Duration) {
+	if h.obs != nil {
+		h.obs.Observe(u.addr, health.Outcome{Failed: failed, Latency: latency})
+	}
+}
+
+// fail answers the client with the status that fits err.
+func (h *HTTP) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // nobody is listening
+	}
+	code, msg := http.StatusBadGateway, "proxy: bad gateway\n"
+	switch {
+	case errors.Is(err, errBadRequest):
+		code, msg = http.StatusBadRequest, "proxy: bad request\n"
+	case errors.Is(err, balancer.ErrNoBackend):
+		code, msg = http.StatusServiceUnavailable, "proxy: no backend available\n"
+	case errors.Is(err, ErrQueueFull):
+		code, msg = http.StatusServiceUnavailable, "proxy: backends busy, queue full\n"
+	case errors.Is(err, ErrQueueTimeout):
+		code, msg = http.StatusServiceUnavailable, "proxy: backends busy, timed out in queue\n"
+	case isTimeout(err):
+		code, msg = http.StatusGatewayTimeout, "proxy: gateway timeout\n"
+	case errors.Is(err, ErrUpstreamProtocol):
+		msg = "proxy: bad gateway: invalid response from backend\n"
+	}
+	if code >= 500 {
+		h.log.Debug("proxy: request failed", "status", code, "err", err)
+	}
+	writeError(w, code, msg)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	hdr := w.Header()
+	hdr["Content-Type"] = hdrTextPlain
+	hdr["X-Content-Type-Options"] = hdrNoSniff
+	hdr["Content-Length"] = []string{strconv.Itoa(len(msg))}
+	w.WriteHeader(code)
+	io.WriteString(w, msg)
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// isClosedConn reports whether err means the backend closed or reset a
+// connection before answering.
+func isClosedConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscallECONNRESET) || errors.Is(err, syscallEPIPE)
+}
+
+func isIdempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return len(r.Header["Idempotency-Key"]) > 0 || len(r.Header["X-Idempotency-Key"]) > 0
+}
+
+func (h *HTTP) isTrusted(a netip.Addr) bool {
+	for _, p := range h.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// stickyUpstream returns the upstream named by the request's sticky
+// cookie, or nil. It does not allocate.
+func (h *HTTP) stickyUpstream(r *http.Request) *upstream {
+	reg := h.reg.Load()
+	for _, line := range r.Header["Cookie"] {
+		for len(line) > 0 {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			part = strings.TrimSpace(part)
+			name, val, ok := strings.Cut(part, "=")
+			if !ok || name != h.cookieName {
+				continue
+			}
+			if u := reg.byToken[val]; u != nil {
+				return u
+			}
+		}
+	}
+	return nil
+}
+
+// headerHasToken reports whether a comma-separated header contains tok,
+// case-insensitively.
+func headerHasToken(vals []string, tok string) bool {
+	for _, v := range vals {
+		found := false
+		forEachTokenString(v, func(t string) {
+			if strings.EqualFold(t, tok) {
+				found = true
+			}
+		})
+		if found {
+			return true
+		}
+	}
+	return false
+}
+
+func forEachTokenString(v string, fn func(string)) {
+	for len(v) > 0 {
+		var tok string
+		tok, v, _ = strings.Cut(v, ",")
+		tok = strings.Trim(tok, " \t")
+		if tok != "" {
+			fn(tok)
+		}
+	}
+}

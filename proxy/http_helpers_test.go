@@ -1,0 +1,304 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
+)
+
+// testBackend is a real HTTP server on loopback.
+type testBackend struct {
+	name string
+	addr netip.AddrPort
+	srv  *http.Server
+	hits atomic.Int64
+	// hold, when non-nil, blocks /slow until closed.
+	hold chan struct{}
+	// entered receives a value when /slow is entered.
+	entered chan struct{}
+}
+
+// startBackend starts a backend named name with the routes the tests
+// use. It is stopped at cleanup.
+func startBackend(t testing.TB, name string) *testBackend {
+	t.Helper()
+	b := &testBackend{name: name, hold: make(chan struct{}), entered: make(chan struct{}, 64)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		w.Header().Set("X-Backend", name)
+		io.WriteString(w, name)
+	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		keys := make([]string, 0, len(r.Header))
+		for k := range r.Header {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		fmt.Fprintf(w, "Host: %s\n", r.Host)
+		for _, k := range keys {
+			fmt.Fprintf(w, "%s: %s\n", k, strings.Join(r.Header[k], " | "))
+		}
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		b.entered <- struct{}{}
+		select {
+		case <-b.hold:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, name)
+	})
+	mux.HandleFunc("/status/{code}", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		code, _ := strconv.Atoi(r.PathValue("code"))
+		w.Header().Set("X-Backend", name)
+		w.WriteHeader(code)
+		io.WriteString(w, name)
+	})
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		fmt.Fprintf(w, "%d %x %s", n, h.Sum(nil), r.Trailer.Get("X-Checksum"))
+	})
+	mux.HandleFunc("/download/{n}", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		n, _ := strconv.ParseInt(r.PathValue("n"), 10, 64)
+		if r.URL.Query().Get("cl") != "" {
+			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		}
+		w.Header().Set("Trailer", "X-Checksum")
+		h := sha256.New()
+		io.Copy(io.MultiWriter(w, h), io.LimitReader(pattern{}, n))
+		w.Header().Set("X-Checksum", hex.EncodeToString(h.Sum(nil)))
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-b.hold:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		serveEchoWebSocket(w, r)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	b.addr = netip.MustParseAddrPort(ln.Addr().String())
+	b.srv = &http.Server{Handler: mux}
+	go b.srv.Serve(ln)
+	t.Cleanup(func() { b.srv.Close() })
+	return b
+}
+
+// pattern is an endless deterministic byte stream.
+type pattern struct{}
+
+func (pattern) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(i*7 + i>>8)
+	}
+	return len(p), nil
+}
+
+// serveEchoWebSocket is a minimal RFC 6455 server: it completes the
+// handshake by hijacking and echoes unmasked text frames of up to 125
+// bytes back to the client until a close frame.
+func serveEchoWebSocket(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "not a websocket", 400)
+		return
+	}
+	key := r.Header.Get("Sec-WebSocket-Key")
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+		base64.StdEncoding.EncodeToString(sum[:]))
+	brw.Flush()
+	for {
+		op, payload, err := readWSFrame(brw.Reader)
+		if err != nil || op == 8 {
+			return
+		}
+		brw.Write([]byte{0x80 | op, byte(len(payload))})
+		brw.Write(payload)
+		brw.Flush()
+	}
+}
+
+// readWSFrame reads one small frame, unmasking it.
+func readWSFrame(br *bufio.Reader) (op byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err = io.ReadFull(br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	op = h[0] & 0x0f
+	n := int(h[1] & 0x7f)
+	if n > 125 {
+		return 0, nil, fmt.Errorf("frame too long")
+	}
+	var mask [4]byte
+	masked := h[1]&0x80 != 0
+	if masked {
+		if _, err = io.ReadFull(br, mask[:]); err != nil {
+			return 0, nil, err
+		}
+	}
+	payload = make([]byte, n)
+	if _, err = io.ReadFull(br, payload); err != nil {
+		return 0, nil, err
+	}
+	if masked {
+		for i := range payload {
+			payload[i] ^= mask[i%4]
+		}
+	}
+	return op, payload, nil
+}
+
+// writeWSFrame writes one masked client frame.
+func writeWSFrame(w io.Writer, op byte, payload []byte) error {
+	mask := [4]byte{1, 2, 3, 4}
+	frame := []byte{0x80 | op, 0x80 | byte(len(payload))}
+	frame = append(frame, mask[:]...)
+	for i, c := range payload {
+		frame = append(frame, c^mask[i%4])
+	}
+	_, err := w.Write(frame)
+	return err
+}
+
+// testProxy is a proxy in front of backends, served on loopback.
+type testProxy struct {
+	h    *HTTP
+	pool *balancer.Pool
+	srv  *http.Server
+	url  string
+	addr string
+}
+
+// startProxy starts a proxy over backends with cfg (its Pool is filled in
+// when nil). It is stopped at cleanup.
+func startProxy(t testing.TB, cfg HTTPConfig, backends ...*testBackend) *testProxy {
+	t.Helper()
+	if cfg.Pool == nil {
+		cfg.Pool = balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+		var bs []balancer.Backend
+		for _, b := range backends {
+			bs = append(bs, balancer.Backend{Addr: b.addr})
+		}
+		require.NoError(t, cfg.Pool.Set(bs))
+	}
+	h, err := NewHTTP(cfg)
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewServer(h)
+	go srv.Serve(ln)
+	p := &testProxy{h: h, pool: cfg.Pool, srv: srv, url: "http://" + ln.Addr().String(), addr: ln.Addr().String()}
+	t.Cleanup(func() {
+		srv.Close()
+		h.Close()
+		cfg.Pool.Close()
+	})
+	return p
+}
+
+// testClient returns a keep-alive client closed at cleanup.
+func testClient(t testing.TB, conns int) *http.Client {
+	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// get fetches url and returns the status, body and header.
+func get(t testing.TB, c *http.Client, url string) (int, string, http.Header) {
+	t.Helper()
+	resp, err := c.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body), resp.Header
+}
+
+// rawRoundTrip sends raw bytes on a new connection to addr and returns
+// everything read until the peer closes or 5 s pass.
+func rawRoundTrip(t testing.TB, addr, raw string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.WriteString(c, raw)
+	require.NoError(t, err)
+	out, _ := io.ReadAll(c)
+	return string(out)
+}
+
+// rawBackend is a TCP server answering every connection with a fixed
+// byte string after reading the request head, then closing.
+func rawBackend(t testing.TB, answer string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil || line == "\r\n" {
+						break
+					}
+				}
+				io.WriteString(c, answer)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return netip.MustParseAddrPort(ln.Addr().String())
+}

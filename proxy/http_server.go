@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"net/http"
+	"time"
+)
+
+// Defaults of [NewServer].
+const (
+	// ServerReadHeaderTimeout bounds reading a client's request head
+	// (slowloris).
+	ServerReadHeaderTimeout = 10 * time.Second
+	// ServerIdleTimeout closes idle client keep-alive connections.
+	ServerIdleTimeout = 120 * time.Second
+	// ServerMaxHeaderBytes caps a client's request head; larger ones get
+	// 431 Request Header Fields Too Large from net/http.
+	ServerMaxHeaderBytes = 64 << 10
+)
+
+// NewServer returns an [http.Server] for a proxy handler h (usually an
+// [*HTTP], perhaps wrapped in middleware) with defaults fit for facing
+// clients: ReadHeaderTimeout ServerReadHeaderTimeout, IdleTimeout
+// ServerIdleTimeout, MaxHeaderBytes ServerMaxHeaderBytes, and HTTP/1.1
+// plus HTTP/2 (over TLS, and unencrypted "h2c" with prior knowledge).
+// ReadTimeout and WriteTimeout stay zero so long uploads, downloads and
+// streams are not cut; bound them with HTTPConfig.RequestTimeout.
+//
+// net/http's server does the request-side smuggling defences: it rejects
+// (400) heads with invalid bytes in names or values, obs-fold, several
+// differing Content-Length values, Transfer-Encoding other than a single
+// "chunked", and for a message with both Transfer-Encoding: chunked and
+// Content-Length it follows RFC 9112 6.3 — the chunked framing wins and
+// Content-Length is dropped — so the proxy forwards it chunked and never
+// ambiguously. Set Addr (and TLSConfig) and call ListenAndServe, Serve or
+// ServeTLS; stop it with Shutdown, which lets requests in flight finish.
+func NewServer(h http.Handler) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ServerReadHeaderTimeout,
+		IdleTimeout:       ServerIdleTimeout,
+		MaxHeaderBytes:    ServerMaxHeaderBytes,
+		Protocols:         &p,
+	}
+}
