@@ -61,7 +61,11 @@ type Target struct {
 	// Zero means DefaultInterval (5 s).
 	Interval time.Duration
 	// Timeout bounds each probe through its context. Zero means
-	// DefaultTimeout (2 s) or Interval, whichever is shorter.
+	// DefaultTimeout (2 s), even when Interval is shorter: one probe at
+	// most is in flight per target and the next is scheduled after it
+	// ends, so a long timeout only delays the next probe, while a timeout
+	// as short as a tiny interval would fail healthy targets on a busy
+	// machine.
 	Timeout time.Duration
 	// Jitter is the most by which each delay between probes is shortened
 	// or lengthened at random, so that many targets do not fire in
@@ -99,7 +103,7 @@ func (t Target) withDefaults() Target {
 		t.Interval = DefaultInterval
 	}
 	if t.Timeout == 0 {
-		t.Timeout = min(DefaultTimeout, t.Interval)
+		t.Timeout = DefaultTimeout
 	}
 	if t.DownInterval == 0 {
 		t.DownInterval = t.Interval

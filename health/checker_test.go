@@ -388,3 +388,40 @@ func TestProbeErrorIsWrappedInEvent(t *testing.T) {
 		assert.ErrorIs(t, evs[1].Err, sentinel)
 	})
 }
+
+func TestDefaults(t *testing.T) {
+	got := Target{Addr: addr(1)}.withDefaults()
+	assert.Equal(t, Target{Addr: addr(1), Interval: 5 * time.Second, Timeout: 2 * time.Second,
+		DownInterval: 5 * time.Second, Rise: 2, Fall: 3, Weight: 1}, got)
+	got = Target{Addr: addr(1), Interval: time.Second, Jitter: -1}.withDefaults()
+	assert.Equal(t, time.Second, got.DownInterval, "DownInterval follows Interval")
+	assert.Equal(t, 2*time.Second, got.Timeout)
+
+	p, err := PassiveConfig{}.params()
+	require.NoError(t, err)
+	assert.Equal(t, passiveParams{consecutive: 5, bucketNanos: int64(time.Second), buckets: 10,
+		minRequests: 20, minSlow: 10, slowRate: 0.5, base: 30 * time.Second, maxEj: 300 * time.Second,
+		maxEjectPct: 10}, p)
+	p, err = PassiveConfig{ConsecutiveFailures: -1, BaseEjection: time.Hour}.params()
+	require.NoError(t, err)
+	assert.Zero(t, p.consecutive)
+	assert.Equal(t, time.Hour, p.maxEj, "MaxEjection is raised to BaseEjection")
+}
+
+func TestJittered(t *testing.T) {
+	for _, tc := range []struct {
+		rand   float64
+		jitter time.Duration
+		want   time.Duration
+	}{
+		{0.5, 0, 10 * time.Second},
+		{0, 0, 9 * time.Second}, // a tenth of the delay by default
+		{0.75, 0, 10500 * time.Millisecond},
+		{0, -1, 10 * time.Second}, // disabled
+		{0, 3 * time.Second, 7 * time.Second},
+		{0, time.Minute, 5 * time.Second}, // capped at half the delay
+	} {
+		c := &Checker{rand: func() float64 { return tc.rand }}
+		assert.Equal(t, tc.want, c.jittered(10*time.Second, &Target{Jitter: tc.jitter}), "%+v", tc)
+	}
+}

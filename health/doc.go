@@ -25,6 +25,16 @@
 // [balancer.Pool] in one call, so the pool's ready set, drain and weights
 // follow the checker.
 //
+// Wiring a pool takes three calls:
+//
+//	chk, err := health.New(health.Config{})
+//	// ...
+//	err = chk.SetTarget(health.Target{Addr: addr, Probe: health.HTTP{Path: "/healthz"}})
+//	// ...
+//	defer chk.Drive(pool)() // pool.SetHealthy, SetDraining, SetWeight from now on
+//
+// and front-ends report what they see with chk.Observe(addr, outcome).
+//
 // Observe is the hot path: it looks the target up through an atomic
 // pointer to an immutable map, updates per-target atomics and never
 // allocates, locks or blocks. Everything slower (ejection, events, logs)
