@@ -486,7 +486,7 @@ type worker struct {
 
 func (s *Server) newWorker() *worker {
 	return &worker{s: s, out: make([]byte, 0, 2+65535+512), rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-		stats: &s.tcpStat}
+		stats: &s.tcpStat, rot: rand.Uint32()}
 }
 
 // respond builds the response to pkt from src into the worker's buffer
@@ -581,6 +581,10 @@ func (r *resp) finish() []byte {
 	}
 	h := r.b[2:]
 	h[3] = h[3]&^0xF | byte(r.rcode&0xF)
+	switch r.rcode {
+	case rcodeRefused, rcodeFormErr, rcodeNotImp, rcodeBadVers:
+		h[2] &^= flagAA >> 8 // not an authoritative answer
+	}
 	if r.tc {
 		h[2] |= flagTC >> 8
 	}
