@@ -23,10 +23,9 @@ func Example() {
 		pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(a)})
 	}
 	srv, err := dnslb.New(dnslb.Config{
-		Zones: []dnslb.Zone{{Origin: "example.test.", Records: `
-			@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 60
-			@ 3600 IN NS  ns1
-			ns1 3600 IN A 127.0.0.1`}},
+		Zones: []dnslb.Zone{{Origin: "example.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 60\n" +
+			"@ 3600 IN NS ns1\n" +
+			"ns1 3600 IN A 127.0.0.1\n"}},
 		Services: []dnslb.Service{{Name: "www.example.test.", Pool: pool}},
 	})
 	if err != nil {
