@@ -1,0 +1,27 @@
+// Package benchmarks holds lbkit's side-by-side benchmarks: each compares
+// an lbkit component with a peer or a baseline in the same run, because
+// on a small shared machine only ratios from one run are meaningful.
+//
+// The package has no API; everything is in its _test.go files. Run a
+// group with, for example,
+//
+//	go test ./benchmarks -run '^$' -bench 'BenchmarkPick' -benchtime 200ms -count 6 > pick.txt
+//	benchstat -col /policy pick.txt
+//
+// Pick benchmarks (pick_test.go) measure one Pick of every balancer
+// policy against two baselines, a mutex-guarded round robin and a
+// gRPC-style round robin on one shared atomic counter:
+// BenchmarkPick/<policy>/n=<backends> on one goroutine (b.Loop) and
+// BenchmarkPickParallel/<policy>/n=<backends> from GOMAXPROCS goroutines
+// (b.RunParallel). Targets: 0 allocs, ≤ 25 ns single-threaded, parallel
+// throughput ≥ 5× the mutex baseline.
+//
+// The policy simulation (sim_test.go) is a deterministic discrete-event
+// model of heterogeneous backends (one 10× slower, one failing fast)
+// driven through a real balancer.Pool by every load-independent and
+// load-aware policy: BenchmarkSimulation/<policy> reports latency
+// percentiles, the failed share and how unevenly work was spread, and
+// TestSimulation holds the qualitative result (least connections and
+// peak EWMA send the slow backend less work and cut the tail latency
+// round robin and random suffer).
+package benchmarks

@@ -1,0 +1,177 @@
+package benchmarks
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/balancertest"
+	"github.com/lbkit/lbkit/balancer/ewma"
+	"github.com/lbkit/lbkit/balancer/first"
+	"github.com/lbkit/lbkit/balancer/leastconn"
+	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/balancer/random"
+	"github.com/lbkit/lbkit/balancer/ringhash"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
+)
+
+// pickPolicies lists every policy in the repository and the two
+// baselines, in the order benchmarks report them.
+var pickPolicies = []struct {
+	name    string
+	builder balancer.Builder
+}{
+	{"mutex-rr", pickMutexRR{}},
+	{"atomic-rr", pickAtomicRR{}},
+	{"roundrobin", roundrobin.Builder{}},
+	{"weighted", weighted.Builder{}},
+	{"random", random.Builder{}},
+	{"leastconn", leastconn.Builder{}},
+	{"ewma", ewma.Builder{}},
+	{"first", first.Builder{}},
+	{"ringhash", ringhash.Builder{}},
+	{"ringhash-bounded", ringhash.Builder{Epsilon: 0.25}},
+	{"maglev", maglev.Builder{}},
+}
+
+// pickSizes are the ready-set sizes benchmarked.
+var pickSizes = []int{3, 100, 1000}
+
+// pickReady returns n endpoints with weights 1–3, some work in flight and
+// latency samples, so load-aware and weighted policies take their real
+// paths.
+func pickReady(n int) []balancer.Weighted {
+	ws := make([]float64, n)
+	for i := range ws {
+		ws[i] = float64(1 + i%3)
+	}
+	ready := balancertest.ReadyWeights(ws...)
+	now := time.Now()
+	for i, w := range ready {
+		for range i % 4 {
+			w.Endpoint.Start()
+		}
+		w.Endpoint.ObserveLatency(now.Add(time.Duration(i)*time.Millisecond), time.Duration(1+i%5)*time.Millisecond)
+	}
+	return ready
+}
+
+// pickKeys are affinity keys for hash-based policies; every policy gets
+// them so all pay the same for reading one.
+var pickKeys = func() []balancer.PickInfo {
+	k := make([]balancer.PickInfo, 1024)
+	for i := range k {
+		k[i] = balancer.WithKey(balancer.Mix64(uint64(i) + 1))
+	}
+	return k
+}()
+
+// BenchmarkPick measures one Pick on one goroutine.
+func BenchmarkPick(b *testing.B) {
+	for _, pol := range pickPolicies {
+		for _, n := range pickSizes {
+			b.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(b *testing.B) {
+				p := pol.builder.Build(pickReady(n))
+				if _, err := p.Pick(pickKeys[0]); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					_, _ = p.Pick(pickKeys[i&1023])
+					i++
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkPickParallel measures Pick from GOMAXPROCS goroutines sharing
+// one picker.
+func BenchmarkPickParallel(b *testing.B) {
+	for _, pol := range pickPolicies {
+		for _, n := range pickSizes {
+			b.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(b *testing.B) {
+				p := pol.builder.Build(pickReady(n))
+				if _, err := p.Pick(pickKeys[0]); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					i := 0
+					for pb.Next() {
+						_, _ = p.Pick(pickKeys[i&1023])
+						i++
+					}
+				})
+			})
+		}
+	}
+}
+
+// TestPickPoliciesNoAllocs holds every benchmarked policy, baselines
+// included, to 0 allocations per pick.
+func TestPickPoliciesNoAllocs(t *testing.T) {
+	for _, pol := range pickPolicies {
+		for _, n := range pickSizes {
+			t.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(t *testing.T) {
+				balancertest.CheckNoAllocs(t, pol.builder.Build(pickReady(n)), pickKeys[7])
+			})
+		}
+	}
+}
+
+// pickMutexRR is the first baseline: round robin under a mutex, as a
+// straightforward Go implementation would write it.
+type pickMutexRR struct{}
+
+func (pickMutexRR) Build(ready []balancer.Weighted) balancer.Picker {
+	p := &pickMutexPicker{eps: make([]*balancer.Endpoint, len(ready))}
+	for i, w := range ready {
+		p.eps[i] = w.Endpoint
+	}
+	return p
+}
+
+type pickMutexPicker struct {
+	mu   sync.Mutex
+	next int
+	eps  []*balancer.Endpoint
+}
+
+func (p *pickMutexPicker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
+	p.mu.Lock()
+	ep := p.eps[p.next]
+	p.next++
+	if p.next == len(p.eps) {
+		p.next = 0
+	}
+	p.mu.Unlock()
+	return ep, nil
+}
+
+// pickAtomicRR is the second baseline: gRPC-go's round robin, one shared
+// atomic counter.
+type pickAtomicRR struct{}
+
+func (pickAtomicRR) Build(ready []balancer.Weighted) balancer.Picker {
+	p := &pickAtomicPicker{eps: make([]*balancer.Endpoint, len(ready))}
+	for i, w := range ready {
+		p.eps[i] = w.Endpoint
+	}
+	return p
+}
+
+type pickAtomicPicker struct {
+	next atomic.Uint32
+	eps  []*balancer.Endpoint
+}
+
+func (p *pickAtomicPicker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
+	return p.eps[p.next.Add(1)%uint32(len(p.eps))], nil
+}
