@@ -1,0 +1,601 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/health"
+)
+
+// Defaults for [TCPConfig] fields left zero.
+const (
+	DefaultTCPDialTimeout  = 3 * time.Second
+	DefaultTCPDialAttempts = 3
+	DefaultTCPIdleTimeout  = 10 * time.Minute
+)
+
+// ErrTCPClosed is returned by [TCP.Serve] and [TCP.ListenAndServe] after
+// [TCP.Shutdown] was called.
+var ErrTCPClosed = errors.New("proxy: TCP proxy closed")
+
+// ErrTCPNoBackend is what a client connection fails with (in logs) when no
+// backend accepted it: none ready, all at their connection limit, or every
+// dial attempt failed.
+var ErrTCPNoBackend = errors.New("proxy: no backend took the connection")
+
+// TCPConfig configures a [TCP] proxy. Backends or Pool is required; every
+// other field has a useful zero value, documented on the field.
+type TCPConfig struct {
+	// Backends are the members of the proxy's own pool, used when Pool
+	// is nil.
+	Backends []balancer.Backend
+	// Pool is the pool to pick from. Nil means the proxy builds its own
+	// from Builder and Backends. Drive its health with
+	// health.Checker.Drive or Pool.SetHealthy.
+	Pool *balancer.Pool
+	// Builder is the policy of the proxy's own pool. Nil means round
+	// robin (use a hash-based policy such as Maglev with SourceHash).
+	Builder balancer.Builder
+
+	// SourceHash makes the pick key balancer.HashAddr of the client's IP
+	// address, so a hash-based policy keeps a client on one backend.
+	SourceHash bool
+
+	// DialTimeout bounds each connection attempt to a backend. Zero means
+	// DefaultTCPDialTimeout.
+	DialTimeout time.Duration
+	// DialAttempts is how many distinct backends a client connection may
+	// be tried on when dialing fails or a backend is at its limit. Zero
+	// means DefaultTCPDialAttempts.
+	DialAttempts int
+	// IdleTimeout closes a connection on which neither side sent anything
+	// for that long (detected between IdleTimeout and twice it). Zero
+	// means DefaultTCPIdleTimeout; negative disables it.
+	IdleTimeout time.Duration
+	// MaxConnsPerBackend caps this proxy's open connections to each
+	// backend. A full backend is skipped for another; when all tried are
+	// full the client connection is closed. Zero means no limit.
+	MaxConnsPerBackend int
+
+	// ProxyProtocol, when 1 or 2, sends a PROXY protocol header of that
+	// version to the backend first, carrying the client's address and the
+	// address it connected to. Zero sends none.
+	ProxyProtocol int
+
+	// Observer receives a passive outcome for every dial: failed, or
+	// succeeded with the connect time. Nil means none. A health.Checker
+	// fits.
+	Observer health.Observer
+
+	// Logger receives connection failures at debug level and accept
+	// errors at warn level. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// TCP is a layer-4 proxy: it accepts TCP connections, picks a backend from
+// a [balancer.Pool], connects to it (another backend if that fails) and
+// copies bytes both ways, with half-close, idle timeout, per-backend
+// connection limits, an optional PROXY protocol header and graceful drain.
+// Between two *net.TCPConn the copy uses splice(2) on Linux, so payload
+// does not pass through user space.
+//
+// All methods are safe for concurrent use. Serve blocks until the proxy
+// shuts down; each connection runs on its own goroutines.
+type TCP struct {
+	cfg      TCPConfig
+	pool     *balancer.Pool
+	own      bool
+	log      *slog.Logger
+	dialer   net.Dialer
+	attempts int
+	idle     time.Duration
+
+	counts sync.Map // netip.AddrPort → *atomic.Int64, only with MaxConnsPerBackend
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*tcpConn]struct{}
+	closing   bool
+	idleCh    chan struct{} // closed when conns becomes empty while closing
+	wg        sync.WaitGroup
+}
+
+// tcpConn is one proxied connection: the client side and, once dialed,
+// the backend side.
+type tcpConn struct {
+	client  net.Conn
+	mu      sync.Mutex
+	backend net.Conn
+	closed  bool
+}
+
+// close closes both sides; it is idempotent.
+func (c *tcpConn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	c.client.Close()
+	if c.backend != nil {
+		c.backend.Close()
+	}
+}
+
+// setBackend records the backend side, or reports false (and closes b)
+// when the connection was closed meanwhile.
+func (c *tcpConn) setBackend(b net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		b.Close()
+		return false
+	}
+	c.backend = b
+	return true
+}
+
+// NewTCP validates cfg and returns a proxy that is not yet serving.
+func NewTCP(cfg TCPConfig) (*TCP, error) {
+	switch {
+	case cfg.Pool == nil && len(cfg.Backends) == 0:
+		return nil, errors.New("proxy: TCPConfig needs Backends or a Pool")
+	case cfg.DialTimeout < 0:
+		return nil, errors.New("proxy: DialTimeout must not be negative")
+	case cfg.DialAttempts < 0:
+		return nil, errors.New("proxy: DialAttempts must not be negative")
+	case cfg.MaxConnsPerBackend < 0:
+		return nil, errors.New("proxy: MaxConnsPerBackend must not be negative")
+	case cfg.ProxyProtocol < 0 || cfg.ProxyProtocol > 2:
+		return nil, fmt.Errorf("proxy: ProxyProtocol %d is not 0, 1 or 2", cfg.ProxyProtocol)
+	}
+	p := &TCP{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		attempts:  cfg.DialAttempts,
+		idle:      cfg.IdleTimeout,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*tcpConn]struct{}),
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.attempts == 0 {
+		p.attempts = DefaultTCPDialAttempts
+	}
+	if p.idle == 0 {
+		p.idle = DefaultTCPIdleTimeout
+	}
+	p.dialer.Timeout = cfg.DialTimeout
+	if p.dialer.Timeout == 0 {
+		p.dialer.Timeout = DefaultTCPDialTimeout
+	}
+	if cfg.Pool != nil {
+		p.pool = cfg.Pool
+		for _, b := range cfg.Backends {
+			if err := p.pool.Add(b); err != nil {
+				return nil, fmt.Errorf("proxy: %w", err)
+			}
+		}
+	} else {
+		builder := cfg.Builder
+		if builder == nil {
+			builder = roundrobin.Builder{}
+		}
+		pool, err := balancer.New(balancer.Config{Builder: builder, Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		if err := pool.Set(cfg.Backends); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		p.pool, p.own = pool, true
+	}
+	return p, nil
+}
+
+// Pool returns the pool the proxy picks from.
+func (p *TCP) Pool() *balancer.Pool { return p.pool }
+
+// ListenAndServe listens on the TCP address addr and calls [TCP.Serve].
+func (p *TCP) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	return p.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln and proxies each until ln fails, ctx
+// ends or [TCP.Shutdown] is called. It closes ln before returning. When ctx
+// ends, Serve also closes every connection it accepted and returns
+// ctx.Err(); after Shutdown it returns [ErrTCPClosed] and leaves open
+// connections to Shutdown.
+func (p *TCP) Serve(ctx context.Context, ln net.Listener) error {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		ln.Close()
+		return ErrTCPClosed
+	}
+	p.listeners[ln] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.listeners, ln)
+		p.mu.Unlock()
+		ln.Close()
+	}()
+
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var mine sync.Map // connections accepted here, closed if ctx ends
+	defer func() {
+		if ctx.Err() != nil {
+			mine.Range(func(k, _ any) bool { k.(*tcpConn).close(); return true })
+		}
+	}()
+
+	backoff := time.Duration(0)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			p.mu.Lock()
+			closing := p.closing
+			p.mu.Unlock()
+			if closing {
+				return ErrTCPClosed
+			}
+			if tcpTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.log.Warn("proxy: accept failed; retrying", "err", err, "in", backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+				}
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		tc := &tcpConn{client: c}
+		if !p.track(tc) {
+			c.Close()
+			return ErrTCPClosed
+		}
+		mine.Store(tc, struct{}{})
+		go func() {
+			defer p.wg.Done()
+			defer mine.Delete(tc)
+			defer p.untrack(tc)
+			p.handle(ctx, tc)
+		}()
+	}
+}
+
+// tcpTemporary reports accept errors worth retrying (out of file
+// descriptors, aborted handshakes).
+func tcpTemporary(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.ENOMEM) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func (p *TCP) track(c *tcpConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *TCP) untrack(c *tcpConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
+	if p.closing && len(p.conns) == 0 && p.idleCh != nil {
+		close(p.idleCh)
+		p.idleCh = nil
+	}
+}
+
+// Shutdown stops the proxy gracefully: it closes every listener at once,
+// waits for open connections to finish by themselves until ctx ends, then
+// closes those left and waits for their goroutines. It returns nil when
+// every connection finished by itself and ctx.Err() otherwise. Serve
+// returns ErrTCPClosed. Shutdown also releases the proxy's own pool.
+func (p *TCP) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.closing = true
+	for ln := range p.listeners {
+		ln.Close()
+	}
+	var idle chan struct{}
+	if len(p.conns) > 0 {
+		if p.idleCh == nil {
+			p.idleCh = make(chan struct{})
+		}
+		idle = p.idleCh
+	}
+	p.mu.Unlock()
+
+	var err error
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			err = ctx.Err()
+			p.mu.Lock()
+			for c := range p.conns {
+				c.close()
+			}
+			p.mu.Unlock()
+		}
+	}
+	p.wg.Wait()
+	if p.own {
+		p.pool.Close()
+	}
+	return err
+}
+
+// handle proxies one client connection.
+func (p *TCP) handle(ctx context.Context, c *tcpConn) {
+	defer c.close()
+	client := tcpAddrPort(c.client.RemoteAddr())
+	var info balancer.PickInfo
+	if p.cfg.SourceHash && client.IsValid() {
+		info = balancer.WithKey(balancer.HashAddr(client.Addr()))
+	}
+
+	backend, ep, connect, err := p.connect(ctx, c, info)
+	if err != nil {
+		p.log.Debug("proxy: client connection dropped", "client", client, "err", err)
+		return
+	}
+	defer p.release(ep.Addr())
+	if !c.setBackend(backend) {
+		ep.Done(net.ErrClosed, connect)
+		return
+	}
+	if v := p.cfg.ProxyProtocol; v != 0 {
+		h := ProxyProtoHeader{
+			Version:     uint8(v),
+			Transport:   ProxyProtoTCP,
+			Source:      client,
+			Destination: tcpAddrPort(c.client.LocalAddr()),
+		}
+		var buf [ProxyProtoV2MaxAddrLen]byte
+		if _, err := backend.Write(h.Append(buf[:0])); err != nil {
+			ep.Done(err, connect)
+			return
+		}
+	}
+	err = p.pipe(c.client, backend)
+	ep.Done(err, connect)
+}
+
+// connect picks and dials backends until one accepts, trying up to
+// p.attempts distinct ones. It returns the connection, its endpoint (with
+// Start called and a limit slot held) and the connect time.
+func (p *TCP) connect(ctx context.Context, c *tcpConn, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, time.Duration, error) {
+	var tried [8]netip.AddrPort
+	triedList := tried[:0]
+	lastErr := ErrTCPNoBackend
+	for attempt := 0; attempt < p.attempts; attempt++ {
+		ep := p.pickUntried(info, triedList)
+		if ep == nil {
+			break
+		}
+		addr := ep.Addr()
+		triedList = append(triedList, addr)
+		if !p.acquire(addr) {
+			lastErr = fmt.Errorf("%w: %v is at its connection limit", ErrTCPNoBackend, addr)
+			continue
+		}
+		ep.Start()
+		start := time.Now()
+		conn, err := p.dialer.DialContext(ctx, "tcp", addr.String())
+		connect := time.Since(start)
+		if err != nil {
+			ep.Done(err, 0)
+			p.release(addr)
+			if p.cfg.Observer != nil {
+				p.cfg.Observer.Observe(addr, health.Outcome{Failed: true})
+			}
+			lastErr = fmt.Errorf("proxy: dial %v: %w", addr, err)
+			if ctx.Err() != nil {
+				return nil, nil, 0, lastErr
+			}
+			continue
+		}
+		if p.cfg.Observer != nil {
+			p.cfg.Observer.Observe(addr, health.Outcome{Latency: connect})
+		}
+		return conn, ep, connect, nil
+	}
+	return nil, nil, 0, lastErr
+}
+
+// pickUntried picks an endpoint not in tried: from the picker (a few
+// times, varying the key), then by scanning the ready set from a random
+// or key-derived offset. It returns nil when every ready endpoint was
+// tried.
+func (p *TCP) pickUntried(info balancer.PickInfo, tried []netip.AddrPort) *balancer.Endpoint {
+	snap := p.pool.Snapshot()
+	for range 3 {
+		ep, err := snap.Pick(info)
+		if err != nil {
+			return nil
+		}
+		if !tcpContains(tried, ep.Addr()) {
+			return ep
+		}
+		if info.HasKey {
+			info.Key = balancer.Mix64(info.Key)
+		}
+	}
+	n := len(snap.Ready)
+	if n == 0 {
+		return nil
+	}
+	off := rand.IntN(n)
+	if info.HasKey {
+		off = int(info.Key % uint64(n))
+	}
+	for i := range n {
+		ep := snap.Ready[(off+i)%n].Endpoint
+		if !tcpContains(tried, ep.Addr()) {
+			return ep
+		}
+	}
+	return nil
+}
+
+func tcpContains(list []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// acquire takes a connection slot on addr, or reports false when it is at
+// MaxConnsPerBackend.
+func (p *TCP) acquire(addr netip.AddrPort) bool {
+	limit := int64(p.cfg.MaxConnsPerBackend)
+	if limit == 0 {
+		return true
+	}
+	v, ok := p.counts.Load(addr)
+	if !ok {
+		v, _ = p.counts.LoadOrStore(addr, new(atomic.Int64))
+	}
+	n := v.(*atomic.Int64)
+	for {
+		cur := n.Load()
+		if cur >= limit {
+			return false
+		}
+		if n.CompareAndSwap(cur, cur+1) {
+			return true
+		}
+	}
+}
+
+func (p *TCP) release(addr netip.AddrPort) {
+	if p.cfg.MaxConnsPerBackend == 0 {
+		return
+	}
+	if v, ok := p.counts.Load(addr); ok {
+		v.(*atomic.Int64).Add(-1)
+	}
+}
+
+// BackendConns returns the number of connections this proxy holds open to
+// addr. It is tracked only when MaxConnsPerBackend is set; otherwise it is
+// always 0.
+func (p *TCP) BackendConns(addr netip.AddrPort) int {
+	if v, ok := p.counts.Load(addr); ok {
+		return int(v.(*atomic.Int64).Load())
+	}
+	return 0
+}
+
+// pipe copies both ways until both directions ended, one failed or the
+// connection went idle. A direction that reaches EOF half-closes its
+// destination, so the other side still gets its reply through. It returns
+// the first error that was not a clean end.
+func (p *TCP) pipe(client, backend net.Conn) error {
+	var idle [2]atomic.Bool
+	errc := make(chan error, 1)
+	go func() { errc <- p.copyDir(backend, client, &idle[0], &idle[1]) }()
+	err := p.copyDir(client, backend, &idle[1], &idle[0])
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+// copyDir copies src to dst. With an idle timeout it copies in rounds
+// bounded by a read deadline on src: a round that moved nothing marks this
+// direction idle, and when the other direction is idle too (or finished)
+// the connection is idle and copyDir fails with os.ErrDeadlineExceeded. At
+// EOF it half-closes dst and marks itself idle for good.
+func (p *TCP) copyDir(dst, src net.Conn, mine, other *atomic.Bool) error {
+	if p.idle < 0 {
+		_, err := io.Copy(dst, src)
+		return p.finish(dst, src, err, mine)
+	}
+	for {
+		src.SetReadDeadline(time.Now().Add(p.idle))
+		n, err := io.Copy(dst, src)
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return p.finish(dst, src, err, mine)
+		}
+		if n > 0 {
+			mine.Store(false)
+			continue
+		}
+		mine.Store(true)
+		if other.Load() {
+			return p.finish(dst, src, fmt.Errorf("proxy: connection idle for %v: %w", p.idle, os.ErrDeadlineExceeded), mine)
+		}
+	}
+}
+
+// finish ends a direction: at EOF (err nil) it half-closes dst; on an
+// error it closes dst and src, which ends the other direction too.
+func (p *TCP) finish(dst, src net.Conn, err error, mine *atomic.Bool) error {
+	mine.Store(true)
+	if err != nil {
+		dst.Close()
+		src.Close()
+		if errors.Is(err, net.ErrClosed) {
+			return nil // the other direction aborted and closed us
+		}
+		return err
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ENOTCONN) {
+			return err
+		}
+		return nil
+	}
+	return dst.Close()
+}
+
+// tcpAddrPort returns a's address and port, or the zero value.
+func tcpAddrPort(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	case nil:
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
