@@ -21,7 +21,11 @@ func TestHTTPDistribution(t *testing.T) {
 		assert.Equal(t, body, hdr.Get("X-Backend"))
 		seen[body]++
 	}
-	assert.Equal(t, map[string]int{"a": 100, "b": 100, "c": 100}, seen)
+	// Round robin with sharded counters: even up to a few requests.
+	require.Len(t, seen, 3)
+	for name, n := range seen {
+		assert.InDelta(t, 100, n, 10, name)
+	}
 	for _, b := range bs {
 		assert.Positive(t, p.h.IdleConns(b.addr), "keep-alive connections are pooled")
 	}
