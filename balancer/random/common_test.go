@@ -87,11 +87,15 @@ func TestPickConcurrentWithUpdates(t *testing.T) {
 	})
 	for g := range 4 {
 		wg.Go(func() {
+			// At least 5000 picks each, so picks overlap the updates even
+			// when the scheduler runs the updater first.
 			for i := range 200_000 {
-				select {
-				case <-done:
-					return
-				default:
+				if i >= 5000 {
+					select {
+					case <-done:
+						return
+					default:
+					}
 				}
 				ep, err := pool.Pick(balancer.PickInfo{Key: uint64(i * g), HasKey: g%2 == 0})
 				if err != nil {
