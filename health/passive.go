@@ -69,22 +69,30 @@ type PassiveConfig struct {
 	// outlier over the cap stays in service. One target may always be
 	// ejected, as in Envoy. Zero means 10.
 	MaxEjectedPercent float64
+
+	// UnejectOnProbeSuccess ends an ejection as soon as an active probe
+	// of the target passes (Envoy's successful_active_health_check_
+	// uneject_host, which Envoy enables by default). Off by default here:
+	// passive detection exists to catch what a health endpoint does not
+	// show, and a probe every few seconds would cut every ejection short.
+	UnejectOnProbeSuccess bool
 }
 
 // passiveParams is a validated PassiveConfig with defaults applied.
 type passiveParams struct {
-	disabled    bool
-	consecutive int64 // 0: rule off
-	rate        float64
-	bucketNanos int64
-	buckets     int
-	minRequests uint64
-	latency     time.Duration // 0: rule off
-	minSlow     uint64
-	slowRate    float64
-	windowed    bool // a window rule is on
-	base, maxEj time.Duration
-	maxEjectPct float64
+	disabled     bool
+	consecutive  int64 // 0: rule off
+	rate         float64
+	bucketNanos  int64
+	buckets      int
+	minRequests  uint64
+	latency      time.Duration // 0: rule off
+	minSlow      uint64
+	slowRate     float64
+	windowed     bool // a window rule is on
+	base, maxEj  time.Duration
+	maxEjectPct  float64
+	probeUneject bool
 }
 
 func (p PassiveConfig) params() (passiveParams, error) {
@@ -101,17 +109,18 @@ func (p PassiveConfig) params() (passiveParams, error) {
 		return passiveParams{}, errors.New("health: Passive counts must not be negative")
 	}
 	q := passiveParams{
-		disabled:    p.Disabled,
-		consecutive: int64(p.ConsecutiveFailures),
-		rate:        p.FailureRate,
-		buckets:     p.Buckets,
-		minRequests: uint64(p.MinRequests),
-		latency:     p.LatencyThreshold,
-		minSlow:     uint64(p.LatencyMinSlow),
-		slowRate:    p.LatencyRate,
-		base:        p.BaseEjection,
-		maxEj:       p.MaxEjection,
-		maxEjectPct: p.MaxEjectedPercent,
+		disabled:     p.Disabled,
+		consecutive:  int64(p.ConsecutiveFailures),
+		rate:         p.FailureRate,
+		buckets:      p.Buckets,
+		minRequests:  uint64(p.MinRequests),
+		latency:      p.LatencyThreshold,
+		minSlow:      uint64(p.LatencyMinSlow),
+		slowRate:     p.LatencyRate,
+		base:         p.BaseEjection,
+		maxEj:        p.MaxEjection,
+		maxEjectPct:  p.MaxEjectedPercent,
+		probeUneject: p.UnejectOnProbeSuccess,
 	}
 	if q.consecutive == 0 {
 		q.consecutive = 5
@@ -331,8 +340,8 @@ func (c *Checker) evalPassive(t *target) time.Duration {
 	return d
 }
 
-// uneject ends t's ejection.
-func (c *Checker) uneject(t *target) {
+// uneject ends t's ejection, if it is ejected, with the given reason.
+func (c *Checker) uneject(t *target, reason string) {
 	c.mu.Lock()
 	if !t.ejected.Load() {
 		c.mu.Unlock()
@@ -346,7 +355,7 @@ func (c *Checker) uneject(t *target) {
 	t.lastUneject = time.Now()
 	c.mu.Unlock()
 	t.mu.Lock()
-	t.publishLocked(0, "ejection expired", nil, false)
+	t.publishLocked(0, reason, nil, false)
 	t.mu.Unlock()
 }
 

@@ -345,3 +345,23 @@ func TestEjectionNotDelayedByHangingProbe(t *testing.T) {
 		assert.Equal(t, Healthy, c.State(a), "the ejection expired while the probe still hangs")
 	})
 }
+
+func TestUnejectOnProbeSuccess(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, rec := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: time.Minute, UnejectOnProbeSuccess: true}})
+		p := &switchProbe{}
+		a := addr(1)
+		require.NoError(t, c.SetTarget(Target{Addr: a, Probe: p, Interval: 10 * time.Second, Initial: Healthy}))
+		step(time.Second)
+		observeN(c, a, fail, 5)
+		synctest.Wait()
+		assert.Equal(t, Unhealthy, c.State(a))
+		step(5 * time.Second) // the probe at 5 s passes
+		assert.Equal(t, Healthy, c.State(a))
+		assert.Equal(t, []tr{{Healthy, "added"}, {Unhealthy, "passive: consecutive failures"}, {Healthy, "probe"}}, transitions(rec.take()))
+		step(2 * time.Minute)
+		assert.Empty(t, rec.take(), "the stopped ejection timer does not fire")
+		st, _ := c.Status(a)
+		assert.Equal(t, 1, st.Ejections)
+	})
+}

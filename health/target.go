@@ -179,7 +179,7 @@ func (c *Checker) run(t *target) {
 			}
 		case <-ejectC:
 			ejectC = nil
-			c.uneject(t)
+			c.uneject(t, "ejection expired")
 		case <-t.reconf:
 			cfg = t.config()
 			probe.Stop()
@@ -209,6 +209,11 @@ func (c *Checker) run(t *target) {
 				return
 			}
 			c.handleProbe(t, r.rep, r.err)
+			if r.err == nil && c.passive.probeUneject && t.ejected.Load() {
+				eject.Stop()
+				ejectC = nil
+				c.uneject(t, "probe")
+			}
 			cfg = t.config()
 			probeC = nil
 			if cfg.Probe != nil {
