@@ -1,0 +1,122 @@
+package l2lb
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/require"
+)
+
+// BenchmarkProgram measures the XDP program in the kernel through
+// BPF_PROG_TEST_RUN, batches of 10,000 runs per op; ns/pkt is the kernel's
+// own per-run average.
+func BenchmarkProgram(b *testing.B) {
+	tw := newTwin(b)
+	fourServices(tw)
+	src4, src6 := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("[2001:db8::1]:40000")
+	cases := []struct {
+		name string
+		in   []byte
+		want Verdict
+	}{
+		{"floor/return-pass", frame(Flow{Proto: TCP, Src: src4, Dst: vip4}, tcpACK, make([]byte, 64)), Pass},
+		{"ipv4/tcp/established", frame(Flow{Proto: TCP, Src: src4, Dst: vip4}, tcpACK, make([]byte, 64)), TX},
+		{"ipv4/tcp/syn", frame(Flow{Proto: TCP, Src: src4, Dst: vip4}, tcpSYN, nil), TX},
+		{"ipv6/tcp/established", frame(Flow{Proto: TCP, Src: src6, Dst: vip6}, tcpACK, make([]byte, 64)), TX},
+		{"ipv4/udp", frame(Flow{Proto: UDP, Src: src4, Dst: vip4u}, 0, make([]byte, 64)), TX},
+		{"ipv4/not-a-service", frame(Flow{Proto: TCP, Src: src4, Dst: netip.MustParseAddrPort("198.18.0.7:80")}, tcpACK, nil), Pass},
+	}
+	// The floor: a program that only returns XDP_PASS, to separate the
+	// test harness's per-run cost from the program's.
+	floor, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(Pass)), asm.Return()},
+		License:      "MIT",
+	})
+	require.NoError(b, err)
+	defer floor.Close()
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			prog := tw.dp.objs.L2lbXdp
+			if c.name == "floor/return-pass" {
+				prog = floor
+			}
+			const batch = 10000
+			var total time.Duration
+			var n int
+			for b.Loop() {
+				v, d, err := prog.Benchmark(c.in, batch, nil)
+				if err != nil || Verdict(v) != c.want {
+					b.Fatalf("verdict %v, err %v", Verdict(v), err)
+				}
+				total += d * batch
+				n += batch
+			}
+			b.ReportMetric(float64(total)/float64(n), "ns/pkt")
+		})
+	}
+}
+
+// BenchmarkLabUDP offers UDP datagrams from the lab's client, one per op,
+// straight to a backend and through the balancer's VIP, and reports the
+// datagrams per second the backends received: the balancer's cost shows
+// as the ratio of the two. The sender (one Go socket) is the bottleneck.
+func BenchmarkLabUDP(b *testing.B) {
+	l := newDSRLab(b, 2)
+	var received atomic.Int64
+	for _, h := range l.backends {
+		pc, err := h.ListenPacket("udp", ":9000")
+		require.NoError(b, err)
+		pc.(*net.UDPConn).SetReadBuffer(8 << 20)
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := pc.ReadFrom(buf); err != nil {
+					return
+				}
+				received.Add(1)
+			}
+		}()
+	}
+	var out *net.UDPConn
+	require.NoError(b, l.client.Do(func() error {
+		pc, err := net.ListenPacket("udp4", ":0")
+		out = pc.(*net.UDPConn)
+		return err
+	}))
+	b.Cleanup(func() { out.Close() })
+	payload := make([]byte, 64)
+	for _, c := range []struct {
+		name string
+		dst  netip.AddrPort
+	}{
+		{"direct", netip.AddrPortFrom(l.backends[0].Addr4(), 9000)},
+		{"l2lb", netip.AddrPortFrom(labVIP4, 9000)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			received.Store(0)
+			sent := 0
+			start := time.Now()
+			for b.Loop() {
+				if _, err := out.WriteToUDPAddrPort(payload, c.dst); err == nil {
+					sent++
+				}
+			}
+			elapsed := time.Since(start)
+			// Let the receivers drain: stop once the count is still.
+			for last := int64(-1); received.Load() != last; {
+				last = received.Load()
+				time.Sleep(50 * time.Millisecond)
+			}
+			got := received.Load()
+			b.ReportMetric(float64(sent)/elapsed.Seconds(), "sent/s")
+			b.ReportMetric(float64(got)/elapsed.Seconds(), "delivered/s")
+			b.ReportMetric(100*float64(got)/float64(max(sent, 1)), "delivered-%")
+		})
+	}
+}
