@@ -77,6 +77,12 @@ type Target struct {
 	// unhealthy (HAProxy's downinter), usually shorter than Interval so a
 	// recovered target returns quickly. Zero means Interval.
 	DownInterval time.Duration
+	// FastInterval is the time between probes while the target is
+	// changing state: healthy with failed probes counted toward Fall, or
+	// unhealthy with passed probes counted toward Rise (HAProxy's
+	// fastinter), so a verdict comes sooner. Zero means the interval of
+	// the current state.
+	FastInterval time.Duration
 
 	// Rise is how many consecutive successful probes turn an unhealthy
 	// target healthy. Zero means DefaultRise (2).
@@ -124,7 +130,7 @@ func (t Target) validate() error {
 	switch {
 	case !t.Addr.IsValid():
 		return errors.New("health: target address is invalid")
-	case t.Interval < 0, t.Timeout < 0, t.DownInterval < 0:
+	case t.Interval < 0, t.Timeout < 0, t.DownInterval < 0, t.FastInterval < 0:
 		return fmt.Errorf("health: target %s: intervals and timeout must not be negative", t.Addr)
 	case t.Rise < 0, t.Fall < 0:
 		return fmt.Errorf("health: target %s: Rise and Fall must not be negative", t.Addr)

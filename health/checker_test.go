@@ -425,3 +425,32 @@ func TestJittered(t *testing.T) {
 		assert.Equal(t, tc.want, c.jittered(10*time.Second, &Target{Jitter: tc.jitter}), "%+v", tc)
 	}
 }
+
+func TestFastInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, _ := newChecker(t, Config{Rand: half})
+		p := &switchProbe{}
+		a := addr(1)
+		require.NoError(t, c.SetTarget(Target{Addr: a, Probe: p, Initial: Healthy,
+			Interval: 10 * time.Second, FastInterval: time.Second, DownInterval: 5 * time.Second}))
+		step(5 * time.Second) // first probe at 5 s passes
+		p.fail.Store(true)
+		step(10 * time.Second) // 15 s: first failure; then one a second
+		assert.Equal(t, Healthy, c.State(a))
+		step(2 * time.Second) // 16 s, 17 s: third failure
+		assert.Equal(t, Unhealthy, c.State(a))
+		assert.EqualValues(t, 4, p.calls.Load())
+		step(5 * time.Second) // 22 s: down interval
+		assert.EqualValues(t, 5, p.calls.Load())
+		p.fail.Store(false)
+		step(5 * time.Second) // 27 s passes: one of Rise, next in a second
+		assert.Equal(t, Unhealthy, c.State(a))
+		step(time.Second)
+		assert.Equal(t, Healthy, c.State(a))
+		assert.EqualValues(t, 7, p.calls.Load())
+		step(9 * time.Second)
+		assert.EqualValues(t, 7, p.calls.Load(), "back to Interval")
+		step(time.Second)
+		assert.EqualValues(t, 8, p.calls.Load())
+	})
+}

@@ -74,7 +74,7 @@ func (t *target) reconfigure(cfg Target) {
 	t.weighLocked() // percentages scale the configured weight
 	t.publishLocked(t.state, "reconfigured", nil, false)
 	t.mu.Unlock()
-	if old.Interval != cfg.Interval || old.DownInterval != cfg.DownInterval ||
+	if old.Interval != cfg.Interval || old.DownInterval != cfg.DownInterval || old.FastInterval != cfg.FastInterval ||
 		old.Jitter != cfg.Jitter || (old.Probe == nil) != (cfg.Probe == nil) {
 		select {
 		case t.reconf <- struct{}{}:
@@ -227,9 +227,12 @@ func (c *Checker) run(t *target) {
 // delay returns the base delay before the next probe.
 func (t *target) delay(cfg *Target) time.Duration {
 	t.mu.Lock()
-	down := t.health == Unhealthy
+	health, succ, fail := t.health, t.succ, t.fail
 	t.mu.Unlock()
-	if down {
+	switch {
+	case cfg.FastInterval > 0 && (health == Healthy && fail > 0 || health == Unhealthy && succ > 0):
+		return cfg.FastInterval
+	case health == Unhealthy:
 		return cfg.DownInterval
 	}
 	return cfg.Interval
