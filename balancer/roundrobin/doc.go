@@ -12,7 +12,7 @@
 // goroutine uses the one its stack address selects. Each counter starts at
 // a random offset (so pickers rebuilt at the same moment do not herd onto
 // the same backend) and walks the endpoints in order, so over any interval
-// every endpoint's share is within the number of counters (16 to 256,
-// 4 × GOMAXPROCS rounded up to a power of two) of perfect; a single
-// goroutine picking in a loop sees strict rotation.
+// every endpoint's share is within the number of counters (16, or 256
+// above 4 CPUs) of perfect; a single goroutine picking in a loop sees
+// strict rotation.
 package roundrobin

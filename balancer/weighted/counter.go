@@ -1,7 +1,6 @@
 package weighted
 
 import (
-	"math/bits"
 	"math/rand/v2"
 	"runtime"
 	"sync/atomic"
@@ -23,9 +22,16 @@ import (
 // mostly other shards. Every shard walks the entries in order, so over
 // any interval each entry's count is within the number of shards of the
 // perfect share (each shard is off by less than one).
+//
+// The shard index XOR-folds the stack address, from bit 11 up (stacks
+// are at least 2 KiB and aligned to their power-of-two size), into
+// log2(shards) bits. Up to that many goroutines whose stacks were
+// allocated one after another with the same size (a worker pool, the
+// goroutines of b.RunParallel) thus get distinct shards, where a hash
+// would let two of them collide with probability 1/shards.
 type counter struct {
 	shards []shard
-	shift  uint   // 64 - log2(len(shards))
+	fold   uint   // 4 for 16 shards, 64 (no-op) for 256
 	n      uint64 // entries
 }
 
@@ -35,10 +41,12 @@ type shard struct {
 	_   [56]byte
 }
 
-// shardCount returns a power of two ≥ 4 × GOMAXPROCS within [16, 256].
+// shardCount returns 16 for up to 4 CPUs (GOMAXPROCS) and 256 above.
 func shardCount() int {
-	want := 4 * runtime.GOMAXPROCS(0)
-	return 1 << min(max(bits.Len(uint(want-1)), 4), 8)
+	if runtime.GOMAXPROCS(0) <= 4 {
+		return 16
+	}
+	return 256
 }
 
 // newCounter returns a counter over n > 0 entries with shards starting at
@@ -50,7 +58,10 @@ func newCounter(n int, src rand.Source) counter {
 	if src != nil {
 		s = 1
 	}
-	c := counter{shards: make([]shard, s), shift: uint(64 - bits.TrailingZeros(uint(s))), n: uint64(n)}
+	c := counter{shards: make([]shard, s), fold: 64, n: uint64(n)}
+	if s == 16 {
+		c.fold = 4
+	}
 	for i := range c.shards {
 		if src != nil {
 			c.shards[i].pos.Store(rand.New(src).Uint64N(c.n))
@@ -64,11 +75,19 @@ func newCounter(n int, src rand.Source) counter {
 // next returns the next entry index, in [0, n). It does not allocate.
 func (c *counter) next() uint64 {
 	// The anchor's address identifies the calling goroutine's stack (and
-	// call depth); Fibonacci hashing turns it into a shard index. Taking
-	// the address of a local does not make it escape.
+	// call depth). Taking the address of a local does not make it escape.
 	var anchor byte
-	h := uint64(uintptr(unsafe.Pointer(&anchor))) * 0x9e3779b97f4a7c15
-	return c.on(int(h >> c.shift & uint64(len(c.shards)-1)))
+	return c.on(c.shardOf(uint64(uintptr(unsafe.Pointer(&anchor)))))
+}
+
+// shardOf folds a stack address into a shard index.
+func (c *counter) shardOf(addr uint64) int {
+	x := addr >> 11
+	x ^= x >> 32
+	x ^= x >> 16
+	x ^= x >> 8 // low byte: XOR of all bytes
+	x ^= x >> c.fold
+	return int(x & uint64(len(c.shards)-1))
 }
 
 // on advances shard i and returns its entry index.
