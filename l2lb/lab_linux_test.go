@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
@@ -351,9 +352,87 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("the ring map holds the pool's Maglev table", func(t *testing.T) {
+		// After the deltas written above, every slot names the backend
+		// that a maglev.Builder picker over the same ready set picks.
+		tbl := l.pool4.Snapshot().Picker.(*maglev.Picker).Table()
+		l.bal.mu.Lock()
+		idOf := map[uint64]uint32{}
+		for addr, m := range l.bal.services[0].members {
+			idOf[balancer.HashAddrPort(addr)] = m.id
+		}
+		l.bal.mu.Unlock()
+		var got uint32
+		for slot := range RingSize {
+			require.NoError(t, l.bal.dp.objs.Rings.Lookup(uint32(slot), &got))
+			require.Equal(t, idOf[tbl.SlotID(slot)], got, "slot %d", slot)
+		}
+	})
+
+	t.Run("a backend's new MAC is picked up from the neighbour table", func(t *testing.T) {
+		be1 := l.backends[0]
+		fake := net.HardwareAddr{0x02, 0xfa, 0x4e, 0, 0, 1}
+		n := &netlink.Neigh{LinkIndex: l.lb.Link().Index, IP: be1.Addr4().AsSlice(), HardwareAddr: fake,
+			State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V4}
+		require.NoError(t, l.lb.Handle().NeighSet(n))
+		macOfBe1 := func() string {
+			st, err := l.bal.Stats()
+			require.NoError(t, err)
+			b, _ := st.Services[0].Backend(l.backendAddr(0))
+			return b.MAC.String()
+		}
+		require.Eventually(t, func() bool { return macOfBe1() == fake.String() }, 10*time.Second, 10*time.Millisecond)
+		n.HardwareAddr = be1.Link().MAC
+		require.NoError(t, l.lb.Handle().NeighSet(n))
+		require.Eventually(t, func() bool { return macOfBe1() == be1.Link().MAC.String() }, 10*time.Second, 10*time.Millisecond)
+		seen := map[string]bool{}
+		for range 30 {
+			seen[l.name(t, labVIP4)] = true
+		}
+		assert.Len(t, seen, 3)
+	})
+
 	st, err := l.bal.Stats()
 	require.NoError(t, err)
 	assert.Equal(t, AttachGeneric, st.Mode)
 	assert.Zero(t, st.NoBackend)
 	t.Logf("stats: %+v", st.Counters)
+}
+
+// TestAttachAuto attaches in the default mode (driver on veth), and
+// checks that Close detaches the program and is idempotent.
+func TestAttachAuto(t *testing.T) {
+	netlab.RequireRoot(t)
+	lab, err := netlab.New(t, netlab.Config{})
+	require.NoError(t, err)
+	h, err := lab.AddHost("lb")
+	require.NoError(t, err)
+	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	require.NoError(t, pool.Set([]balancer.Backend{{Addr: netip.MustParseAddrPort("198.18.0.9:80")}}))
+	var bal *Balancer
+	require.NoError(t, h.Do(func() (err error) {
+		bal, err = New(Config{InterfaceIndex: h.Link().Index, Services: []Service{{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: pool}}})
+		return err
+	}))
+	assert.Equal(t, AttachDriver, bal.Mode())
+	link, err := h.Handle().LinkByIndex(h.Link().Index)
+	require.NoError(t, err)
+	require.NotNil(t, link.Attrs().Xdp)
+	assert.True(t, link.Attrs().Xdp.Attached)
+
+	// The backend does not exist: Sync says which MAC is missing.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err = bal.Sync(ctx)
+	require.ErrorIs(t, err, ErrUnresolved)
+	assert.Contains(t, err.Error(), "198.18.0.9:80")
+
+	require.NoError(t, bal.Close())
+	require.NoError(t, bal.Close())
+	link, err = h.Handle().LinkByIndex(h.Link().Index)
+	require.NoError(t, err)
+	assert.True(t, link.Attrs().Xdp == nil || !link.Attrs().Xdp.Attached, "detached on Close")
+	_, err = bal.Stats()
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, bal.Sync(context.Background()), ErrClosed)
 }
