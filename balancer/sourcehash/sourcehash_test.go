@@ -1,0 +1,368 @@
+package sourcehash_test
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/balancertest"
+	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/balancer/sourcehash"
+)
+
+var types = []sourcehash.HashType{sourcehash.Consistent, sourcehash.MapBased}
+
+// clients returns an info function whose keys are hashes of distinct
+// client IPv4 addresses, as a front-end computes them.
+func clients(base byte) func(int) balancer.PickInfo {
+	return func(i int) balancer.PickInfo {
+		a := netip.AddrFrom4([4]byte{base, byte(i >> 16), byte(i >> 8), byte(i)})
+		return balancer.WithKey(balancer.HashAddr(a))
+	}
+}
+
+func TestHashTypeString(t *testing.T) {
+	assert.Equal(t, "consistent", sourcehash.Consistent.String())
+	assert.Equal(t, "map-based", sourcehash.MapBased.String())
+	assert.Equal(t, "HashType(9)", sourcehash.HashType(9).String())
+}
+
+func TestBuildInvalid(t *testing.T) {
+	ready := balancertest.Ready(3)
+	bad := balancertest.ReadyWeights(1, math.NaN())
+	tests := []struct {
+		name  string
+		b     sourcehash.Builder
+		ready []balancer.Weighted
+		msg   string
+	}{
+		{"unknown hash type", sourcehash.Builder{HashType: 9}, ready, "sourcehash: unknown HashType(9)"},
+		{"size not prime", sourcehash.Builder{Size: 1000}, ready, "maglev: "},
+		{"size too small", sourcehash.Builder{Size: 3}, ready, "maglev: "},
+		{"map-based NaN weight", sourcehash.Builder{HashType: sourcehash.MapBased}, bad, "sourcehash: "},
+		{"consistent NaN weight", sourcehash.Builder{}, bad, "maglev: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.b.Build(tt.ready).Pick(balancer.WithKey(1))
+			require.ErrorIs(t, err, balancer.ErrNoBackend)
+			assert.Contains(t, err.Error(), tt.msg)
+		})
+	}
+}
+
+func TestMapSize(t *testing.T) {
+	tests := []struct {
+		weights []float64
+		size    int
+	}{
+		{[]float64{1, 1, 1}, 3},               // 256 each, gcd 256
+		{[]float64{1, 2, 4}, 7},               // 64 128 256, gcd 64
+		{[]float64{1, 3}, 85 + 256},           // round(256/3) = 85, gcd 1
+		{[]float64{0.1, 1, 1, 1}, 13 + 3*128}, // 26 256 256 256, gcd 2
+		{[]float64{1e-9, 1}, 1 + 256},         // at least one slot each
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.weights), func(t *testing.T) {
+			p := sourcehash.Builder{HashType: sourcehash.MapBased}.Build(balancertest.ReadyWeights(tt.weights...))
+			mp, ok := p.(*sourcehash.MapPicker)
+			require.True(t, ok)
+			assert.Equal(t, tt.size, mp.Size())
+		})
+	}
+}
+
+func TestPickDistribution(t *testing.T) {
+	// Both tables follow the weights to within 1/256 (map-based) or
+	// about 1% (Maglev); the tolerance covers sampling noise of 200k
+	// picks too.
+	tests := []struct {
+		name    string
+		weights []float64
+		info    func(int) balancer.PickInfo
+		tol     float64
+	}{
+		{"clients equal", []float64{1, 1, 1}, clients(10), 0.03},
+		{"clients weighted", []float64{1, 2, 5}, clients(11), 0.03},
+		{"keyless weighted", []float64{1, 2, 5}, nil, 0.03},
+		{"slow start", []float64{0.1, 1, 1, 1}, clients(12), 0.06},
+		{"sequential keys", []float64{1, 1, 1, 1}, func(i int) balancer.PickInfo { return balancer.WithKey(uint64(i)) }, 0.03},
+		{"100 endpoints", slices.Repeat([]float64{1}, 100), balancertest.RandomKeys(13), 0.15},
+	}
+	for _, ht := range types {
+		for _, tt := range tests {
+			t.Run(ht.String()+"/"+tt.name, func(t *testing.T) {
+				ready := balancertest.ReadyWeights(tt.weights...)
+				p := sourcehash.Builder{HashType: ht}.Build(ready)
+				counts := balancertest.Counts(t, p, 200000, tt.info)
+				balancertest.CheckDistribution(t, ready, counts, tt.tol)
+			})
+		}
+	}
+}
+
+func TestPickDeterministic(t *testing.T) {
+	for _, ht := range types {
+		t.Run(ht.String(), func(t *testing.T) {
+			ready := balancertest.ReadyWeights(1, 2, 1, 3, 1, 0.5, 1, 2)
+			a := sourcehash.Builder{HashType: ht}.Build(ready)
+			other := balancertest.ReadyWeights(1, 2, 1, 3, 1, 0.5, 1, 2) // new endpoints, same addresses
+			slices.Reverse(other)
+			o := sourcehash.Builder{HashType: ht}.Build(other)
+			c := sourcehash.Builder{HashType: ht}.Build(slices.Clone(ready)) // a rebuild that changes nothing
+			keys := clients(20)
+			for i := range 5000 {
+				ea, err := a.Pick(keys(i))
+				require.NoError(t, err)
+				eo, err := o.Pick(keys(i))
+				require.NoError(t, err)
+				ec, err := c.Pick(keys(i))
+				require.NoError(t, err)
+				require.Equal(t, ea.Addr(), eo.Addr(), "key %d", i)
+				require.Same(t, ea, ec, "key %d", i)
+			}
+		})
+	}
+}
+
+func TestConsistentMatchesMaglev(t *testing.T) {
+	// The consistent table is lbkit's Maglev table: a client's backend
+	// is the owner of slot key mod Size, as in the kernel data planes.
+	ready := balancertest.Ready(7)
+	p := sourcehash.Builder{}.Build(ready)
+	m := maglev.Builder{}.Build(ready).(*maglev.Picker)
+	keys := clients(30)
+	for i := range 2000 {
+		a, _ := p.Pick(keys(i))
+		b, _ := m.Pick(keys(i))
+		require.Same(t, a, b)
+		require.Same(t, m.Endpoints()[m.Table().Lookup(keys(i).Key)], a)
+	}
+}
+
+func TestDisruption(t *testing.T) {
+	// Measured: consistent 1.0× the ideal 1/n for n=3 and n=10, about
+	// 1.5× for n=100 (Maglev with 65537 slots); map-based moves far more.
+	for _, n := range []int{3, 10, 100} {
+		t.Run(fmt.Sprintf("n=%d", n), func(t *testing.T) {
+			ready := balancertest.Ready(n)
+			ratios := map[sourcehash.HashType]float64{}
+			for _, ht := range types {
+				b := sourcehash.Builder{HashType: ht}
+				d := balancertest.Disruption(t, b.Build(ready), b.Build(balancertest.Without(ready, n/2)), 100000)
+				ratios[ht] = d * float64(n)
+				t.Logf("%v: disruption %.4f, ideal %.4f: %.2f×", ht, d, 1/float64(n), ratios[ht])
+			}
+			assert.LessOrEqual(t, ratios[sourcehash.Consistent], 1.8)
+			assert.Greater(t, ratios[sourcehash.MapBased], ratios[sourcehash.Consistent],
+				"map-based moves more clients than consistent")
+		})
+	}
+}
+
+func TestPickNoAllocs(t *testing.T) {
+	for _, n := range []int{1, 3, 100, 1000} {
+		for _, ht := range types {
+			t.Run(fmt.Sprintf("%v/n=%d", ht, n), func(t *testing.T) {
+				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
+				balancertest.CheckNoAllocs(t, p, clients(1)(n))
+				balancertest.CheckNoAllocs(t, p, balancer.PickInfo{})
+			})
+		}
+	}
+}
+
+func TestPickConcurrentWithUpdates(t *testing.T) {
+	for _, ht := range types {
+		t.Run(ht.String(), func(t *testing.T) {
+			pool := balancer.MustNew(balancer.Config{Builder: sourcehash.Builder{HashType: ht, Size: 1009}})
+			defer pool.Close()
+			backends := make([]balancer.Backend, 8)
+			for i := range backends {
+				backends[i] = balancer.Backend{Addr: balancertest.Addr(i), Weight: uint32(1 + i%3)}
+			}
+			require.NoError(t, pool.Set(backends))
+
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Go(func() {
+					keys := clients(byte(g))
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						info := keys(i)
+						info.HasKey = i%2 == 0
+						ep, err := pool.Pick(info)
+						if err != nil {
+							assert.ErrorIs(t, err, balancer.ErrNoBackend)
+							continue
+						}
+						ep.Start()
+						ep.Done(nil, 0)
+					}
+				})
+			}
+			for i := range 200 {
+				addr := backends[i%len(backends)].Addr
+				switch i % 4 {
+				case 0:
+					pool.SetHealthy(addr, false)
+				case 1:
+					pool.SetHealthy(addr, true)
+				case 2:
+					pool.SetWeight(addr, uint32(1+i%5))
+				case 3:
+					require.NoError(t, pool.Set(backends[:1+i%len(backends)]))
+				}
+			}
+			close(stop)
+			wg.Wait()
+		})
+	}
+}
+
+// TestSlowStart shows a pool's slow start working through source
+// hashing: the share of clients a backend receives after it becomes
+// healthy again ramps from SlowStartMinWeight of its fair share up to all
+// of it.
+func TestSlowStart(t *testing.T) {
+	for _, ht := range types {
+		t.Run(ht.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const n, window, steps = 4, 10 * time.Second, 10
+				pool := balancer.MustNew(balancer.Config{
+					Builder:   sourcehash.Builder{HashType: ht},
+					SlowStart: window, SlowStartSteps: steps,
+				})
+				defer pool.Close()
+				var backends []balancer.Backend
+				for i := range n {
+					backends = append(backends, balancer.Backend{Addr: balancertest.Addr(i)})
+				}
+				require.NoError(t, pool.Set(backends))
+				late := backends[n-1].Addr
+				pool.SetHealthy(late, false)
+				pool.SetHealthy(late, true)
+
+				share := func() float64 {
+					c := balancertest.Counts(t, pool, 20000, clients(40))
+					return float64(c[pool.Endpoint(late)]) / 20000
+				}
+				prev := -1.0
+				for k := range steps + 1 {
+					f := 0.1 + 0.9*float64(k)/steps
+					want := f / (n - 1 + f)
+					got := share()
+					t.Logf("t=%v: share %.3f, want %.3f", time.Duration(k)*window/steps, got, want)
+					assert.InDelta(t, want, got, 0.02, "step %d", k)
+					assert.GreaterOrEqual(t, got, prev-0.005, "share must not fall while ramping (step %d)", k)
+					prev = got
+					time.Sleep(window / steps)
+					synctest.Wait()
+				}
+				assert.InDelta(t, 1.0/n, share(), 0.02, "full share after the window")
+			})
+		})
+	}
+}
+
+func ExampleBuilder() {
+	pool := balancer.MustNew(balancer.Config{Builder: sourcehash.Builder{}})
+	defer pool.Close()
+	_ = pool.Set([]balancer.Backend{
+		{Addr: netip.MustParseAddrPort("198.18.0.10:80")},
+		{Addr: netip.MustParseAddrPort("198.18.0.11:80")},
+		{Addr: netip.MustParseAddrPort("198.18.0.12:80")},
+	})
+
+	// A front-end hashes the client's address; IPv4 and IPv4-mapped IPv6
+	// forms of it hash alike.
+	v4 := balancer.WithKey(balancer.HashAddr(netip.MustParseAddr("203.0.113.7")))
+	v6 := balancer.WithKey(balancer.HashAddr(netip.MustParseAddr("::ffff:203.0.113.7")))
+	a, _ := pool.Pick(v4)
+	b, _ := pool.Pick(v6)
+	fmt.Println("same backend for the same client:", a == b)
+
+	// Another backend leaves: clients of the remaining ones stay put.
+	var other netip.AddrPort
+	for _, ep := range pool.Endpoints() {
+		if ep != a {
+			other = ep.Addr()
+		}
+	}
+	pool.Remove(other)
+	c, _ := pool.Pick(v4)
+	fmt.Println("still the same backend:", a == c)
+	// Output:
+	// same backend for the same client: true
+	// still the same backend: true
+}
+
+var (
+	epSink  *balancer.Endpoint
+	errSink error
+)
+
+func BenchmarkBuild(b *testing.B) {
+	for _, ht := range types {
+		for _, n := range []int{3, 100, 1000} {
+			b.Run(fmt.Sprintf("%v/n=%d", ht, n), func(b *testing.B) {
+				ready := balancertest.Ready(n)
+				ready[0].Weight = 0.3
+				b.ReportAllocs()
+				for b.Loop() {
+					sourcehash.Builder{HashType: ht}.Build(ready)
+				}
+			})
+		}
+	}
+}
+
+func BenchmarkPick(b *testing.B) {
+	for _, ht := range types {
+		for _, n := range []int{3, 100, 1000} {
+			b.Run(fmt.Sprintf("%v/n=%d", ht, n), func(b *testing.B) {
+				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
+				b.ReportAllocs()
+				k := uint64(0)
+				for b.Loop() {
+					k += 0x9e3779b97f4a7c15
+					epSink, errSink = p.Pick(balancer.WithKey(k))
+				}
+			})
+		}
+	}
+}
+
+func BenchmarkPickParallel(b *testing.B) {
+	for _, ht := range types {
+		for _, n := range []int{3, 100, 1000} {
+			b.Run(fmt.Sprintf("%v/n=%d", ht, n), func(b *testing.B) {
+				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					k := uint64(0)
+					var ep *balancer.Endpoint
+					for pb.Next() {
+						k += 0x9e3779b97f4a7c15
+						ep, _ = p.Pick(balancer.WithKey(k))
+					}
+					epSink = ep
+				})
+			})
+		}
+	}
+}
