@@ -78,6 +78,7 @@ func (c *Checker) dispatch() {
 				if c.ctx.Err() != nil {
 					return
 				}
+				c.logEvent(&batch[i])
 				for _, s := range *c.subs.Load() {
 					if s.active.Load() {
 						s.fn(batch[i])
@@ -86,5 +87,16 @@ func (c *Checker) dispatch() {
 				batch[i] = Event{}
 			}
 		}
+	}
+}
+
+// logEvent logs a transition, on the event goroutine so that no lock is
+// held while the handler writes.
+func (c *Checker) logEvent(ev *Event) {
+	switch {
+	case ev.State != ev.Prev:
+		c.log.Info("health: state changed", "target", ev.Target, "state", ev.State, "prev", ev.Prev, "reason", ev.Reason, "err", ev.Err)
+	case ev.Weight != 0:
+		c.log.Info("health: weight changed", "target", ev.Target, "weight", ev.Weight, "reason", ev.Reason)
 	}
 }

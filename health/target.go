@@ -131,15 +131,9 @@ func (t *target) publishLocked(prev State, reason string, err error, force bool)
 	t.emitLocked(ev)
 }
 
-func (t *target) emitLocked(ev Event) {
-	c := t.c
-	if ev.State != ev.Prev {
-		c.log.Info("health: state changed", "target", ev.Target, "state", ev.State, "prev", ev.Prev, "reason", ev.Reason, "err", ev.Err)
-	} else if ev.Weight != 0 {
-		c.log.Info("health: weight changed", "target", ev.Target, "weight", ev.Weight, "reason", ev.Reason)
-	}
-	c.emit(ev)
-}
+// emitLocked queues ev; t.mu must be held, so a target's events are
+// queued in the order of its transitions.
+func (t *target) emitLocked(ev Event) { t.c.emit(ev) }
 
 // probeResult is the outcome of one probe, sent back to run.
 type probeResult struct {
