@@ -13,8 +13,10 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,8 +89,9 @@ func dnsStartLbkit(b *testing.B) string {
 }
 
 // dnsStartKnot runs knotd in the foreground on a free loopback port with
-// the same zone and returns its address. It is killed by PID at cleanup.
-func dnsStartKnot(b *testing.B) string {
+// the same zone and returns its address and PID. It is killed by PID at
+// cleanup.
+func dnsStartKnot(b *testing.B) (string, int) {
 	b.Helper()
 	if _, err := os.Stat(dnsKnotBin); err != nil {
 		b.Skipf("knotd not installed at %s (Debian package knot)", dnsKnotBin)
@@ -142,7 +145,7 @@ zone:
 		m.SetQuestion(dnsQName, dns.TypeA)
 		c := &dns.Client{Timeout: 500 * time.Millisecond}
 		if r, _, err := c.Exchange(m, addr); err == nil && len(r.Answer) == 4 {
-			return addr
+			return addr, cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
 			b.Fatal("knotd did not start")
@@ -174,6 +177,28 @@ func dnsFreePort(b *testing.B) int {
 	return 0
 }
 
+// dnsProcCPU returns the user+system CPU time process pid has used, from
+// /proc/<pid>/stat (clock ticks of 10 ms).
+func dnsProcCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// dnsSelfCPU returns the user+system CPU time this process has used.
+func dnsSelfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // dnsResult is one load run.
 type dnsResult struct {
 	qps          float64
@@ -200,8 +225,10 @@ func dnsLoad(b *testing.B, addr string) dnsResult {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), (dnsSeconds+30)*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, dnsPerfBin, "-s", host, "-p", port, "-d", qfile,
-		"-l", strconv.Itoa(dnsSeconds), "-t", "1").CombinedOutput()
+	args := []string{"-s", host, "-p", port, "-d", qfile, "-l", strconv.Itoa(dnsSeconds), "-t", "1"}
+	// LBKIT_DNSPERF_ARGS adds dnsperf flags, e.g. "-c 4 -T 2 -q 500".
+	args = append(args, strings.Fields(os.Getenv("LBKIT_DNSPERF_ARGS"))...)
+	out, err := exec.CommandContext(ctx, dnsPerfBin, args...).CombinedOutput()
 	if err != nil {
 		b.Fatalf("dnsperf: %v\n%s", err, out)
 	}
@@ -282,12 +309,22 @@ func dnsGoLoad(b *testing.B, addr string) dnsResult {
 // -benchtime=1x: each iteration is a full load run of each server.
 func BenchmarkDNSQPS(b *testing.B) {
 	lbkit := dnsStartLbkit(b)
-	knot := dnsStartKnot(b)
+	knot, knotPID := dnsStartKnot(b)
 	var l, k dnsResult
+	var lcpu, kcpu time.Duration
 	for range b.N {
+		c0 := dnsSelfCPU()
 		l = dnsLoad(b, lbkit)
+		lcpu += dnsSelfCPU() - c0
+		c0 = dnsProcCPU(b, knotPID)
 		k = dnsLoad(b, knot)
+		kcpu += dnsProcCPU(b, knotPID) - c0
 	}
+	// CPU per answered query: the steadiest figure on a shared machine.
+	lq := l.qps * dnsSeconds * float64(b.N)
+	kq := k.qps * dnsSeconds * float64(b.N)
+	b.ReportMetric(float64(lcpu.Nanoseconds())/lq, "lbkit-cpu-ns/q")
+	b.ReportMetric(float64(kcpu.Nanoseconds())/kq, "knot-cpu-ns/q")
 	b.ReportMetric(l.qps, "lbkit-qps")
 	b.ReportMetric(k.qps, "knot-qps")
 	b.ReportMetric(l.qps/k.qps, "lbkit/knot")

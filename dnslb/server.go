@@ -316,8 +316,11 @@ func (s *Server) closeAll() {
 
 func (s *Server) serveUDP(pc net.PacketConn, w *worker) {
 	defer s.wg.Done()
-	buf := make([]byte, 65535)
 	uc, _ := pc.(*net.UDPConn)
+	if uc != nil && s.serveUDPBatch(uc, w) {
+		return
+	}
+	buf := make([]byte, 65535)
 	for {
 		var (
 			n    int

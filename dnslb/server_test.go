@@ -600,3 +600,27 @@ func TestServeTwiceAndShutdown(t *testing.T) {
 	require.NoError(t, <-done)
 	assert.ErrorIs(t, s.Serve(context.Background(), nil, nil), ErrServerClosed)
 }
+
+// plainPacketConn hides *net.UDPConn, so the server uses its portable
+// read loop instead of the batched Linux one.
+type plainPacketConn struct{ net.PacketConn }
+
+func TestPortableUDPLoop(t *testing.T) {
+	pool := newPool(t, nil, be("198.18.0.1:80"), be("198.18.0.2:80"))
+	s, err := New(Config{Zones: []Zone{{Origin: "example.test.", Records: testZone}},
+		Services: []Service{{Name: "svc.example.test.", Pool: pool}}})
+	require.NoError(t, err)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, []net.PacketConn{plainPacketConn{pc}}, nil) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	r := ask(t, pc.LocalAddr().String(), "udp", "svc.example.test.", dns.TypeA)
+	assert.Len(t, r.Answer, 2)
+	r = ask(t, pc.LocalAddr().String(), "udp", "nope.example.test.", dns.TypeA)
+	assert.Equal(t, dns.RcodeNameError, r.Rcode)
+}
