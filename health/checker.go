@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -278,7 +278,7 @@ func (c *Checker) Targets() []netip.AddrPort {
 	for a := range m {
 		addrs = append(addrs, a)
 	}
-	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Compare(addrs[j]) < 0 })
+	slices.SortFunc(addrs, netip.AddrPort.Compare)
 	return addrs
 }
 

@@ -454,3 +454,49 @@ func TestFastInterval(t *testing.T) {
 		assert.EqualValues(t, 8, p.calls.Load())
 	})
 }
+
+// TestEventChains drives many targets through random probe results,
+// agent words and passive failures, and checks that each target's events
+// arrive in order: every event's Prev is the State of the one before.
+func TestEventChains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := lockedRand(7)
+		c, _ := newChecker(t, Config{Rand: r, Passive: PassiveConfig{BaseEjection: 3 * time.Second, MaxEjectedPercent: 50}})
+		var mu sync.Mutex
+		chains := map[netip.AddrPort][]Event{}
+		c.Subscribe(func(e Event) {
+			mu.Lock()
+			chains[e.Target] = append(chains[e.Target], e)
+			mu.Unlock()
+		})
+		words := []Report{{}, {Agent: AgentDrain}, {Agent: AgentUp}, {Agent: AgentDown}, {HasWeight: true, Weight: 50, WeightPercent: true}}
+		probe := ProberFunc(func(context.Context, netip.AddrPort) (Report, error) {
+			rep := words[int(r()*float64(len(words)))]
+			if r() < 0.4 {
+				return rep, errDown
+			}
+			return rep, nil
+		})
+		const n = 8
+		for i := range n {
+			require.NoError(t, c.SetTarget(Target{Addr: addr(i + 1), Probe: probe, Interval: time.Second, Rise: 1, Fall: 1, Weight: 10}))
+		}
+		for range 200 {
+			c.Observe(addr(int(r()*n)+1), Outcome{Failed: true})
+			step(100 * time.Millisecond)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		events := 0
+		for a, evs := range chains {
+			require.Equal(t, "added", evs[0].Reason)
+			for i := 1; i < len(evs); i++ {
+				require.Equal(t, evs[i-1].State, evs[i].Prev, "%s event %d: %+v after %+v", a, i, evs[i], evs[i-1])
+				require.False(t, evs[i].Time.Before(evs[i-1].Time))
+				require.True(t, evs[i].State != evs[i].Prev || evs[i].Weight != 0, "an event with no transition: %+v", evs[i])
+			}
+			events += len(evs)
+		}
+		assert.Greater(t, events, 100, "the test exercised many transitions")
+	})
+}
