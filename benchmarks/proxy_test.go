@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,9 @@ const (
 	pxHAProxy  = "/usr/sbin/haproxy"
 	pxWrk      = "/usr/bin/wrk"
 	pxChildEnv = "LBKIT_BENCH_PROXY_CHILD"
+	// pxProfileEnv, when set to a path prefix, makes the Go proxy children
+	// write a CPU profile to <prefix>.<kind>.
+	pxProfileEnv = "LBKIT_BENCH_PROXY_CPUPROFILE"
 	pxWarmup   = time.Second
 	pxDuration = 3 * time.Second
 )
@@ -104,6 +108,14 @@ func pxChildMain(kind string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	if path := os.Getenv(pxProfileEnv); path != "" {
+		f, err := os.Create(path + "." + kind)
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
 	}
 	srv := proxy.NewServer(h)
 	srv.ErrorLog = nil

@@ -522,7 +522,8 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 			ep.Done(nil, 0)
 			return resDone, nil
 		}
-		if errors.Is(err, errBadRequest) {
+		var cbe clientBodyError
+		if errors.Is(err, errBadRequest) || errors.As(err, &cbe) {
 			ep.Done(nil, 0)
 			return resFail, err
 		}
@@ -731,7 +732,10 @@ func (h *HTTP) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return // nobody is listening
 	}
 	code, msg := http.StatusBadGateway, "proxy: bad gateway\n"
+	var cbe clientBodyError
 	switch {
+	case errors.As(err, &cbe):
+		code, msg = http.StatusBadRequest, "proxy: bad request body\n"
 	case errors.Is(err, errBadRequest):
 		code, msg = http.StatusBadRequest, "proxy: bad request\n"
 	case errors.Is(err, balancer.ErrNoBackend):

@@ -182,6 +182,13 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 	return bw.Flush()
 }
 
+// clientBodyError wraps a failure to read the client's request body: the
+// client's fault (400), not the backend's.
+type clientBodyError struct{ err error }
+
+func (e clientBodyError) Error() string { return "proxy: reading request body: " + e.err.Error() }
+func (e clientBodyError) Unwrap() error { return e.err }
+
 // errBodyConsumed guards against sending a body twice.
 var errBodyConsumed = errorString("proxy: request body already sent")
 
@@ -294,6 +301,9 @@ func copyN(bw *bufio.Writer, src io.Reader, n int64) error {
 			p = p[:n]
 		}
 		m, err := src.Read(p)
+		if err != nil && err != io.EOF {
+			err = clientBodyError{err}
+		}
 		if m > 0 {
 			n -= int64(m)
 			if _, werr := bw.Write(p[:m]); werr != nil {
@@ -321,6 +331,9 @@ func copyChunked(bw *bufio.Writer, src io.Reader) error {
 	buf := *bufp
 	for {
 		m, err := src.Read(buf)
+		if err != nil && err != io.EOF {
+			err = clientBodyError{err}
+		}
 		if m > 0 {
 			bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(m), 16))
 			bw.WriteString("\r\n")
