@@ -157,3 +157,27 @@ func (s *Server) serveUDPBatch(uc *net.UDPConn, w *worker) bool {
 		}
 	}
 }
+
+// udpBufferBytes is the receive and send buffer Listen asks for on each
+// UDP socket, so bursts wait in the kernel instead of being dropped.
+const udpBufferBytes = 4 << 20
+
+// growBuffers enlarges uc's socket buffers: with SO_RCVBUFFORCE and
+// SO_SNDBUFFORCE when privileged (past net.core.rmem_max), else as far
+// as the system allows. It is best effort.
+func growBuffers(uc *net.UDPConn) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return
+	}
+	var ferr error
+	rc.Control(func(fd uintptr) {
+		ferr = errors.Join(
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpBufferBytes),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, udpBufferBytes))
+	})
+	if ferr != nil {
+		uc.SetReadBuffer(udpBufferBytes)
+		uc.SetWriteBuffer(udpBufferBytes)
+	}
+}

@@ -11,7 +11,8 @@ import (
 // Listen opens sockets UDP sockets bound to the same address with
 // SO_REUSEPORT (where the platform has it; elsewhere only one), so the
 // kernel spreads incoming queries over them, and a TCP listener on the
-// same port. When addr's port is 0, a free port is chosen for all of them.
+// same port. UDP socket buffers are raised to 4 MiB where allowed, so
+// bursts queue instead of being dropped. When addr's port is 0, a free port is chosen for all of them.
 // The caller owns the returned sockets (pass them to [Server.Serve]).
 func Listen(ctx context.Context, addr string, sockets int) (udp []net.PacketConn, tcp net.Listener, err error) {
 	host, port, err := net.SplitHostPort(addr)
@@ -46,6 +47,9 @@ func listenOnce(ctx context.Context, lc *net.ListenConfig, host, port string, so
 			return nil, nil, fmt.Errorf("dnslb: listen UDP: %w", err)
 		}
 		udp = append(udp, pc)
+		if uc, ok := pc.(*net.UDPConn); ok {
+			growBuffers(uc)
+		}
 		ua, ok := pc.LocalAddr().(*net.UDPAddr)
 		if !ok {
 			closeAll()
