@@ -1,9 +1,86 @@
 // Package l2lb is a layer-2 load balancer with direct server return, like
-// LVS-DR or Katran without encapsulation: an XDP program matches frames
+// LVS-DR or Katran without encapsulation. An XDP program matches frames
 // for virtual services (VIP, port, protocol; IPv4 and IPv6; TCP and UDP),
-// picks a backend by a Maglev table held in a BPF map, rewrites the
-// destination MAC to the backend's and the source MAC to the balancer's,
-// and sends the frame back out of the interface it came in on (XDP_TX).
-// The backend answers the client directly; replies never cross the
-// balancer.
+// picks a backend, rewrites the destination MAC to the backend's and the
+// source MAC to the balancer's, and sends the frame back out of the
+// interface it came in on (XDP_TX). The rest of the frame is untouched:
+// the backend, which holds the VIP on its loopback, answers the client
+// directly, so replies never cross the balancer.
+//
+// # Data plane
+//
+// The program (bpf/l2lb.c, built with bpf2go; the generated files are
+// committed, so building needs no clang) keeps its state in maps the
+// control plane writes:
+//
+//   - services: (VIP, port, protocol) → service id. Other frames pass to
+//     the balancer's own stack (XDP_PASS), untouched.
+//   - rings: one Maglev table of [RingSize] = 65537 slots (a prime, as
+//     maglev.DefaultSize) per service, in one array at index
+//     service·RingSize + slot; slot = [FlowHash] mod RingSize. The control
+//     plane fills it from maglev.NewTable over the pool's ready set and
+//     effective weights, writing only the slots Table.Diff reports.
+//   - backends: id → MAC, up flag, service. Id 0 is reserved and never
+//     up: an empty service's ring is all 0, and its frames are dropped
+//     and counted as NoBackend.
+//   - conns: the connection table, an LRU hash from 5-tuple to backend id
+//     shared by all CPUs (BPF_MAP_TYPE_LRU_HASH, not LRU_PERCPU_HASH:
+//     generic XDP and migrating senders put one flow's packets on
+//     several CPUs, and per-CPU tables would disagree after a ring
+//     change).
+//   - per-CPU counters per service, per backend and global ([Counters]).
+//
+// Picking follows Katran: a TCP SYN (without ACK) always picks from the
+// ring, so a new connection follows the current ring; other packets keep
+// the backend cached for their flow while that backend is up. A drained
+// backend is out of the ring but still up, so its flows finish; a failed
+// backend is marked down, and its flows pick again from the ring (and are
+// reset by their new backend, which does not know them).
+//
+// The flow hash is h = Mix64(h ^ w) over the five 64-bit words of the flow
+// key, from a fixed seed, so every balancer of a fleet hashes alike, and
+// [Model] — a pure-Go model of the program's parsing, decisions, connection
+// table and counters — reproduces every decision. The tests run crafted
+// and fuzzed frames through the kernel (BPF_PROG_TEST_RUN) and the model
+// and require the same verdict, bytes, backend and counters.
+//
+// Malformed frames never cause an out-of-bounds read (the verifier
+// ensures it) and are passed untouched to the kernel's stack, which
+// validates them as it does any frame: frames cut short of the headers
+// the program reads, IPv4 header lengths under 20 bytes or past the
+// frame, IP versions that disagree with the EtherType. So are frames the
+// program does not balance: VLAN-tagged frames, IPv4 fragments (later
+// fragments carry no ports, so no fragment is balanced), IPv6 with
+// extension headers, and protocols other than TCP and UDP.
+//
+// # Control plane
+//
+// [New] loads the program, fills the maps from each [Service]'s
+// balancer.Pool, attaches to the interface (driver mode, falling back to
+// generic; labs on veth force generic) and then applies each new pool
+// snapshot as soon as it is published: health changes take effect within
+// one health-check interval. Backend MACs come from the interface's
+// neighbour table; a backend whose MAC is unknown gets no traffic while
+// the balancer asks the kernel to resolve it (a netlink neighbour request
+// with NTF_USE, which sends ARP or a neighbour solicitation) and re-reads
+// the table every Config.ResolveInterval, which also picks up changed
+// MACs. [Balancer.Stats] returns the counters; [Balancer.Close] detaches.
+//
+// # Backend setup
+//
+// Each backend must be on the balancer's L2 segment, listen on the VIP's
+// port, and:
+//
+//   - carry the VIP on lo (ip addr add VIP/32 dev lo), so it accepts the
+//     frames;
+//   - for IPv4, not answer ARP for the VIP nor announce it:
+//     net.ipv4.conf.all.arp_ignore=1 and net.ipv4.conf.all.arp_announce=2
+//     (the interface's values must not be higher);
+//   - not filter by strict reverse path: rp_filter 0 (or 2) on "all" and
+//     the interface.
+//
+// The balancer itself answers ARP (or neighbour solicitations) for the
+// VIP, for example by carrying it on its interface, or clients route the
+// VIP through it. [CheckBackend] checks a backend's namespace and says
+// exactly what is wrong.
 package l2lb
