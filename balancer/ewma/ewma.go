@@ -35,7 +35,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	p := &Picker{entries: make([]entry, len(ready)), sameDecay: true, src: b.Rand}
 	for i, w := range ready {
 		tau := float64(w.Endpoint.EWMADecay())
-		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / w.Weight, tau: tau}
+		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / weight(w.Weight), tau: tau}
 		p.sameDecay = p.sameDecay && tau == p.entries[0].tau
 	}
 	return p
@@ -172,4 +172,14 @@ func decayed(c cost, tau float64, now int64) float64 {
 		return c.c
 	}
 	return c.c * math.Exp(-dt/tau)
+}
+
+// weight returns w, or 1 if w is not positive and finite (the
+// [balancer.Builder] contract rules that out; a bad weight must not
+// break a pool's rebuild).
+func weight(w float64) float64 {
+	if w > 0 && !math.IsInf(w, 1) {
+		return w
+	}
+	return 1
 }

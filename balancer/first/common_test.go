@@ -3,6 +3,7 @@ package first
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"sync"
 	"testing"
@@ -142,3 +143,15 @@ func BenchmarkPick(b *testing.B) { benchmarkPick(b, false) }
 
 // BenchmarkPickParallel measures picks from GOMAXPROCS goroutines at once.
 func BenchmarkPickParallel(b *testing.B) { benchmarkPick(b, true) }
+
+// Weights the Builder contract rules out (zero, negative, NaN, +Inf)
+// count as 1 instead of breaking the build or the picks.
+func TestInvalidWeightsCountAsOne(t *testing.T) {
+	ready := balancertest.ReadyWeights(1, 1, 1, 1, 2)
+	ready[0].Weight, ready[1].Weight, ready[2].Weight, ready[3].Weight = 0, math.NaN(), -1, math.Inf(1)
+	p := Builder{}.Build(ready)
+	counts := balancertest.Counts(t, p, 600, nil)
+	for ep := range counts {
+		assert.NotNil(t, ep)
+	}
+}

@@ -1,6 +1,7 @@
 package leastconn
 
 import (
+	"math"
 	"math/bits"
 	"math/rand/v2"
 
@@ -41,7 +42,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	}
 	p := &Picker{entries: make([]entry, len(ready)), scan: len(ready) <= max(limit, 2), src: b.Rand}
 	for i, w := range ready {
-		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / w.Weight}
+		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / weight(w.Weight)}
 	}
 	return p
 }
@@ -120,4 +121,14 @@ func (p *Picker) minimum(r uint64) *balancer.Endpoint {
 		}
 	}
 	return es[best].ep
+}
+
+// weight returns w, or 1 if w is not positive and finite (the
+// [balancer.Builder] contract rules that out; a bad weight must not
+// break a pool's rebuild).
+func weight(w float64) float64 {
+	if w > 0 && !math.IsInf(w, 1) {
+		return w
+	}
+	return 1
 }

@@ -33,7 +33,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	equal := true
 	for i, w := range ready {
 		p.eps[i] = w.Endpoint
-		equal = equal && w.Weight == ready[0].Weight
+		equal = equal && weight(w.Weight) == weight(ready[0].Weight)
 	}
 	if !equal {
 		p.cut, p.alias = aliasTable(ready)
@@ -80,13 +80,13 @@ func aliasTable(ready []balancer.Weighted) (cut []uint64, alias []uint32) {
 	n := len(ready)
 	sum := 0.0
 	for _, w := range ready {
-		sum += w.Weight
+		sum += weight(w.Weight)
 	}
 	prob := make([]float64, n) // scaled so the mean column is 1
 	small := make([]int, 0, n)
 	large := make([]int, 0, n)
 	for i, w := range ready {
-		prob[i] = w.Weight * float64(n) / sum
+		prob[i] = weight(w.Weight) * float64(n) / sum
 		if prob[i] < 1 {
 			small = append(small, i)
 		} else {
@@ -123,4 +123,14 @@ func toFraction(p float64) uint64 {
 		return math.MaxUint64
 	}
 	return uint64(p * (1 << 64))
+}
+
+// weight returns w, or 1 if w is not positive and finite (the
+// [balancer.Builder] contract rules that out; a bad weight must not
+// break a pool's rebuild).
+func weight(w float64) float64 {
+	if w > 0 && !math.IsInf(w, 1) {
+		return w
+	}
+	return 1
 }

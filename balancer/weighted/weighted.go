@@ -38,7 +38,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	weights := make([]float64, len(ready))
 	for i, w := range ready {
 		eps[i] = w.Endpoint
-		weights[i] = w.Weight
+		weights[i] = weight(w.Weight)
 	}
 	sched := schedule(slots(weights))
 	return &Picker{eps: eps, sched: sched, ctr: newCounter(len(sched), b.Rand)}
@@ -177,4 +177,14 @@ func schedule(counts []int) []uint32 {
 		}
 	}
 	return sched
+}
+
+// weight returns w, or 1 if w is not positive and finite (the
+// [balancer.Builder] contract rules that out; a bad weight must not
+// break a pool's rebuild).
+func weight(w float64) float64 {
+	if w > 0 && !math.IsInf(w, 1) {
+		return w
+	}
+	return 1
 }
