@@ -115,3 +115,26 @@ func TestDriveAppliesCurrentState(t *testing.T) {
 		assert.True(t, pool.Endpoint(a1).Healthy())
 	})
 }
+
+func TestDriveCorrectsMembersAddedLater(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a1, a2 := addr(1), addr(2)
+		pool := newPool(t, balancer.Config{}, a1)
+		c, _ := newChecker(t, Config{Rand: half})
+		require.NoError(t, c.SetTarget(Target{Addr: a1, Initial: Healthy, Probe: &switchProbe{}}))
+		require.NoError(t, c.SetTarget(Target{Addr: a2, Initial: Unhealthy, Probe: &switchProbe{}}))
+		stop := c.Drive(pool)
+		// a2 joins the pool after its target: the pool takes it as healthy,
+		// Drive corrects it without waiting for a2's next event.
+		require.NoError(t, pool.Add(balancer.Backend{Addr: a2}))
+		synctest.Wait()
+		assert.False(t, pool.Endpoint(a2).Healthy())
+		assert.Equal(t, []netip.AddrPort{a1}, ready(pool))
+		stop()
+		// After stop, nothing corrects the pool.
+		require.True(t, pool.Remove(a2))
+		require.NoError(t, pool.Add(balancer.Backend{Addr: a2}))
+		synctest.Wait()
+		assert.Equal(t, []netip.AddrPort{a1, a2}, ready(pool))
+	})
+}
