@@ -1,24 +1,3 @@
-// Package maglev implements Maglev consistent hashing (Eisenbud et al.,
-// "Maglev: A Fast and Reliable Software Network Load Balancer", NSDI 2016),
-// weighted as in Envoy, as a balancer policy and as an exported lookup
-// table.
-//
-// The table is the single source of truth for every data plane in lbkit:
-// Go pickers call [Table.Lookup], and kernel data planes (iplb, l2lb) copy
-// its slots into a BPF or nftables map, writing only the slots that
-// [Table.Diff] reports as changed.
-//
-// How the table is filled, on a tiny example: with size M = 7 and two
-// backends A and B, each gets a permutation of the slots from its own
-// hash, offset + j·skip mod M (skip in [1, M-1], so every permutation
-// visits every slot). Say A's is 3 0 4 1 5 2 6 and B's is 0 2 4 6 1 3 5.
-// Backends take turns claiming the next free slot of their permutation:
-// A takes 3, B takes 0, A takes 4 (0 is taken), B takes 2, A takes 1, B
-// takes 6, A takes 5. Table: [B A B A A A B]. Removing B leaves A's choices
-// unchanged wherever it had them, so only B's slots move: that is why
-// disruption is close to the ideal 1/N. Weights change how often a
-// backend gets a turn: a backend with half the largest weight claims a slot
-// every other round.
 package maglev
 
 import (
