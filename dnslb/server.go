@@ -68,7 +68,8 @@ type Config struct {
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
-	zones    map[string]*zone // lower-case wire apex → zone
+	zones    map[string]*zone   // lower-case wire apex → zone
+	names    map[string]nameRef // lower-case wire name → its zone and node
 	services []*service
 	rrl      *limiter
 	maxUDP   int
@@ -137,6 +138,15 @@ func New(cfg Config) (*Server, error) {
 		nd.svc = sv
 		s.services = append(s.services, sv)
 	}
+	// One map lookup finds an existing name's zone and node.
+	s.names = make(map[string]nameRef)
+	for _, zn := range s.zones {
+		for name, nd := range zn.nodes {
+			if owner, off := s.findZone([]byte(name)); owner == zn {
+				s.names[name] = nameRef{zone: zn, zoff: off, node: nd}
+			}
+		}
+	}
 	var err error
 	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
 		return nil, err
@@ -162,6 +172,13 @@ func New(cfg Config) (*Server, error) {
 	s.tcpSem = make(chan struct{}, maxConns)
 	s.workers.New = func() any { return s.newWorker() }
 	return s, nil
+}
+
+// nameRef locates a name that exists in one of the server's zones.
+type nameRef struct {
+	zone *zone
+	zoff int // offset of the zone's apex in the name
+	node *node
 }
 
 // findZone returns the zone with the longest apex that name (lower-case
@@ -615,12 +632,15 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		return
 	}
 	lname := lowerName(&w.lname, q.qname)
-	zn, zoff := w.s.findZone(lname)
+	ref, ok := w.s.names[string(lname)]
+	zn, zoff, nd := ref.zone, ref.zoff, ref.node
+	if !ok {
+		zn, zoff = w.s.findZone(lname)
+	}
 	if zn == nil {
 		r.rcode = rcodeRefused
 		return
 	}
-	nd := zn.nodes[string(lname)]
 	if nd == nil {
 		if zoff > 0 && w.hostAnswer(r, zn, zoff, lname) {
 			return
