@@ -624,3 +624,37 @@ func TestPortableUDPLoop(t *testing.T) {
 	r = ask(t, pc.LocalAddr().String(), "udp", "nope.example.test.", dns.TypeA)
 	assert.Equal(t, dns.RcodeNameError, r.Rcode)
 }
+
+func TestTCPPipeliningAndLimits(t *testing.T) {
+	pool := newPool(t, nil, be("198.18.0.1:80"))
+	s, addr := startServer(t, Config{Services: []Service{{Name: "svc.example.test.", Pool: pool}}, MaxTCPConns: 1})
+	c, err := dns.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	ids := map[uint16]bool{}
+	for _, name := range []string{"svc.example.test.", "nope.example.test.", "example.test."} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		ids[m.Id] = true
+		require.NoError(t, c.WriteMsg(m))
+	}
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	for range 3 {
+		r, err := c.ReadMsg()
+		require.NoError(t, err)
+		assert.True(t, ids[r.Id], "answers to the pipelined queries, in any order")
+		delete(ids, r.Id)
+	}
+
+	// A second connection is over MaxTCPConns: closed without an answer.
+	c2, err := dns.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c2.Close()
+	m := new(dns.Msg)
+	m.SetQuestion("svc.example.test.", dns.TypeA)
+	_ = c2.WriteMsg(m) // may already fail: the server closed it
+	require.NoError(t, c2.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = c2.ReadMsg()
+	assert.Error(t, err)
+	assert.GreaterOrEqual(t, s.Stats().Responses, uint64(3))
+}
