@@ -144,3 +144,22 @@ func TestIdleDistribution(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkScanVsTwoChoices compares the exact scan with two random
+// choices at the sizes around DefaultScanLimit.
+func BenchmarkScanVsTwoChoices(b *testing.B) {
+	for _, n := range []int{4, 8, 16} {
+		for _, mode := range []struct {
+			name  string
+			limit int
+		}{{"scan", n}, {"p2c", -1}} {
+			b.Run(fmt.Sprintf("n=%d/%s", n, mode.name), func(b *testing.B) {
+				p := Builder{ScanLimit: mode.limit}.Build(loadedReady(n))
+				b.ReportAllocs()
+				for b.Loop() {
+					_, _ = p.Pick(balancer.PickInfo{})
+				}
+			})
+		}
+	}
+}
