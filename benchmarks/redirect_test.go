@@ -55,6 +55,35 @@ func redirStartLbkit(b *testing.B) string {
 	return redirServe(b, h)
 }
 
+// redirStartServer serves the same handler with redirect.Server, the
+// purpose-built HTTP/1.1 responder.
+func redirStartServer(b *testing.B) string {
+	b.Helper()
+	var targets []redirect.Target
+	for _, a := range redirBackends {
+		targets = append(targets, redirect.Target{URL: "http://" + a})
+	}
+	h, err := redirect.New(redirect.Config{Backends: targets, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := &redirect.Server{Handler: h}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background(), ln) }()
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		<-done
+		h.Close()
+	})
+	return ln.Addr().String()
+}
+
 // redirStartPlain serves the baseline every Go redirector starts from:
 // http.Redirect to a rotating backend, in the same kind of server.
 func redirStartPlain(b *testing.B) string {
@@ -247,20 +276,22 @@ func redirReadResponse(br *bufio.Reader) error {
 // BenchmarkRedirectVsNginx sends b.N requests to each responder at 100
 // concurrent keep-alive connections from an in-process client, alternating
 // halves so drift on a shared machine hits all alike, and reports each
-// one's requests per second and the ratios of lbkit to nginx (target ≥
-// 0.9) and to a plain net/http redirector.
+// one's requests per second and the ratios to nginx (target ≥ 0.9) of the
+// lbkit handler in net/http ("handler") and in redirect.Server
+// ("server"), and of the handler to a plain net/http redirector.
 func BenchmarkRedirectVsNginx(b *testing.B) {
 	nginx := redirStartNginx(b)
 	lbkit := redirStartLbkit(b)
+	server := redirStartServer(b)
 	plain := redirStartPlain(b)
 	// Warm them up (connections, caches, GC pacing).
-	for _, a := range []string{nginx, lbkit, plain} {
+	for _, a := range []string{nginx, lbkit, server, plain} {
 		if _, err := redirLoad(a, 2000, redirConns); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ResetTimer()
-	var tl, tn, tp time.Duration
+	var tl, ts, tn, tp time.Duration
 	for _, half := range []int{b.N / 2, b.N - b.N/2} {
 		if half == 0 {
 			continue
@@ -268,7 +299,7 @@ func BenchmarkRedirectVsNginx(b *testing.B) {
 		for _, run := range []struct {
 			name, addr string
 			total      *time.Duration
-		}{{"lbkit", lbkit, &tl}, {"nginx", nginx, &tn}, {"plain", plain, &tp}} {
+		}{{"lbkit", lbkit, &tl}, {"server", server, &ts}, {"nginx", nginx, &tn}, {"plain", plain, &tp}} {
 			d, err := redirLoad(run.addr, half, redirConns)
 			if err != nil {
 				b.Fatal(run.name, ": ", err)
@@ -278,13 +309,16 @@ func BenchmarkRedirectVsNginx(b *testing.B) {
 	}
 	b.StopTimer()
 	lr := float64(b.N) / tl.Seconds()
+	sr := float64(b.N) / ts.Seconds()
 	nr := float64(b.N) / tn.Seconds()
 	pr := float64(b.N) / tp.Seconds()
-	b.ReportMetric(lr, "lbkit-req/s")
+	b.ReportMetric(lr, "handler-req/s")
+	b.ReportMetric(sr, "server-req/s")
 	b.ReportMetric(nr, "nginx-req/s")
 	b.ReportMetric(pr, "plain-go-req/s")
-	b.ReportMetric(lr/nr, "ratio")
-	b.ReportMetric(lr/pr, "vs-plain-go")
+	b.ReportMetric(lr/nr, "handler/nginx")
+	b.ReportMetric(sr/nr, "server/nginx")
+	b.ReportMetric(lr/pr, "handler/plain-go")
 }
 
 // redirWrkResults caches one wrk comparison per process: wrk runs for a
@@ -292,8 +326,8 @@ func BenchmarkRedirectVsNginx(b *testing.B) {
 // multiply the run time.
 var redirWrkResults struct {
 	sync.Once
-	lbkit, nginx float64
-	err          error
+	lbkit, server, nginx float64
+	err                  error
 }
 
 var redirWrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
@@ -329,13 +363,17 @@ func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 	r.Do(func() {
 		nginx := redirStartNginx(b)
 		lbkit := redirStartLbkit(b)
-		for _, a := range []string{nginx, lbkit} {
+		server := redirStartServer(b)
+		for _, a := range []string{nginx, lbkit, server} {
 			if _, err := redirLoad(a, 5000, redirConns); err != nil {
 				r.err = err
 				return
 			}
 		}
 		if r.lbkit, r.err = redirRunWrk(lbkit); r.err != nil {
+			return
+		}
+		if r.server, r.err = redirRunWrk(server); r.err != nil {
 			return
 		}
 		r.nginx, r.err = redirRunWrk(nginx)
@@ -345,9 +383,11 @@ func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 	}
 	for b.Loop() {
 	}
-	b.ReportMetric(r.lbkit, "lbkit-req/s")
+	b.ReportMetric(r.lbkit, "handler-req/s")
+	b.ReportMetric(r.server, "server-req/s")
 	b.ReportMetric(r.nginx, "nginx-req/s")
-	b.ReportMetric(r.lbkit/r.nginx, "ratio")
+	b.ReportMetric(r.lbkit/r.nginx, "handler/nginx")
+	b.ReportMetric(r.server/r.nginx, "server/nginx")
 }
 
 // BenchmarkRedirectHandler is the handler's own cost, without a server:

@@ -206,15 +206,13 @@ func isDotSegment(s string) bool {
 }
 
 // clientAddr returns the client's address: the TCP peer, or, when the peer
-// is a trusted proxy, the rightmost X-Forwarded-For hop that is not
-// trusted. An unparsable hop stops the walk at the last trusted one. The
-// zero Addr means unknown. It does not allocate.
-func (h *Handler) clientAddr(r *http.Request) netip.Addr {
-	peer := parseHostAddr(r.RemoteAddr)
+// is a trusted proxy, the rightmost hop of the X-Forwarded-For lines xff
+// that is not trusted. An unparsable hop stops the walk at the last
+// trusted one. The zero Addr means unknown. It does not allocate.
+func (h *Handler) clientAddr(peer netip.Addr, xff []string) netip.Addr {
 	if !peer.IsValid() || len(h.trusted) == 0 || !h.isTrusted(peer) {
 		return peer
 	}
-	xff := r.Header["X-Forwarded-For"]
 	for i := len(xff) - 1; i >= 0; i-- {
 		line := xff[i]
 		for len(line) > 0 {

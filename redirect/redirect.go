@@ -377,21 +377,69 @@ func (h *Handler) BaseURL(addr netip.AddrPort) (string, bool) {
 // the request line, Cookie (cookie affinity), X-Forwarded-For (trusted
 // peers only) and RemoteAddr.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var peer netip.Addr
+	if h.needClient() {
+		peer = parseHostAddr(r.RemoteAddr)
+	}
+	path, query, hasQuery := requestTarget(r)
+	d := h.decide(r.Method, path, query, hasQuery, peer, r.Header["X-Forwarded-For"], r.Header["Cookie"])
+
 	hdr := w.Header()
 	hdr["Cache-Control"] = h.cacheControl
 	if h.vary != nil {
 		hdr["Vary"] = h.vary
 	}
+	switch {
+	case d.fallback:
+		hdr["Location"] = h.fallback
+		w.WriteHeader(http.StatusFound)
+		return
+	case d.t == nil:
+		if d.code == http.StatusServiceUnavailable {
+			hdr["Retry-After"] = h.retryAfter
+			hdr["Cache-Control"] = hdrNoStore
+		}
+		writeText(w, d.code, errorBody(d.code))
+		return
+	}
+	if d.setCookie {
+		hdr["Set-Cookie"] = d.t.setCookie
+	}
+	hdr["Location"] = locationHeader(d.t.base, path, query, hasQuery, d.n)
+	if h.links > 0 {
+		if l := h.duplicateLinks(d.snap, d.t, path, query, hasQuery); l != "" {
+			hdr["Link"] = []string{l}
+		}
+	}
+	w.WriteHeader(d.code)
+}
 
+// decision is a Handler's answer to one request, before rendering.
+type decision struct {
+	code      int                // status to send
+	t         *target            // the backend redirected to; nil for errors and the fallback
+	fallback  bool               // redirect to the fallback URL
+	setCookie bool               // (re)set the affinity cookie for t
+	n         int                // length of the Location to t
+	snap      *balancer.Snapshot // the snapshot t was picked from
+}
+
+// needClient reports whether decisions depend on the client address.
+func (h *Handler) needClient() bool { return h.affinity == AffinityClientIP || len(h.zones) > 0 }
+
+// decide picks the answer to a request with the given method, escaped
+// path, raw query, TCP peer (only read when needClient), X-Forwarded-For
+// lines and Cookie lines. ServeHTTP and [Server] render it. It does not
+// allocate.
+func (h *Handler) decide(method, path, query string, hasQuery bool, peer netip.Addr, xff, cookies []string) decision {
 	var client netip.Addr
-	if h.affinity == AffinityClientIP || len(h.zones) > 0 {
-		client = h.clientAddr(r)
+	if h.needClient() {
+		client = h.clientAddr(peer, xff)
 	}
 	snap := h.pool.Snapshot()
-
 	var t, had *target
 	if h.affinity == AffinityCookie {
-		had = h.cookieTarget(r)
+		had = h.cookieTarget(cookies)
 		if had != nil && inReady(snap, had.backend.Addr) {
 			t = had
 		}
@@ -404,34 +452,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t = h.pick(snap, client, info)
 	}
 	if t == nil {
-		h.unavailable(w)
-		return
+		if h.fallback != nil {
+			return decision{code: http.StatusFound, fallback: true}
+		}
+		return decision{code: http.StatusServiceUnavailable}
 	}
-
-	path, query, hasQuery := requestTarget(r)
 	if hasDotSegment(path) {
-		writeText(w, http.StatusBadRequest, bodyBadPath)
-		return
+		return decision{code: http.StatusBadRequest}
 	}
 	n := locationLen(t.base, path, query, hasQuery)
 	if n > h.maxURL {
-		writeText(w, http.StatusRequestURITooLong, bodyTooLong)
-		return
-	}
-	if h.affinity == AffinityCookie && t != had {
-		hdr["Set-Cookie"] = t.setCookie
-	}
-	hdr["Location"] = locationHeader(t.base, path, query, hasQuery, n)
-	if h.links > 0 {
-		if l := h.duplicateLinks(snap, t, path, query, hasQuery); l != "" {
-			hdr["Link"] = []string{l}
-		}
+		return decision{code: http.StatusRequestURITooLong}
 	}
 	code := h.code
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	if method != http.MethodGet && method != http.MethodHead {
 		code = h.codeUnsafe
 	}
-	w.WriteHeader(code)
+	return decision{code: code, t: t, setCookie: h.affinity == AffinityCookie && t != had, n: n, snap: snap}
+}
+
+// errorBody returns the plain-text body of an error status.
+func errorBody(code int) []byte {
+	switch code {
+	case http.StatusServiceUnavailable:
+		return bodyNoBackend
+	case http.StatusRequestURITooLong:
+		return bodyTooLong
+	case http.StatusBadRequest:
+		return bodyBadPath
+	}
+	return nil
 }
 
 // pick chooses a target: from the client's zone when it has ready
@@ -469,19 +519,6 @@ func (h *Handler) pickFrom(p balancer.Picker, info balancer.PickInfo) *target {
 		info.Key = balancer.Mix64(info.Key)
 	}
 	return nil
-}
-
-// unavailable answers when no backend is ready.
-func (h *Handler) unavailable(w http.ResponseWriter) {
-	hdr := w.Header()
-	if h.fallback != nil {
-		hdr["Location"] = h.fallback
-		w.WriteHeader(http.StatusFound)
-		return
-	}
-	hdr["Retry-After"] = h.retryAfter
-	hdr["Cache-Control"] = hdrNoStore
-	writeText(w, http.StatusServiceUnavailable, bodyNoBackend)
 }
 
 func writeText(w http.ResponseWriter, code int, body []byte) {
@@ -620,10 +657,10 @@ func validCookieName(s string) bool {
 	return true
 }
 
-// cookieTarget returns the target named by the request's affinity cookie,
-// or nil. It does not allocate.
-func (h *Handler) cookieTarget(r *http.Request) *target {
-	for _, line := range r.Header["Cookie"] {
+// cookieTarget returns the target named by the affinity cookie in the
+// Cookie header lines, or nil. It does not allocate.
+func (h *Handler) cookieTarget(lines []string) *target {
+	for _, line := range lines {
 		for len(line) > 0 {
 			var part string
 			part, line, _ = strings.Cut(line, ";")

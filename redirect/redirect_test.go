@@ -332,7 +332,7 @@ func TestClientAddr(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			r.RemoteAddr = tt.remote
 			r.Header["X-Forwarded-For"] = tt.xff
-			assert.Equal(t, tt.want, h.clientAddr(r).String())
+			assert.Equal(t, tt.want, h.clientAddr(parseHostAddr(r.RemoteAddr), r.Header["X-Forwarded-For"]).String())
 		})
 	}
 }
