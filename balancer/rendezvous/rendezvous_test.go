@@ -233,8 +233,8 @@ func TestSlowStart(t *testing.T) {
 		pool.SetHealthy(late, true)
 
 		share := func() float64 {
-			c := balancertest.Counts(t, pool, 20000, balancertest.RandomKeys(11))
-			return float64(c[pool.Endpoint(late)]) / 20000
+			c := balancertest.Counts(t, pool, 10000, balancertest.RandomKeys(11))
+			return float64(c[pool.Endpoint(late)]) / 10000
 		}
 		prev := -1.0
 		for k := range steps + 1 {

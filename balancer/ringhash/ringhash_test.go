@@ -95,8 +95,8 @@ func TestPickDistribution(t *testing.T) {
 		{"default weighted", ringhash.Builder{}, []float64{1, 2, 5}, balancertest.RandomKeys(2), 0.1},
 		{"default keyless", ringhash.Builder{}, []float64{1, 2, 5}, nil, 0.1},
 		{"default 100", ringhash.Builder{}, slices.Repeat([]float64{1}, 100), balancertest.RandomKeys(3), 0.3},
-		{"big ring weighted", ringhash.Builder{MinRingSize: 1 << 18}, []float64{1, 2, 5}, balancertest.RandomKeys(4), 0.03},
-		{"big ring slow start", ringhash.Builder{MinRingSize: 1 << 18}, []float64{0.1, 1, 1, 1}, balancertest.RandomKeys(5), 0.05},
+		{"big ring weighted", ringhash.Builder{MinRingSize: 1 << 16}, []float64{1, 2, 5}, balancertest.RandomKeys(4), 0.03},
+		{"big ring slow start", ringhash.Builder{MinRingSize: 1 << 16}, []float64{0.1, 1, 1, 1}, balancertest.RandomKeys(5), 0.05},
 		{"bounded idle equals plain", ringhash.Builder{Epsilon: 0.25}, []float64{1, 2, 5}, balancertest.RandomKeys(2), 0.1},
 	}
 	for _, tt := range tests {
@@ -358,7 +358,7 @@ func TestSlowStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n, window, steps = 4, 10 * time.Second, 10
 		pool := balancer.MustNew(balancer.Config{
-			Builder:   ringhash.Builder{MinRingSize: 1 << 16},
+			Builder:   ringhash.Builder{PointsPerWeight: 2000},
 			SlowStart: window, SlowStartSteps: steps,
 		})
 		defer pool.Close()
@@ -372,8 +372,8 @@ func TestSlowStart(t *testing.T) {
 		pool.SetHealthy(late, true)
 
 		share := func() float64 {
-			c := balancertest.Counts(t, pool, 20000, balancertest.RandomKeys(11))
-			return float64(c[pool.Endpoint(late)]) / 20000
+			c := balancertest.Counts(t, pool, 10000, balancertest.RandomKeys(11))
+			return float64(c[pool.Endpoint(late)]) / 10000
 		}
 		prev := -1.0
 		for k := range steps + 1 {
