@@ -23,6 +23,11 @@
 // an open redirect: every Location starts with a configured base URL and
 // contains no control characters.
 //
+// Two ways to serve it: mount the [Handler] in any net/http server (TLS,
+// HTTP/2, middleware), or run a [Server], a purpose-built HTTP/1.1
+// responder that renders the same decisions without net/http and without
+// allocating, for the highest request rate on plain HTTP/1.1.
+//
 // A Handler redirects; it never contacts backends, so it has no outcomes
 // to report to a passive health observer. Health comes from active checks
 // on the pool it picks from.

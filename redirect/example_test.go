@@ -1,6 +1,7 @@
 package redirect_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -62,4 +63,22 @@ func ExampleConfig_cookieAffinity() {
 	// Output:
 	// same backend: true
 	// vary: Cookie
+}
+
+func ExampleServer() {
+	h, err := redirect.New(redirect.Config{
+		Backends: []redirect.Target{{URL: "http://198.18.0.10:8080"}, {URL: "http://198.18.0.11:8080"}},
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer h.Close()
+	srv := &redirect.Server{Handler: h}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a real program cancels on SIGTERM, or calls srv.Shutdown
+	err = srv.ListenAndServe(ctx, "127.0.0.1:0")
+	fmt.Println(err)
+	// Output:
+	// context canceled
 }
