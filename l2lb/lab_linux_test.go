@@ -362,9 +362,7 @@ func TestLab(t *testing.T) {
 			idOf[balancer.HashAddrPort(addr)] = m.id
 		}
 		l.bal.mu.Unlock()
-		var got uint32
-		for slot := range RingSize {
-			require.NoError(t, l.bal.dp.objs.Rings.Lookup(uint32(slot), &got))
+		for slot, got := range readRing(t, l.bal.dp, 0) {
 			require.Equal(t, idOf[tbl.SlotID(slot)], got, "slot %d", slot)
 		}
 	})
