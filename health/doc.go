@@ -4,8 +4,8 @@
 //
 // A Checker combines three sources of truth per [Target]:
 //
-//   - Active probes ([Prober]: [TCP], [HTTP], [DNS], [UDP] or a
-//     [ProberFunc]) run on a jittered schedule with HAProxy-style rise and
+//   - Active probes ([Prober]: [TCP], [HTTP], [DNS], [UDP], [Agent], a
+//     [ProberFunc], or several at once with [All]) run on a jittered schedule with HAProxy-style rise and
 //     fall thresholds, a probe timeout and a faster interval while the
 //     target is down.
 //   - Passive outcomes that front-ends report through [Checker.Observe]
@@ -15,10 +15,11 @@
 //     with each ejection (base × n, capped) and decays while it behaves,
 //     and never more than a configured share of the targets is ejected at
 //     once.
-//   - Agent reports carried by probe responses (HAProxy agent-check words:
-//     "up", "ready", "drain", "maint", "down", "75%", "weight=10"), parsed
-//     by [ParseAgent]: an operator or the backend itself can drain a target
-//     or change its weight.
+//   - Agent reports (HAProxy agent-check words: "up", "ready", "drain",
+//     "maint", "down", "75%", "weight=10", parsed by [ParseAgent]), read
+//     from an agent port by [Agent] or from a response header by [HTTP]:
+//     an operator or the backend itself can drain a target or change its
+//     weight.
 //
 // Changes are published as [Event] values on transitions only (see
 // [Checker.Subscribe]); [Checker.Drive] wires a checker to a

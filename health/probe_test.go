@@ -389,3 +389,99 @@ func TestProberFunc(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want, rep)
 }
+
+// agentServer answers every connection with words, after reading what
+// the client sends if expect is set, and closes it.
+func agentServer(t *testing.T, words string, expect string) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if expect != "" {
+				buf := make([]byte, len(expect))
+				if _, err := io.ReadFull(c, buf); err != nil || string(buf) != expect {
+					c.Close()
+					continue
+				}
+			}
+			io.WriteString(c, words)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return addrOf(t, ln.Addr())
+}
+
+func TestAgentProbe(t *testing.T) {
+	hang, _ := hangingServer(t)
+	for _, tc := range []struct {
+		name    string
+		addr    netip.AddrPort
+		probe   Agent
+		want    Report
+		wantErr string
+	}{
+		{name: "drain and weight", addr: agentServer(t, "drain 25%\n", ""), want: Report{Agent: AgentDrain, HasWeight: true, Weight: 25, WeightPercent: true}},
+		{name: "no newline before close", addr: agentServer(t, "ready", ""), want: Report{Agent: AgentUp}},
+		{name: "send first", addr: agentServer(t, "maint\n", "status\n"), probe: Agent{Send: []byte("status\n")}, want: Report{Agent: AgentMaint}},
+		{name: "unknown words skipped", addr: agentServer(t, "up purple\n", ""), want: Report{Agent: AgentUp}},
+		{name: "closed without a word", addr: agentServer(t, "", ""), wantErr: "no report"},
+		{name: "refused", addr: closedPort(t), wantErr: "refused"},
+		{name: "silent agent times out", addr: hang, wantErr: "deadline exceeded"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := probeTimeout
+			if tc.addr == hang {
+				d = 200 * time.Millisecond
+			}
+			rep, err := tc.probe.Probe(probeCtx(t, d), tc.addr)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, rep)
+		})
+	}
+
+	// Port moves the probe to another port of the same address.
+	a := agentServer(t, "down\n", "")
+	rep, err := Agent{Port: a.Port()}.Probe(probeCtx(t, probeTimeout), netip.AddrPortFrom(a.Addr(), 1))
+	require.NoError(t, err)
+	assert.Equal(t, Report{Agent: AgentDown}, rep)
+}
+
+func TestAll(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	web := addrOf(t, srv.Listener.Addr())
+	agent := agentServer(t, "drain 50%\n", "")
+	both := All{HTTP{}, Agent{Port: agent.Port()}}
+
+	rep, err := both.Probe(probeCtx(t, probeTimeout), web)
+	require.NoError(t, err)
+	assert.Equal(t, Report{Agent: AgentDrain, HasWeight: true, Weight: 50, WeightPercent: true}, rep)
+
+	// The first failure ends the check; the agent is not asked.
+	_, err = All{HTTP{Path: "/", StatusMin: 500}, Agent{Port: closedPort(t).Port()}}.Probe(probeCtx(t, probeTimeout), web)
+	assert.ErrorIs(t, err, ErrMismatch)
+
+	// A later report replaces an earlier one, even from a failed check.
+	rep, err = All{
+		ProberFunc(func(context.Context, netip.AddrPort) (Report, error) {
+			return Report{Agent: AgentUp, HasWeight: true, Weight: 3}, nil
+		}),
+		ProberFunc(func(context.Context, netip.AddrPort) (Report, error) { return Report{Agent: AgentMaint}, errDown }),
+	}.Probe(context.Background(), web)
+	assert.ErrorIs(t, err, errDown)
+	assert.Equal(t, Report{Agent: AgentMaint, HasWeight: true, Weight: 3}, rep)
+
+	_, err = All{}.Probe(context.Background(), web)
+	assert.NoError(t, err, "no probers: nothing fails")
+}
