@@ -5,9 +5,10 @@
 // A Checker combines three sources of truth per [Target]:
 //
 //   - Active probes ([Prober]: [TCP], [HTTP], [DNS], [UDP], [Agent], a
-//     [ProberFunc], or several at once with [All]) run on a jittered schedule with HAProxy-style rise and
-//     fall thresholds, a probe timeout and a faster interval while the
-//     target is down.
+//     [ProberFunc], or several at once with [All]) run on a jittered
+//     schedule with HAProxy-style rise and fall thresholds, a probe
+//     timeout, and faster intervals while the target is down or changing
+//     state.
 //   - Passive outcomes that front-ends report through [Checker.Observe]
 //     (the [Observer] interface) feed Envoy-style outlier detection:
 //     consecutive failures, a failure rate and a slow-response rate over a
