@@ -290,7 +290,8 @@ var (
 // A slot freed on an upstream goes to the oldest waiter that can use it:
 // one pinned to that upstream (sticky) or one that takes any ready
 // upstream it has not tried yet. A waiter is an entry of an intrusive
-// doubly linked list with a one-slot channel, recycled through a pool.
+// doubly linked list with a one-slot channel: queueing allocates it and a
+// timer, nothing else.
 type limiter struct {
 	max, maxQueue int
 	mu            sync.Mutex
@@ -305,8 +306,6 @@ type waiter struct {
 	tried      []*upstream    // not these
 	queued     bool
 }
-
-var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan *upstream, 1)} }}
 
 // tryAcquire takes a slot on u without waiting.
 func (l *limiter) tryAcquire(u *upstream) bool {
@@ -325,15 +324,12 @@ func (l *limiter) tryAcquire(u *upstream) bool {
 // wait queues until some upstream acceptable to the waiter frees a slot,
 // ctx ends or timeout passes.
 func (l *limiter) wait(ctx context.Context, pin *upstream, tried []*upstream, timeout time.Duration) (*upstream, error) {
-	w := waiterPool.Get().(*waiter)
-	w.pin, w.tried = pin, tried
 	l.mu.Lock()
 	if l.queued >= l.maxQueue {
 		l.mu.Unlock()
-		w.pin, w.tried = nil, nil
-		waiterPool.Put(w)
 		return nil, ErrQueueFull
 	}
+	w := &waiter{ch: make(chan *upstream, 1), pin: pin, tried: tried}
 	l.push(w)
 	l.mu.Unlock()
 
@@ -342,8 +338,6 @@ func (l *limiter) wait(ctx context.Context, pin *upstream, tried []*upstream, ti
 	var err error
 	select {
 	case u := <-w.ch:
-		w.pin, w.tried = nil, nil
-		waiterPool.Put(w)
 		return u, nil
 	case <-t.C:
 		err = ErrQueueTimeout
@@ -354,16 +348,11 @@ func (l *limiter) wait(ctx context.Context, pin *upstream, tried []*upstream, ti
 	if w.queued {
 		l.remove(w)
 		l.mu.Unlock()
-		w.pin, w.tried = nil, nil
-		waiterPool.Put(w)
 		return nil, err
 	}
 	l.mu.Unlock()
 	// A slot was handed over while we gave up: use it.
-	u := <-w.ch
-	w.pin, w.tried = nil, nil
-	waiterPool.Put(w)
-	return u, nil
+	return <-w.ch, nil
 }
 
 func (l *limiter) push(w *waiter) {
