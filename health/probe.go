@@ -221,3 +221,14 @@ func ctxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// Interface guards.
+var (
+	_ Prober = TCP{}
+	_ Prober = UDP{}
+	_ Prober = HTTP{}
+	_ Prober = DNS{}
+	_ Prober = Agent{}
+	_ Prober = All{}
+	_ Prober = ProberFunc(nil)
+)
