@@ -197,7 +197,11 @@ func TestCloseCancelsProbes(t *testing.T) {
 		require.NoError(t, c.SetTarget(Target{Addr: addrs[i], Probe: p, Interval: 10 * time.Millisecond, Timeout: time.Hour}))
 	}
 	for _, w := range waits {
-		<-w
+		select {
+		case <-w:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no probe reached a server")
+		}
 	}
 	require.NoError(t, c.Close())
 	goleak.VerifyNone(t, servers)
