@@ -15,6 +15,7 @@ import (
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/dnslb"
 	"github.com/lbkit/lbkit/health"
+	"github.com/lbkit/lbkit/proxy"
 	"github.com/lbkit/lbkit/redirect"
 )
 
@@ -200,6 +201,85 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.
 		if err := <-served; err != nil && !errors.Is(err, context.Canceled) {
 			fmt.Println("dns server:", err)
 		}
+		stopHealth()
+	}
+	return do, cleanup, "", nil
+}
+
+// setupHTTPProxy puts lbkit's HTTP reverse proxy in front of the
+// backends. Clients never retry: the proxy must hide a dead backend by
+// itself (retries on another backend, passive and active health).
+func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
+	pool, chk, stopHealth, err := newPool(bs, roundrobin.Builder{})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
+	if err != nil {
+		stopHealth()
+		return nil, nil, "", err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		stopHealth()
+		return nil, nil, "", err
+	}
+	srv := proxy.NewServer(h)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	base := "http://" + ln.Addr().String()
+	c := httpClient(cfg, true)
+	do := func(ctx context.Context, i int) error { return get(ctx, c, base+"/") }
+	cleanup := func() {
+		c.CloseIdleConnections()
+		_ = srv.Close()
+		<-done
+		_ = h.Close()
+		stopHealth()
+	}
+	return do, cleanup, "", nil
+}
+
+// setupTCPProxy puts lbkit's layer-4 proxy in front of the backends.
+// HTTP keep-alive connections are spread, not requests; a connection cut
+// by a dying backend is re-opened by the client, which the proxy sends to
+// a live backend.
+func setupTCPProxy(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
+	pool, chk, stopHealth, err := newPool(bs, roundrobin.Builder{})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	p, err := proxy.NewTCP(proxy.TCPConfig{Pool: pool, Observer: chk})
+	if err != nil {
+		stopHealth()
+		return nil, nil, "", err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		stopHealth()
+		return nil, nil, "", err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.Serve(sctx, ln)
+	}()
+	base := "http://" + ln.Addr().String()
+	c := httpClient(cfg, true)
+	do := func(ctx context.Context, i int) error {
+		return retry(ctx, 4, func() error { return get(ctx, c, base+"/") })
+	}
+	cleanup := func() {
+		c.CloseIdleConnections()
+		sd, cancelSD := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = p.Shutdown(sd)
+		cancelSD()
+		cancel()
+		<-done
 		stopHealth()
 	}
 	return do, cleanup, "", nil

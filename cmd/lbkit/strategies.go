@@ -23,6 +23,8 @@ func strategies() []strategy {
 		{name: "direct", setup: setupDirect, expectLoss: true},
 		{name: "redirect", setup: setupRedirect},
 		{name: "dns", setup: setupDNS},
+		{name: "http-proxy", setup: setupHTTPProxy},
+		{name: "tcp-proxy", setup: setupTCPProxy},
 	}
 }
 
