@@ -15,8 +15,10 @@ import (
 	"github.com/lbkit/lbkit/balancer/leastconn"
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/random"
+	"github.com/lbkit/lbkit/balancer/rendezvous"
 	"github.com/lbkit/lbkit/balancer/ringhash"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/sourcehash"
 	"github.com/lbkit/lbkit/balancer/weighted"
 )
 
@@ -37,6 +39,9 @@ var pickPolicies = []struct {
 	{"ringhash", ringhash.Builder{}},
 	{"ringhash-bounded", ringhash.Builder{Epsilon: 0.25}},
 	{"maglev", maglev.Builder{}},
+	{"rendezvous", rendezvous.Builder{}},
+	{"sourcehash", sourcehash.Builder{}},
+	{"sourcehash-map", sourcehash.Builder{HashType: sourcehash.MapBased}},
 }
 
 // pickSizes are the ready-set sizes benchmarked.

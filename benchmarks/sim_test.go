@@ -18,6 +18,7 @@ import (
 	"github.com/lbkit/lbkit/balancer/leastconn"
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/random"
+	"github.com/lbkit/lbkit/balancer/rendezvous"
 	"github.com/lbkit/lbkit/balancer/ringhash"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/balancer/weighted"
@@ -50,6 +51,9 @@ type simBackend struct {
 	mean     float64 // seconds
 	failRate float64
 	failTime float64 // seconds; a failure returns after this long
+	// slowFrom, when set, is the simulated time from which the backend
+	// serves 10× slower (a degraded disk, a noisy neighbour).
+	slowFrom float64
 }
 
 var simBackends = []simBackend{
@@ -60,21 +64,35 @@ var simBackends = []simBackend{
 	{name: "flaky", mean: 0.010, failRate: 0.2, failTime: 0.001},
 }
 
+// simDegrade is the second scenario: the same backends, but fast-a turns
+// 10× slower halfway through, which static weights cannot follow.
+var simDegrade = func() []simBackend {
+	b := slices.Clone(simBackends)
+	b[0].slowFrom = simRequests / simRate / 2
+	return b
+}()
+
 // simPolicies are the policies simulated. Hash policies get a key per
 // client (1000 clients) as a sticky front-end would give them.
+// "weighted-capacity" is weighted round robin with static weights an
+// operator who measured the backends would set (proportional to
+// capacity: 10, 10, 5, 1, 12).
 var simPolicies = []struct {
-	name  string
-	build func(src rand.Source) balancer.Builder
-	keyed bool
+	name    string
+	build   func(src rand.Source) balancer.Builder
+	keyed   bool
+	weights []uint32
 }{
-	{"roundrobin", func(s rand.Source) balancer.Builder { return roundrobin.Builder{Rand: s} }, false},
-	{"weighted", func(s rand.Source) balancer.Builder { return weighted.Builder{Rand: s} }, false},
-	{"random", func(s rand.Source) balancer.Builder { return random.Builder{Rand: s} }, false},
-	{"maglev", func(rand.Source) balancer.Builder { return maglev.Builder{} }, true},
-	{"ringhash-bounded", func(rand.Source) balancer.Builder { return ringhash.Builder{Epsilon: 0.25} }, true},
-	{"leastconn", func(s rand.Source) balancer.Builder { return leastconn.Builder{Rand: s} }, false},
-	{"leastconn-p2c", func(s rand.Source) balancer.Builder { return leastconn.Builder{ScanLimit: -1, Rand: s} }, false},
-	{"ewma", func(s rand.Source) balancer.Builder { return ewma.Builder{Rand: s} }, false},
+	{"roundrobin", func(s rand.Source) balancer.Builder { return roundrobin.Builder{Rand: s} }, false, nil},
+	{"weighted", func(s rand.Source) balancer.Builder { return weighted.Builder{Rand: s} }, false, nil},
+	{"weighted-capacity", func(s rand.Source) balancer.Builder { return weighted.Builder{Rand: s} }, false, []uint32{10, 10, 5, 1, 12}},
+	{"random", func(s rand.Source) balancer.Builder { return random.Builder{Rand: s} }, false, nil},
+	{"maglev", func(rand.Source) balancer.Builder { return maglev.Builder{} }, true, nil},
+	{"rendezvous", func(rand.Source) balancer.Builder { return rendezvous.Builder{} }, true, nil},
+	{"ringhash-bounded", func(rand.Source) balancer.Builder { return ringhash.Builder{Epsilon: 0.25} }, true, nil},
+	{"leastconn", func(s rand.Source) balancer.Builder { return leastconn.Builder{Rand: s} }, false, nil},
+	{"leastconn-p2c", func(s rand.Source) balancer.Builder { return leastconn.Builder{ScanLimit: -1, Rand: s} }, false, nil},
+	{"ewma", func(s rand.Source) balancer.Builder { return ewma.Builder{Rand: s} }, false, nil},
 }
 
 // simResult is what one run measured.
@@ -135,13 +153,16 @@ func simWorkload() []simRequest {
 }
 
 // simRun drives reqs through a pool built by b and returns the result.
-func simRun(t testing.TB, b balancer.Builder, keyed bool, reqs []simRequest) simResult {
+func simRun(t testing.TB, bes []simBackend, b balancer.Builder, keyed bool, weights []uint32, reqs []simRequest) simResult {
 	t.Helper()
 	pool := balancer.MustNew(balancer.Config{Builder: b})
 	defer pool.Close()
-	backends := make([]balancer.Backend, len(simBackends))
+	backends := make([]balancer.Backend, len(bes))
 	for i := range backends {
 		backends[i] = balancer.Backend{Addr: balancertest.Addr(i)}
+		if weights != nil {
+			backends[i].Weight = weights[i]
+		}
 	}
 	require.NoError(t, pool.Set(backends))
 	eps := pool.Endpoints()
@@ -162,9 +183,12 @@ func simRun(t testing.TB, b balancer.Builder, keyed bool, reqs []simRequest) sim
 		assigned = make([]int, len(eps))
 	)
 	begin := func(i, be int, at float64) {
-		sb := simBackends[be]
+		sb := bes[be]
 		start[i] = at
 		d := reqs[i].service * sb.mean
+		if sb.slowFrom > 0 && at >= sb.slowFrom {
+			d *= 10
+		}
 		if reqs[i].fail < sb.failRate {
 			d, failed[i] = sb.failTime, true
 		}
@@ -222,9 +246,9 @@ func simRun(t testing.TB, b balancer.Builder, keyed bool, reqs []simRequest) sim
 		}
 	}
 	res.failed = float64(nFailed) / float64(len(reqs))
-	capacity := make([]float64, len(simBackends))
+	capacity := make([]float64, len(bes)) // before any degradation
 	total := 0.0
-	for i, sb := range simBackends {
+	for i, sb := range bes {
 		mean := sb.failRate*sb.failTime + (1-sb.failRate)*sb.mean
 		capacity[i] = simWorkers / mean
 		total += capacity[i]
@@ -243,13 +267,20 @@ var errSimFailed = fmt.Errorf("benchmarks: simulated failure")
 // of work sent to the slow backend in %, and the imbalance (largest ratio
 // of a backend's share of work to its share of capacity; 1 is ideal).
 // The time per op is only the simulator's own cost.
-func BenchmarkSimulation(b *testing.B) {
+func BenchmarkSimulation(b *testing.B) { simBenchmark(b, simBackends) }
+
+// BenchmarkSimulationDegrade is BenchmarkSimulation with fast-a turning
+// 10× slower halfway through (slow-% still counts the always-slow
+// backend).
+func BenchmarkSimulationDegrade(b *testing.B) { simBenchmark(b, simDegrade) }
+
+func simBenchmark(b *testing.B, bes []simBackend) {
 	reqs := simWorkload()
 	for _, pol := range simPolicies {
 		b.Run(pol.name, func(b *testing.B) {
 			var res simResult
 			for b.Loop() {
-				res = simRun(b, pol.build(rand.NewPCG(simSeed, 2)), pol.keyed, reqs)
+				res = simRun(b, bes, pol.build(rand.NewPCG(simSeed, 2)), pol.keyed, pol.weights, reqs)
 			}
 			b.ReportMetric(res.p50*1e3, "p50-ms")
 			b.ReportMetric(res.p99*1e3, "p99-ms")
@@ -271,9 +302,9 @@ func TestSimulation(t *testing.T) {
 	reqs := simWorkload()
 	res := map[string]simResult{}
 	for _, pol := range simPolicies {
-		res[pol.name] = simRun(t, pol.build(rand.NewPCG(simSeed, 2)), pol.keyed, reqs)
+		res[pol.name] = simRun(t, simBackends, pol.build(rand.NewPCG(simSeed, 2)), pol.keyed, pol.weights, reqs)
 		r := res[pol.name]
-		t.Logf("%-16s p50 %7.1f ms  p99 %8.1f ms  failed %5.2f%%  slow %5.2f%%  flaky %5.2f%%  imbalance %.2f",
+		t.Logf("%-17s p50 %7.1f ms  p99 %8.1f ms  failed %5.2f%%  slow %5.2f%%  flaky %5.2f%%  imbalance %.2f",
 			pol.name, r.p50*1e3, r.p99*1e3, r.failed*100, r.share[3]*100, r.share[4]*100, r.imbalance)
 	}
 
@@ -286,6 +317,9 @@ func TestSimulation(t *testing.T) {
 		assert.Less(t, r.imbalance, rr.imbalance/2, "%s matches work to capacity", name)
 	}
 	assert.Less(t, res["ewma"].p99, res["leastconn"].p99, "latency beats queue length at the tail")
+	wc := res["weighted-capacity"]
+	assert.Less(t, wc.p99, rr.p99/10, "static weights help when the speeds are known and fixed")
+	assert.Less(t, wc.imbalance, 1.2)
 	assert.Less(t, res["ewma"].share[3], res["leastconn"].share[3], "ewma sees the slow backend's latency, not just its queue")
 	// The price: a backend that fails fast looks fast and idle, so
 	// load-aware policies send it more work and more requests fail.
@@ -295,6 +329,25 @@ func TestSimulation(t *testing.T) {
 		assert.Greater(t, res[name].failed, rr.failed, name)
 	}
 
-	again := simRun(t, simPolicies[len(simPolicies)-1].build(rand.NewPCG(simSeed, 2)), false, reqs)
+	again := simRun(t, simBackends, simPolicies[len(simPolicies)-1].build(rand.NewPCG(simSeed, 2)), false, nil, reqs)
 	assert.Equal(t, res["ewma"], again, "the simulation is deterministic")
+}
+
+// TestSimulationDegrade: when a fast backend turns slow halfway, weights
+// set for the old speeds overload it, while the adaptive policies move
+// work away from it.
+func TestSimulationDegrade(t *testing.T) {
+	reqs := simWorkload()
+	res := map[string]simResult{}
+	for _, pol := range simPolicies {
+		res[pol.name] = simRun(t, simDegrade, pol.build(rand.NewPCG(simSeed, 2)), pol.keyed, pol.weights, reqs)
+		r := res[pol.name]
+		t.Logf("%-17s p50 %7.1f ms  p99 %8.1f ms  p99.9 %8.1f ms  failed %5.2f%%  fast-a %5.2f%%",
+			pol.name, r.p50*1e3, r.p99*1e3, r.p999*1e3, r.failed*100, r.share[0]*100)
+	}
+	wc := res["weighted-capacity"]
+	for _, name := range []string{"leastconn", "ewma"} {
+		assert.Less(t, res[name].p99, wc.p99/2, "%s adapts, static weights do not", name)
+		assert.Less(t, res[name].share[0], wc.share[0], name)
+	}
 }
