@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -113,6 +114,13 @@ func redirServe(b *testing.B, h http.Handler) string {
 // split_clients pick, and returns its address. It skips b when nginx is
 // not installed. nginx is stopped by its PID when b ends.
 func redirStartNginx(b *testing.B) string {
+	addr, _ := redirStartNginxPID(b)
+	return addr
+}
+
+// redirStartNginxPID is redirStartNginx that also returns the master's
+// PID.
+func redirStartNginxPID(b *testing.B) (string, int) {
 	b.Helper()
 	if _, err := os.Stat(redirNginx); err != nil {
 		b.Skipf("nginx not installed at %s", redirNginx)
@@ -176,7 +184,7 @@ http {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return addr
+			return addr, pid
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
@@ -326,34 +334,70 @@ func BenchmarkRedirectVsNginx(b *testing.B) {
 // multiply the run time.
 var redirWrkResults struct {
 	sync.Once
-	lbkit, server, nginx float64
-	err                  error
+	lbkit, server, nginx          float64 // req/s
+	lbkitCPU, serverCPU, nginxCPU float64 // µs of CPU per request
+	err                           error
 }
 
 var redirWrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 
-func redirRunWrk(addr string) (float64, error) {
+var redirWrkCount = regexp.MustCompile(`(\d+) requests in`)
+
+// redirRunWrk runs wrk against addr and returns the request rate and the
+// number of requests completed.
+func redirRunWrk(addr string) (rate float64, requests int64, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), redirTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, redirWrk, "-t2", "-c100", "-d2s", "--timeout", "5s", "http://"+addr+redirPath).CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("wrk: %v\n%s", err, out)
+		return 0, 0, fmt.Errorf("wrk: %v\n%s", err, out)
 	}
-	m := redirWrkRate.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("wrk: no rate in output\n%s", out)
+	m, n := redirWrkRate.FindSubmatch(out), redirWrkCount.FindSubmatch(out)
+	if m == nil || n == nil {
+		return 0, 0, fmt.Errorf("wrk: no rate in output\n%s", out)
 	}
 	// wrk counts 302 as "Non-2xx": expected. It prints "Socket errors"
 	// only when some occurred.
 	if bytes.Contains(out, []byte("Socket errors")) {
-		return 0, fmt.Errorf("wrk reported socket errors\n%s", out)
+		return 0, 0, fmt.Errorf("wrk reported socket errors\n%s", out)
 	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	rate, err = strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	requests, err = strconv.ParseInt(string(n[1]), 10, 64)
+	return rate, requests, err
 }
 
-// BenchmarkRedirectVsNginxWrk measures both responders with wrk (-t2 -c100
-// -d2s each, after a 1 s warm-up), the load generator the peer baselines
-// were measured with. It runs once per process and skips when wrk or nginx
+// redirCPU returns the CPU time (user + system) used so far by process
+// pid and its live children, from /proc. Clock ticks are 10 ms: fine over
+// a run of some seconds.
+func redirCPU(pid int) (time.Duration, error) {
+	pids := []string{strconv.Itoa(pid)}
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0, err
+	}
+	pids = append(pids, strings.Fields(string(children))...)
+	var ticks int64
+	for _, p := range pids {
+		stat, err := os.ReadFile("/proc/" + p + "/stat")
+		if err != nil {
+			return 0, err
+		}
+		// Fields after the command name's closing parenthesis: utime is
+		// the 12th, stime the 13th.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += ut + st
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
+// BenchmarkRedirectVsNginxWrk measures the responders with wrk (-t2 -c100
+// -d2s each, two alternating rounds, after a warm-up), the load generator
+// the peer baselines were measured with, in its own process. It runs once per process and skips when wrk or nginx
 // is missing. ns/op is meaningless here; read the reported metrics.
 func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 	if _, err := os.Stat(redirWrk); err != nil {
@@ -361,7 +405,7 @@ func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 	}
 	r := &redirWrkResults
 	r.Do(func() {
-		nginx := redirStartNginx(b)
+		nginx, nginxPID := redirStartNginxPID(b)
 		lbkit := redirStartLbkit(b)
 		server := redirStartServer(b)
 		for _, a := range []string{nginx, lbkit, server} {
@@ -370,13 +414,43 @@ func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 				return
 			}
 		}
-		if r.lbkit, r.err = redirRunWrk(lbkit); r.err != nil {
-			return
+		self := os.Getpid()
+		// Two rounds, alternating, so load drift on a shared machine
+		// hits every responder alike. Rates are means; CPU per request
+		// is the responder's process CPU time (nginx: master and
+		// workers; lbkit: this process, which does nothing else while
+		// wrk runs) over requests completed.
+		const rounds = 2
+		var cpu [3]time.Duration
+		var reqs [3]int64
+		for range rounds {
+			for i, run := range []struct {
+				addr string
+				pid  int
+				rate *float64
+			}{{lbkit, self, &r.lbkit}, {server, self, &r.server}, {nginx, nginxPID, &r.nginx}} {
+				before, err := redirCPU(run.pid)
+				if err != nil {
+					r.err = err
+					return
+				}
+				rate, n, err := redirRunWrk(run.addr)
+				if err != nil {
+					r.err = err
+					return
+				}
+				after, err := redirCPU(run.pid)
+				if err != nil {
+					r.err = err
+					return
+				}
+				*run.rate += rate / rounds
+				cpu[i] += after - before
+				reqs[i] += n
+			}
 		}
-		if r.server, r.err = redirRunWrk(server); r.err != nil {
-			return
-		}
-		r.nginx, r.err = redirRunWrk(nginx)
+		per := func(i int) float64 { return float64(cpu[i].Microseconds()) / float64(max(reqs[i], 1)) }
+		r.lbkitCPU, r.serverCPU, r.nginxCPU = per(0), per(1), per(2)
 	})
 	if r.err != nil {
 		b.Fatal(r.err)
@@ -388,6 +462,9 @@ func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 	b.ReportMetric(r.nginx, "nginx-req/s")
 	b.ReportMetric(r.lbkit/r.nginx, "handler/nginx")
 	b.ReportMetric(r.server/r.nginx, "server/nginx")
+	b.ReportMetric(r.lbkitCPU, "handler-cpu-µs/req")
+	b.ReportMetric(r.serverCPU, "server-cpu-µs/req")
+	b.ReportMetric(r.nginxCPU, "nginx-cpu-µs/req")
 }
 
 // BenchmarkRedirectHandler is the handler's own cost, without a server:
