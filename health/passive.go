@@ -67,7 +67,9 @@ type PassiveConfig struct {
 	// MaxEjectedPercent, in [0, 100], is the largest share of the targets
 	// that may be ejected at once, evaluated when an ejection is due: an
 	// outlier over the cap stays in service. One target may always be
-	// ejected, as in Envoy. Zero means 10.
+	// ejected, as in Envoy. A target that probes or its agent already
+	// hold out of service is not ejected, so it does not use up the
+	// share. Zero means 10.
 	MaxEjectedPercent float64
 
 	// UnejectOnProbeSuccess ends an ejection as soon as an active probe
@@ -305,6 +307,16 @@ func (c *Checker) evalPassive(t *target) time.Duration {
 		reason = c.windowReason(t, c.epoch.Load())
 	}
 	if reason == "" {
+		return 0
+	}
+	t.mu.Lock()
+	serving := t.servingLocked()
+	t.mu.Unlock()
+	if !serving {
+		// Probes or its agent already keep it out of service: ejecting it
+		// would only spend the MaxEjectedPercent budget that an outlier
+		// still in service may need.
+		t.resetPassive()
 		return 0
 	}
 	c.mu.Lock()

@@ -365,3 +365,25 @@ func TestUnejectOnProbeSuccess(t *testing.T) {
 		assert.Equal(t, 1, st.Ejections)
 	})
 }
+
+func TestUnhealthyTargetsDoNotUseEjectionBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, _ := newChecker(t, Config{Rand: half}) // one ejection at a time
+		dead, bad := addr(1), addr(2)
+		down := &switchProbe{}
+		down.fail.Store(true)
+		require.NoError(t, c.SetTarget(Target{Addr: dead, Probe: down, Interval: time.Second}))
+		require.NoError(t, c.SetTarget(Target{Addr: bad, Probe: &switchProbe{}, Interval: time.Second}))
+		step(time.Second)
+		require.Equal(t, Unhealthy, c.State(dead))
+		// Late outcomes for the dead target, then a real outlier.
+		observeN(c, dead, fail, 10)
+		synctest.Wait()
+		observeN(c, bad, fail, 5)
+		synctest.Wait()
+		assert.Equal(t, Unhealthy, c.State(bad), "the outlier is ejected")
+		st, _ := c.Status(dead)
+		assert.False(t, st.Ejected)
+		assert.Zero(t, st.Ejections)
+	})
+}
