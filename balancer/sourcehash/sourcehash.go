@@ -94,12 +94,13 @@ func buildMap(ready []balancer.Weighted) balancer.Picker {
 		maxW = max(maxW, r.Weight)
 	}
 	slices.SortFunc(ents, func(a, b entry) int { return cmp.Compare(a.id, b.id) })
-	var g uint64
+	var g, total uint64
 	for i := range ents {
 		ents[i].slots = max(1, uint64(math.Round(MapResolution*ents[i].w/maxW)))
 		g = gcd(g, ents[i].slots)
+		total += ents[i].slots
 	}
-	p := &MapPicker{eps: make([]*balancer.Endpoint, len(ents))}
+	p := &MapPicker{eps: make([]*balancer.Endpoint, len(ents)), table: make([]uint32, 0, total/g)}
 	for i, e := range ents {
 		p.eps[i] = e.ep
 		for range e.slots / g {

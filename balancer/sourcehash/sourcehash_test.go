@@ -21,6 +21,15 @@ import (
 
 var types = []sourcehash.HashType{sourcehash.Consistent, sourcehash.MapBased}
 
+// benchName names a benchmark case: the default (consistent) has no
+// prefix, so BenchmarkPick/n=3 means the zero Builder as in every policy.
+func benchName(ht sourcehash.HashType, n int) string {
+	if ht == sourcehash.Consistent {
+		return fmt.Sprintf("n=%d", n)
+	}
+	return fmt.Sprintf("%v/n=%d", ht, n)
+}
+
 // clients returns an info function whose keys are hashes of distinct
 // client IPv4 addresses, as a front-end computes them.
 func clients(base byte) func(int) balancer.PickInfo {
@@ -319,7 +328,7 @@ var (
 func BenchmarkBuild(b *testing.B) {
 	for _, ht := range types {
 		for _, n := range []int{3, 100, 1000} {
-			b.Run(fmt.Sprintf("%v/n=%d", ht, n), func(b *testing.B) {
+			b.Run(benchName(ht, n), func(b *testing.B) {
 				ready := balancertest.Ready(n)
 				ready[0].Weight = 0.3
 				b.ReportAllocs()
@@ -334,7 +343,7 @@ func BenchmarkBuild(b *testing.B) {
 func BenchmarkPick(b *testing.B) {
 	for _, ht := range types {
 		for _, n := range []int{3, 100, 1000} {
-			b.Run(fmt.Sprintf("%v/n=%d", ht, n), func(b *testing.B) {
+			b.Run(benchName(ht, n), func(b *testing.B) {
 				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
 				b.ReportAllocs()
 				k := uint64(0)
@@ -350,7 +359,7 @@ func BenchmarkPick(b *testing.B) {
 func BenchmarkPickParallel(b *testing.B) {
 	for _, ht := range types {
 		for _, n := range []int{3, 100, 1000} {
-			b.Run(fmt.Sprintf("%v/n=%d", ht, n), func(b *testing.B) {
+			b.Run(benchName(ht, n), func(b *testing.B) {
 				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
 				b.ReportAllocs()
 				b.RunParallel(func(pb *testing.PB) {
