@@ -298,8 +298,8 @@ type Status struct {
 	Probe State
 	// Ejected reports that passive outlier detection ejected the target.
 	Ejected bool
-	// Ejections is the decaying ejection count that sets the length of
-	// the next ejection (see [PassiveConfig.BaseEjection]).
+	// Ejections is the ejection count that sets the length of the next
+	// ejection, after decay (see [PassiveConfig.BaseEjection]).
 	Ejections int
 	// Agent is the last state an agent reported, AgentNone if none.
 	Agent AgentState
@@ -318,6 +318,9 @@ func (c *Checker) Status(addr netip.AddrPort) (Status, bool) {
 	}
 	c.mu.Lock()
 	n := tg.ejections
+	if n > 0 && !tg.ejected.Load() {
+		n = max(0, n-int(time.Since(tg.lastUneject)/c.passive.base))
+	}
 	c.mu.Unlock()
 	tg.mu.Lock()
 	defer tg.mu.Unlock()

@@ -82,6 +82,8 @@ func TestEjectionBackoffAndDecay(t *testing.T) {
 		// Behaving for 3 × base forgives three ejections: the next one is
 		// 3 × base long (n = 5 - 3 + 1).
 		step(3 * base)
+		st, _ = c.Status(a)
+		assert.Equal(t, 2, st.Ejections, "decayed")
 		c.Observe(a, fail)
 		synctest.Wait()
 		start := time.Now()
@@ -359,10 +361,12 @@ func TestUnejectOnProbeSuccess(t *testing.T) {
 		step(5 * time.Second) // the probe at 5 s passes
 		assert.Equal(t, Healthy, c.State(a))
 		assert.Equal(t, []tr{{Healthy, "added"}, {Unhealthy, "passive: consecutive failures"}, {Healthy, "probe"}}, transitions(rec.take()))
-		step(2 * time.Minute)
-		assert.Empty(t, rec.take(), "the stopped ejection timer does not fire")
 		st, _ := c.Status(a)
 		assert.Equal(t, 1, st.Ejections)
+		step(2 * time.Minute)
+		assert.Empty(t, rec.take(), "the stopped ejection timer does not fire")
+		st, _ = c.Status(a)
+		assert.Equal(t, 0, st.Ejections, "forgiven after a minute in service")
 	})
 }
 
