@@ -566,16 +566,24 @@ func BenchmarkTCPThroughput(b *testing.B) {
 	})
 	_, proxied := tcpStartProxy(b, TCPConfig{Backends: []balancer.Backend{{Addr: sink.addr}}})
 	chunk := make([]byte, 1<<20)
+	var direct float64 // MB/s of the last direct run
 	for _, tc := range []struct{ name, addr string }{{"direct", sink.addr.String()}, {"proxy", proxied}} {
 		b.Run(tc.name, func(b *testing.B) {
 			c := tcpDial(b, tc.addr)
 			c.SetDeadline(time.Time{})
 			b.SetBytes(int64(len(chunk)))
 			b.ReportAllocs()
+			start := time.Now()
 			for b.Loop() {
 				if _, err := c.Write(chunk); err != nil {
 					b.Fatal(err)
 				}
+			}
+			mbps := float64(b.N) * float64(len(chunk)) / 1e6 / time.Since(start).Seconds()
+			if tc.name == "direct" {
+				direct = mbps
+			} else if direct > 0 {
+				b.ReportMetric(mbps/direct, "vs-direct")
 			}
 			c.CloseWrite()
 			reply, err := io.ReadAll(c)
@@ -591,6 +599,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 func BenchmarkTCPConnections(b *testing.B) {
 	echo := tcpStartBackend(b, tcpEcho)
 	_, proxied := tcpStartProxy(b, TCPConfig{Backends: []balancer.Backend{{Addr: echo.addr}}})
+	var direct float64 // conns/s of the last direct run
 	for _, tc := range []struct{ name, addr string }{{"direct", echo.addr.String()}, {"proxy", proxied}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -613,7 +622,13 @@ func BenchmarkTCPConnections(b *testing.B) {
 					c.Close()
 				}
 			})
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "conns/s")
+			rate := float64(b.N) / time.Since(start).Seconds()
+			b.ReportMetric(rate, "conns/s")
+			if tc.name == "direct" {
+				direct = rate
+			} else if direct > 0 {
+				b.ReportMetric(rate/direct, "vs-direct")
+			}
 		})
 	}
 }
