@@ -14,5 +14,6 @@
 // the same backend) and walks the endpoints in order, so over any interval
 // every endpoint's share is within the number of counters (16, or 256
 // above 4 CPUs) of perfect; a single goroutine picking in a loop sees
-// strict rotation.
+// strict rotation (unless the runtime moves its stack, which at worst
+// switches it to another counter).
 package roundrobin
