@@ -250,7 +250,9 @@ func (l *Lab) Hosts() []*Host {
 // the given addresses on eth0. With no addresses it gets the next free
 // address of each of the lab's subnets (198.18.0.1/24 and
 // fd00:198:18::1/64 for the first host, .2 and ::2 for the next...).
-// IPv6 duplicate address detection is off, so addresses work at once.
+// IPv6 duplicate address detection is off, so addresses work at once,
+// and ICMP redirects are neither sent nor accepted, so a host that routes
+// between subnets of the bridge stays on the path.
 // AddHost adds no route beyond the subnets' own.
 func (l *Lab) AddHost(name string, addrs ...netip.Prefix) (*Host, error) {
 	if name == "" || len(name) > 16 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" || name == "br" {
@@ -294,6 +296,15 @@ func (l *Lab) AddHost(name string, addrs ...netip.Prefix) (*Host, error) {
 			{"net/ipv4/conf/all/rp_filter", rp},
 			{"net/ipv4/conf/default/rp_filter", rp},
 			{"net/ipv4/conf/lo/rp_filter", rp},
+			// Hosts of several subnets share one bridge; a router among
+			// them would otherwise redirect peers around itself (IPv6
+			// redirects name on-link destinations), which breaks NAT.
+			{"net/ipv4/conf/all/accept_redirects", "0"},
+			{"net/ipv4/conf/default/accept_redirects", "0"},
+			{"net/ipv4/conf/all/send_redirects", "0"},
+			{"net/ipv4/conf/default/send_redirects", "0"},
+			{"net/ipv6/conf/all/accept_redirects", "0"},
+			{"net/ipv6/conf/default/accept_redirects", "0"},
 			{"net/ipv6/conf/all/accept_dad", "0"},
 			{"net/ipv6/conf/default/accept_dad", "0"},
 			{"net/ipv6/conf/all/disable_ipv6", "0"},
