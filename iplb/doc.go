@@ -1,0 +1,63 @@
+// Package iplb is layer-3/4 NAT load balancing in the Linux kernel,
+// programmed from Go through nftables, like LVS-NAT: a virtual service
+// (VIP, port, TCP or UDP, IPv4 or IPv6) is spread over the backends of a
+// [balancer.Pool], and the kernel's connection tracking carries each flow
+// for its whole life.
+//
+// # Data plane
+//
+// A [Balancer] owns one nftables table (inet "lbkit" by default) and
+// touches nothing else. For a service "web" on 198.18.0.10:80/tcp with
+// backends 198.18.2.1:8080 and 198.18.2.2:8080 it holds, as `nft list`
+// shows it:
+//
+//	chain prerouting {            # type nat hook prerouting priority dstnat
+//	    ip daddr 198.18.0.10 tcp dport 80 counter name "web" jhash ip saddr . tcp sport mod 251 seed 0x5c1d3e27 vmap @web
+//	}
+//	map web {                     # slot → backend chain, from lbkit's Maglev table
+//	    0 : jump web/198.18.2.2:8080, 1 : jump web/198.18.2.1:8080, ...
+//	}
+//	chain web/198.18.2.1:8080 {   # one per backend: its counter and its DNAT
+//	    counter name "web/198.18.2.1:8080" dnat ip to 198.18.2.1:8080
+//	}
+//
+// Only the first packet of a flow passes the nat chains; conntrack
+// translates the rest of it and the replies. So a flow stays on its
+// backend whatever happens to the map later: changes steer new flows only,
+// which is what drain wants.
+//
+// # Selection
+//
+// The Consistent scheduler hashes the client's address and port (nft
+// jhash, with a per-service seed) into a slot of a Maglev table built by
+// [maglev.NewTable] from the pool's ready set and effective weights: a
+// backend owns a share of slots proportional to its weight, and adding or
+// removing one moves only its own share of new flows. When the ready set
+// changes and the table size does not, only the slots [maglev.Table.Diff]
+// reports are rewritten. The table size is a prime chosen from the member
+// count (251 slots up to 15 backends, then 1021, 4093, 16381, 65521: at
+// least 16 slots per backend), or set per service. The RoundRobin
+// scheduler walks the same slots with `numgen inc`, a weighted round robin.
+//
+// # Modes
+//
+// In Gateway mode the balancer only rewrites the destination (DNAT). The
+// backends must route their replies back through the balancer (it is
+// their gateway, with net.ipv4.ip_forward=1 and net.ipv6.conf.all.forwarding=1
+// in its namespace), so conntrack can reverse the translation; backends
+// see the client's real address. In FullNAT mode the balancer also
+// rewrites the source to its own address (masquerade, or a fixed SNAT
+// address), like IPVS FNAT: backends need no special route but see the
+// balancer as the client.
+//
+// # Changes
+//
+// Each change is one atomic nftables batch. A goroutine per service waits
+// on its pool's [balancer.Snapshot.Changed] and applies the new snapshot
+// at once; a failed batch changes nothing in the kernel and is retried.
+// [Balancer.Sync] applies synchronously. Starting a Balancer replaces a
+// table of the same name left by a previous run, in the same batch that
+// creates the new one; Close deletes it.
+//
+// Linux only: elsewhere [New] returns [errors.ErrUnsupported].
+package iplb

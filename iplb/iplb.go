@@ -1,0 +1,261 @@
+package iplb
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/lbkit/lbkit/balancer"
+)
+
+// Proto is a service's transport protocol.
+type Proto uint8
+
+// Supported protocols, by their IP protocol numbers.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+// String returns "tcp" or "udp".
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	default:
+		return fmt.Sprintf("proto(%d)", uint8(p))
+	}
+}
+
+// Mode says how a service translates addresses.
+type Mode uint8
+
+const (
+	// Gateway rewrites the destination only (DNAT). Backends must route
+	// replies through the balancer; they see the client's address.
+	Gateway Mode = iota
+	// FullNAT rewrites the destination and the source (DNAT + SNAT to
+	// the balancer's address). Backends need no route back; they see the
+	// balancer as the client.
+	FullNAT
+)
+
+// String returns "gateway" or "fullnat".
+func (m Mode) String() string {
+	switch m {
+	case Gateway:
+		return "gateway"
+	case FullNAT:
+		return "fullnat"
+	default:
+		return fmt.Sprintf("mode(%d)", uint8(m))
+	}
+}
+
+// Scheduler says how a service chooses a slot of its Maglev table for a
+// new flow.
+type Scheduler uint8
+
+const (
+	// Consistent hashes the client's address and port into a slot, so a
+	// client port keeps its backend while the ready set is unchanged and
+	// a change moves only the changed backends' share of new flows.
+	Consistent Scheduler = iota
+	// RoundRobin takes the slots in turn (weighted round robin).
+	RoundRobin
+)
+
+// String returns "consistent" or "roundrobin".
+func (s Scheduler) String() string {
+	switch s {
+	case Consistent:
+		return "consistent"
+	case RoundRobin:
+		return "roundrobin"
+	default:
+		return fmt.Sprintf("scheduler(%d)", uint8(s))
+	}
+}
+
+// Service is a virtual service: traffic to VIP with protocol Proto is
+// spread over the ready members of Pool.
+type Service struct {
+	// Name identifies the service within the balancer and names its
+	// nftables objects: 1-32 letters, digits, '_' or '-'. Required.
+	Name string
+	// VIP is the virtual address and port clients connect to. The
+	// balancer must receive this traffic (the VIP on one of its links, or
+	// routed to it). Required.
+	VIP netip.AddrPort
+	// Proto is TCP or UDP. Zero means TCP.
+	Proto Proto
+	// Mode is Gateway (the zero value) or FullNAT.
+	Mode Mode
+	// SNAT is the source address FullNAT rewrites to. The zero value
+	// means masquerade: the address of the link toward the backend.
+	SNAT netip.Addr
+	// Scheduler is Consistent (the zero value) or RoundRobin.
+	Scheduler Scheduler
+	// Pool holds the backends, with health, drain and weights; iplb
+	// follows its snapshots. Nil means a new pool with Backends as its
+	// members (see [Balancer.Pool] to reach it). Backends must have the
+	// VIP's address family.
+	Pool *balancer.Pool
+	// Backends are the initial members of the pool iplb creates when
+	// Pool is nil; ignored otherwise.
+	Backends []balancer.Backend
+	// TableSize is the number of slots, a prime above the member count.
+	// Zero chooses from the member count: 251, 1021, 4093, 16381 or
+	// 65521, at least 16 slots per member.
+	TableSize int
+	// Seed seeds the flow hash. Zero derives it from Name, so it is stable
+	// across restarts.
+	Seed uint32
+}
+
+// tableSizes are the automatic table sizes, all prime.
+var tableSizes = []int{251, 1021, 4093, 16381, 65521}
+
+// autoSize returns the table size for n members: the smallest of
+// tableSizes with at least 16 slots per member, or the largest.
+func autoSize(n int) int {
+	for _, s := range tableSizes {
+		if s >= 16*n {
+			return s
+		}
+	}
+	return tableSizes[len(tableSizes)-1]
+}
+
+// ErrExists is returned by [Balancer.AddService] when a service with the
+// same name, or the same VIP and protocol, is already configured.
+var ErrExists = errors.New("iplb: service already exists")
+
+// ErrNotFound is returned for a service name the balancer does not know.
+var ErrNotFound = errors.New("iplb: no such service")
+
+// ErrClosed is returned by methods of a closed [Balancer].
+var ErrClosed = errors.New("iplb: balancer closed")
+
+// validate checks svc and fills defaults.
+func (svc *Service) validate() error {
+	if svc.Name == "" || len(svc.Name) > 32 || strings.Trim(svc.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "" {
+		return fmt.Errorf("iplb: service name %q: want 1-32 letters, digits, '_' or '-'", svc.Name)
+	}
+	if !svc.VIP.IsValid() || svc.VIP.Port() == 0 || svc.VIP.Addr().Zone() != "" {
+		return fmt.Errorf("iplb: service %s: VIP %v needs an address and a port", svc.Name, svc.VIP)
+	}
+	svc.VIP = netip.AddrPortFrom(svc.VIP.Addr().Unmap(), svc.VIP.Port())
+	if svc.Proto == 0 {
+		svc.Proto = TCP
+	}
+	if svc.Proto != TCP && svc.Proto != UDP {
+		return fmt.Errorf("iplb: service %s: protocol %v: want tcp or udp", svc.Name, svc.Proto)
+	}
+	if svc.Mode > FullNAT {
+		return fmt.Errorf("iplb: service %s: unknown %v", svc.Name, svc.Mode)
+	}
+	if svc.Scheduler > RoundRobin {
+		return fmt.Errorf("iplb: service %s: unknown %v", svc.Name, svc.Scheduler)
+	}
+	if svc.SNAT.IsValid() {
+		svc.SNAT = svc.SNAT.Unmap()
+		if svc.Mode != FullNAT {
+			return fmt.Errorf("iplb: service %s: SNAT needs FullNAT mode", svc.Name)
+		}
+		if svc.SNAT.Is4() != svc.VIP.Addr().Is4() {
+			return fmt.Errorf("iplb: service %s: SNAT %v and VIP %v differ in family", svc.Name, svc.SNAT, svc.VIP)
+		}
+	}
+	if svc.TableSize != 0 && (svc.TableSize < 2 || svc.TableSize > tableSizes[len(tableSizes)-1] || !isPrime(svc.TableSize)) {
+		return fmt.Errorf("iplb: service %s: TableSize %d must be a prime up to %d", svc.Name, svc.TableSize, tableSizes[len(tableSizes)-1])
+	}
+	for _, b := range svc.Backends {
+		if err := checkBackend(svc, b.Addr); err != nil {
+			return err
+		}
+	}
+	if svc.Seed == 0 {
+		svc.Seed = uint32(balancer.HashString(svc.Name)) | 1
+	}
+	return nil
+}
+
+// checkBackend reports whether addr can serve svc.
+func checkBackend(svc *Service, addr netip.AddrPort) error {
+	if !addr.IsValid() || addr.Port() == 0 {
+		return fmt.Errorf("iplb: service %s: backend %v needs an address and a port", svc.Name, addr)
+	}
+	if addr.Addr().Unmap().Is4() != svc.VIP.Addr().Is4() {
+		return fmt.Errorf("iplb: service %s: backend %v and VIP %v differ in family", svc.Name, addr, svc.VIP)
+	}
+	return nil
+}
+
+func isPrime(n int) bool {
+	if n < 2 {
+		return false
+	}
+	for d := 2; d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Config configures a [Balancer]. The zero value is useful.
+type Config struct {
+	// Table is the name of the inet table the balancer owns. A table of
+	// that name found at start is replaced. Empty means "lbkit".
+	Table string
+	// NetNS is a file descriptor of the network namespace to program (as
+	// from netns.Get or an open /var/run/netns file), kept open by the
+	// caller while the balancer lives. Zero means the calling process's
+	// namespace.
+	NetNS int
+	// RetryInterval is how long a service waits before retrying a batch
+	// the kernel refused. Zero means 1 s.
+	RetryInterval time.Duration
+	// Logger receives applied changes at debug level and failures at
+	// error level. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// ServiceStats are a service's counters and data-plane state.
+type ServiceStats struct {
+	// Name, VIP, Proto and Mode repeat the service's configuration.
+	Name  string
+	VIP   netip.AddrPort
+	Proto Proto
+	Mode  Mode
+	// Flows counts the new flows (conntrack entries) the service's rule
+	// steered; Bytes is the size of their first packets.
+	Flows, Bytes uint64
+	// TableSize is the number of slots in the kernel's map; Version is
+	// the pool snapshot version the kernel reflects.
+	TableSize int
+	Version   uint64
+	// Err is the last error applying a snapshot, nil once one succeeds.
+	Err error
+	// Backends lists every backend with a chain in the kernel: members
+	// of the pool, ready or not.
+	Backends []BackendStats
+}
+
+// BackendStats are one backend's counters within a service.
+type BackendStats struct {
+	// Addr is the backend's address.
+	Addr netip.AddrPort
+	// Flows counts the new flows sent to the backend; Bytes the size of
+	// their first packets.
+	Flows, Bytes uint64
+	// Slots is how many slots of the service's map the backend owns: 0
+	// while it is unhealthy or draining.
+	Slots int
+}

@@ -1,0 +1,39 @@
+//go:build !linux
+
+package iplb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/lbkit/lbkit/balancer"
+)
+
+// Balancer programs virtual services into the kernel. Outside Linux it
+// cannot be created: [New] returns [errors.ErrUnsupported].
+type Balancer struct{}
+
+// New returns an error wrapping [errors.ErrUnsupported]: iplb needs Linux
+// nftables.
+func New(cfg Config) (*Balancer, error) {
+	return nil, fmt.Errorf("iplb: nftables needs Linux: %w", errors.ErrUnsupported)
+}
+
+// AddService returns [errors.ErrUnsupported].
+func (b *Balancer) AddService(svc Service) (*balancer.Pool, error) { return nil, errors.ErrUnsupported }
+
+// RemoveService returns [errors.ErrUnsupported].
+func (b *Balancer) RemoveService(name string) error { return errors.ErrUnsupported }
+
+// Pool returns nil.
+func (b *Balancer) Pool(name string) *balancer.Pool { return nil }
+
+// Sync returns [errors.ErrUnsupported].
+func (b *Balancer) Sync(ctx context.Context) error { return errors.ErrUnsupported }
+
+// Stats returns [errors.ErrUnsupported].
+func (b *Balancer) Stats() ([]ServiceStats, error) { return nil, errors.ErrUnsupported }
+
+// Close does nothing.
+func (b *Balancer) Close() error { return nil }

@@ -1,0 +1,395 @@
+package iplb
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/internal/netlab"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The lab: a client subnet and a backend subnet on one bridge, the
+// balancer on both, VIPs on the balancer's lo.
+//
+//	client 198.18.1.2 ──┐                 ┌── be1 198.18.2.11 (weight 1)
+//	                    ├─ bal 198.18.1.1 ├── be2 198.18.2.12 (weight 1)
+//	                    │      198.18.2.1 └── be3 198.18.2.13 (weight 2)
+//	VIPs 198.19.0.10, fd00:198:19::10 (routed by the client to bal)
+var (
+	vip4 = netip.MustParseAddr("198.19.0.10")
+	vip6 = netip.MustParseAddr("fd00:198:19::10")
+)
+
+type lab struct {
+	client, bal *netlab.Host
+	backends    []*testBackend
+}
+
+// testBackend is an HTTP and UDP server in its own namespace that answers
+// with its name and the peer address it saw.
+type testBackend struct {
+	name   string
+	host   *netlab.Host
+	weight uint32
+	http   []net.Listener
+	udp    []net.PacketConn
+}
+
+func (tb *testBackend) addr(v6 bool, port uint16) netip.AddrPort {
+	if v6 {
+		return netip.AddrPortFrom(tb.host.Addr6(), port)
+	}
+	return netip.AddrPortFrom(tb.host.Addr4(), port)
+}
+
+const backendPort = 8080
+
+func newLab(t testing.TB) *lab {
+	netlab.RequireRoot(t)
+	nl, err := netlab.New(t, netlab.Config{})
+	require.NoError(t, err)
+	p := netip.MustParsePrefix
+	client, err := nl.AddHost("client", p("198.18.1.2/24"), p("fd00:198:18:1::2/64"))
+	require.NoError(t, err)
+	bal, err := nl.AddHost("bal", p("198.18.1.1/24"), p("fd00:198:18:1::1/64"), p("198.18.2.1/24"), p("fd00:198:18:2::1/64"))
+	require.NoError(t, err)
+	require.NoError(t, bal.Sysctl("net.ipv4.ip_forward", "1"))
+	require.NoError(t, bal.Sysctl("net.ipv6.conf.all.forwarding", "1"))
+	require.NoError(t, bal.AddAddr(p("198.19.0.10/32"), "lo"))
+	require.NoError(t, bal.AddAddr(p("fd00:198:19::10/128"), "lo"))
+	require.NoError(t, client.AddRoute(p("198.19.0.0/24"), netip.MustParseAddr("198.18.1.1")))
+	require.NoError(t, client.AddRoute(p("fd00:198:19::/64"), netip.MustParseAddr("fd00:198:18:1::1")))
+	l := &lab{client: client, bal: bal}
+	for i, w := range []uint32{1, 1, 2} {
+		name := fmt.Sprintf("be%d", i+1)
+		h, err := nl.AddHost(name, p(fmt.Sprintf("198.18.2.%d/24", 11+i)), p(fmt.Sprintf("fd00:198:18:2::%d/64", 11+i)))
+		require.NoError(t, err)
+		// Replies go back through the balancer (gateway mode).
+		require.NoError(t, h.AddRoute(p("0.0.0.0/0"), netip.MustParseAddr("198.18.2.1")))
+		require.NoError(t, h.AddRoute(p("::/0"), netip.MustParseAddr("fd00:198:18:2::1")))
+		tb := &testBackend{name: name, host: h, weight: w}
+		tb.serve(t)
+		l.backends = append(l.backends, tb)
+	}
+	return l
+}
+
+// serve starts the backend's servers on port 8080, IPv4 and IPv6, until
+// the lab closes their sockets.
+func (tb *testBackend) serve(t testing.TB) {
+	var wg sync.WaitGroup
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, tb.name+" "+r.RemoteAddr)
+	})}
+	for _, a := range []netip.Addr{tb.host.Addr4(), tb.host.Addr6()} {
+		ln, err := tb.host.Listen("tcp", netip.AddrPortFrom(a, backendPort).String())
+		require.NoError(t, err)
+		tb.http = append(tb.http, ln)
+		wg.Go(func() { _ = srv.Serve(ln) })
+		pc, err := tb.host.ListenPacket("udp", netip.AddrPortFrom(a, backendPort).String())
+		require.NoError(t, err)
+		tb.udp = append(tb.udp, pc)
+		wg.Go(func() {
+			buf := make([]byte, 1500)
+			for {
+				_, peer, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = pc.WriteTo([]byte(tb.name+" "+peer.String()), peer)
+			}
+		})
+	}
+	t.Cleanup(func() {
+		_ = srv.Close()
+		for _, pc := range tb.udp {
+			_ = pc.Close()
+		}
+		wg.Wait()
+	})
+}
+
+// pool returns a pool of the lab's backends for one family.
+func (l *lab) pool(t testing.TB, v6 bool) *balancer.Pool {
+	var bs []balancer.Backend
+	for _, tb := range l.backends {
+		bs = append(bs, balancer.Backend{Addr: tb.addr(v6, backendPort), Weight: tb.weight})
+	}
+	p := balancer.MustNew(balancer.Config{Builder: maglev.Builder{Size: 251}})
+	require.NoError(t, p.Set(bs))
+	return p
+}
+
+func (l *lab) newBalancer(t testing.TB) *Balancer {
+	b, err := New(Config{NetNS: int(l.bal.NS())})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, b.Close()) })
+	return b
+}
+
+// httpClient dials from the client namespace, one connection per request
+// unless keepAlive.
+func (l *lab) httpClient(keepAlive bool) *http.Client {
+	return &http.Client{
+		Timeout:   15 * time.Second,
+		Transport: &http.Transport{DialContext: l.client.DialContext, DisableKeepAlives: !keepAlive},
+	}
+}
+
+// get fetches url and returns the backend name and the peer it saw.
+func get(t testing.TB, c *http.Client, url string) (name, peer string) {
+	resp, err := c.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	name, peer, _ = strings.Cut(string(body), " ")
+	return name, peer
+}
+
+// udpAsk sends one datagram from a fresh socket (a fresh source port) to
+// vip and returns the backend name, the peer it saw and the reply's source.
+// It also returns the socket's port: a port reused while its conntrack
+// entry lives is the same flow.
+func (l *lab) udpAsk(t testing.TB, vip netip.AddrPort) (name, peer string, from netip.AddrPort, port int) {
+	network := "udp4"
+	if vip.Addr().Is6() {
+		network = "udp6"
+	}
+	var pc net.PacketConn
+	require.NoError(t, l.client.Do(func() (err error) {
+		pc, err = net.ListenPacket(network, ":0")
+		return err
+	}))
+	defer pc.Close()
+	buf := make([]byte, 1500)
+	// UDP may drop; retry a few times on the same socket.
+	for range 5 {
+		_, err := pc.WriteTo([]byte("who"), net.UDPAddrFromAddrPort(vip))
+		require.NoError(t, err)
+		require.NoError(t, pc.SetReadDeadline(time.Now().Add(2*time.Second)))
+		n, src, err := pc.ReadFrom(buf)
+		if err != nil {
+			continue
+		}
+		name, peer, _ = strings.Cut(string(buf[:n]), " ")
+		return name, peer, src.(*net.UDPAddr).AddrPort(), pc.LocalAddr().(*net.UDPAddr).Port
+	}
+	t.Fatalf("no UDP answer from %v", vip)
+	return
+}
+
+func url(vip netip.AddrPort) string { return "http://" + vip.String() + "/" }
+
+// checkShares asserts that counts follow the backends' weights 1:1:2
+// loosely (hash distribution over random source ports) and that every
+// backend got some.
+func (l *lab) checkShares(t *testing.T, counts map[string]int, total int) {
+	t.Helper()
+	var wsum uint32
+	for _, tb := range l.backends {
+		wsum += tb.weight
+	}
+	for _, tb := range l.backends {
+		want := float64(total) * float64(tb.weight) / float64(wsum)
+		got := float64(counts[tb.name])
+		assert.InDelta(t, want, got, want*0.5+5, "%s: %d of %d (weights 1:1:2): %v", tb.name, counts[tb.name], total, counts)
+	}
+}
+
+// checkStats asserts that the kernel counters saw exactly the flows the
+// backends saw.
+func checkStats(t *testing.T, b *Balancer, svc string, l *lab, v6 bool, counts map[string]int) {
+	t.Helper()
+	stats, err := b.Stats()
+	require.NoError(t, err)
+	for _, st := range stats {
+		if st.Name != svc {
+			continue
+		}
+		total := 0
+		for _, tb := range l.backends {
+			for _, bs := range st.Backends {
+				if bs.Addr == tb.addr(v6, backendPort) {
+					assert.Equal(t, uint64(counts[tb.name]), bs.Flows, "kernel flow counter of %s", tb.name)
+				}
+			}
+			total += counts[tb.name]
+		}
+		assert.Equal(t, uint64(total), st.Flows, "service flow counter")
+		return
+	}
+	t.Fatalf("no stats for %s", svc)
+}
+
+func TestLab(t *testing.T) {
+	l := newLab(t)
+	b := l.newBalancer(t)
+	ctx := context.Background()
+	balAddr := map[bool]string{false: "198.18.2.1", true: "fd00:198:18:2::1"}
+	clientAddr := map[bool]string{false: "198.18.1.2", true: "fd00:198:18:1::2"}
+
+	for _, tc := range []struct {
+		mode Mode
+		v6   bool
+		port uint16
+	}{
+		{Gateway, false, 80}, {FullNAT, false, 81}, {Gateway, true, 80}, {FullNAT, true, 81},
+	} {
+		fam := "ipv4"
+		vip := netip.AddrPortFrom(vip4, tc.port)
+		if tc.v6 {
+			fam, vip = "ipv6", netip.AddrPortFrom(vip6, tc.port)
+		}
+		t.Run(fmt.Sprintf("%v/%s", tc.mode, fam), func(t *testing.T) {
+			name := fmt.Sprintf("%v-%s", tc.mode, fam)
+			wantPeer := clientAddr[tc.v6]
+			if tc.mode == FullNAT {
+				wantPeer = balAddr[tc.v6]
+			}
+			_, err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			require.NoError(t, err)
+			_, err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			require.NoError(t, err)
+
+			const n = 200
+			c := l.httpClient(false)
+			counts := map[string]int{}
+			for range n {
+				be, peer := get(t, c, url(vip))
+				counts[be]++
+				host, _, err := net.SplitHostPort(peer)
+				require.NoError(t, err)
+				require.Equal(t, wantPeer, host, "the address the backend sees")
+			}
+			l.checkShares(t, counts, n)
+			checkStats(t, b, name+"-tcp", l, tc.v6, counts)
+
+			ucounts := map[string]int{}
+			ports := map[int]bool{}
+			for range n {
+				be, peer, from, port := l.udpAsk(t, vip)
+				if !ports[port] {
+					ucounts[be]++
+					ports[port] = true
+				}
+				require.Equal(t, vip, from, "UDP replies come from the VIP")
+				host, _, err := net.SplitHostPort(peer)
+				require.NoError(t, err)
+				require.Equal(t, wantPeer, host)
+			}
+			l.checkShares(t, ucounts, len(ports))
+			checkStats(t, b, name+"-udp", l, tc.v6, ucounts)
+		})
+	}
+
+	t.Run("unhealthy and drain", func(t *testing.T) {
+		vip := netip.AddrPortFrom(vip4, 90)
+		pool, err := b.AddService(Service{Name: "health", VIP: vip, Backends: []balancer.Backend{
+			{Addr: l.backends[0].addr(false, backendPort)},
+			{Addr: l.backends[1].addr(false, backendPort)},
+			{Addr: l.backends[2].addr(false, backendPort)},
+		}})
+		require.NoError(t, err)
+		// One open keep-alive connection per backend.
+		open := map[string]*http.Client{}
+		for range 100 {
+			c := l.httpClient(true)
+			be, _ := get(t, c, url(vip))
+			if open[be] == nil {
+				open[be] = c
+			} else {
+				c.CloseIdleConnections()
+			}
+			if len(open) == 3 {
+				break
+			}
+		}
+		require.Len(t, open, 3, "one connection to each backend")
+
+		sick, drained := l.backends[0], l.backends[1]
+		require.True(t, pool.SetHealthy(sick.addr(false, backendPort), false))
+		require.True(t, pool.SetDraining(drained.addr(false, backendPort), true))
+		require.NoError(t, b.Sync(ctx), "one apply")
+
+		fresh := l.httpClient(false)
+		for range 60 {
+			be, _ := get(t, fresh, url(vip))
+			require.Equal(t, l.backends[2].name, be, "new flows go to the only ready backend")
+		}
+		// Open connections continue: to the healthy one, and to the
+		// drained one until it finishes.
+		for _, tb := range l.backends[1:] {
+			be, _ := get(t, open[tb.name], url(vip))
+			assert.Equal(t, tb.name, be, "an open connection stays on its backend")
+			open[tb.name].CloseIdleConnections()
+		}
+		open[sick.name].CloseIdleConnections()
+
+		// The watcher applies a recovery without Sync.
+		require.True(t, pool.SetHealthy(sick.addr(false, backendPort), true))
+		want := pool.Snapshot().Version
+		require.Eventually(t, func() bool {
+			st, err := b.Stats()
+			return err == nil && st[slicesIndex(st, "health")].Version == want
+		}, 10*time.Second, 5*time.Millisecond)
+		seen := map[string]bool{}
+		for range 100 {
+			be, _ := get(t, fresh, url(vip))
+			seen[be] = true
+		}
+		assert.True(t, seen[sick.name], "a recovered backend gets new flows")
+		assert.False(t, seen[drained.name], "a draining backend gets none")
+		require.NoError(t, b.RemoveService("health"))
+	})
+
+	t.Run("close removes the table and restart replaces a stale one", func(t *testing.T) {
+		c, err := nftables.New(nftables.WithNetNSFd(int(l.bal.NS())))
+		require.NoError(t, err)
+		tables := func() []string {
+			ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+			require.NoError(t, err)
+			var names []string
+			for _, tb := range ts {
+				names = append(names, tb.Name)
+			}
+			return names
+		}
+		// A stale table from a "crashed" run, with a chain lbkit never makes.
+		stale := &nftables.Table{Name: "stale", Family: nftables.TableFamilyINet}
+		c.AddTable(stale)
+		c.AddChain(&nftables.Chain{Name: "junk", Table: stale})
+		require.NoError(t, c.Flush())
+		b2, err := New(Config{NetNS: int(l.bal.NS()), Table: "stale"})
+		require.NoError(t, err)
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		require.NoError(t, err)
+		for _, ch := range chains {
+			assert.NotEqual(t, "junk", ch.Name, "the stale table was replaced")
+		}
+		assert.ElementsMatch(t, []string{"lbkit", "stale"}, tables())
+		require.NoError(t, b2.Close())
+		assert.Equal(t, []string{"lbkit"}, tables())
+	})
+}
+
+func slicesIndex(st []ServiceStats, name string) int {
+	for i, s := range st {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
+}
