@@ -107,7 +107,7 @@ func (r result) spread() float64 {
 }
 
 func printResults(w io.Writer, cfg demoConfig, results []result) {
-	fmt.Fprintf(w, "\nlbkit demo: %d requests per strategy, %d concurrent clients, %d backends on loopback", cfg.requests, cfg.concurrency, cfg.backends)
+	fmt.Fprintf(w, "\nlbkit demo: %d requests per strategy, %d concurrent clients, %d backends (loopback; a namespace lab for iplb/l2lb)", cfg.requests, cfg.concurrency, cfg.backends)
 	if cfg.killBackend {
 		fmt.Fprint(w, ", backend 1 killed halfway")
 	}
@@ -187,25 +187,31 @@ func tryStartBackends(n int) ([]*backend, error) {
 		}
 		ap := netip.MustParseAddrPort(ln.Addr().String())
 		port = ap.Port()
-		b := &backend{addr: ap, ln: ln, done: make(chan struct{})}
-		body := []byte(fmt.Sprintf("hello from backend %d\n", i+1))
-		b.srv = &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				b.count.Add(1)
-				_, _ = io.Copy(io.Discard, r.Body)
-				w.Header().Set("Content-Type", "text/plain")
-				_, _ = w.Write(body)
-			}),
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          nil,
-		}
-		go func() {
-			defer close(b.done)
-			_ = b.srv.Serve(ln)
-		}()
+		b := newBackend(ln, ap, i)
 		bs = append(bs, b)
 	}
 	return bs, nil
+}
+
+// newBackend serves HTTP on ln as backend number i (counting from 0),
+// reachable at addr.
+func newBackend(ln net.Listener, addr netip.AddrPort, i int) *backend {
+	b := &backend{addr: addr, ln: ln, done: make(chan struct{})}
+	body := []byte(fmt.Sprintf("hello from backend %d\n", i+1))
+	b.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b.count.Add(1)
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write(body)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() {
+		defer close(b.done)
+		_ = b.srv.Serve(ln)
+	}()
+	return b
 }
 
 // kill stops the backend at once: listener closed, connections cut.
@@ -219,9 +225,15 @@ func (b *backend) kill() {
 
 // httpClient returns a keep-alive client sized for the concurrency.
 func httpClient(cfg demoConfig, follow bool) *http.Client {
+	return httpClientDial(cfg, follow, (&net.Dialer{Timeout: cfg.timeout}).DialContext)
+}
+
+// httpClientDial is httpClient with its own dial function (for clients
+// inside a namespace lab).
+func httpClientDial(cfg demoConfig, follow bool, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
 	tr := &http.Transport{
 		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: cfg.timeout}).DialContext,
+		DialContext:         dial,
 		MaxIdleConns:        cfg.concurrency * 2,
 		MaxIdleConnsPerHost: cfg.concurrency,
 		IdleConnTimeout:     30 * time.Second,

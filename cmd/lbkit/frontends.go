@@ -31,6 +31,11 @@ const (
 // newPool returns a pool over bs kept in step with a health checker that
 // probes each backend by TCP connect. stop ends the checking.
 func newPool(bs []*backend, b balancer.Builder) (*balancer.Pool, *health.Checker, func(), error) {
+	return newPoolProbe(bs, b, health.TCP{})
+}
+
+// newPoolProbe is newPool with the given probe.
+func newPoolProbe(bs []*backend, b balancer.Builder, probe health.Prober) (*balancer.Pool, *health.Checker, func(), error) {
 	pool, err := balancer.New(balancer.Config{Builder: b})
 	if err != nil {
 		return nil, nil, nil, err
@@ -48,7 +53,7 @@ func newPool(bs []*backend, b balancer.Builder) (*balancer.Pool, *health.Checker
 	}
 	for _, be := range bs {
 		err := chk.SetTarget(health.Target{
-			Addr: be.addr, Probe: health.TCP{}, Interval: healthInterval,
+			Addr: be.addr, Probe: probe, Interval: healthInterval,
 			Timeout: healthTimeout, Fall: 1, Rise: 2, Initial: health.Healthy,
 		})
 		if err != nil {

@@ -13,19 +13,22 @@ import (
 type strategy struct {
 	name  string
 	setup func(ctx context.Context, cfg demoConfig, bs []*backend) (do func(ctx context.Context, i int) error, cleanup func(), skip string, err error)
+	// run, when set, replaces the loopback set-up: the strategy builds its
+	// own backends (in a namespace lab) and returns its row.
+	run func(ctx context.Context, cfg demoConfig, progress io.Writer) (result, error)
 	// expectLoss marks strategies without failover (direct): requests to a
 	// killed backend fail by design and do not fail the demo.
 	expectLoss bool
 }
 
 func strategies() []strategy {
-	return []strategy{
+	return append([]strategy{
 		{name: "direct", setup: setupDirect, expectLoss: true},
 		{name: "redirect", setup: setupRedirect},
 		{name: "dns", setup: setupDNS},
 		{name: "http-proxy", setup: setupHTTPProxy},
 		{name: "tcp-proxy", setup: setupTCPProxy},
-	}
+	}, labStrategies()...)
 }
 
 func runDemo(ctx context.Context, cfg demoConfig, progressOut io.Writer) ([]result, error) {
@@ -67,6 +70,9 @@ func runDemo(ctx context.Context, cfg demoConfig, progressOut io.Writer) ([]resu
 }
 
 func runStrategy(ctx context.Context, cfg demoConfig, s strategy, progress io.Writer) (result, error) {
+	if s.run != nil {
+		return s.run(ctx, cfg, progress)
+	}
 	bs, err := startBackends(cfg.backends)
 	if err != nil {
 		return result{}, err
