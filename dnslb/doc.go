@@ -18,6 +18,10 @@
 // no allocation; several UDP sockets share the port with SO_REUSEPORT,
 // each with its own read loop.
 //
+// With Config.UpdateKeys set, the server also accepts TSIG-signed RFC
+// 2136 UPDATEs that add and remove a service's backends (services opt in
+// with Service.UpdatePort).
+//
 // An [Updater] pushes a pool's ready set to an existing authoritative
 // server (BIND, Knot, PowerDNS, ...) as RFC 2136 UPDATEs signed with TSIG
 // (RFC 8945), touching only the records it owns.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/ringhash"
@@ -28,8 +29,10 @@ func newTestServer(t testing.TB, cfg Config) *Server {
 	}
 	rules := []ZoneRule{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Zone: "ams"}, {Prefix: netip.MustParsePrefix("10.1.0.0/16"), Zone: "nyc"}}
 	cfg.Zones = []Zone{{Origin: "example.test.", Records: testZone}}
+	cfg.UpdateKeys = []TSIGKey{{Name: "lbkit", Secret: testKeySecret}}
+	cfg.Logger = quiet
 	cfg.Services = []Service{
-		{Name: "all.example.test.", Pool: newPool(t, nil, small...)},
+		{Name: "all.example.test.", Pool: newPool(t, nil, small...), UpdatePort: 80},
 		{Name: "weighted.example.test.", Pool: newPool(t, nil, small...), Policy: PolicyWeighted, Count: 2},
 		{Name: "consistent.example.test.", Pool: newPool(t, ringhash.Builder{}, small...), Policy: PolicyConsistent},
 		{Name: "nearest.example.test.", Pool: newPool(t, nil, small...), Policy: PolicyNearest, Zones: rules},
@@ -70,6 +73,7 @@ func FuzzQuery(f *testing.F) {
 		packQuery(f, "nope.example.test.", dns.TypeANY),
 		packQuery(f, "example.org.", dns.TypeA),
 		packQuery(f, "ip4-198-18-0-1.all.example.test.", dns.TypeA),
+		signedUpdate(f, "all.example.test.", "198.18.0.77"),        // accepted: adds a backend
 		{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0xC0, 12, 0, 1, 0, 1}, // compression loop in the question
 		{},
 	} {
@@ -228,4 +232,17 @@ func BenchmarkServeDNS(b *testing.B) {
 			}
 		}
 	})
+}
+
+// signedUpdate packs an UPDATE adding addr at name, signed with the test key.
+func signedUpdate(t testing.TB, name, addr string) []byte {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetUpdate("example.test.")
+	m.Insert([]dns.RR{&dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+		A: netip.MustParseAddr(addr).AsSlice()}})
+	m.SetTsig("lbkit.", dns.HmacSHA256, 300, time.Now().Unix())
+	b, _, err := dns.TsigGenerate(m, testKeySecret, "", false)
+	require.NoError(t, err)
+	return b
 }

@@ -52,6 +52,13 @@ type Config struct {
 	// MaxTCPConns bounds concurrent TCP connections; more are closed at
 	// once. Zero means 1024.
 	MaxTCPConns int
+	// UpdateKeys are the TSIG keys (RFC 8945) whose holders may add and
+	// remove the backends of services that set UpdatePort, with RFC 2136
+	// UPDATE messages: an A or AAAA record added at the service name adds
+	// that address at UpdatePort to its pool, one deleted removes it.
+	// Unsigned or badly signed updates get NOTAUTH. Empty means UPDATE is
+	// answered NOTIMP.
+	UpdateKeys []TSIGKey
 	// Logger receives serving errors. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -75,6 +82,7 @@ type Server struct {
 	maxUDP   int
 	idle     time.Duration
 	tcpSem   chan struct{}
+	updKeys  map[string]TSIGKey // canonical key name → key with canonical algorithm
 
 	workers sync.Pool // *worker for TCP connections and ServeDNS
 
@@ -146,6 +154,20 @@ func New(cfg Config) (*Server, error) {
 				s.names[name] = nameRef{zone: zn, zoff: off, node: nd}
 			}
 		}
+	}
+	for _, k := range cfg.UpdateKeys {
+		if k.Name == "" || k.Secret == "" {
+			return nil, errors.New("dnslb: UpdateKeys need a name and a secret")
+		}
+		k.Name = dns.CanonicalName(k.Name)
+		if k.Algorithm == "" {
+			k.Algorithm = dns.HmacSHA256
+		}
+		k.Algorithm = dns.CanonicalName(k.Algorithm)
+		if s.updKeys == nil {
+			s.updKeys = make(map[string]TSIGKey)
+		}
+		s.updKeys[k.Name] = k
 	}
 	var err error
 	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
@@ -519,6 +541,12 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 	if !q.parseHeader(pkt) || q.flags&flagQR != 0 {
 		w.stats.dropped.Add(1)
 		return nil
+	}
+	if q.opcode == opcodeUpdate && w.s.updKeys != nil {
+		if out, ok := w.acceptUpdate(pkt); ok {
+			w.stats.responses.Add(1)
+			return out
+		}
 	}
 	err := q.parseQuery(pkt)
 	limit := 512

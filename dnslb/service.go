@@ -112,6 +112,11 @@ type Service struct {
 	// Fallback says what to answer when no backend of the asked family is
 	// ready. The zero value is FallbackAll.
 	Fallback Fallback
+	// UpdatePort opens the service to RFC 2136 UPDATEs signed with one of
+	// Config.UpdateKeys: addresses added at its name join Pool as backends
+	// with this port (A and AAAA records carry none). Zero refuses
+	// updates to the service.
+	UpdatePort uint16
 }
 
 // service is a compiled Service plus the current answer state, rebuilt
