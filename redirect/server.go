@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -23,8 +23,7 @@ import (
 const (
 	DefaultReadTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = 2 * time.Minute
-	DefaultMaxHeaderBytes = 32 << 10
-	DefaultMaxLineBytes   = 8 << 10
+	DefaultMaxHeaderBytes = 16 << 10
 )
 
 // ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
@@ -47,8 +46,9 @@ var ErrServerClosed = errors.New("redirect: server closed")
 //     (chunked, larger, or Content-Length with Transfer-Encoding) is
 //     answered with "Connection: close", after which the server stops
 //     reading the request, so no body byte is ever taken for a request;
-//   - a request line longer than MaxLineBytes gets 414, a header block
-//     longer than MaxHeaderBytes 431.
+//   - a request head (request line and headers) longer than
+//     MaxHeaderBytes gets 414 if the request line alone does not fit, 431
+//     otherwise.
 //
 // Use [Handler] with net/http when you need TLS, HTTP/2 or middleware;
 // use Server for the highest request rate on plain HTTP/1.1.
@@ -64,13 +64,11 @@ type Server struct {
 	// IdleTimeout bounds the wait for the next request on a kept-alive
 	// connection. Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration
-	// MaxHeaderBytes caps the request line and headers together. Zero
-	// means DefaultMaxHeaderBytes.
+	// MaxHeaderBytes caps the request line and headers together; it is
+	// the size of each connection's read buffer, which holds a whole
+	// request head while it is answered. Zero means
+	// DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
-	// MaxLineBytes caps one line (the request line included), and is the
-	// size of each connection's read buffer. Zero means
-	// DefaultMaxLineBytes.
-	MaxLineBytes int
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
 
@@ -233,6 +231,7 @@ type srvConn struct {
 	nxff    int
 	cookies [8]string // the first Cookie lines of a request
 	ncookie int
+	linger  bool // unread request body may follow the last response
 }
 
 // request is what the server reads of one request.
@@ -241,6 +240,7 @@ type request struct {
 	http10         bool
 	keepAlive      bool
 	bodyLen        int64 // -1: unknown (chunked or conflicting): close after answering
+	headLen        int   // bytes of the request head in the read buffer
 }
 
 // Status codes the server answers with on its own.
@@ -259,9 +259,9 @@ const maxSkipBody = 64 << 10
 
 func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
-	size := s.MaxLineBytes
+	size := s.MaxHeaderBytes
 	if size <= 0 {
-		size = DefaultMaxLineBytes
+		size = DefaultMaxHeaderBytes
 	}
 	sc := &srvConn{s: s, c: c, br: bufio.NewReaderSize(c, size), out: make([]byte, 0, 1024)}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -293,30 +293,44 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 			c.SetReadDeadline(time.Now().Add(readTimeout))
 		}
-		req, err := sc.readRequest()
-		if err != nil {
-			var ec errClose
-			if errors.As(err, &ec) && !s.closing.Load() {
-				sc.writeError(int(ec))
+		keep, err := sc.step(s.closing.Load())
+		if !keep {
+			if len(sc.out) > 0 {
 				c.Write(sc.out)
 			}
-			return
-		}
-		keep := req.keepAlive && req.bodyLen >= 0 && req.bodyLen <= maxSkipBody && !s.closing.Load()
-		if !sc.answer(req, keep) {
-			c.Write(sc.out)
-			if req.bodyLen != 0 {
+			if err == nil && sc.linger {
 				lingerClose(c, sc.br)
 			}
 			return
 		}
-		if req.bodyLen > 0 {
-			if _, err := sc.br.Discard(int(req.bodyLen)); err != nil {
-				c.Write(sc.out)
-				return
-			}
+	}
+}
+
+// step reads one request and renders its answer into sc.out. It reports
+// whether the connection stays open; when it does not, sc.out holds what
+// is left to send and sc.linger whether unread body bytes may follow.
+func (sc *srvConn) step(closing bool) (keep bool, err error) {
+	req, err := sc.readRequest()
+	if err != nil {
+		var ec errClose
+		if errors.As(err, &ec) && !closing {
+			sc.writeError(int(ec))
+		}
+		return false, err
+	}
+	keep = req.keepAlive && req.bodyLen >= 0 && req.bodyLen <= maxSkipBody && !closing
+	keep = sc.answer(req, keep) // the request's strings die here
+	sc.br.Discard(req.headLen)
+	if !keep {
+		sc.linger = req.bodyLen != 0
+		return false, nil
+	}
+	if req.bodyLen > 0 {
+		if _, err := sc.br.Discard(int(req.bodyLen)); err != nil {
+			return false, err
 		}
 	}
+	return true, nil
 }
 
 // lingerClose half-closes c and reads what the client still sends for a
@@ -335,55 +349,56 @@ func lingerClose(c net.Conn, br *bufio.Reader) {
 // request is in sc.out.
 func bstr(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-// readLine returns the next line without its CRLF.
-func (sc *srvConn) readLine(budget *int) ([]byte, error) {
-	line, err := sc.br.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
+// readHead waits until a whole request head (through its empty line) is
+// buffered and returns it, without consuming it. Parsing only a fully
+// buffered head matters: the strings taken from it point into the
+// reader's buffer, which a later read could slide.
+func (sc *srvConn) readHead() ([]byte, error) {
+	checked := 0
+	for {
+		buf, _ := sc.br.Peek(sc.br.Buffered())
+		for i := checked; i < len(buf); i++ {
+			if buf[i] != '\n' {
+				continue
+			}
+			if i == 0 || buf[i-1] != '\r' {
+				return nil, errClose(http.StatusBadRequest) // bare LF
+			}
+			if i >= 3 && buf[i-2] == '\n' {
+				return buf[:i+1], nil
+			}
+		}
+		checked = len(buf)
+		if len(buf) >= sc.br.Size() {
+			if bytes.IndexByte(buf, '\n') < 0 {
+				return nil, errClose(http.StatusRequestURITooLong)
+			}
 			return nil, errClose(statusHeaderTooLarge)
 		}
-		if len(line) > 0 || errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, errClose(http.StatusBadRequest)
+		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
+			return nil, err
 		}
-		return nil, err
 	}
-	*budget -= len(line)
-	if *budget < 0 {
-		return nil, errClose(statusHeaderTooLarge)
-	}
-	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, errClose(http.StatusBadRequest) // bare LF
-	}
-	return line[:len(line)-2], nil
 }
 
-// readRequest reads and validates one request head.
+// readRequest reads and validates one request head. The request's strings
+// point into the read buffer: use them before calling sc.br again, and
+// consume the head with Discard(req.headLen).
 func (sc *srvConn) readRequest() (request, error) {
-	budget := sc.s.MaxHeaderBytes
-	if budget <= 0 {
-		budget = DefaultMaxHeaderBytes
-	}
-	line, err := sc.br.ReadSlice('\n')
+	head, err := sc.readHead()
 	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return request{}, errClose(http.StatusRequestURITooLong)
-		}
-		if len(line) > 0 {
-			return request{}, errClose(http.StatusBadRequest)
-		}
 		return request{}, err
 	}
-	budget -= len(line)
-	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return request{}, errClose(http.StatusBadRequest)
-	}
-	req, ok := parseRequestLine(line[:len(line)-2])
+	end := bytes.Index(head, []byte("\r\n"))
+	req, ok := parseRequestLine(head[:end])
 	if !ok {
 		return request{}, errClose(http.StatusBadRequest)
 	}
+	req.headLen = len(head)
 	if req.http10 && req.method == "" {
 		return request{}, errClose(statusVersion)
 	}
+	rest := head[end+2:]
 	req.keepAlive = !req.http10
 	sc.nxff, sc.ncookie = 0, 0
 	hosts := 0
@@ -391,10 +406,9 @@ func (sc *srvConn) readRequest() (request, error) {
 	req.bodyLen = 0
 	clSeen := false
 	for {
-		h, err := sc.readLine(&budget)
-		if err != nil {
-			return request{}, err
-		}
+		i := bytes.Index(rest, []byte("\r\n"))
+		h := rest[:i]
+		rest = rest[i+2:]
 		if len(h) == 0 {
 			break
 		}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -112,7 +111,7 @@ func TestServerStrict(t *testing.T) {
 		{"version", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, true},
 		{"garbage version", "GET / FTP/1.1\r\nHost: x\r\n\r\n", 400, true},
 		{"authority form", "CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
-		{"long line", "GET /" + strings.Repeat("a", DefaultMaxLineBytes) + " HTTP/1.1\r\nHost: x\r\n\r\n", 414, true},
+		{"long line", "GET /" + strings.Repeat("a", DefaultMaxHeaderBytes) + " HTTP/1.1\r\nHost: x\r\n\r\n", 414, true},
 		{"many headers", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 1000)+"\r\n", 40) + "\r\n", 431, true},
 		{"chunked body", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 307, true},
 		{"large body", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n", 307, true},
@@ -238,11 +237,9 @@ func TestServerAllocations(t *testing.T) {
 			r.Reset(raw)
 			sc.br.Reset(r)
 			sc.out = sc.out[:0]
-			req, err := sc.readRequest()
-			if err != nil {
-				t.Fatal(err)
+			if keep, err := sc.step(false); !keep || err != nil {
+				t.Fatal(keep, err)
 			}
-			sc.answer(req, true)
 		})
 		assert.Zero(t, allocs)
 		assert.Contains(t, string(sc.out), "Location: http")
@@ -266,22 +263,8 @@ func FuzzServer(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		sc := &srvConn{s: &Server{Handler: h, MaxHeaderBytes: 2048}, br: bufio.NewReaderSize(bytes.NewReader(in), 512)}
 		for range 8 {
-			req, err := sc.readRequest()
-			if err != nil {
-				var ec errClose
-				if ok := errorsAs(err, &ec); ok {
-					sc.writeError(int(ec))
-				}
+			if keep, _ := sc.step(false); !keep {
 				break
-			}
-			keep := req.keepAlive && req.bodyLen >= 0 && req.bodyLen <= maxSkipBody
-			if !sc.answer(req, keep) {
-				break
-			}
-			if req.bodyLen > 0 {
-				if _, err := sc.br.Discard(int(req.bodyLen)); err != nil {
-					break
-				}
 			}
 		}
 		br := bufio.NewReader(bytes.NewReader(sc.out))
@@ -307,4 +290,41 @@ func FuzzServer(f *testing.F) {
 	})
 }
 
-func errorsAs(err error, target *errClose) bool { return errors.As(err, target) }
+// TestServerSplitArrival feeds pipelined requests one byte at a time
+// through a small buffer, so the reader refills and slides its buffer in
+// the middle of requests: the answers must equal those for the input in
+// one piece.
+func TestServerSplitArrival(t *testing.T) {
+	h := redirNew(t, Config{Backends: []Target{redirB}, Affinity: AffinityCookie, CookieKey: []byte("0123456789abcdef")})
+	input := []byte("GET /first/path?with=query HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\n\r\n" +
+		"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\npayload" +
+		"GET /third/" + strings.Repeat("p", 60) + "?q=" + strings.Repeat("v", 40) + " HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.18.0.1\r\n\r\n")
+	run := func(r io.Reader, size int) string {
+		sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, size)}
+		for range 10 {
+			if keep, _ := sc.step(false); !keep {
+				break
+			}
+		}
+		var lines []string
+		for l := range strings.SplitSeq(string(sc.out), "\r\n") {
+			if !strings.HasPrefix(l, "Date: ") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "\n")
+	}
+	whole := run(bytes.NewReader(input), 4096)
+	assert.Equal(t, 3, strings.Count(whole, "HTTP/1.1 30"), whole)
+	assert.Contains(t, whole, "Location: http://127.0.0.2:8082/mirror/first/path?with=query\n")
+	assert.Contains(t, whole, "Location: http://127.0.0.2:8082/mirror/third/"+strings.Repeat("p", 60)+"?q="+strings.Repeat("v", 40))
+	assert.Equal(t, whole, run(io.MultiReader(ppBytewiseRedir(input)...), 256))
+}
+
+func ppBytewiseRedir(b []byte) []io.Reader {
+	rs := make([]io.Reader, len(b))
+	for i := range b {
+		rs[i] = bytes.NewReader(b[i : i+1])
+	}
+	return rs
+}
