@@ -12,8 +12,11 @@ import (
 // SO_REUSEPORT (where the platform has it; elsewhere only one), so the
 // kernel spreads incoming queries over them, and a TCP listener on the
 // same port. UDP socket buffers are raised to 4 MiB where allowed, so
-// bursts queue instead of being dropped. When addr's port is 0, a free port is chosen for all of them.
-// The caller owns the returned sockets (pass them to [Server.Serve]).
+// bursts queue instead of being dropped. When addr's port is 0, a port
+// free for UDP and TCP is chosen for all of them. With a fixed port, note
+// that SO_REUSEPORT lets another process of the same user bind it too and
+// share the queries, as with Knot or NSD. The caller owns the returned
+// sockets (pass them to [Server.Serve]). Listen blocks only while binding.
 func Listen(ctx context.Context, addr string, sockets int) (udp []net.PacketConn, tcp net.Listener, err error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -22,12 +25,28 @@ func Listen(ctx context.Context, addr string, sockets int) (udp []net.PacketConn
 	if sockets < 1 || !reusePortSupported {
 		sockets = 1
 	}
-	lc := net.ListenConfig{Control: reusePort}
-	// With port 0 the UDP port the kernel picks may be taken for TCP:
-	// try a few times.
+	lc := net.ListenConfig{}
+	if sockets > 1 {
+		lc.Control = reusePort
+	}
+	if port != "0" {
+		return listenOnce(ctx, &lc, host, port, sockets)
+	}
+	// Port 0: the kernel may hand a socket with SO_REUSEPORT a port that
+	// another SO_REUSEPORT group of the same user holds (it would then
+	// share that group's traffic). Find a port free for UDP and TCP with
+	// plain sockets first, then bind the group to it; retry if it was
+	// taken in between.
+	var plain net.ListenConfig
 	for attempt := 0; ; attempt++ {
-		udp, tcp, err = listenOnce(ctx, &lc, host, port, sockets)
-		if err == nil || port != "0" || attempt == 10 {
+		probe, err := plain.ListenPacket(ctx, "udp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("dnslb: listen UDP: %w", err)
+		}
+		p := strconv.Itoa(probe.LocalAddr().(*net.UDPAddr).Port)
+		probe.Close()
+		udp, tcp, err = listenOnce(ctx, &lc, host, p, sockets)
+		if err == nil || attempt == 10 {
 			return udp, tcp, err
 		}
 	}
