@@ -179,7 +179,7 @@ func TestIdleDistribution(t *testing.T) {
 	for _, n := range sizes {
 		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
 			// k picks per endpoint; the band is 6.5 standard deviations.
-			k := 400_000 / n
+			k := max(400, 100_000/n)
 			ready := balancertest.Ready(n)
 			balancertest.CheckDistribution(t, ready, balancertest.Counts(t, Builder{}.Build(ready), k*n, nil), 6.5/math.Sqrt(float64(k)))
 		})

@@ -60,7 +60,7 @@ func TestDistribution(t *testing.T) {
 	for _, n := range sizes {
 		t.Run(fmt.Sprint("uniform n=", n), func(t *testing.T) {
 			// k picks per endpoint; the band is 6.5 standard deviations.
-			k := 400_000 / n
+			k := max(400, 100_000/n)
 			ready := balancertest.Ready(n)
 			p := Builder{}.Build(ready)
 			require.Nil(t, p.(*Picker).cut, "equal weights take the uniform path")
