@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -248,4 +249,34 @@ func FuzzProxyProtoParse(f *testing.F) {
 			t.Fatalf("round trip (-first +second):\n%s", diff)
 		}
 	})
+}
+
+func ExampleProxyProtoHeader_Append() {
+	h := ProxyProtoHeader{
+		Version:     1,
+		Transport:   ProxyProtoTCP,
+		Source:      netip.MustParseAddrPort("198.18.0.7:51234"),
+		Destination: netip.MustParseAddrPort("198.18.0.1:443"),
+	}
+	fmt.Printf("%q\n", h.Append(nil))
+	h.Version = 2
+	fmt.Printf("% x\n", h.Append(nil)[12:])
+	// Output:
+	// "PROXY TCP4 198.18.0.7 198.18.0.1 51234 443\r\n"
+	// 21 11 00 0c c6 12 00 07 c6 12 00 01 c8 22 01 bb
+}
+
+func ExampleReadProxyProtoHeader() {
+	conn := strings.NewReader("PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\nGET / HTTP/1.1\r\n")
+	br := bufio.NewReader(conn)
+	h, err := ReadProxyProtoHeader(br)
+	if err != nil {
+		panic(err)
+	}
+	rest, _ := br.ReadString('\n')
+	fmt.Println(h.Source, "→", h.Destination)
+	fmt.Printf("%q\n", rest)
+	// Output:
+	// [2001:db8::7]:51234 → [2001:db8::1]:443
+	// "GET / HTTP/1.1\r\n"
 }

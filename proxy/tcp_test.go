@@ -632,3 +632,37 @@ func BenchmarkTCPConnections(b *testing.B) {
 		})
 	}
 }
+
+func ExampleTCP() {
+	// A backend that answers "hello, " + what it reads.
+	backend, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer backend.Close()
+	go func() {
+		c, err := backend.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		name, _ := io.ReadAll(c) // until the client half-closes
+		fmt.Fprintf(c, "hello, %s", name)
+	}()
+
+	p, err := NewTCP(TCPConfig{
+		Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort(backend.Addr().String())}},
+	})
+	if err != nil {
+		panic(err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go p.Serve(context.Background(), ln)
+	defer p.Shutdown(context.Background())
+
+	c, _ := net.Dial("tcp", ln.Addr().String())
+	defer c.Close()
+	io.WriteString(c, "proxy")
+	c.(*net.TCPConn).CloseWrite()
+	reply, _ := io.ReadAll(c)
+	fmt.Println(string(reply))
+	// Output:
+	// hello, proxy
+}
