@@ -658,3 +658,47 @@ func TestTCPPipeliningAndLimits(t *testing.T) {
 	assert.Error(t, err)
 	assert.GreaterOrEqual(t, s.Stats().Responses, uint64(3))
 }
+
+// TestAsMiekgHandler runs the server as a dns.Handler inside a miekg/dns
+// server.
+func TestAsMiekgHandler(t *testing.T) {
+	pool := newPool(t, nil, be("198.18.0.1:80"))
+	s, err := New(Config{Zones: []Zone{{Origin: "example.test.", Records: testZone}},
+		Services: []Service{{Name: "svc.example.test.", Pool: pool}}})
+	require.NoError(t, err)
+	for _, netw := range []string{"udp", "tcp"} {
+		t.Run(netw, func(t *testing.T) {
+			started := make(chan struct{})
+			srv := &dns.Server{Addr: "127.0.0.1:0", Net: netw, Handler: s, NotifyStartedFunc: func() { close(started) }}
+			done := make(chan error, 1)
+			go func() { done <- srv.ListenAndServe() }()
+			<-started
+			var addr string
+			if netw == "udp" {
+				addr = srv.PacketConn.LocalAddr().String()
+			} else {
+				addr = srv.Listener.Addr().String()
+			}
+			r := ask(t, addr, netw, "svc.example.test.", dns.TypeA)
+			assert.Equal(t, []string{"198.18.0.1"}, addrs(r))
+			r = ask(t, addr, netw, "example.org.", dns.TypeA)
+			assert.Equal(t, dns.RcodeRefused, r.Rcode)
+			require.NoError(t, srv.Shutdown())
+			<-done
+		})
+	}
+}
+
+func TestListenAndServe(t *testing.T) {
+	s, err := New(Config{Addr: "127.0.0.1:0", UDPSockets: 2, Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	assert.NoError(t, s.ListenAndServe(ctx), "stops when ctx ends")
+
+	s, err = New(Config{Addr: "no-port", Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
+	require.NoError(t, err)
+	err = s.ListenAndServe(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "dnslb: listen address")
+}
