@@ -111,7 +111,7 @@ type Service struct {
 	Backends []balancer.Backend
 	// TableSize is the number of slots, a prime above the member count.
 	// Zero chooses from the member count: 251, 1021, 4093, 16381 or
-	// 65521, at least 16 slots per member.
+	// 65521, the smallest with at least 100 slots per member.
 	TableSize int
 	// Seed seeds the flow hash. Zero derives it from Name, so it is stable
 	// across restarts.
@@ -122,10 +122,12 @@ type Service struct {
 var tableSizes = []int{251, 1021, 4093, 16381, 65521}
 
 // autoSize returns the table size for n members: the smallest of
-// tableSizes with at least 16 slots per member, or the largest.
+// tableSizes with at least 100 slots per member (Maglev's advice: with
+// fewer, a change moves noticeably more than the changed backend's share
+// of slots), or the largest.
 func autoSize(n int) int {
 	for _, s := range tableSizes {
-		if s >= 16*n {
+		if s >= 100*n {
 			return s
 		}
 	}

@@ -295,6 +295,29 @@ func TestLab(t *testing.T) {
 		})
 	}
 
+	t.Run("roundrobin follows the slots exactly", func(t *testing.T) {
+		vip := netip.AddrPortFrom(vip4, 82)
+		_, err := b.AddService(Service{Name: "rr", VIP: vip, Scheduler: RoundRobin, TableSize: 251, Pool: l.pool(t, false)})
+		require.NoError(t, err)
+		c := l.httpClient(false)
+		counts := map[string]int{}
+		for range 251 {
+			be, _ := get(t, c, url(vip))
+			counts[be]++
+		}
+		// numgen walks every slot once in 251 new flows.
+		st, err := b.Stats()
+		require.NoError(t, err)
+		for _, bs := range st[slicesIndex(st, "rr")].Backends {
+			for _, tb := range l.backends {
+				if tb.addr(false, backendPort) == bs.Addr {
+					assert.Equal(t, bs.Slots, counts[tb.name], "%s", tb.name)
+				}
+			}
+		}
+		require.NoError(t, b.RemoveService("rr"))
+	})
+
 	t.Run("unhealthy and drain", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 90)
 		pool, err := b.AddService(Service{Name: "health", VIP: vip, Backends: []balancer.Backend{

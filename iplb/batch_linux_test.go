@@ -1,0 +1,401 @@
+package iplb
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// recorder is an nftConn that renders each queued operation as a line,
+// in the style of `nft --debug=netlink`, and keeps the batches it was
+// asked to flush. It lets the tests compare the batch the balancer would
+// send against a golden text, without a kernel.
+type recorder struct {
+	queue   []string
+	batches [][]string
+	fail    error // returned (once) by the next Flush, which then commits nothing
+	objs    []nftables.Obj
+}
+
+var _ nftConn = (*recorder)(nil)
+
+func (r *recorder) add(format string, args ...any) { r.queue = append(r.queue, fmt.Sprintf(format, args...)) }
+
+func (r *recorder) AddTable(t *nftables.Table) *nftables.Table { r.add("add table %s", t.Name); return t }
+func (r *recorder) DelTable(t *nftables.Table)                 { r.add("delete table %s", t.Name) }
+func (r *recorder) AddChain(c *nftables.Chain) *nftables.Chain {
+	if c.Hooknum != nil {
+		r.add("add chain %s { type %s hook %d priority %d }", c.Name, c.Type, *c.Hooknum, *c.Priority)
+	} else {
+		r.add("add chain %s", c.Name)
+	}
+	return c
+}
+func (r *recorder) DelChain(c *nftables.Chain)   { r.add("delete chain %s", c.Name) }
+func (r *recorder) FlushChain(c *nftables.Chain) { r.add("flush chain %s", c.Name) }
+func (r *recorder) AddRule(rule *nftables.Rule) *nftables.Rule {
+	r.add("add rule %s %s", rule.Chain.Name, renderExprs(rule.Exprs))
+	return rule
+}
+func (r *recorder) AddObj(o nftables.Obj) nftables.Obj {
+	r.add("add counter %s", o.(*nftables.CounterObj).Name)
+	return o
+}
+func (r *recorder) DeleteObject(o nftables.Obj) { r.add("delete counter %s", o.(*nftables.CounterObj).Name) }
+func (r *recorder) AddSet(s *nftables.Set, elems []nftables.SetElement) error {
+	r.add("add map %s { %s : %s }", s.Name, s.KeyType.Name, s.DataType.Name)
+	return r.SetAddElements(s, elems)
+}
+func (r *recorder) DelSet(s *nftables.Set)   { r.add("delete map %s", s.Name) }
+func (r *recorder) FlushSet(s *nftables.Set) { r.add("flush map %s", s.Name) }
+func (r *recorder) SetAddElements(s *nftables.Set, elems []nftables.SetElement) error {
+	if len(elems) > 0 {
+		r.add("add element %s { %s }", s.Name, renderElems(elems))
+	}
+	return nil
+}
+func (r *recorder) SetDeleteElements(s *nftables.Set, elems []nftables.SetElement) error {
+	r.add("delete element %s { %s }", s.Name, renderElems(elems))
+	return nil
+}
+func (r *recorder) Flush() error {
+	q := r.queue
+	r.queue = nil
+	if err := r.fail; err != nil {
+		r.fail = nil
+		return err
+	}
+	if len(q) > 0 {
+		r.batches = append(r.batches, q)
+	}
+	return nil
+}
+func (r *recorder) GetObjects(*nftables.Table) ([]nftables.Obj, error) { return r.objs, nil }
+func (r *recorder) CloseLasting() error                                 { return nil }
+
+// last returns the last flushed batch.
+func (r *recorder) last() []string { return r.batches[len(r.batches)-1] }
+
+func renderElems(elems []nftables.SetElement) string {
+	parts := make([]string, len(elems))
+	for i, e := range elems {
+		parts[i] = fmt.Sprint(binary.NativeEndian.Uint32(e.Key))
+		if e.VerdictData != nil {
+			parts[i] += " : jump " + e.VerdictData.Chain
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// renderExprs renders expressions like `nft --debug=netlink`, one
+// bracketed term each.
+func renderExprs(exprs []expr.Any) string {
+	var b strings.Builder
+	for _, e := range exprs {
+		b.WriteString("[ ")
+		switch e := e.(type) {
+		case *expr.Meta:
+			fmt.Fprintf(&b, "meta load %s => reg %d", map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto"}[e.Key], e.Register)
+		case *expr.Cmp:
+			fmt.Fprintf(&b, "cmp eq reg %d 0x%x", e.Register, e.Data)
+		case *expr.Payload:
+			base := map[expr.PayloadBase]string{expr.PayloadBaseNetworkHeader: "network", expr.PayloadBaseTransportHeader: "transport"}[e.Base]
+			fmt.Fprintf(&b, "payload load %db @ %s header + %d => reg %d", e.Len, base, e.Offset, e.DestRegister)
+		case *expr.Objref:
+			fmt.Fprintf(&b, "objref type %d name %s", e.Type, e.Name)
+		case *expr.Hash:
+			fmt.Fprintf(&b, "hash reg %d = jhash(reg %d, %d, 0x%x) %% mod %d", e.DestRegister, e.SourceRegister, e.Length, e.Seed, e.Modulus)
+		case *expr.Numgen:
+			fmt.Fprintf(&b, "numgen reg %d = inc mod %d", e.Register, e.Modulus)
+		case *expr.Lookup:
+			fmt.Fprintf(&b, "lookup reg %d set %s dreg %d", e.SourceRegister, e.SetName, e.DestRegister)
+		case *expr.Immediate:
+			fmt.Fprintf(&b, "immediate reg %d 0x%x", e.Register, e.Data)
+		case *expr.NAT:
+			kind := map[expr.NATType]string{expr.NATTypeDestNAT: "dnat", expr.NATTypeSourceNAT: "snat"}[e.Type]
+			fmt.Fprintf(&b, "nat %s family %d addr reg %d-%d proto reg %d-%d specified %v", kind, e.Family, e.RegAddrMin, e.RegAddrMax, e.RegProtoMin, e.RegProtoMax, e.Specified)
+		case *expr.Ct:
+			fmt.Fprintf(&b, "ct load key %d dir %d => reg %d", e.Key, e.Direction, e.Register)
+		case *expr.Masq:
+			b.WriteString("masq")
+		default:
+			fmt.Fprintf(&b, "%T", e)
+		}
+		b.WriteString(" ]")
+	}
+	return b.String()
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func newRecorded(t *testing.T) (*Balancer, *recorder) {
+	t.Helper()
+	r := &recorder{}
+	b, err := newBalancer(Config{Logger: quietLogger()}, r)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	return b, r
+}
+
+func golden(s string) []string {
+	return strings.Split(strings.TrimSpace(strings.ReplaceAll(s, "\t", "")), "\n")
+}
+
+var (
+	be1 = netip.MustParseAddrPort("198.18.2.11:8080")
+	be2 = netip.MustParseAddrPort("198.18.2.12:8080")
+	be3 = netip.MustParseAddrPort("198.18.2.13:8080")
+)
+
+func TestBatchNewReplacesTable(t *testing.T) {
+	_, r := newRecorded(t)
+	want := golden(fmt.Sprintf(`
+		add table lbkit
+		delete table lbkit
+		add table lbkit
+		add chain prerouting { type nat hook %d priority -100 }
+		add chain postrouting { type nat hook %d priority 100 }`, unix.NF_INET_PRE_ROUTING, unix.NF_INET_POST_ROUTING))
+	require.Len(t, r.batches, 1, "one atomic batch")
+	assert.Empty(t, cmp.Diff(want, r.batches[0]), "(-want +got)")
+}
+
+func TestBatchService(t *testing.T) {
+	b, r := newRecorded(t)
+	pool, err := b.AddService(Service{
+		Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Mode: FullNAT, TableSize: 7, Seed: 0x1234,
+		Backends: []balancer.Backend{{Addr: be1}, {Addr: be2}, {Addr: be3, Weight: 2}},
+	})
+	require.NoError(t, err)
+	require.Len(t, r.batches, 2)
+	// The slot owners come from the same Maglev table a Go picker uses.
+	tbl, err := maglev.NewTable([]uint64{balancer.HashAddrPort(be1), balancer.HashAddrPort(be2), balancer.HashAddrPort(be3)}, []float64{1, 1, 2}, 7)
+	require.NoError(t, err)
+	var elems []string
+	for i := range 7 {
+		elems = append(elems, fmt.Sprintf("%d : jump web/%v", i, []netip.AddrPort{be1, be2, be3}[tbl.Slot(i)]))
+	}
+	want := golden(`
+		add counter web
+		add map web { integer : verdict }
+		add counter web/198.18.2.11:8080
+		add chain web/198.18.2.11:8080
+		add rule web/198.18.2.11:8080 [ objref type 1 name web/198.18.2.11:8080 ][ immediate reg 1 0xc612020b ][ immediate reg 2 0x1f90 ][ nat dnat family 2 addr reg 1-1 proto reg 2-2 specified true ]
+		add counter web/198.18.2.12:8080
+		add chain web/198.18.2.12:8080
+		add rule web/198.18.2.12:8080 [ objref type 1 name web/198.18.2.12:8080 ][ immediate reg 1 0xc612020c ][ immediate reg 2 0x1f90 ][ nat dnat family 2 addr reg 1-1 proto reg 2-2 specified true ]
+		add counter web/198.18.2.13:8080
+		add chain web/198.18.2.13:8080
+		add rule web/198.18.2.13:8080 [ objref type 1 name web/198.18.2.13:8080 ][ immediate reg 1 0xc612020d ][ immediate reg 2 0x1f90 ][ nat dnat family 2 addr reg 1-1 proto reg 2-2 specified true ]
+		add element web { ` + strings.Join(elems, ", ") + ` }
+		flush chain prerouting
+		flush chain postrouting
+		add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x02 ][ payload load 4b @ network header + 16 => reg 1 ][ cmp eq reg 1 0xc613000a ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x06 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0050 ][ objref type 1 name web ][ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x1234) % mod 7 ][ lookup reg 1 set web dreg 0 ]
+		add rule postrouting [ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x02 ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xc613000a000000000000000000000000 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x06 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0050 ][ masq ]`)
+	assert.Empty(t, cmp.Diff(want, r.last()), "(-want +got)")
+
+	t.Run("health change writes only the changed slots", func(t *testing.T) {
+		require.True(t, pool.SetHealthy(be3, false))
+		require.NoError(t, b.Sync(context.Background()))
+		var changed []string
+		for i := range 7 {
+			if tbl.Slot(i) == 2 {
+				changed = append(changed, fmt.Sprint(i))
+			}
+		}
+		got := r.last()
+		require.Len(t, got, 2, "delete then add, nothing else: %q", got)
+		assert.Equal(t, "delete element web { "+strings.Join(changed, ", ")+" }", got[0])
+		assert.True(t, strings.HasPrefix(got[1], "add element web { "+changed[0]+" : jump web/198.18.2.1"), got[1])
+		assert.NotContains(t, got[1], "198.18.2.13")
+	})
+
+	t.Run("nothing to do sends nothing", func(t *testing.T) {
+		n := len(r.batches)
+		require.NoError(t, b.Sync(context.Background()))
+		assert.Len(t, r.batches, n)
+	})
+
+	t.Run("no ready backend empties the map", func(t *testing.T) {
+		pool.SetHealthy(be1, false)
+		pool.SetHealthy(be2, false)
+		require.NoError(t, b.Sync(context.Background()))
+		assert.Equal(t, []string{"flush map web"}, r.last())
+		st, err := b.Stats()
+		require.NoError(t, err)
+		require.Len(t, st, 1)
+		assert.Len(t, st[0].Backends, 3, "chains and counters stay for members")
+		for _, bs := range st[0].Backends {
+			assert.Zero(t, bs.Slots)
+		}
+	})
+
+	t.Run("removed member loses chain and counter after its slots", func(t *testing.T) {
+		pool.SetHealthy(be1, true)
+		pool.SetHealthy(be2, true)
+		require.NoError(t, b.Sync(context.Background()))
+		require.True(t, pool.Remove(be2))
+		require.NoError(t, b.Sync(context.Background()))
+		got := r.last()
+		require.GreaterOrEqual(t, len(got), 3)
+		tail := got[len(got)-3:]
+		assert.Equal(t, []string{
+			"flush chain web/198.18.2.12:8080", "delete chain web/198.18.2.12:8080", "delete counter web/198.18.2.12:8080",
+		}, tail)
+		for _, line := range got[:len(got)-3] {
+			assert.NotContains(t, line, "jump web/198.18.2.12", "no slot may still jump to it")
+		}
+	})
+
+	t.Run("remove service", func(t *testing.T) {
+		require.NoError(t, b.RemoveService("web"))
+		assert.Equal(t, golden(`
+			flush chain prerouting
+			flush chain postrouting
+			delete map web
+			flush chain web/198.18.2.11:8080
+			delete chain web/198.18.2.11:8080
+			delete counter web/198.18.2.11:8080
+			flush chain web/198.18.2.13:8080
+			delete chain web/198.18.2.13:8080
+			delete counter web/198.18.2.13:8080
+			delete counter web`), r.last())
+		assert.ErrorIs(t, b.RemoveService("web"), ErrNotFound)
+	})
+}
+
+func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
+	b, r := newRecorded(t)
+	_, err := b.AddService(Service{
+		Name: "dns", VIP: netip.MustParseAddrPort("[fd00:198:19::10]:53"), Proto: UDP, Scheduler: RoundRobin,
+		Mode: FullNAT, SNAT: netip.MustParseAddr("fd00:198:18:2::1"), TableSize: 5, Seed: 7,
+		Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort("[fd00:198:18:2::11]:53")}},
+	})
+	require.NoError(t, err)
+	got := r.last()
+	assert.Contains(t, got, "add rule dns/[fd00:198:18:2::11]:53 [ objref type 1 name dns/[fd00:198:18:2::11]:53 ][ immediate reg 1 0xfd000198001800020000000000000011 ][ immediate reg 2 0x0035 ][ nat dnat family 10 addr reg 1-1 proto reg 2-2 specified true ]")
+	assert.Contains(t, got, "add element dns { 0 : jump dns/[fd00:198:18:2::11]:53, 1 : jump dns/[fd00:198:18:2::11]:53, 2 : jump dns/[fd00:198:18:2::11]:53, 3 : jump dns/[fd00:198:18:2::11]:53, 4 : jump dns/[fd00:198:18:2::11]:53 }")
+	assert.Contains(t, got, "add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x0a ][ payload load 16b @ network header + 24 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x11 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0035 ][ objref type 1 name dns ][ numgen reg 1 = inc mod 5 ][ lookup reg 1 set dns dreg 0 ]")
+	assert.Contains(t, got, "add rule postrouting [ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x0a ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x11 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0035 ][ immediate reg 1 0xfd000198001800020000000000000001 ][ nat snat family 10 addr reg 1-1 proto reg 0-0 specified false ]")
+}
+
+func TestJhashIPv6Layout(t *testing.T) {
+	svc := Service{Name: "x", VIP: netip.MustParseAddrPort("[fd00::1]:80"), Proto: TCP, Seed: 9}
+	got := renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, "x"), 251))
+	// saddr fills reg 2 (32-bit registers 12-15); sport follows in 16.
+	assert.Contains(t, got, "[ payload load 16b @ network header + 8 => reg 2 ][ payload load 2b @ transport header + 0 => reg 16 ][ hash reg 1 = jhash(reg 2, 20, 0x9) % mod 251 ]")
+}
+
+func TestResizeRewritesMapAndModulus(t *testing.T) {
+	b, r := newRecorded(t)
+	pool, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Backends: []balancer.Backend{{Addr: be1}}})
+	require.NoError(t, err)
+	assert.Contains(t, strings.Join(r.last(), "\n"), "mod 251")
+	var bs []balancer.Backend
+	for i := range 5 {
+		bs = append(bs, balancer.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 3, byte(i + 1)}), 80)})
+	}
+	require.NoError(t, pool.Set(bs))
+	require.NoError(t, b.Sync(context.Background()))
+	got := strings.Join(r.last(), "\n")
+	assert.True(t, strings.Contains(got, "flush map web"))
+	assert.True(t, strings.Contains(got, "mod 1021"), "5 members need the next size")
+	assert.True(t, strings.Contains(got, "delete chain web/198.18.2.11:8080"))
+	n := strings.Count(got, " : jump ")
+	assert.Equal(t, 1021, n, "every slot rewritten")
+	assert.Equal(t, 4, strings.Count(got, "add element web"), "chunks of %d", elemChunk)
+}
+
+func TestFailedBatchIsRetriedFromTheOldState(t *testing.T) {
+	b, r := newRecorded(t)
+	pool, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: 7,
+		Backends: []balancer.Backend{{Addr: be1}, {Addr: be2}}})
+	require.NoError(t, err)
+	r.fail = errors.New("kernel says no")
+	pool.SetHealthy(be2, false)
+	err = b.Sync(context.Background())
+	require.ErrorContains(t, err, "kernel says no")
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Error(t, st[0].Err)
+	// The retry diffs against what the kernel really holds.
+	require.NoError(t, b.Sync(context.Background()))
+	got := r.last()
+	require.Len(t, got, 2)
+	assert.True(t, strings.HasPrefix(got[0], "delete element web"))
+	st, err = b.Stats()
+	require.NoError(t, err)
+	assert.NoError(t, st[0].Err)
+	assert.Equal(t, pool.Snapshot().Version, st[0].Version)
+}
+
+func TestAddServiceErrors(t *testing.T) {
+	b, r := newRecorded(t)
+	vip := netip.MustParseAddrPort("198.19.0.10:80")
+	_, err := b.AddService(Service{Name: "a", VIP: vip})
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name string
+		svc  Service
+		want string
+	}{
+		{"duplicate name", Service{Name: "a", VIP: netip.MustParseAddrPort("198.19.0.11:80")}, "already exists"},
+		{"duplicate vip", Service{Name: "b", VIP: vip}, "already exists"},
+		{"bad name", Service{Name: "a b", VIP: vip}, "service name"},
+		{"no port", Service{Name: "c", VIP: netip.AddrPortFrom(vip.Addr(), 0)}, "needs an address and a port"},
+		{"bad proto", Service{Name: "c", VIP: vip, Proto: 1}, "want tcp or udp"},
+		{"snat without fullnat", Service{Name: "c", VIP: vip, Proto: UDP, SNAT: netip.MustParseAddr("198.18.2.1")}, "needs FullNAT"},
+		{"snat family", Service{Name: "c", VIP: vip, Proto: UDP, Mode: FullNAT, SNAT: netip.MustParseAddr("fd00::1")}, "differ in family"},
+		{"table size not prime", Service{Name: "c", VIP: vip, Proto: UDP, TableSize: 100}, "prime"},
+		{"backend family", Service{Name: "c", VIP: vip, Proto: UDP, Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort("[fd00::1]:80")}}}, "differ in family"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := len(r.batches)
+			_, err := b.AddService(tc.svc)
+			assert.ErrorContains(t, err, tc.want)
+			if tc.want == "already exists" {
+				assert.ErrorIs(t, err, ErrExists)
+			}
+			assert.Len(t, r.batches, n, "nothing sent")
+		})
+	}
+	t.Run("same VIP other protocol", func(t *testing.T) {
+		_, err := b.AddService(Service{Name: "b", VIP: vip, Proto: UDP})
+		assert.NoError(t, err)
+	})
+	t.Run("refused batch leaves no service", func(t *testing.T) {
+		r.fail = errors.New("no")
+		_, err := b.AddService(Service{Name: "z", VIP: netip.MustParseAddrPort("198.19.0.99:80")})
+		require.Error(t, err)
+		assert.Nil(t, b.Pool("z"))
+	})
+}
+
+func TestClosed(t *testing.T) {
+	r := &recorder{}
+	b, err := newBalancer(Config{Logger: quietLogger()}, r)
+	require.NoError(t, err)
+	require.NoError(t, b.Close())
+	assert.Equal(t, []string{"delete table lbkit"}, r.last())
+	require.NoError(t, b.Close())
+	_, err = b.AddService(Service{Name: "a", VIP: netip.MustParseAddrPort("198.19.0.10:80")})
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, b.Sync(context.Background()), ErrClosed)
+	_, err = b.Stats()
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, b.RemoveService("a"), ErrClosed)
+}
