@@ -34,10 +34,15 @@ type recorder struct {
 
 var _ nftConn = (*recorder)(nil)
 
-func (r *recorder) add(format string, args ...any) { r.queue = append(r.queue, fmt.Sprintf(format, args...)) }
+func (r *recorder) add(format string, args ...any) {
+	r.queue = append(r.queue, fmt.Sprintf(format, args...))
+}
 
-func (r *recorder) AddTable(t *nftables.Table) *nftables.Table { r.add("add table %s", t.Name); return t }
-func (r *recorder) DelTable(t *nftables.Table)                 { r.add("delete table %s", t.Name) }
+func (r *recorder) AddTable(t *nftables.Table) *nftables.Table {
+	r.add("add table %s", t.Name)
+	return t
+}
+func (r *recorder) DelTable(t *nftables.Table) { r.add("delete table %s", t.Name) }
 func (r *recorder) AddChain(c *nftables.Chain) *nftables.Chain {
 	if c.Hooknum != nil {
 		r.add("add chain %s { type %s hook %d priority %d }", c.Name, c.Type, *c.Hooknum, *c.Priority)
@@ -56,7 +61,9 @@ func (r *recorder) AddObj(o nftables.Obj) nftables.Obj {
 	r.add("add counter %s", o.(*nftables.CounterObj).Name)
 	return o
 }
-func (r *recorder) DeleteObject(o nftables.Obj) { r.add("delete counter %s", o.(*nftables.CounterObj).Name) }
+func (r *recorder) DeleteObject(o nftables.Obj) {
+	r.add("delete counter %s", o.(*nftables.CounterObj).Name)
+}
 func (r *recorder) AddSet(s *nftables.Set, elems []nftables.SetElement) error {
 	r.add("add map %s { %s : %s }", s.Name, s.KeyType.Name, s.DataType.Name)
 	return r.SetAddElements(s, elems)
@@ -86,7 +93,7 @@ func (r *recorder) Flush() error {
 	return nil
 }
 func (r *recorder) GetObjects(*nftables.Table) ([]nftables.Obj, error) { return r.objs, nil }
-func (r *recorder) CloseLasting() error                                 { return nil }
+func (r *recorder) CloseLasting() error                                { return nil }
 
 // last returns the last flushed batch.
 func (r *recorder) last() []string { return r.batches[len(r.batches)-1] }
