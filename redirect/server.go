@@ -255,7 +255,10 @@ type errClose int
 
 func (e errClose) Error() string { return strconv.Itoa(int(e)) }
 
-const maxSkipBody = 64 << 10
+const (
+	maxSkipBody   = 64 << 10 // request bodies skipped to keep a connection
+	maxPendingOut = 16 << 10 // answers buffered before a forced write
+)
 
 func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
@@ -292,6 +295,14 @@ func (s *Server) serveConn(c net.Conn) {
 				return
 			}
 			c.SetReadDeadline(time.Now().Add(readTimeout))
+		}
+		if len(sc.out) >= maxPendingOut {
+			// A client pipelining without reading: push answers out
+			// rather than buffer them without bound.
+			if _, err := c.Write(sc.out); err != nil {
+				return
+			}
+			sc.out = sc.out[:0]
 		}
 		keep, err := sc.step(s.closing.Load())
 		if !keep {

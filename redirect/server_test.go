@@ -328,3 +328,26 @@ func ppBytewiseRedir(b []byte) []io.Reader {
 	}
 	return rs
 }
+
+// TestServerPipelineFlood pipelines many requests before reading any
+// answer: the server writes as it goes and answers every one.
+func TestServerPipelineFlood(t *testing.T) {
+	h := redirNew(t, Config{Backends: []Target{redirA}})
+	addr := redirStartServer(t, h)
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	const n = 2000
+	go func() {
+		req := "GET /flood HTTP/1.1\r\nHost: x\r\n\r\n"
+		io.WriteString(conn, strings.Repeat(req, n))
+	}()
+	br := bufio.NewReader(conn)
+	for i := range n {
+		resp, err := http.ReadResponse(br, nil)
+		require.NoError(t, err, "response %d", i)
+		resp.Body.Close()
+		require.Equal(t, "http://127.0.0.1:8081/flood", resp.Header.Get("Location"))
+	}
+}
