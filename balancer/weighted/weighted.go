@@ -8,9 +8,10 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 )
 
-// MaxSchedule is the largest schedule (cycle) length Build produces, for
-// more than 1000 endpoints or weights that are not small multiples of a
-// power of ten.
+// MaxSchedule bounds the schedule's cycle: weights that reduce to an
+// exact cycle of at most MaxSchedule slots get it; others are apportioned
+// over exactly MaxSchedule slots (or one per endpoint for ready sets
+// larger than that).
 const MaxSchedule = 1 << 16
 
 // Builder builds weighted round-robin pickers. The zero value is ready to
