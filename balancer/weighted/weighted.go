@@ -10,8 +10,8 @@ import (
 
 // MaxSchedule bounds the schedule's cycle: weights that reduce to an
 // exact cycle of at most MaxSchedule slots get it; others are apportioned
-// over exactly MaxSchedule slots (or one per endpoint for ready sets
-// larger than that).
+// over exactly MaxSchedule slots (over as many slots as endpoints for
+// ready sets larger than that).
 const MaxSchedule = 1 << 16
 
 // Builder builds weighted round-robin pickers. The zero value is ready to
