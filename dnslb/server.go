@@ -544,6 +544,14 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 	}
 	if q.opcode == opcodeUpdate && w.s.updKeys != nil {
 		if out, ok := w.acceptUpdate(pkt); ok {
+			if !tcp && len(out)-2 > 512 {
+				// Only absurd names make a reply this long: send the
+				// header alone with TC set, so the client uses TCP.
+				out = out[:2+headerLen]
+				out[4] |= flagTC >> 8
+				setCounts(out[2:], 0, 0, 0, 0)
+				w.stats.truncated.Add(1)
+			}
 			w.stats.responses.Add(1)
 			return out
 		}

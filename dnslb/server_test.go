@@ -236,6 +236,10 @@ func TestPolicyAllRotates(t *testing.T) {
 		first[got[0]]++
 	}
 	assert.Len(t, first, 3, "each address comes first in turn")
+	r := ask(t, addr, "udp", "svc.example.test.", dns.TypeA, withECS("203.0.113.0/24"))
+	scope, ok := ecsScope(t, r)
+	require.True(t, ok)
+	assert.Equal(t, uint8(0), scope, "the answer does not depend on the client")
 	before := pool.Snapshot().Ready
 	_ = ask(t, addr, "udp", "svc.example.test.", dns.TypeA)
 	assert.Equal(t, before, pool.Snapshot().Ready, "the pool's ready set is never reordered")
@@ -488,6 +492,7 @@ func TestMalformedAndUnsupported(t *testing.T) {
 		{"truncated question", goodPkt[:len(goodPkt)-2], dns.RcodeFormatError},
 		{"trailing garbage", append(append([]byte{}, goodPkt...), 1, 2, 3), dns.RcodeFormatError},
 		{"short header", goodPkt[:5], -1},
+		{"datagram over 4 KiB", append(append([]byte{}, goodPkt...), make([]byte, 5000)...), -1},
 		{"a response", func() []byte { b := append([]byte{}, goodPkt...); b[2] |= 0x80; return b }(), -1},
 	}
 	for _, tc := range tests {
@@ -509,7 +514,7 @@ func TestMalformedAndUnsupported(t *testing.T) {
 			assert.Equal(t, binaryID(tc.pkt), r.Id)
 		})
 	}
-	assert.Equal(t, uint64(2), s.Stats().Dropped)
+	assert.Equal(t, uint64(3), s.Stats().Dropped)
 }
 
 func binaryID(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
