@@ -95,6 +95,9 @@ type Target struct {
 	// zero value) waits for the first probe, whose result decides at
 	// once; Healthy assumes the target healthy until Fall probes fail;
 	// Unhealthy needs Rise successes first. Draining is not allowed.
+	// Under [Checker.Drive], an Unknown target stays out of the pool's
+	// ready set until its first probe, which fires a random fraction of
+	// Interval after SetTarget: use Healthy to serve at once.
 	Initial State
 
 	// Weight is the configured weight of the target, the base that agent
@@ -142,7 +145,7 @@ func (t Target) validate() error {
 
 // Checker watches a set of targets with active probes, passive outcomes
 // and agent reports, and publishes their state (see the package
-// documentation).
+// documentation). Create one with [New]; the zero value is not usable.
 //
 // All methods are safe for concurrent use. Each target has its own
 // goroutine that probes it and handles its ejections; one more goroutine
