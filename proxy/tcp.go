@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
 	"github.com/lbkit/lbkit/health"
 )
 
@@ -47,7 +49,8 @@ type TCPConfig struct {
 	// health.Checker.Drive or Pool.SetHealthy.
 	Pool *balancer.Pool
 	// Builder is the policy of the proxy's own pool. Nil means round
-	// robin (use a hash-based policy such as Maglev with SourceHash).
+	// robin when every backend has the same weight, smooth weighted round
+	// robin when weights differ, and Maglev with SourceHash.
 	Builder balancer.Builder
 
 	// SourceHash makes the pick key balancer.HashAddr of the client's IP
@@ -191,7 +194,7 @@ func NewTCP(cfg TCPConfig) (*TCP, error) {
 	} else {
 		builder := cfg.Builder
 		if builder == nil {
-			builder = roundrobin.Builder{}
+			builder = tcpDefaultBuilder(cfg)
 		}
 		pool, err := balancer.New(balancer.Config{Builder: builder, Logger: cfg.Logger})
 		if err != nil {
@@ -203,6 +206,19 @@ func NewTCP(cfg TCPConfig) (*TCP, error) {
 		p.pool, p.own = pool, true
 	}
 	return p, nil
+}
+
+// tcpDefaultBuilder returns the policy used when TCPConfig.Builder is nil.
+func tcpDefaultBuilder(cfg TCPConfig) balancer.Builder {
+	if cfg.SourceHash {
+		return maglev.Builder{}
+	}
+	for _, b := range cfg.Backends {
+		if max(b.Weight, 1) != max(cfg.Backends[0].Weight, 1) {
+			return weighted.Builder{}
+		}
+	}
+	return roundrobin.Builder{}
 }
 
 // Pool returns the pool the proxy picks from.

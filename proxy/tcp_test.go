@@ -19,7 +19,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lbkit/lbkit/balancer"
-	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/health"
 )
 
@@ -383,7 +382,7 @@ func TestTCPSourceHash(t *testing.T) {
 		names = append(names, name)
 		backends = append(backends, balancer.Backend{Addr: b.addr})
 	}
-	_, addr := tcpStartProxy(t, TCPConfig{Backends: backends, SourceHash: true, Builder: maglev.Builder{}})
+	_, addr := tcpStartProxy(t, TCPConfig{Backends: backends, SourceHash: true})
 	from := func(src string) string {
 		d := net.Dialer{Timeout: tcpWait, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 		c, err := d.Dial("tcp", addr)
@@ -665,4 +664,19 @@ func ExampleTCP() {
 	fmt.Println(string(reply))
 	// Output:
 	// hello, proxy
+}
+
+func TestTCPWeights(t *testing.T) {
+	b1, b2 := tcpStartBackend(t, tcpNamed("b1")), tcpStartBackend(t, tcpNamed("b2"))
+	_, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b1.addr, Weight: 1}, {Addr: b2.addr, Weight: 3}}})
+	counts := map[string]int{}
+	for range 200 {
+		c := tcpDial(t, addr)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		require.NoError(t, err)
+		counts[line]++
+		c.Close()
+	}
+	assert.InDelta(t, 50, counts["b1\n"], 20, "%v", counts)
+	assert.InDelta(t, 150, counts["b2\n"], 20, "%v", counts)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
 )
 
 // Affinity selects how a [Handler] keeps a client on the same backend.
@@ -94,8 +95,8 @@ type Config struct {
 	Pool *balancer.Pool
 	// Builder is the policy for the handler's own pool and for the
 	// per-zone pickers. Nil means round robin when every target has the
-	// same weight, and Maglev (which follows weights for keyless picks and
-	// keeps equal keys together) when weights differ or Affinity is
+	// same weight, smooth weighted round robin when weights differ, and
+	// Maglev (which keeps equal keys together) when Affinity is
 	// AffinityClientIP.
 	Builder balancer.Builder
 
@@ -684,7 +685,7 @@ func defaultBuilder(cfg Config) balancer.Builder {
 	}
 	for _, t := range cfg.Backends {
 		if max(t.Weight, 1) != max(cfg.Backends[0].Weight, 1) {
-			return maglev.Builder{}
+			return weighted.Builder{}
 		}
 	}
 	return roundrobin.Builder{}
