@@ -85,3 +85,14 @@ func ipChecksum(h []byte) uint16 {
 	}
 	return ^uint16(sum)
 }
+
+var (
+	vip4   = netip.MustParseAddrPort("198.18.0.100:80")
+	vip6   = netip.MustParseAddrPort("[2001:db8::100]:80")
+	vip4u  = netip.MustParseAddrPort("198.18.0.100:53")
+	vip6u  = netip.MustParseAddrPort("[2001:db8::100]:53")
+	client = netip.MustParseAddr("198.18.0.1")
+	cli6   = netip.MustParseAddr("2001:db8::1")
+)
+
+func macOf(id uint32) [6]byte { return [6]byte{0x02, 0xbe, 0, 0, byte(id >> 8), byte(id)} }

@@ -160,3 +160,53 @@ func (e *SetupError) Error() string {
 
 // Unwrap returns ErrBackendSetup.
 func (e *SetupError) Unwrap() error { return ErrBackendSetup }
+
+// validate checks cfg and fills in its defaults.
+func validate(cfg *Config) error {
+	if cfg.Interface == "" && cfg.InterfaceIndex <= 0 {
+		return errors.New("l2lb: Config.Interface or InterfaceIndex is required")
+	}
+	if len(cfg.Services) == 0 {
+		return errors.New("l2lb: no services")
+	}
+	seen := make(map[VIP]bool)
+	for i := range cfg.Services {
+		s := &cfg.Services[i]
+		if s.Proto == 0 {
+			s.Proto = TCP
+		}
+		v := VIP{s.VIP, s.Proto}
+		switch {
+		case !s.VIP.IsValid() || s.VIP.Port() == 0:
+			return fmt.Errorf("l2lb: service %d: invalid VIP %v (address and port required)", i, s.VIP)
+		case s.VIP.Addr().Is4In6() || s.VIP.Addr().Zone() != "":
+			return fmt.Errorf("l2lb: service %v: use a plain IPv4 or IPv6 address", s.VIP)
+		case s.Proto != TCP && s.Proto != UDP:
+			return fmt.Errorf("l2lb: service %v: protocol %v is not TCP or UDP", s.VIP, s.Proto)
+		case s.Pool == nil:
+			return fmt.Errorf("l2lb: service %v/%v: nil Pool", s.VIP, s.Proto)
+		case seen[v]:
+			return fmt.Errorf("l2lb: service %v/%v listed twice", s.VIP, s.Proto)
+		}
+		seen[v] = true
+	}
+	if cfg.MaxServices == 0 {
+		cfg.MaxServices = max(16, len(cfg.Services))
+	}
+	if cfg.MaxServices < len(cfg.Services) || cfg.MaxServices > (1<<32-1)/RingSize {
+		return fmt.Errorf("l2lb: MaxServices %d out of range [%d, %d]", cfg.MaxServices, len(cfg.Services), (1<<32-1)/RingSize)
+	}
+	if cfg.MaxBackends == 0 {
+		cfg.MaxBackends = 1024
+	}
+	if cfg.ConnTableSize == 0 {
+		cfg.ConnTableSize = 65536
+	}
+	if cfg.ResolveInterval == 0 {
+		cfg.ResolveInterval = time.Second
+	}
+	if cfg.MaxBackends < 2 || cfg.ConnTableSize < 1 || cfg.ResolveInterval < 0 {
+		return errors.New("l2lb: MaxBackends, ConnTableSize and ResolveInterval must be positive")
+	}
+	return nil
+}

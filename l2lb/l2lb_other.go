@@ -15,6 +15,9 @@ type Balancer struct{}
 
 // New returns errors.ErrUnsupported: XDP exists only on Linux.
 func New(cfg Config) (*Balancer, error) {
+	if err := validate(&cfg); err != nil {
+		return nil, err
+	}
 	return nil, fmt.Errorf("l2lb: %w on this platform", errors.ErrUnsupported)
 }
 

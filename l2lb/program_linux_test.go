@@ -89,17 +89,6 @@ func (tw *twin) both(in []byte) (Decision, []byte) {
 	return d, out
 }
 
-var (
-	vip4   = netip.MustParseAddrPort("198.18.0.100:80")
-	vip6   = netip.MustParseAddrPort("[2001:db8::100]:80")
-	vip4u  = netip.MustParseAddrPort("198.18.0.100:53")
-	vip6u  = netip.MustParseAddrPort("[2001:db8::100]:53")
-	client = netip.MustParseAddr("198.18.0.1")
-	cli6   = netip.MustParseAddr("2001:db8::1")
-)
-
-func macOf(id uint32) [6]byte { return [6]byte{0x02, 0xbe, 0, 0, byte(id >> 8), byte(id)} }
-
 // fourServices sets up TCP and UDP services on an IPv4 and an IPv6 VIP,
 // three backends each (ids 1-3, 4-6, ...).
 func fourServices(tw *twin) []VIP {
