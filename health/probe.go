@@ -184,7 +184,7 @@ func (u UDP) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 		return Report{}, fmt.Errorf("health: udp probe: %w", err)
 	}
 	defer conn.Close()
-	stop := closeOnDone(ctx, conn)
+	stop := bindDeadline(ctx, conn)
 	defer stop()
 	if _, err := conn.Write(u.Send); err != nil {
 		return Report{}, fmt.Errorf("health: udp probe: %w", err)
@@ -200,9 +200,10 @@ func (u UDP) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 	return Report{}, nil
 }
 
-// closeOnDone sets conn's deadline from ctx and closes conn when ctx is
-// done. Call the returned function when done with conn.
-func closeOnDone(ctx context.Context, conn net.Conn) (stop func() bool) {
+// bindDeadline sets conn's deadline from ctx's and expires it when ctx is
+// done, which unblocks any read or write. Call the returned function when
+// done with conn.
+func bindDeadline(ctx context.Context, conn net.Conn) (stop func() bool) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}

@@ -39,7 +39,7 @@ func (a Agent) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 		return Report{}, fmt.Errorf("health: agent probe: %w", err)
 	}
 	defer conn.Close()
-	stop := closeOnDone(ctx, conn)
+	stop := bindDeadline(ctx, conn)
 	defer stop()
 	if len(a.Send) > 0 {
 		if _, err := conn.Write(a.Send); err != nil {

@@ -92,7 +92,7 @@ func (h HTTP) Probe(ctx context.Context, addr netip.AddrPort) (Report, error) {
 		return Report{}, fmt.Errorf("health: http probe: %w", err)
 	}
 	defer conn.Close()
-	stop := closeOnDone(ctx, conn)
+	stop := bindDeadline(ctx, conn)
 	defer stop()
 	if scheme == "https" {
 		cfg := &tls.Config{}
