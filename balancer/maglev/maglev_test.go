@@ -315,6 +315,13 @@ func TestPickerTableAndEndpoints(t *testing.T) {
 	}
 }
 
+func TestBuildEmpty(t *testing.T) {
+	_, err := maglev.Builder{}.Build(nil).Pick(balancer.WithKey(1))
+	assert.ErrorIs(t, err, balancer.ErrNoBackend)
+	_, err = maglev.Builder{}.Build(nil).Pick(balancer.PickInfo{})
+	assert.ErrorIs(t, err, balancer.ErrNoBackend)
+}
+
 func TestPickNoAllocs(t *testing.T) {
 	for _, n := range []int{1, 3, 100, 1000} {
 		t.Run(fmt.Sprintf("n=%d", n), func(t *testing.T) {

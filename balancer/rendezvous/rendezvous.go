@@ -30,6 +30,9 @@ func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
 		w  float64
 		ep *balancer.Endpoint
 	}
+	if len(ready) == 0 {
+		return balancer.ErrPicker(balancer.ErrNoBackend)
+	}
 	ents := make([]entry, len(ready))
 	for i, r := range ready {
 		if !(r.Weight > 0) || math.IsInf(r.Weight, 0) {

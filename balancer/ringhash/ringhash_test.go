@@ -281,6 +281,13 @@ func TestBoundedLoadConcurrent(t *testing.T) {
 	})
 }
 
+func TestBuildEmpty(t *testing.T) {
+	_, err := ringhash.Builder{}.Build(nil).Pick(balancer.WithKey(1))
+	assert.ErrorIs(t, err, balancer.ErrNoBackend)
+	_, err = ringhash.Builder{}.Build(nil).Pick(balancer.PickInfo{})
+	assert.ErrorIs(t, err, balancer.ErrNoBackend)
+}
+
 func TestPickNoAllocs(t *testing.T) {
 	for _, n := range []int{1, 3, 100, 1000} {
 		t.Run(fmt.Sprintf("n=%d", n), func(t *testing.T) {

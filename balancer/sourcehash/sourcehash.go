@@ -84,6 +84,9 @@ func buildMap(ready []balancer.Weighted) balancer.Picker {
 		ep    *balancer.Endpoint
 		slots uint64
 	}
+	if len(ready) == 0 {
+		return balancer.ErrPicker(balancer.ErrNoBackend)
+	}
 	ents := make([]entry, len(ready))
 	maxW := 0.0
 	for i, r := range ready {

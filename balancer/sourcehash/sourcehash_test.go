@@ -178,6 +178,13 @@ func TestDisruption(t *testing.T) {
 	}
 }
 
+func TestBuildEmpty(t *testing.T) {
+	for _, ht := range types {
+		_, err := sourcehash.Builder{HashType: ht}.Build(nil).Pick(balancer.WithKey(1))
+		assert.ErrorIs(t, err, balancer.ErrNoBackend, "%v", ht)
+	}
+}
+
 func TestPickNoAllocs(t *testing.T) {
 	for _, n := range []int{1, 3, 100, 1000} {
 		for _, ht := range types {
