@@ -16,8 +16,8 @@
 // fractions of 2^64), so B wins. Remove C: B still wins. Remove B: A wins,
 // and only the keys B won moved.
 //
-// Cost: a pick hashes the key with every endpoint, O(n): about 1 ns per
-// endpoint, so a few ns for 3 endpoints and about 1 µs for 1000. That is
+// Cost: a pick hashes the key with every endpoint, O(n): about 2 ns per
+// endpoint, so about 20 ns for 3 endpoints and 2 µs for 1000. That is
 // fine for the small sets rendezvous hashing suits (DNS answers, a few
 // dozen mirrors); for hundreds of endpoints and hot paths prefer maglev or
 // ringhash, which are O(1) per pick after an O(n log n) build. Endpoints
