@@ -14,7 +14,7 @@
 //     the default 65537 slots). Maglev rather than jump consistent hashing
 //     because jump hashing has no weights and can only remove the last
 //     bucket: removing a backend from the middle moves most clients.
-//     Rather than a ring because the table gives exact shares with one
+//     Rather than a ring because the table gives near-exact shares with one
 //     memory access per pick.
 //   - [MapBased] is HAProxy's default: a small table in which each backend
 //     holds a run of slots in proportion to its weight (up to 256 per
