@@ -329,8 +329,9 @@ func (c *Checker) evalPassive(t *target) time.Duration {
 	if c.ejected >= allowed {
 		c.mu.Unlock()
 		// Start counting afresh so a target held in service by the cap
-		// does not wake its goroutine on every later failure.
-		t.consec.Store(0)
+		// does not wake its goroutine on every later failure; it is
+		// tried again when it breaks a rule again.
+		t.resetPassive()
 		c.log.Debug("health: ejection refused: too many targets ejected", "target", t.addr, "reason", reason, "ejected", allowed)
 		return 0
 	}
