@@ -53,7 +53,10 @@ type Observer interface {
 }
 
 // Event reports a transition of one target. Events fire on transitions
-// only, never for a repeated state.
+// only: a change of state; a change of the weight an agent asked for
+// (then State may equal Prev, and Weight is set); a target added (Reason
+// "added", Prev Unknown, State its initial state) or removed (Reason
+// "removed", State Unknown). See [Checker.Subscribe].
 type Event struct {
 	// Target is the address of the target that changed.
 	Target netip.AddrPort
@@ -64,7 +67,8 @@ type Event struct {
 	Weight uint32
 	// Reason says which rule caused the change: "probe", "passive:
 	// consecutive failures", "passive: failure rate", "passive: latency",
-	// "agent", "ejection expired", "removed" ...
+	// "agent", "ejection expired", "added", "removed", "reconfigured" (a
+	// new configured weight rescaled an agent percentage).
 	Reason string
 	// Err is the last probe or passive error behind the change, if any.
 	Err error
