@@ -533,7 +533,9 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 		failed := !reused || isTimeout(err) || errors.Is(err, ErrUpstreamProtocol)
 		ep.Done(err, 0)
 		h.observe(u, failed, 0)
-		if mayRetry && rq.replayable() && (rq.idempotent || !rq.hasBody && reused && isClosedConn(err)) && !errors.Is(err, ErrUpstreamProtocol) {
+		// After bytes went out, only an idempotent request is sent again:
+		// the backend may have acted on it before the connection broke.
+		if mayRetry && rq.replayable() && rq.idempotent && !errors.Is(err, ErrUpstreamProtocol) {
 			if rq.buffered == nil && rq.hasBody {
 				rq.consumed = true // body bytes may have gone
 			}
@@ -770,13 +772,6 @@ func isTimeout(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// isClosedConn reports whether err means the backend closed or reset a
-// connection before answering.
-func isClosedConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, syscallECONNRESET) || errors.Is(err, syscallEPIPE)
 }
 
 func isIdempotent(r *http.Request) bool {

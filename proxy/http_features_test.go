@@ -261,9 +261,12 @@ func TestHTTPLargeBodies(t *testing.T) {
 	b := startBackend(t, "a")
 	p := startProxy(t, HTTPConfig{}, b)
 	c := testClient(t, 2)
+	// 64 MiB each way; 16 MiB under -race or -short, where copying
+	// through the race detector's instrumented loops takes most of a
+	// minute on a 2-core runner.
 	size := int64(64 << 20)
-	if testing.Short() {
-		size = 8 << 20
+	if testing.Short() || raceEnabled {
+		size = 16 << 20
 	}
 	sum := sha256.New()
 	io.Copy(sum, io.LimitReader(pattern{}, size))

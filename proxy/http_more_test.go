@@ -56,10 +56,12 @@ func TestHTTPPassiveHealth(t *testing.T) {
 		require.Equal(t, 200, code)
 	}
 	okA, failA := rec.outcomes(a.addr)
-	assert.Equal(t, 2, okA)
-	assert.Zero(t, failA)
-	ns, _ := p.pool.Endpoint(a.addr).LatencyEWMA()
-	assert.Positive(t, ns, "latency to the header feeds the EWMA")
+	okB, failB := rec.outcomes(b.addr)
+	assert.Equal(t, 4, okA+okB)
+	assert.Zero(t, failA+failB)
+	nsA, _ := p.pool.Endpoint(a.addr).LatencyEWMA()
+	nsB, _ := p.pool.Endpoint(b.addr).LatencyEWMA()
+	assert.Positive(t, nsA+nsB, "latency to the header feeds the EWMA")
 
 	// 5xx is a failure and is passed on (no RetryStatuses).
 	for range 2 {
@@ -67,7 +69,7 @@ func TestHTTPPassiveHealth(t *testing.T) {
 		assert.Equal(t, 500, code)
 	}
 	_, failA = rec.outcomes(a.addr)
-	_, failB := rec.outcomes(b.addr)
+	_, failB = rec.outcomes(b.addr)
 	assert.Equal(t, 2, failA+failB)
 
 	// A dead backend: connect errors are failures, the client never sees them.

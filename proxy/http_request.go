@@ -6,12 +6,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"syscall"
-)
-
-var (
-	syscallECONNRESET error = syscall.ECONNRESET
-	syscallEPIPE      error = syscall.EPIPE
 )
 
 // skipRequestHeader reports whether a request header is not copied as is:
