@@ -114,8 +114,9 @@ type UpdaterConfig struct {
 	// Key signs the updates. An empty Name sends them unsigned, which
 	// servers normally refuse.
 	Key TSIGKey
-	// Net is the transport for updates, "udp" (the default) or "tcp".
-	// The RRset is always read over TCP, so large sets are not truncated.
+	// Net is the transport for updates, "udp" (the default) or "tcp"; an
+	// update larger than 512 bytes goes over TCP regardless. The RRset is
+	// always read over TCP, so large sets are not truncated.
 	Net string
 	// Timeout bounds each exchange with the server. Zero means 2 s.
 	Timeout time.Duration
@@ -332,6 +333,9 @@ func (u *Updater) Sync(ctx context.Context) error {
 	netw := u.cfg.Net
 	if netw == "" {
 		netw = "udp"
+	}
+	if netw == "udp" && m.Len() > 512 {
+		netw = "tcp" // too large for a UDP request without EDNS
 	}
 	r, err := u.exchange(ctx, m, netw)
 	if err != nil {

@@ -277,3 +277,26 @@ func TestUpdaterConfigErrors(t *testing.T) {
 	_, err := NewUpdater(ok)
 	require.NoError(t, err)
 }
+
+func TestUpdaterLargeUpdateUsesTCP(t *testing.T) {
+	var backends []balancer.Backend
+	for i := range 60 {
+		backends = append(backends, be(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 2, byte(i + 1)}), 80).String()))
+	}
+	pool := newPool(t, nil, backends...)
+	f := &fakeServer{have: map[string]bool{}, start: time.Now()}
+	u := testUpdater(t, "192.0.2.1:53", pool, lbkitKey)
+	var nets []string
+	u.exchange = func(ctx context.Context, m *dns.Msg, netw string) (*dns.Msg, error) {
+		nets = append(nets, netw)
+		return f.exchange(ctx, m, netw)
+	}
+	require.NoError(t, u.Sync(context.Background()))
+	assert.Equal(t, []string{"tcp", "tcp"}, nets, "read over TCP; a 60-record update does not fit 512 bytes")
+	assert.Len(t, f.records(), 60)
+	pool.SetHealthy(backends[0].Addr, false)
+	nets = nil
+	require.NoError(t, u.Sync(context.Background()))
+	assert.Equal(t, []string{"tcp", "udp"}, nets, "a small update goes over UDP")
+	assert.Len(t, f.records(), 59)
+}
