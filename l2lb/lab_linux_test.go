@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/netlab"
 )
 
@@ -37,6 +40,7 @@ type dsrLab struct {
 	client   *netlab.Host
 	lb       *netlab.Host
 	backends []*netlab.Host
+	kill     []func() // kill[i] stops backend i's HTTP server
 	pool4    *balancer.Pool
 	pool6    *balancer.Pool
 	poolUDP  *balancer.Pool
@@ -65,8 +69,9 @@ func setupBackend(t testing.TB, h *netlab.Host) {
 }
 
 // serveHTTP runs an HTTP server on :80 in h: /name answers the host's
-// name, /blob?n=N sends N bytes.
-func serveHTTP(t testing.TB, h *netlab.Host) {
+// name, /blob?n=N sends N bytes. It returns a function that kills the
+// server (also called at cleanup).
+func serveHTTP(t testing.TB, h *netlab.Host) (kill func()) {
 	t.Helper()
 	ln, err := h.Listen("tcp", ":80")
 	require.NoError(t, err)
@@ -86,7 +91,9 @@ func serveHTTP(t testing.TB, h *netlab.Host) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
+	kill = sync.OnceFunc(func() { srv.Close(); <-done })
+	t.Cleanup(kill)
+	return kill
 }
 
 func newDSRLab(t testing.TB, nBackends int) *dsrLab {
@@ -106,7 +113,7 @@ func newDSRLab(t testing.TB, nBackends int) *dsrLab {
 		h, err := lab.AddHost(fmt.Sprintf("be%d", i+1))
 		require.NoError(t, err)
 		setupBackend(t, h)
-		serveHTTP(t, h)
+		l.kill = append(l.kill, serveHTTP(t, h))
 		l.backends = append(l.backends, h)
 		b4 = append(b4, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr4(), 80)})
 		b6 = append(b6, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr6(), 80)})
@@ -433,4 +440,48 @@ func TestAttachAuto(t *testing.T) {
 	_, err = bal.Stats()
 	assert.ErrorIs(t, err, ErrClosed)
 	assert.ErrorIs(t, bal.Sync(context.Background()), ErrClosed)
+}
+
+// TestLabHealthChecker kills a backend's server for real: lbkit's health
+// checker, probing from the balancer's namespace and driving the pool,
+// takes it out, and the balancer moves new flows within one apply.
+func TestLabHealthChecker(t *testing.T) {
+	l := newDSRLab(t, 2)
+	chk, err := health.New(health.Config{Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	defer chk.Close()
+	probe := health.ProberFunc(func(ctx context.Context, addr netip.AddrPort) (health.Report, error) {
+		c, err := l.lb.DialContext(ctx, "tcp", addr.String())
+		if err != nil {
+			return health.Report{}, err
+		}
+		return health.Report{}, c.Close()
+	})
+	for i := range l.backends {
+		require.NoError(t, chk.SetTarget(health.Target{
+			Addr: l.backendAddr(i), Probe: probe, Initial: health.Healthy,
+			Interval: 50 * time.Millisecond, Timeout: 5 * time.Second, Fall: 2, Rise: 1,
+		}))
+	}
+	stop := chk.Drive(l.pool4)
+	defer stop()
+
+	seen := map[string]bool{}
+	for range 40 {
+		seen[l.name(t, labVIP4)] = true
+	}
+	require.Len(t, seen, 2)
+
+	l.kill[1]()
+	inRing := func() bool {
+		st, err := l.bal.Stats()
+		require.NoError(t, err)
+		b, _ := st.Services[0].Backend(l.backendAddr(1))
+		return b.InRing
+	}
+	require.Eventually(t, func() bool { return !inRing() }, 20*time.Second, 10*time.Millisecond,
+		"the checker takes the dead backend out")
+	for range 40 {
+		assert.Equal(t, "be1", l.name(t, labVIP4), "no new connection reaches the dead backend")
+	}
 }
