@@ -228,19 +228,74 @@ func (c *Checker) SetTarget(t Target) error {
 		tg.reconfigure(t)
 		return nil
 	}
-	tg := c.newTarget(t)
 	next := make(map[netip.AddrPort]*target, len(old)+1)
 	for k, v := range old {
 		next[k] = v
 	}
+	tg := c.newTarget(t)
 	next[t.Addr] = tg
 	c.targets.Store(&next)
+	c.startLocked(tg)
+	return nil
+}
+
+// SetTargets makes ts the whole set of targets in one step, as a
+// configuration reload does: targets not in ts are removed, the others
+// are added or replaced as by [Checker.SetTarget]. It rebuilds the lookup
+// table once, where a SetTarget per target rebuilds it each time. It
+// returns an error, and changes nothing, if a target is invalid, two
+// share an address or the checker is closed.
+func (c *Checker) SetTargets(ts []Target) error {
+	cfgs := make([]Target, len(ts))
+	seen := make(map[netip.AddrPort]struct{}, len(ts))
+	for i, t := range ts {
+		if err := t.validate(); err != nil {
+			return err
+		}
+		if _, dup := seen[t.Addr]; dup {
+			return fmt.Errorf("health: duplicate target %s", t.Addr)
+		}
+		seen[t.Addr] = struct{}{}
+		cfgs[i] = t.withDefaults()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	old := *c.targets.Load()
+	next := make(map[netip.AddrPort]*target, len(cfgs))
+	var added []*target
+	for _, t := range cfgs {
+		if tg := old[t.Addr]; tg != nil {
+			tg.reconfigure(t)
+			next[t.Addr] = tg
+			continue
+		}
+		tg := c.newTarget(t)
+		next[t.Addr] = tg
+		added = append(added, tg)
+	}
+	c.targets.Store(&next)
+	for a, tg := range old {
+		if _, keep := next[a]; !keep {
+			c.removedLocked(tg)
+		}
+	}
+	for _, tg := range added {
+		c.startLocked(tg)
+	}
+	return nil
+}
+
+// startLocked announces a new target and starts its goroutine. c.mu must
+// be held and tg already in the lookup table.
+func (c *Checker) startLocked(tg *target) {
 	tg.mu.Lock()
 	tg.publishLocked(Unknown, "added", nil, true)
 	tg.mu.Unlock()
 	c.wg.Add(1)
 	go c.run(tg)
-	return nil
 }
 
 // RemoveTarget stops watching the target with address addr and reports
@@ -261,17 +316,21 @@ func (c *Checker) RemoveTarget(addr netip.AddrPort) bool {
 		}
 	}
 	c.targets.Store(&next)
+	c.removedLocked(tg)
+	return true
+}
+
+// removedLocked stops a target already taken out of the lookup table.
+// c.mu must be held.
+func (c *Checker) removedLocked(tg *target) {
 	if tg.ejected.Load() {
 		c.ejected--
 	}
 	tg.cancel()
 	tg.mu.Lock()
 	tg.removed = true
-	if tg.state != Unknown {
-		tg.emitLocked(Event{Target: addr, State: Unknown, Prev: tg.state, Reason: "removed", Time: time.Now()})
-	}
+	tg.emitLocked(Event{Target: tg.addr, State: Unknown, Prev: tg.state, Reason: "removed", Time: time.Now()})
 	tg.mu.Unlock()
-	return true
 }
 
 // Targets returns the addresses of all targets, sorted.

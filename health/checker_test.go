@@ -500,3 +500,45 @@ func TestEventChains(t *testing.T) {
 		assert.Greater(t, events, 30, "the test exercised many transitions")
 	})
 }
+
+func TestSetTargets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, rec := newChecker(t, Config{Rand: half})
+		p := &switchProbe{}
+		p.fail.Store(true)
+		require.NoError(t, c.SetTargets([]Target{
+			{Addr: addr(1), Probe: p, Interval: time.Second},
+			{Addr: addr(2), Initial: Healthy},
+			{Addr: addr(3), Initial: Healthy, Probe: p},
+		}))
+		step(time.Second)
+		assert.Equal(t, Unhealthy, c.State(addr(1)))
+		rec.take()
+
+		// A reload: 1 is kept (with its state), 2 goes, 4 comes.
+		require.NoError(t, c.SetTargets([]Target{
+			{Addr: addr(4), Initial: Healthy},
+			{Addr: addr(1), Probe: p, Interval: time.Minute},
+			{Addr: addr(3), Initial: Healthy, Probe: p},
+		}))
+		synctest.Wait()
+		assert.Equal(t, []netip.AddrPort{addr(1), addr(3), addr(4)}, c.Targets())
+		assert.Equal(t, Unhealthy, c.State(addr(1)))
+		evs := rec.take()
+		require.Len(t, evs, 2)
+		assert.Equal(t, Event{Target: addr(2), State: Unknown, Prev: Healthy, Reason: "removed", Time: evs[0].Time}, evs[0])
+		assert.Equal(t, Event{Target: addr(4), State: Healthy, Prev: Unknown, Reason: "added", Time: evs[1].Time}, evs[1])
+
+		// Invalid sets change nothing.
+		assert.ErrorContains(t, c.SetTargets([]Target{{Addr: addr(5)}, {Addr: addr(5)}}), "duplicate")
+		assert.Error(t, c.SetTargets([]Target{{Addr: addr(5)}, {}}))
+		assert.Equal(t, []netip.AddrPort{addr(1), addr(3), addr(4)}, c.Targets())
+
+		require.NoError(t, c.SetTargets(nil))
+		synctest.Wait()
+		assert.Empty(t, c.Targets())
+		assert.Len(t, rec.take(), 3)
+		require.NoError(t, c.Close())
+		assert.ErrorIs(t, c.SetTargets(nil), ErrClosed)
+	})
+}
