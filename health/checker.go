@@ -21,7 +21,8 @@ const (
 	DefaultFall     = 3
 )
 
-// ErrClosed is returned by [Checker.SetTarget] after [Checker.Close].
+// ErrClosed is returned by [Checker.SetTarget] and [Checker.SetTargets]
+// after [Checker.Close].
 var ErrClosed = errors.New("health: checker closed")
 
 // Config configures a [Checker]. The zero value is ready to use: passive
@@ -57,8 +58,9 @@ type Target struct {
 	// an Initial state of Unknown counts as Healthy.
 	Probe Prober
 
-	// Interval is the time between probes while the target is not down.
-	// Zero means DefaultInterval (5 s).
+	// Interval is the time between probes while the target is not down,
+	// from the end of one probe to the start of the next. Zero means
+	// DefaultInterval (5 s).
 	Interval time.Duration
 	// Timeout bounds each probe through its context. Zero means
 	// DefaultTimeout (2 s), even when Interval is shorter: one probe at
