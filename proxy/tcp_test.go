@@ -9,9 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -554,9 +558,63 @@ func TestTCPAddrPort(t *testing.T) {
 	assert.True(t, errors.Is(fmt.Errorf("x: %w", ErrTCPNoBackend), ErrTCPNoBackend))
 }
 
-// BenchmarkTCPThroughput streams 1 MiB per op through the proxy and
-// straight to the backend (a sink that counts bytes), for MB/s side by
-// side.
+// tcpHAProxy is where the benchmarks look for the peer.
+const tcpHAProxy = "/usr/sbin/haproxy"
+
+// tcpStartHAProxy starts HAProxy in TCP mode (splice on, two threads) in
+// front of backend and returns its address, or "" when HAProxy is not
+// installed. It is stopped by its PID when b ends.
+func tcpStartHAProxy(b *testing.B, backend netip.AddrPort) string {
+	b.Helper()
+	if _, err := os.Stat(tcpHAProxy); err != nil {
+		b.Logf("HAProxy not installed at %s: no peer figures", tcpHAProxy)
+		return ""
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := fmt.Sprintf(`global
+  maxconn 4000
+  nbthread 2
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option splice-auto
+listen bench
+  bind %s
+  server b1 %s
+`, addr, backend)
+	path := filepath.Join(b.TempDir(), "haproxy.cfg")
+	require.NoError(b, os.WriteFile(path, []byte(cfg), 0o644))
+	cmd := exec.Command(tcpHAProxy, "-db", "-f", path)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(b, cmd.Start())
+	pid := cmd.Process.Pid
+	b.Cleanup(func() {
+		syscall.Kill(pid, syscall.SIGTERM)
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(tcpWait); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("haproxy did not start: %v\n%s", err, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkTCPThroughput streams 1 MiB per op straight to a backend (a
+// sink that counts bytes), through the proxy and, when installed, through
+// HAProxy in TCP mode, for MB/s side by side (vs-direct: share of the
+// direct rate).
 func BenchmarkTCPThroughput(b *testing.B) {
 	sink := tcpStartBackend(b, func(c net.Conn) {
 		c.SetDeadline(time.Time{})
@@ -564,9 +622,13 @@ func BenchmarkTCPThroughput(b *testing.B) {
 		fmt.Fprintf(c, "%d", n)
 	})
 	_, proxied := tcpStartProxy(b, TCPConfig{Backends: []balancer.Backend{{Addr: sink.addr}}})
+	runs := []struct{ name, addr string }{{"direct", sink.addr.String()}, {"proxy", proxied}}
+	if ha := tcpStartHAProxy(b, sink.addr); ha != "" {
+		runs = append(runs, struct{ name, addr string }{"haproxy", ha})
+	}
 	chunk := make([]byte, 1<<20)
 	var direct float64 // MB/s of the last direct run
-	for _, tc := range []struct{ name, addr string }{{"direct", sink.addr.String()}, {"proxy", proxied}} {
+	for _, tc := range runs {
 		b.Run(tc.name, func(b *testing.B) {
 			c := tcpDial(b, tc.addr)
 			c.SetDeadline(time.Time{})
@@ -594,12 +656,17 @@ func BenchmarkTCPThroughput(b *testing.B) {
 }
 
 // BenchmarkTCPConnections measures connection setup: connect, one byte
-// each way, close, through the proxy and straight to the backend.
+// each way, close, straight to the backend, through the proxy and, when
+// installed, through HAProxy.
 func BenchmarkTCPConnections(b *testing.B) {
 	echo := tcpStartBackend(b, tcpEcho)
 	_, proxied := tcpStartProxy(b, TCPConfig{Backends: []balancer.Backend{{Addr: echo.addr}}})
+	runs := []struct{ name, addr string }{{"direct", echo.addr.String()}, {"proxy", proxied}}
+	if ha := tcpStartHAProxy(b, echo.addr); ha != "" {
+		runs = append(runs, struct{ name, addr string }{"haproxy", ha})
+	}
 	var direct float64 // conns/s of the last direct run
-	for _, tc := range []struct{ name, addr string }{{"direct", echo.addr.String()}, {"proxy", proxied}} {
+	for _, tc := range runs {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(4)
