@@ -104,9 +104,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts connections on ln and answers their requests until ctx
-// ends (it then closes ln and every connection it accepted, and returns
-// ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed]) or ln
-// fails. It closes ln before returning.
+// ends (it then closes ln and every open connection of the server, and
+// returns ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed]) or
+// ln fails. It closes ln before returning. Connection goroutines may
+// outlive Serve by the time they take to notice; Shutdown waits for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.Handler == nil {
 		ln.Close()
