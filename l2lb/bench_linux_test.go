@@ -1,6 +1,8 @@
 package l2lb
 
 import (
+	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -9,7 +11,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/internal/netlab"
 )
 
 // BenchmarkProgram measures the XDP program in the kernel through
@@ -91,32 +96,56 @@ func BenchmarkLabUDP(b *testing.B) {
 	}))
 	b.Cleanup(func() { out.Close() })
 	payload := make([]byte, 64)
-	for _, c := range []struct {
-		name string
-		dst  netip.AddrPort
-	}{
-		{"direct", netip.AddrPortFrom(l.backends[0].Addr4(), 9000)},
-		{"l2lb", netip.AddrPortFrom(labVIP4, 9000)},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			received.Store(0)
-			sent := 0
-			start := time.Now()
-			for b.Loop() {
-				if _, err := out.WriteToUDPAddrPort(payload, c.dst); err == nil {
-					sent++
-				}
+	run := func(b *testing.B, dst netip.AddrPort) {
+		received.Store(0)
+		sent := 0
+		start := time.Now()
+		for b.Loop() {
+			if _, err := out.WriteToUDPAddrPort(payload, dst); err == nil {
+				sent++
 			}
-			elapsed := time.Since(start)
-			// Let the receivers drain: stop once the count is still.
-			for last := int64(-1); received.Load() != last; {
-				last = received.Load()
-				time.Sleep(50 * time.Millisecond)
-			}
-			got := received.Load()
-			b.ReportMetric(float64(sent)/elapsed.Seconds(), "sent/s")
-			b.ReportMetric(float64(got)/elapsed.Seconds(), "delivered/s")
-			b.ReportMetric(100*float64(got)/float64(max(sent, 1)), "delivered-%")
-		})
+		}
+		elapsed := time.Since(start)
+		// Let the receivers drain: stop once the count is still.
+		for last := int64(-1); received.Load() != last; {
+			last = received.Load()
+			time.Sleep(50 * time.Millisecond)
+		}
+		got := received.Load()
+		b.ReportMetric(float64(sent)/elapsed.Seconds(), "sent/s")
+		b.ReportMetric(float64(got)/elapsed.Seconds(), "delivered/s")
+		b.ReportMetric(100*float64(got)/float64(max(sent, 1)), "delivered-%")
 	}
+	vip := netip.AddrPortFrom(labVIP4, 9000)
+	b.Run("direct", func(b *testing.B) { run(b, netip.AddrPortFrom(l.backends[0].Addr4(), 9000)) })
+	b.Run("l2lb-generic", func(b *testing.B) { run(b, vip) })
+
+	// Driver mode on veth: XDP_TX'd frames reach the peer only if it runs
+	// an XDP program too, and senders must not leave checksums partial.
+	require.NoError(b, l.bal.Close())
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(Pass)), asm.Return()},
+		License:      "MIT",
+	})
+	require.NoError(b, err)
+	defer pass.Close()
+	var peer link.Link
+	require.NoError(b, l.lab.Bridge().Do(func() (err error) {
+		peer, err = link.AttachXDP(link.XDPOptions{Program: pass, Interface: l.lb.Link().PeerIndex, Flags: link.XDPDriverMode})
+		return err
+	}))
+	defer peer.Close()
+	require.NoError(b, l.client.SetOffload("eth0", netlab.TxChecksum, false))
+	require.NoError(b, l.lb.Do(func() (err error) {
+		l.bal, err = New(Config{
+			Interface: "eth0", Mode: AttachDriver, Logger: slog.New(slog.DiscardHandler),
+			Services: []Service{{VIP: vip, Proto: UDP, Pool: l.poolUDP}},
+		})
+		return err
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(b, l.bal.Sync(ctx))
+	b.Run("l2lb-driver", func(b *testing.B) { run(b, vip) })
 }
