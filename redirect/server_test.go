@@ -351,3 +351,35 @@ func TestServerPipelineFlood(t *testing.T) {
 		require.Equal(t, "http://127.0.0.1:8081/flood", resp.Header.Get("Location"))
 	}
 }
+
+func TestServerServeContext(t *testing.T) {
+	assert.Error(t, (&Server{}).Serve(context.Background(), redirListen(t)), "a Server needs a Handler")
+
+	h := redirNew(t, Config{Backends: []Target{redirA}})
+	s := &Server{Handler: h}
+	ln := redirListen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	conn, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+
+	cancel()
+	assert.ErrorIs(t, <-done, context.Canceled)
+	_, err = br.ReadByte()
+	assert.Error(t, err, "open connections are closed")
+	require.NoError(t, s.Shutdown(context.Background()))
+}
+
+func redirListen(t *testing.T) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	return ln
+}
