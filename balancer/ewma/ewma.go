@@ -33,10 +33,10 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 		return balancer.ErrPicker(balancer.ErrNoBackend)
 	}
 	p := &Picker{entries: make([]entry, len(ready)), sameDecay: true, src: b.Rand}
+	p.tau = float64(ready[0].Endpoint.EWMADecay())
 	for i, w := range ready {
-		tau := float64(w.Endpoint.EWMADecay())
-		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / weight(w.Weight), tau: tau}
-		p.sameDecay = p.sameDecay && tau == p.entries[0].tau
+		p.entries[i] = entry{ep: w.Endpoint, inv: 1 / weight(w.Weight)}
+		p.sameDecay = p.sameDecay && float64(w.Endpoint.EWMADecay()) == p.tau
 	}
 	return p
 }
@@ -45,14 +45,16 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 // and safe for concurrent use.
 type Picker struct {
 	entries   []entry
-	sameDecay bool // every entry has the same τ: picks need no clock
+	sameDecay bool    // every entry has the same τ: picks need no clock
+	tau       float64 // that τ in ns
 	src       rand.Source
 }
 
+// entry is 16 bytes, four to a cache line; an endpoint's own τ shares a
+// cache line with its in-flight count, which every pick reads anyway.
 type entry struct {
 	ep  *balancer.Endpoint
 	inv float64 // 1 / effective weight
-	tau float64 // EWMA decay in ns
 }
 
 // cost is an entry's cost as of its last sample.
@@ -117,10 +119,10 @@ func (p *Picker) compare(a, b *entry) int {
 		// Decay the older sample relative to the newer one.
 		d := float64(ca.stamp - cb.stamp)
 		switch {
-		case d*4096 > a.tau:
-			return -olderVsNewer(cb.c, d/a.tau, ca.c)
-		case -d*4096 > a.tau:
-			return olderVsNewer(ca.c, -d/a.tau, cb.c)
+		case d*4096 > p.tau:
+			return -olderVsNewer(cb.c, d/p.tau, ca.c)
+		case -d*4096 > p.tau:
+			return olderVsNewer(ca.c, -d/p.tau, cb.c)
 		}
 	case ca.sampled && cb.sampled,
 		ca.sampled && cb.c > 0 && ca.c > cb.c,
@@ -129,8 +131,8 @@ func (p *Picker) compare(a, b *entry) int {
 		// decay can bring below the other's fixed no-sample cost: decay
 		// sampled costs to now.
 		now := time.Now().UnixNano()
-		ca.c = decayed(ca, a.tau, now)
-		cb.c = decayed(cb, b.tau, now)
+		ca.c = decayed(ca, float64(a.ep.EWMADecay()), now)
+		cb.c = decayed(cb, float64(b.ep.EWMADecay()), now)
 	}
 	switch {
 	case ca.c < cb.c:
