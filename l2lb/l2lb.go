@@ -71,7 +71,9 @@ type Config struct {
 	// Mode is the attach mode. Zero means AttachAuto.
 	Mode AttachMode
 	// Services are the virtual services, each with its pool. At least
-	// one; VIPs (with protocol) must be distinct.
+	// one; VIPs (with protocol) must be distinct. The set is fixed for
+	// the balancer's life; membership, health and weights change through
+	// the pools.
 	Services []Service
 	// MaxServices sizes the service maps: each service takes RingSize
 	// ring slots (256 KiB). Zero means max(16, len(Services)).

@@ -79,7 +79,7 @@ type Flow struct {
 	SYN bool
 }
 
-// flowKey is the wire layout of struct flow_key (bpf/structs.h): the
+// key returns f in the layout of struct flow_key (bpf/structs.h): the
 // connection table's key and the flow hash's input.
 func (f Flow) key() [40]byte {
 	var k [40]byte
