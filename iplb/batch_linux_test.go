@@ -101,12 +101,28 @@ func (r *recorder) last() []string { return r.batches[len(r.batches)-1] }
 func renderElems(elems []nftables.SetElement) string {
 	parts := make([]string, len(elems))
 	for i, e := range elems {
-		parts[i] = fmt.Sprint(binary.NativeEndian.Uint32(e.Key))
-		if e.VerdictData != nil {
+		parts[i] = renderData(e.Key)
+		switch {
+		case e.VerdictData != nil:
 			parts[i] += " : jump " + e.VerdictData.Chain
+		case e.Val != nil:
+			parts[i] += " : " + renderData(e.Val)
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// renderData renders a slot number (4 bytes, host order) or an address
+// and port concatenation (8 or 20 bytes).
+func renderData(b []byte) string {
+	if len(b) == 4 {
+		return fmt.Sprint(binary.NativeEndian.Uint32(b))
+	}
+	a, ok := netip.AddrFromSlice(b[:len(b)-4])
+	if !ok {
+		return fmt.Sprintf("%x", b)
+	}
+	return netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[len(b)-4:])).String()
 }
 
 // renderExprs renders expressions like `nft --debug=netlink`, one
@@ -194,25 +210,29 @@ func TestBatchService(t *testing.T) {
 	require.NoError(t, err)
 	var elems []string
 	for i := range 7 {
-		elems = append(elems, fmt.Sprintf("%d : jump web/%v", i, []netip.AddrPort{be1, be2, be3}[tbl.Slot(i)]))
+		elems = append(elems, fmt.Sprintf("%d : %v", i, []netip.AddrPort{be1, be2, be3}[tbl.Slot(i)]))
 	}
+	match := "[ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x02 ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xc613000a000000000000000000000000 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x06 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0050 ]"
 	want := golden(`
 		add counter web
-		add map web { integer : verdict }
+		add map web { integer : ipv4_addr . inet_service }
+		add map web/backends { ipv4_addr . inet_service : verdict }
 		add counter web/198.18.2.11:8080
 		add chain web/198.18.2.11:8080
-		add rule web/198.18.2.11:8080 [ objref type 1 name web/198.18.2.11:8080 ][ immediate reg 1 0xc612020b ][ immediate reg 2 0x1f90 ][ nat dnat family 2 addr reg 1-1 proto reg 2-2 specified true ]
+		add rule web/198.18.2.11:8080 [ objref type 1 name web/198.18.2.11:8080 ]
 		add counter web/198.18.2.12:8080
 		add chain web/198.18.2.12:8080
-		add rule web/198.18.2.12:8080 [ objref type 1 name web/198.18.2.12:8080 ][ immediate reg 1 0xc612020c ][ immediate reg 2 0x1f90 ][ nat dnat family 2 addr reg 1-1 proto reg 2-2 specified true ]
+		add rule web/198.18.2.12:8080 [ objref type 1 name web/198.18.2.12:8080 ]
 		add counter web/198.18.2.13:8080
 		add chain web/198.18.2.13:8080
-		add rule web/198.18.2.13:8080 [ objref type 1 name web/198.18.2.13:8080 ][ immediate reg 1 0xc612020d ][ immediate reg 2 0x1f90 ][ nat dnat family 2 addr reg 1-1 proto reg 2-2 specified true ]
+		add rule web/198.18.2.13:8080 [ objref type 1 name web/198.18.2.13:8080 ]
+		add element web/backends { 198.18.2.11:8080 : jump web/198.18.2.11:8080, 198.18.2.12:8080 : jump web/198.18.2.12:8080, 198.18.2.13:8080 : jump web/198.18.2.13:8080 }
 		add element web { ` + strings.Join(elems, ", ") + ` }
 		flush chain prerouting
 		flush chain postrouting
-		add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x02 ][ payload load 4b @ network header + 16 => reg 1 ][ cmp eq reg 1 0xc613000a ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x06 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0050 ][ objref type 1 name web ][ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x1234) % mod 7 ][ lookup reg 1 set web dreg 0 ]
-		add rule postrouting [ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x02 ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xc613000a000000000000000000000000 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x06 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0050 ][ masq ]`)
+		add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x02 ][ payload load 4b @ network header + 16 => reg 1 ][ cmp eq reg 1 0xc613000a ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x06 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0050 ][ objref type 1 name web ][ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x1234) % mod 7 ][ lookup reg 1 set web dreg 1 ][ nat dnat family 2 addr reg 1-1 proto reg 9-9 specified true ]
+		add rule postrouting ` + match + `[ payload load 4b @ network header + 16 => reg 1 ][ payload load 2b @ transport header + 2 => reg 9 ][ lookup reg 1 set web/backends dreg 0 ]
+		add rule postrouting ` + match + `[ masq ]`)
 	assert.Empty(t, cmp.Diff(want, r.last()), "(-want +got)")
 
 	t.Run("health change writes only the changed slots", func(t *testing.T) {
@@ -227,7 +247,7 @@ func TestBatchService(t *testing.T) {
 		got := r.last()
 		require.Len(t, got, 2, "delete then add, nothing else: %q", got)
 		assert.Equal(t, "delete element web { "+strings.Join(changed, ", ")+" }", got[0])
-		assert.True(t, strings.HasPrefix(got[1], "add element web { "+changed[0]+" : jump web/198.18.2.1"), got[1])
+		assert.True(t, strings.HasPrefix(got[1], "add element web { "+changed[0]+" : 198.18.2.1"), got[1])
 		assert.NotContains(t, got[1], "198.18.2.13")
 	})
 
@@ -258,13 +278,14 @@ func TestBatchService(t *testing.T) {
 		require.True(t, pool.Remove(be2))
 		require.NoError(t, b.Sync(context.Background()))
 		got := r.last()
-		require.GreaterOrEqual(t, len(got), 3)
-		tail := got[len(got)-3:]
+		require.GreaterOrEqual(t, len(got), 4)
+		tail := got[len(got)-4:]
 		assert.Equal(t, []string{
+			"delete element web/backends { 198.18.2.12:8080 }",
 			"flush chain web/198.18.2.12:8080", "delete chain web/198.18.2.12:8080", "delete counter web/198.18.2.12:8080",
 		}, tail)
-		for _, line := range got[:len(got)-3] {
-			assert.NotContains(t, line, "jump web/198.18.2.12", "no slot may still jump to it")
+		for _, line := range got[:len(got)-4] {
+			assert.NotContains(t, line, "198.18.2.12", "no slot may still name it")
 		}
 	})
 
@@ -274,6 +295,7 @@ func TestBatchService(t *testing.T) {
 			flush chain prerouting
 			flush chain postrouting
 			delete map web
+			delete map web/backends
 			flush chain web/198.18.2.11:8080
 			delete chain web/198.18.2.11:8080
 			delete counter web/198.18.2.11:8080
@@ -294,17 +316,25 @@ func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
 	})
 	require.NoError(t, err)
 	got := r.last()
-	assert.Contains(t, got, "add rule dns/[fd00:198:18:2::11]:53 [ objref type 1 name dns/[fd00:198:18:2::11]:53 ][ immediate reg 1 0xfd000198001800020000000000000011 ][ immediate reg 2 0x0035 ][ nat dnat family 10 addr reg 1-1 proto reg 2-2 specified true ]")
-	assert.Contains(t, got, "add element dns { 0 : jump dns/[fd00:198:18:2::11]:53, 1 : jump dns/[fd00:198:18:2::11]:53, 2 : jump dns/[fd00:198:18:2::11]:53, 3 : jump dns/[fd00:198:18:2::11]:53, 4 : jump dns/[fd00:198:18:2::11]:53 }")
-	assert.Contains(t, got, "add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x0a ][ payload load 16b @ network header + 24 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x11 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0035 ][ objref type 1 name dns ][ numgen reg 1 = inc mod 5 ][ lookup reg 1 set dns dreg 0 ]")
-	assert.Contains(t, got, "add rule postrouting [ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x0a ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x11 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0035 ][ immediate reg 1 0xfd000198001800020000000000000001 ][ nat snat family 10 addr reg 1-1 proto reg 0-0 specified false ]")
+	match := "[ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x0a ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x11 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0035 ]"
+	for _, want := range []string{
+		"add map dns { integer : ipv6_addr . inet_service }",
+		"add element dns/backends { [fd00:198:18:2::11]:53 : jump dns/[fd00:198:18:2::11]:53 }",
+		"add element dns { 0 : [fd00:198:18:2::11]:53, 1 : [fd00:198:18:2::11]:53, 2 : [fd00:198:18:2::11]:53, 3 : [fd00:198:18:2::11]:53, 4 : [fd00:198:18:2::11]:53 }",
+		"add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x0a ][ payload load 16b @ network header + 24 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x11 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0035 ][ objref type 1 name dns ][ numgen reg 1 = inc mod 5 ][ lookup reg 1 set dns dreg 1 ][ nat dnat family 10 addr reg 1-1 proto reg 2-2 specified true ]",
+		"add rule postrouting " + match + "[ payload load 16b @ network header + 24 => reg 1 ][ payload load 2b @ transport header + 2 => reg 2 ][ lookup reg 1 set dns/backends dreg 0 ]",
+		"add rule postrouting " + match + "[ immediate reg 1 0xfd000198001800020000000000000001 ][ nat snat family 10 addr reg 1-1 proto reg 0-0 specified false ]",
+	} {
+		assert.Contains(t, got, want)
+	}
 }
 
 func TestJhashIPv6Layout(t *testing.T) {
 	svc := Service{Name: "x", VIP: netip.MustParseAddrPort("[fd00::1]:80"), Proto: TCP, Seed: 9}
-	got := renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, "x"), 251))
-	// saddr fills reg 2 (32-bit registers 12-15); sport follows in 16.
-	assert.Contains(t, got, "[ payload load 16b @ network header + 8 => reg 2 ][ payload load 2b @ transport header + 0 => reg 16 ][ hash reg 1 = jhash(reg 2, 20, 0x9) % mod 251 ]")
+	got := renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, &svc), 251))
+	// saddr fills 16-byte reg 2; sport follows in reg 3, as nft lays
+	// out "jhash ip6 saddr . tcp sport".
+	assert.Contains(t, got, "[ payload load 16b @ network header + 8 => reg 2 ][ payload load 2b @ transport header + 0 => reg 3 ][ hash reg 1 = jhash(reg 2, 20, 0x9) % mod 251 ]")
 }
 
 func TestResizeRewritesMapAndModulus(t *testing.T) {
@@ -322,9 +352,9 @@ func TestResizeRewritesMapAndModulus(t *testing.T) {
 	assert.True(t, strings.Contains(got, "flush map web"))
 	assert.True(t, strings.Contains(got, "mod 1021"), "5 members need the next size")
 	assert.True(t, strings.Contains(got, "delete chain web/198.18.2.11:8080"))
-	n := strings.Count(got, " : jump ")
+	n := strings.Count(got, " : 198.18.3.")
 	assert.Equal(t, 1021, n, "every slot rewritten")
-	assert.Equal(t, 4, strings.Count(got, "add element web"), "chunks of %d", elemChunk)
+	assert.Equal(t, 4, strings.Count(got, "add element web {"), "chunks of %d", elemChunk)
 }
 
 func TestFailedBatchIsRetriedFromTheOldState(t *testing.T) {

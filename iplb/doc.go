@@ -7,24 +7,36 @@
 // # Data plane
 //
 // A [Balancer] owns one nftables table (inet "lbkit" by default) and
-// touches nothing else. For a service "web" on 198.18.0.10:80/tcp with
-// backends 198.18.2.1:8080 and 198.18.2.2:8080 it holds, as `nft list`
+// touches nothing else. For a service "web" on 198.19.0.10:80/tcp with
+// backends 198.18.2.11:8080 and 198.18.2.12:8080 it holds, as `nft list`
 // shows it:
 //
+//	map web {                     # slot → backend, from lbkit's Maglev table
+//	    typeof numgen inc mod 2 : ip daddr . tcp dport
+//	    elements = { 0 : 198.18.2.12 . 8080, 1 : 198.18.2.11 . 8080, ... }
+//	}
+//	map web/backends {            # backend → its counter chain
+//	    198.18.2.11 . 8080 : jump web/198.18.2.11:8080, ...
+//	}
 //	chain prerouting {            # type nat hook prerouting priority dstnat
-//	    ip daddr 198.18.0.10 tcp dport 80 counter name "web" jhash ip saddr . tcp sport mod 251 seed 0x5c1d3e27 vmap @web
+//	    ip daddr 198.19.0.10 tcp dport 80 counter name "web" dnat ip to jhash ip saddr . tcp sport mod 1021 seed 0x5c1d3e27 map @web
 //	}
-//	map web {                     # slot → backend chain, from lbkit's Maglev table
-//	    0 : jump web/198.18.2.2:8080, 1 : jump web/198.18.2.1:8080, ...
+//	chain postrouting {           # type nat hook postrouting priority srcnat
+//	    ct original daddr 198.19.0.10 ct original proto-dst 80 ip daddr . tcp dport vmap @web/backends
+//	    ct original daddr 198.19.0.10 ct original proto-dst 80 masquerade    # FullNAT only
 //	}
-//	chain web/198.18.2.1:8080 {   # one per backend: its counter and its DNAT
-//	    counter name "web/198.18.2.1:8080" dnat ip to 198.18.2.1:8080
+//	chain web/198.18.2.11:8080 {
+//	    counter name "web/198.18.2.11:8080"
 //	}
 //
 // Only the first packet of a flow passes the nat chains; conntrack
 // translates the rest of it and the replies. So a flow stays on its
 // backend whatever happens to the map later: changes steer new flows only,
-// which is what drain wants.
+// which is what drain wants. The slot map holds data, not verdicts: the
+// kernel re-validates every jump of a table when a verdict map changes,
+// at a cost that grows with its size (100 ms per change with a 65521-slot
+// verdict map, 13 ms with this layout), so jumps are kept to the backend
+// map, which changes only with membership.
 //
 // # Selection
 //

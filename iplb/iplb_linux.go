@@ -76,7 +76,8 @@ type Balancer struct {
 type service struct {
 	svc  Service
 	pool *balancer.Pool
-	set  *nftables.Set
+	set  *nftables.Set // slot → backend address
+	bset *nftables.Set // backend address → counter chain
 	stop chan struct{}
 
 	size    int                       // modulus in the kernel rule
@@ -206,7 +207,8 @@ func (b *Balancer) AddService(svc Service) (*balancer.Pool, error) {
 	s := &service{
 		svc:    svc,
 		pool:   pool,
-		set:    slotMap(b.table, svc.Name),
+		set:    slotMap(b.table, &svc),
+		bset:   backendMap(b.table, &svc),
 		stop:   make(chan struct{}),
 		ids:    map[uint64]netip.AddrPort{},
 		chains: map[netip.AddrPort]bool{},
@@ -237,8 +239,9 @@ func (b *Balancer) RemoveService(name string) error {
 	delete(b.services, name)
 	b.writeHooks(nil, 0)
 	b.conn.DelSet(s.set)
+	b.conn.DelSet(s.bset)
 	for _, addr := range sortedAddrs(s.chains) {
-		b.delBackend(s, addr)
+		b.delChain(s, addr)
 	}
 	b.conn.DeleteObject(&nftables.CounterObj{Table: b.table, Name: serviceCounter(name)})
 	if err := b.conn.Flush(); err != nil {
@@ -372,18 +375,25 @@ func (b *Balancer) applyLocked(s *service, snap *balancer.Snapshot, fresh bool) 
 	c := b.conn
 	if fresh {
 		c.AddObj(&nftables.CounterObj{Table: b.table, Name: serviceCounter(s.svc.Name)})
-		if err := c.AddSet(s.set, nil); err != nil {
+		if err := errors.Join(c.AddSet(s.set, nil), c.AddSet(s.bset, nil)); err != nil {
 			return fmt.Errorf("iplb: service %s: %w", s.svc.Name, err)
 		}
 	}
+	var added, removed []netip.AddrPort
 	for _, addr := range sortedAddrs(p.chains) {
 		if !s.chains[addr] {
-			b.addBackend(s, addr)
+			added = append(added, addr)
 		}
 	}
-	var elemErr error
+	for _, addr := range sortedAddrs(s.chains) {
+		if !p.chains[addr] {
+			removed = append(removed, addr)
+		}
+	}
+	elemErr := b.addBackends(s, added)
 	resized := fresh || p.size != s.size
 	switch {
+	case elemErr != nil:
 	case resized:
 		if !fresh {
 			c.FlushSet(s.set)
@@ -404,13 +414,11 @@ func (b *Balancer) applyLocked(s *service, snap *balancer.Snapshot, fresh bool) 
 			elemErr = b.putSlots(s, p, diff)
 		}
 	}
+	if elemErr == nil {
+		elemErr = b.delBackends(s, removed)
+	}
 	if elemErr != nil {
 		return fmt.Errorf("iplb: service %s: %w", s.svc.Name, elemErr)
-	}
-	for _, addr := range sortedAddrs(s.chains) {
-		if !p.chains[addr] {
-			b.delBackend(s, addr)
-		}
 	}
 	if resized {
 		b.writeHooks(s, p.size)
@@ -443,7 +451,7 @@ func (b *Balancer) putSlots(s *service, p plan, slots []int) error {
 		n := min(len(slots), elemChunk)
 		elems := make([]nftables.SetElement, n)
 		for i, slot := range slots[:n] {
-			elems[i] = jumpElem(slot, backendName(s.svc.Name, p.ids[p.table.SlotID(slot)]))
+			elems[i] = slotElem(slot, p.ids[p.table.SlotID(slot)])
 		}
 		if err := b.conn.SetAddElements(s.set, elems); err != nil {
 			return err
@@ -454,7 +462,7 @@ func (b *Balancer) putSlots(s *service, p plan, slots []int) error {
 }
 
 // delSlots queues the deletion of slots, before they get new owners: the
-// kernel refuses to overwrite an element with different data.
+// kernel refuses to overwrite an element with different data (EBUSY).
 func (b *Balancer) delSlots(s *service, slots []int) error {
 	for len(slots) > 0 {
 		n := min(len(slots), elemChunk)
@@ -470,17 +478,56 @@ func (b *Balancer) delSlots(s *service, slots []int) error {
 	return nil
 }
 
-// addBackend queues a backend's counter, chain and DNAT rule.
-func (b *Balancer) addBackend(s *service, addr netip.AddrPort) {
-	name := backendName(s.svc.Name, addr)
-	b.conn.AddObj(&nftables.CounterObj{Table: b.table, Name: name})
-	ch := b.conn.AddChain(&nftables.Chain{Name: name, Table: b.table})
-	b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: ch, Exprs: backendExprs(&s.svc, addr)})
+// addBackends queues, for each backend, its counter, its counter chain
+// and its element in the backend map.
+func (b *Balancer) addBackends(s *service, addrs []netip.AddrPort) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	elems := make([]nftables.SetElement, 0, len(addrs))
+	for _, addr := range addrs {
+		name := backendName(s.svc.Name, addr)
+		b.conn.AddObj(&nftables.CounterObj{Table: b.table, Name: name})
+		ch := b.conn.AddChain(&nftables.Chain{Name: name, Table: b.table})
+		b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: ch, Exprs: counterExprs(s.svc.Name, addr)})
+		elems = append(elems, backendElem(s.svc.Name, addr))
+	}
+	for len(elems) > 0 {
+		n := min(len(elems), elemChunk)
+		if err := b.conn.SetAddElements(s.bset, elems[:n]); err != nil {
+			return err
+		}
+		elems = elems[n:]
+	}
+	return nil
 }
 
-// delBackend queues the removal of a backend's chain and counter; the map
-// elements jumping to it must be gone first.
-func (b *Balancer) delBackend(s *service, addr netip.AddrPort) {
+// delBackends queues the removal of backends' map elements, then of their
+// chains and counters.
+func (b *Balancer) delBackends(s *service, addrs []netip.AddrPort) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	elems := make([]nftables.SetElement, len(addrs))
+	for i, addr := range addrs {
+		elems[i] = nftables.SetElement{Key: addrPortData(addr)}
+	}
+	for len(elems) > 0 {
+		n := min(len(elems), elemChunk)
+		if err := b.conn.SetDeleteElements(s.bset, elems[:n]); err != nil {
+			return err
+		}
+		elems = elems[n:]
+	}
+	for _, addr := range addrs {
+		b.delChain(s, addr)
+	}
+	return nil
+}
+
+// delChain queues the removal of a backend's chain and counter; the map
+// element jumping to it must be gone first.
+func (b *Balancer) delChain(s *service, addr netip.AddrPort) {
 	name := backendName(s.svc.Name, addr)
 	ch := &nftables.Chain{Name: name, Table: b.table}
 	b.conn.FlushChain(ch)
@@ -500,6 +547,7 @@ func (b *Balancer) writeHooks(s *service, size int) {
 			sz = size
 		}
 		b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: b.pre, Exprs: serviceExprs(&o.svc, o.set, sz)})
+		b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: b.post, Exprs: countExprs(&o.svc, o.bset)})
 		if o.svc.Mode == FullNAT {
 			b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: b.post, Exprs: fullNATExprs(&o.svc)})
 		}

@@ -30,25 +30,61 @@ func serviceCounter(svc string) string { return svc }
 // service: "web/198.18.2.1:8080".
 func backendName(svc string, addr netip.AddrPort) string { return svc + "/" + addr.String() }
 
-// slotMap returns the service's slot → verdict map: the key is the hash
-// or numgen result, a host-endian 32-bit integer.
-func slotMap(t *nftables.Table, svc string) *nftables.Set {
+// slotMap returns the service's slot map: the key is the hash or numgen
+// result (a host-endian 32-bit integer), the value the backend's address
+// and port, as `typeof numgen inc mod 2 : ip daddr . tcp dport` makes it.
+// A plain data map, not a verdict map: writing its elements does not make
+// the kernel re-validate the table's jumps, which costs time in
+// proportion to every jump element of the table.
+func slotMap(t *nftables.Table, svc *Service) *nftables.Set {
+	addrType := nftables.TypeIPAddr
+	if svc.VIP.Addr().Is6() {
+		addrType = nftables.TypeIP6Addr
+	}
 	return &nftables.Set{
 		Table:        t,
-		Name:         svc,
+		Name:         svc.Name,
 		IsMap:        true,
 		KeyType:      nftables.TypeInteger,
-		DataType:     nftables.TypeVerdict,
+		DataType:     nftables.MustConcatSetType(addrType, nftables.TypeInetService),
 		KeyByteOrder: binaryutil.NativeEndian,
 	}
 }
 
-// slotKey encodes slot i as a map key.
+// backendMap returns the service's backend → counter-chain verdict map,
+// keyed by the translated destination address and port. It changes only
+// with the pool's membership.
+func backendMap(t *nftables.Table, svc *Service) *nftables.Set {
+	addrType := nftables.TypeIPAddr
+	if svc.VIP.Addr().Is6() {
+		addrType = nftables.TypeIP6Addr
+	}
+	return &nftables.Set{
+		Table:    t,
+		Name:     svc.Name + "/backends",
+		IsMap:    true,
+		KeyType:  nftables.MustConcatSetType(addrType, nftables.TypeInetService),
+		DataType: nftables.TypeVerdict,
+	}
+}
+
+// slotKey encodes slot i as a slot map key.
 func slotKey(i int) []byte { return binaryutil.NativeEndian.PutUint32(uint32(i)) }
 
-// jumpElem maps slot i to a jump into chain.
-func jumpElem(i int, chain string) nftables.SetElement {
-	return nftables.SetElement{Key: slotKey(i), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}
+// addrPortData encodes addr . port as a concatenation: the address, then
+// the port in network order padded to 4 bytes.
+func addrPortData(addr netip.AddrPort) []byte {
+	return append(append(addr.Addr().AsSlice(), be16(addr.Port())...), 0, 0)
+}
+
+// slotElem maps slot i to backend addr.
+func slotElem(i int, addr netip.AddrPort) nftables.SetElement {
+	return nftables.SetElement{Key: slotKey(i), Val: addrPortData(addr)}
+}
+
+// backendElem maps backend addr to a jump into its counter chain.
+func backendElem(svc string, addr netip.AddrPort) nftables.SetElement {
+	return nftables.SetElement{Key: addrPortData(addr), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: backendName(svc, addr)}}
 }
 
 func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
@@ -60,15 +96,26 @@ func nfproto(a netip.Addr) byte {
 	return unix.NFPROTO_IPV6
 }
 
+// portReg is the 4-byte register that follows an address loaded into a
+// 16-byte register r: the second half of a concatenation.
+func portReg(r uint32, v6 bool) uint32 {
+	if v6 {
+		return r + 1 // the next 16-byte register
+	}
+	return unix.NFT_REG32_00 + (r-1)*4 + 1
+}
+
 // serviceExprs matches the service's VIP, protocol and port, counts the
 // new flow, computes its slot (jhash of source address and port, or
-// numgen) mod size and jumps through the slot map. A miss (no ready
-// backend) falls through: the packet goes on to the balancer itself.
+// numgen) mod size, looks the backend up in the slot map and DNATs there.
+// A miss (no ready backend) falls through: the packet goes on to the
+// balancer itself.
 func serviceExprs(svc *Service, set *nftables.Set, size int) []expr.Any {
 	vip := svc.VIP.Addr()
-	dstOff, srcOff, alen, portReg := uint32(16), uint32(12), uint32(4), uint32(unix.NFT_REG32_05)
-	if vip.Is6() {
-		dstOff, srcOff, alen, portReg = 24, 8, 16, unix.NFT_REG32_08
+	v6 := vip.Is6()
+	dstOff, srcOff, alen := uint32(16), uint32(12), uint32(4)
+	if v6 {
+		dstOff, srcOff, alen = 24, 8, 16
 	}
 	ex := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
@@ -86,36 +133,34 @@ func serviceExprs(svc *Service, set *nftables.Set, size int) []expr.Any {
 	} else {
 		ex = append(ex,
 			&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseNetworkHeader, Offset: srcOff, Len: alen},
-			&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Payload{DestRegister: portReg(2, v6), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
 			&expr.Hash{SourceRegister: 2, DestRegister: 1, Length: alen + 4, Modulus: uint32(size), Seed: svc.Seed, Type: expr.HashTypeJenkins},
 		)
 	}
-	return append(ex, &expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID})
-}
-
-// backendExprs count a new flow for the backend and DNAT it there.
-func backendExprs(svc *Service, addr netip.AddrPort) []expr.Any {
-	return []expr.Any{
-		&expr.Objref{Type: objCounter, Name: backendName(svc.Name, addr)},
-		&expr.Immediate{Register: 1, Data: addr.Addr().AsSlice()},
-		&expr.Immediate{Register: 2, Data: be16(addr.Port())},
+	return append(ex,
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
 		&expr.NAT{
-			Type: expr.NATTypeDestNAT, Family: uint32(nfproto(addr.Addr())),
-			RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 2, RegProtoMax: 2, Specified: true,
+			Type: expr.NATTypeDestNAT, Family: uint32(nfproto(vip)),
+			RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: portReg(1, v6), RegProtoMax: portReg(1, v6), Specified: true,
 		},
-	}
+	)
 }
 
-// fullNATExprs, in postrouting, source-NAT the flows whose original
+// counterExprs count a new flow for one backend (its chain's only rule).
+func counterExprs(svc string, addr netip.AddrPort) []expr.Any {
+	return []expr.Any{&expr.Objref{Type: objCounter, Name: backendName(svc, addr)}}
+}
+
+// originalExprs match, in postrouting, the flows whose original
 // destination was the service (the first packet only: conntrack does the
 // rest). In an inet table "ct original daddr" is 16 bytes for both
-// families, the IPv4 address followed by zeros, so the rule also checks
-// the layer-3 protocol.
-func fullNATExprs(svc *Service) []expr.Any {
+// families, the IPv4 address followed by zeros, so they also check the
+// layer-3 protocol.
+func originalExprs(svc *Service) []expr.Any {
 	vip := svc.VIP.Addr()
 	dst := make([]byte, 16)
 	copy(dst, vip.AsSlice())
-	ex := []expr.Any{
+	return []expr.Any{
 		&expr.Ct{Key: expr.CtKeyL3PROTOCOL, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto(vip)}},
 		&expr.Ct{Key: expr.CtKeyDST, Direction: dirOriginal, Register: 1},
@@ -125,6 +170,26 @@ func fullNATExprs(svc *Service) []expr.Any {
 		&expr.Ct{Key: expr.CtKeyPROTODST, Direction: dirOriginal, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(svc.VIP.Port())},
 	}
+}
+
+// countExprs, in postrouting, jump to the counter chain of the backend
+// the flow was translated to: `ip daddr . th dport vmap @svc/backends`.
+func countExprs(svc *Service, set *nftables.Set) []expr.Any {
+	v6 := svc.VIP.Addr().Is6()
+	off, alen := uint32(16), uint32(4)
+	if v6 {
+		off, alen = 24, 16
+	}
+	return append(originalExprs(svc),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: alen},
+		&expr.Payload{DestRegister: portReg(1, v6), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
+	)
+}
+
+// fullNATExprs, in postrouting, source-NAT the service's flows.
+func fullNATExprs(svc *Service) []expr.Any {
+	ex := originalExprs(svc)
 	if !svc.SNAT.IsValid() {
 		return append(ex, &expr.Masq{})
 	}

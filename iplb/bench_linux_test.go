@@ -1,0 +1,113 @@
+package iplb
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/netlab"
+	"github.com/stretchr/testify/require"
+)
+
+// BenchmarkApply measures one change (a backend's health flips) applied
+// to the kernel: the plan, the Maglev table build, the batch of changed
+// slots and the commit. The initial fill is reported as fill-ms.
+func BenchmarkApply(b *testing.B) {
+	netlab.RequireRoot(b)
+	lab, err := netlab.New(b, netlab.Config{})
+	require.NoError(b, err)
+	host, err := lab.AddHost("bal")
+	require.NoError(b, err)
+	for _, n := range []int{3, 100, 1000} {
+		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) {
+			lb, err := New(Config{NetNS: int(host.NS()), Logger: quietLogger()})
+			require.NoError(b, err)
+			defer lb.Close()
+			// The pool's own picker is not what is measured: give it a
+			// trivial builder, so the time is iplb's (plan, Maglev table,
+			// batch, commit).
+			pool := balancer.MustNew(balancer.Config{Builder: balancer.BuilderFunc(func([]balancer.Weighted) balancer.Picker {
+				return balancer.ErrPicker(balancer.ErrNoBackend)
+			})})
+			var bs []balancer.Backend
+			for i := range n {
+				bs = append(bs, balancer.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(2 + i/250), byte(1 + i%250)}), 8080)})
+			}
+			require.NoError(b, pool.Set(bs))
+			start := b.Elapsed()
+			_, err = lb.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Pool: pool})
+			require.NoError(b, err)
+			fill := b.Elapsed() - start
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			i := 0
+			for b.Loop() {
+				pool.SetHealthy(bs[i%n].Addr, i/n%2 == 1)
+				i++
+				if err := lb.Sync(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(fill.Microseconds())/1000, "fill-ms")
+			b.ReportMetric(float64(autoSize(n)), "slots")
+		})
+	}
+}
+
+// BenchmarkLab measures new connections per second (one HTTP request per
+// connection) and requests per second (keep-alive) from the client
+// namespace: straight to one backend, and through the balancer in each
+// mode. Run with -benchtime=2000x or so; each op is a real request.
+func BenchmarkLab(b *testing.B) {
+	l := newLab(b)
+	lb := l.newBalancer(b)
+	// Direct path: the client also gets an address on the backends'
+	// subnet, so it reaches be1 on-link, without the balancer.
+	require.NoError(b, l.client.AddAddr(netip.MustParsePrefix("198.18.2.100/24"), "eth0"))
+	direct := netip.AddrPortFrom(l.backends[0].host.Addr4(), backendPort)
+	gw := netip.AddrPortFrom(vip4, 80)
+	fnat := netip.AddrPortFrom(vip4, 81)
+	_, err := lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)})
+	require.NoError(b, err)
+	_, err = lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)})
+	require.NoError(b, err)
+
+	for _, path := range []struct {
+		name string
+		addr netip.AddrPort
+	}{{"direct", direct}, {"gateway", gw}, {"fullnat", fnat}} {
+		for _, keepAlive := range []bool{false, true} {
+			what := "conns"
+			if keepAlive {
+				what = "reqs"
+			}
+			b.Run(path.name+"/"+what, func(b *testing.B) {
+				tr := &http.Transport{DialContext: l.client.DialContext, DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 64}
+				defer tr.CloseIdleConnections()
+				c := &http.Client{Transport: tr}
+				u := url(path.addr)
+				b.SetParallelism(4)
+				b.ReportAllocs()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						resp, err := c.Get(u)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				})
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), what+"/s")
+			})
+		}
+	}
+}
