@@ -49,6 +49,16 @@ func knotdPath(t testing.TB) string {
 	return bin
 }
 
+// knotUser returns the server.user line: as root, keep knotd root (it
+// would switch to user knot, which cannot read the test's temp dir);
+// otherwise leave it out, knotd runs as the calling user.
+func knotUser() string {
+	if os.Geteuid() == 0 {
+		return "    user: root:root\n"
+	}
+	return ""
+}
+
 // freePort returns a port free for both UDP and TCP on 127.0.0.1.
 func freePort(t testing.TB) int {
 	t.Helper()
@@ -75,8 +85,7 @@ func startKnot(t testing.TB, origin, zoneText string) *knotServer {
 	conf := fmt.Sprintf(`server:
     rundir: "%[1]s"
     listen: 127.0.0.1@%[2]s
-    user: root:root
-    udp-workers: 1
+%[5]s    udp-workers: 1
     tcp-workers: 1
     background-workers: 1
 database:
@@ -105,7 +114,7 @@ zone:
   - domain: %[4]s
     file: "zone.txt"
     acl: update
-`, k.dir, port, testKeySecret, origin)
+`, k.dir, port, testKeySecret, origin, knotUser())
 	require.NoError(t, os.WriteFile(filepath.Join(k.dir, "knot.conf"), []byte(conf), 0o600))
 	k.writeZone(zoneText)
 	k.start()

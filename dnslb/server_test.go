@@ -707,3 +707,29 @@ func TestListenAndServe(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "dnslb: listen address")
 }
+
+func TestIPv6Loopback(t *testing.T) {
+	pool := newPool(t, nil,
+		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.1:80"), Zone: "v4"},
+		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.2:80"), Zone: "v6clients"})
+	s, err := New(Config{Zones: []Zone{{Origin: "example.test.", Records: testZone}},
+		Services: []Service{{Name: "svc.example.test.", Pool: pool, Policy: PolicyNearest,
+			Zones: []ZoneRule{{Prefix: netip.MustParsePrefix("::1/128"), Zone: "v6clients"}}}}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	udp, tcp, err := Listen(ctx, "[::1]:0", 2)
+	if err != nil {
+		cancel()
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, udp, []net.Listener{tcp}) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	for _, netw := range []string{"udp", "tcp"} {
+		r := ask(t, tcp.Addr().String(), netw, "svc.example.test.", dns.TypeA)
+		assert.Equal(t, []string{"198.18.0.2"}, addrs(r), "%s: the source ::1 maps to its zone", netw)
+	}
+}
