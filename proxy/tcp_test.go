@@ -378,12 +378,9 @@ func TestTCPProxyProtocol(t *testing.T) {
 }
 
 func TestTCPSourceHash(t *testing.T) {
-	var names []string
 	var backends []balancer.Backend
 	for i := range 3 {
-		name := fmt.Sprint("b", i)
-		b := tcpStartBackend(t, tcpNamed(name))
-		names = append(names, name)
+		b := tcpStartBackend(t, tcpNamed(fmt.Sprint("b", i)))
 		backends = append(backends, balancer.Backend{Addr: b.addr})
 	}
 	_, addr := tcpStartProxy(t, TCPConfig{Backends: backends, SourceHash: true})
