@@ -391,6 +391,12 @@ func TestHTTPTimeouts(t *testing.T) {
 		assert.Equal(t, http.StatusGatewayTimeout, code)
 		assert.Equal(t, "proxy: gateway timeout\n", body)
 	})
+	t.Run("request timeout is 504", func(t *testing.T) {
+		b := startBackend(t, "a")
+		p := startProxy(t, HTTPConfig{RequestTimeout: 50 * time.Millisecond, MaxTries: 1}, b)
+		code, _, _ := get(t, testClient(t, 1), p.url+"/slow")
+		assert.Equal(t, http.StatusGatewayTimeout, code)
+	})
 	t.Run("refused connection is 502", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
@@ -454,8 +460,8 @@ func TestHTTPDrainLosesNothing(t *testing.T) {
 	close(b.hold) // b's /slow answers at once; a's holds
 	<-a.entered
 	p.pool.SetDraining(a.addr, true)
-	require.Eventually(t, func() bool { return p.h.IdleConns(a.addr) == 0 }, 10*time.Second, time.Millisecond,
-		"a draining backend's idle connections are closed")
+	require.Eventually(t, func() bool { return p.h.IdleConns(a.addr) == 0 && a.open.Load() == 1 }, 10*time.Second, time.Millisecond,
+		"a draining backend's idle connections are closed; the one in flight stays")
 	for range 20 {
 		_, body, _ := get(t, c, p.url+"/")
 		assert.Equal(t, "b", body, "nothing new goes to a draining backend")
@@ -463,6 +469,7 @@ func TestHTTPDrainLosesNothing(t *testing.T) {
 	close(a.hold)
 	assert.Equal(t, "200a", <-inflight, "the request in flight finished")
 	assert.Zero(t, p.h.IdleConns(a.addr), "its connection was closed, not kept")
+	assert.Eventually(t, func() bool { return a.open.Load() == 0 }, 10*time.Second, time.Millisecond)
 	p.pool.Remove(a.addr)
 	assert.Zero(t, p.pool.Endpoints()[0].InFlight())
 }
@@ -490,4 +497,22 @@ func startProxyAddrs(t *testing.T, cfg HTTPConfig, addrs ...netip.AddrPort) *tes
 		bs = append(bs, &testBackend{addr: a})
 	}
 	return startProxy(t, cfg, bs...)
+}
+
+func TestHTTPRemovedBackendIdleClosed(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	p := startProxy(t, HTTPConfig{}, a, b)
+	c := testClient(t, 2)
+	for range 6 {
+		get(t, c, p.url+"/")
+	}
+	require.Positive(t, p.h.IdleConns(a.addr))
+	require.Positive(t, a.open.Load())
+	require.True(t, p.pool.Remove(a.addr))
+	require.Eventually(t, func() bool { return a.open.Load() == 0 }, 10*time.Second, time.Millisecond,
+		"the proxy closed its connections to the removed backend")
+	for range 4 {
+		_, body, _ := get(t, c, p.url+"/")
+		assert.Equal(t, "b", body)
+	}
 }

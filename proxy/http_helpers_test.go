@@ -30,6 +30,7 @@ type testBackend struct {
 	addr netip.AddrPort
 	srv  *http.Server
 	hits atomic.Int64
+	open atomic.Int64 // connections open on the backend
 	// hold, when non-nil, blocks /slow until closed.
 	hold chan struct{}
 	// entered receives a value when /slow is entered.
@@ -114,7 +115,14 @@ func startBackend(t testing.TB, name string) *testBackend {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	b.addr = netip.MustParseAddrPort(ln.Addr().String())
-	b.srv = &http.Server{Handler: mux}
+	b.srv = &http.Server{Handler: mux, ConnState: func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			b.open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			b.open.Add(-1)
+		}
+	}}
 	go b.srv.Serve(ln)
 	t.Cleanup(func() { b.srv.Close() })
 	return b
