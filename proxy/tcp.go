@@ -120,13 +120,16 @@ type TCP struct {
 // the backend side.
 type tcpConn struct {
 	client  net.Conn
+	cancel  context.CancelFunc // ends dials in progress; set before close can run
 	mu      sync.Mutex
 	backend net.Conn
 	closed  bool
 }
 
-// close closes both sides; it is idempotent.
+// close closes both sides and cancels a dial in progress; it is
+// idempotent.
 func (c *tcpConn) close() {
+	c.cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
@@ -292,8 +295,10 @@ func (p *TCP) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("proxy: accept: %w", err)
 		}
 		backoff = 0
-		tc := &tcpConn{client: c}
+		cctx, cancel := context.WithCancel(ctx)
+		tc := &tcpConn{client: c, cancel: cancel}
 		if !p.track(tc) {
+			cancel()
 			c.Close()
 			return ErrTCPClosed
 		}
@@ -302,7 +307,7 @@ func (p *TCP) Serve(ctx context.Context, ln net.Listener) error {
 			defer p.wg.Done()
 			defer mine.Delete(tc)
 			defer p.untrack(tc)
-			p.handle(ctx, tc)
+			p.handle(cctx, tc)
 		}()
 	}
 }
