@@ -14,6 +14,7 @@ import (
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/netlab"
+	"github.com/lbkit/lbkit/iplb"
 	"github.com/lbkit/lbkit/l2lb"
 )
 
@@ -23,6 +24,7 @@ import (
 // to the host's network.
 func labStrategies() []strategy {
 	return []strategy{
+		{name: "iplb-nat", run: runIPLB},
 		{name: "l2lb-dsr", run: runL2LB},
 	}
 }
@@ -163,6 +165,49 @@ func runL2LB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	r := driveLab(ctx, cfg, name, env, progress)
 	if st, err := bal.Stats(); err == nil {
 		r.note = fmt.Sprintf("XDP forwarded %d packets (client→server only: replies bypass the balancer), passed %d", st.Forwarded, st.Passed)
+	}
+	return r, nil
+}
+
+// runIPLB: layer-3/4 NAT in the kernel (nftables + conntrack) in FullNAT
+// mode: the balancer rewrites destination and source, so backends need no
+// route through it. The VIP is on the balancer's interface.
+func runIPLB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, error) {
+	const name = "iplb-nat"
+	env, skip, err := openLab(cfg)
+	if skip != "" || err != nil {
+		return result{name: name, skip: skip}, err
+	}
+	defer env.close()
+	if err := env.lb.AddAddr(netip.PrefixFrom(labVIP, 32), "eth0"); err != nil {
+		return result{}, err
+	}
+	if err := env.lb.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return result{}, err
+	}
+	pool, _, stopHealth, err := newPoolProbe(env.bs, maglev.Builder{}, env.probe())
+	if err != nil {
+		return result{}, err
+	}
+	defer stopHealth()
+	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS())})
+	if err != nil {
+		return result{}, err
+	}
+	defer bal.Close()
+	if _, err := bal.AddService(iplb.Service{
+		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Pool: pool,
+	}); err != nil {
+		return result{}, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := bal.Sync(sctx); err != nil {
+		return result{}, err
+	}
+	r := driveLab(ctx, cfg, name, env, progress)
+	if st, err := bal.Stats(); err == nil && len(st) > 0 {
+		r.note = fmt.Sprintf("nftables steered %d new flows through %d Maglev slots; conntrack carried the rest", st[0].Flows, st[0].TableSize)
 	}
 	return r, nil
 }
