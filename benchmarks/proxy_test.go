@@ -440,7 +440,12 @@ func BenchmarkProxy(b *testing.B) {
 		{"haproxy", pxStartHAProxy},
 		{"httputil", func(b *testing.B, bs []string) (string, int) { return pxStartChild(b, "httputil", bs) }},
 	}
+	type pxRun struct {
+		res pxResult
+		cpu float64 // µs per request
+	}
 	for _, conns := range []int{100, 1000} {
+		runs := map[string]pxRun{}
 		for _, tg := range targets {
 			b.Run(fmt.Sprintf("c=%d/%s", conns, tg.name), func(b *testing.B) {
 				addr, pid := tg.start(b, backs)
@@ -463,8 +468,19 @@ func BenchmarkProxy(b *testing.B) {
 				b.ReportMetric(res.errors, "errors")
 				if res.requests > 0 {
 					b.ReportMetric(cpu/res.requests*1e6, "cpu-us/req")
+					runs[tg.name] = pxRun{res, cpu / res.requests * 1e6}
 				}
 			})
+		}
+		// Ratios from the same run are what to compare (absolute numbers
+		// drift by tens of percent between runs on a shared machine).
+		lb, ok := runs["lbkit"]
+		for _, peer := range []string{"nginx", "haproxy", "httputil"} {
+			pr, ok2 := runs[peer]
+			if ok && ok2 && pr.res.rps > 0 && pr.res.p99 > 0 && pr.cpu > 0 {
+				b.Logf("c=%d lbkit/%s: req/s %.2fx, p99 %.2fx, cpu/req %.2fx", conns, peer,
+					lb.res.rps/pr.res.rps, lb.res.p99/pr.res.p99, lb.cpu/pr.cpu)
+			}
 		}
 	}
 }
