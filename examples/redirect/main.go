@@ -1,7 +1,8 @@
 // Command redirect shows lbkit's redirect front-end end to end: it starts
 // three backends and a dispatcher on loopback, follows a few redirects with
-// an ordinary http.Client, takes one backend down and shows that clients
-// are no longer sent there, then exits.
+// an ordinary http.Client, takes one backend down, waits for the health
+// checker to eject it and shows that clients are no longer sent there,
+// then exits.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/redirect"
 )
 
@@ -65,6 +67,24 @@ func run() error {
 		return err
 	}
 	defer h.Close()
+
+	// Active health checks keep the handler's pool in step: a TCP probe
+	// every 100 ms, one failure ejects.
+	chk, err := health.New(health.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	defer chk.Close()
+	for _, ep := range h.Pool().Endpoints() {
+		err := chk.SetTarget(health.Target{
+			Addr: ep.Addr(), Probe: health.TCP{}, Interval: 100 * time.Millisecond,
+			Fall: 1, Rise: 1, Initial: health.Healthy,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	defer chk.Drive(h.Pool())()
 	dispatcher, stop, err := serve(h)
 	if err != nil {
 		return err
@@ -97,12 +117,26 @@ func run() error {
 		}
 	}
 
-	// Take the first backend down; a health checker would notice within
-	// one interval, here we tell the pool directly.
+	// Take the first backend down and wait for the checker to eject it
+	// (within one probe interval).
 	down := netip.MustParseAddrPort(targets[0].URL[len("http://"):])
 	stops[down]()
-	h.Pool().SetHealthy(down, false)
-	fmt.Println("backend", down, "is down")
+	start := time.Now()
+	for ready := true; ready; {
+		snap := h.Pool().Snapshot()
+		ready = false
+		for _, w := range snap.Ready {
+			ready = ready || w.Endpoint.Addr() == down
+		}
+		if ready {
+			select {
+			case <-snap.Changed():
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("backend %v was never ejected", down)
+			}
+		}
+	}
+	fmt.Printf("backend %v is down; ejected after %v\n", down, time.Since(start).Round(10*time.Millisecond))
 	for _, p := range []string{"/e", "/f", "/g"} {
 		if err := get(p); err != nil {
 			return err
