@@ -51,8 +51,8 @@ const (
 	// pxProfileEnv, when set to a path prefix, makes the Go proxy children
 	// write a CPU profile to <prefix>.<kind>.
 	pxProfileEnv = "LBKIT_BENCH_PROXY_CPUPROFILE"
-	pxWarmup   = time.Second
-	pxDuration = 3 * time.Second
+	pxWarmup     = time.Second
+	pxDuration   = 3 * time.Second
 )
 
 // The test binary doubles as the Go proxies' child process.
