@@ -1,11 +1,15 @@
 package iplb
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
+	"os/exec"
+	"regexp"
+	"strconv"
 	"testing"
 
 	"github.com/lbkit/lbkit/balancer"
@@ -107,6 +111,67 @@ func BenchmarkLab(b *testing.B) {
 					}
 				})
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), what+"/s")
+			})
+		}
+	}
+}
+
+// BenchmarkWrk drives the lab with wrk (a C load generator, far cheaper
+// per request than Go's client) started inside the client namespace:
+// straight to one backend, and through the balancer in each mode, with
+// keep-alive (requests/s) and with "Connection: close" (a new connection
+// per request: connections/s). Each sub-benchmark runs wrk once for 2 s
+// whatever b.N is; run with -benchtime=1x. It skips without wrk.
+func BenchmarkWrk(b *testing.B) {
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("iplb: wrk not installed (apt-get install wrk)")
+	}
+	l := newLab(b)
+	lb := l.newBalancer(b)
+	require.NoError(b, l.client.AddAddr(netip.MustParsePrefix("198.18.2.100/24"), "eth0"))
+	direct := netip.AddrPortFrom(l.backends[0].host.Addr4(), backendPort)
+	gw := netip.AddrPortFrom(vip4, 80)
+	fnat := netip.AddrPortFrom(vip4, 81)
+	_, err = lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)})
+	require.NoError(b, err)
+	_, err = lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)})
+	require.NoError(b, err)
+	// The same single backend as "direct", behind the balancer: the
+	// difference is the balancer's hop alone.
+	one := netip.AddrPortFrom(vip4, 83)
+	_, err = lb.AddService(Service{Name: "one", VIP: one, Backends: []balancer.Backend{{Addr: direct}}})
+	require.NoError(b, err)
+	for _, path := range []struct {
+		name string
+		addr netip.AddrPort
+	}{{"direct", direct}, {"gateway-1backend", one}, {"gateway", gw}, {"fullnat", fnat}} {
+		for _, closeConn := range []bool{false, true} {
+			what := "reqs"
+			if closeConn {
+				what = "conns"
+			}
+			b.Run(path.name+"/"+what, func(b *testing.B) {
+				args := []string{"-t2", "-c32", "-d2s", "--timeout", "5s"}
+				if closeConn {
+					args = append(args, "-H", "Connection: close")
+				}
+				cmd := exec.Command(wrk, append(args, url(path.addr))...)
+				var out bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &out, &out
+				// The child inherits the namespace of the thread that
+				// forks it.
+				require.NoError(b, l.client.Do(cmd.Start))
+				require.NoError(b, cmd.Wait(), out.String())
+				m := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`).FindStringSubmatch(out.String())
+				require.NotNil(b, m, out.String())
+				rate, err := strconv.ParseFloat(m[1], 64)
+				require.NoError(b, err)
+				if e := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)|Socket errors: .*`).FindString(out.String()); e != "" {
+					b.Logf("wrk: %s", e)
+				}
+				b.ReportMetric(rate, what+"/s")
+				b.ReportMetric(0, "ns/op")
 			})
 		}
 	}
