@@ -2,8 +2,10 @@ package dnslb_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -64,4 +66,79 @@ func Example() {
 	// www.example.test. NOERROR [198.18.0.1 198.18.0.2]
 	// www.example.test. NOERROR [198.18.0.2]
 	// mail.example.test. NXDOMAIN []
+}
+
+// An Updater keeps the A records of a name on a primary server equal to
+// a pool's ready backends, with TSIG-signed dynamic updates. Here the
+// primary is a second dnslb server that accepts updates; in production it
+// is BIND, Knot or PowerDNS.
+func ExampleUpdater() {
+	key := dnslb.TSIGKey{Name: "lbkit.", Secret: "c2VjcmV0LWtleS1mb3ItdGhlLWV4YW1wbGU="}
+
+	// The primary: example.test. with www open to signed updates.
+	primaryPool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	defer primaryPool.Close()
+	primary, err := dnslb.New(dnslb.Config{
+		Zones:      []dnslb.Zone{{Origin: "example.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 60\n"}},
+		Services:   []dnslb.Service{{Name: "www.example.test.", Pool: primaryPool, UpdatePort: 443}},
+		UpdateKeys: []dnslb.TSIGKey{key},
+		Logger:     slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	udp, tcp, err := dnslb.Listen(ctx, "127.0.0.1:0", 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- primary.Serve(ctx, udp, []net.Listener{tcp}) }()
+
+	// The pool whose health the updater publishes.
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	defer pool.Close()
+	for _, a := range []string{"198.18.0.1:443", "198.18.0.2:443"} {
+		pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(a)})
+	}
+	u, err := dnslb.NewUpdater(dnslb.UpdaterConfig{
+		Server: tcp.Addr().String(), Zone: "example.test.", Name: "www.example.test.",
+		Pool: pool, Key: key, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	show := func() {
+		var got []string
+		for _, ep := range primaryPool.Endpoints() {
+			got = append(got, ep.Addr().String())
+		}
+		slices.Sort(got)
+		fmt.Println(got)
+	}
+	if err := u.Sync(ctx); err != nil {
+		log.Fatal(err)
+	}
+	show()
+	pool.SetHealthy(netip.MustParseAddrPort("198.18.0.1:443"), false)
+	if err := u.Sync(ctx); err != nil {
+		log.Fatal(err)
+	}
+	show()
+
+	bad := dnslb.UpdaterConfig{Server: tcp.Addr().String(), Zone: "example.test.", Name: "www.example.test.",
+		Pool: pool, Key: dnslb.TSIGKey{Name: "lbkit.", Secret: "d3Jvbmc="}, Logger: slog.New(slog.DiscardHandler)}
+	ub, _ := dnslb.NewUpdater(bad)
+	pool.SetHealthy(netip.MustParseAddrPort("198.18.0.1:443"), true)
+	err = ub.Sync(ctx) // a wrong secret changes nothing
+	fmt.Println(errors.Is(err, dnslb.ErrBadSig))
+	show()
+
+	cancel()
+	<-done
+	// Output:
+	// [198.18.0.1:443 198.18.0.2:443]
+	// [198.18.0.2:443]
+	// true
+	// [198.18.0.2:443]
 }
