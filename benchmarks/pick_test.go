@@ -142,6 +142,27 @@ func BenchmarkPickParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkBuild measures building a picker from a ready set, which a
+// pool does on every change of the ready set or of an effective weight
+// (each slow-start step included). Weights are 1–3 plus a third, so
+// weighted schedules take their inexact, full-length path.
+func BenchmarkBuild(b *testing.B) {
+	for _, pol := range pickPolicies {
+		for _, n := range pickSizes {
+			b.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(b *testing.B) {
+				ready := pickReady(n)
+				for i := range ready {
+					ready[i].Weight += 1.0 / 3
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					pol.builder.Build(ready)
+				}
+			})
+		}
+	}
+}
+
 // TestPickPoliciesNoAllocs holds every benchmarked policy, baselines
 // included, to 0 allocations per pick.
 func TestPickPoliciesNoAllocs(t *testing.T) {
