@@ -28,8 +28,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// The DNS benchmark loads lbkit's dnslb server and Knot DNS, both serving
-// the same zone with an A RRset of four addresses at svc.example.test.,
+// The DNS benchmark loads lbkit's dnslb server, Knot DNS and a plain
+// miekg/dns server, all serving an A RRset of four addresses at
+// svc.example.test.,
 // with the same load generator in the same run: dnsperf when installed,
 // else a bounded in-process Go client. It reports each server's queries
 // per second and lost queries, and the ratio lbkit/knot.
@@ -88,6 +89,44 @@ func dnsStartLbkit(b *testing.B) string {
 		pool.Close()
 	})
 	return tcp.Addr().String()
+}
+
+// dnsStartMiekg serves the same A RRset with a plain miekg/dns server
+// and handler (one UDP socket, a dns.Msg built per query): the baseline a
+// Go DNS server starts from.
+func dnsStartMiekg(b *testing.B) string {
+	b.Helper()
+	var rrs []dns.RR
+	for _, a := range dnsBackends {
+		ap := netip.MustParseAddrPort(a)
+		rrs = append(rrs, &dns.A{Hdr: dns.RR_Header{Name: dnsQName, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+			A: ap.Addr().AsSlice()})
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if len(r.Question) == 1 && dns.CanonicalName(r.Question[0].Name) == dnsQName && r.Question[0].Qtype == dns.TypeA {
+			m.Answer = rrs
+		} else {
+			m.Rcode = dns.RcodeRefused
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: h, NotifyStartedFunc: func() { close(started) }}
+	done := make(chan error, 1)
+	go func() { done <- srv.ActivateAndServe() }()
+	<-started
+	b.Cleanup(func() {
+		srv.Shutdown()
+		<-done
+	})
+	return pc.LocalAddr().String()
 }
 
 // dnsStartKnot runs knotd in the foreground on a free loopback port with
@@ -327,8 +366,9 @@ const dnsRounds = 3
 // -benchtime=1x: each iteration is a full set of load runs.
 func BenchmarkDNSQPS(b *testing.B) {
 	lbkit := dnsStartLbkit(b)
+	miekg := dnsStartMiekg(b)
 	knot, knotPID := dnsStartKnot(b)
-	var ls, ks []dnsResult
+	var ls, ms, ks []dnsResult
 	for range b.N {
 		for range dnsRounds {
 			c0 := dnsSelfCPU()
@@ -339,9 +379,15 @@ func BenchmarkDNSQPS(b *testing.B) {
 			k := dnsLoad(b, knot)
 			k.cpu = dnsProcCPU(b, knotPID) - c0
 			ks = append(ks, k)
+			c0 = dnsSelfCPU()
+			m := dnsLoad(b, miekg)
+			m.cpu = dnsSelfCPU() - c0
+			ms = append(ms, m)
 		}
 	}
-	l, k := dnsMedian(ls), dnsMedian(ks)
+	l, k, m := dnsMedian(ls), dnsMedian(ks), dnsMedian(ms)
+	b.ReportMetric(m.qps, "miekg-qps")
+	b.ReportMetric(float64(m.cpu.Nanoseconds())/(m.qps*dnsSeconds), "miekg-cpu-ns/q")
 	b.ReportMetric(l.qps, "lbkit-qps")
 	b.ReportMetric(k.qps, "knot-qps")
 	b.ReportMetric(l.qps/k.qps, "lbkit/knot")
@@ -353,7 +399,8 @@ func BenchmarkDNSQPS(b *testing.B) {
 	b.ReportMetric(float64(l.cpu.Nanoseconds())/(l.qps*dnsSeconds), "lbkit-cpu-ns/q")
 	b.ReportMetric(float64(k.cpu.Nanoseconds())/(k.qps*dnsSeconds), "knot-cpu-ns/q")
 	for i := range ls {
-		b.Logf("round %d: lbkit %.0f q/s (lost %d), knot %.0f q/s (lost %d)", i+1, ls[i].qps, ls[i].lost, ks[i].qps, ks[i].lost)
+		b.Logf("round %d: lbkit %.0f q/s (lost %d), knot %.0f q/s (lost %d), plain miekg/dns %.0f q/s (lost %d)",
+			i+1, ls[i].qps, ls[i].lost, ks[i].qps, ks[i].lost, ms[i].qps, ms[i].lost)
 	}
 }
 
