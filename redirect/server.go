@@ -232,7 +232,8 @@ type srvConn struct {
 	nxff    int
 	cookies [8]string // the first Cookie lines of a request
 	ncookie int
-	linger  bool // unread request body may follow the last response
+	linger  bool      // unread request body may follow the last response
+	now     time.Time // when the current batch of requests arrived
 }
 
 // request is what the server reads of one request.
@@ -295,7 +296,8 @@ func (s *Server) serveConn(c net.Conn) {
 			if _, err := sc.br.Peek(1); err != nil {
 				return
 			}
-			c.SetReadDeadline(time.Now().Add(readTimeout))
+			sc.now = time.Now() // the request's arrival: Date and the read deadline
+			c.SetReadDeadline(sc.now.Add(readTimeout))
 		}
 		if len(sc.out) >= maxPendingOut {
 			// A client pipelining without reading: push answers out
@@ -618,7 +620,7 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 	if h.vary != nil {
 		b = append(b, "Vary: Cookie\r\n"...)
 	}
-	b = appendDate(b)
+	b = appendDate(b, sc.now)
 	b = append(b, "Content-Length: 0\r\n"...)
 	b = appendConnection(b, req, keep)
 	sc.out = append(b, "\r\n"...)
@@ -653,7 +655,7 @@ func (sc *srvConn) writeErrorKeep(code int, body []byte, keep bool) {
 		b = append(b, sc.s.Handler.cacheControl[0]...)
 	}
 	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"...)
-	b = appendDate(b)
+	b = appendDate(b, sc.now)
 	b = append(b, "Content-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n"...)
@@ -702,12 +704,16 @@ type dateLine struct {
 	line []byte
 }
 
-// appendDate appends "Date: <IMF-fixdate>\r\n", formatting at most once a
-// second.
-func appendDate(b []byte) []byte {
-	now := time.Now()
+// appendDate appends "Date: <IMF-fixdate>\r\n" for now (the zero time
+// means the current time), formatting at most once a second.
+func appendDate(b []byte, now time.Time) []byte {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	// Only move forward: connections whose batch arrived a second ago
+	// reuse the newer line instead of reformatting back and forth.
 	d := dateCache.Load()
-	if d == nil || d.sec != now.Unix() {
+	if d == nil || now.Unix() > d.sec {
 		line := now.UTC().AppendFormat([]byte("Date: "), http.TimeFormat)
 		d = &dateLine{sec: now.Unix(), line: append(line, "\r\n"...)}
 		dateCache.Store(d)

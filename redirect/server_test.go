@@ -383,3 +383,42 @@ func redirListen(t *testing.T) net.Listener {
 	require.NoError(t, err)
 	return ln
 }
+
+// BenchmarkServerStep is the Server's own cost per request, without the
+// network: parse one pipelined request head and render the redirect.
+func BenchmarkServerStep(b *testing.B) {
+	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n")
+	r := bytes.NewReader(raw)
+	sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, 4096), out: make([]byte, 0, 1024)}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Reset(raw)
+		sc.br.Reset(r)
+		sc.out = sc.out[:0]
+		if keep, err := sc.step(false); !keep {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandlerServeHTTP is the handler's cost per request under
+// net/http, without the server: the decision and the header map writes.
+func BenchmarkHandlerServeHTTP(b *testing.B) {
+	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	r := httptest.NewRequest(http.MethodGet, "/static/app.js?v=42", nil)
+	w := &redirWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, r)
+	}
+}
