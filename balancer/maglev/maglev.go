@@ -215,6 +215,13 @@ type Builder struct {
 	// backends. Zero means DefaultSize. Keep it above 100 × the number
 	// of backends for shares within about 1% of the weights.
 	Size int
+	// Rand, when set, is the source of keyless picks' randomness instead
+	// of math/rand/v2's global functions, for reproducible tests and
+	// simulations. A picker calls it from every goroutine that picks
+	// without a key, so it must be safe for concurrent use unless the
+	// picker is used by one goroutine at a time (*rand.PCG and
+	// *rand.ChaCha8 are not safe).
+	Rand rand.Source
 }
 
 var _ balancer.Builder = Builder{}
@@ -240,7 +247,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	if err != nil {
 		return balancer.ErrPicker(fmt.Errorf("%w: %w", balancer.ErrNoBackend, err))
 	}
-	return &Picker{table: t, eps: eps}
+	return &Picker{table: t, eps: eps, src: b.Rand}
 }
 
 // Picker picks by Maglev lookup of the pick key; without a key it picks a
@@ -249,6 +256,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 type Picker struct {
 	table *Table
 	eps   []*balancer.Endpoint
+	src   rand.Source // nil: math/rand/v2
 }
 
 // Table returns the picker's lookup table.
@@ -265,7 +273,11 @@ func (p *Picker) Endpoints() []*balancer.Endpoint { return p.eps }
 func (p *Picker) Pick(info balancer.PickInfo) (*balancer.Endpoint, error) {
 	h := info.Key
 	if !info.HasKey {
-		h = rand.Uint64()
+		if p.src != nil {
+			h = p.src.Uint64()
+		} else {
+			h = rand.Uint64()
+		}
 	}
 	return p.eps[p.table.Lookup(h)], nil
 }

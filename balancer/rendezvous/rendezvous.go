@@ -10,21 +10,29 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 )
 
-// Builder builds rendezvous-hashing pickers. It has no options: its zero
-// value is ready to use. Endpoints are identified by
+// Builder builds rendezvous-hashing pickers. Its zero value is ready to
+// use. Endpoints are identified by
 // [balancer.HashAddrPort] of their address, so a key goes to the same
 // backend in every build and every balancer instance that has the same
 // ready set, whatever its order.
 //
 // Builder is a value; Build is safe for concurrent use.
-type Builder struct{}
+type Builder struct {
+	// Rand, when set, is the source of keyless picks' randomness instead
+	// of math/rand/v2's global functions, for reproducible tests and
+	// simulations. A picker calls it from every goroutine that picks
+	// without a key, so it must be safe for concurrent use unless the
+	// picker is used by one goroutine at a time (*rand.PCG and
+	// *rand.ChaCha8 are not safe).
+	Rand rand.Source
+}
 
 var _ balancer.Builder = Builder{}
 
 // Build returns a picker over ready in O(n log n). Every pick from a
 // ready set with a weight that is not positive and finite fails with an
 // error wrapping [balancer.ErrNoBackend].
-func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
+func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	type entry struct {
 		id uint64
 		w  float64
@@ -52,6 +60,7 @@ func (Builder) Build(ready []balancer.Weighted) balancer.Picker {
 		ids: make([]uint64, len(ents)),
 		eps: make([]*balancer.Endpoint, len(ents)),
 		cum: make([]float64, len(ents)),
+		src: b.Rand,
 	}
 	sum := 0.0
 	for i, e := range ents {
@@ -79,6 +88,7 @@ type Picker struct {
 	eps    []*balancer.Endpoint // same order
 	cum    []float64            // running sum of weights, for keyless picks
 	groups []group
+	src    rand.Source // nil: math/rand/v2
 }
 
 // Pick returns the endpoint with the highest score for info.Key, or a
@@ -87,7 +97,13 @@ type Picker struct {
 func (p *Picker) Pick(info balancer.PickInfo) (*balancer.Endpoint, error) {
 	if !info.HasKey {
 		// The first entry whose running sum exceeds x.
-		x := rand.Float64() * p.cum[len(p.cum)-1]
+		var r uint64
+		if p.src != nil {
+			r = p.src.Uint64()
+		} else {
+			r = rand.Uint64()
+		}
+		x := float64(r>>11) * 0x1p-53 * p.cum[len(p.cum)-1]
 		lo, hi := 0, len(p.cum)-1
 		for lo < hi {
 			mid := int(uint(lo+hi) >> 1)

@@ -3,6 +3,7 @@ package rendezvous_test
 import (
 	"fmt"
 	"math"
+	mrand "math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -153,6 +154,24 @@ func TestDisruption(t *testing.T) {
 			}
 		}
 	})
+}
+
+// With Builder.Rand set, keyless picks are reproducible: the same seed
+// gives the same picks, another seed other picks.
+func TestSeededKeylessPicks(t *testing.T) {
+	ready := balancertest.ReadyWeights(1, 2, 3, 4, 5)
+	picks := func(seed uint64) []*balancer.Endpoint {
+		p := rendezvous.Builder{Rand: mrand.NewPCG(seed, 1)}.Build(ready)
+		out := make([]*balancer.Endpoint, 200)
+		for i := range out {
+			ep, err := p.Pick(balancer.PickInfo{})
+			require.NoError(t, err)
+			out[i] = ep
+		}
+		return out
+	}
+	assert.Equal(t, picks(1), picks(1))
+	assert.NotEqual(t, picks(1), picks(2))
 }
 
 func TestBuildEmpty(t *testing.T) {

@@ -61,6 +61,13 @@ type Builder struct {
 	// more in flight. 0.25 matches HAProxy's "hash-balance-factor 125".
 	// Zero disables the bound: keys always go to their own endpoint.
 	Epsilon float64
+	// Rand, when set, is the source of keyless picks' randomness instead
+	// of math/rand/v2's global functions, for reproducible tests and
+	// simulations. A picker calls it from every goroutine that picks
+	// without a key, so it must be safe for concurrent use unless the
+	// picker is used by one goroutine at a time (*rand.PCG and
+	// *rand.ChaCha8 are not safe).
+	Rand rand.Source
 }
 
 var _ balancer.Builder = Builder{}
@@ -197,7 +204,7 @@ func (b Builder) build(ready []balancer.Weighted) (*Picker, error) {
 	// to the first point's endpoint: walking off the top wraps around
 	// without a branch.
 	points[size] = ^mask | points[0]&mask
-	p := &Picker{points: points, index: index[:buckets], shift: shift, mask: mask, eps: eps}
+	p := &Picker{points: points, index: index[:buckets], shift: shift, mask: mask, eps: eps, src: b.Rand}
 
 	if b.Epsilon > 0 {
 		p.capacity = make([]float64, n)
@@ -221,6 +228,7 @@ type Picker struct {
 	mask     uint64
 	eps      []*balancer.Endpoint // by rank (order of id)
 	capacity []float64            // by rank: (1+ε)·w/W; nil without a load bound
+	src      rand.Source          // nil: math/rand/v2
 }
 
 // RingSize returns the number of points on the ring.
@@ -236,6 +244,8 @@ func (p *Picker) Pick(info balancer.PickInfo) (*balancer.Endpoint, error) {
 	var h uint64
 	if info.HasKey {
 		h = balancer.Mix64(info.Key)
+	} else if p.src != nil {
+		h = p.src.Uint64()
 	} else {
 		h = rand.Uint64()
 	}

@@ -3,7 +3,7 @@ package ringhash_test
 import (
 	"fmt"
 	"math"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -223,7 +223,7 @@ func TestBoundedLoad(t *testing.T) {
 				// Finish some work now and then: the bound holds at
 				// every placement, for any mix of loads.
 				if i%7 == 3 {
-					j := rand.N(len(held))
+					j := mrand.N(len(held))
 					held[j].Done(nil, 0)
 					held = slices.Delete(held, j, j+1)
 				}
@@ -279,6 +279,24 @@ func TestBoundedLoadConcurrent(t *testing.T) {
 		wg.Wait()
 		checkBound(t, ready, eps, workers-1)
 	})
+}
+
+// With Builder.Rand set, keyless picks are reproducible: the same seed
+// gives the same picks, another seed other picks.
+func TestSeededKeylessPicks(t *testing.T) {
+	ready := balancertest.ReadyWeights(1, 2, 3, 4, 5)
+	picks := func(seed uint64) []*balancer.Endpoint {
+		p := ringhash.Builder{Epsilon: 0.25, Rand: mrand.NewPCG(seed, 1)}.Build(ready)
+		out := make([]*balancer.Endpoint, 200)
+		for i := range out {
+			ep, err := p.Pick(balancer.PickInfo{})
+			require.NoError(t, err)
+			out[i] = ep
+		}
+		return out
+	}
+	assert.Equal(t, picks(1), picks(1))
+	assert.NotEqual(t, picks(1), picks(2))
 }
 
 func TestBuildEmpty(t *testing.T) {

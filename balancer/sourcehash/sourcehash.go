@@ -57,6 +57,13 @@ type Builder struct {
 	// of endpoints; keep it above 100 × that number for shares within 1%.
 	// Zero means maglev.DefaultSize. MapBased ignores it.
 	Size int
+	// Rand, when set, is the source of keyless picks' randomness instead
+	// of math/rand/v2's global functions, for reproducible tests and
+	// simulations. A picker calls it from every goroutine that picks
+	// without a key, so it must be safe for concurrent use unless the
+	// picker is used by one goroutine at a time (*rand.PCG and
+	// *rand.ChaCha8 are not safe).
+	Rand rand.Source
 }
 
 var _ balancer.Builder = Builder{}
@@ -70,14 +77,14 @@ var _ balancer.Builder = Builder{}
 func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	switch b.HashType {
 	case Consistent:
-		return maglev.Builder{Size: b.Size}.Build(ready)
+		return maglev.Builder{Size: b.Size, Rand: b.Rand}.Build(ready)
 	case MapBased:
-		return buildMap(ready)
+		return buildMap(ready, b.Rand)
 	}
 	return balancer.ErrPicker(fmt.Errorf("%w: sourcehash: unknown %v", balancer.ErrNoBackend, b.HashType))
 }
 
-func buildMap(ready []balancer.Weighted) balancer.Picker {
+func buildMap(ready []balancer.Weighted, src rand.Source) balancer.Picker {
 	type entry struct {
 		id    uint64
 		w     float64
@@ -103,7 +110,7 @@ func buildMap(ready []balancer.Weighted) balancer.Picker {
 		g = gcd(g, ents[i].slots)
 		total += ents[i].slots
 	}
-	p := &MapPicker{eps: make([]*balancer.Endpoint, len(ents)), table: make([]uint32, 0, total/g)}
+	p := &MapPicker{eps: make([]*balancer.Endpoint, len(ents)), table: make([]uint32, 0, total/g), src: src}
 	for i, e := range ents {
 		p.eps[i] = e.ep
 		for range e.slots / g {
@@ -125,6 +132,7 @@ func gcd(a, b uint64) uint64 {
 type MapPicker struct {
 	table []uint32 // slot → endpoint rank (order of id)
 	eps   []*balancer.Endpoint
+	src   rand.Source // nil: math/rand/v2
 }
 
 // Size returns the number of slots in the map.
@@ -139,6 +147,8 @@ func (p *MapPicker) Pick(info balancer.PickInfo) (*balancer.Endpoint, error) {
 	var h uint64
 	if info.HasKey {
 		h = balancer.Mix64(info.Key)
+	} else if p.src != nil {
+		h = p.src.Uint64()
 	} else {
 		h = rand.Uint64()
 	}

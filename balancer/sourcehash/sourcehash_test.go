@@ -3,6 +3,7 @@ package sourcehash_test
 import (
 	"fmt"
 	"math"
+	mrand "math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -174,6 +175,28 @@ func TestDisruption(t *testing.T) {
 			assert.LessOrEqual(t, ratios[sourcehash.Consistent], 1.8)
 			assert.Greater(t, ratios[sourcehash.MapBased], ratios[sourcehash.Consistent],
 				"map-based moves more clients than consistent")
+		})
+	}
+}
+
+// With Builder.Rand set, keyless picks are reproducible: the same seed
+// gives the same picks, another seed other picks.
+func TestSeededKeylessPicks(t *testing.T) {
+	for _, ht := range types {
+		t.Run(ht.String(), func(t *testing.T) {
+			ready := balancertest.ReadyWeights(1, 2, 3, 4, 5)
+			picks := func(seed uint64) []*balancer.Endpoint {
+				p := sourcehash.Builder{HashType: ht, Rand: mrand.NewPCG(seed, 1)}.Build(ready)
+				out := make([]*balancer.Endpoint, 200)
+				for i := range out {
+					ep, err := p.Pick(balancer.PickInfo{})
+					require.NoError(t, err)
+					out[i] = ep
+				}
+				return out
+			}
+			assert.Equal(t, picks(1), picks(1))
+			assert.NotEqual(t, picks(1), picks(2))
 		})
 	}
 }
