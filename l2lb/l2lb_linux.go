@@ -48,8 +48,9 @@ type Balancer struct {
 	mu       sync.Mutex
 	closed   bool
 	services []*serviceState
-	neigh    map[netip.Addr][6]byte // last known MAC of each backend host
-	applied  chan struct{}          // closed after each pass of the loop
+	neigh    map[netip.Addr][6]byte   // last known MAC of each backend host
+	asked    map[netip.Addr]time.Time // when resolution was last requested
+	applied  chan struct{}            // closed after each pass of the loop
 	nextID   uint32
 	freeIDs  []uint32 // FIFO: a freed id is reused as late as possible
 }
@@ -122,6 +123,7 @@ func New(cfg Config) (*Balancer, error) {
 		nh:      nh,
 		kick:    make(chan struct{}, 1),
 		neigh:   make(map[netip.Addr][6]byte),
+		asked:   make(map[netip.Addr]time.Time),
 		applied: make(chan struct{}),
 		nextID:  1, // 0 is reserved: never up
 	}
@@ -219,20 +221,33 @@ func (b *Balancer) poke() {
 	}
 }
 
-// loop applies snapshots when pools change, and re-reads the neighbour
-// table (and asks for missing MACs) every ResolveInterval.
+// fastResolve is how often the neighbour table is re-read while some
+// member's MAC is unknown (when shorter than ResolveInterval): reading it
+// is cheap, and a new backend should not wait a full interval for its
+// ARP answer to be noticed.
+const fastResolve = 100 * time.Millisecond
+
+// loop applies snapshots when pools change, re-reads the neighbour table
+// every ResolveInterval (more often while a MAC is missing) and asks the
+// kernel to resolve missing MACs.
 func (b *Balancer) loop(ctx context.Context) {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.ResolveInterval)
 	defer t.Stop()
+	var fast <-chan time.Time // pending quick re-read, nil if none
 	for {
+		if b.resolveMissing() > 0 && fast == nil && fastResolve < b.cfg.ResolveInterval {
+			fast = time.After(fastResolve)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-b.kick:
 		case <-t.C:
 			b.refreshNeighbours()
-			b.resolveMissing()
+		case <-fast:
+			fast = nil
+			b.refreshNeighbours()
 		}
 		b.applyAll()
 	}
@@ -438,21 +453,33 @@ func (b *Balancer) refreshNeighbours() {
 }
 
 // resolveMissing asks the kernel to resolve every member whose MAC is
-// unknown. The kernel sends ARP requests or neighbour solicitations; the
-// answers show up at the next refreshNeighbours.
-func (b *Balancer) resolveMissing() {
+// unknown, at most once per ResolveInterval for each, and returns how many
+// are unknown. The kernel sends ARP requests or neighbour solicitations;
+// the answers show up at the next refreshNeighbours.
+func (b *Balancer) resolveMissing() int {
+	now := time.Now()
 	b.mu.Lock()
-	var missing []netip.Addr
+	var missing, ask []netip.Addr
 	for _, s := range b.services {
 		for _, ep := range s.svc.Pool.Endpoints() {
 			a := ep.Addr().Addr().Unmap()
-			if _, ok := b.neigh[a]; !ok && !slices.Contains(missing, a) {
-				missing = append(missing, a)
+			if _, ok := b.neigh[a]; ok || slices.Contains(missing, a) {
+				continue
+			}
+			missing = append(missing, a)
+			if last, ok := b.asked[a]; !ok || now.Sub(last) >= b.cfg.ResolveInterval {
+				b.asked[a] = now
+				ask = append(ask, a)
 			}
 		}
 	}
+	for a := range b.asked {
+		if !slices.Contains(missing, a) {
+			delete(b.asked, a)
+		}
+	}
 	b.mu.Unlock()
-	for _, a := range missing {
+	for _, a := range ask {
 		n := &netlink.Neigh{LinkIndex: b.ifindex, IP: net.IP(a.AsSlice()), Flags: netlink.NTF_USE}
 		if a.Is4() {
 			n.Family = netlink.FAMILY_V4
@@ -463,6 +490,7 @@ func (b *Balancer) resolveMissing() {
 			b.log.Debug("l2lb: asking to resolve", "backend", a, "err", err)
 		}
 	}
+	return len(missing)
 }
 
 // Sync waits until every service's maps reflect its pool's current
@@ -470,6 +498,7 @@ func (b *Balancer) resolveMissing() {
 // wrapping [ErrUnresolved] (naming the backends) or ctx.Err() when ctx
 // ends first, and [ErrClosed] after Close.
 func (b *Balancer) Sync(ctx context.Context) error {
+	poked := false
 	for {
 		b.mu.Lock()
 		if b.closed {
@@ -494,7 +523,12 @@ func (b *Balancer) Sync(ctx context.Context) error {
 		if current && len(pending) == 0 {
 			return nil
 		}
-		b.poke()
+		if !current && !poked {
+			// Once: a failed apply is retried by the loop at its next
+			// tick, not in a busy loop with this one.
+			b.poke()
+			poked = true
+		}
 		select {
 		case <-wait:
 		case <-ctx.Done():

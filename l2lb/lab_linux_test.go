@@ -135,7 +135,6 @@ func newDSRLab(t testing.TB, nBackends int) *dsrLab {
 				{VIP: netip.AddrPortFrom(labVIP6, 80), Pool: l.pool6},
 				{VIP: netip.AddrPortFrom(labVIP4, 9000), Proto: UDP, Pool: l.poolUDP},
 			},
-			ResolveInterval: 50 * time.Millisecond,
 		})
 		return err
 	})
@@ -143,7 +142,9 @@ func newDSRLab(t testing.TB, nBackends int) *dsrLab {
 	t.Cleanup(func() { l.bal.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	syncStart := time.Now()
 	require.NoError(t, l.bal.Sync(ctx), "backend MACs resolve through the neighbour table")
+	t.Logf("backend MACs resolved in %v", time.Since(syncStart))
 	return l
 }
 
