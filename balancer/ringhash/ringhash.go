@@ -45,7 +45,10 @@ var ErrConfig = errors.New("ringhash: invalid configuration")
 type Builder struct {
 	// PointsPerWeight is the number of points per unit of effective
 	// weight; every endpoint gets at least one. Zero means
-	// DefaultPointsPerWeight.
+	// DefaultPointsPerWeight. Effective weights are what a pool passes:
+	// the configured Backend.Weight (1 when unset) scaled by slow start,
+	// so pools configured with large weights (say 100 each) should lower
+	// it, or the ring grows to MaxRingSize.
 	PointsPerWeight float64
 	// MinRingSize, when set, scales the points up so the ring has at
 	// least this many, as Envoy's minimum_ring_size: the lightest
