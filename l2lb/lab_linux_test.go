@@ -402,6 +402,18 @@ func TestLab(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, AttachGeneric, st.Mode)
 	assert.Zero(t, st.NoBackend)
+	// Every forwarded frame is counted once for its service and once for
+	// its backend.
+	var svcPackets, bePackets uint64
+	for _, s := range st.Services {
+		svcPackets += s.Packets
+		for _, b := range s.Backends {
+			bePackets += b.Packets
+		}
+	}
+	assert.Equal(t, st.Forwarded+st.NoBackend, svcPackets)
+	assert.Equal(t, st.Forwarded, bePackets)
+	assert.Equal(t, st.Forwarded, st.ConnHits+st.ConnMisses+st.ConnRepicks-st.NoBackend)
 	t.Logf("stats: %+v", st.Counters)
 }
 
