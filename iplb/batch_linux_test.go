@@ -169,7 +169,8 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 func newRecorded(t *testing.T) (*Balancer, *recorder) {
 	t.Helper()
 	r := &recorder{}
-	b, err := newBalancer(Config{Logger: quietLogger()}, r)
+	// Manual: no goroutine races the test for the recorder.
+	b, err := newBalancer(Config{Logger: quietLogger(), Manual: true}, r)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, b.Close()) })
 	return b, r

@@ -221,6 +221,11 @@ type Config struct {
 	// caller while the balancer lives. Zero means the calling process's
 	// namespace.
 	NetNS int
+	// Manual turns the per-service goroutines off: pool changes reach the
+	// kernel only when the caller calls Sync, which then applies every
+	// change made since in one batch per service. The zero value applies
+	// each snapshot as it is published.
+	Manual bool
 	// RetryInterval is how long a service waits before retrying a batch
 	// the kernel refused. Zero means 1 s.
 	RetryInterval time.Duration

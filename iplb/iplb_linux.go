@@ -170,7 +170,7 @@ func newBalancer(cfg Config, c nftConn) (*Balancer, error) {
 
 // AddService configures svc and installs it in the kernel before
 // returning, then follows its pool: every new snapshot is applied by a
-// goroutine of the balancer within milliseconds. It returns the pool, the
+// goroutine of the balancer within milliseconds (unless Config.Manual). It returns the pool, the
 // one given in svc.Pool or one created from svc.Backends. The error is
 // [ErrExists] (wrapped) for a duplicate name or VIP, or says why the
 // kernel refused the batch.
@@ -218,8 +218,10 @@ func (b *Balancer) AddService(svc Service) (*balancer.Pool, error) {
 		delete(b.services, svc.Name)
 		return nil, err
 	}
-	b.wg.Add(1)
-	go b.watch(s)
+	if !b.cfg.Manual {
+		b.wg.Add(1)
+		go b.watch(s)
+	}
 	return pool, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/netlab"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -376,6 +377,66 @@ func TestLab(t *testing.T) {
 		assert.True(t, seen[sick.name], "a recovered backend gets new flows")
 		assert.False(t, seen[drained.name], "a draining backend gets none")
 		require.NoError(t, b.RemoveService("health"))
+	})
+
+	t.Run("killed backend leaves through the health checker", func(t *testing.T) {
+		// The whole path: a TCP probe from the balancer's namespace fails,
+		// the checker marks the target down, Drive updates the pool, and
+		// the balancer's goroutine applies the snapshot, without Sync.
+		chk, err := health.New(health.Config{Logger: quietLogger()})
+		require.NoError(t, err)
+		defer chk.Close()
+		probe := health.ProberFunc(func(ctx context.Context, addr netip.AddrPort) (health.Report, error) {
+			c, err := l.bal.DialContext(ctx, "tcp", addr.String())
+			if err != nil {
+				return health.Report{}, err
+			}
+			return health.Report{}, c.Close()
+		})
+		vip := netip.AddrPortFrom(vip4, 91)
+		pool := l.pool(t, false)
+		for _, tb := range l.backends {
+			require.NoError(t, chk.SetTarget(health.Target{
+				Addr: tb.addr(false, backendPort), Probe: probe, Initial: health.Healthy,
+				Interval: 20 * time.Millisecond, Fall: 1, Timeout: 2 * time.Second,
+			}))
+		}
+		stop := chk.Drive(pool)
+		defer stop()
+		_, err = b.AddService(Service{Name: "checked", VIP: vip, Pool: pool})
+		require.NoError(t, err)
+		// An open connection to a backend that stays up.
+		survivor := l.httpClient(true)
+		var alive string
+		for alive == "" || alive == l.backends[0].name {
+			survivor.CloseIdleConnections()
+			alive, _ = get(t, survivor, url(vip))
+		}
+
+		victim := l.backends[0]
+		require.NoError(t, victim.http[0].Close(), "kill backend %s", victim.name)
+		require.Eventually(t, func() bool {
+			st, err := b.Stats()
+			if err != nil {
+				return false
+			}
+			for _, bs := range st[slicesIndex(st, "checked")].Backends {
+				if bs.Addr == victim.addr(false, backendPort) {
+					return bs.Slots == 0
+				}
+			}
+			return false
+		}, 15*time.Second, 10*time.Millisecond, "the checker's verdict reaches the kernel map")
+		fresh := l.httpClient(false)
+		for range 60 {
+			be, _ := get(t, fresh, url(vip))
+			require.NotEqual(t, victim.name, be)
+		}
+		be, _ := get(t, survivor, url(vip))
+		assert.Equal(t, alive, be, "an open connection to a healthy backend carries on")
+		survivor.CloseIdleConnections()
+		stop()
+		require.NoError(t, b.RemoveService("checked"))
 	})
 
 	t.Run("close removes the table and restart replaces a stale one", func(t *testing.T) {
