@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -743,4 +744,43 @@ func TestTCPWeights(t *testing.T) {
 	}
 	assert.InDelta(t, 50, counts["b1\n"], 20, "%v", counts)
 	assert.InDelta(t, 150, counts["b2\n"], 20, "%v", counts)
+}
+
+// TestTCPIdleOneWay: a connection on which only the backend talks (a
+// server push, a download) is not idle; once it stops, it is. The copy
+// loop runs over in-memory pipes in a synctest bubble, so the idle rounds
+// run on the fake clock.
+func TestTCPIdleOneWay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const idle = 500 * time.Millisecond
+		p := &TCP{idle: idle}
+		client, proxyClient := net.Pipe()
+		proxyBackend, backend := net.Pipe()
+		start := time.Now()
+		quietc := make(chan time.Time, 1)
+		go func() {
+			defer backend.Close()
+			for range 40 { // 2 s of pushes, 50 ms apart: far more often than idle
+				if _, err := io.WriteString(backend, "."); err != nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			io.WriteString(backend, "done")
+			quietc <- time.Now()
+			io.Copy(io.Discard, backend) // then silence until the proxy closes
+		}()
+		errc := make(chan error, 1)
+		go func() { errc <- p.pipe(proxyClient, proxyBackend) }()
+
+		got, err := io.ReadAll(client) // the client never writes
+		require.NoError(t, err, "the proxy ends the connection once idle")
+		assert.Equal(t, strings.Repeat(".", 40)+"done", string(got), "the one-way stream was not cut")
+		assert.ErrorIs(t, <-errc, os.ErrDeadlineExceeded)
+		closed := time.Since(<-quietc)
+		assert.GreaterOrEqual(t, closed, idle, "not closed before it was idle for IdleTimeout")
+		assert.LessOrEqual(t, closed, 2*idle, "closed within twice IdleTimeout")
+		assert.Greater(t, time.Since(start), 2*time.Second)
+		client.Close()
+	})
 }
