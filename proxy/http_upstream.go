@@ -18,7 +18,9 @@ import (
 )
 
 // pconn is one persistent HTTP/1.1 connection to a backend with its
-// buffered reader and writer and its parse state.
+// parse state. It holds a buffered reader and writer only while a request
+// uses it: idle connections give theirs back to the pools, so a few
+// cache-warm buffers serve thousands of connections.
 type pconn struct {
 	conn    net.Conn
 	br      *bufio.Reader
@@ -36,11 +38,35 @@ var (
 )
 
 func newPconn(c net.Conn, u *upstream) *pconn {
-	br := brPool.Get().(*bufio.Reader)
-	br.Reset(c)
-	bw := bwPool.Get().(*bufio.Writer)
-	bw.Reset(c)
-	return &pconn{conn: c, br: br, bw: bw, up: u}
+	pc := &pconn{conn: c, up: u}
+	pc.attach()
+	return pc
+}
+
+// attach gives pc a buffered reader and writer from the pools.
+func (pc *pconn) attach() {
+	pc.br = brPool.Get().(*bufio.Reader)
+	pc.br.Reset(pc.conn)
+	pc.bw = bwPool.Get().(*bufio.Writer)
+	pc.bw.Reset(pc.conn)
+}
+
+// detach returns pc's buffers to the pools. It reports false, keeping
+// them, when the reader holds bytes the backend sent beyond the response:
+// such a connection must not be reused.
+func (pc *pconn) detach() bool {
+	if pc.br == nil {
+		return true
+	}
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	pc.br.Reset(nil)
+	brPool.Put(pc.br)
+	pc.bw.Reset(nil)
+	bwPool.Put(pc.bw)
+	pc.br, pc.bw = nil, nil
+	return true
 }
 
 // close closes the connection and returns its buffers to their pools.
@@ -89,6 +115,7 @@ func (u *upstream) getIdle(now time.Time, idleTimeout time.Duration) *pconn {
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
 		if now.Sub(pc.idleAt) < idleTimeout {
+			pc.attach()
 			return pc
 		}
 		pc.close()
@@ -98,7 +125,7 @@ func (u *upstream) getIdle(now time.Time, idleTimeout time.Duration) *pconn {
 // put returns pc to the idle list, or closes it when u is retired or not
 // ready or the list is full.
 func (u *upstream) put(pc *pconn, maxIdle int, now time.Time) {
-	if !u.ep.Healthy() || u.ep.Draining() {
+	if !u.ep.Healthy() || u.ep.Draining() || !pc.detach() {
 		pc.close()
 		return
 	}
