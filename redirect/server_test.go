@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -420,5 +421,41 @@ func BenchmarkHandlerServeHTTP(b *testing.B) {
 	for b.Loop() {
 		clear(w.h)
 		h.ServeHTTP(w, r)
+	}
+}
+
+// TestServerTimeouts runs a connection over an in-memory pipe in a
+// synctest bubble: a kept-alive connection is closed after IdleTimeout,
+// and a request head that stalls halfway after ReadTimeout.
+func TestServerTimeouts(t *testing.T) {
+	h := redirNew(t, Config{Backends: []Target{redirA}})
+	tests := []struct {
+		name  string
+		send  string
+		after time.Duration // when the server must have closed
+	}{
+		{"idle keep-alive", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", time.Minute},
+		{"stalled head", "GET / HTTP/1.1\r\nHo", 10 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &Server{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second}
+				client, server := net.Pipe()
+				done := make(chan struct{})
+				go func() { s.serveConn(server); close(done) }()
+				start := time.Now()
+				go io.WriteString(client, tt.send)
+				out, _ := io.ReadAll(client) // until the server closes
+				<-done
+				assert.Equal(t, tt.after, time.Since(start))
+				if strings.HasPrefix(tt.name, "idle") {
+					assert.Contains(t, string(out), "302 Found")
+				} else {
+					assert.Empty(t, out, "a stalled request gets no answer")
+				}
+				client.Close()
+			})
+		})
 	}
 }
