@@ -470,17 +470,15 @@ func BenchmarkProxy(b *testing.B) {
 					b.ReportMetric(cpu/res.requests*1e6, "cpu-us/req")
 					runs[tg.name] = pxRun{res, cpu / res.requests * 1e6}
 				}
+				// Ratios from the same run are what to compare (absolute
+				// numbers drift by tens of percent between runs on a
+				// shared machine): lbkit's figure over this peer's.
+				if lb, ok := runs["lbkit"]; ok && tg.name != "lbkit" && res.rps > 0 && res.p99 > 0 && res.requests > 0 {
+					b.ReportMetric(lb.res.rps/res.rps, "lbkit-rps-x")
+					b.ReportMetric(lb.res.p99/res.p99, "lbkit-p99-x")
+					b.ReportMetric(lb.cpu/(cpu/res.requests*1e6), "lbkit-cpu-x")
+				}
 			})
-		}
-		// Ratios from the same run are what to compare (absolute numbers
-		// drift by tens of percent between runs on a shared machine).
-		lb, ok := runs["lbkit"]
-		for _, peer := range []string{"nginx", "haproxy", "httputil"} {
-			pr, ok2 := runs[peer]
-			if ok && ok2 && pr.res.rps > 0 && pr.res.p99 > 0 && pr.cpu > 0 {
-				b.Logf("c=%d lbkit/%s: req/s %.2fx, p99 %.2fx, cpu/req %.2fx", conns, peer,
-					lb.res.rps/pr.res.rps, lb.res.p99/pr.res.p99, lb.cpu/pr.cpu)
-			}
 		}
 	}
 }
