@@ -28,7 +28,9 @@
 // exp(-now/τ) cancels, only the difference between the two sample times
 // matters, and the result is exact for every now. Pick skips even that
 // exponential when the two samples are less than τ/4096 apart (a relative
-// error below 0.025%), which is the common case under load. It falls back
+// error below 0.025%), which is the common case under load, and otherwise
+// settles most comparisons with the bounds 1-x ≤ e^-x ≤ 1/(1+x+x²/2)
+// before calling math.Exp. It falls back
 // to the clock only when the two endpoints use different decay constants
 // (endpoints from pools with different Config.EWMADecay in one picker), or
 // when it must compare a sampled cost above the no-sample penalty.
