@@ -53,6 +53,10 @@
 // its share of slots at 4093 slots, 1.14× at 16381, 1.06× at 65521. The RoundRobin
 // scheduler walks the same slots with `numgen inc`, a weighted round robin.
 //
+// [Balancer.Lookup] answers which backend a client address and port gets,
+// from the same jhash and scaling the kernel applies (checked against the
+// kernel's real choices in the lab tests).
+//
 // # Modes
 //
 // In Gateway mode the balancer only rewrites the destination (DNAT). The

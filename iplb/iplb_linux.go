@@ -564,6 +564,23 @@ func sortedAddrs(m map[netip.AddrPort]bool) []netip.AddrPort {
 	return slices.SortedFunc(maps.Keys(m), netip.AddrPort.Compare)
 }
 
+// Lookup answers where the kernel sends a new flow from client to the
+// named Consistent service, from the state it last applied: the backend,
+// or false if the service is unknown, round robin, of the other address
+// family, or has no ready backend. It mirrors the kernel's jhash and
+// scaling, so operators can ask "which backend gets this client port?"
+// without sending a packet. Flows already in conntrack stay where they
+// are, whatever Lookup says.
+func (b *Balancer) Lookup(service string, client netip.AddrPort) (netip.AddrPort, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.services[service]
+	if s == nil || s.table == nil || s.svc.Scheduler != Consistent || client.Addr().Unmap().Is4() != s.svc.VIP.Addr().Is4() {
+		return netip.AddrPort{}, false
+	}
+	return s.ids[s.table.SlotID(flowSlot(client, s.svc.Seed, s.size))], true
+}
+
 // Stats reads the services' counters from the kernel (one netlink dump)
 // and returns them with each service's data-plane state, in name order.
 func (b *Balancer) Stats() ([]ServiceStats, error) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/lbkit/lbkit/balancer"
 )
@@ -31,6 +32,11 @@ func (b *Balancer) Pool(name string) *balancer.Pool { return nil }
 
 // Sync returns [errors.ErrUnsupported].
 func (b *Balancer) Sync(ctx context.Context) error { return errors.ErrUnsupported }
+
+// Lookup reports false.
+func (b *Balancer) Lookup(service string, client netip.AddrPort) (netip.AddrPort, bool) {
+	return netip.AddrPort{}, false
+}
 
 // Stats returns [errors.ErrUnsupported].
 func (b *Balancer) Stats() ([]ServiceStats, error) { return nil, errors.ErrUnsupported }

@@ -296,6 +296,41 @@ func TestLab(t *testing.T) {
 		})
 	}
 
+	t.Run("Lookup predicts the kernel's choice", func(t *testing.T) {
+		// The services of the first subtests are still installed.
+		for _, v6 := range []bool{false, true} {
+			svc, vip := "gateway-ipv4-tcp", netip.AddrPortFrom(vip4, 80)
+			if v6 {
+				svc, vip = "gateway-ipv6-tcp", netip.AddrPortFrom(vip6, 80)
+			}
+			for range 50 {
+				c, err := l.client.DialContext(ctx, "tcp", vip.String())
+				require.NoError(t, err)
+				local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+				_, err = io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+				require.NoError(t, err)
+				resp, err := io.ReadAll(c)
+				c.Close()
+				require.NoError(t, err)
+				_, body, _ := strings.Cut(string(resp), "\r\n\r\n")
+				name, _, _ := strings.Cut(body, " ")
+				want, ok := b.Lookup(svc, local)
+				require.True(t, ok)
+				var got netip.AddrPort
+				for _, tb := range l.backends {
+					if tb.name == name {
+						got = tb.addr(v6, backendPort)
+					}
+				}
+				require.Equal(t, want, got, "flow from %v", local)
+			}
+		}
+		_, ok := b.Lookup("nope", netip.MustParseAddrPort("198.18.1.2:1"))
+		assert.False(t, ok)
+		_, ok = b.Lookup("gateway-ipv4-tcp", netip.MustParseAddrPort("[fd00::1]:1"))
+		assert.False(t, ok, "wrong family")
+	})
+
 	t.Run("roundrobin follows the slots exactly", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 82)
 		_, err := b.AddService(Service{Name: "rr", VIP: vip, Scheduler: RoundRobin, TableSize: 251, Pool: l.pool(t, false)})
