@@ -32,7 +32,6 @@ const (
 	DefaultRetryBudget            = 10 * time.Second
 	DefaultQueueTimeout           = 5 * time.Second
 	DefaultMaxResponseHeaderBytes = 64 << 10
-	DefaultCookieName             = "lbkit_sticky"
 )
 
 // HTTPConfig configures an [HTTP] proxy. Only Pool is required; every
@@ -66,7 +65,8 @@ type HTTPConfig struct {
 	// DefaultResponseHeaderTimeout.
 	ResponseHeaderTimeout time.Duration
 	// RequestTimeout, when positive, bounds each request as a whole, body
-	// streaming included. Zero means no limit.
+	// streaming and upgraded (WebSocket) connections included. Zero means
+	// no limit.
 	RequestTimeout time.Duration
 
 	// MaxTries is how many backends a request may be sent to, the first
