@@ -39,9 +39,11 @@
 //
 // An endpoint with no latency sample yet costs 0 while nothing is in
 // flight on it, so a new backend gets a first request promptly; while
-// that request is in flight it costs [Penalty] + in-flight (over its
-// weight), Finagle's rule, so a new or just-returned backend is not
-// flooded before its speed is known.
+// that request is in flight it costs [Penalty] + in-flight/weight
+// (Finagle's rule, with weights), so a new backend is not flooded before
+// its speed is known. Where front-ends report no latencies at all, every
+// cost is of that form and the picker degrades to least connections per
+// weight by two choices.
 //
 // Picks are lock-free, never block and do not allocate.
 package ewma

@@ -59,7 +59,7 @@ type entry struct {
 
 // cost is an entry's cost as of its last sample.
 type cost struct {
-	c       float64 // latency × (in-flight+1) / weight, or the no-sample cost
+	c       float64 // latency × (in-flight+1) / weight, or 0 or Penalty + in-flight/weight without a sample
 	stamp   int64   // time of the last sample, Unix ns
 	sampled bool
 }
@@ -71,7 +71,7 @@ func (e *entry) cost() cost {
 		if a == 0 {
 			return cost{}
 		}
-		return cost{c: (Penalty + a) * e.inv}
+		return cost{c: Penalty + a*e.inv}
 	}
 	return cost{c: ns * (a + 1) * e.inv, stamp: stamp, sampled: true}
 }
