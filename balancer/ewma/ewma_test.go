@@ -60,7 +60,7 @@ func TestCostOrder(t *testing.T) {
 		{"unsampled idle is tried", state{latency: 1 * ms}, state{}, 1},
 		{"unsampled busy is penalised", state{latency: 900 * ms, inflight: 50}, state{inflight: 1}, 0},
 		{"both unsampled: fewer in flight", state{inflight: 2}, state{inflight: 1}, 1},
-		{"unsampled: in flight per weight", state{inflight: 2, weight: 4}, state{inflight: 1}, 0},
+		{"unsampled: in flight per weight", state{inflight: 3, weight: 2}, state{inflight: 1}, 1}, // P+1.5 vs P+1
 		{"both fresh: tie", state{}, state{}, -1},
 	}
 	for _, tt := range tests {
