@@ -33,6 +33,7 @@ var pickPolicies = []struct {
 	{"roundrobin", roundrobin.Builder{}},
 	{"weighted", weighted.Builder{}},
 	{"random", random.Builder{}},
+	{"random-uniform", pickUniform{random.Builder{}}},
 	{"leastconn", leastconn.Builder{}},
 	{"ewma", ewma.Builder{}},
 	{"first", first.Builder{}},
@@ -173,6 +174,18 @@ func TestPickPoliciesNoAllocs(t *testing.T) {
 			})
 		}
 	}
+}
+
+// pickUniform builds with every weight set to 1, for the uniform path of
+// policies that take weights.
+type pickUniform struct{ b balancer.Builder }
+
+func (u pickUniform) Build(ready []balancer.Weighted) balancer.Picker {
+	eq := make([]balancer.Weighted, len(ready))
+	for i, w := range ready {
+		eq[i] = balancer.Weighted{Endpoint: w.Endpoint, Weight: 1}
+	}
+	return u.b.Build(eq)
 }
 
 // pickMutexRR is the first baseline: round robin under a mutex, as a
