@@ -390,7 +390,7 @@ func (p *TCP) handle(ctx context.Context, c *tcpConn) {
 		info = balancer.WithKey(balancer.HashAddr(client.Addr()))
 	}
 
-	backend, ep, connect, err := p.connect(ctx, c, info)
+	backend, ep, connect, err := p.connect(ctx, info)
 	if err != nil {
 		p.log.Debug("proxy: client connection dropped", "client", client, "err", err)
 		return
@@ -407,7 +407,7 @@ func (p *TCP) handle(ctx context.Context, c *tcpConn) {
 			Source:      client,
 			Destination: tcpAddrPort(c.client.LocalAddr()),
 		}
-		var buf [ProxyProtoV2MaxAddrLen]byte
+		var buf [ProxyProtoV1MaxLen]byte // fits v1 and v2 without TLVs
 		if _, err := backend.Write(h.Append(buf[:0])); err != nil {
 			ep.Done(err, connect)
 			return
@@ -420,7 +420,7 @@ func (p *TCP) handle(ctx context.Context, c *tcpConn) {
 // connect picks and dials backends until one accepts, trying up to
 // p.attempts distinct ones. It returns the connection, its endpoint (with
 // Start called and a limit slot held) and the connect time.
-func (p *TCP) connect(ctx context.Context, c *tcpConn, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, time.Duration, error) {
+func (p *TCP) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, time.Duration, error) {
 	var tried [8]netip.AddrPort
 	triedList := tried[:0]
 	lastErr := ErrTCPNoBackend
