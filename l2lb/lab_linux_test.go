@@ -360,6 +360,35 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("concurrent pool changes, Stats and Sync", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for i := range 2 {
+			wg.Go(func() {
+				for k := range 10 {
+					l.pool4.SetWeight(l.backendAddr(i), uint32(1+k%3))
+					l.pool4.SetDraining(l.backendAddr(i), k%2 == 0)
+				}
+				l.pool4.SetDraining(l.backendAddr(i), false)
+				l.pool4.SetWeight(l.backendAddr(i), 1)
+			})
+		}
+		wg.Go(func() {
+			for range 10 {
+				_, err := l.bal.Stats()
+				assert.NoError(t, err)
+			}
+		})
+		for range 5 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			assert.NoError(t, l.bal.Sync(ctx))
+			cancel()
+		}
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, l.bal.Sync(ctx))
+	})
+
 	t.Run("the ring map holds the pool's Maglev table", func(t *testing.T) {
 		// After the deltas written above, every slot names the backend
 		// that a maglev.Builder picker over the same ready set picks.
