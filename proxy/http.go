@@ -573,6 +573,9 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 
 	hdr := w.Header()
 	head.copyTo(hdr)
+	if head.normalizedCL() {
+		hdr["Content-Length"] = []string{strconv.FormatInt(head.contentLength, 10)}
+	}
 	if h.via != "" {
 		hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
 	}

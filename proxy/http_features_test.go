@@ -516,3 +516,52 @@ func TestHTTPRemovedBackendIdleClosed(t *testing.T) {
 		assert.Equal(t, "b", body)
 	}
 }
+
+func TestHTTPUpstreamFraming(t *testing.T) {
+	tests := []struct {
+		name, method, answer string
+		code                 int
+		body                 string
+	}{
+		{"close-delimited", "GET", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", 200, "until the end"},
+		{"HTTP/1.0", "GET", "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold", 200, "old"},
+		{"interim 100 and 103 skipped", "GET", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, "ok"},
+		{"204 has no body", "GET", "HTTP/1.1 204 No Content\r\n\r\n", 204, ""},
+		{"304 has no body", "GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", 304, ""},
+		{"HEAD ignores Content-Length", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 200, ""},
+		{"chunked with extension", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\n\r\n", 200, "abc"},
+		{"equal Content-Length list", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", 200, "ok"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := rawBackend(t, tt.answer)
+			p := startProxyAddrs(t, HTTPConfig{MaxTries: 1}, addr)
+			req, _ := http.NewRequest(tt.method, p.url+"/", nil)
+			resp, err := testClient(t, 1).Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			assert.Equal(t, tt.code, resp.StatusCode)
+			assert.Equal(t, tt.body, string(body))
+		})
+	}
+}
+
+func TestHTTPUpstreamBodyCutShort(t *testing.T) {
+	// The backend promises 100 bytes and hangs up after 5: the client's
+	// response is aborted, never completed as if it were whole.
+	for _, answer := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+	} {
+		addr := rawBackend(t, answer)
+		p := startProxyAddrs(t, HTTPConfig{MaxTries: 1}, addr)
+		resp, err := testClient(t, 1).Get(p.url + "/")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		assert.Error(t, err, "the client sees the failure: %q", answer)
+	}
+}

@@ -136,6 +136,8 @@ func TestChunkedReader(t *testing.T) {
 		{"bad size", "g\r\n", "", false},
 		{"overflow", "1000000000000000\r\n", "", false},
 		{"truncated", "5\r\nab", "", false},
+		{"no last chunk", "2\r\nab\r\n", "", false},
+		{"no end of trailers", "0\r\nX: 1\r\n", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

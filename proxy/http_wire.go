@@ -51,6 +51,31 @@ type respHead struct {
 	keepAlive     bool // Connection: keep-alive (HTTP/1.0)
 	upgrade       int  // index+1 in fields of the Upgrade field, 0 if none
 	connFields    int  // how many Connection fields were seen
+	clFields      int  // how many Content-Length fields were seen
+}
+
+// normalizedCL reports whether the Content-Length fields were dropped from
+// the forwarded header because they were a list or repeated: the caller
+// then sets the single value.
+func (h *respHead) normalizedCL() bool {
+	if h.contentLength < 0 {
+		return false
+	}
+	for _, f := range h.fields {
+		if !f.skip && asciiEqualFold(h.name(f), "Content-Length") {
+			return false
+		}
+	}
+	return true
+}
+
+func bytesContains(b []byte, c byte) bool {
+	for _, x := range b {
+		if x == c {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *respHead) reset() {
@@ -60,7 +85,7 @@ func (h *respHead) reset() {
 	h.fields = h.fields[:0]
 	h.contentLength = -1
 	h.chunked, h.closeConn, h.keepAlive = false, false, false
-	h.upgrade, h.connFields = 0, 0
+	h.upgrade, h.connFields, h.clFields = 0, 0, 0
 }
 
 func (h *respHead) name(f field) []byte  { return h.block[f.ns:f.ne] }
@@ -251,6 +276,17 @@ func (h *respHead) addField(line []byte) error {
 	case asciiEqualFold(name, "Content-Length"):
 		if err := h.addContentLength(v); err != nil {
 			return err
+		}
+		h.clFields++
+		// A list ("5, 5") or a repeated field is forwarded as one clean
+		// value (see normalizedCL).
+		f.skip = h.clFields > 1 || bytesContains(v, ',')
+		if f.skip && h.clFields > 1 {
+			for i := range h.fields {
+				if asciiEqualFold(h.name(h.fields[i]), "Content-Length") {
+					h.fields[i].skip = true
+				}
+			}
 		}
 	case asciiEqualFold(name, "Transfer-Encoding"):
 		if h.chunked || !asciiEqualFold(v, "chunked") {
@@ -559,8 +595,11 @@ func (c *chunkedReader) size() error {
 	n := 0
 	line, err := readLine(c.br, c.scratch, &n, 4096)
 	if err != nil {
-		if err == errHeaderLine || err == errHeaderTooBig {
+		switch err {
+		case errHeaderLine, errHeaderTooBig:
 			return errChunked
+		case io.EOF:
+			return io.ErrUnexpectedEOF // the last chunk never came
 		}
 		return err
 	}
@@ -601,8 +640,11 @@ func (c *chunkedReader) trailers() error {
 	for {
 		line, err := readLine(c.br, c.scratch, &n, c.limit)
 		if err != nil {
-			if err == errHeaderLine {
+			switch err {
+			case errHeaderLine:
 				return errChunked
+			case io.EOF:
+				return io.ErrUnexpectedEOF
 			}
 			return err
 		}
