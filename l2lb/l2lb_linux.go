@@ -60,6 +60,8 @@ type serviceState struct {
 	svc     Service
 	snap    *balancer.Snapshot // last applied
 	table   *maglev.Table      // last written; nil: all slots 0
+	ringIDs []uint64           // the table's Maglev ids and weights
+	ringW   []float64
 	members map[netip.AddrPort]*member
 	order   []netip.AddrPort
 	dirty   bool
@@ -346,7 +348,7 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 			}
 			s.table = nil
 		}
-	} else {
+	} else if s.table == nil || !slices.Equal(ringIDs, s.ringIDs) || !slices.Equal(ringW, s.ringW) {
 		t, err := maglev.NewTable(ringIDs, ringW, RingSize)
 		if err != nil {
 			return fmt.Errorf("l2lb: service %v: %w", s.svc.VIP, err)
@@ -365,7 +367,7 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 		if len(slots) > 0 {
 			b.log.Debug("l2lb: ring updated", "service", s.svc.VIP, "slots", len(slots), "backends", len(ringIDs))
 		}
-		s.table = t
+		s.table, s.ringIDs, s.ringW = t, ringIDs, ringW
 	}
 	for _, c := range changes {
 		c.m.inRing = c.ring
