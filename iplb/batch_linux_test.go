@@ -338,6 +338,14 @@ func TestJhashIPv6Layout(t *testing.T) {
 	assert.Contains(t, got, "[ payload load 16b @ network header + 8 => reg 2 ][ payload load 2b @ transport header + 0 => reg 3 ][ hash reg 1 = jhash(reg 2, 20, 0x9) % mod 251 ]")
 }
 
+func TestMappedBackendIsIPv4(t *testing.T) {
+	b, r := newRecorded(t)
+	_, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: 2,
+		Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort("[::ffff:198.18.2.11]:8080")}}})
+	require.NoError(t, err)
+	assert.Contains(t, r.last(), "add element web { 0 : 198.18.2.11:8080, 1 : 198.18.2.11:8080 }")
+}
+
 func TestResizeRewritesMapAndModulus(t *testing.T) {
 	b, r := newRecorded(t)
 	pool, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Backends: []balancer.Backend{{Addr: be1}}})

@@ -330,14 +330,14 @@ type plan struct {
 func (s *service) planFor(snap *balancer.Snapshot, members []*balancer.Endpoint) (plan, error) {
 	p := plan{ids: map[uint64]netip.AddrPort{}, chains: map[netip.AddrPort]bool{}}
 	for _, e := range members {
-		if checkBackend(&s.svc, e.Addr()) == nil {
-			p.chains[e.Addr()] = true
+		if addr := unmap(e.Addr()); checkBackend(&s.svc, addr) == nil {
+			p.chains[addr] = true
 		}
 	}
 	ids := make([]uint64, 0, len(snap.Ready))
 	weights := make([]float64, 0, len(snap.Ready))
 	for _, w := range snap.Ready {
-		addr := w.Endpoint.Addr()
+		addr := unmap(w.Endpoint.Addr())
 		if err := checkBackend(&s.svc, addr); err != nil {
 			return plan{}, err
 		}
@@ -360,6 +360,10 @@ func (s *service) planFor(snap *balancer.Snapshot, members []*balancer.Endpoint)
 	}
 	return p, nil
 }
+
+// unmap turns an IPv4-mapped IPv6 backend address into plain IPv4, the
+// form the kernel maps hold.
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
 
 // applyLocked brings the kernel to snap in one batch: new backend chains,
 // the changed slots (all of them when the table size changes, with the
