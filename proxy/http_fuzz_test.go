@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -153,4 +155,47 @@ func TestChunkedReader(t *testing.T) {
 			require.Equal(t, tt.body, string(got))
 		})
 	}
+}
+
+// FuzzChunked checks that the chunked decoder never panics and that a
+// body it accepts, encoded again in one chunk with the same trailers,
+// decodes to the same bytes and trailers.
+func FuzzChunked(f *testing.F) {
+	for _, seed := range []string{
+		"3\r\nabc\r\n0\r\n\r\n",
+		"1;a=b\r\nx\r\n0\r\nX-T: 1\r\n\r\n",
+		"0\r\n\r\n",
+		"ffffffffffffffff\r\n",
+		"3\r\nabc0\r\n\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	decode := func(in string) (string, http.Header, error) {
+		var scratch []byte
+		tr := http.Header{}
+		cr := &chunkedReader{br: bufio.NewReaderSize(strings.NewReader(in), 16), scratch: &scratch, limit: 1 << 10, trailer: tr}
+		b, err := io.ReadAll(cr)
+		return string(b), tr, err
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		body, tr, err := decode(string(data))
+		if err != nil {
+			return
+		}
+		var enc strings.Builder
+		if len(body) > 0 {
+			fmt.Fprintf(&enc, "%x\r\n%s\r\n", len(body), body)
+		}
+		enc.WriteString("0\r\n")
+		for k, vv := range tr {
+			for _, v := range vv {
+				fmt.Fprintf(&enc, "%s: %s\r\n", strings.TrimPrefix(k, http.TrailerPrefix), v)
+			}
+		}
+		enc.WriteString("\r\n")
+		body2, tr2, err := decode(enc.String())
+		require.NoError(t, err, "re-decode %q", enc.String())
+		require.Equal(t, body, body2)
+		require.Equal(t, tr, tr2)
+	})
 }
