@@ -599,6 +599,7 @@ func BenchmarkPickParallel(b *testing.B) {
 		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
 			p := maglev.Builder{}.Build(balancertest.Ready(n))
 			b.ReportAllocs()
+			b.ResetTimer() // the build is not part of a pick
 			b.RunParallel(func(pb *testing.PB) {
 				k := uint64(0)
 				var ep *balancer.Endpoint

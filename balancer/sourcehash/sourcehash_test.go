@@ -392,6 +392,7 @@ func BenchmarkPickParallel(b *testing.B) {
 			b.Run(benchName(ht, n), func(b *testing.B) {
 				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
 				b.ReportAllocs()
+				b.ResetTimer() // the build is not part of a pick
 				b.RunParallel(func(pb *testing.PB) {
 					k := uint64(0)
 					var ep *balancer.Endpoint
