@@ -213,10 +213,10 @@ func TestBatchService(t *testing.T) {
 	for i := range 7 {
 		elems = append(elems, fmt.Sprintf("%d : %v", i, []netip.AddrPort{be1, be2, be3}[tbl.Slot(i)]))
 	}
-	match := "[ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x02 ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xc613000a000000000000000000000000 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x06 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0050 ]"
+	match := "[ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x02 ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xc613000a ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x06 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0050 ]"
 	want := golden(`
 		add counter web
-		add map web { integer : ipv4_addr . inet_service }
+		add map web { mark : ipv4_addr . inet_service }
 		add map web/backends { ipv4_addr . inet_service : verdict }
 		add counter web/198.18.2.11:8080
 		add chain web/198.18.2.11:8080
@@ -319,7 +319,7 @@ func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
 	got := r.last()
 	match := "[ ct load key 7 dir 0 => reg 1 ][ cmp eq reg 1 0x0a ][ ct load key 9 dir 0 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ ct load key 10 dir 0 => reg 1 ][ cmp eq reg 1 0x11 ][ ct load key 12 dir 0 => reg 1 ][ cmp eq reg 1 0x0035 ]"
 	for _, want := range []string{
-		"add map dns { integer : ipv6_addr . inet_service }",
+		"add map dns { mark : ipv6_addr . inet_service }",
 		"add element dns/backends { [fd00:198:18:2::11]:53 : jump dns/[fd00:198:18:2::11]:53 }",
 		"add element dns { 0 : [fd00:198:18:2::11]:53, 1 : [fd00:198:18:2::11]:53, 2 : [fd00:198:18:2::11]:53, 3 : [fd00:198:18:2::11]:53, 4 : [fd00:198:18:2::11]:53 }",
 		"add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x0a ][ payload load 16b @ network header + 24 => reg 1 ][ cmp eq reg 1 0xfd000198001900000000000000000010 ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x11 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0035 ][ objref type 1 name dns ][ numgen reg 1 = inc mod 5 ][ lookup reg 1 set dns dreg 1 ][ nat dnat family 10 addr reg 1-1 proto reg 2-2 specified true ]",

@@ -8,12 +8,12 @@
 //
 // A [Balancer] owns one nftables table (inet "lbkit" by default) and
 // touches nothing else. For a service "web" on 198.19.0.10:80/tcp with
-// backends 198.18.2.11:8080 and 198.18.2.12:8080 it holds, as `nft list`
-// shows it:
+// backends 198.18.2.11:8080 and 198.18.2.12:8080 it holds, as `nft list
+// table inet lbkit` shows it (counter objects left out):
 //
 //	map web {                     # slot → backend, from lbkit's Maglev table
-//	    typeof numgen inc mod 2 : ip daddr . tcp dport
-//	    elements = { 0 : 198.18.2.12 . 8080, 1 : 198.18.2.11 . 8080, ... }
+//	    type mark : ipv4_addr . inet_service
+//	    elements = { 0x00000000 : 198.18.2.12 . 8080, 0x00000001 : 198.18.2.11 . 8080, ... }
 //	}
 //	map web/backends {            # backend → its counter chain
 //	    198.18.2.11 . 8080 : jump web/198.18.2.11:8080, ...
@@ -22,8 +22,8 @@
 //	    ip daddr 198.19.0.10 tcp dport 80 counter name "web" dnat ip to jhash ip saddr . tcp sport mod 1021 seed 0x5c1d3e27 map @web
 //	}
 //	chain postrouting {           # type nat hook postrouting priority srcnat
-//	    ct original daddr 198.19.0.10 ct original proto-dst 80 ip daddr . tcp dport vmap @web/backends
-//	    ct original daddr 198.19.0.10 ct original proto-dst 80 masquerade    # FullNAT only
+//	    ct original ip daddr 198.19.0.10 ct original proto-dst 80 ip daddr . tcp dport vmap @web/backends
+//	    ct original ip daddr 198.19.0.10 ct protocol tcp ct original proto-dst 80 masquerade   # FullNAT only
 //	}
 //	chain web/198.18.2.11:8080 {
 //	    counter name "web/198.18.2.11:8080"

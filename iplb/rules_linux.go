@@ -45,7 +45,7 @@ func slotMap(t *nftables.Table, svc *Service) *nftables.Set {
 		Table:        t,
 		Name:         svc.Name,
 		IsMap:        true,
-		KeyType:      nftables.TypeInteger,
+		KeyType:      nftables.TypeMark, // a host-endian 32-bit integer nft can name
 		DataType:     nftables.MustConcatSetType(addrType, nftables.TypeInetService),
 		KeyByteOrder: binaryutil.NativeEndian,
 	}
@@ -153,13 +153,15 @@ func counterExprs(svc string, addr netip.AddrPort) []expr.Any {
 
 // originalExprs match, in postrouting, the flows whose original
 // destination was the service (the first packet only: conntrack does the
-// rest). In an inet table "ct original daddr" is 16 bytes for both
-// families, the IPv4 address followed by zeros, so they also check the
-// layer-3 protocol.
+// rest). In an inet table "ct original daddr" loads 16 bytes for both
+// families (an IPv4 address followed by zeros), so they check the layer-3
+// protocol first.
 func originalExprs(svc *Service) []expr.Any {
 	vip := svc.VIP.Addr()
-	dst := make([]byte, 16)
-	copy(dst, vip.AsSlice())
+	// The kernel loads 16 bytes; comparing only the IPv4 address's 4 keeps
+	// the rule printable: nft list crashes (stack smashing) on a 16-byte
+	// compare it reads as "ct original ip daddr".
+	dst := vip.AsSlice()
 	return []expr.Any{
 		&expr.Ct{Key: expr.CtKeyL3PROTOCOL, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto(vip)}},
