@@ -508,7 +508,7 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 		dl = rq.deadline
 	}
 	pc.conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { pc.conn.SetDeadline(aLongTimeAgo) })
+	stop := context.AfterFunc(ctx, pc.interrupt)
 
 	reused := pc.reused
 	err := h.writeRequest(pc, rq)

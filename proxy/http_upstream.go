@@ -30,6 +30,9 @@ type pconn struct {
 	reused  bool
 	head    respHead
 	scratch []byte
+	// interrupt unblocks I/O on conn; built once per connection and
+	// registered with context.AfterFunc for each request.
+	interrupt func()
 }
 
 var (
@@ -39,6 +42,7 @@ var (
 
 func newPconn(c net.Conn, u *upstream) *pconn {
 	pc := &pconn{conn: c, up: u}
+	pc.interrupt = func() { c.SetDeadline(aLongTimeAgo) }
 	pc.attach()
 	return pc
 }
@@ -330,7 +334,8 @@ type waiter struct {
 	prev, next *waiter
 	ch         chan *upstream // receives the upstream whose slot it got
 	pin        *upstream      // only this one, or nil for any
-	tried      []*upstream    // not these
+	tried      []*upstream    // not these (a copy: the caller's stays on its stack)
+	triedBuf   [4]*upstream
 	queued     bool
 }
 
@@ -356,7 +361,8 @@ func (l *limiter) wait(ctx context.Context, pin *upstream, tried []*upstream, ti
 		l.mu.Unlock()
 		return nil, ErrQueueFull
 	}
-	w := &waiter{ch: make(chan *upstream, 1), pin: pin, tried: tried}
+	w := &waiter{ch: make(chan *upstream, 1), pin: pin}
+	w.tried = append(w.triedBuf[:0], tried...)
 	l.push(w)
 	l.mu.Unlock()
 
