@@ -1,12 +1,14 @@
 package iplb
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -295,6 +297,26 @@ func TestLab(t *testing.T) {
 			checkStats(t, b, name+"-udp", l, tc.v6, ucounts)
 		})
 	}
+
+	t.Run("nft lists the table", func(t *testing.T) {
+		nft, err := exec.LookPath("nft")
+		if err != nil {
+			t.Skip("iplb: nft not installed")
+		}
+		cmd := exec.Command(nft, "list", "table", "inet", "lbkit")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		// The child inherits the namespace of the thread that forks it.
+		require.NoError(t, l.bal.Do(cmd.Start))
+		require.NoError(t, cmd.Wait(), "operators must be able to read the ruleset: %s", out.String())
+		for _, want := range []string{
+			"ip daddr 198.19.0.10 tcp dport 80 counter name \"gateway-ipv4-tcp\" dnat ip to jhash ip saddr . tcp sport mod 1021",
+			"ip6 daddr fd00:198:19::10 udp dport 81 counter name \"fullnat-ipv6-udp\" dnat ip6 to jhash ip6 saddr . udp sport mod 1021",
+			"ct original ip daddr 198.19.0.10 ct protocol tcp ct original proto-dst 81 masquerade",
+		} {
+			assert.Contains(t, out.String(), want)
+		}
+	})
 
 	t.Run("Lookup predicts the kernel's choice", func(t *testing.T) {
 		// The services of the first subtests are still installed.
