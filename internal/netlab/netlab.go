@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -676,6 +677,12 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 	})
 	return c, err
 }
+
+// Start starts cmd inside the host's namespace: the child inherits the
+// namespace of the OS thread that forks it, so Start forks from a thread
+// switched into the namespace. The caller waits for cmd as usual. Use it
+// for tools such as nft, wrk or tcpdump.
+func (h *Host) Start(cmd *exec.Cmd) error { return h.Do(cmd.Start) }
 
 // Sysctl writes value to the sysctl key ("net.ipv4.ip_forward" or
 // "net/ipv4/conf/eth0/rp_filter") in the host's namespace.

@@ -270,6 +270,28 @@ func TestHostHelpers(t *testing.T) {
 		checkTCP(t, a, b, netip.MustParseAddr("2001:2:0:1::10"), netip.MustParseAddr("2001:2::1"))
 	})
 
+	t.Run("start a command inside", func(t *testing.T) {
+		cat, err := exec.LookPath("cat")
+		if err != nil {
+			t.Skip("netlab: no cat")
+		}
+		// /proc/self/net/dev lists the links of the reader's namespace.
+		cmd := exec.Command(cat, "/proc/self/net/dev")
+		var out strings.Builder
+		cmd.Stdout = &out
+		require.NoError(t, a.Start(cmd))
+		require.NoError(t, cmd.Wait())
+		assert.Contains(t, out.String(), "eth0:")
+		assert.NotContains(t, out.String(), "br0:", "the bridge lives elsewhere")
+
+		out.Reset()
+		cmd = exec.Command(cat, "/proc/self/net/dev")
+		cmd.Stdout = &out
+		require.NoError(t, lab.Bridge().Start(cmd))
+		require.NoError(t, cmd.Wait())
+		assert.Contains(t, out.String(), "br0:")
+	})
+
 	t.Run("offload", func(t *testing.T) {
 		require.NoError(t, a.SetOffload("eth0", TxChecksum, false))
 		require.NoError(t, a.SetOffload("eth0", GRO, true))
