@@ -99,3 +99,29 @@ func BenchmarkForward(b *testing.B) {
 		}
 	}
 }
+
+// TestHTTPForwardAllocs holds the forwarding path's allocations: the
+// response header block and its value slice, and context.AfterFunc's
+// registration (two). Everything else is pooled or on the stack.
+func TestHTTPForwardAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	addr := keepAliveBackend(t, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	require.NoError(t, pool.Set([]balancer.Backend{{Addr: addr}}))
+	h, err := NewHTTP(HTTPConfig{Pool: pool})
+	require.NoError(t, err)
+	defer h.Close()
+	req, err := http.NewRequest("GET", "http://example.com/", nil)
+	require.NoError(t, err)
+	req.RequestURI = "/"
+	req.RemoteAddr = "192.0.2.7:51234"
+	w := &discardWriter{hdr: make(http.Header, 8)}
+	allocs := testing.AllocsPerRun(200, func() {
+		clear(w.hdr)
+		h.ServeHTTP(w, req)
+	})
+	require.Equal(t, http.StatusOK, w.code)
+	require.LessOrEqual(t, allocs, 5.0)
+}
