@@ -3,6 +3,8 @@ package dnslb
 import (
 	"net/netip"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/ringhash"
@@ -64,4 +66,38 @@ func TestConsistentMixedFamilies(t *testing.T) {
 		seen[first] = true
 	}
 	assert.Len(t, seen, 2, "both IPv6 backends serve some subnets")
+}
+
+// TestFallbackFollowsMembership: with nothing ready the answer lists the
+// members; draining or removing one that is not ready changes no pool
+// snapshot, yet the answer follows within memberRefresh.
+func TestFallbackFollowsMembership(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a1, a2 := netip.MustParseAddrPort("198.18.0.1:80"), netip.MustParseAddrPort("198.18.0.2:80")
+		pool := balancer.MustNew(balancer.Config{Builder: ringhash.Builder{}})
+		defer pool.Close()
+		require.NoError(t, pool.Set([]balancer.Backend{be(a1.String()), be(a2.String())}))
+		s, err := New(Config{Zones: []Zone{{Origin: "example.test.", Records: testZone}},
+			Services: []Service{{Name: "svc.example.test.", Pool: pool}}})
+		require.NoError(t, err)
+		w := s.newWorker()
+		pkt := packQuery(t, "svc.example.test.", dns.TypeA)
+		answer := func() []string {
+			var r dns.Msg
+			require.NoError(t, r.Unpack(w.respond(pkt, netip.MustParseAddrPort("192.0.2.1:53"), false)[2:]))
+			return sorted(addrs(&r))
+		}
+		pool.SetHealthy(a1, false)
+		pool.SetHealthy(a2, false)
+		assert.Equal(t, []string{"198.18.0.1", "198.18.0.2"}, answer(), "panic: every member")
+		v := pool.Snapshot().Version
+		pool.SetDraining(a1, true)
+		require.Equal(t, v, pool.Snapshot().Version, "no new snapshot: the ready set is still empty")
+		time.Sleep(memberRefresh + time.Millisecond)
+		assert.Equal(t, []string{"198.18.0.2"}, answer(), "the draining member left the answer")
+		pool.Remove(a2)
+		pool.SetDraining(a1, false)
+		time.Sleep(memberRefresh + time.Millisecond)
+		assert.Equal(t, []string{"198.18.0.1"}, answer(), "the removed member left the answer")
+	})
 }
