@@ -165,9 +165,7 @@ func BenchmarkWrk(b *testing.B) {
 				cmd := exec.Command(wrk, append(args, url(path.addr))...)
 				var out bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &out, &out
-				// The child inherits the namespace of the thread that
-				// forks it.
-				require.NoError(b, l.client.Do(cmd.Start))
+				require.NoError(b, l.client.Start(cmd))
 				require.NoError(b, cmd.Wait(), out.String())
 				m := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`).FindStringSubmatch(out.String())
 				require.NotNil(b, m, out.String())

@@ -306,8 +306,7 @@ func TestLab(t *testing.T) {
 		cmd := exec.Command(nft, "list", "table", "inet", "lbkit")
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
-		// The child inherits the namespace of the thread that forks it.
-		require.NoError(t, l.bal.Do(cmd.Start))
+		require.NoError(t, l.bal.Start(cmd))
 		require.NoError(t, cmd.Wait(), "operators must be able to read the ruleset: %s", out.String())
 		for _, want := range []string{
 			"ip daddr 198.19.0.10 tcp dport 80 counter name \"gateway-ipv4-tcp\" dnat ip to jhash ip saddr . tcp sport mod 1021",
