@@ -26,5 +26,8 @@
 // percentiles, the failed share and how unevenly work was spread, and
 // TestSimulation holds the qualitative result (least connections and
 // peak EWMA send the slow backend less work and cut the tail latency
-// round robin and random suffer).
+// round robin and random suffer, at the price of more work for the
+// backend that fails fast). BenchmarkSimulationDegrade and
+// TestSimulationDegrade add a backend that turns slow halfway, which
+// static capacity weights cannot follow.
 package benchmarks
