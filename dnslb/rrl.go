@@ -33,7 +33,7 @@ type RateLimit struct {
 	IPv4PrefixLen, IPv6PrefixLen int
 	// TableSize is the number of prefixes tracked, rounded up to a power
 	// of two; prefixes that collide share a budget. Zero means 65536
-	// (1.5 MiB).
+	// (4 MiB: 64 bytes a slot).
 	TableSize int
 }
 
