@@ -20,7 +20,7 @@ import (
 
 func TestHTTPMaxConnsQueue(t *testing.T) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{MaxConns: 1, MaxQueue: 1, QueueTimeout: 300 * time.Millisecond}, b)
+	p := startProxy(t, HTTPConfig{MaxConns: 1, MaxQueue: 1, QueueTimeout: 3 * time.Second}, b)
 	c := testClient(t, 4)
 
 	// A takes the only slot and blocks in the backend.
