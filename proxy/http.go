@@ -50,6 +50,13 @@ type HTTPConfig struct {
 	// configuration. An empty ServerName means the backend's IP address.
 	// Nil means plain HTTP/1.1.
 	TLS *tls.Config
+	// H2C, when set, makes the proxy talk HTTP/2 with prior knowledge
+	// over plain TCP ("h2c") to the backends, one multiplexed connection
+	// per backend, through net/http's Transport instead of the
+	// purpose-built HTTP/1.1 client. Retries, limits, health, headers and
+	// streaming work alike; upgrades (WebSocket) are refused with 502.
+	// It cannot be combined with TLS.
+	H2C bool
 
 	// MaxIdleConns is the number of idle keep-alive connections kept per
 	// backend. Zero means DefaultMaxIdleConns.
@@ -153,6 +160,7 @@ type HTTP struct {
 	log  *slog.Logger
 
 	tls               *tls.Config
+	h2c               *http.Transport // non-nil in h2c mode
 	dialer            net.Dialer
 	maxIdle           int
 	idleTimeout       time.Duration
@@ -223,6 +231,12 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	}
 	if h.log == nil {
 		h.log = slog.Default()
+	}
+	if cfg.H2C {
+		if cfg.TLS != nil {
+			return nil, errors.New("proxy: H2C and TLS are exclusive")
+		}
+		h.h2c = h.newH2CTransport()
 	}
 	for _, s := range cfg.RetryStatuses {
 		if s < 100 || s >= len(h.retryStatus) {
@@ -296,6 +310,9 @@ func (h *HTTP) Close() error {
 		for _, u := range h.reg.Load().byEP {
 			u.retired.Store(true)
 			u.closeIdle(time.Time{})
+		}
+		if h.h2c != nil {
+			h.h2c.CloseIdleConnections()
 		}
 		h.tunMu.Lock()
 		h.closed = true
@@ -481,6 +498,9 @@ func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream)
 
 // try sends the request to u once and passes the response on.
 func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry bool) (int, error) {
+	if h.h2c != nil {
+		return h.tryH2C(w, rq, u, mayRetry)
+	}
 	r := rq.r
 	ctx := r.Context()
 	ep := u.ep

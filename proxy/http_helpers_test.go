@@ -41,6 +41,20 @@ type testBackend struct {
 // use. It is stopped at cleanup.
 func startBackend(t testing.TB, name string) *testBackend {
 	t.Helper()
+	return startBackendProtocols(t, name, nil)
+}
+
+// startH2CBackend starts a backend that speaks HTTP/1.1 and h2c.
+func startH2CBackend(t testing.TB, name string) *testBackend {
+	t.Helper()
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return startBackendProtocols(t, name, &p)
+}
+
+func startBackendProtocols(t testing.TB, name string, protos *http.Protocols) *testBackend {
+	t.Helper()
 	b := &testBackend{name: name, hold: make(chan struct{}), entered: make(chan struct{}, 64)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -55,7 +69,7 @@ func startBackend(t testing.TB, name string) *testBackend {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		fmt.Fprintf(w, "Host: %s\n", r.Host)
+		fmt.Fprintf(w, "Host: %s\nProto: %s\n", r.Host, r.Proto)
 		for _, k := range keys {
 			fmt.Fprintf(w, "%s: %s\n", k, strings.Join(r.Header[k], " | "))
 		}
@@ -115,7 +129,7 @@ func startBackend(t testing.TB, name string) *testBackend {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	b.addr = netip.MustParseAddrPort(ln.Addr().String())
-	b.srv = &http.Server{Handler: mux, ConnState: func(_ net.Conn, st http.ConnState) {
+	b.srv = &http.Server{Handler: mux, Protocols: protos, ConnState: func(_ net.Conn, st http.ConnState) {
 		switch st {
 		case http.StateNew:
 			b.open.Add(1)

@@ -253,10 +253,17 @@ func (h *HTTP) sync() {
 		u.retired.Store(true)
 		u.closeIdle(time.Time{})
 	}
+	unready := len(gone) > 0
 	for _, u := range next.byEP {
 		if !u.ep.Healthy() || u.ep.Draining() {
 			u.closeIdle(time.Time{})
+			unready = true
 		}
+	}
+	if unready && h.h2c != nil {
+		// The transport cannot close one host's connections: close every
+		// idle one; busy ones finish their streams.
+		h.h2c.CloseIdleConnections()
 	}
 }
 
