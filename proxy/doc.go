@@ -15,6 +15,9 @@
 // cap), and streams bodies through pooled 32 KiB buffers. A request costs
 // no goroutine beyond the one net/http's server runs the handler on; only
 // protocol upgrades (WebSocket) take a second one to copy both ways.
+// HTTPConfig.TLS switches the backends to HTTPS on the same client;
+// HTTPConfig.H2C switches them to HTTP/2 with prior knowledge, through
+// net/http's Transport (multiplexed: one connection per backend).
 //
 // # Retries
 //
