@@ -333,7 +333,11 @@ func TestCloseHalfBuiltAndTwice(t *testing.T) {
 	// not police that; what it must do is tear down what it built.
 	ln, err := lab.Host("a").Listen("tcp", "198.18.0.1:0")
 	require.NoError(t, err)
-	require.Len(t, labNamespaces(t, lab.ID()), 2)
+	// A host that fails half-way (the same address twice): its namespace
+	// exists, and Close must still delete it.
+	_, err = lab.AddHost("b", netip.MustParsePrefix("198.18.0.9/24"), netip.MustParsePrefix("198.18.0.9/24"))
+	require.Error(t, err)
+	require.Len(t, labNamespaces(t, lab.ID()), 3)
 	require.NoError(t, lab.Close())
 	require.NoError(t, lab.Close())
 	_, err = ln.Accept()
