@@ -34,8 +34,9 @@
 // backend whatever happens to the map later: changes steer new flows only,
 // which is what drain wants. The slot map holds data, not verdicts: the
 // kernel re-validates every jump of a table when a verdict map changes,
-// at a cost that grows with its size (100 ms per change with a 65521-slot
-// verdict map, 13 ms with this layout), so jumps are kept to the backend
+// at a cost that grows with its size (about 100 ms per change with a
+// 65521-slot verdict map against 8-21 ms with this layout, measured with
+// 1000 backends on a shared 2-vCPU VM), so jumps are kept to the backend
 // map, which changes only with membership.
 //
 // # Selection
