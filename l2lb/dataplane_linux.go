@@ -75,14 +75,6 @@ func (dp *dataplane) setService(v VIP, id uint32) error {
 	return nil
 }
 
-func (dp *dataplane) deleteService(v VIP) error {
-	k := vipKey(v)
-	if err := dp.objs.Services.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("l2lb: delete service %s/%s: %w", v.Addr, v.Proto, err)
-	}
-	return nil
-}
-
 // setSlots writes ring slots slots[i] of service to backend ids[i], in
 // batches where the kernel supports it.
 func (dp *dataplane) setSlots(service uint32, slots []int, ids []uint32) error {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -41,7 +40,8 @@ func TestGeneratedFilesFresh(t *testing.T) {
 	}
 	require.NotEmpty(t, args, "gen.go has no bpf2go line")
 	dir := t.TempDir()
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := exec.LookPath("go")
+	require.NoError(t, err)
 	cmd := exec.Command(goBin, append([]string{"tool", "bpf2go", "-output-dir", dir}, args...)...)
 	cmd.Env = append(os.Environ(), "GOPACKAGE=l2lb", "GOFILE=gen.go")
 	out, err := cmd.CombinedOutput()

@@ -64,7 +64,6 @@ func run() error {
 
 	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
 	defer pool.Close()
-	var backends []*netlab.Host
 	var members []balancer.Backend
 	for i := range 3 {
 		h, err := lab.AddHost(fmt.Sprintf("be%d", i+1)) // 198.18.0.3-5
@@ -89,7 +88,6 @@ func run() error {
 		if err := serve(h); err != nil {
 			return err
 		}
-		backends = append(backends, h)
 		members = append(members, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr4(), 80)})
 	}
 	if err := pool.Set(members); err != nil {
