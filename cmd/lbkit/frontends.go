@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"time"
 
@@ -70,26 +69,6 @@ func newPoolProbe(bs []*backend, b balancer.Builder, probe health.Prober) (*bala
 	return pool, chk, stop, nil
 }
 
-// serveHTTP serves h on a fresh loopback port and returns its base URL
-// and a function that shuts the server down.
-func serveHTTP(h http.Handler) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	stop := func() {
-		_ = srv.Close()
-		<-done
-	}
-	return "http://" + ln.Addr().String(), stop, nil
-}
-
 // retry runs f up to tries times while it fails, waiting a growing
 // fraction of the health interval between tries, as a client that re-asks
 // the dispatcher (redirect) or the resolver (DNS) after an error would.
@@ -126,11 +105,26 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 		stopHealth()
 		return nil, nil, "", err
 	}
-	base, stopSrv, err := serveHTTP(h)
+	// redirect.Server answers the handler's redirects without net/http's
+	// per-request cost; the Handler also works in any http.Server.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		stopHealth()
 		return nil, nil, "", err
 	}
+	rs := &redirect.Server{Handler: h}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = rs.Serve(context.Background(), ln)
+	}()
+	stopSrv := func() {
+		sd, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rs.Shutdown(sd)
+		<-done
+	}
+	base := "http://" + ln.Addr().String()
 	c := httpClient(cfg, true)
 	do := func(ctx context.Context, i int) error {
 		return retry(ctx, 4, func() error { return get(ctx, c, base+"/index.html") })
@@ -138,6 +132,7 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 	cleanup := func() {
 		c.CloseIdleConnections()
 		stopSrv()
+		_ = h.Close()
 		stopHealth()
 	}
 	return do, cleanup, "", nil
