@@ -89,10 +89,11 @@ type HTTPConfig struct {
 	// Nil means statuses are never retried, only connection failures.
 	RetryStatuses []int
 	// RetryBufferBytes, when positive, lets the proxy buffer request
-	// bodies up to this size so they can be replayed on another backend.
-	// Larger bodies are streamed and never retried once read from. Zero
-	// means no buffering: only bodyless requests are retried after a
-	// byte was sent, and any request whose body was not yet read.
+	// bodies of known length (Content-Length) up to this size so they can
+	// be replayed on another backend. Larger or chunked bodies are
+	// streamed and never sent twice once read from. Zero means no
+	// buffering: after a byte was sent only bodyless requests are retried;
+	// before, any request whose body was not yet read.
 	RetryBufferBytes int64
 
 	// MaxConns, when positive, limits the requests in flight per backend.
