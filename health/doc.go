@@ -4,7 +4,8 @@
 //
 // A Checker combines three sources of truth per [Target]:
 //
-//   - Active probes ([Prober]: [TCP], [HTTP], [DNS], [UDP], [Agent], a
+//   - Active probes ([Prober]: [TCP], [HTTP], [UDP], [Agent], DNS queries
+//     from package health/dnsprobe, a
 //     [ProberFunc], or several at once with [All]) run on a jittered
 //     schedule with HAProxy-style rise and fall thresholds, a probe
 //     timeout, and faster intervals while the target is down or changing

@@ -228,7 +228,6 @@ var (
 	_ Prober = TCP{}
 	_ Prober = UDP{}
 	_ Prober = HTTP{}
-	_ Prober = DNS{}
 	_ Prober = Agent{}
 	_ Prober = All{}
 	_ Prober = ProberFunc(nil)
