@@ -67,6 +67,12 @@ type Snapshot struct {
 	// Panic reports that the healthy fraction fell under the pool's
 	// PanicThreshold and Ready holds every member that is not draining.
 	Panic bool
+	// Members is every member of the pool in configuration order, ready
+	// or not. A membership change publishes a new snapshot even when the
+	// ready set stays the same (the picker is then reused), so data
+	// planes that mirror all members (counters, fallbacks) stay current.
+	// It must not be modified.
+	Members []*Endpoint
 	// Version increases by one with every snapshot a pool publishes.
 	Version uint64
 
@@ -87,9 +93,10 @@ type member struct {
 
 // Pool holds a set of backends and publishes an immutable [Snapshot] of
 // those ready for work. Membership, health, drain and weight changes
-// rebuild the snapshot under a mutex and publish it through an atomic
-// pointer, only when the ready set or an effective weight changed; picks
-// read it without locking.
+// rebuild the picker under a mutex, only when the ready set or an
+// effective weight changed, and publish the snapshot through an atomic
+// pointer (a membership change alone publishes one with the old picker);
+// picks read it without locking.
 //
 // All methods are safe for concurrent use. Pick never blocks and does not
 // allocate; the mutating methods block only on the pool's own mutex and
@@ -445,14 +452,22 @@ func (p *Pool) rebuildLocked(now time.Time) {
 	}
 
 	old := p.snap.Load()
-	if old.Panic == panicking && sameReady(old.Ready, ready) {
+	sameSet := old.Panic == panicking && sameReady(old.Ready, ready)
+	if sameSet && sameMembers(old.Members, p.members) {
 		return
 	}
 	s := &Snapshot{Ready: ready, Panic: panicking, Version: old.Version + 1, changed: make(chan struct{})}
-	if len(ready) == 0 {
+	s.Members = make([]*Endpoint, len(p.members))
+	for i, m := range p.members {
+		s.Members[i] = m.ep
+	}
+	switch {
+	case sameSet:
+		s.Ready, s.Picker = old.Ready, old.Picker
+	case len(ready) == 0:
 		s.Ready = nil
 		s.Picker = ErrPicker(ErrNoBackend)
-	} else {
+	default:
 		s.Picker = p.cfg.Builder.Build(ready)
 	}
 	if panicking != old.Panic {
@@ -469,6 +484,18 @@ func (p *Pool) tick() {
 		return
 	}
 	p.rebuildLocked(time.Now())
+}
+
+func sameMembers(a []*Endpoint, b []*member) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i].ep {
+			return false
+		}
+	}
+	return true
 }
 
 func sameReady(a, b []Weighted) bool {

@@ -120,6 +120,29 @@ func TestRebuildOnlyOnChange(t *testing.T) {
 	assert.Equal(t, []netip.AddrPort{addr(0), addr(2)}, readyAddrs(p.Snapshot()))
 }
 
+func TestMembershipChangePublishesWithoutRebuild(t *testing.T) {
+	b := &countingBuilder{}
+	p := balancer.MustNew(balancer.Config{Builder: b})
+	require.NoError(t, p.Set(backends(3)))
+	require.True(t, p.SetHealthy(addr(2), false))
+	builds, old := b.builds.Load(), p.Snapshot()
+	require.Len(t, old.Members, 3)
+
+	// Removing a member that is not ready leaves the ready set alone: a
+	// new snapshot names the members, the picker is reused.
+	require.True(t, p.Remove(addr(2)))
+	s := p.Snapshot()
+	assert.Equal(t, builds, b.builds.Load(), "no rebuild for a membership-only change")
+	assert.Equal(t, old.Version+1, s.Version)
+	assert.Equal(t, []*balancer.Endpoint{p.Endpoint(addr(0)), p.Endpoint(addr(1))}, s.Members)
+	assert.Equal(t, readyAddrs(old), readyAddrs(s))
+	select {
+	case <-old.Changed():
+	default:
+		t.Fatal("membership change did not close Changed")
+	}
+}
+
 func TestEndpointsSurviveRebuilds(t *testing.T) {
 	p := balancer.MustNew(balancer.Config{Builder: maglev.Builder{Size: 251}})
 	require.NoError(t, p.Set(backends(3)))
