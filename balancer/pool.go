@@ -68,10 +68,10 @@ type Snapshot struct {
 	// PanicThreshold and Ready holds every member that is not draining.
 	Panic bool
 	// Members is every member of the pool in configuration order, ready
-	// or not. A membership change publishes a new snapshot even when the
-	// ready set stays the same (the picker is then reused), so data
-	// planes that mirror all members (counters, fallbacks) stay current.
-	// It must not be modified.
+	// or not. Every change to a member (membership, health, drain,
+	// weight) publishes a new snapshot, even when the ready set stays the
+	// same (the picker is then reused), so data planes that mirror all
+	// members (counters, fallbacks) stay current. It must not be modified.
 	Members []*Endpoint
 	// Version increases by one with every snapshot a pool publishes.
 	Version uint64
@@ -95,8 +95,8 @@ type member struct {
 // those ready for work. Membership, health, drain and weight changes
 // rebuild the picker under a mutex, only when the ready set or an
 // effective weight changed, and publish the snapshot through an atomic
-// pointer (a membership change alone publishes one with the old picker);
-// picks read it without locking.
+// pointer (a change that leaves the ready set alone publishes one with the
+// old picker); picks read it without locking.
 //
 // All methods are safe for concurrent use. Pick never blocks and does not
 // allocate; the mutating methods block only on the pool's own mutex and
@@ -226,18 +226,20 @@ func (p *Pool) Set(backends []Backend) error {
 	now := time.Now()
 	members := make([]*member, 0, len(backends))
 	index := make(map[netip.AddrPort]*member, len(backends))
-	for _, b := range backends {
+	changed := len(backends) != len(p.members)
+	for i, b := range backends {
 		m := p.index[b.Addr]
 		if m == nil || m.ep.zone != b.Zone {
 			m = p.newMember(b, now)
-		} else {
-			m.ep.weight.Store(b.weight())
+		} else if m.ep.weight.Swap(b.weight()) != b.weight() {
+			changed = true
 		}
+		changed = changed || p.members[i] != m
 		members = append(members, m)
 		index[b.Addr] = m
 	}
 	p.members, p.index = members, index
-	p.rebuildLocked(now)
+	p.rebuildLocked(now, changed)
 	return nil
 }
 
@@ -250,8 +252,9 @@ func (p *Pool) Add(b Backend) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
+	changed := true
 	if m := p.index[b.Addr]; m != nil && m.ep.zone == b.Zone {
-		m.ep.weight.Store(b.weight())
+		changed = m.ep.weight.Swap(b.weight()) != b.weight()
 	} else {
 		nm := p.newMember(b, now)
 		if m != nil {
@@ -265,7 +268,7 @@ func (p *Pool) Add(b Backend) error {
 		}
 		p.index[b.Addr] = nm
 	}
-	p.rebuildLocked(now)
+	p.rebuildLocked(now, changed)
 	return nil
 }
 
@@ -286,7 +289,7 @@ func (p *Pool) Remove(addr netip.AddrPort) bool {
 			break
 		}
 	}
-	p.rebuildLocked(time.Now())
+	p.rebuildLocked(time.Now(), true)
 	return true
 }
 
@@ -305,7 +308,7 @@ func (p *Pool) SetHealthy(addr netip.AddrPort, healthy bool) bool {
 		m.readySince = now
 	}
 	p.log.Debug("balancer: health changed", "backend", addr, "healthy", healthy)
-	p.rebuildLocked(now)
+	p.rebuildLocked(now, true)
 	return true
 }
 
@@ -325,7 +328,7 @@ func (p *Pool) SetDraining(addr netip.AddrPort, draining bool) bool {
 		m.readySince = now
 	}
 	p.log.Debug("balancer: drain changed", "backend", addr, "draining", draining)
-	p.rebuildLocked(now)
+	p.rebuildLocked(now, true)
 	return true
 }
 
@@ -342,7 +345,7 @@ func (p *Pool) SetWeight(addr netip.AddrPort, weight uint32) bool {
 		return false
 	}
 	m.ep.weight.Store(weight)
-	p.rebuildLocked(time.Now())
+	p.rebuildLocked(time.Now(), true)
 	return true
 }
 
@@ -393,8 +396,11 @@ func (p *Pool) rampFactor(m *member, now time.Time) (float64, time.Time) {
 }
 
 // rebuildLocked computes the ready set and publishes a new snapshot if it
-// differs from the current one. p.mu must be held.
-func (p *Pool) rebuildLocked(now time.Time) {
+// differs from the current one, or if changed reports a change to a
+// member (membership, health, drain, weight) that the ready set may not
+// show; the picker is rebuilt only when the ready set changed. p.mu must
+// be held.
+func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	if len(p.members) > 0 {
 		p.populated = true
 	}
@@ -453,7 +459,7 @@ func (p *Pool) rebuildLocked(now time.Time) {
 
 	old := p.snap.Load()
 	sameSet := old.Panic == panicking && sameReady(old.Ready, ready)
-	if sameSet && sameMembers(old.Members, p.members) {
+	if sameSet && !changed {
 		return
 	}
 	s := &Snapshot{Ready: ready, Panic: panicking, Version: old.Version + 1, changed: make(chan struct{})}
@@ -483,19 +489,7 @@ func (p *Pool) tick() {
 	if p.closed {
 		return
 	}
-	p.rebuildLocked(time.Now())
-}
-
-func sameMembers(a []*Endpoint, b []*member) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i].ep {
-			return false
-		}
-	}
-	return true
+	p.rebuildLocked(time.Now(), false)
 }
 
 func sameReady(a, b []Weighted) bool {

@@ -120,7 +120,7 @@ func TestRebuildOnlyOnChange(t *testing.T) {
 	assert.Equal(t, []netip.AddrPort{addr(0), addr(2)}, readyAddrs(p.Snapshot()))
 }
 
-func TestMembershipChangePublishesWithoutRebuild(t *testing.T) {
+func TestMemberChangePublishesWithoutRebuild(t *testing.T) {
 	b := &countingBuilder{}
 	p := balancer.MustNew(balancer.Config{Builder: b})
 	require.NoError(t, p.Set(backends(3)))
@@ -141,6 +141,14 @@ func TestMembershipChangePublishesWithoutRebuild(t *testing.T) {
 	default:
 		t.Fatal("membership change did not close Changed")
 	}
+
+	// Draining a member that is not ready publishes too.
+	require.True(t, p.SetHealthy(addr(1), false))
+	v := p.Snapshot().Version
+	builds = b.builds.Load()
+	require.True(t, p.SetDraining(addr(1), true))
+	assert.Equal(t, v+1, p.Snapshot().Version)
+	assert.Equal(t, builds, b.builds.Load())
 }
 
 func TestEndpointsSurviveRebuilds(t *testing.T) {

@@ -149,17 +149,7 @@ type svcState struct {
 	glue  []byte // A/AAAA records of the SRV targets
 	glueN int
 	hosts map[string]hostRef // target label → record
-	// members reports that a family answers from the pool's members
-	// rather than its ready set (FallbackAll). Removing a member or
-	// draining one that is not ready changes no snapshot, so such a
-	// state is rebuilt when older than memberRefresh.
-	members bool
-	built   time.Time
 }
-
-// memberRefresh bounds how stale a fallback answer built from the pool's
-// members may get.
-const memberRefresh = time.Second
 
 type hostRef struct {
 	fam int
@@ -227,13 +217,13 @@ func compileService(s Service) (*service, error) {
 // atomic loads.
 func (sv *service) state() *svcState {
 	snap := sv.cfg.Pool.Snapshot()
-	if st := sv.cur.Load(); st != nil && st.snap == snap && !st.stale() {
+	if st := sv.cur.Load(); st != nil && st.snap == snap {
 		return st
 	}
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
 	snap = sv.cfg.Pool.Snapshot()
-	if st := sv.cur.Load(); st != nil && st.snap == snap && !st.stale() {
+	if st := sv.cur.Load(); st != nil && st.snap == snap {
 		return st
 	}
 	st := sv.build(snap)
@@ -248,22 +238,17 @@ func famOf(a netip.Addr) int {
 	return 1
 }
 
-// stale reports whether st answers from members and is older than
-// memberRefresh.
-func (st *svcState) stale() bool {
-	return st.members && time.Since(st.built) > memberRefresh
-}
-
 // build packs the answers for snap.
 func (sv *service) build(snap *balancer.Snapshot) *svcState {
-	st := &svcState{snap: snap, refs: make(map[*balancer.Endpoint]int32), hosts: make(map[string]hostRef),
-		built: time.Now()}
+	st := &svcState{snap: snap, refs: make(map[*balancer.Endpoint]int32), hosts: make(map[string]hostRef)}
 	var byFam [2][]balancer.Weighted
 	for _, w := range snap.Ready {
 		f := famOf(w.Endpoint.Addr().Addr())
 		byFam[f] = append(byFam[f], w)
 	}
-	var members []*balancer.Endpoint
+	// A fallback answers from every member: the snapshot lists them, and
+	// the pool publishes a new one whenever any member changes.
+	members := snap.Members
 	for f := range byFam {
 		fs := &st.fam[f]
 		fs.stride = 16
@@ -272,10 +257,6 @@ func (sv *service) build(snap *balancer.Snapshot) *svcState {
 		}
 		list := byFam[f]
 		if len(list) == 0 {
-			if members == nil {
-				members = sv.cfg.Pool.Endpoints()
-			}
-			st.members = true
 			var any bool
 			for _, ep := range members {
 				if famOf(ep.Addr().Addr()) != f {
