@@ -131,6 +131,8 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 			bw.WriteString("Content-Length: 0\r\n")
 		}
 		bw.WriteString("\r\n")
+		// The head goes out with the first read of the response (connIO).
+		pc.io.deferNext = true
 		return bw.Flush()
 	}
 	if rq.buffered != nil {

@@ -23,6 +23,7 @@ import (
 // cache-warm buffers serve thousands of connections.
 type pconn struct {
 	conn    net.Conn
+	io      *connIO
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	up      *upstream
@@ -41,7 +42,7 @@ var (
 )
 
 func newPconn(c net.Conn, u *upstream) *pconn {
-	pc := &pconn{conn: c, up: u}
+	pc := &pconn{conn: c, up: u, io: newConnIO(c)}
 	pc.interrupt = func() { c.SetDeadline(aLongTimeAgo) }
 	pc.attach()
 	return pc
@@ -50,9 +51,9 @@ func newPconn(c net.Conn, u *upstream) *pconn {
 // attach gives pc a buffered reader and writer from the pools.
 func (pc *pconn) attach() {
 	pc.br = brPool.Get().(*bufio.Reader)
-	pc.br.Reset(pc.conn)
+	pc.br.Reset(pc.io)
 	pc.bw = bwPool.Get().(*bufio.Writer)
-	pc.bw.Reset(pc.conn)
+	pc.bw.Reset(pc.io)
 }
 
 // detach returns pc's buffers to the pools. It reports false, keeping
@@ -62,7 +63,7 @@ func (pc *pconn) detach() bool {
 	if pc.br == nil {
 		return true
 	}
-	if pc.br.Buffered() > 0 {
+	if pc.br.Buffered() > 0 || pc.io.deferred != nil {
 		return false
 	}
 	pc.br.Reset(nil)
@@ -76,6 +77,7 @@ func (pc *pconn) detach() bool {
 // close closes the connection and returns its buffers to their pools.
 func (pc *pconn) close() {
 	pc.conn.Close()
+	pc.io.reset()
 	if pc.br != nil {
 		pc.br.Reset(nil)
 		brPool.Put(pc.br)
