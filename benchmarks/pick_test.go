@@ -143,6 +143,33 @@ func BenchmarkPickParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkPickDone measures what a front-end pays per request with a
+// pool of 100: Pick, Endpoint.Start and Endpoint.Done with a latency,
+// from GOMAXPROCS goroutines. Start and Done write the endpoint's shared
+// counters (and Done reads the clock for the latency EWMA), so this is
+// where load-aware policies pay for their information.
+func BenchmarkPickDone(b *testing.B) {
+	for _, pol := range pickPolicies {
+		b.Run(pol.name, func(b *testing.B) {
+			p := pol.builder.Build(pickReady(100))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					ep, err := p.Pick(pickKeys[i&1023])
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					ep.Start()
+					ep.Done(nil, time.Millisecond)
+					i++
+				}
+			})
+		})
+	}
+}
+
 // BenchmarkBuild measures building a picker from a ready set, which a
 // pool does on every change of the ready set or of an effective weight
 // (each slow-start step included). Weights are 1–3 plus a third, so
