@@ -17,7 +17,9 @@
 // per pick, which stays meaningful when other work shares the machine.
 // Targets: 0 allocs, ≤ 25 ns single-threaded, parallel throughput ≥ 5×
 // the mutex baseline. BenchmarkBuild/<policy>/n=<backends> measures the
-// rebuild a pool does on every ready-set or slow-start change.
+// rebuild a pool does on every ready-set or slow-start change, and
+// BenchmarkPickDone/<policy> a request's whole accounting: Pick,
+// Endpoint.Start and Endpoint.Done with a latency.
 //
 // The policy simulation (sim_test.go) is a deterministic discrete-event
 // model of heterogeneous backends (one 10× slower, one failing fast)
