@@ -528,7 +528,14 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	if !rq.deadline.IsZero() && rq.deadline.Before(dl) {
 		dl = rq.deadline
 	}
-	pc.conn.SetDeadline(dl)
+	// A bodyless request is written without blocking (see connIO): only
+	// the read side needs a deadline, which halves the timer updates.
+	fullDeadline := rq.hasBody || pc.io.rc == nil // TLS writes block like reads
+	if fullDeadline {
+		pc.conn.SetDeadline(dl)
+	} else {
+		pc.conn.SetReadDeadline(dl)
+	}
 	stop := context.AfterFunc(ctx, pc.interrupt)
 
 	reused := pc.reused
@@ -603,12 +610,12 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	if h.cookieName != "" && rq.sticky != u {
 		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
 	}
-	if !rq.deadline.IsZero() {
-		pc.conn.SetDeadline(rq.deadline)
-	} else {
-		pc.conn.SetDeadline(time.Time{})
-	}
 	bodyless := head.bodyless(r.Method == http.MethodHead)
+	// Lift the header deadline for the body, unless the whole body is
+	// already buffered (the next request sets its own deadline).
+	if fullDeadline || !bodyless && (head.contentLength < 0 || int64(pc.br.Buffered()) < head.contentLength) {
+		pc.conn.SetDeadline(rq.deadline) // zero when there is no request deadline
+	}
 	w.WriteHeader(head.status)
 	reusable := !head.closeConn && rq.upgrade == ""
 	var upErr, clErr error

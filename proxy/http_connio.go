@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 )
 
 // connIO sits between a backend connection and its bufio reader and
@@ -67,6 +68,9 @@ func (c *connIO) Read(p []byte) (int, error) {
 	if c.partial {
 		rest := c.deferred
 		c.deferred = nil
+		// The write deadline may be an earlier request's; the read
+		// deadline bounds this exchange.
+		c.conn.SetWriteDeadline(time.Time{})
 		if _, err := c.conn.Write(rest); err != nil {
 			return 0, err
 		}
