@@ -18,7 +18,8 @@
 // Finagle does, so an idle backend that was once slow is tried again
 // instead of being starved forever.
 //
-// Reading the clock costs about 20–60 ns on this class of VM, more than
+// Reading the clock costs 20–140 ns on the VMs lbkit was measured on
+// (kvm-clock; more under load), more than
 // the rest of a pick. Pick does not read it: because the decay is
 // exponential, comparing two endpoints' decayed costs,
 //
