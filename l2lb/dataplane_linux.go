@@ -1,6 +1,7 @@
 package l2lb
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -14,6 +15,7 @@ type dataplane struct {
 	maxServices int
 	maxBackends int
 	ncpu        int
+	vipBits     uint // log2 of the vips map's slots
 }
 
 // loadDataplane loads the program with maps sized for maxServices
@@ -24,13 +26,17 @@ func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) 
 	if err != nil {
 		return nil, fmt.Errorf("l2lb: load program spec: %w", err)
 	}
-	spec.Maps["services"].MaxEntries = uint32(maxServices)
+	bits := vipTableBits(maxServices)
+	spec.Maps["vips"].MaxEntries = 1 << bits
+	if err := spec.Variables["vip_bits"].Set(uint32(bits)); err != nil {
+		return nil, fmt.Errorf("l2lb: set vip_bits: %w", err)
+	}
 	spec.Maps["service_stats"].MaxEntries = uint32(maxServices)
 	spec.Maps["rings"].MaxEntries = uint32(maxServices * RingSize)
 	spec.Maps["backends"].MaxEntries = uint32(maxBackends)
 	spec.Maps["backend_stats"].MaxEntries = uint32(maxBackends)
 	spec.Maps["conns"].MaxEntries = uint32(connTable)
-	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends}
+	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, vipBits: bits}
 	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -67,12 +73,54 @@ func vipKey(v VIP) l2lbVipKey {
 
 func htons(p uint16) uint16 { return p<<8 | p>>8 }
 
+// vipProbes bounds the linear probing of the vips map: VIP_PROBES in
+// bpf/structs.h.
+const vipProbes = 8
+
+// vipTableBits returns log2 of the vips map's size for maxServices: at
+// least 8 slots per service (16 at least), so that the runs linear
+// probing walks stay short and a service always finds a slot within
+// vipProbes of its home.
+func vipTableBits(maxServices int) uint {
+	bits := uint(4)
+	for 1<<bits < 8*maxServices {
+		bits++
+	}
+	return bits
+}
+
+// vipHome returns the home slot of k in a vips map of 2^bits slots, as
+// vip_home in bpf/l2lb.c: the top bits of ((a0 ^ a1 ^ a2 ^ tail) << 32 |
+// a3) * 0x9e3779b97f4a7c15, where a0..a3 are the address's little-endian
+// 32-bit words and tail is the key's last (port, protocol, family).
+func vipHome(k l2lbVipKey, bits uint) uint32 {
+	le := binary.LittleEndian.Uint32
+	tail := uint32(k.Port) | uint32(k.Proto)<<16 | uint32(k.Family)<<24
+	x := (uint64(le(k.Addr[0:])^le(k.Addr[4:])^le(k.Addr[8:])^tail)<<32 | uint64(le(k.Addr[12:]))) * 0x9e3779b97f4a7c15
+	return uint32(x >> (64 - bits))
+}
+
+// setService maps v to service id in the vips map: in v's slot if it has
+// one, else in the first empty slot of the run from its home slot.
 func (dp *dataplane) setService(v VIP, id uint32) error {
 	k := vipKey(v)
-	if err := dp.objs.Services.Update(&k, &l2lbService{Id: id}, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("l2lb: write service %s/%s: %w", v.Addr, v.Proto, err)
+	home, mask := vipHome(k, dp.vipBits), uint32(1)<<dp.vipBits-1
+	for i := range uint32(vipProbes) {
+		slot := (home + i) & mask
+		var e l2lbVipEntry
+		if err := dp.objs.Vips.Lookup(slot, &e); err != nil {
+			return fmt.Errorf("l2lb: read VIP table slot %d: %w", slot, err)
+		}
+		if e.Key.Family != 0 && e.Key != k {
+			continue
+		}
+		e = l2lbVipEntry{Key: k, Service: id}
+		if err := dp.objs.Vips.Update(slot, &e, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("l2lb: write service %s/%s: %w", v.Addr, v.Proto, err)
+		}
+		return nil
 	}
-	return nil
+	return fmt.Errorf("l2lb: write service %s/%s: no free VIP table slot within %d of its home", v.Addr, v.Proto, vipProbes)
 }
 
 // setSlots writes ring slots slots[i] of service to backend ids[i], in

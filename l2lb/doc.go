@@ -13,8 +13,14 @@
 // committed, so building needs no clang) keeps its state in maps the
 // control plane writes:
 //
-//   - services: (VIP, port, protocol) → service id. Other frames pass to
-//     the balancer's own stack (XDP_PASS), untouched.
+//   - vips: (VIP, port, protocol) → service id, an open-addressed hash
+//     table in an array (a multiplicative hash of the destination picks
+//     the home slot; linear probing, at most 8 slots; at least 8 slots
+//     per service, so a run is usually one slot long). A lookup costs a
+//     multiply and inlined array reads, not a hash map's jhash and call,
+//     and a frame to any other destination usually stops at its first,
+//     empty slot. Other frames pass to the balancer's own stack
+//     (XDP_PASS), untouched.
 //   - rings: one Maglev table of [RingSize] = 65537 slots (a prime, as
 //     maglev.DefaultSize) per service, in one array at index
 //     service·RingSize + slot; slot = [FlowHash] mod RingSize. The control

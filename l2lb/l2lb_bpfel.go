@@ -54,10 +54,10 @@ type l2lbGlobalCounters struct {
 	ConnRepicks uint64
 }
 
-type l2lbService struct {
-	_     structs.HostLayout
-	Id    uint32
-	Flags uint32
+type l2lbVipEntry struct {
+	_       structs.HostLayout
+	Key     l2lbVipKey
+	Service uint32
 }
 
 type l2lbVipKey struct {
@@ -79,8 +79,9 @@ const (
 	l2lbMapLbConfig     = "lb_config"
 	l2lbMapRings        = "rings"
 	l2lbMapServiceStats = "service_stats"
-	l2lbMapServices     = "services"
+	l2lbMapVips         = "vips"
 	l2lbProgL2lbXdp     = "l2lb_xdp"
+	l2lbVarVipBits      = "vip_bits"
 )
 
 // loadL2lb returns the embedded CollectionSpec for l2lb.
@@ -139,13 +140,14 @@ type l2lbMapSpecs struct {
 	LbConfig     *ebpf.MapSpec `ebpf:"lb_config"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
+	Vips         *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // l2lbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type l2lbVariableSpecs struct {
+	VipBits *ebpf.VariableSpec `ebpf:"vip_bits"`
 }
 
 // l2lbObjects contains all objects after they have been loaded into the kernel.
@@ -175,7 +177,7 @@ type l2lbMaps struct {
 	LbConfig     *ebpf.Map `ebpf:"lb_config"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
-	Services     *ebpf.Map `ebpf:"services"`
+	Vips         *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *l2lbMaps) Close() error {
@@ -187,7 +189,7 @@ func (m *l2lbMaps) Close() error {
 		m.LbConfig,
 		m.Rings,
 		m.ServiceStats,
-		m.Services,
+		m.Vips,
 	)
 }
 
@@ -195,6 +197,7 @@ func (m *l2lbMaps) Close() error {
 //
 // It can be passed to loadL2lbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type l2lbVariables struct {
+	VipBits *ebpf.Variable `ebpf:"vip_bits"`
 }
 
 // l2lbPrograms contains all programs after they have been loaded into the kernel.

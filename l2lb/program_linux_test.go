@@ -393,3 +393,69 @@ func TestProgramConnTable(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, tw.m.Counters, c)
 }
+
+// sameHome returns n VIPs (ports of addr, protocol proto) whose home slot
+// in dp's VIP table is the table's last slot, so that probing for all but
+// the first runs on and wraps around to slot 0.
+func sameHome(tb testing.TB, dp *dataplane, addr netip.Addr, proto Protocol, n int) []VIP {
+	tb.Helper()
+	last := uint32(1)<<dp.vipBits - 1
+	var out []VIP
+	for port := 1; port < 1<<16 && len(out) < n; port++ {
+		v := VIP{netip.AddrPortFrom(addr, uint16(port)), proto}
+		if vipHome(vipKey(v), dp.vipBits) == last {
+			out = append(out, v)
+		}
+	}
+	require.Len(tb, out, n, "not enough VIPs with the same home slot")
+	return out
+}
+
+// TestProgramVIPCollisions gives services VIPs that share their home slot
+// in the VIP table (open addressing, linear probing): each must still
+// reach its own service, a destination with the same home that is no VIP
+// must pass, and the program must agree with the model throughout.
+func TestProgramVIPCollisions(t *testing.T) {
+	tw := newTwin(t)
+	vips := sameHome(t, tw.dp, vip4.Addr(), TCP, 4)
+	other := vips[3] // same home slot, not a service
+	for s, v := range vips[:3] {
+		sid := uint32(s)
+		tw.service(v, sid)
+		tw.backend(sid+1, BackendEntry{MAC: macOf(sid + 1), Up: true, Service: sid})
+		tw.ring(sid, []uint32{sid + 1}, nil)
+	}
+	for s, v := range vips[:3] {
+		d, _ := tw.both(frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 1000), Dst: v.Addr}, tcpSYN, nil))
+		assert.Equal(t, TX, d.Verdict, "%v", v)
+		assert.Equal(t, uint32(s), d.Service, "%v", v)
+	}
+	d, _ := tw.both(frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 1000), Dst: other.Addr}, tcpSYN, nil))
+	assert.Equal(t, Pass, d.Verdict, "same home slot, not a service")
+	d, _ = tw.both(frame(Flow{Proto: UDP, Src: netip.AddrPortFrom(client, 1000), Dst: vips[1].Addr}, 0, nil))
+	assert.Equal(t, Pass, d.Verdict, "a service's address and port, other protocol")
+
+	// Writing a VIP again moves it to another service in its slot.
+	tw.service(vips[1], 2)
+	d, _ = tw.both(frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, 1001), Dst: vips[1].Addr}, tcpSYN, nil))
+	assert.Equal(t, uint32(2), d.Service)
+	c, err := tw.dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, tw.m.Counters, c)
+}
+
+// TestVIPTableFull requires setService to fail, rather than store a VIP
+// the program would not find, when more VIPs share a home slot than the
+// program probes.
+func TestVIPTableFull(t *testing.T) {
+	requireRoot(t)
+	dp, err := loadDataplane(4, 8, 1024)
+	require.NoError(t, err)
+	t.Cleanup(func() { dp.Close() })
+	vips := sameHome(t, dp, vip4.Addr(), UDP, vipProbes+1)
+	for i, v := range vips[:vipProbes] {
+		require.NoError(t, dp.setService(v, uint32(i%4)))
+	}
+	require.ErrorContains(t, dp.setService(vips[vipProbes], 0), "no free VIP table slot")
+	require.NoError(t, dp.setService(vips[0], 3), "an existing VIP can still be rewritten")
+}

@@ -33,6 +33,42 @@ static __always_inline void count(struct counters *c, __u64 bytes)
 	}
 }
 
+/* vip_home returns the home slot of a destination in the vips map: the
+ * top vip_bits bits of ((a[0] ^ a[1] ^ a[2] ^ tail) << 32 | a[3]) *
+ * VIP_HASH_MUL, where a holds the address's four little-endian 32-bit
+ * words and tail is the vip_key's last word (port, protocol, family).
+ * vipHome in Go computes the same. */
+static __always_inline __u32 vip_home(const __u32 *a, __u32 tail)
+{
+	__u64 x = ((__u64)(a[0] ^ a[1] ^ a[2] ^ tail) << 32 | a[3]) * VIP_HASH_MUL;
+	return (__u32)(x >> (64 - vip_bits));
+}
+
+/* find_service looks the flow's destination (address, port, protocol)
+ * up in the vips map, probing from its home slot until it finds the key
+ * or an empty slot, and returns the service's entry or 0. */
+static __always_inline struct vip_entry *find_service(const struct flow_key *f)
+{
+	const __u64 *addr = (const __u64 *)f->dst;
+	__u32 tail = (__u32)f->dport | (__u32)f->proto << 16 | (__u32)f->family << 24;
+	__u32 mask = (1u << vip_bits) - 1;
+	__u32 slot = vip_home((const __u32 *)f->dst, tail);
+	for (int i = 0; i < VIP_PROBES; i++) {
+		__u32 k = (slot + i) & mask;
+		struct vip_entry *e = bpf_map_lookup_elem(&vips, &k);
+		if (!e)
+			return 0;
+		__u32 etail;
+		__builtin_memcpy(&etail, &e->key.port, sizeof(etail));
+		if (!etail)
+			return 0; /* empty: the end of the run */
+		const __u64 *eaddr = (const __u64 *)e->key.addr;
+		if (etail == tail && eaddr[0] == addr[0] && eaddr[1] == addr[1])
+			return e;
+	}
+	return 0;
+}
+
 /* backend_ok returns the backend id's entry if it may take the service's
  * traffic. */
 static __always_inline struct backend *backend_ok(__u32 id, __u32 service)
@@ -62,15 +98,10 @@ int l2lb_xdp(struct xdp_md *ctx)
 	if (parse_packet(data, data_end, &pkt) < 0)
 		goto pass;
 
-	struct vip_key vk = {};
-	__builtin_memcpy(vk.addr, pkt.flow.dst, 16);
-	vk.port = pkt.flow.dport;
-	vk.proto = pkt.flow.proto;
-	vk.family = pkt.flow.family;
-	struct service *svc = bpf_map_lookup_elem(&services, &vk);
+	struct vip_entry *svc = find_service(&pkt.flow);
 	if (!svc)
 		goto pass;
-	__u32 sid = svc->id;
+	__u32 sid = svc->service;
 	count(bpf_map_lookup_elem(&service_stats, &sid), len);
 
 	struct backend *be = 0;

@@ -8,13 +8,21 @@
 #include "bpf_helpers.h"
 #include "structs.h"
 
-/* Virtual services: (VIP, port, protocol) to service. */
+/* Virtual services: (VIP, port, protocol) to service id, an open-addressed
+ * hash table in an array (linear probing from the slot vip_slot names, at
+ * most VIP_PROBES slots), so that a lookup costs a multiply and inlined
+ * array reads rather than a hash map's jhash and call; frames to other
+ * destinations usually end at their first, empty slot. It has 2^vip_bits
+ * slots, at least 8 per service, so runs stay short. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct vip_key);
-	__type(value, struct service);
-	__uint(max_entries, MAX_SERVICES);
-} services SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vip_entry);
+	__uint(max_entries, 1 << VIP_TABLE_BITS);
+} vips SEC(".maps");
+
+/* log2 of the vips map's size; the control plane sets it at load time. */
+volatile const __u32 vip_bits = VIP_TABLE_BITS;
 
 /* Maglev tables, RING_SIZE slots per service: slot to backend id.
  * Backend id 0 is reserved and never up: an empty service's ring is all 0. */

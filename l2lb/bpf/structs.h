@@ -14,12 +14,20 @@
 
 /* Default map sizes; the control plane sets the real ones at load time. */
 #define MAX_SERVICES 16
+#define VIP_TABLE_BITS 7 /* log2 of the VIP table's slots: 8 per service */
 #define MAX_BACKENDS 1024
 #define CONN_TABLE_SIZE 65536
 
 /* FLOW_HASH_SEED starts the flow hash. It is a constant so every balancer
  * of a fleet hashes a flow alike. */
 #define FLOW_HASH_SEED 0x6c326c62666c6f77ULL /* "l2lbflow" */
+
+/* VIP_PROBES bounds the VIP table's linear probing: the control plane
+ * stores each service within VIP_PROBES slots of its home slot. */
+#define VIP_PROBES 8
+
+/* VIP_HASH_MUL is the VIP table's multiplier (2^64 / golden ratio). */
+#define VIP_HASH_MUL 0x9e3779b97f4a7c15ULL
 
 /* backend.flags */
 #define BACKEND_UP 1 /* forward to this backend (its MAC is known) */
@@ -37,10 +45,11 @@ struct vip_key {
 	__u8 family;
 };
 
-/* What a virtual service maps to. */
-struct service {
-	__u32 id; /* index of the service's ring and counters */
-	__u32 flags; /* reserved, zero */
+/* One slot of the VIP table: a virtual service and its id (the index of
+ * its ring and counters). A slot whose key.family is 0 is empty. */
+struct vip_entry {
+	struct vip_key key;
+	__u32 service;
 };
 
 /* One backend: where frames for it go. */
