@@ -177,14 +177,12 @@ func simRun(t testing.TB, bes []simBackend, b balancer.Builder, keyed bool, weig
 		events   simQueue
 		busy     = make([]int, len(eps))
 		waiting  = make([][]int, len(eps)) // FIFO of request indices
-		start    = make([]float64, len(reqs))
 		latency  = make([]float64, len(reqs))
 		failed   = make([]bool, len(reqs))
 		assigned = make([]int, len(eps))
 	)
 	begin := func(i, be int, at float64) {
 		sb := bes[be]
-		start[i] = at
 		d := reqs[i].service * sb.mean
 		if sb.slowFrom > 0 && at >= sb.slowFrom {
 			d *= 10
