@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/internal/shard"
 )
 
 // Builder builds round-robin pickers. The zero value is ready to use and
@@ -29,14 +30,14 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 	for i, w := range ready {
 		eps[i] = w.Endpoint
 	}
-	return &Picker{eps: eps, ctr: newCounter(len(eps), b.Rand)}
+	return &Picker{eps: eps, ctr: shard.New(len(eps), b.Rand)}
 }
 
 // Picker hands out its endpoints in turn. It is immutable apart from its
 // counters and safe for concurrent use.
 type Picker struct {
 	eps []*balancer.Endpoint
-	ctr counter
+	ctr shard.Counter
 }
 
 // Pick returns the next endpoint in rotation; info is ignored. It never
@@ -45,5 +46,5 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 	if len(p.eps) == 1 {
 		return p.eps[0], nil
 	}
-	return p.eps[p.ctr.next()], nil
+	return p.eps[p.ctr.Next()], nil
 }

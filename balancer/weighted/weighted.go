@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/internal/shard"
 )
 
 // MaxSchedule bounds the schedule's cycle: weights that reduce to an
@@ -42,7 +43,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 		weights[i] = weight(w.Weight)
 	}
 	sched := schedule(slots(weights))
-	return &Picker{eps: eps, sched: sched, ctr: newCounter(len(sched), b.Rand)}
+	return &Picker{eps: eps, sched: sched, ctr: shard.New(len(sched), b.Rand)}
 }
 
 // Picker hands out endpoints in the order of its schedule. It is
@@ -50,7 +51,7 @@ func (b Builder) Build(ready []balancer.Weighted) balancer.Picker {
 type Picker struct {
 	eps   []*balancer.Endpoint
 	sched []uint32
-	ctr   counter
+	ctr   shard.Counter
 }
 
 // Pick returns the next endpoint of the schedule; info is ignored. It
@@ -59,7 +60,7 @@ func (p *Picker) Pick(balancer.PickInfo) (*balancer.Endpoint, error) {
 	if len(p.eps) == 1 {
 		return p.eps[0], nil
 	}
-	return p.eps[p.sched[p.ctr.next()]], nil
+	return p.eps[p.sched[p.ctr.Next()]], nil
 }
 
 // Slots returns how many slots of the schedule's cycle each endpoint has,

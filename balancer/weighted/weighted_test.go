@@ -128,10 +128,10 @@ func TestDistribution(t *testing.T) {
 			}
 			// The schedule's error (exact, or < 1 slot of MaxSchedule) plus
 			// less than one pick per counter shard.
-			tol := (1 + float64(len(p.ctr.shards))/float64(cycles)) / float64(minSlots)
+			tol := (1 + float64(p.ctr.Shards())/float64(cycles)) / float64(minSlots)
 			balancertest.CheckDistribution(t, ready, counts, tol)
 			for i, w := range ready {
-				assert.InDelta(t, cycles*slots[i], counts[w.Endpoint], float64(len(p.ctr.shards)), "endpoint %d", i)
+				assert.InDelta(t, cycles*slots[i], counts[w.Endpoint], float64(p.ctr.Shards()), "endpoint %d", i)
 			}
 		})
 	}
@@ -149,10 +149,10 @@ func mixed(n int) []float64 {
 func TestShardFollowsSchedule(t *testing.T) {
 	ready := balancertest.ReadyWeights(5, 1, 1)
 	p := Builder{}.Build(ready).(*Picker)
-	off := p.ctr.on(3)
+	off := p.ctr.On(3)
 	for k := range 3 * len(p.sched) {
 		want := p.sched[(off+uint64(k)+1)%uint64(len(p.sched))]
-		require.Equal(t, want, p.sched[p.ctr.on(3)])
+		require.Equal(t, want, p.sched[p.ctr.On(3)])
 	}
 }
 

@@ -1,4 +1,6 @@
-package roundrobin
+// Package shard provides the contention-avoiding round-robin position
+// shared by lbkit's round-robin and weighted round-robin pickers.
+package shard
 
 import (
 	"math/rand/v2"
@@ -7,13 +9,13 @@ import (
 	"unsafe"
 )
 
-// counter is a round-robin position over n entries that avoids the
+// Counter is a round-robin position over n entries that avoids the
 // single shared atomic counter of gRPC's picker. On this class of machine
 // that counter costs ~7 ns alone but ~20–50 ns per pick from two threads:
 // every increment moves its cache line between cores, so it loses to a
 // mutex under contention.
 //
-// counter instead keeps a few shards, each an atomic counter on its own
+// Counter instead keeps a few shards, each an atomic counter on its own
 // cache line starting at a random offset. A pick increments one shard,
 // chosen from the address of the calling goroutine's stack: a goroutine
 // that picks in a loop (a connection handler, a benchmark worker) keeps
@@ -29,7 +31,7 @@ import (
 // allocated one after another with the same size (a worker pool, the
 // goroutines of b.RunParallel) thus get distinct shards, where a hash
 // would let two of them collide with probability 1/shards.
-type counter struct {
+type Counter struct {
 	shards []shard
 	fold   uint   // 4 for 16 shards, 64 (no-op) for 256
 	n      uint64 // entries
@@ -49,16 +51,16 @@ func shardCount() int {
 	return 256
 }
 
-// newCounter returns a counter over n > 0 entries with shards starting at
+// New returns a counter over n > 0 entries with shards starting at
 // random offsets, so pickers rebuilt at the same time do not all start on
 // the same entry. With a non-nil src the offsets come from src and the
 // counter has a single shard, so its sequence is reproducible.
-func newCounter(n int, src rand.Source) counter {
+func New(n int, src rand.Source) Counter {
 	s := shardCount()
 	if src != nil {
 		s = 1
 	}
-	c := counter{shards: make([]shard, s), fold: 64, n: uint64(n)}
+	c := Counter{shards: make([]shard, s), fold: 64, n: uint64(n)}
 	if s == 16 {
 		c.fold = 4
 	}
@@ -72,16 +74,17 @@ func newCounter(n int, src rand.Source) counter {
 	return c
 }
 
-// next returns the next entry index, in [0, n). It does not allocate.
-func (c *counter) next() uint64 {
+// Next returns the next entry index, in [0, n). It is safe for concurrent
+// use and does not allocate.
+func (c *Counter) Next() uint64 {
 	// The anchor's address identifies the calling goroutine's stack (and
 	// call depth). Taking the address of a local does not make it escape.
 	var anchor byte
-	return c.on(c.shardOf(uint64(uintptr(unsafe.Pointer(&anchor)))))
+	return c.On(c.ShardOf(uint64(uintptr(unsafe.Pointer(&anchor)))))
 }
 
-// shardOf folds a stack address into a shard index.
-func (c *counter) shardOf(addr uint64) int {
+// ShardOf folds a stack address into a shard index.
+func (c *Counter) ShardOf(addr uint64) int {
 	x := addr >> 11
 	x ^= x >> 32
 	x ^= x >> 16
@@ -90,7 +93,10 @@ func (c *counter) shardOf(addr uint64) int {
 	return int(x & uint64(len(c.shards)-1))
 }
 
-// on advances shard i and returns its entry index.
-func (c *counter) on(i int) uint64 {
+// On advances shard i (in [0, Shards())) and returns its entry index.
+func (c *Counter) On(i int) uint64 {
 	return (c.shards[i].pos.Add(1) - 1) % c.n
 }
+
+// Shards returns the number of shards.
+func (c *Counter) Shards() int { return len(c.shards) }
