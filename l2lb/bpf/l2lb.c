@@ -35,24 +35,26 @@ static __always_inline void count(struct counters *c, __u64 bytes)
 
 /* vip_home returns the home slot of a destination in the vips map: the
  * top vip_bits bits of ((a[0] ^ a[1] ^ a[2] ^ tail) << 32 | a[3]) *
- * VIP_HASH_MUL, where a holds the address's four little-endian 32-bit
- * words and tail is the vip_key's last word (port, protocol, family).
+ * VIP_HASH_MUL, where a[0..3] are the address's four little-endian 32-bit
+ * words (given as two 64-bit words) and tail is the vip_key's last word
+ * (port, protocol, family).
  * vipHome in Go computes the same. */
-static __always_inline __u32 vip_home(const __u32 *a, __u32 tail)
+static __always_inline __u32 vip_home(const __u64 *addr, __u32 tail)
 {
-	__u64 x = ((__u64)(a[0] ^ a[1] ^ a[2] ^ tail) << 32 | a[3]) * VIP_HASH_MUL;
+	__u32 hi = (__u32)addr[0] ^ (__u32)(addr[0] >> 32) ^ (__u32)addr[1] ^ tail;
+	__u64 x = ((__u64)hi << 32 | addr[1] >> 32) * VIP_HASH_MUL;
 	return (__u32)(x >> (64 - vip_bits));
 }
 
 /* find_service looks the flow's destination (address, port, protocol)
  * up in the vips map, probing from its home slot until it finds the key
  * or an empty slot, and returns the service's entry or 0. */
-static __always_inline struct vip_entry *find_service(const struct flow_key *f)
+static __always_inline struct vip_entry *find_service(const struct packet *p)
 {
-	const __u64 *addr = (const __u64 *)f->dst;
-	__u32 tail = (__u32)f->dport | (__u32)f->proto << 16 | (__u32)f->family << 24;
+	const __u64 *addr = &p->w[2];
+	__u32 tail = p->vip_tail;
 	__u32 mask = (1u << vip_bits) - 1;
-	__u32 slot = vip_home((const __u32 *)f->dst, tail);
+	__u32 slot = vip_home(addr, tail);
 	for (int i = 0; i < VIP_PROBES; i++) {
 		__u32 k = (slot + i) & mask;
 		struct vip_entry *e = bpf_map_lookup_elem(&vips, &k);
@@ -94,11 +96,11 @@ int l2lb_xdp(struct xdp_md *ctx)
 	if (!cfg || !(cfg->flags & CONFIG_READY))
 		goto pass;
 
-	struct packet pkt = {};
+	struct packet pkt; /* parse_packet writes every byte the program reads */
 	if (parse_packet(data, data_end, &pkt) < 0)
 		goto pass;
 
-	struct vip_entry *svc = find_service(&pkt.flow);
+	struct vip_entry *svc = find_service(&pkt);
 	if (!svc)
 		goto pass;
 	__u32 sid = svc->service;
@@ -106,7 +108,7 @@ int l2lb_xdp(struct xdp_md *ctx)
 
 	struct backend *be = 0;
 	__u32 id = 0;
-	int syn = pkt.flow.proto == IPPROTO_TCP &&
+	int syn = pkt.proto == IPPROTO_TCP &&
 		  (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	if (!syn) {
 		__u32 *cached = bpf_map_lookup_elem(&conns, &pkt.flow);
@@ -124,7 +126,7 @@ int l2lb_xdp(struct xdp_md *ctx)
 		g->conn_misses++;
 	}
 	if (!be) {
-		__u32 slot = sid * RING_SIZE + (__u32)(flow_hash(&pkt.flow) % RING_SIZE);
+		__u32 slot = sid * RING_SIZE + (__u32)(flow_hash(&pkt) % RING_SIZE);
 		__u32 *ring = bpf_map_lookup_elem(&rings, &slot);
 		if (!ring)
 			goto no_backend;
@@ -138,8 +140,12 @@ int l2lb_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		goto pass;
-	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
+	/* Each MAC as a 32- and a 16-bit word rather than six bytes (map
+	 * values are 8-byte aligned; frames may be written unaligned). */
+	*(__u32 *)&eth->h_dest[0] = *(const __u32 *)&be->mac[0];
+	*(__u16 *)&eth->h_dest[4] = *(const __u16 *)&be->mac[4];
+	*(__u32 *)&eth->h_source[0] = *(const __u32 *)&cfg->mac[0];
+	*(__u16 *)&eth->h_source[4] = *(const __u16 *)&cfg->mac[4];
 	count(bpf_map_lookup_elem(&backend_stats, &id), len);
 	g->forwarded++;
 	return XDP_TX;

@@ -10,32 +10,49 @@
 #include "proto.h"
 #include "structs.h"
 
-/* What the program needs of a frame. */
+/* What the program needs of a frame. The flow key is written as five
+ * whole 64-bit words (w), never field by field: the connection table's
+ * hash and compare and the flow hash read it back in 32- and 64-bit
+ * words, and a load that spans several narrower stores cannot be
+ * forwarded from the store buffer (a stall of a dozen cycles or more per
+ * word, measured as about 10 ns per frame). */
 struct packet {
-	struct flow_key flow;
+	union {
+		struct flow_key flow;
+		__u64 w[5];
+	};
+	__u32 vip_tail; /* the vip_key's last word: dport | proto << 16 | family << 24 */
+	__u8 proto;
 	__u8 tcp_flags; /* zero for UDP */
 };
 
-/* parse_l4 reads the ports (and TCP flags) of the TCP or UDP header at l4. */
-static __always_inline int parse_l4(void *l4, void *data_end, __u8 proto, struct packet *p)
+/* The little-endian 64-bit word of an IPv4-mapped address's second half
+ * (bytes 8-15: 00 00 ff ff a b c d). */
+#define MAPPED4(a) (0xffff0000ULL | (__u64)(a) << 32)
+
+/* parse_l4 reads the ports (and TCP flags) of the TCP or UDP header at l4
+ * and fills the key's last word: the ports as they are on the wire
+ * (source, destination), protocol, family, two zero bytes. */
+static __always_inline int parse_l4(void *l4, void *data_end, __u8 proto, __u8 family, struct packet *p)
 {
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 		if ((void *)(tcp + 1) > data_end)
 			return -1;
-		p->flow.sport = tcp->source;
-		p->flow.dport = tcp->dest;
 		p->tcp_flags = tcp->flags;
 	} else if (proto == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
 		if ((void *)(udp + 1) > data_end)
 			return -1;
-		p->flow.sport = udp->source;
-		p->flow.dport = udp->dest;
+		p->tcp_flags = 0;
 	} else {
 		return -1;
 	}
-	p->flow.proto = proto;
+	__u32 ports = *(__u32 *)l4; /* source, destination port */
+	__u64 w4 = ports | (__u64)proto << 32 | (__u64)family << 40;
+	p->w[4] = w4;
+	p->vip_tail = (__u32)(w4 >> 16);
+	p->proto = proto;
 	return 0;
 }
 
@@ -63,14 +80,11 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 			return -1;
 		if (ip->frag_off & l2lb_htons(IP_MF | IP_OFFSET))
 			return -1;
-		p->flow.family = 4;
-		p->flow.src[10] = 0xff;
-		p->flow.src[11] = 0xff;
-		__builtin_memcpy(&p->flow.src[12], &ip->saddr, 4);
-		p->flow.dst[10] = 0xff;
-		p->flow.dst[11] = 0xff;
-		__builtin_memcpy(&p->flow.dst[12], &ip->daddr, 4);
-		return parse_l4((void *)ip + ihl, data_end, ip->protocol, p);
+		p->w[0] = 0;
+		p->w[1] = MAPPED4(ip->saddr);
+		p->w[2] = 0;
+		p->w[3] = MAPPED4(ip->daddr);
+		return parse_l4((void *)ip + ihl, data_end, ip->protocol, 4, p);
 	}
 	if (eth->h_proto == l2lb_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -78,10 +92,14 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 			return -1;
 		if ((ip6->ver_tc >> 4) != 6)
 			return -1;
-		p->flow.family = 6;
-		__builtin_memcpy(p->flow.src, ip6->saddr, 16);
-		__builtin_memcpy(p->flow.dst, ip6->daddr, 16);
-		return parse_l4(ip6 + 1, data_end, ip6->nexthdr, p);
+		/* 64-bit loads at 2-byte-aligned offsets: XDP frames may be
+		 * read unaligned on the architectures l2lb targets. */
+		const __u64 *a = (const __u64 *)ip6->saddr;
+		p->w[0] = a[0];
+		p->w[1] = a[1];
+		p->w[2] = a[2];
+		p->w[3] = a[3];
+		return parse_l4(ip6 + 1, data_end, ip6->nexthdr, 6, p);
 	}
 	return -1;
 }
@@ -100,13 +118,12 @@ static __always_inline __u64 mix64(__u64 x)
 /* flow_hash hashes the flow key's five little-endian 64-bit words:
  * h = FLOW_HASH_SEED, then h = mix64(h ^ word) for each word in order.
  * The Go model (FlowHash) computes the same. */
-static __always_inline __u64 flow_hash(const struct flow_key *k)
+static __always_inline __u64 flow_hash(const struct packet *p)
 {
-	const __u64 *w = (const __u64 *)k;
 	__u64 h = FLOW_HASH_SEED;
 #pragma unroll
-	for (int i = 0; i < (int)(sizeof(*k) / 8); i++)
-		h = mix64(h ^ w[i]);
+	for (int i = 0; i < 5; i++)
+		h = mix64(h ^ p->w[i]);
 	return h;
 }
 
