@@ -211,23 +211,13 @@ func (dp *dataplane) resetTraffic(m *ebpf.Map, id uint32) error {
 	return nil
 }
 
-// cachedBackend returns the backend id the connection table holds for f.
-func (dp *dataplane) cachedBackend(f Flow) (uint32, bool) {
-	k := flowKeyOf(f)
+// cachedBackend returns the backend id the connection table holds for
+// flow f to service id service.
+func (dp *dataplane) cachedBackend(f Flow, service uint32) (uint32, bool) {
+	k := l2lbConnKey{Src: f.Src.Addr().As16(), Sport: htons(f.Src.Port()), Service: service}
 	var id uint32
 	if err := dp.objs.Conns.Lookup(&k, &id); err != nil {
 		return 0, false
 	}
 	return id, true
-}
-
-func flowKeyOf(f Flow) l2lbFlowKey {
-	return l2lbFlowKey{
-		Src:    f.Src.Addr().As16(),
-		Dst:    f.Dst.Addr().As16(),
-		Sport:  htons(f.Src.Port()),
-		Dport:  htons(f.Dst.Port()),
-		Proto:  uint8(f.Proto),
-		Family: family(f.Dst.Addr()),
-	}
 }

@@ -29,11 +29,15 @@
 //   - backends: id → MAC, up flag, service. Id 0 is reserved and never
 //     up: an empty service's ring is all 0, and its frames are dropped
 //     and counted as NoBackend.
-//   - conns: the connection table, an LRU hash from 5-tuple to backend id
+//   - conns: the connection table, an LRU hash from flow to backend id
 //     shared by all CPUs (BPF_MAP_TYPE_LRU_HASH, not LRU_PERCPU_HASH:
 //     generic XDP and migrating senders put one flow's packets on
 //     several CPUs, and per-CPU tables would disagree after a ring
-//     change).
+//     change). A flow is keyed by client address, client port and
+//     service id, which stands for the destination address, port and
+//     protocol (a service's are fixed for the balancer's life): as
+//     exact as the 5-tuple, in 24 bytes instead of 40, which the kernel
+//     hashes and compares on every lookup.
 //   - per-CPU counters per service, per backend and global ([Counters]).
 //
 // Picking follows Katran: a TCP SYN (without ACK) always picks from the

@@ -26,21 +26,18 @@ type l2lbConfig struct {
 	Flags uint16
 }
 
+type l2lbConnKey struct {
+	_       structs.HostLayout
+	Src     [16]uint8
+	Sport   uint16
+	Pad     uint16
+	Service uint32
+}
+
 type l2lbCounters struct {
 	_       structs.HostLayout
 	Packets uint64
 	Bytes   uint64
-}
-
-type l2lbFlowKey struct {
-	_      structs.HostLayout
-	Src    [16]uint8
-	Dst    [16]uint8
-	Sport  uint16
-	Dport  uint16
-	Proto  uint8
-	Family uint8
-	Pad    [2]uint8
 }
 
 type l2lbGlobalCounters struct {

@@ -80,7 +80,7 @@ type Flow struct {
 }
 
 // key returns f in the layout of struct flow_key (bpf/structs.h): the
-// connection table's key and the flow hash's input.
+// flow hash's input.
 func (f Flow) key() [40]byte {
 	var k [40]byte
 	s, d := f.Src.Addr().As16(), f.Dst.Addr().As16()
@@ -261,7 +261,7 @@ type Model struct {
 	services map[VIP]uint32
 	rings    map[uint32][]uint32
 	backends map[uint32]BackendEntry
-	conns    map[[40]byte]uint32
+	conns    map[connKey]uint32
 
 	// Counters are the global counters, as the program keeps them.
 	Counters Counters
@@ -278,7 +278,7 @@ func NewModel(mac [6]byte) *Model {
 		services:       make(map[VIP]uint32),
 		rings:          make(map[uint32][]uint32),
 		backends:       make(map[uint32]BackendEntry),
-		conns:          make(map[[40]byte]uint32),
+		conns:          make(map[connKey]uint32),
 		ServiceTraffic: make(map[uint32]Traffic),
 		BackendTraffic: make(map[uint32]Traffic),
 	}
@@ -309,6 +309,16 @@ func (m *Model) SetBackend(id uint32, e BackendEntry) { m.backends[id] = e }
 // Backend returns the entry of backend id (the zero entry if never set).
 func (m *Model) Backend(id uint32) BackendEntry { return m.backends[id] }
 
+// connKey is the connection table's key, as struct conn_key in
+// bpf/structs.h: the client's address (16-byte form) and port, and the
+// service id, which stands for the destination address, port and
+// protocol.
+type connKey struct {
+	src     [16]byte
+	port    uint16
+	service uint32
+}
+
 // backendOK mirrors backend_ok in bpf/l2lb.c.
 func (m *Model) backendOK(id, service uint32) (BackendEntry, bool) {
 	e, ok := m.backends[id]
@@ -327,7 +337,7 @@ func (m *Model) Decide(f Flow, size int) Decision {
 	n := uint64(size)
 	add(m.ServiceTraffic, sid, n)
 	d := Decision{Service: sid, Slot: uint32(FlowHash(f) % RingSize)}
-	k := f.key()
+	k := connKey{f.Src.Addr().As16(), f.Src.Port(), sid}
 	var id uint32
 	found := false
 	if !(f.Proto == TCP && f.SYN) {

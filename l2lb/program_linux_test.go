@@ -324,7 +324,7 @@ func TestProgramConnTable(t *testing.T) {
 		d, _ := tw.both(frame(flows[i], tcpSYN, nil))
 		require.Equal(t, TX, d.Verdict)
 		first[i] = d.Backend
-		id, ok := tw.dp.cachedBackend(flows[i])
+		id, ok := tw.dp.cachedBackend(flows[i], sid)
 		require.True(t, ok, "the SYN created a connection entry")
 		require.Equal(t, d.Backend, id)
 	}

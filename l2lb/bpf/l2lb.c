@@ -110,8 +110,13 @@ int l2lb_xdp(struct xdp_md *ctx)
 	__u32 id = 0;
 	int syn = pkt.proto == IPPROTO_TCP &&
 		  (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	/* Written as whole words, as the flow key (parsing.h). */
+	union {
+		struct conn_key k;
+		__u64 w[3];
+	} ck = {.w = {pkt.w[0], pkt.w[1], (pkt.w[4] & 0xffff) | (__u64)sid << 32}};
 	if (!syn) {
-		__u32 *cached = bpf_map_lookup_elem(&conns, &pkt.flow);
+		__u32 *cached = bpf_map_lookup_elem(&conns, &ck.k);
 		if (cached) {
 			id = *cached;
 			be = backend_ok(id, sid);
@@ -134,7 +139,7 @@ int l2lb_xdp(struct xdp_md *ctx)
 		be = backend_ok(id, sid);
 		if (!be)
 			goto no_backend;
-		bpf_map_update_elem(&conns, &pkt.flow, &id, BPF_ANY);
+		bpf_map_update_elem(&conns, &ck.k, &id, BPF_ANY);
 	}
 
 	struct ethhdr *eth = data;

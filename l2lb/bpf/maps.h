@@ -41,14 +41,14 @@ struct {
 	__uint(max_entries, MAX_BACKENDS);
 } backends SEC(".maps");
 
-/* The connection table: flow to backend id. One LRU hash shared by every
+/* The connection table: flow (struct conn_key) to backend id. One LRU hash shared by every
  * CPU rather than an LRU per CPU: in generic XDP (and with senders that
  * migrate between CPUs, as on veth) one flow's packets are processed on
  * several CPUs, and per-CPU tables would each pick, and could disagree
  * after a ring change. Lookups are lock-free; only new flows write. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct flow_key);
+	__type(key, struct conn_key);
 	__type(value, __u32);
 	__uint(max_entries, CONN_TABLE_SIZE);
 } conns SEC(".maps");

@@ -59,7 +59,7 @@ struct backend {
 	__u32 service; /* the service the backend belongs to */
 };
 
-/* A flow's 5-tuple, the connection table's key and the flow hash's input.
+/* A flow's 5-tuple, the flow hash's input.
  * Addresses as in vip_key; ports in network byte order. */
 struct flow_key {
 	__u8 src[16];
@@ -69,6 +69,19 @@ struct flow_key {
 	__u8 proto;
 	__u8 family;
 	__u8 pad[2];
+} __attribute__((aligned(8)));
+
+/* The connection table's key: the client's address (as in vip_key) and
+ * port (network byte order) and the id of the service the flow is for.
+ * The service id stands for the destination address, port and protocol:
+ * each service's (VIP, port, protocol) is fixed for the balancer's life,
+ * so the key tells flows apart as the 5-tuple does, in 24 bytes rather
+ * than 40, which the table hashes and compares on every lookup. */
+struct conn_key {
+	__u8 src[16];
+	__be16 sport;
+	__u16 pad;
+	__u32 service;
 } __attribute__((aligned(8)));
 
 /* The balancer's own settings. */
