@@ -1,6 +1,19 @@
 // Package proxy holds lbkit's reverse proxies: [HTTP], an http.Handler
-// that forwards requests to backends picked from a balancer.Pool, and
-// [TCP], a layer-4 proxy.
+// that forwards requests to backends picked from a balancer.Pool, [Server],
+// a purpose-built HTTP/1.1 front-end for it, and [TCP], a layer-4 proxy.
+//
+// # Two front-ends, one forwarding core
+//
+// [HTTP.ServeHTTP] runs under net/http (see [NewServer]) and so gets TLS,
+// HTTP/2 and any middleware. [Server] serves plain HTTP/1.1 clients
+// itself: one goroutine per connection and none per request, a strict
+// request parser that refuses ambiguous framing (Content-Length with
+// Transfer-Encoding, differing lengths, obs-fold, bare LF) with 400 before
+// anything reaches a backend, keep-alive and pipelining, and the backend's
+// response head written from its bytes straight into the connection's
+// buffer; once warm it allocates nothing per request. Both call the same
+// internal forwarding function, so picking, retries, limits, health,
+// sticky cookies and header rules are identical.
 //
 // # HTTP forwarding path
 //

@@ -379,9 +379,19 @@ func (rq *request) replayable() bool {
 // backend, queue full or queue timeout) or 504 (timeout) with a short
 // text body.
 func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.serve(w, r) {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// serve is the core both front-ends share (ServeHTTP under net/http and
+// [Server]): it forwards r and passes the response on to w. It reports
+// whether the response was cut short by the backend after its head went
+// out, in which case the client connection must be aborted.
+func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 	if r.Method == http.MethodConnect {
 		writeError(w, http.StatusMethodNotAllowed, "proxy: CONNECT is not supported\n")
-		return
+		return false
 	}
 	rq := request{r: r, start: time.Now()}
 	if h.requestTimeout > 0 {
@@ -402,7 +412,7 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		buf := make([]byte, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, buf); err != nil {
 			writeError(w, http.StatusBadRequest, "proxy: reading request body failed\n")
-			return
+			return false
 		}
 		rq.buffered = buf
 	}
@@ -420,19 +430,19 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				lastErr = err
 			}
 			h.fail(w, r, lastErr)
-			return
+			return false
 		}
 		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryBudget
 		res, err := h.try(w, &rq, u, mayRetry)
 		h.lim.release(u)
 		switch res {
 		case resDone:
-			return
+			return false
 		case resAbort:
-			panic(http.ErrAbortHandler)
+			return true
 		case resFail:
 			h.fail(w, r, err)
-			return
+			return false
 		}
 		lastErr = err
 		tried = append(tried, u)
@@ -536,7 +546,12 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	} else {
 		pc.conn.SetReadDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, pc.interrupt)
+	// A context that is never cancelled ([Server]'s) needs no hook, which
+	// saves its allocations.
+	stop := noStop
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, pc.interrupt)
+	}
 
 	reused := pc.reused
 	err := h.writeRequest(pc, rq)
@@ -599,24 +614,33 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 		return resDone, nil
 	}
 
-	hdr := w.Header()
-	head.copyTo(hdr)
-	if head.normalizedCL() {
-		hdr["Content-Length"] = []string{strconv.FormatInt(head.contentLength, 10)}
-	}
-	if h.via != "" {
-		hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
-	}
-	if h.cookieName != "" && rq.sticky != u {
-		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
-	}
 	bodyless := head.bodyless(r.Method == http.MethodHead)
+	hdr := w.Header()
+	sc, fast := w.(*srvConn)
+	if !fast {
+		head.copyTo(hdr)
+		if head.normalizedCL() {
+			hdr["Content-Length"] = []string{strconv.FormatInt(head.contentLength, 10)}
+		}
+		if h.via != "" {
+			hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
+		}
+		if h.cookieName != "" && rq.sticky != u {
+			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+		}
+	}
 	// Lift the header deadline for the body, unless the whole body is
 	// already buffered (the next request sets its own deadline).
 	if fullDeadline || !bodyless && (head.contentLength < 0 || int64(pc.br.Buffered()) < head.contentLength) {
 		pc.conn.SetDeadline(rq.deadline) // zero when there is no request deadline
 	}
-	w.WriteHeader(head.status)
+	if fast {
+		// [Server]: the head goes from the backend's bytes straight into
+		// the client's buffer, without a header map.
+		sc.writeUpstreamHead(h, head, u, rq, bodyless)
+	} else {
+		w.WriteHeader(head.status)
+	}
 	reusable := !head.closeConn && rq.upgrade == ""
 	var upErr, clErr error
 	if !bodyless {
@@ -673,7 +697,7 @@ func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr ht
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
 
-	stream := head.contentLength < 0 || isEventStream(hdr)
+	stream := head.contentLength < 0 || head.eventStream()
 	var fl http.Flusher
 	if stream || h.flushInterval != 0 {
 		fl = flusherOf(w)
@@ -745,6 +769,21 @@ func flusherOf(w http.ResponseWriter) http.Flusher {
 			return nil
 		}
 	}
+}
+
+// noStop stands in for a context.AfterFunc stop function.
+func noStop() bool { return false }
+
+// eventStream reports whether the response is a Server-Sent Events
+// stream (Content-Type text/event-stream).
+func (h *respHead) eventStream() bool {
+	for _, f := range h.fields {
+		if asciiEqualFold(h.name(f), "Content-Type") {
+			v := h.value(f)
+			return len(v) >= len("text/event-stream") && asciiEqualFold(v[:len("text/event-stream")], "text/event-stream")
+		}
+	}
+	return false
 }
 
 func isEventStream(hdr http.Header) bool {

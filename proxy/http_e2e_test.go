@@ -10,9 +10,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestHTTPDistribution(t *testing.T) {
+func TestHTTPDistribution(t *testing.T) { forEachFrontEnd(t, testHTTPDistribution) }
+
+func testHTTPDistribution(t *testing.T, fe frontEnd) {
 	bs := []*testBackend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
-	p := startProxy(t, HTTPConfig{}, bs...)
+	p := startProxyFE(t, fe, HTTPConfig{}, bs...)
 	c := testClient(t, 8)
 	seen := map[string]int{}
 	for range 300 {
@@ -32,8 +34,12 @@ func TestHTTPDistribution(t *testing.T) {
 }
 
 func TestHTTPRetryHidesKilledBackend(t *testing.T) {
+	forEachFrontEnd(t, testHTTPRetryHidesKilledBackend)
+}
+
+func testHTTPRetryHidesKilledBackend(t *testing.T, fe frontEnd) {
 	bs := []*testBackend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
-	p := startProxy(t, HTTPConfig{}, bs...)
+	p := startProxyFE(t, fe, HTTPConfig{}, bs...)
 	c := testClient(t, 16)
 
 	const workers, perWorker = 8, 60
@@ -72,9 +78,11 @@ func TestHTTPRetryHidesKilledBackend(t *testing.T) {
 	assert.Zero(t, ep.InFlight())
 }
 
-func TestHTTPNoBackend(t *testing.T) {
+func TestHTTPNoBackend(t *testing.T) { forEachFrontEnd(t, testHTTPNoBackend) }
+
+func testHTTPNoBackend(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{}, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, b)
 	p.pool.SetHealthy(b.addr, false)
 	code, body, _ := get(t, testClient(t, 1), p.url+"/")
 	assert.Equal(t, http.StatusServiceUnavailable, code)

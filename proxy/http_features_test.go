@@ -18,9 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestHTTPMaxConnsQueue(t *testing.T) {
+func TestHTTPMaxConnsQueue(t *testing.T) { forEachFrontEnd(t, testHTTPMaxConnsQueue) }
+
+func testHTTPMaxConnsQueue(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{MaxConns: 1, MaxQueue: 1, QueueTimeout: 3 * time.Second}, b)
+	p := startProxyFE(t, fe, HTTPConfig{MaxConns: 1, MaxQueue: 1, QueueTimeout: 3 * time.Second}, b)
 	c := testClient(t, 4)
 
 	// A takes the only slot and blocks in the backend.
@@ -50,9 +52,11 @@ func TestHTTPMaxConnsQueue(t *testing.T) {
 	assert.Equal(t, int64(1), b.hits.Load(), "only A reached the backend")
 }
 
-func TestHTTPQueuedRequestServed(t *testing.T) {
+func TestHTTPQueuedRequestServed(t *testing.T) { forEachFrontEnd(t, testHTTPQueuedRequestServed) }
+
+func testHTTPQueuedRequestServed(t *testing.T, fe frontEnd) {
 	a, bk := startBackend(t, "a"), startBackend(t, "b")
-	p := startProxy(t, HTTPConfig{MaxConns: 1, MaxQueue: 8, QueueTimeout: time.Minute}, a, bk)
+	p := startProxyFE(t, fe, HTTPConfig{MaxConns: 1, MaxQueue: 8, QueueTimeout: time.Minute}, a, bk)
 	c := testClient(t, 4)
 	var wg sync.WaitGroup
 	codes := make(chan int, 3)
@@ -88,9 +92,11 @@ func queued(h *HTTP) int {
 	return h.lim.queued
 }
 
-func TestHTTPStickyCookie(t *testing.T) {
+func TestHTTPStickyCookie(t *testing.T) { forEachFrontEnd(t, testHTTPStickyCookie) }
+
+func testHTTPStickyCookie(t *testing.T, fe frontEnd) {
 	bs := []*testBackend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
-	p := startProxy(t, HTTPConfig{StickyCookie: "srv", CookieKey: []byte("0123456789abcdef0123")}, bs...)
+	p := startProxyFE(t, fe, HTTPConfig{StickyCookie: "srv", CookieKey: []byte("0123456789abcdef0123")}, bs...)
 	c := testClient(t, 2)
 
 	resp, err := c.Get(p.url + "/")
@@ -138,7 +144,9 @@ func TestHTTPStickyCookie(t *testing.T) {
 	assert.NotEqual(t, ck.Value, set[0].Value)
 }
 
-func TestHTTPForwardedHeaders(t *testing.T) {
+func TestHTTPForwardedHeaders(t *testing.T) { forEachFrontEnd(t, testHTTPForwardedHeaders) }
+
+func testHTTPForwardedHeaders(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
 	tests := []struct {
 		name    string
@@ -177,7 +185,7 @@ func TestHTTPForwardedHeaders(t *testing.T) {
 			if tt.trusted {
 				cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 			}
-			p := startProxy(t, cfg, b)
+			p := startProxyFE(t, fe, cfg, b)
 			out := rawRoundTrip(t, p.addr, "GET /headers HTTP/1.1\r\nHost: app.example\r\n"+
 				"X-Forwarded-For: 198.51.100.66\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n"+
 				"Forwarded: for=198.51.100.66\r\nConnection: X-Secret, close\r\nX-Secret: 1\r\nKeep-Alive: 300\r\n"+
@@ -195,10 +203,12 @@ func TestHTTPForwardedHeaders(t *testing.T) {
 	}
 }
 
-func TestHTTPResponseHopByHop(t *testing.T) {
+func TestHTTPResponseHopByHop(t *testing.T) { forEachFrontEnd(t, testHTTPResponseHopByHop) }
+
+func testHTTPResponseHopByHop(t *testing.T, fe frontEnd) {
 	addr := rawBackend(t, "HTTP/1.1 200 OK\r\nConnection: X-Private, close\r\nX-Private: s3cret\r\nKeep-Alive: timeout=5\r\n"+
 		"Proxy-Connection: x\r\nX-Public: ok\r\nContent-Length: 2\r\n\r\nhi")
-	p := startProxyAddrs(t, HTTPConfig{}, addr)
+	p := startProxyAddrsFE(t, fe, HTTPConfig{}, addr)
 	code, body, hdr := get(t, testClient(t, 1), p.url+"/")
 	assert.Equal(t, 200, code)
 	assert.Equal(t, "hi", body)
@@ -208,9 +218,11 @@ func TestHTTPResponseHopByHop(t *testing.T) {
 	}
 }
 
-func TestHTTPWebSocket(t *testing.T) {
+func TestHTTPWebSocket(t *testing.T) { forEachFrontEnd(t, testHTTPWebSocket) }
+
+func testHTTPWebSocket(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{}, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, b)
 	c, err := net.Dial("tcp", p.addr)
 	require.NoError(t, err)
 	defer c.Close()
@@ -236,9 +248,11 @@ func TestHTTPWebSocket(t *testing.T) {
 	assert.ErrorIs(t, err, io.EOF, "the tunnel closes after the backend hangs up")
 }
 
-func TestHTTPServerSentEvents(t *testing.T) {
+func TestHTTPServerSentEvents(t *testing.T) { forEachFrontEnd(t, testHTTPServerSentEvents) }
+
+func testHTTPServerSentEvents(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{}, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, b)
 	resp, err := testClient(t, 1).Get(p.url + "/sse")
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -257,9 +271,11 @@ func TestHTTPServerSentEvents(t *testing.T) {
 	}
 }
 
-func TestHTTPLargeBodies(t *testing.T) {
+func TestHTTPLargeBodies(t *testing.T) { forEachFrontEnd(t, testHTTPLargeBodies) }
+
+func testHTTPLargeBodies(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{}, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, b)
 	c := testClient(t, 2)
 	// 64 MiB each way; 16 MiB under -race or -short, where copying
 	// through the race detector's instrumented loops takes most of a
@@ -355,7 +371,9 @@ func TestHTTPClientSmuggling(t *testing.T) {
 	})
 }
 
-func TestHTTPUpstreamProtocolErrors(t *testing.T) {
+func TestHTTPUpstreamProtocolErrors(t *testing.T) { forEachFrontEnd(t, testHTTPUpstreamProtocolErrors) }
+
+func testHTTPUpstreamProtocolErrors(t *testing.T, fe frontEnd) {
 	tests := []struct {
 		name, answer string
 	}{
@@ -375,7 +393,7 @@ func TestHTTPUpstreamProtocolErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			addr := rawBackend(t, tt.answer)
-			p := startProxyAddrs(t, HTTPConfig{MaxTries: 1}, addr)
+			p := startProxyAddrsFE(t, fe, HTTPConfig{MaxTries: 1}, addr)
 			code, body, _ := get(t, testClient(t, 1), p.url+"/")
 			assert.Equal(t, http.StatusBadGateway, code)
 			assert.Contains(t, body, "bad gateway")
@@ -383,17 +401,19 @@ func TestHTTPUpstreamProtocolErrors(t *testing.T) {
 	}
 }
 
-func TestHTTPTimeouts(t *testing.T) {
+func TestHTTPTimeouts(t *testing.T) { forEachFrontEnd(t, testHTTPTimeouts) }
+
+func testHTTPTimeouts(t *testing.T, fe frontEnd) {
 	t.Run("response header timeout is 504", func(t *testing.T) {
 		b := startBackend(t, "a")
-		p := startProxy(t, HTTPConfig{ResponseHeaderTimeout: 50 * time.Millisecond, MaxTries: 1}, b)
+		p := startProxyFE(t, fe, HTTPConfig{ResponseHeaderTimeout: 50 * time.Millisecond, MaxTries: 1}, b)
 		code, body, _ := get(t, testClient(t, 1), p.url+"/slow")
 		assert.Equal(t, http.StatusGatewayTimeout, code)
 		assert.Equal(t, "proxy: gateway timeout\n", body)
 	})
 	t.Run("request timeout is 504", func(t *testing.T) {
 		b := startBackend(t, "a")
-		p := startProxy(t, HTTPConfig{RequestTimeout: 50 * time.Millisecond, MaxTries: 1}, b)
+		p := startProxyFE(t, fe, HTTPConfig{RequestTimeout: 50 * time.Millisecond, MaxTries: 1}, b)
 		code, _, _ := get(t, testClient(t, 1), p.url+"/slow")
 		assert.Equal(t, http.StatusGatewayTimeout, code)
 	})
@@ -402,15 +422,17 @@ func TestHTTPTimeouts(t *testing.T) {
 		require.NoError(t, err)
 		addr := netip.MustParseAddrPort(ln.Addr().String())
 		ln.Close()
-		p := startProxyAddrs(t, HTTPConfig{}, addr)
+		p := startProxyAddrsFE(t, fe, HTTPConfig{}, addr)
 		code, _, _ := get(t, testClient(t, 1), p.url+"/")
 		assert.Equal(t, http.StatusBadGateway, code)
 	})
 }
 
-func TestHTTPRetryStatuses(t *testing.T) {
+func TestHTTPRetryStatuses(t *testing.T) { forEachFrontEnd(t, testHTTPRetryStatuses) }
+
+func testHTTPRetryStatuses(t *testing.T, fe frontEnd) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
-	p := startProxy(t, HTTPConfig{RetryStatuses: []int{503}, RetryBufferBytes: 1 << 10, MaxTries: 2}, a, b)
+	p := startProxyFE(t, fe, HTTPConfig{RetryStatuses: []int{503}, RetryBufferBytes: 1 << 10, MaxTries: 2}, a, b)
 	c := testClient(t, 2)
 	// /status/503 answers 503 everywhere: the last answer is passed on
 	// after trying both backends.
@@ -431,9 +453,11 @@ func TestHTTPRetryStatuses(t *testing.T) {
 	assert.Equal(t, int64(5), a.hits.Load()+b.hits.Load())
 }
 
-func TestHTTPDrainLosesNothing(t *testing.T) {
+func TestHTTPDrainLosesNothing(t *testing.T) { forEachFrontEnd(t, testHTTPDrainLosesNothing) }
+
+func testHTTPDrainLosesNothing(t *testing.T, fe frontEnd) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
-	p := startProxy(t, HTTPConfig{}, a, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, a, b)
 	c := testClient(t, 8)
 	// Warm both up so each has idle connections.
 	for range 4 {
@@ -475,8 +499,12 @@ func TestHTTPDrainLosesNothing(t *testing.T) {
 }
 
 func TestHTTPShutdownFinishesInFlight(t *testing.T) {
+	forEachFrontEnd(t, testHTTPShutdownFinishesInFlight)
+}
+
+func testHTTPShutdownFinishesInFlight(t *testing.T, fe frontEnd) {
 	b := startBackend(t, "a")
-	p := startProxy(t, HTTPConfig{}, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, b)
 	done := make(chan string, 1)
 	go func() {
 		_, body, _ := get(t, testClient(t, 1), p.url+"/slow")
@@ -484,7 +512,7 @@ func TestHTTPShutdownFinishesInFlight(t *testing.T) {
 	}()
 	<-b.entered
 	shut := make(chan error, 1)
-	go func() { shut <- p.srv.Shutdown(t.Context()) }()
+	go func() { shut <- p.shutdown(t.Context()) }()
 	close(b.hold)
 	assert.Equal(t, "a", <-done)
 	require.NoError(t, <-shut)
@@ -492,11 +520,16 @@ func TestHTTPShutdownFinishesInFlight(t *testing.T) {
 
 // startProxyAddrs is startProxy over bare addresses.
 func startProxyAddrs(t *testing.T, cfg HTTPConfig, addrs ...netip.AddrPort) *testProxy {
+	return startProxyAddrsFE(t, netHTTP, cfg, addrs...)
+}
+
+// startProxyAddrsFE is startProxyAddrs behind the front-end fe.
+func startProxyAddrsFE(t *testing.T, fe frontEnd, cfg HTTPConfig, addrs ...netip.AddrPort) *testProxy {
 	var bs []*testBackend
 	for _, a := range addrs {
 		bs = append(bs, &testBackend{addr: a})
 	}
-	return startProxy(t, cfg, bs...)
+	return startProxyFE(t, fe, cfg, bs...)
 }
 
 func TestHTTPRemovedBackendIdleClosed(t *testing.T) {
@@ -517,7 +550,9 @@ func TestHTTPRemovedBackendIdleClosed(t *testing.T) {
 	}
 }
 
-func TestHTTPUpstreamFraming(t *testing.T) {
+func TestHTTPUpstreamFraming(t *testing.T) { forEachFrontEnd(t, testHTTPUpstreamFraming) }
+
+func testHTTPUpstreamFraming(t *testing.T, fe frontEnd) {
 	tests := []struct {
 		name, method, answer string
 		code                 int
@@ -535,7 +570,7 @@ func TestHTTPUpstreamFraming(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			addr := rawBackend(t, tt.answer)
-			p := startProxyAddrs(t, HTTPConfig{MaxTries: 1}, addr)
+			p := startProxyAddrsFE(t, fe, HTTPConfig{MaxTries: 1}, addr)
 			req, _ := http.NewRequest(tt.method, p.url+"/", nil)
 			resp, err := testClient(t, 1).Do(req)
 			require.NoError(t, err)
@@ -548,7 +583,9 @@ func TestHTTPUpstreamFraming(t *testing.T) {
 	}
 }
 
-func TestHTTPUpstreamBodyCutShort(t *testing.T) {
+func TestHTTPUpstreamBodyCutShort(t *testing.T) { forEachFrontEnd(t, testHTTPUpstreamBodyCutShort) }
+
+func testHTTPUpstreamBodyCutShort(t *testing.T, fe frontEnd) {
 	// The backend promises 100 bytes and hangs up after 5: the client's
 	// response is aborted, never completed as if it were whole.
 	for _, answer := range []string{
@@ -556,7 +593,7 @@ func TestHTTPUpstreamBodyCutShort(t *testing.T) {
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
 	} {
 		addr := rawBackend(t, answer)
-		p := startProxyAddrs(t, HTTPConfig{MaxTries: 1}, addr)
+		p := startProxyAddrsFE(t, fe, HTTPConfig{MaxTries: 1}, addr)
 		resp, err := testClient(t, 1).Get(p.url + "/")
 		if err == nil {
 			_, err = io.ReadAll(resp.Body)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
@@ -223,18 +224,42 @@ func writeWSFrame(w io.Writer, op byte, payload []byte) error {
 	return err
 }
 
-// testProxy is a proxy in front of backends, served on loopback.
+// testProxy is a proxy in front of backends, served on loopback by
+// net/http (NewServer) or by Server.
 type testProxy struct {
-	h    *HTTP
-	pool *balancer.Pool
-	srv  *http.Server
-	url  string
-	addr string
+	h        *HTTP
+	pool     *balancer.Pool
+	srv      *http.Server // net/http front-end, or nil
+	fast     *Server      // Server front-end, or nil
+	url      string
+	addr     string
+	shutdown func(context.Context) error
+}
+
+// frontEnd names the client-facing server a test runs the proxy behind.
+type frontEnd string
+
+const (
+	netHTTP    frontEnd = "net-http"
+	fastServer frontEnd = "server"
+)
+
+// forEachFrontEnd runs test once behind each front-end.
+func forEachFrontEnd(t *testing.T, test func(t *testing.T, fe frontEnd)) {
+	for _, fe := range []frontEnd{netHTTP, fastServer} {
+		t.Run(string(fe), func(t *testing.T) { test(t, fe) })
+	}
 }
 
 // startProxy starts a proxy over backends with cfg (its Pool is filled in
-// when nil). It is stopped at cleanup.
+// when nil), served by net/http. It is stopped at cleanup.
 func startProxy(t testing.TB, cfg HTTPConfig, backends ...*testBackend) *testProxy {
+	t.Helper()
+	return startProxyFE(t, netHTTP, cfg, backends...)
+}
+
+// startProxyFE is startProxy behind the front-end fe.
+func startProxyFE(t testing.TB, fe frontEnd, cfg HTTPConfig, backends ...*testBackend) *testProxy {
 	t.Helper()
 	if cfg.Pool == nil {
 		cfg.Pool = balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
@@ -248,9 +273,30 @@ func startProxy(t testing.TB, cfg HTTPConfig, backends ...*testBackend) *testPro
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	p := &testProxy{h: h, pool: cfg.Pool, url: "http://" + ln.Addr().String(), addr: ln.Addr().String()}
+	if fe == fastServer {
+		srv := &Server{Handler: h}
+		p.fast = srv
+		p.shutdown = srv.Shutdown
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			srv.Serve(context.Background(), ln)
+		}()
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			srv.Shutdown(ctx)
+			<-served
+			h.Close()
+			cfg.Pool.Close()
+		})
+		return p
+	}
 	srv := NewServer(h)
+	p.srv = srv
+	p.shutdown = srv.Shutdown
 	go srv.Serve(ln)
-	p := &testProxy{h: h, pool: cfg.Pool, srv: srv, url: "http://" + ln.Addr().String(), addr: ln.Addr().String()}
 	t.Cleanup(func() {
 		srv.Close()
 		h.Close()

@@ -46,10 +46,12 @@ func (r *recorder) outcomes(a netip.AddrPort) (ok, failed int) {
 	return ok, failed
 }
 
-func TestHTTPPassiveHealth(t *testing.T) {
+func TestHTTPPassiveHealth(t *testing.T) { forEachFrontEnd(t, testHTTPPassiveHealth) }
+
+func testHTTPPassiveHealth(t *testing.T, fe frontEnd) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	rec := &recorder{}
-	p := startProxy(t, HTTPConfig{Observer: rec}, a, b)
+	p := startProxyFE(t, fe, HTTPConfig{Observer: rec}, a, b)
 	c := testClient(t, 2)
 	for range 4 {
 		code, _, _ := get(t, c, p.url+"/")

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
 // skipRequestHeader reports whether a request header is not copied as is:
@@ -161,6 +162,7 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 	}
 	// Request trailers are known once the body is read.
 	for k, vv := range r.Trailer {
+		k = strings.TrimPrefix(k, http.TrailerPrefix) // as [Server] receives them
 		if !validHeaderName(k) || isHopByHop([]byte(k)) {
 			continue
 		}

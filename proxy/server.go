@@ -1,0 +1,727 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Defaults for [Server] fields left zero.
+const (
+	DefaultServerReadTimeout = 10 * time.Second
+	DefaultServerIdleTimeout = 2 * time.Minute
+	DefaultServerMaxHeader   = 16 << 10
+)
+
+// ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Server serves HTTP/1.1 clients with an [HTTP] proxy without net/http's
+// server: one goroutine per client connection, no goroutine per request,
+// a strict request parser, and responses written from the backend's bytes
+// straight into the connection's buffer. The forwarding itself — picking,
+// retries, limits and queue, passive health, sticky cookies, forwarding
+// headers, hop-by-hop stripping, 502/503/504 — is the handler's, shared
+// with [HTTP.ServeHTTP]. Use [HTTP] under net/http (see [NewServer]) for
+// TLS, HTTP/2 and middleware; use Server for the highest request rate on
+// plain HTTP/1.1.
+//
+// It is stricter than net/http about what it accepts; each of these gets
+// its status and the connection is closed, and nothing reaches a backend:
+//
+//   - 400: a line not ending in CRLF (bare LF), obsolete line folding,
+//     white space before a header's colon, invalid bytes in the method,
+//     target, names or values, a missing or repeated Host in HTTP/1.1,
+//     differing or invalid Content-Length values, Content-Length together
+//     with Transfer-Encoding, Transfer-Encoding in HTTP/1.0;
+//   - 501: a transfer coding other than a single "chunked";
+//   - 417: an expectation other than 100-continue;
+//   - 414 if the request line alone does not fit MaxHeaderBytes, 431 if
+//     the head does not;
+//   - 505: versions other than HTTP/1.0 and HTTP/1.1.
+//
+// Supported: keep-alive and pipelining (answers to pipelined requests go
+// out in one write), request bodies with Content-Length or chunked,
+// streamed to the backend with its trailers, Expect:
+// 100-continue (the interim answer is sent when the proxy starts reading
+// the body), response bodies of any framing (re-chunked for HTTP/1.1
+// clients when the backend's length is unknown, with its trailers;
+// delimited by close for HTTP/1.0), streaming responses (SSE) flushed as
+// they arrive, and upgrades (WebSocket) through the handler's tunnel.
+// CONNECT is answered 405, as by the handler.
+//
+// Unlike net/http, the server does not watch an idle client while its
+// request waits for a backend: a client that goes away is noticed when
+// its response is written, so the request runs until the backend answers
+// or HTTPConfig.ResponseHeaderTimeout passes. There is no write timeout;
+// bound requests with HTTPConfig.RequestTimeout.
+//
+// Serve, Shutdown and ListenAndServe are safe for concurrent use. The
+// exported fields must not change after Serve is first called.
+type Server struct {
+	// Handler forwards the requests. Required.
+	Handler *HTTP
+	// ReadTimeout bounds the time to receive a request head once its
+	// first byte arrived. Zero means DefaultServerReadTimeout.
+	ReadTimeout time.Duration
+	// IdleTimeout bounds the wait for the next request on a kept-alive
+	// connection. Zero means DefaultServerIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps the request line and headers together; it is
+	// the size of each connection's read buffer. Zero means
+	// DefaultServerMaxHeader.
+	MaxHeaderBytes int
+	// Logger receives accept errors. Nil means slog.Default().
+	Logger *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*srvConn]struct{}
+	closing   atomic.Bool
+	wg        sync.WaitGroup
+	pool      sync.Pool // *srvConn, with buffers
+}
+
+// ListenAndServe listens on the TCP address addr and calls [Server.Serve].
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln and serves their requests until ctx
+// ends (it then closes ln and every open client connection of the server
+// and returns ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed])
+// or ln fails. It closes ln before returning. Connection goroutines may
+// outlive Serve by the time their request takes; Shutdown waits for them.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.Handler == nil {
+		ln.Close()
+		return errors.New("proxy: Server.Handler is nil")
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+		s.conns = make(map[*srvConn]struct{})
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.mu.Lock()
+		for sc := range s.conns {
+			sc.c.Close()
+		}
+		s.mu.Unlock()
+	})
+	defer stop()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case s.closing.Load():
+				return ErrServerClosed
+			case errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS):
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Warn("proxy: accept failed; retrying", "err", err, "in", backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+				}
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		sc := s.newConn(c)
+		s.mu.Lock()
+		if s.closing.Load() || ctx.Err() != nil {
+			s.mu.Unlock()
+			c.Close()
+			s.pool.Put(sc)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return ErrServerClosed
+		}
+		s.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(sc)
+	}
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, lets
+// each connection finish the request it is serving (body and response
+// included) and closes it instead of waiting for another, and waits for
+// them until ctx ends, when it closes those left. It returns nil, or
+// ctx.Err() if it had to force.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	// Wake connections waiting for a request; one serving a request
+	// finishes it first (it checks closing before reading on).
+	for sc := range s.conns {
+		if sc.idle.Load() {
+			sc.c.SetReadDeadline(aLongTimeAgo)
+		}
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for sc := range s.conns {
+			sc.c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}
+
+func (s *Server) newConn(c net.Conn) *srvConn {
+	sc, _ := s.pool.Get().(*srvConn)
+	if sc == nil {
+		size := s.MaxHeaderBytes
+		if size <= 0 {
+			size = DefaultServerMaxHeader
+		}
+		sc = &srvConn{
+			br:   bufio.NewReaderSize(nil, size),
+			bw:   bufio.NewWriterSize(nil, 8<<10),
+			hdr:  make(http.Header, 16),
+			rh:   make(http.Header, 4),
+			trl:  make(http.Header),
+			vals: make([]string, 0, 32),
+		}
+		sc.req.URL = &url.URL{}
+	}
+	sc.s, sc.c = s, c
+	sc.br.Reset(c)
+	sc.bw.Reset(c)
+	sc.remote = c.RemoteAddr().String()
+	sc.hijacked = false
+	return sc
+}
+
+// srvConn is the per-connection state of a Server. It is the
+// http.ResponseWriter the handler's core writes to.
+type srvConn struct {
+	s      *Server
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	remote string
+	idle   atomic.Bool // waiting for a request: Shutdown may wake it
+
+	buf  []byte // the current request head, names canonicalised
+	head reqHead
+	req  http.Request
+	hdr  http.Header // request header, cleared per request
+	trl  http.Header // request trailers, cleared per request
+	vals []string    // backing store of hdr's values
+	body bodyReader
+
+	// Response state.
+	rh        http.Header // response header (error answers) and trailers
+	wrote     bool
+	bodyless  bool // HEAD, 204, 304: the body is not sent
+	chunked   bool // the response is chunked to the client
+	closeConn bool // close after this response
+	hijacked  bool
+}
+
+var (
+	_ http.ResponseWriter = (*srvConn)(nil)
+	_ http.Flusher        = (*srvConn)(nil)
+	_ http.Hijacker       = (*srvConn)(nil)
+)
+
+func (s *Server) serveConn(sc *srvConn) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+		if !sc.hijacked {
+			sc.c.Close()
+		}
+		sc.c, sc.s = nil, nil
+		sc.br.Reset(nil)
+		sc.bw.Reset(nil)
+		s.pool.Put(sc)
+		s.wg.Done()
+	}()
+	readTimeout := s.ReadTimeout
+	if readTimeout <= 0 {
+		readTimeout = DefaultServerReadTimeout
+	}
+	idleTimeout := s.IdleTimeout
+	if idleTimeout <= 0 {
+		idleTimeout = DefaultServerIdleTimeout
+	}
+	c := sc.c
+	for {
+		if s.closing.Load() {
+			sc.bw.Flush()
+			return
+		}
+		if sc.br.Buffered() == 0 {
+			// Answers to pipelined requests are sent together, once no
+			// request is waiting.
+			if sc.bw.Buffered() > 0 {
+				if sc.bw.Flush() != nil {
+					return
+				}
+			}
+			sc.idle.Store(true)
+			c.SetReadDeadline(time.Now().Add(idleTimeout))
+			if s.closing.Load() {
+				return
+			}
+			_, err := sc.br.Peek(1)
+			sc.idle.Store(false)
+			if err != nil {
+				return
+			}
+		}
+		if !sc.serveOne(readTimeout) {
+			sc.bw.Flush()
+			return
+		}
+	}
+}
+
+// serveOne reads, forwards and answers one request. It reports whether
+// the connection stays open.
+func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
+	code := sc.readRequest(readTimeout)
+	if code < 0 {
+		return false // the client went away or timed out
+	}
+	if code > 0 {
+		sc.writeRefusal(code)
+		return false
+	}
+	sc.prepare()
+	abort := sc.s.Handler.serve(sc, &sc.req)
+	if sc.hijacked {
+		return false
+	}
+	if abort {
+		sc.c.Close() // the client sees the response cut short
+		return false
+	}
+	if !sc.wrote {
+		writeError(sc, http.StatusBadGateway, "proxy: bad gateway\n")
+	}
+	if sc.chunked {
+		sc.bw.WriteString("0\r\n")
+		for k, vv := range sc.rh {
+			name, ok := cutTrailerPrefix(k)
+			if !ok || !validHeaderName(name) {
+				continue
+			}
+			for _, v := range vv {
+				if validHeaderValue(v) {
+					sc.bw.WriteString(name)
+					sc.bw.WriteString(": ")
+					sc.bw.WriteString(v)
+					sc.bw.WriteString("\r\n")
+				}
+			}
+		}
+		sc.bw.WriteString("\r\n")
+	}
+	if sc.closeConn || !sc.body.done() {
+		if sc.bw.Flush() == nil && !sc.body.done() {
+			lingerClose(sc.c, sc.br)
+		}
+		return false
+	}
+	return true
+}
+
+func cutTrailerPrefix(k string) (string, bool) {
+	if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
+		return k[len(http.TrailerPrefix):], true
+	}
+	return "", false
+}
+
+// lingerClose half-closes c and reads what the client still sends for a
+// short while, so the response is not lost to a reset caused by unread
+// request data.
+func lingerClose(c net.Conn, br *bufio.Reader) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, br, 256<<10)
+}
+
+// readRequest reads one request head into sc.buf and parses it. It
+// returns 0, a status to refuse the request with, or -1 when the
+// connection failed.
+func (sc *srvConn) readRequest(readTimeout time.Duration) int {
+	checked := 0
+	deadlineSet := false
+	for {
+		buf, _ := sc.br.Peek(sc.br.Buffered())
+		end := -1
+		for i := checked; i < len(buf); i++ {
+			if buf[i] != '\n' {
+				continue
+			}
+			if i == 0 || buf[i-1] != '\r' {
+				return http.StatusBadRequest // bare LF
+			}
+			if i >= 3 && buf[i-2] == '\n' {
+				end = i + 1
+				break
+			}
+		}
+		if end > 0 {
+			sc.buf = append(sc.buf[:0], buf[:end]...)
+			sc.br.Discard(end)
+			break
+		}
+		checked = len(buf)
+		if len(buf) >= sc.br.Size() {
+			for _, c := range buf {
+				if c == '\n' {
+					return http.StatusRequestHeaderFieldsTooLarge
+				}
+			}
+			return http.StatusRequestURITooLong
+		}
+		if !deadlineSet {
+			// Most heads arrive whole: only a partial one costs a
+			// deadline update.
+			sc.c.SetReadDeadline(time.Now().Add(readTimeout))
+			deadlineSet = true
+		}
+		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
+			return -1
+		}
+	}
+	if code := parseRequestHead(sc.buf, &sc.head); code != 0 {
+		return code
+	}
+	if sc.head.chunked || sc.head.contentLength > 0 {
+		// Bodies may take long to upload; the idle deadline must not
+		// cut them.
+		sc.c.SetReadDeadline(time.Time{})
+	}
+	return 0
+}
+
+// prepare fills sc.req from sc.head, reusing every part of it.
+func (sc *srvConn) prepare() {
+	rh := &sc.head
+	clear(sc.hdr)
+	vals := sc.vals[:0]
+	for _, f := range rh.fields {
+		if old, ok := sc.hdr[f.name]; ok {
+			sc.hdr[f.name] = append(old, f.value)
+			continue
+		}
+		i := len(vals)
+		vals = append(vals, f.value)
+		sc.hdr[f.name] = vals[i : i+1 : i+1]
+	}
+	sc.vals = vals
+	u := sc.req.URL
+	*u = url.URL{}
+	r := &sc.req
+	*r = http.Request{
+		Method:     rh.method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: rh.minor,
+		Header:     sc.hdr,
+		Host:       rh.host,
+		RemoteAddr: sc.remote,
+		RequestURI: rh.target,
+	}
+	if rh.minor == 0 {
+		r.Proto = "HTTP/1.0"
+	}
+	if rh.target[0] != '/' && rh.target != "*" {
+		// Absolute form: its authority replaces Host (RFC 9112 3.2.2).
+		if pu, err := url.ParseRequestURI(rh.target); err == nil {
+			r.URL = pu
+			r.Host = pu.Host
+		}
+	}
+	sc.body.reset(sc, rh)
+	if rh.chunked {
+		clear(sc.trl)
+		r.Trailer = sc.trl
+		sc.body.cr.trailer = sc.trl
+	}
+	if sc.body.left != 0 {
+		r.Body = &sc.body
+		r.ContentLength = rh.contentLength
+	} else {
+		r.Body = http.NoBody
+	}
+	clear(sc.rh)
+	sc.wrote, sc.bodyless, sc.chunked = false, false, false
+	sc.closeConn = !rh.keep() || sc.s.closing.Load()
+}
+
+// Header returns the response header map; the proxy's core fills it for
+// its own error answers and with trailers.
+func (sc *srvConn) Header() http.Header { return sc.rh }
+
+// WriteHeader writes a response head from the header map.
+func (sc *srvConn) WriteHeader(code int) {
+	if sc.wrote {
+		return
+	}
+	sc.wrote = true
+	sc.bodyless = sc.req.Method == http.MethodHead || code == 204 || code == 304 || code < 200
+	bw := sc.bw
+	writeStatusLine(bw, code, nil)
+	hasCL := false
+	for k, vv := range sc.rh {
+		if _, ok := cutTrailerPrefix(k); ok || isHopByHop([]byte(k)) || !validHeaderName(k) {
+			continue
+		}
+		if k == "Content-Length" {
+			hasCL = true
+		}
+		for _, v := range vv {
+			if !validHeaderValue(v) {
+				continue
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	sc.endHead(hasCL)
+}
+
+// writeUpstreamHead writes a backend's response head straight from its
+// bytes: its end-to-end fields, a normalised Content-Length, Via, the
+// sticky cookie, and the framing and Connection fields for this client.
+func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *request, bodyless bool) {
+	sc.wrote = true
+	sc.bodyless = bodyless
+	bw := sc.bw
+	writeStatusLine(bw, head.status, head.reason)
+	for _, f := range head.fields {
+		if f.skip {
+			continue
+		}
+		bw.Write(head.name(f))
+		bw.WriteString(": ")
+		bw.Write(head.value(f))
+		bw.WriteString("\r\n")
+	}
+	hasCL := head.contentLength >= 0
+	if head.normalizedCL() {
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), head.contentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	if h.via != "" {
+		bw.WriteString("Via: 1.1 ")
+		bw.WriteString(h.via)
+		bw.WriteString("\r\n")
+	}
+	if h.cookieName != "" && rq.sticky != u {
+		bw.WriteString("Set-Cookie: ")
+		bw.WriteString(h.cookieName)
+		bw.WriteByte('=')
+		bw.WriteString(u.token)
+		bw.WriteString(h.cookieTail)
+		bw.WriteString("\r\n")
+	}
+	sc.endHead(hasCL)
+}
+
+// endHead chooses the framing towards the client, writes it with the
+// Connection field and ends the head.
+func (sc *srvConn) endHead(hasCL bool) {
+	bw := sc.bw
+	if !sc.bodyless && !hasCL {
+		if sc.head.minor == 1 {
+			sc.chunked = true
+			bw.WriteString("Transfer-Encoding: chunked\r\n")
+		} else {
+			sc.closeConn = true // delimited by close
+		}
+	}
+	if !sc.body.done() {
+		// An unread body (or one never asked for with 100 Continue): the
+		// connection cannot be reused.
+		sc.closeConn = true
+	}
+	switch {
+	case sc.closeConn:
+		bw.WriteString("Connection: close\r\n\r\n")
+	case sc.head.minor == 0:
+		bw.WriteString("Connection: keep-alive\r\n\r\n")
+	default:
+		bw.WriteString("\r\n")
+	}
+}
+
+// Write writes body bytes, chunked when the response is.
+func (sc *srvConn) Write(p []byte) (int, error) {
+	if !sc.wrote {
+		sc.WriteHeader(http.StatusOK)
+	}
+	if sc.bodyless || len(p) == 0 {
+		return len(p), nil
+	}
+	if sc.chunked {
+		bw := sc.bw
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(p)), 16))
+		bw.WriteString("\r\n")
+		bw.Write(p)
+		if _, err := bw.WriteString("\r\n"); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return sc.bw.Write(p)
+}
+
+// Flush sends what is buffered to the client.
+func (sc *srvConn) Flush() { sc.bw.Flush() }
+
+// Hijack hands the connection over (for upgrades). What the server has
+// buffered for the client is sent first.
+func (sc *srvConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if sc.wrote {
+		return nil, nil, errors.New("proxy: hijack after the response head")
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return nil, nil, err
+	}
+	sc.hijacked = true
+	sc.c.SetReadDeadline(time.Time{})
+	return sc.c, bufio.NewReadWriter(sc.br, bufio.NewWriter(sc.c)), nil
+}
+
+// writeRefusal answers a request the server will not forward and marks
+// the connection for closing.
+func (sc *srvConn) writeRefusal(code int) {
+	msg := "proxy: " + http.StatusText(code) + "\n"
+	bw := sc.bw
+	writeStatusLine(bw, code, nil)
+	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(msg)), 10))
+	bw.WriteString("\r\nConnection: close\r\n\r\n")
+	bw.WriteString(msg)
+	sc.bw.Flush()
+}
+
+// bodyReader reads a request body from the client connection: a known
+// length or chunked. It sends 100 Continue before the first read when
+// the client expects it.
+type bodyReader struct {
+	sc      *srvConn
+	left    int64 // -1: chunked
+	expect  bool
+	cr      chunkedReader
+	scratch []byte
+}
+
+func (b *bodyReader) reset(sc *srvConn, rh *reqHead) {
+	b.sc = sc
+	b.expect = rh.expectContinue
+	switch {
+	case rh.chunked:
+		b.left = -1
+		b.cr = chunkedReader{br: sc.br, scratch: &b.scratch, limit: sc.br.Size()}
+	case rh.contentLength > 0:
+		b.left = rh.contentLength
+	default:
+		b.left = 0
+	}
+}
+
+// done reports whether the body was read to its end.
+func (b *bodyReader) done() bool {
+	return b.left == 0 || b.left < 0 && b.cr.done
+}
+
+// Read reads body bytes.
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.expect {
+		b.expect = false
+		bw := b.sc.bw
+		bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		if err := bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	if b.left < 0 {
+		return b.cr.Read(p)
+	}
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.sc.br.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// Close does nothing: the server decides about the connection.
+func (b *bodyReader) Close() error { return nil }

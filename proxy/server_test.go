@@ -1,0 +1,260 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
+)
+
+func TestServerRefusesAmbiguousRequests(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	smuggled := "GET /status/418 HTTP/1.1\r\nHost: x\r\n\r\n"
+	tests := []struct {
+		name, raw, status string
+	}{
+		{"CL.TE", "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled, "400"},
+		{"TE.CL", "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n" + smuggled, "400"},
+		{"differing Content-Length", "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc", "400"},
+		{"differing Content-Length list", "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd", "400"},
+		{"signed Content-Length", "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", "400"},
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n", "400"},
+		{"bare LF in a header", "GET / HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", "400"},
+		{"bare LF ending the head", "GET / HTTP/1.1\nHost: x\n\n", "400"},
+		{"CR in a value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r2\r\n\r\n", "400"},
+		{"NUL in a value", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "400"},
+		{"space before colon", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello", "400"},
+		{"no Host in HTTP/1.1", "GET / HTTP/1.1\r\nX-A: 1\r\n\r\n", "400"},
+		{"two Hosts", "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400"},
+		{"Transfer-Encoding in HTTP/1.0", "POST /upload HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"},
+		{"unsupported Transfer-Encoding", "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501"},
+		{"two Transfer-Encoding fields", "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"},
+		{"unknown expectation", "GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", "417"},
+		{"HTTP/2.0", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"},
+		{"HTTP/1.2", "GET / HTTP/1.2\r\nHost: x\r\n\r\n", "505"},
+		{"space in target", "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"relative target", "GET a HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"huge header", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n", "431"},
+		{"huge request line", "GET /" + strings.Repeat("a", 100<<10) + " HTTP/1.1\r\nHost: x\r\n\r\n", "414"},
+		{"bad chunk size", "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := b.hits.Load()
+			out := rawRoundTrip(t, p.addr, tt.raw)
+			require.True(t, strings.HasPrefix(out, "HTTP/1.1 "+tt.status+" "), out)
+			assert.Equal(t, 1, strings.Count(out, "HTTP/1.1 "), "one answer, then the connection is closed: %q", out)
+			assert.NotContains(t, out, "418")
+			if tt.name != "bad chunk size" { // refused while its body streams: the backend saw the head
+				assert.Equal(t, before, b.hits.Load(), "nothing reached the backend")
+			}
+		})
+	}
+}
+
+func TestServerPipelining(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	c, err := net.Dial("tcp", p.addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// Three requests in one write, a body and a chunked body among them.
+	_, err = io.WriteString(c, "GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\n"+
+		"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"+
+		"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"+
+		"GET /status/202 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(c)
+	var got []string
+	for range 4 {
+		resp, err := http.ReadResponse(br, nil)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		got = append(got, resp.Status+" "+string(body))
+	}
+	sum := "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+	assert.Equal(t, []string{"201 Created a", "200 OK 5 " + sum + " ", "200 OK 5 " + sum + " ", "202 Accepted a"}, got)
+	_, err = br.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "closed after Connection: close")
+}
+
+func TestServerExpectContinue(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	c, err := net.Dial("tcp", p.addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "HTTP/1.1 100 Continue\r\n", line, "the body is asked for before it is sent")
+	line, err = br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "\r\n", line)
+	_, err = io.WriteString(c, "hello")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	assert.Equal(t, 200, resp.StatusCode)
+	assert.True(t, strings.HasPrefix(string(body), "5 2cf24dba"), string(body))
+}
+
+func TestServerHTTP10(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	t.Run("close by default", func(t *testing.T) {
+		out := rawRoundTrip(t, p.addr, "GET /download/10 HTTP/1.0\r\n\r\n")
+		require.True(t, strings.HasPrefix(out, "HTTP/1.1 200 OK\r\n"), out)
+		assert.Contains(t, out, "Connection: close\r\n")
+		assert.NotContains(t, out, "Transfer-Encoding", "an HTTP/1.0 client gets a body delimited by close")
+		_, body, _ := strings.Cut(out, "\r\n\r\n")
+		assert.Len(t, body, 10)
+	})
+	t.Run("keep-alive", func(t *testing.T) {
+		out := rawRoundTrip(t, p.addr, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n")
+		assert.Equal(t, 2, strings.Count(out, "HTTP/1.1 200 OK\r\n"), out)
+		assert.Contains(t, out, "Connection: keep-alive\r\n")
+	})
+}
+
+func TestServerServeAndShutdown(t *testing.T) {
+	b := startBackend(t, "a")
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	defer pool.Close()
+	require.NoError(t, pool.Set([]balancer.Backend{{Addr: b.addr}}))
+	h, err := NewHTTP(HTTPConfig{Pool: pool})
+	require.NoError(t, err)
+	defer h.Close()
+
+	t.Run("nil handler", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		assert.Error(t, (&Server{}).Serve(t.Context(), ln))
+	})
+	t.Run("context ends Serve and closes connections", func(t *testing.T) {
+		s := &Server{Handler: h}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, ln) }()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		cancel()
+		require.ErrorIs(t, <-done, context.Canceled)
+		_, err = c.Read(make([]byte, 1))
+		assert.Error(t, err, "the idle connection was closed")
+		require.NoError(t, s.Shutdown(t.Context()))
+	})
+	t.Run("Shutdown closes idle connections and refuses Serve", func(t *testing.T) {
+		s := &Server{Handler: h}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(t.Context(), ln) }()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.NoError(t, s.Shutdown(t.Context()))
+		require.ErrorIs(t, <-done, ErrServerClosed)
+		_, err = br.ReadByte()
+		assert.ErrorIs(t, err, io.EOF)
+		ln2, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		assert.ErrorIs(t, s.Serve(t.Context(), ln2), ErrServerClosed)
+	})
+	t.Run("ListenAndServe", func(t *testing.T) {
+		s := &Server{Handler: h}
+		err := s.ListenAndServe(t.Context(), "256.0.0.1:0")
+		assert.Error(t, err)
+	})
+}
+
+// TestServerAllocs holds the whole round trip through Server — parsing,
+// forwarding, the answer — to no allocation per request once warm.
+func TestServerAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	const answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+	addr := keepAliveBackend(t, answer)
+	p := startProxyAddrsFE(t, fastServer, HTTPConfig{}, addr)
+	c, err := net.Dial("tcp", p.addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	req := []byte("GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	// The answer as the client sees it: the backend's head, same length
+	// each time.
+	buf := make([]byte, 4096)
+	roundTrip := func() int {
+		if _, err := c.Write(req); err != nil {
+			return -1
+		}
+		n := 0
+		for {
+			m, err := c.Read(buf[n:])
+			if err != nil {
+				return -1
+			}
+			n += m
+			if n >= 4 && string(buf[n-4:n]) == "\r\nok" {
+				return n
+			}
+		}
+	}
+	n := roundTrip()
+	require.Positive(t, n)
+	require.True(t, strings.HasPrefix(string(buf[:n]), "HTTP/1.1 200 OK\r\n"), string(buf[:n]))
+	allocs := testing.AllocsPerRun(500, func() {
+		if roundTrip() < 0 {
+			panic("round trip failed")
+		}
+	})
+	require.LessOrEqual(t, allocs, 0.5)
+}
+
+func TestServerClientGoneDuringResponse(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	c, err := net.Dial("tcp", p.addr)
+	require.NoError(t, err)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /download/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+	_, err = io.ReadFull(c, make([]byte, 1<<20))
+	require.NoError(t, err)
+	c.Close()
+	// The proxy notices on its next write and frees the connection.
+	require.Eventually(t, func() bool { return p.pool.Endpoints()[0].InFlight() == 0 }, 10*time.Second, time.Millisecond)
+	code, _, _ := get(t, testClient(t, 1), p.url+"/")
+	assert.Equal(t, http.StatusOK, code)
+}
