@@ -19,7 +19,18 @@ import (
 
 // BenchmarkProgram measures the XDP program in the kernel through
 // BPF_PROG_TEST_RUN, batches of 10,000 runs per op; ns/pkt is the kernel's
-// own per-run average.
+// own per-run average. The same frame is run again and again, so
+// "established" hits the connection table and "syn" replaces its entry
+// each time (as costly as inserting a new flow's).
+//
+// Measured on a 2-vCPU VM shared with other jobs (load average 4–8),
+// -benchtime=200x, 8 runs alternating with the previous program, ns/pkt
+// ranges (benchstat median): floor 4.4–9.6 (7.0); ipv4/tcp/established
+// 26–51 (29), was 46–74 (67); ipv6/tcp/established 25–46 (31), was 45–68
+// (59); ipv4/udp 25–35 (28), was 45–73 (52); ipv4/tcp/syn 111–140 (119),
+// was 123–178 (147); ipv4/not-a-service 10–17 (12), was 25–35 (28). The
+// machine's noise is larger than some differences: compare variants by
+// running them interleaved in one process and taking minimums.
 func BenchmarkProgram(b *testing.B) {
 	tw := newTwin(b)
 	fourServices(tw)

@@ -63,6 +63,24 @@
 // fragments carry no ports, so no fragment is balanced), IPv6 with
 // extension headers, and protocols other than TCP and UDP.
 //
+// # Cost
+//
+// BenchmarkProgram runs the program through BPF_PROG_TEST_RUN. On a 2-vCPU
+// VM (Linux 6.18, shared with other jobs, load average 4–8), 8 runs each:
+// a frame of an established TCP flow costs 26–51 ns (median 29; IPv6
+// 25–46), UDP 25–35 ns, a frame for no service 10–17 ns, a TCP SYN
+// 111–140 ns; a program that only returns costs 4–10 ns. Interleaving
+// variants of the program run for run, an established frame's best
+// case of about 22 ns splits into 4 ns of harness, 1 of parsing, 3 of VIP
+// lookup, 9 of connection-table lookup (the kernel hashing and comparing
+// the key) and 5 of backend check, rewrite and counters. A SYN's extra
+// cost is the connection table's insert (an LRU hash update, about 75 ns
+// here, mostly its locks). Three changes took the established frame from
+// 46–74 ns (median 67) to this: the VIP table in an array instead of a
+// BPF hash map, the flow key written in whole words (narrow stores read
+// back as words stall store-to-load forwarding), and the 24-byte
+// connection key.
+//
 // # Control plane
 //
 // [New] loads the program, fills the maps from each [Service]'s
