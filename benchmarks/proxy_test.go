@@ -31,7 +31,8 @@ import (
 
 // The proxy benchmarks put each reverse proxy in front of the same three
 // Go backends on loopback, in the same run, and load it at 100 and 1,000
-// connections: lbkit's proxy.HTTP and a tuned httputil.ReverseProxy (each
+// connections: lbkit's proxy.Server ("lbkit-server"), lbkit's proxy.HTTP
+// under net/http ("lbkit") and a tuned httputil.ReverseProxy (each
 // in a child process of the test binary, so their CPU is measured like the
 // peers'), nginx and HAProxy (when installed). Load comes from wrk when
 // installed, else from an in-process keep-alive client. Each sub-benchmark
@@ -62,14 +63,16 @@ func init() {
 	}
 }
 
-// pxChildMain runs a Go proxy named kind ("lbkit" or "httputil") on
+// pxChildMain runs a Go proxy named kind ("lbkit-server": proxy.Server;
+// "lbkit": proxy.HTTP under net/http; "httputil") on
 // os.Args' last two arguments (listen address, comma-separated backends)
 // until stdin closes.
 func pxChildMain(kind string) int {
 	listen, backs := os.Args[len(os.Args)-2], strings.Split(os.Args[len(os.Args)-1], ",")
 	var h http.Handler
+	var lb *proxy.HTTP
 	switch kind {
-	case "lbkit":
+	case "lbkit", "lbkit-server":
 		pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
 		var bs []balancer.Backend
 		for _, a := range backs {
@@ -85,7 +88,7 @@ func pxChildMain(kind string) int {
 			return 1
 		}
 		defer p.Close()
-		h = p
+		h, lb = p, p
 	case "httputil":
 		var targets []*url.URL
 		for _, a := range backs {
@@ -116,6 +119,17 @@ func pxChildMain(kind string) int {
 			defer f.Close()
 			defer pprof.StopCPUProfile()
 		}
+	}
+	if kind == "lbkit-server" {
+		// proxy.Server: the purpose-built HTTP/1.1 front-end.
+		ctx, cancel := context.WithCancel(context.Background())
+		srv := &proxy.Server{Handler: lb, Logger: slog.New(slog.DiscardHandler)}
+		go func() {
+			io.Copy(io.Discard, os.Stdin) // the parent closes stdin to stop us
+			cancel()
+		}()
+		srv.Serve(ctx, ln)
+		return 0
 	}
 	srv := proxy.NewServer(h)
 	srv.ErrorLog = nil
@@ -435,6 +449,7 @@ func BenchmarkProxy(b *testing.B) {
 		name  string
 		start func(*testing.B, []string) (string, int)
 	}{
+		{"lbkit-server", func(b *testing.B, bs []string) (string, int) { return pxStartChild(b, "lbkit-server", bs) }},
 		{"lbkit", func(b *testing.B, bs []string) (string, int) { return pxStartChild(b, "lbkit", bs) }},
 		{"nginx", pxStartNginx},
 		{"haproxy", pxStartHAProxy},
@@ -473,10 +488,12 @@ func BenchmarkProxy(b *testing.B) {
 				// Ratios from the same run are what to compare (absolute
 				// numbers drift by tens of percent between runs on a
 				// shared machine): lbkit's figure over this peer's.
-				if lb, ok := runs["lbkit"]; ok && tg.name != "lbkit" && res.rps > 0 && res.p99 > 0 && res.requests > 0 {
-					b.ReportMetric(lb.res.rps/res.rps, "lbkit-rps-x")
-					b.ReportMetric(lb.res.p99/res.p99, "lbkit-p99-x")
-					b.ReportMetric(lb.cpu/(cpu/res.requests*1e6), "lbkit-cpu-x")
+				for _, ours := range []struct{ name, metric string }{{"lbkit-server", "server"}, {"lbkit", "lbkit"}} {
+					if lb, ok := runs[ours.name]; ok && tg.name != ours.name && res.rps > 0 && res.p99 > 0 && res.requests > 0 {
+						b.ReportMetric(lb.res.rps/res.rps, ours.metric+"-rps-x")
+						b.ReportMetric(lb.res.p99/res.p99, ours.metric+"-p99-x")
+						b.ReportMetric(lb.cpu/(cpu/res.requests*1e6), ours.metric+"-cpu-x")
+					}
 				}
 			})
 		}
