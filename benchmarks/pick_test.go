@@ -48,25 +48,6 @@ var pickPolicies = []struct {
 // pickSizes are the ready-set sizes benchmarked.
 var pickSizes = []int{3, 100, 1000}
 
-// pickReady returns n endpoints with weights 1–3, some work in flight and
-// latency samples, so load-aware and weighted policies take their real
-// paths.
-func pickReady(n int) []balancer.Weighted {
-	ws := make([]float64, n)
-	for i := range ws {
-		ws[i] = float64(1 + i%3)
-	}
-	ready := balancertest.ReadyWeights(ws...)
-	now := time.Now()
-	for i, w := range ready {
-		for range i % 4 {
-			w.Endpoint.Start()
-		}
-		w.Endpoint.ObserveLatency(now.Add(time.Duration(i)*time.Millisecond), time.Duration(1+i%5)*time.Millisecond)
-	}
-	return ready
-}
-
 // pickKeys are affinity keys for hash-based policies; every policy gets
 // them so all pay the same for reading one.
 var pickKeys = func() []balancer.PickInfo {
@@ -98,7 +79,7 @@ func BenchmarkPick(b *testing.B) {
 	for _, pol := range pickPolicies {
 		for _, n := range pickSizes {
 			b.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(b *testing.B) {
-				p := pol.builder.Build(pickReady(n))
+				p := pol.builder.Build(balancertest.LoadedReady(n))
 				if _, err := p.Pick(pickKeys[0]); err != nil {
 					b.Fatal(err)
 				}
@@ -121,7 +102,7 @@ func BenchmarkPickParallel(b *testing.B) {
 	for _, pol := range pickPolicies {
 		for _, n := range pickSizes {
 			b.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(b *testing.B) {
-				p := pol.builder.Build(pickReady(n))
+				p := pol.builder.Build(balancertest.LoadedReady(n))
 				if _, err := p.Pick(pickKeys[0]); err != nil {
 					b.Fatal(err)
 				}
@@ -151,7 +132,7 @@ func BenchmarkPickParallel(b *testing.B) {
 func BenchmarkPickDone(b *testing.B) {
 	for _, pol := range pickPolicies {
 		b.Run(pol.name, func(b *testing.B) {
-			p := pol.builder.Build(pickReady(100))
+			p := pol.builder.Build(balancertest.LoadedReady(100))
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				i := 0
@@ -178,7 +159,7 @@ func BenchmarkBuild(b *testing.B) {
 	for _, pol := range pickPolicies {
 		for _, n := range pickSizes {
 			b.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(b *testing.B) {
-				ready := pickReady(n)
+				ready := balancertest.LoadedReady(n)
 				for i := range ready {
 					ready[i].Weight += 1.0 / 3
 				}
@@ -197,7 +178,7 @@ func TestPickPoliciesNoAllocs(t *testing.T) {
 	for _, pol := range pickPolicies {
 		for _, n := range pickSizes {
 			t.Run(fmt.Sprintf("%s/n=%d", pol.name, n), func(t *testing.T) {
-				balancertest.CheckNoAllocs(t, pol.builder.Build(pickReady(n)), pickKeys[7])
+				balancertest.CheckNoAllocs(t, pol.builder.Build(balancertest.LoadedReady(n)), pickKeys[7])
 			})
 		}
 	}
