@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
@@ -202,4 +203,51 @@ func BenchmarkPick(b *testing.B, builder balancer.Builder, parallel bool) {
 			}
 		})
 	}
+}
+
+// CheckSlowStart shows a pool's slow start working through b: in a
+// synctest bubble, one of four backends turns unhealthy and healthy again,
+// and at each of 10 steps of a 10 s window the share of picks keyed by keys
+// it receives must be within tol of f/(3+f), where f ramps from 0.1 to 1,
+// and must not fall by more than slack from one step to the next.
+func CheckSlowStart(t *testing.T, b balancer.Builder, keys func(i int) balancer.PickInfo, tol, slack float64) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, window, steps, picks = 4, 10 * time.Second, 10, 10000
+		pool := balancer.MustNew(balancer.Config{Builder: b, SlowStart: window, SlowStartSteps: steps})
+		defer pool.Close()
+		var backends []balancer.Backend
+		for i := range n {
+			backends = append(backends, balancer.Backend{Addr: Addr(i)})
+		}
+		if err := pool.Set(backends); err != nil {
+			t.Fatal(err)
+		}
+		late := backends[n-1].Addr
+		pool.SetHealthy(late, false)
+		pool.SetHealthy(late, true)
+
+		share := func() float64 {
+			c := Counts(t, pool, picks, keys)
+			return float64(c[pool.Endpoint(late)]) / picks
+		}
+		prev := -1.0
+		for k := range steps + 1 {
+			f := 0.1 + 0.9*float64(k)/steps
+			want := f / (n - 1 + f)
+			got := share()
+			t.Logf("t=%v: share %.3f, want %.3f", time.Duration(k)*window/steps, got, want)
+			if math.Abs(got-want) > tol {
+				t.Errorf("step %d: share %.3f, want %.3f ± %.3f", k, got, want, tol)
+			}
+			if got < prev-slack {
+				t.Errorf("step %d: share fell from %.3f to %.3f while ramping", k, prev, got)
+			}
+			prev = got
+			time.Sleep(window / steps)
+			synctest.Wait()
+		}
+		if got := share(); math.Abs(got-1.0/n) > tol {
+			t.Errorf("after the window: share %.3f, want %.3f", got, 1.0/n)
+		}
+	})
 }

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"sync"
 	"testing"
-	"testing/synctest"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -328,92 +326,13 @@ func TestPickNoAllocs(t *testing.T) {
 }
 
 func TestPickConcurrentWithUpdates(t *testing.T) {
-	pool := balancer.MustNew(balancer.Config{Builder: ringhash.Builder{Epsilon: 0.25}})
-	defer pool.Close()
-	backends := make([]balancer.Backend, 8)
-	for i := range backends {
-		backends[i] = balancer.Backend{Addr: balancertest.Addr(i), Weight: uint32(1 + i%3)}
-	}
-	require.NoError(t, pool.Set(backends))
-
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g := range 4 {
-		wg.Go(func() {
-			keys := balancertest.RandomKeys(uint64(g))
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				info := keys(i)
-				info.HasKey = i%2 == 0
-				ep, err := pool.Pick(info)
-				if err != nil {
-					assert.ErrorIs(t, err, balancer.ErrNoBackend)
-					continue
-				}
-				ep.Start()
-				ep.Done(nil, 0)
-			}
-		})
-	}
-	for i := range 300 {
-		addr := backends[i%len(backends)].Addr
-		switch i % 4 {
-		case 0:
-			pool.SetHealthy(addr, false)
-		case 1:
-			pool.SetHealthy(addr, true)
-		case 2:
-			pool.SetWeight(addr, uint32(1+i%5))
-		case 3:
-			require.NoError(t, pool.Set(backends[:1+i%len(backends)]))
-		}
-	}
-	close(stop)
-	wg.Wait()
+	balancertest.CheckConcurrentWithUpdates(t, ringhash.Builder{Epsilon: 0.25})
 }
 
-// TestSlowStart shows a pool's slow start working through ring hash: the
-// share of keys a backend receives after it becomes healthy again ramps
-// from SlowStartMinWeight of its fair share up to all of it.
+// TestSlowStart shows a pool's slow start working through this hash
+// policy: a recovered backend's share of keys ramps up over the window.
 func TestSlowStart(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const n, window, steps = 4, 10 * time.Second, 10
-		pool := balancer.MustNew(balancer.Config{
-			Builder:   ringhash.Builder{PointsPerWeight: 2000},
-			SlowStart: window, SlowStartSteps: steps,
-		})
-		defer pool.Close()
-		var backends []balancer.Backend
-		for i := range n {
-			backends = append(backends, balancer.Backend{Addr: balancertest.Addr(i)})
-		}
-		require.NoError(t, pool.Set(backends))
-		late := backends[n-1].Addr
-		pool.SetHealthy(late, false)
-		pool.SetHealthy(late, true)
-
-		share := func() float64 {
-			c := balancertest.Counts(t, pool, 10000, balancertest.RandomKeys(11))
-			return float64(c[pool.Endpoint(late)]) / 10000
-		}
-		prev := -1.0
-		for k := range steps + 1 {
-			f := 0.1 + 0.9*float64(k)/steps
-			want := f / (n - 1 + f)
-			got := share()
-			t.Logf("t=%v: share %.3f, want %.3f", time.Duration(k)*window/steps, got, want)
-			assert.InDelta(t, want, got, 0.03, "step %d", k)
-			assert.GreaterOrEqual(t, got, prev-0.005, "share must not fall while ramping (step %d)", k)
-			prev = got
-			time.Sleep(window / steps)
-			synctest.Wait()
-		}
-		assert.InDelta(t, 1.0/n, share(), 0.03, "full share after the window")
-	})
+	balancertest.CheckSlowStart(t, ringhash.Builder{PointsPerWeight: 2000}, balancertest.RandomKeys(11), 0.03, 0.005)
 }
 
 func ExampleBuilder() {
