@@ -33,6 +33,8 @@ const (
 // Content-Length is dropped — so the proxy forwards it chunked and never
 // ambiguously. Set Addr (and TLSConfig) and call ListenAndServe, Serve or
 // ServeTLS; stop it with Shutdown, which lets requests in flight finish.
+// For plain HTTP/1.1 clients, [Server] serves the same handler faster and
+// refuses Content-Length with Transfer-Encoding outright (400).
 func NewServer(h http.Handler) *http.Server {
 	var p http.Protocols
 	p.SetHTTP1(true)

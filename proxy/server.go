@@ -513,7 +513,9 @@ func (sc *srvConn) prepare() {
 	}
 	sc.body.reset(sc, rh)
 	if rh.chunked {
-		clear(sc.trl)
+		if len(sc.trl) > 0 {
+			clear(sc.trl)
+		}
 		r.Trailer = sc.trl
 		sc.body.cr.trailer = sc.trl
 	}
@@ -523,7 +525,9 @@ func (sc *srvConn) prepare() {
 	} else {
 		r.Body = http.NoBody
 	}
-	clear(sc.rh)
+	if len(sc.rh) > 0 {
+		clear(sc.rh)
+	}
 	sc.wrote, sc.bodyless, sc.chunked = false, false, false
 	sc.closeConn = !rh.keep() || sc.s.closing.Load()
 }
