@@ -27,46 +27,83 @@ const (
 	healthTimeout  = 2 * time.Second
 )
 
-// newPool returns a pool over bs kept in step with a health checker that
-// probes each backend by TCP connect. stop ends the checking.
-func newPool(bs []*backend, b balancer.Builder) (*balancer.Pool, *health.Checker, func(), error) {
-	return newPoolProbe(bs, b, health.TCP{})
+// undo collects cleanups and runs them last-in first-out.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+
+// run runs the cleanups and forgets them. Its receiver is a pointer, so
+// "defer u.run()" sees cleanups pushed after the defer statement.
+func (u *undo) run() {
+	for i := len(*u) - 1; i >= 0; i-- {
+		(*u)[i]()
+	}
+	*u = nil
 }
 
-// newPoolProbe is newPool with the given probe.
-func newPoolProbe(bs []*backend, b balancer.Builder, probe health.Prober) (*balancer.Pool, *health.Checker, func(), error) {
+// newPool returns a pool over bs kept in step with a health checker that
+// probes each backend with probe (TCP connect when nil); u stops both.
+func newPool(u *undo, bs []*backend, b balancer.Builder, probe health.Prober) (*balancer.Pool, *health.Checker, error) {
+	if probe == nil {
+		probe = health.TCP{}
+	}
 	pool, err := balancer.New(balancer.Config{Builder: b})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
+	u.push(func() { _ = pool.Close() })
 	members := make([]balancer.Backend, len(bs))
 	for i, be := range bs {
 		members[i] = balancer.Backend{Addr: be.addr}
 	}
 	if err := pool.Set(members); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	chk, err := health.New(health.Config{})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
+	u.push(func() { _ = chk.Close() })
 	for _, be := range bs {
 		err := chk.SetTarget(health.Target{
 			Addr: be.addr, Probe: probe, Interval: healthInterval,
 			Timeout: healthTimeout, Fall: 1, Rise: 2, Initial: health.Healthy,
 		})
 		if err != nil {
-			_ = chk.Close()
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
 	}
-	stopDrive := chk.Drive(pool)
-	stop := func() {
-		stopDrive()
-		_ = chk.Close()
-		_ = pool.Close()
+	u.push(chk.Drive(pool))
+	return pool, chk, nil
+}
+
+// serveLoopback runs serve on a fresh 127.0.0.1 port until u's cleanup,
+// which calls shutdown and waits for serve to return, and returns the
+// port's address.
+func serveLoopback(u *undo, serve func(net.Listener) error, shutdown func()) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
 	}
-	return pool, chk, stop, nil
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = serve(ln)
+	}()
+	u.push(func() {
+		shutdown()
+		<-done
+	})
+	return ln.Addr().String(), nil
+}
+
+// shutdownWithin calls f with a context that ends after d.
+func shutdownWithin(d time.Duration, f func(context.Context) error) func() {
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		_ = f(ctx)
+	}
 }
 
 // retry runs f up to tries times while it fails, waiting a growing
@@ -89,12 +126,19 @@ func retry(ctx context.Context, tries int, f func() error) error {
 	return err
 }
 
-// setupRedirect puts a redirect.Handler in front of the backends: every
-// client asks the dispatcher and follows its 302 to a backend.
-func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
-	pool, _, stopHealth, err := newPool(bs, roundrobin.Builder{})
+// setupRedirect puts a redirect.Handler in front of the backends, served
+// by redirect.Server: every client asks the dispatcher and follows its 302
+// to a backend.
+func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
+	var u undo
+	defer func() {
+		if err != nil {
+			u.run()
+		}
+	}()
+	pool, _, err := newPool(&u, bs, roundrobin.Builder{}, nil)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	targets := make([]redirect.Target, len(bs))
 	for i, b := range bs {
@@ -102,49 +146,39 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 	}
 	h, err := redirect.New(redirect.Config{Backends: targets, Pool: pool})
 	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
-	// redirect.Server answers the handler's redirects without net/http's
-	// per-request cost; the Handler also works in any http.Server.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
-	}
+	u.push(func() { _ = h.Close() })
+	// redirect.Server answers without net/http's per-request cost; the
+	// Handler also works in any http.Server.
 	rs := &redirect.Server{Handler: h}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = rs.Serve(context.Background(), ln)
-	}()
-	stopSrv := func() {
-		sd, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = rs.Shutdown(sd)
-		<-done
+	addr, err := serveLoopback(&u, func(ln net.Listener) error { return rs.Serve(context.Background(), ln) },
+		shutdownWithin(5*time.Second, rs.Shutdown))
+	if err != nil {
+		return nil, nil, err
 	}
-	base := "http://" + ln.Addr().String()
 	c := httpClient(cfg, true)
+	u.push(c.CloseIdleConnections)
+	url := "http://" + addr + "/index.html"
 	do := func(ctx context.Context, i int) error {
-		return retry(ctx, 4, func() error { return get(ctx, c, base+"/index.html") })
+		return retry(ctx, 4, func() error { return get(ctx, c, url) })
 	}
-	cleanup := func() {
-		c.CloseIdleConnections()
-		stopSrv()
-		_ = h.Close()
-		stopHealth()
-	}
-	return do, cleanup, "", nil
+	return do, u.run, nil
 }
 
 // setupDNS serves the backends' addresses from dnslb: every client
 // resolves the service name (one weighted pick per answer, TTL 1 s), then
 // connects to the address it got on the backends' shared port.
-func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
-	pool, _, stopHealth, err := newPool(bs, roundrobin.Builder{})
+func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
+	var u undo
+	defer func() {
+		if err != nil {
+			u.run()
+		}
+	}()
+	pool, _, err := newPool(&u, bs, roundrobin.Builder{}, nil)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	const name = "www.demo.lbkit.test."
 	srv, err := dnslb.New(dnslb.Config{
@@ -153,22 +187,27 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.
 		UDPSockets: 2,
 	})
 	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
+	u.push(cancel)
 	udp, tcp, err := dnslb.Listen(sctx, "127.0.0.1:0", 2)
 	if err != nil {
-		cancel()
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	server := udp[0].LocalAddr().String()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(sctx, udp, []net.Listener{tcp}) }()
+	u.push(func() {
+		cancel()
+		if err := <-served; err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Println("dns server:", err)
+		}
+	})
 
 	port := bs[0].addr.Port()
 	c := httpClient(cfg, true)
+	u.push(c.CloseIdleConnections)
 	dc := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	resolve := func(ctx context.Context) (netip.Addr, error) {
 		q := new(dns.Msg)
@@ -195,92 +234,72 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.
 			return get(ctx, c, "http://"+netip.AddrPortFrom(ip, port).String()+"/")
 		})
 	}
-	cleanup := func() {
-		c.CloseIdleConnections()
-		cancel()
-		if err := <-served; err != nil && !errors.Is(err, context.Canceled) {
-			fmt.Println("dns server:", err)
-		}
-		stopHealth()
-	}
-	return do, cleanup, "", nil
+	return do, u.run, nil
 }
 
-// setupHTTPProxy puts lbkit's HTTP reverse proxy in front of the
-// backends. Clients never retry: the proxy must hide a dead backend by
-// itself (retries on another backend, passive and active health).
-func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
-	pool, chk, stopHealth, err := newPool(bs, roundrobin.Builder{})
+// setupHTTPProxy puts lbkit's HTTP reverse proxy, served by proxy.Server,
+// in front of the backends. Clients never retry: the proxy must hide a
+// dead backend by itself (retries on another backend, passive and active
+// health).
+func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
+	var u undo
+	defer func() {
+		if err != nil {
+			u.run()
+		}
+	}()
+	pool, chk, err := newPool(&u, bs, roundrobin.Builder{}, nil)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
 	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	u.push(func() { _ = h.Close() })
+	// proxy.Server skips net/http's per-request cost; the handler also
+	// works in any http.Server (see proxy.NewServer).
+	ps := &proxy.Server{Handler: h}
+	addr, err := serveLoopback(&u, func(ln net.Listener) error { return ps.Serve(context.Background(), ln) },
+		shutdownWithin(5*time.Second, ps.Shutdown))
 	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
-	srv := proxy.NewServer(h)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	base := "http://" + ln.Addr().String()
 	c := httpClient(cfg, true)
-	do := func(ctx context.Context, i int) error { return get(ctx, c, base+"/") }
-	cleanup := func() {
-		c.CloseIdleConnections()
-		_ = srv.Close()
-		<-done
-		_ = h.Close()
-		stopHealth()
-	}
-	return do, cleanup, "", nil
+	u.push(c.CloseIdleConnections)
+	url := "http://" + addr + "/"
+	return func(ctx context.Context, i int) error { return get(ctx, c, url) }, u.run, nil
 }
 
 // setupTCPProxy puts lbkit's layer-4 proxy in front of the backends.
 // HTTP keep-alive connections are spread, not requests; a connection cut
 // by a dying backend is re-opened by the client, which the proxy sends to
 // a live backend.
-func setupTCPProxy(ctx context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
-	pool, chk, stopHealth, err := newPool(bs, roundrobin.Builder{})
+func setupTCPProxy(_ context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
+	var u undo
+	defer func() {
+		if err != nil {
+			u.run()
+		}
+	}()
+	pool, chk, err := newPool(&u, bs, roundrobin.Builder{}, nil)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	p, err := proxy.NewTCP(proxy.TCPConfig{Pool: pool, Observer: chk})
 	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := serveLoopback(&u, func(ln net.Listener) error { return p.Serve(context.Background(), ln) },
+		shutdownWithin(5*time.Second, p.Shutdown))
 	if err != nil {
-		stopHealth()
-		return nil, nil, "", err
+		return nil, nil, err
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = p.Serve(sctx, ln)
-	}()
-	base := "http://" + ln.Addr().String()
 	c := httpClient(cfg, true)
+	u.push(c.CloseIdleConnections)
+	url := "http://" + addr + "/"
 	do := func(ctx context.Context, i int) error {
-		return retry(ctx, 4, func() error { return get(ctx, c, base+"/") })
+		return retry(ctx, 4, func() error { return get(ctx, c, url) })
 	}
-	cleanup := func() {
-		c.CloseIdleConnections()
-		sd, cancelSD := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = p.Shutdown(sd)
-		cancelSD()
-		cancel()
-		<-done
-		stopHealth()
-	}
-	return do, cleanup, "", nil
+	return do, u.run, nil
 }

@@ -138,11 +138,12 @@ func runL2LB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 			return result{}, err
 		}
 	}
-	pool, _, stopHealth, err := newPoolProbe(env.bs, maglev.Builder{}, env.probe())
+	var u undo
+	defer u.run()
+	pool, _, err := newPool(&u, env.bs, maglev.Builder{}, env.probe())
 	if err != nil {
 		return result{}, err
 	}
-	defer stopHealth()
 	var bal *l2lb.Balancer
 	err = env.lb.Do(func() (err error) {
 		bal, err = l2lb.New(l2lb.Config{
@@ -185,11 +186,12 @@ func runIPLB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err := env.lb.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return result{}, err
 	}
-	pool, _, stopHealth, err := newPoolProbe(env.bs, maglev.Builder{}, env.probe())
+	var u undo
+	defer u.run()
+	pool, _, err := newPool(&u, env.bs, maglev.Builder{}, env.probe())
 	if err != nil {
 		return result{}, err
 	}
-	defer stopHealth()
 	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS())})
 	if err != nil {
 		return result{}, err

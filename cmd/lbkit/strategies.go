@@ -8,11 +8,11 @@ import (
 )
 
 // strategy is one way of spreading the demo's requests over the backends.
-// setup prepares the front-end for bs and returns the per-request
-// function; a non-empty skip says why the strategy cannot run here.
+// setup prepares the front-end for loopback backends bs and returns the
+// per-request function and a cleanup.
 type strategy struct {
 	name  string
-	setup func(ctx context.Context, cfg demoConfig, bs []*backend) (do func(ctx context.Context, i int) error, cleanup func(), skip string, err error)
+	setup func(ctx context.Context, cfg demoConfig, bs []*backend) (do func(ctx context.Context, i int) error, cleanup func(), err error)
 	// run, when set, replaces the loopback set-up: the strategy builds its
 	// own backends (in a namespace lab) and returns its row.
 	run func(ctx context.Context, cfg demoConfig, progress io.Writer) (result, error)
@@ -82,12 +82,9 @@ func runStrategy(ctx context.Context, cfg demoConfig, s strategy, progress io.Wr
 			b.kill()
 		}
 	}()
-	do, cleanup, skip, err := s.setup(ctx, cfg, bs)
+	do, cleanup, err := s.setup(ctx, cfg, bs)
 	if err != nil {
 		return result{}, err
-	}
-	if skip != "" {
-		return result{name: s.name, skip: skip}, nil
 	}
 	defer cleanup()
 	r := drive(ctx, cfg, s.name, bs, do, progress)
@@ -97,12 +94,12 @@ func runStrategy(ctx context.Context, cfg demoConfig, s strategy, progress io.Wr
 
 // setupDirect is the baseline: no balancer; each client request goes
 // straight to backend i mod n.
-func setupDirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), string, error) {
+func setupDirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
 	c := httpClient(cfg, true)
 	urls := make([]string, len(bs))
 	for i, b := range bs {
 		urls[i] = "http://" + b.addr.String() + "/"
 	}
 	do := func(ctx context.Context, i int) error { return get(ctx, c, urls[i%len(urls)]) }
-	return do, c.CloseIdleConnections, "", nil
+	return do, c.CloseIdleConnections, nil
 }
