@@ -42,7 +42,9 @@ import (
 //
 // Metrics: req/s, p50-ms, p99-ms, errors (socket errors, timeouts and
 // non-2xx answers) and cpu-us/req (the proxy's utime+stime from /proc,
-// children included, over requests completed).
+// children included, over requests completed). Each peer's line also
+// carries server-{rps,p99,cpu}-x and lbkit-{rps,p99,cpu}-x: proxy.Server's
+// and proxy.HTTP-under-net/http's figure over that peer's, same run.
 
 const (
 	pxNginx    = "/usr/sbin/nginx"

@@ -76,7 +76,9 @@ type Server struct {
 	// first byte arrived. Zero means DefaultServerReadTimeout.
 	ReadTimeout time.Duration
 	// IdleTimeout bounds the wait for the next request on a kept-alive
-	// connection. Zero means DefaultServerIdleTimeout.
+	// connection. The deadline is moved lazily, so an idle connection may
+	// be closed up to an eighth of IdleTimeout early. Zero means
+	// DefaultServerIdleTimeout.
 	IdleTimeout time.Duration
 	// MaxHeaderBytes caps the request line and headers together; it is
 	// the size of each connection's read buffer. Zero means
