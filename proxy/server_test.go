@@ -258,3 +258,39 @@ func TestServerClientGoneDuringResponse(t *testing.T) {
 	code, _, _ := get(t, testClient(t, 1), p.url+"/")
 	assert.Equal(t, http.StatusOK, code)
 }
+
+func TestServerRequestForms(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	t.Run("absolute form: its authority is the Host", func(t *testing.T) {
+		out := rawRoundTrip(t, p.addr, "GET http://app.example/headers?x=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n")
+		require.True(t, strings.HasPrefix(out, "HTTP/1.1 200 OK\r\n"), out)
+		assert.Contains(t, out, "Host: app.example\n")
+	})
+	t.Run("asterisk form only for OPTIONS", func(t *testing.T) {
+		out := rawRoundTrip(t, p.addr, "GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+		assert.True(t, strings.HasPrefix(out, "HTTP/1.1 400 "), out)
+	})
+	t.Run("CONNECT is refused", func(t *testing.T) {
+		out := rawRoundTrip(t, p.addr, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n")
+		assert.True(t, strings.HasPrefix(out, "HTTP/1.1 405 "), out)
+	})
+	t.Run("HEAD gets no body", func(t *testing.T) {
+		out := rawRoundTrip(t, p.addr, "HEAD /download/100?cl=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		require.True(t, strings.HasPrefix(out, "HTTP/1.1 200 OK\r\n"), out)
+		assert.Contains(t, out, "Content-Length: 100\r\n")
+		assert.True(t, strings.HasSuffix(out, "\r\n\r\n"), "nothing after the head: %q", out)
+	})
+}
+
+func TestServerExpectContinueRefused(t *testing.T) {
+	b := startBackend(t, "a")
+	p := startProxyFE(t, fastServer, HTTPConfig{}, b)
+	p.pool.SetHealthy(b.addr, false)
+	// No backend: the answer comes without 100 Continue, and the
+	// connection is closed since the body was never asked for.
+	out := rawRoundTrip(t, p.addr, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	require.True(t, strings.HasPrefix(out, "HTTP/1.1 503 "), out)
+	assert.NotContains(t, out, "100 Continue")
+	assert.Contains(t, out, "Connection: close\r\n")
+}
