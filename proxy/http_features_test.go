@@ -518,12 +518,8 @@ func testHTTPShutdownFinishesInFlight(t *testing.T, fe frontEnd) {
 	require.NoError(t, <-shut)
 }
 
-// startProxyAddrs is startProxy over bare addresses.
-func startProxyAddrs(t *testing.T, cfg HTTPConfig, addrs ...netip.AddrPort) *testProxy {
-	return startProxyAddrsFE(t, netHTTP, cfg, addrs...)
-}
-
-// startProxyAddrsFE is startProxyAddrs behind the front-end fe.
+// startProxyAddrsFE is startProxy over bare addresses, behind the
+// front-end fe.
 func startProxyAddrsFE(t *testing.T, fe frontEnd, cfg HTTPConfig, addrs ...netip.AddrPort) *testProxy {
 	var bs []*testBackend
 	for _, a := range addrs {
