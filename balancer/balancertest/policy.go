@@ -41,8 +41,10 @@ func LoadedReady(n int) []balancer.Weighted {
 // crash on it).
 func CheckEmpty(t *testing.T, b balancer.Builder) {
 	t.Helper()
-	if _, err := b.Build(nil).Pick(balancer.PickInfo{}); !errors.Is(err, balancer.ErrNoBackend) {
-		t.Errorf("empty picker: got %v, want ErrNoBackend", err)
+	for _, info := range []balancer.PickInfo{{}, balancer.WithKey(1)} {
+		if _, err := b.Build(nil).Pick(info); !errors.Is(err, balancer.ErrNoBackend) {
+			t.Errorf("empty picker, %+v: got %v, want ErrNoBackend", info, err)
+		}
 	}
 }
 

@@ -316,27 +316,10 @@ func TestPickerTableAndEndpoints(t *testing.T) {
 // With Builder.Rand set, keyless picks are reproducible: the same seed
 // gives the same picks, another seed other picks.
 func TestSeededKeylessPicks(t *testing.T) {
-	ready := balancertest.ReadyWeights(1, 2, 3, 4, 5)
-	picks := func(seed uint64) []*balancer.Endpoint {
-		p := maglev.Builder{Rand: mrand.NewPCG(seed, 1)}.Build(ready)
-		out := make([]*balancer.Endpoint, 200)
-		for i := range out {
-			ep, err := p.Pick(balancer.PickInfo{})
-			require.NoError(t, err)
-			out[i] = ep
-		}
-		return out
-	}
-	assert.Equal(t, picks(1), picks(1))
-	assert.NotEqual(t, picks(1), picks(2))
+	balancertest.CheckSeeded(t, func(src mrand.Source) balancer.Builder { return maglev.Builder{Rand: src} })
 }
 
-func TestBuildEmpty(t *testing.T) {
-	_, err := maglev.Builder{}.Build(nil).Pick(balancer.WithKey(1))
-	assert.ErrorIs(t, err, balancer.ErrNoBackend)
-	_, err = maglev.Builder{}.Build(nil).Pick(balancer.PickInfo{})
-	assert.ErrorIs(t, err, balancer.ErrNoBackend)
-}
+func TestBuildEmpty(t *testing.T) { balancertest.CheckEmpty(t, maglev.Builder{}) }
 
 func TestPickNoAllocs(t *testing.T) {
 	for _, n := range []int{1, 3, 100, 1000} {

@@ -282,27 +282,10 @@ func TestBoundedLoadConcurrent(t *testing.T) {
 // With Builder.Rand set, keyless picks are reproducible: the same seed
 // gives the same picks, another seed other picks.
 func TestSeededKeylessPicks(t *testing.T) {
-	ready := balancertest.ReadyWeights(1, 2, 3, 4, 5)
-	picks := func(seed uint64) []*balancer.Endpoint {
-		p := ringhash.Builder{Epsilon: 0.25, Rand: mrand.NewPCG(seed, 1)}.Build(ready)
-		out := make([]*balancer.Endpoint, 200)
-		for i := range out {
-			ep, err := p.Pick(balancer.PickInfo{})
-			require.NoError(t, err)
-			out[i] = ep
-		}
-		return out
-	}
-	assert.Equal(t, picks(1), picks(1))
-	assert.NotEqual(t, picks(1), picks(2))
+	balancertest.CheckSeeded(t, func(src mrand.Source) balancer.Builder { return ringhash.Builder{Epsilon: 0.25, Rand: src} })
 }
 
-func TestBuildEmpty(t *testing.T) {
-	_, err := ringhash.Builder{}.Build(nil).Pick(balancer.WithKey(1))
-	assert.ErrorIs(t, err, balancer.ErrNoBackend)
-	_, err = ringhash.Builder{}.Build(nil).Pick(balancer.PickInfo{})
-	assert.ErrorIs(t, err, balancer.ErrNoBackend)
-}
+func TestBuildEmpty(t *testing.T) { balancertest.CheckEmpty(t, ringhash.Builder{}) }
 
 func TestPickNoAllocs(t *testing.T) {
 	for _, n := range []int{1, 3, 100, 1000} {

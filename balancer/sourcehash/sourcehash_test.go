@@ -181,27 +181,16 @@ func TestDisruption(t *testing.T) {
 func TestSeededKeylessPicks(t *testing.T) {
 	for _, ht := range types {
 		t.Run(ht.String(), func(t *testing.T) {
-			ready := balancertest.ReadyWeights(1, 2, 3, 4, 5)
-			picks := func(seed uint64) []*balancer.Endpoint {
-				p := sourcehash.Builder{HashType: ht, Rand: mrand.NewPCG(seed, 1)}.Build(ready)
-				out := make([]*balancer.Endpoint, 200)
-				for i := range out {
-					ep, err := p.Pick(balancer.PickInfo{})
-					require.NoError(t, err)
-					out[i] = ep
-				}
-				return out
-			}
-			assert.Equal(t, picks(1), picks(1))
-			assert.NotEqual(t, picks(1), picks(2))
+			balancertest.CheckSeeded(t, func(src mrand.Source) balancer.Builder {
+				return sourcehash.Builder{HashType: ht, Rand: src}
+			})
 		})
 	}
 }
 
 func TestBuildEmpty(t *testing.T) {
 	for _, ht := range types {
-		_, err := sourcehash.Builder{HashType: ht}.Build(nil).Pick(balancer.WithKey(1))
-		assert.ErrorIs(t, err, balancer.ErrNoBackend, "%v", ht)
+		balancertest.CheckEmpty(t, sourcehash.Builder{HashType: ht})
 	}
 }
 
