@@ -126,46 +126,6 @@ func retry(ctx context.Context, tries int, f func() error) error {
 	return err
 }
 
-// setupRedirect puts a redirect.Handler in front of the backends, served
-// by redirect.Server: every client asks the dispatcher and follows its 302
-// to a backend.
-func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
-	var u undo
-	defer func() {
-		if err != nil {
-			u.run()
-		}
-	}()
-	pool, _, err := newPool(&u, bs, roundrobin.Builder{}, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	targets := make([]redirect.Target, len(bs))
-	for i, b := range bs {
-		targets[i] = redirect.Target{URL: "http://" + b.addr.String()}
-	}
-	h, err := redirect.New(redirect.Config{Backends: targets, Pool: pool})
-	if err != nil {
-		return nil, nil, err
-	}
-	u.push(func() { _ = h.Close() })
-	// redirect.Server answers without net/http's per-request cost; the
-	// Handler also works in any http.Server.
-	rs := &redirect.Server{Handler: h}
-	addr, err := serveLoopback(&u, func(ln net.Listener) error { return rs.Serve(context.Background(), ln) },
-		shutdownWithin(5*time.Second, rs.Shutdown))
-	if err != nil {
-		return nil, nil, err
-	}
-	c := httpClient(cfg, true)
-	u.push(c.CloseIdleConnections)
-	url := "http://" + addr + "/index.html"
-	do := func(ctx context.Context, i int) error {
-		return retry(ctx, 4, func() error { return get(ctx, c, url) })
-	}
-	return do, u.run, nil
-}
-
 // setupDNS serves the backends' addresses from dnslb: every client
 // resolves the service name (one weighted pick per answer, TTL 1 s), then
 // connects to the address it got on the backends' shared port.
@@ -237,11 +197,19 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (_ func(contex
 	return do, u.run, nil
 }
 
-// setupHTTPProxy puts lbkit's HTTP reverse proxy, served by proxy.Server,
-// in front of the backends. Clients never retry: the proxy must hide a
-// dead backend by itself (retries on another backend, passive and active
-// health).
-func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
+// frontEnd is what a loopback strategy puts in front of the backends: a
+// server on a listener and its graceful shutdown.
+type frontEnd struct {
+	serve    func(net.Listener) error
+	shutdown func(context.Context) error
+}
+
+// setupServed builds a pool over bs kept healthy by a checker, a front-end
+// on it (build), serves it on loopback and returns a client function that
+// GETs path through it, retrying up to tries times.
+func setupServed(cfg demoConfig, bs []*backend, path string, tries int,
+	build func(u *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error),
+) (_ func(context.Context, int) error, _ func(), err error) {
 	var u undo
 	defer func() {
 		if err != nil {
@@ -252,54 +220,70 @@ func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (_ func(co
 	if err != nil {
 		return nil, nil, err
 	}
-	h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
+	fe, err := build(&u, pool, chk)
 	if err != nil {
 		return nil, nil, err
 	}
-	u.push(func() { _ = h.Close() })
-	// proxy.Server skips net/http's per-request cost; the handler also
-	// works in any http.Server (see proxy.NewServer).
-	ps := &proxy.Server{Handler: h}
-	addr, err := serveLoopback(&u, func(ln net.Listener) error { return ps.Serve(context.Background(), ln) },
-		shutdownWithin(5*time.Second, ps.Shutdown))
+	addr, err := serveLoopback(&u, fe.serve, shutdownWithin(5*time.Second, fe.shutdown))
 	if err != nil {
 		return nil, nil, err
 	}
 	c := httpClient(cfg, true)
 	u.push(c.CloseIdleConnections)
-	url := "http://" + addr + "/"
-	return func(ctx context.Context, i int) error { return get(ctx, c, url) }, u.run, nil
+	url := "http://" + addr + path
+	do := func(ctx context.Context, i int) error {
+		return retry(ctx, tries, func() error { return get(ctx, c, url) })
+	}
+	return do, u.run, nil
+}
+
+// setupRedirect puts a redirect.Handler in front of the backends, served
+// by redirect.Server (no net/http per-request cost; the Handler also works
+// in any http.Server): every client asks the dispatcher and follows its
+// 302 to a backend, asking again after an error.
+func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
+	return setupServed(cfg, bs, "/index.html", 4, func(u *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		targets := make([]redirect.Target, len(bs))
+		for i, b := range bs {
+			targets[i] = redirect.Target{URL: "http://" + b.addr.String()}
+		}
+		h, err := redirect.New(redirect.Config{Backends: targets, Pool: pool})
+		if err != nil {
+			return frontEnd{}, err
+		}
+		u.push(func() { _ = h.Close() })
+		rs := &redirect.Server{Handler: h}
+		return frontEnd{func(ln net.Listener) error { return rs.Serve(context.Background(), ln) }, rs.Shutdown}, nil
+	})
+}
+
+// setupHTTPProxy puts lbkit's HTTP reverse proxy, served by proxy.Server
+// (the handler also works in any http.Server, see proxy.NewServer), in
+// front of the backends. Clients never retry: the proxy must hide a dead
+// backend by itself (retries on another backend, passive and active
+// health).
+func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
+	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
+		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
+		if err != nil {
+			return frontEnd{}, err
+		}
+		u.push(func() { _ = h.Close() })
+		ps := &proxy.Server{Handler: h}
+		return frontEnd{func(ln net.Listener) error { return ps.Serve(context.Background(), ln) }, ps.Shutdown}, nil
+	})
 }
 
 // setupTCPProxy puts lbkit's layer-4 proxy in front of the backends.
 // HTTP keep-alive connections are spread, not requests; a connection cut
 // by a dying backend is re-opened by the client, which the proxy sends to
 // a live backend.
-func setupTCPProxy(_ context.Context, cfg demoConfig, bs []*backend) (_ func(context.Context, int) error, _ func(), err error) {
-	var u undo
-	defer func() {
+func setupTCPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
+	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
+		p, err := proxy.NewTCP(proxy.TCPConfig{Pool: pool, Observer: chk})
 		if err != nil {
-			u.run()
+			return frontEnd{}, err
 		}
-	}()
-	pool, chk, err := newPool(&u, bs, roundrobin.Builder{}, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := proxy.NewTCP(proxy.TCPConfig{Pool: pool, Observer: chk})
-	if err != nil {
-		return nil, nil, err
-	}
-	addr, err := serveLoopback(&u, func(ln net.Listener) error { return p.Serve(context.Background(), ln) },
-		shutdownWithin(5*time.Second, p.Shutdown))
-	if err != nil {
-		return nil, nil, err
-	}
-	c := httpClient(cfg, true)
-	u.push(c.CloseIdleConnections)
-	url := "http://" + addr + "/"
-	do := func(ctx context.Context, i int) error {
-		return retry(ctx, 4, func() error { return get(ctx, c, url) })
-	}
-	return do, u.run, nil
+		return frontEnd{func(ln net.Listener) error { return p.Serve(context.Background(), ln) }, p.Shutdown}, nil
+	})
 }
