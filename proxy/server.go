@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,8 +12,9 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/lbkit/lbkit/internal/serve"
 )
 
 // Defaults for [Server] fields left zero.
@@ -87,22 +87,17 @@ type Server struct {
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*srvConn]struct{}
-	closing   atomic.Bool
-	wg        sync.WaitGroup
-	pool      sync.Pool // *srvConn
-	brPool    sync.Pool // *bufio.Reader of MaxHeaderBytes
-	bwPool    sync.Pool // *bufio.Writer
+	g      serve.Group[*srvConn]
+	pool   sync.Pool // *srvConn
+	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
+	bwPool sync.Pool // *bufio.Writer
 }
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := serve.Listen(ctx, "proxy", addr)
 	if err != nil {
-		return fmt.Errorf("proxy: %w", err)
+		return err
 	}
 	return s.Serve(ctx, ln)
 }
@@ -117,78 +112,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return errors.New("proxy: Server.Handler is nil")
 	}
-	log := s.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	if s.listeners == nil {
-		s.listeners = make(map[net.Listener]struct{})
-		s.conns = make(map[*srvConn]struct{})
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		s.mu.Lock()
-		for sc := range s.conns {
-			sc.c.Close()
-		}
-		s.mu.Unlock()
+	return s.g.Serve(ctx, ln, &serve.Config[*srvConn]{
+		Name:    "proxy",
+		Closed:  ErrServerClosed,
+		Logger:  s.Logger,
+		Open:    s.newConn,
+		Serve:   s.serveConn,
+		Release: s.releaseConn,
 	})
-	defer stop()
-
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return ctx.Err()
-			case s.closing.Load():
-				return ErrServerClosed
-			case errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-				errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS):
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				log.Warn("proxy: accept failed; retrying", "err", err, "in", backoff)
-				t := time.NewTimer(backoff)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-				}
-				continue
-			}
-			return fmt.Errorf("proxy: accept: %w", err)
-		}
-		backoff = 0
-		sc := s.newConn(c)
-		s.mu.Lock()
-		if s.closing.Load() || ctx.Err() != nil {
-			s.mu.Unlock()
-			c.Close()
-			s.pool.Put(sc)
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return ErrServerClosed
-		}
-		s.conns[sc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(sc)
-	}
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -197,37 +128,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // them until ctx ends, when it closes those left. It returns nil, or
 // ctx.Err() if it had to force.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing.Store(true)
-	for ln := range s.listeners {
-		ln.Close()
-	}
 	// Wake connections waiting for a request; one serving a request
 	// finishes it first (it checks closing before reading on).
-	for sc := range s.conns {
+	return s.g.Shutdown(ctx, func(sc *srvConn) {
 		if sc.idle.Load() {
 			sc.c.SetReadDeadline(aLongTimeAgo)
 		}
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		for sc := range s.conns {
-			sc.c.Close()
-		}
-		s.mu.Unlock()
-		<-done
-		return ctx.Err()
-	}
+	})
 }
 
-func (s *Server) newConn(c net.Conn) *srvConn {
+func (s *Server) newConn(_ context.Context, c net.Conn) *srvConn {
 	sc, _ := s.pool.Get().(*srvConn)
 	if sc == nil {
 		sc = &srvConn{
@@ -282,18 +192,22 @@ var (
 	_ http.Hijacker       = (*srvConn)(nil)
 )
 
+// Close closes the client connection; the server's group calls it to
+// force a connection shut.
+func (sc *srvConn) Close() error { return sc.c.Close() }
+
+// releaseConn returns sc to the pool once it left the server's group.
+func (s *Server) releaseConn(sc *srvConn) {
+	sc.release()
+	sc.c, sc.s, sc.src = nil, nil, prefixReader{}
+	s.pool.Put(sc)
+}
+
 func (s *Server) serveConn(sc *srvConn) {
 	defer func() {
-		s.mu.Lock()
-		delete(s.conns, sc)
-		s.mu.Unlock()
 		if !sc.hijacked {
 			sc.c.Close()
 		}
-		sc.release()
-		sc.c, sc.s, sc.src = nil, nil, prefixReader{}
-		s.pool.Put(sc)
-		s.wg.Done()
 	}()
 	readTimeout := s.ReadTimeout
 	if readTimeout <= 0 {
@@ -305,7 +219,7 @@ func (s *Server) serveConn(sc *srvConn) {
 	}
 	c := sc.c
 	for {
-		if s.closing.Load() {
+		if s.g.Closing() {
 			if sc.bw != nil {
 				sc.bw.Flush()
 			}
@@ -330,7 +244,7 @@ func (s *Server) serveConn(sc *srvConn) {
 				c.SetReadDeadline(want)
 				sc.dl = want
 			}
-			if s.closing.Load() {
+			if s.g.Closing() {
 				return
 			}
 			n, err := c.Read(sc.first[:])
@@ -531,7 +445,7 @@ func (sc *srvConn) prepare() {
 		clear(sc.rh)
 	}
 	sc.wrote, sc.bodyless, sc.chunked = false, false, false
-	sc.closeConn = !rh.keep() || sc.s.closing.Load()
+	sc.closeConn = !rh.keep() || sc.s.g.Closing()
 }
 
 // Header returns the response header map; the proxy's core fills it for

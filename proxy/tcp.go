@@ -20,6 +20,7 @@ import (
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/balancer/weighted"
 	"github.com/lbkit/lbkit/health"
+	"github.com/lbkit/lbkit/internal/serve"
 )
 
 // Defaults for [TCPConfig] fields left zero.
@@ -108,35 +109,32 @@ type TCP struct {
 
 	counts sync.Map // netip.AddrPort → *atomic.Int64, only with MaxConnsPerBackend
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*tcpConn]struct{}
-	closing   bool
-	idleCh    chan struct{} // closed when conns becomes empty while closing
-	wg        sync.WaitGroup
+	g serve.Group[*tcpConn]
 }
 
 // tcpConn is one proxied connection: the client side and, once dialed,
 // the backend side.
 type tcpConn struct {
 	client  net.Conn
-	cancel  context.CancelFunc // ends dials in progress; set before close can run
+	ctx     context.Context    // Serve's, ended by Close
+	cancel  context.CancelFunc // ends dials in progress; set before Close can run
 	mu      sync.Mutex
 	backend net.Conn
 	closed  bool
 }
 
-// close closes both sides and cancels a dial in progress; it is
-// idempotent.
-func (c *tcpConn) close() {
+// Close closes both sides and cancels a dial in progress; it is
+// idempotent and returns the client side's error.
+func (c *tcpConn) Close() error {
 	c.cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
-	c.client.Close()
+	err := c.client.Close()
 	if c.backend != nil {
 		c.backend.Close()
 	}
+	return err
 }
 
 // setBackend records the backend side, or reports false (and closes b)
@@ -167,12 +165,10 @@ func NewTCP(cfg TCPConfig) (*TCP, error) {
 		return nil, fmt.Errorf("proxy: ProxyProtocol %d is not 0, 1 or 2", cfg.ProxyProtocol)
 	}
 	p := &TCP{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		attempts:  cfg.DialAttempts,
-		idle:      cfg.IdleTimeout,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*tcpConn]struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		attempts: cfg.DialAttempts,
+		idle:     cfg.IdleTimeout,
 	}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -229,10 +225,9 @@ func (p *TCP) Pool() *balancer.Pool { return p.pool }
 
 // ListenAndServe listens on the TCP address addr and calls [TCP.Serve].
 func (p *TCP) ListenAndServe(ctx context.Context, addr string) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := serve.Listen(ctx, "proxy", addr)
 	if err != nil {
-		return fmt.Errorf("proxy: %w", err)
+		return err
 	}
 	return p.Serve(ctx, ln)
 }
@@ -243,102 +238,24 @@ func (p *TCP) ListenAndServe(ctx context.Context, addr string) error {
 // ctx.Err(); after Shutdown it returns [ErrTCPClosed] and leaves open
 // connections to Shutdown.
 func (p *TCP) Serve(ctx context.Context, ln net.Listener) error {
-	p.mu.Lock()
-	if p.closing {
-		p.mu.Unlock()
-		ln.Close()
-		return ErrTCPClosed
-	}
-	p.listeners[ln] = struct{}{}
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.listeners, ln)
-		p.mu.Unlock()
-		ln.Close()
-	}()
-
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-
-	var mine sync.Map // connections accepted here, closed if ctx ends
-	defer func() {
-		if ctx.Err() != nil {
-			mine.Range(func(k, _ any) bool { k.(*tcpConn).close(); return true })
-		}
-	}()
-
-	backoff := time.Duration(0)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			p.mu.Lock()
-			closing := p.closing
-			p.mu.Unlock()
-			if closing {
-				return ErrTCPClosed
-			}
-			if tcpTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.log.Warn("proxy: accept failed; retrying", "err", err, "in", backoff)
-				t := time.NewTimer(backoff)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-				}
-				continue
-			}
-			return fmt.Errorf("proxy: accept: %w", err)
-		}
-		backoff = 0
-		cctx, cancel := context.WithCancel(ctx)
-		tc := &tcpConn{client: c, cancel: cancel}
-		if !p.track(tc) {
-			cancel()
-			c.Close()
-			return ErrTCPClosed
-		}
-		mine.Store(tc, struct{}{})
-		go func() {
-			defer p.wg.Done()
-			defer mine.Delete(tc)
-			defer p.untrack(tc)
-			p.handle(cctx, tc)
-		}()
-	}
+	return p.g.Serve(ctx, ln, &serve.Config[*tcpConn]{
+		Name:      "proxy",
+		Closed:    ErrTCPClosed,
+		Logger:    p.log,
+		Temporary: tcpTemporary,
+		OwnConns:  true,
+		Open: func(ctx context.Context, c net.Conn) *tcpConn {
+			cctx, cancel := context.WithCancel(ctx)
+			return &tcpConn{client: c, ctx: cctx, cancel: cancel}
+		},
+		Serve: p.handle,
+	})
 }
 
 // tcpTemporary reports accept errors worth retrying (out of file
-// descriptors, aborted handshakes).
+// descriptors or memory, aborted handshakes).
 func tcpTemporary(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) ||
-		errors.Is(err, syscall.ENOMEM) || errors.Is(err, os.ErrDeadlineExceeded)
-}
-
-func (p *TCP) track(c *tcpConn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closing {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	p.wg.Add(1)
-	return true
-}
-
-func (p *TCP) untrack(c *tcpConn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.conns, c)
-	if p.closing && len(p.conns) == 0 && p.idleCh != nil {
-		close(p.idleCh)
-		p.idleCh = nil
-	}
+	return serve.Temporary(err) || errors.Is(err, syscall.ENOMEM) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // Shutdown stops the proxy gracefully: it closes every listener at once,
@@ -347,34 +264,7 @@ func (p *TCP) untrack(c *tcpConn) {
 // every connection finished by itself and ctx.Err() otherwise. Serve
 // returns ErrTCPClosed. Shutdown also releases the proxy's own pool.
 func (p *TCP) Shutdown(ctx context.Context) error {
-	p.mu.Lock()
-	p.closing = true
-	for ln := range p.listeners {
-		ln.Close()
-	}
-	var idle chan struct{}
-	if len(p.conns) > 0 {
-		if p.idleCh == nil {
-			p.idleCh = make(chan struct{})
-		}
-		idle = p.idleCh
-	}
-	p.mu.Unlock()
-
-	var err error
-	if idle != nil {
-		select {
-		case <-idle:
-		case <-ctx.Done():
-			err = ctx.Err()
-			p.mu.Lock()
-			for c := range p.conns {
-				c.close()
-			}
-			p.mu.Unlock()
-		}
-	}
-	p.wg.Wait()
+	err := p.g.Shutdown(ctx, nil)
 	if p.own {
 		p.pool.Close()
 	}
@@ -382,8 +272,9 @@ func (p *TCP) Shutdown(ctx context.Context) error {
 }
 
 // handle proxies one client connection.
-func (p *TCP) handle(ctx context.Context, c *tcpConn) {
-	defer c.close()
+func (p *TCP) handle(c *tcpConn) {
+	defer c.Close()
+	ctx := c.ctx
 	client := tcpAddrPort(c.client.RemoteAddr())
 	var info balancer.PickInfo
 	if p.cfg.SourceHash && client.IsValid() {

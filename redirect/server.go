@@ -5,18 +5,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/lbkit/lbkit/internal/serve"
 )
 
 // Defaults for [Server] fields left zero.
@@ -72,11 +71,7 @@ type Server struct {
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	closing   atomic.Bool
-	wg        sync.WaitGroup
+	g serve.Group[net.Conn]
 }
 
 func (s *Server) readTimeout() time.Duration {
@@ -95,10 +90,9 @@ func (s *Server) idleTimeout() time.Duration {
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := serve.Listen(ctx, "redirect", addr)
 	if err != nil {
-		return fmt.Errorf("redirect: %w", err)
+		return err
 	}
 	return s.Serve(ctx, ln)
 }
@@ -113,79 +107,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return errors.New("redirect: Server.Handler is nil")
 	}
-	log := s.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	if s.listeners == nil {
-		s.listeners = make(map[net.Listener]struct{})
-		s.conns = make(map[net.Conn]struct{})
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
+	return s.g.Serve(ctx, ln, &serve.Config[net.Conn]{
+		Name:   "redirect",
+		Closed: ErrServerClosed,
+		Logger: s.Logger,
+		Open:   func(_ context.Context, c net.Conn) net.Conn { return c },
+		Serve:  s.serveConn,
 	})
-	defer stop()
-
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return ctx.Err()
-			case s.closing.Load():
-				return ErrServerClosed
-			case errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-				errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS):
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				log.Warn("redirect: accept failed; retrying", "err", err, "in", backoff)
-				t := time.NewTimer(backoff)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-				}
-				continue
-			}
-			return fmt.Errorf("redirect: accept: %w", err)
-		}
-		backoff = 0
-		s.mu.Lock()
-		if s.closing.Load() {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
-	}
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -193,32 +121,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // instead of waiting for another, and waits for them until ctx ends, when
 // it closes those left. It returns nil, or ctx.Err() if it had to force.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing.Store(true)
-	for ln := range s.listeners {
-		ln.Close()
-	}
 	// Wake connections waiting for a request; one in the middle of a
 	// request finishes it first (it checks closing before reading on).
-	for c := range s.conns {
-		c.SetReadDeadline(time.Now())
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		<-done
-		return ctx.Err()
-	}
+	return s.g.Shutdown(ctx, func(c net.Conn) { c.SetReadDeadline(time.Now()) })
 }
 
 // srvConn is the per-connection state of a Server.
@@ -276,7 +181,7 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	readTimeout, idleTimeout := s.readTimeout(), s.idleTimeout()
 	for {
-		if s.closing.Load() {
+		if s.g.Closing() {
 			return
 		}
 		if sc.br.Buffered() == 0 {
@@ -284,7 +189,7 @@ func (s *Server) serveConn(c net.Conn) {
 			// look at closing again: Shutdown may have set its own
 			// deadline just before ours replaced it.
 			c.SetDeadline(time.Now().Add(idleTimeout))
-			if s.closing.Load() {
+			if s.g.Closing() {
 				return
 			}
 			if len(sc.out) > 0 {
@@ -307,7 +212,7 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 			sc.out = sc.out[:0]
 		}
-		keep, err := sc.step(s.closing.Load())
+		keep, err := sc.step(s.g.Closing())
 		if !keep {
 			if len(sc.out) > 0 {
 				c.Write(sc.out)
