@@ -3,6 +3,7 @@ package balancer
 import (
 	"encoding/binary"
 	"net/netip"
+	"strconv"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -28,6 +29,28 @@ func HashAddrPort(ap netip.AddrPort) uint64 {
 	copy(b[:16], a[:])
 	binary.BigEndian.PutUint16(b[16:], ap.Port())
 	return xxhash.Sum64(b[:])
+}
+
+// Proto is a transport protocol by its IP protocol number, as the kernel
+// data planes (iplb, l2lb) and [HashFlow] use it.
+type Proto uint8
+
+// The transport protocols lbkit balances.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+// String returns "tcp", "udp" or "proto(N)".
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	default:
+		return "proto(" + strconv.Itoa(int(p)) + ")"
+	}
 }
 
 // HashFlow returns a 64-bit hash of a flow's 5-tuple: protocol number

@@ -12,25 +12,13 @@ import (
 )
 
 // Proto is a service's transport protocol.
-type Proto uint8
+type Proto = balancer.Proto
 
 // Supported protocols, by their IP protocol numbers.
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	TCP = balancer.TCP
+	UDP = balancer.UDP
 )
-
-// String returns "tcp" or "udp".
-func (p Proto) String() string {
-	switch p {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
-	default:
-		return fmt.Sprintf("proto(%d)", uint8(p))
-	}
-}
 
 // Mode says how a service translates addresses.
 type Mode uint8

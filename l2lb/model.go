@@ -18,25 +18,13 @@ const RingSize = 65537
 const flowHashSeed = 0x6c326c62666c6f77
 
 // Protocol is an IP protocol number the data plane balances.
-type Protocol uint8
+type Protocol = balancer.Proto
 
 // The protocols a [Service] can carry.
 const (
-	TCP Protocol = 6
-	UDP Protocol = 17
+	TCP = balancer.TCP
+	UDP = balancer.UDP
 )
-
-// String returns "tcp", "udp" or the protocol number.
-func (p Protocol) String() string {
-	switch p {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
-	default:
-		return fmt.Sprintf("proto(%d)", uint8(p))
-	}
-}
 
 // Verdict is what the XDP program does with a frame. Its values are the
 // kernel's XDP action codes.
