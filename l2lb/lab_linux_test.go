@@ -251,9 +251,15 @@ func TestLab(t *testing.T) {
 		assert.Greater(t, clientRx, uint64(n*size))
 		assert.Less(t, lbRx*20, clientRx, "the balancer sees only client-to-server frames")
 		assert.Less(t, xdpBytes*20, clientRx)
-		assert.Equal(t, after.Services[0].Packets-before.Services[0].Packets, after.Forwarded-before.Forwarded-
-			(after.Services[1].Packets-before.Services[1].Packets)-(after.Services[2].Packets-before.Services[2].Packets),
-			"every frame for the service was forwarded")
+		// Stats reads the per-service and global counters one after the
+		// other; a late FIN or ACK of the closed connections can land
+		// between the reads, so compare once the counters are quiet.
+		assert.Eventually(t, func() bool {
+			after, err := l.bal.Stats()
+			require.NoError(t, err)
+			return after.Services[0].Packets-before.Services[0].Packets == after.Forwarded-before.Forwarded-
+				(after.Services[1].Packets-before.Services[1].Packets)-(after.Services[2].Packets-before.Services[2].Packets)
+		}, 5*time.Second, 20*time.Millisecond, "every frame for the service was forwarded")
 	})
 
 	t.Run("a failed backend's new flows move within one apply; others undisturbed", func(t *testing.T) {
@@ -432,16 +438,21 @@ func TestLab(t *testing.T) {
 	assert.Equal(t, AttachGeneric, st.Mode)
 	assert.Zero(t, st.NoBackend)
 	// Every forwarded frame is counted once for its service and once for
-	// its backend.
-	var svcPackets, bePackets uint64
-	for _, s := range st.Services {
-		svcPackets += s.Packets
-		for _, b := range s.Backends {
-			bePackets += b.Packets
+	// its backend. Stats reads the counters one map after another, so a
+	// late frame of a closing connection can land between the reads:
+	// compare once they are quiet.
+	assert.Eventually(t, func() bool {
+		st, err := l.bal.Stats()
+		require.NoError(t, err)
+		var svcPackets, bePackets uint64
+		for _, s := range st.Services {
+			svcPackets += s.Packets
+			for _, b := range s.Backends {
+				bePackets += b.Packets
+			}
 		}
-	}
-	assert.Equal(t, st.Forwarded+st.NoBackend, svcPackets)
-	assert.Equal(t, st.Forwarded, bePackets)
+		return st.Forwarded+st.NoBackend == svcPackets && st.Forwarded == bePackets
+	}, 5*time.Second, 20*time.Millisecond, "service and backend counters add up to the global ones")
 	assert.Equal(t, st.Forwarded, st.ConnHits+st.ConnMisses+st.ConnRepicks-st.NoBackend)
 	t.Logf("stats: %+v", st.Counters)
 }
