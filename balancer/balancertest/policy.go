@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -252,4 +253,33 @@ func CheckSlowStart(t *testing.T, b balancer.Builder, keys func(i int) balancer.
 			t.Errorf("after the window: share %.3f, want %.3f", got, 1.0/n)
 		}
 	})
+}
+
+// CheckDeterministic fails t unless keyed picks from b are reproducible:
+// a picker built over fresh endpoints with the same addresses and weights
+// in reverse order picks the same addresses, and a rebuild over the same
+// ready set picks the same endpoints, for 5000 keys from keys. The ready
+// set has one endpoint per weight.
+func CheckDeterministic(t *testing.T, b balancer.Builder, keys func(i int) balancer.PickInfo, weights ...float64) {
+	t.Helper()
+	ready := ReadyWeights(weights...)
+	a := b.Build(ready)
+	other := ReadyWeights(weights...) // new endpoints, same addresses
+	slices.Reverse(other)
+	o := b.Build(other)
+	c := b.Build(slices.Clone(ready)) // a rebuild that changes nothing
+	for i := range 5000 {
+		ea, errA := a.Pick(keys(i))
+		eo, errO := o.Pick(keys(i))
+		ec, errC := c.Pick(keys(i))
+		if err := errors.Join(errA, errO, errC); err != nil {
+			t.Fatalf("key %d: %v", i, err)
+		}
+		if ea.Addr() != eo.Addr() {
+			t.Fatalf("key %d: %v, but %v from the reordered set", i, ea.Addr(), eo.Addr())
+		}
+		if ea != ec {
+			t.Fatalf("key %d: %v, but %v after a rebuild that changed nothing", i, ea.Addr(), ec.Addr())
+		}
+	}
 }

@@ -267,26 +267,7 @@ func TestPickDistribution(t *testing.T) {
 }
 
 func TestPickDeterministic(t *testing.T) {
-	ready := balancertest.Ready(25)
-	a := maglev.Builder{}.Build(ready)
-	// Independently built: new endpoints with the same addresses, in
-	// another order.
-	other := balancertest.Ready(25)
-	slices.Reverse(other)
-	b := maglev.Builder{}.Build(other)
-	// A rebuild that changes nothing.
-	c := maglev.Builder{}.Build(slices.Clone(ready))
-	keys := balancertest.RandomKeys(3)
-	for i := range 5000 {
-		ea, err := a.Pick(keys(i))
-		require.NoError(t, err)
-		eb, err := b.Pick(keys(i))
-		require.NoError(t, err)
-		ec, err := c.Pick(keys(i))
-		require.NoError(t, err)
-		require.Equal(t, ea.Addr(), eb.Addr(), "key %d", i)
-		require.Same(t, ea, ec, "key %d", i)
-	}
+	balancertest.CheckDeterministic(t, maglev.Builder{}, balancertest.RandomKeys(3), slices.Repeat([]float64{1}, 25)...)
 }
 
 func TestBuildInvalidSize(t *testing.T) {

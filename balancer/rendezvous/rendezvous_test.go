@@ -72,25 +72,7 @@ func TestKeylessPickBoundaries(t *testing.T) {
 }
 
 func TestPickDeterministic(t *testing.T) {
-	ready := balancertest.ReadyWeights(1, 2, 1, 3, 1, 0.5, 1, 2)
-	a := rendezvous.Builder{}.Build(ready)
-	// Independently built: new endpoints with the same addresses and
-	// weights, in another order.
-	other := balancertest.ReadyWeights(1, 2, 1, 3, 1, 0.5, 1, 2)
-	slices.Reverse(other)
-	o := rendezvous.Builder{}.Build(other)
-	c := rendezvous.Builder{}.Build(slices.Clone(ready)) // a rebuild that changes nothing
-	keys := balancertest.RandomKeys(3)
-	for i := range 5000 {
-		ea, err := a.Pick(keys(i))
-		require.NoError(t, err)
-		eo, err := o.Pick(keys(i))
-		require.NoError(t, err)
-		ec, err := c.Pick(keys(i))
-		require.NoError(t, err)
-		require.Equal(t, ea.Addr(), eo.Addr(), "key %d", i)
-		require.Same(t, ea, ec, "key %d", i)
-	}
+	balancertest.CheckDeterministic(t, rendezvous.Builder{}, balancertest.RandomKeys(3), 1, 2, 1, 3, 1, 0.5, 1, 2)
 }
 
 func TestDisruption(t *testing.T) {

@@ -118,23 +118,7 @@ func TestSmallKeysSpread(t *testing.T) {
 func TestPickDeterministic(t *testing.T) {
 	for _, b := range []ringhash.Builder{{}, {Epsilon: 0.5}} {
 		t.Run(fmt.Sprintf("epsilon=%g", b.Epsilon), func(t *testing.T) {
-			ready := balancertest.Ready(25)
-			a := build(t, b, ready)
-			other := balancertest.Ready(25) // new endpoints, same addresses
-			slices.Reverse(other)
-			o := build(t, b, other)
-			c := build(t, b, slices.Clone(ready)) // a rebuild that changes nothing
-			keys := balancertest.RandomKeys(3)
-			for i := range 5000 {
-				ea, err := a.Pick(keys(i))
-				require.NoError(t, err)
-				eo, err := o.Pick(keys(i))
-				require.NoError(t, err)
-				ec, err := c.Pick(keys(i))
-				require.NoError(t, err)
-				require.Equal(t, ea.Addr(), eo.Addr(), "key %d", i)
-				require.Same(t, ea, ec, "key %d", i)
-			}
+			balancertest.CheckDeterministic(t, b, balancertest.RandomKeys(3), slices.Repeat([]float64{1}, 25)...)
 		})
 	}
 }

@@ -120,23 +120,7 @@ func TestPickDistribution(t *testing.T) {
 func TestPickDeterministic(t *testing.T) {
 	for _, ht := range types {
 		t.Run(ht.String(), func(t *testing.T) {
-			ready := balancertest.ReadyWeights(1, 2, 1, 3, 1, 0.5, 1, 2)
-			a := sourcehash.Builder{HashType: ht}.Build(ready)
-			other := balancertest.ReadyWeights(1, 2, 1, 3, 1, 0.5, 1, 2) // new endpoints, same addresses
-			slices.Reverse(other)
-			o := sourcehash.Builder{HashType: ht}.Build(other)
-			c := sourcehash.Builder{HashType: ht}.Build(slices.Clone(ready)) // a rebuild that changes nothing
-			keys := clients(20)
-			for i := range 5000 {
-				ea, err := a.Pick(keys(i))
-				require.NoError(t, err)
-				eo, err := o.Pick(keys(i))
-				require.NoError(t, err)
-				ec, err := c.Pick(keys(i))
-				require.NoError(t, err)
-				require.Equal(t, ea.Addr(), eo.Addr(), "key %d", i)
-				require.Same(t, ea, ec, "key %d", i)
-			}
+			balancertest.CheckDeterministic(t, sourcehash.Builder{HashType: ht}, clients(20), 1, 2, 1, 3, 1, 0.5, 1, 2)
 		})
 	}
 }
