@@ -189,20 +189,61 @@ func CheckSeeded(t *testing.T, build func(src rand.Source) balancer.Builder) {
 // 1000 endpoints, keyless, on one goroutine or (parallel) from GOMAXPROCS
 // goroutines.
 func BenchmarkPick(b *testing.B, builder balancer.Builder, parallel bool) {
+	benchmarkPick(b, builder, parallel, false)
+}
+
+// BenchmarkPickKeyed is [BenchmarkPick] over idle ready sets with a new
+// affinity key for every pick, the path hash-based policies take.
+func BenchmarkPickKeyed(b *testing.B, builder balancer.Builder, parallel bool) {
+	benchmarkPick(b, builder, parallel, true)
+}
+
+func benchmarkPick(b *testing.B, builder balancer.Builder, parallel, keyed bool) {
 	for _, n := range []int{3, 100, 1000} {
 		b.Run(fmt.Sprint("n=", n), func(b *testing.B) {
-			p := builder.Build(LoadedReady(n))
+			ready := LoadedReady(n)
+			if keyed {
+				ready = Ready(n)
+			}
+			p := builder.Build(ready)
+			// pick draws successive keys from a golden-ratio sequence, or
+			// none; every goroutine keeps its own sequence.
+			pick := func(k *uint64) {
+				var info balancer.PickInfo
+				if keyed {
+					*k += 0x9e3779b97f4a7c15
+					info = balancer.WithKey(*k)
+				}
+				_, _ = p.Pick(info)
+			}
 			b.ReportAllocs()
+			b.ResetTimer() // the build is not part of a pick
 			if parallel {
 				b.RunParallel(func(pb *testing.PB) {
+					var k uint64
 					for pb.Next() {
-						_, _ = p.Pick(balancer.PickInfo{})
+						pick(&k)
 					}
 				})
 				return
 			}
+			var k uint64
 			for b.Loop() {
-				_, _ = p.Pick(balancer.PickInfo{})
+				pick(&k)
+			}
+		})
+	}
+}
+
+// BenchmarkBuild measures b's Build over idle ready sets of 3, 100 and
+// 1000 endpoints: the work a pool does on every ready-set change.
+func BenchmarkBuild(b *testing.B, builder balancer.Builder) {
+	for _, n := range []int{3, 100, 1000} {
+		b.Run(fmt.Sprint("n=", n), func(b *testing.B) {
+			ready := Ready(n)
+			b.ReportAllocs()
+			for b.Loop() {
+				builder.Build(ready)
 			}
 		})
 	}

@@ -463,40 +463,11 @@ func BenchmarkBuild(b *testing.B) {
 	})
 }
 
-var epSink *balancer.Endpoint
+// BenchmarkPick measures keyed picks on one goroutine.
+func BenchmarkPick(b *testing.B) { balancertest.BenchmarkPickKeyed(b, maglev.Builder{}, false) }
 
-func BenchmarkPick(b *testing.B) {
-	for _, n := range []int{3, 100, 1000} {
-		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
-			p := maglev.Builder{}.Build(balancertest.Ready(n))
-			b.ReportAllocs()
-			k := uint64(0)
-			for b.Loop() {
-				k += 0x9e3779b97f4a7c15
-				epSink, errSink = p.Pick(balancer.WithKey(k))
-			}
-		})
-	}
-}
-
-func BenchmarkPickParallel(b *testing.B) {
-	for _, n := range []int{3, 100, 1000} {
-		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
-			p := maglev.Builder{}.Build(balancertest.Ready(n))
-			b.ReportAllocs()
-			b.ResetTimer() // the build is not part of a pick
-			b.RunParallel(func(pb *testing.PB) {
-				k := uint64(0)
-				var ep *balancer.Endpoint
-				for pb.Next() {
-					k += 0x9e3779b97f4a7c15
-					ep, _ = p.Pick(balancer.WithKey(k))
-				}
-				epSink = ep
-			})
-		})
-	}
-}
+// BenchmarkPickParallel measures keyed picks from GOMAXPROCS goroutines.
+func BenchmarkPickParallel(b *testing.B) { balancertest.BenchmarkPickKeyed(b, maglev.Builder{}, true) }
 
 // BenchmarkDisruption reports, as the metric "x-ideal", how many times
 // the ideal 1/n of slots move when one of n entries leaves a table of the

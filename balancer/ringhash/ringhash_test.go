@@ -334,17 +334,7 @@ var (
 	errSink error
 )
 
-func BenchmarkBuild(b *testing.B) {
-	for _, n := range []int{3, 100, 1000} {
-		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
-			ready := balancertest.Ready(n)
-			b.ReportAllocs()
-			for b.Loop() {
-				ringhash.Builder{}.Build(ready)
-			}
-		})
-	}
-}
+func BenchmarkBuild(b *testing.B) { balancertest.BenchmarkBuild(b, ringhash.Builder{}) }
 
 func BenchmarkPick(b *testing.B) {
 	for _, tc := range []struct {
@@ -384,21 +374,7 @@ func BenchmarkPick(b *testing.B) {
 	}
 }
 
+// BenchmarkPickParallel measures keyed picks from GOMAXPROCS goroutines.
 func BenchmarkPickParallel(b *testing.B) {
-	for _, n := range []int{3, 100, 1000} {
-		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
-			p := ringhash.Builder{}.Build(balancertest.Ready(n))
-			b.ReportAllocs()
-			b.ResetTimer() // the build is not part of a pick
-			b.RunParallel(func(pb *testing.PB) {
-				k := uint64(0)
-				var ep *balancer.Endpoint
-				for pb.Next() {
-					k += 0x9e3779b97f4a7c15
-					ep, _ = p.Pick(balancer.WithKey(k))
-				}
-				epSink = ep
-			})
-		})
-	}
+	balancertest.BenchmarkPickKeyed(b, ringhash.Builder{}, true)
 }

@@ -240,11 +240,6 @@ func ExampleBuilder() {
 	// still the same backend: true
 }
 
-var (
-	epSink  *balancer.Endpoint
-	errSink error
-)
-
 func BenchmarkBuild(b *testing.B) {
 	for _, ht := range types {
 		for _, n := range []int{3, 100, 1000} {
@@ -260,39 +255,17 @@ func BenchmarkBuild(b *testing.B) {
 	}
 }
 
+// BenchmarkPick measures keyed picks on one goroutine, per hash type.
 func BenchmarkPick(b *testing.B) {
 	for _, ht := range types {
-		for _, n := range []int{3, 100, 1000} {
-			b.Run(benchName(ht, n), func(b *testing.B) {
-				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
-				b.ReportAllocs()
-				k := uint64(0)
-				for b.Loop() {
-					k += 0x9e3779b97f4a7c15
-					epSink, errSink = p.Pick(balancer.WithKey(k))
-				}
-			})
-		}
+		b.Run(ht.String(), func(b *testing.B) { balancertest.BenchmarkPickKeyed(b, sourcehash.Builder{HashType: ht}, false) })
 	}
 }
 
+// BenchmarkPickParallel measures keyed picks from GOMAXPROCS goroutines,
+// per hash type.
 func BenchmarkPickParallel(b *testing.B) {
 	for _, ht := range types {
-		for _, n := range []int{3, 100, 1000} {
-			b.Run(benchName(ht, n), func(b *testing.B) {
-				p := sourcehash.Builder{HashType: ht}.Build(balancertest.Ready(n))
-				b.ReportAllocs()
-				b.ResetTimer() // the build is not part of a pick
-				b.RunParallel(func(pb *testing.PB) {
-					k := uint64(0)
-					var ep *balancer.Endpoint
-					for pb.Next() {
-						k += 0x9e3779b97f4a7c15
-						ep, _ = p.Pick(balancer.WithKey(k))
-					}
-					epSink = ep
-				})
-			})
-		}
+		b.Run(ht.String(), func(b *testing.B) { balancertest.BenchmarkPickKeyed(b, sourcehash.Builder{HashType: ht}, true) })
 	}
 }
