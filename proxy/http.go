@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/health"
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 // Defaults for [HTTPConfig] fields left zero.
@@ -179,8 +179,7 @@ type HTTP struct {
 	via               string // "name", sent as "1.1 name"
 
 	cookieName string
-	cookieKey  []byte
-	cookieTail string // "; Path=/; ... " after the value
+	cookies    *h1.CookieSigner // nil without StickyCookie
 
 	regMu sync.Mutex
 	reg   atomic.Pointer[registry]
@@ -251,34 +250,18 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		}
 		h.trusted = append(h.trusted, p.Masked())
 	}
-	for _, c := range []byte(cfg.Via) {
-		if !tokenTable[c] {
-			return nil, fmt.Errorf("proxy: Via %q is not a token", cfg.Via)
-		}
+	if cfg.Via != "" && !h1.IsToken(cfg.Via) {
+		return nil, fmt.Errorf("proxy: Via %q is not a token", cfg.Via)
 	}
 	if cfg.StickyCookie != "" {
-		for _, c := range []byte(cfg.StickyCookie) {
-			if !tokenTable[c] {
-				return nil, fmt.Errorf("proxy: invalid StickyCookie name %q", cfg.StickyCookie)
-			}
+		if !h1.IsToken(cfg.StickyCookie) {
+			return nil, fmt.Errorf("proxy: invalid StickyCookie name %q", cfg.StickyCookie)
 		}
-		h.cookieName = cfg.StickyCookie
-		h.cookieKey = cfg.CookieKey
-		if h.cookieKey == nil {
-			h.cookieKey = make([]byte, 32)
-			rand.Read(h.cookieKey)
-		} else if len(h.cookieKey) < 16 {
-			return nil, errors.New("proxy: CookieKey must be at least 16 bytes")
+		signer, err := h1.NewCookieSigner("proxy", cfg.CookieKey, cfg.CookieMaxAge, cfg.CookieSecure)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
 		}
-		tail := "; Path=/"
-		if cfg.CookieMaxAge > 0 {
-			tail += "; Max-Age=" + strconv.FormatInt(int64(cfg.CookieMaxAge/time.Second), 10)
-		}
-		tail += "; HttpOnly; SameSite=Lax"
-		if cfg.CookieSecure {
-			tail += "; Secure"
-		}
-		h.cookieTail = tail
+		h.cookieName, h.cookies = cfg.StickyCookie, signer
 	}
 	h.reg.Store(&registry{byEP: map[*balancer.Endpoint]*upstream{}, byToken: map[string]*upstream{}})
 	h.sync()
@@ -626,7 +609,7 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 			hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
 		}
 		if h.cookieName != "" && rq.sticky != u {
-			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
 		}
 	}
 	// Lift the header deadline for the body, unless the whole body is
@@ -778,9 +761,9 @@ func noStop() bool { return false }
 // stream (Content-Type text/event-stream).
 func (h *respHead) eventStream() bool {
 	for _, f := range h.fields {
-		if asciiEqualFold(h.name(f), "Content-Type") {
+		if h1.EqualFold(h.name(f), "Content-Type") {
 			v := h.value(f)
-			return len(v) >= len("text/event-stream") && asciiEqualFold(v[:len("text/event-stream")], "text/event-stream")
+			return len(v) >= len("text/event-stream") && h1.EqualFold(v[:len("text/event-stream")], "text/event-stream")
 		}
 	}
 	return false
@@ -866,14 +849,7 @@ func (h *HTTP) isTrusted(a netip.Addr) bool {
 func (h *HTTP) stickyUpstream(r *http.Request) *upstream {
 	reg := h.reg.Load()
 	for _, line := range r.Header["Cookie"] {
-		for len(line) > 0 {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			part = strings.TrimSpace(part)
-			name, val, ok := strings.Cut(part, "=")
-			if !ok || name != h.cookieName {
-				continue
-			}
+		for val, rest, ok := h1.CutCookie(line, h.cookieName); ok; val, rest, ok = h1.CutCookie(rest, h.cookieName) {
 			if u := reg.byToken[val]; u != nil {
 				return u
 			}
@@ -886,26 +862,9 @@ func (h *HTTP) stickyUpstream(r *http.Request) *upstream {
 // case-insensitively.
 func headerHasToken(vals []string, tok string) bool {
 	for _, v := range vals {
-		found := false
-		forEachTokenString(v, func(t string) {
-			if strings.EqualFold(t, tok) {
-				found = true
-			}
-		})
-		if found {
+		if h1.HasToken(v, tok) {
 			return true
 		}
 	}
 	return false
-}
-
-func forEachTokenString(v string, fn func(string)) {
-	for len(v) > 0 {
-		var tok string
-		tok, v, _ = strings.Cut(v, ",")
-		tok = strings.Trim(tok, " \t")
-		if tok != "" {
-			fn(tok)
-		}
-	}
 }

@@ -174,7 +174,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 		hdr["Via"] = append(hdr["Via"], "2 "+h.via)
 	}
 	if h.cookieName != "" && rq.sticky != u {
-		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
 	}
 	w.WriteHeader(resp.StatusCode)
 	upErr, _ := h.copyStream(w, resp.Body, resp.ContentLength < 0 || isEventStream(hdr))

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
 
@@ -37,8 +38,10 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // TLS, HTTP/2 and middleware; use Server for the highest request rate on
 // plain HTTP/1.1.
 //
-// It is stricter than net/http about what it accepts; each of these gets
-// its status and the connection is closed, and nothing reaches a backend:
+// It is stricter than net/http about what it accepts. Request heads are
+// parsed by the HTTP/1.1 codec it shares with redirect.Server; each of
+// these gets its status and the connection is closed, and nothing
+// reaches a backend:
 //
 //   - 400: a line not ending in CRLF (bare LF), obsolete line folding,
 //     white space before a header's colon, invalid bytes in the method,
@@ -170,7 +173,7 @@ type srvConn struct {
 	idle   atomic.Bool // waiting for a request: Shutdown may wake it
 
 	buf  []byte // the current request head, names canonicalised
-	head reqHead
+	head h1.Head
 	req  http.Request
 	hdr  http.Header // request header, cleared per request
 	trl  http.Header // request trailers, cleared per request
@@ -289,11 +292,11 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		sc.bw.WriteString("0\r\n")
 		for k, vv := range sc.rh {
 			name, ok := cutTrailerPrefix(k)
-			if !ok || !validHeaderName(name) {
+			if !ok || !h1.IsToken(name) {
 				continue
 			}
 			for _, v := range vv {
-				if validHeaderValue(v) {
+				if h1.ValidValue(v) {
 					sc.bw.WriteString(name)
 					sc.bw.WriteString(": ")
 					sc.bw.WriteString(v)
@@ -305,7 +308,7 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 	}
 	if sc.closeConn || !sc.body.done() {
 		if sc.bw.Flush() == nil && !sc.body.done() {
-			lingerClose(sc.c, sc.br)
+			h1.LingerClose(sc.c, sc.br)
 		}
 		return false
 	}
@@ -319,67 +322,28 @@ func cutTrailerPrefix(k string) (string, bool) {
 	return "", false
 }
 
-// lingerClose half-closes c and reads what the client still sends for a
-// short while, so the response is not lost to a reset caused by unread
-// request data.
-func lingerClose(c net.Conn, br *bufio.Reader) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	io.CopyN(io.Discard, br, 256<<10)
-}
-
 // readRequest reads one request head into sc.buf and parses it. It
 // returns 0, a status to refuse the request with, or -1 when the
 // connection failed.
 func (sc *srvConn) readRequest(readTimeout time.Duration) int {
-	checked := 0
-	deadlineSet := false
-	for {
-		buf, _ := sc.br.Peek(sc.br.Buffered())
-		end := -1
-		for i := checked; i < len(buf); i++ {
-			if buf[i] != '\n' {
-				continue
-			}
-			if i == 0 || buf[i-1] != '\r' {
-				return http.StatusBadRequest // bare LF
-			}
-			if i >= 3 && buf[i-2] == '\n' {
-				end = i + 1
-				break
-			}
-		}
-		if end > 0 {
-			sc.buf = append(sc.buf[:0], buf[:end]...)
-			sc.br.Discard(end)
-			break
-		}
-		checked = len(buf)
-		if len(buf) >= sc.br.Size() {
-			for _, c := range buf {
-				if c == '\n' {
-					return http.StatusRequestHeaderFieldsTooLarge
-				}
-			}
-			return http.StatusRequestURITooLong
-		}
-		if !deadlineSet {
-			// Most heads arrive whole: only a partial one costs a
-			// deadline update.
-			sc.dl = time.Now().Add(readTimeout)
-			sc.c.SetReadDeadline(sc.dl)
-			deadlineSet = true
-		}
-		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
-			return -1
-		}
+	head, code, err := h1.ReadHead(sc.br, func() {
+		// Most heads arrive whole: only a partial one costs a deadline
+		// update.
+		sc.dl = time.Now().Add(readTimeout)
+		sc.c.SetReadDeadline(sc.dl)
+	})
+	if err != nil {
+		return -1
 	}
-	if code := parseRequestHead(sc.buf, &sc.head); code != 0 {
+	if code != 0 {
 		return code
 	}
-	if sc.head.chunked || sc.head.contentLength > 0 {
+	sc.buf = append(sc.buf[:0], head...)
+	sc.br.Discard(len(head))
+	if code := sc.head.Parse(sc.buf); code != 0 {
+		return code
+	}
+	if sc.head.HasBody() {
 		// Bodies may take long to upload; the idle deadline must not
 		// cut them.
 		sc.dl = time.Time{}
@@ -393,42 +357,42 @@ func (sc *srvConn) prepare() {
 	rh := &sc.head
 	clear(sc.hdr)
 	vals := sc.vals[:0]
-	for _, f := range rh.fields {
-		if old, ok := sc.hdr[f.name]; ok {
-			sc.hdr[f.name] = append(old, f.value)
+	for _, f := range rh.Fields {
+		if old, ok := sc.hdr[f.Name]; ok {
+			sc.hdr[f.Name] = append(old, f.Value)
 			continue
 		}
 		i := len(vals)
-		vals = append(vals, f.value)
-		sc.hdr[f.name] = vals[i : i+1 : i+1]
+		vals = append(vals, f.Value)
+		sc.hdr[f.Name] = vals[i : i+1 : i+1]
 	}
 	sc.vals = vals
 	u := sc.req.URL
 	*u = url.URL{}
 	r := &sc.req
 	*r = http.Request{
-		Method:     rh.method,
+		Method:     rh.Method,
 		URL:        u,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
-		ProtoMinor: rh.minor,
+		ProtoMinor: rh.Minor,
 		Header:     sc.hdr,
-		Host:       rh.host,
+		Host:       rh.Host,
 		RemoteAddr: sc.remote,
-		RequestURI: rh.target,
+		RequestURI: rh.Target,
 	}
-	if rh.minor == 0 {
+	if rh.Minor == 0 {
 		r.Proto = "HTTP/1.0"
 	}
-	if rh.target[0] != '/' && rh.target != "*" {
+	if rh.Target[0] != '/' && rh.Target != "*" {
 		// Absolute form: its authority replaces Host (RFC 9112 3.2.2).
-		if pu, err := url.ParseRequestURI(rh.target); err == nil {
+		if pu, err := url.ParseRequestURI(rh.Target); err == nil {
 			r.URL = pu
 			r.Host = pu.Host
 		}
 	}
 	sc.body.reset(sc, rh)
-	if rh.chunked {
+	if rh.Chunked {
 		if len(sc.trl) > 0 {
 			clear(sc.trl)
 		}
@@ -437,7 +401,7 @@ func (sc *srvConn) prepare() {
 	}
 	if sc.body.left != 0 {
 		r.Body = &sc.body
-		r.ContentLength = rh.contentLength
+		r.ContentLength = rh.ContentLength
 	} else {
 		r.Body = http.NoBody
 	}
@@ -445,7 +409,7 @@ func (sc *srvConn) prepare() {
 		clear(sc.rh)
 	}
 	sc.wrote, sc.bodyless, sc.chunked = false, false, false
-	sc.closeConn = !rh.keep() || sc.s.g.Closing()
+	sc.closeConn = !rh.KeepAlive() || sc.s.g.Closing()
 }
 
 // Header returns the response header map; the proxy's core fills it for
@@ -460,17 +424,17 @@ func (sc *srvConn) WriteHeader(code int) {
 	sc.wrote = true
 	sc.bodyless = sc.req.Method == http.MethodHead || code == 204 || code == 304 || code < 200
 	bw := sc.bw
-	writeStatusLine(bw, code, nil)
+	h1.WriteStatusLine(bw, code, nil)
 	hasCL := false
 	for k, vv := range sc.rh {
-		if _, ok := cutTrailerPrefix(k); ok || isHopByHop([]byte(k)) || !validHeaderName(k) {
+		if _, ok := cutTrailerPrefix(k); ok || isHopByHop([]byte(k)) || !h1.IsToken(k) {
 			continue
 		}
 		if k == "Content-Length" {
 			hasCL = true
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !h1.ValidValue(v) {
 				continue
 			}
 			bw.WriteString(k)
@@ -489,7 +453,7 @@ func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *r
 	sc.wrote = true
 	sc.bodyless = bodyless
 	bw := sc.bw
-	writeStatusLine(bw, head.status, head.reason)
+	h1.WriteStatusLine(bw, head.status, head.reason)
 	for _, f := range head.fields {
 		if f.skip {
 			continue
@@ -515,7 +479,7 @@ func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *r
 		bw.WriteString(h.cookieName)
 		bw.WriteByte('=')
 		bw.WriteString(u.token)
-		bw.WriteString(h.cookieTail)
+		bw.WriteString(h.cookies.Attrs)
 		bw.WriteString("\r\n")
 	}
 	sc.endHead(hasCL)
@@ -526,7 +490,7 @@ func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *r
 func (sc *srvConn) endHead(hasCL bool) {
 	bw := sc.bw
 	if !sc.bodyless && !hasCL {
-		if sc.head.minor == 1 {
+		if sc.head.Minor == 1 {
 			sc.chunked = true
 			bw.WriteString("Transfer-Encoding: chunked\r\n")
 		} else {
@@ -541,7 +505,7 @@ func (sc *srvConn) endHead(hasCL bool) {
 	switch {
 	case sc.closeConn:
 		bw.WriteString("Connection: close\r\n\r\n")
-	case sc.head.minor == 0:
+	case sc.head.Minor == 0:
 		bw.WriteString("Connection: keep-alive\r\n\r\n")
 	default:
 		bw.WriteString("\r\n")
@@ -639,7 +603,7 @@ func (r *prefixReader) Read(p []byte) (int, error) {
 func (sc *srvConn) writeRefusal(code int) {
 	msg := "proxy: " + http.StatusText(code) + "\n"
 	bw := sc.bw
-	writeStatusLine(bw, code, nil)
+	h1.WriteStatusLine(bw, code, nil)
 	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
 	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(msg)), 10))
 	bw.WriteString("\r\nConnection: close\r\n\r\n")
@@ -658,15 +622,15 @@ type bodyReader struct {
 	scratch []byte
 }
 
-func (b *bodyReader) reset(sc *srvConn, rh *reqHead) {
+func (b *bodyReader) reset(sc *srvConn, rh *h1.Head) {
 	b.sc = sc
-	b.expect = rh.expectContinue
+	b.expect = rh.ExpectContinue
 	switch {
-	case rh.chunked:
+	case rh.Chunked:
 		b.left = -1
 		b.cr = chunkedReader{br: sc.br, scratch: &b.scratch, limit: sc.br.Size()}
-	case rh.contentLength > 0:
-		b.left = rh.contentLength
+	case rh.ContentLength > 0:
+		b.left = rh.ContentLength
 	default:
 		b.left = 0
 	}

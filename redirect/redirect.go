@@ -1,10 +1,6 @@
 package redirect
 
 import (
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +18,7 @@ import (
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/balancer/weighted"
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 // Affinity selects how a [Handler] keeps a client on the same backend.
@@ -201,14 +198,13 @@ var _ http.Handler = (*Handler)(nil)
 
 // Preallocated header values: assigned straight into the header map.
 var (
-	hdrNoStore     = []string{"no-store"}
-	hdrVaryCookie  = []string{"Cookie"}
-	hdrTextPlain   = []string{"text/plain; charset=utf-8"}
-	hdrNoSniff     = []string{"nosniff"}
-	bodyNoBackend  = []byte("redirect: no backend available\n")
-	bodyTooLong    = []byte("redirect: URI too long\n")
-	bodyBadPath    = []byte("redirect: path has dot segments\n")
-	cookieTokenLen = base64.RawURLEncoding.EncodedLen(16)
+	hdrNoStore    = []string{"no-store"}
+	hdrVaryCookie = []string{"Cookie"}
+	hdrTextPlain  = []string{"text/plain; charset=utf-8"}
+	hdrNoSniff    = []string{"nosniff"}
+	bodyNoBackend = []byte("redirect: no backend available\n")
+	bodyTooLong   = []byte("redirect: URI too long\n")
+	bodyBadPath   = []byte("redirect: path has dot segments\n")
 )
 
 // New validates cfg and returns a handler. It returns an error for a
@@ -281,19 +277,17 @@ func New(cfg Config) (*Handler, error) {
 	// Longest prefix first, so the first match is the best one.
 	slices.SortStableFunc(h.zones, func(a, b ZoneRule) int { return b.Prefix.Bits() - a.Prefix.Bits() })
 
-	key := cfg.CookieKey
+	var signer *h1.CookieSigner
 	if cfg.Affinity == AffinityCookie {
 		if h.cookieName == "" {
 			h.cookieName = DefaultCookieName
 		}
-		if !validCookieName(h.cookieName) {
+		if !h1.ValidCookieName(h.cookieName) {
 			return nil, fmt.Errorf("redirect: invalid CookieName %q", h.cookieName)
 		}
-		if key == nil {
-			key = make([]byte, 32)
-			rand.Read(key)
-		} else if len(key) < 16 {
-			return nil, errors.New("redirect: CookieKey must be at least 16 bytes")
+		var err error
+		if signer, err = h1.NewCookieSigner("redirect", cfg.CookieKey, cfg.CookieMaxAge, cfg.CookieSecure); err != nil {
+			return nil, fmt.Errorf("redirect: %w", err)
 		}
 		h.byToken = make(map[string]*target, len(cfg.Backends))
 		h.vary = hdrVaryCookie
@@ -315,9 +309,9 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("redirect: backend %d (%q): duplicate address %v", i, tc.URL, addr)
 		}
 		t := &target{backend: balancer.Backend{Addr: addr, Weight: tc.Weight, Zone: tc.Zone}, base: base}
-		if cfg.Affinity == AffinityCookie {
-			t.token = cookieToken(key, addr)
-			t.setCookie = []string{h.setCookieValue(t.token, cfg)}
+		if signer != nil {
+			t.token = signer.Token(addr)
+			t.setCookie = []string{signer.SetCookie(h.cookieName, t.token)}
 			h.byToken[t.token] = t
 		}
 		h.targets = append(h.targets, t)
@@ -624,50 +618,12 @@ func parseBase(raw string, fallback bool) (string, netip.AddrPort, error) {
 	return base, netip.AddrPortFrom(a, port), nil
 }
 
-// cookieToken returns the opaque cookie value naming addr: the first 16
-// bytes of HMAC-SHA256(key, "lbkit/redirect" 0x00 addr), base64url.
-func cookieToken(key []byte, addr netip.AddrPort) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("lbkit/redirect\x00"))
-	m.Write([]byte(addr.String()))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
-}
-
-func (h *Handler) setCookieValue(token string, cfg Config) string {
-	v := h.cookieName + "=" + token + "; Path=/"
-	if cfg.CookieMaxAge > 0 {
-		v += "; Max-Age=" + strconv.FormatInt(int64(cfg.CookieMaxAge/time.Second), 10)
-	}
-	v += "; HttpOnly; SameSite=Lax"
-	if cfg.CookieSecure {
-		v += "; Secure"
-	}
-	return v
-}
-
-func validCookieName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // cookieTarget returns the target named by the affinity cookie in the
 // Cookie header lines, or nil. It does not allocate.
 func (h *Handler) cookieTarget(lines []string) *target {
 	for _, line := range lines {
-		for len(line) > 0 {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			part = strings.TrimSpace(part)
-			name, val, ok := strings.Cut(part, "=")
-			if !ok || name != h.cookieName || len(val) != cookieTokenLen {
+		for val, rest, ok := h1.CutCookie(line, h.cookieName); ok; val, rest, ok = h1.CutCookie(rest, h.cookieName) {
+			if len(val) != h1.TokenLen {
 				continue
 			}
 			if t := h.byToken[val]; t != nil {
