@@ -23,6 +23,8 @@ const (
 	DefaultServerReadTimeout = 10 * time.Second
 	DefaultServerIdleTimeout = 2 * time.Minute
 	DefaultServerMaxHeader   = 16 << 10
+	// DefaultServerBodyIdleTimeout is nginx's client_body_timeout.
+	DefaultServerBodyIdleTimeout = 30 * time.Second
 )
 
 // ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
@@ -83,6 +85,13 @@ type Server struct {
 	// be closed up to an eighth of IdleTimeout early. Zero means
 	// DefaultServerIdleTimeout.
 	IdleTimeout time.Duration
+	// BodyIdleTimeout bounds the wait for each read of a request body:
+	// a client that stops sending its body for this long is disconnected
+	// (and the backend's request aborted). It bounds the time between
+	// body bytes, not the whole upload (see HTTPConfig.RequestTimeout),
+	// and does not apply to upgraded connections (WebSocket). Zero means
+	// DefaultServerBodyIdleTimeout; negative means no limit.
+	BodyIdleTimeout time.Duration
 	// MaxHeaderBytes caps the request line and headers together; it is
 	// the size of each connection's read buffer. Zero means
 	// DefaultServerMaxHeader.
@@ -243,7 +252,7 @@ func (s *Server) serveConn(sc *srvConn) {
 			sc.idle.Store(true)
 			// The idle deadline moves only when it drifted by an eighth
 			// of IdleTimeout: most requests then set no timer.
-			if want := time.Now().Add(idleTimeout); sc.dl.IsZero() || want.Sub(sc.dl) > idleTimeout/8 {
+			if want := time.Now().Add(idleTimeout); sc.dl.IsZero() || drifted(want, sc.dl, idleTimeout) {
 				c.SetReadDeadline(want)
 				sc.dl = want
 			}
@@ -276,7 +285,10 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		sc.writeRefusal(code)
 		return false
 	}
-	sc.prepare()
+	if !sc.prepare() {
+		sc.writeRefusal(http.StatusBadRequest)
+		return false
+	}
 	abort := sc.s.Handler.serve(sc, &sc.req)
 	if sc.hijacked {
 		return false
@@ -345,15 +357,24 @@ func (sc *srvConn) readRequest(readTimeout time.Duration) int {
 	}
 	if sc.head.HasBody() {
 		// Bodies may take long to upload; the idle deadline must not
-		// cut them.
+		// cut them. The body's reads set their own (bodyReader.Read).
 		sc.dl = time.Time{}
 		sc.c.SetReadDeadline(sc.dl)
 	}
 	return 0
 }
 
-// prepare fills sc.req from sc.head, reusing every part of it.
-func (sc *srvConn) prepare() {
+// drifted reports whether deadline want is more than an eighth of d away
+// from the deadline set: only then is it worth a timer update.
+func drifted(want, set time.Time, d time.Duration) bool {
+	diff := want.Sub(set)
+	return diff > d/8 || diff < -d/8
+}
+
+// prepare fills sc.req from sc.head, reusing every part of it. It
+// reports false for a target net/url cannot take, which the parser
+// should have refused already: such a request is never forwarded.
+func (sc *srvConn) prepare() bool {
 	rh := &sc.head
 	clear(sc.hdr)
 	vals := sc.vals[:0]
@@ -384,12 +405,19 @@ func (sc *srvConn) prepare() {
 	if rh.Minor == 0 {
 		r.Proto = "HTTP/1.0"
 	}
-	if rh.Target[0] != '/' && rh.Target != "*" {
+	switch {
+	case rh.Target[0] == '/' || rh.Target == "*":
+	case rh.Method == http.MethodConnect:
+		// Authority form, as net/http gives it.
+		u.Host, r.Host = rh.Target, rh.Target
+	default:
 		// Absolute form: its authority replaces Host (RFC 9112 3.2.2).
-		if pu, err := url.ParseRequestURI(rh.Target); err == nil {
-			r.URL = pu
-			r.Host = pu.Host
+		pu, err := url.ParseRequestURI(rh.Target)
+		if err != nil || pu.Host == "" {
+			return false
 		}
+		r.URL = pu
+		r.Host = pu.Host
 	}
 	sc.body.reset(sc, rh)
 	if rh.Chunked {
@@ -410,6 +438,7 @@ func (sc *srvConn) prepare() {
 	}
 	sc.wrote, sc.bodyless, sc.chunked = false, false, false
 	sc.closeConn = !rh.KeepAlive() || sc.s.g.Closing()
+	return true
 }
 
 // Header returns the response header map; the proxy's core fills it for
@@ -641,8 +670,19 @@ func (b *bodyReader) done() bool {
 	return b.left == 0 || b.left < 0 && b.cr.done
 }
 
-// Read reads body bytes.
+// Read reads body bytes, each read bounded by the server's
+// BodyIdleTimeout.
 func (b *bodyReader) Read(p []byte) (int, error) {
+	sc := b.sc
+	if idle := sc.s.BodyIdleTimeout; idle >= 0 && !b.done() {
+		if idle == 0 {
+			idle = DefaultServerBodyIdleTimeout
+		}
+		if want := time.Now().Add(idle); sc.dl.IsZero() || drifted(want, sc.dl, idle) {
+			sc.dl = want
+			sc.c.SetReadDeadline(want)
+		}
+	}
 	if b.expect {
 		b.expect = false
 		bw := b.sc.bw

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,11 @@ func TestServerRefusesAmbiguousRequests(t *testing.T) {
 		{"relative target", "GET a HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
 		{"huge header", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n", "431"},
 		{"huge request line", "GET /" + strings.Repeat("a", 100<<10) + " HTTP/1.1\r\nHost: x\r\n\r\n", "414"},
+		{"bad escape in an absolute-form path", "GET http://x/a%zz?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"escaped space in an absolute-form authority", "GET http://a%20b/x HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"empty absolute-form authority", "GET http:///x HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"user info in an absolute-form authority", "GET http://u@x/ HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"bad escape in an origin-form path", "GET /a%2 HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
 		{"bad chunk size", "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"},
 	}
 	for _, tt := range tests {
@@ -293,4 +299,87 @@ func TestServerExpectContinueRefused(t *testing.T) {
 	require.True(t, strings.HasPrefix(out, "HTTP/1.1 503 "), out)
 	assert.NotContains(t, out, "100 Continue")
 	assert.Contains(t, out, "Connection: close\r\n")
+}
+
+// serveFast serves srv on a loopback listener until cleanup and returns
+// its address.
+func serveFast(t *testing.T, srv *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(context.Background(), ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-served
+	})
+	return ln.Addr().String()
+}
+
+func newTestHTTP(t *testing.T, backends ...*testBackend) *HTTP {
+	t.Helper()
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	for _, b := range backends {
+		require.NoError(t, pool.Add(balancer.Backend{Addr: b.addr}))
+	}
+	h, err := NewHTTP(HTTPConfig{Pool: pool})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		h.Close()
+		pool.Close()
+	})
+	return h
+}
+
+// TestServerBodyIdleTimeout: a client that announces a body, sends part
+// of it and goes silent is disconnected after BodyIdleTimeout (issue 16),
+// with the idle and read timeouts far away.
+func TestServerBodyIdleTimeout(t *testing.T) {
+	assert.Equal(t, 30*time.Second, DefaultServerBodyIdleTimeout)
+	b := startBackend(t, "a")
+	addr := serveFast(t, &Server{Handler: newTestHTTP(t, b), BodyIdleTimeout: 100 * time.Millisecond, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	for _, body := range []string{"Content-Length: 1000\r\n\r\nabc", "Transfer-Encoding: chunked\r\n\r\n3e8\r\nabc"} {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\n"+body)
+		require.NoError(t, err)
+		out, err := io.ReadAll(c)
+		require.NoError(t, err, "the server closes the connection; the client does not time out")
+		assert.NotContains(t, string(out), "200 OK")
+		c.Close()
+	}
+}
+
+// TestServerBodyIdleTimeoutNotOnUpgrades: a WebSocket stream may stay
+// silent for longer than BodyIdleTimeout.
+func TestServerBodyIdleTimeoutNotOnUpgrades(t *testing.T) {
+	b := startBackend(t, "a")
+	addr := serveFast(t, &Server{Handler: newTestHTTP(t, b), BodyIdleTimeout: 20 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	// Silence for ten body timeouts: the read times out on our side, the
+	// connection stays up.
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = br.ReadByte()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	require.NoError(t, writeWSFrame(c, 1, []byte("still there")))
+	_, payload, err := readWSFrame(br)
+	require.NoError(t, err)
+	assert.Equal(t, "still there", string(payload))
 }

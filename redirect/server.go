@@ -20,6 +20,8 @@ const (
 	DefaultReadTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = 2 * time.Minute
 	DefaultMaxHeaderBytes = 16 << 10
+	// DefaultBodyIdleTimeout is nginx's client_body_timeout.
+	DefaultBodyIdleTimeout = 30 * time.Second
 )
 
 // ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
@@ -29,8 +31,12 @@ var ErrServerClosed = errors.New("redirect: server closed")
 // net/http: a purpose-built responder that reads only the request line and
 // the headers the handler uses, writes the response straight into a
 // per-connection buffer and does not allocate per request. It answers
-// exactly what [Handler.ServeHTTP] answers for the same request, and is
-// stricter than net/http about what it accepts:
+// what [Handler.ServeHTTP] answers under net/http for the same request,
+// with two exceptions: "OPTIONS *" is redirected to a backend's root
+// (net/http's server answers it itself with 200 and never calls the
+// handler), and CONNECT gets 400 (net/http hands it to the handler, which
+// redirects it to "/"). It is stricter than net/http about what it
+// accepts:
 //
 //   - request heads are parsed by the HTTP/1.1 codec it shares with
 //     proxy.Server, with the same smuggling rules: a line not ending in
@@ -64,6 +70,11 @@ type Server struct {
 	// IdleTimeout bounds the wait for the next request on a kept-alive
 	// connection. Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// BodyIdleTimeout bounds the wait for each read of a request body the
+	// server skips (the time between body bytes); ReadTimeout still
+	// bounds the request as a whole. Zero means DefaultBodyIdleTimeout;
+	// negative means only ReadTimeout applies.
+	BodyIdleTimeout time.Duration
 	// MaxHeaderBytes caps the request line and headers together; it is
 	// the size of each connection's read buffer, which holds a whole
 	// request head while it is answered. Zero means
@@ -141,6 +152,7 @@ type srvConn struct {
 	ncookie int
 	linger  bool      // unread request body may follow the last response
 	now     time.Time // when the current batch of requests arrived
+	readDL  time.Time // now + ReadTimeout: the whole request's deadline
 }
 
 // request is what the server keeps of one request beside sc.head.
@@ -196,7 +208,8 @@ func (s *Server) serveConn(c net.Conn) {
 				return
 			}
 			sc.now = time.Now() // the request's arrival: Date and the read deadline
-			c.SetReadDeadline(sc.now.Add(readTimeout))
+			sc.readDL = sc.now.Add(readTimeout)
+			c.SetReadDeadline(sc.readDL)
 		}
 		if len(sc.out) >= maxPendingOut {
 			// A client pipelining without reading: push answers out
@@ -239,11 +252,38 @@ func (sc *srvConn) step(closing bool) (keep bool, err error) {
 		return false, nil
 	}
 	if req.bodyLen > 0 {
-		if _, err := sc.br.Discard(int(req.bodyLen)); err != nil {
+		if err := sc.skipBody(req.bodyLen); err != nil {
 			return false, err
 		}
 	}
 	return true, nil
+}
+
+// skipBody discards n body bytes. Each wait for more is bounded by
+// BodyIdleTimeout as well as by the request's ReadTimeout.
+func (sc *srvConn) skipBody(n int64) error {
+	idle := sc.s.BodyIdleTimeout
+	if idle == 0 {
+		idle = DefaultBodyIdleTimeout
+	}
+	for n > 0 {
+		if sc.br.Buffered() == 0 {
+			// Tests drive step without a connection.
+			if sc.c != nil && idle > 0 {
+				dl := time.Now().Add(idle)
+				if !sc.readDL.IsZero() && sc.readDL.Before(dl) {
+					dl = sc.readDL
+				}
+				sc.c.SetReadDeadline(dl)
+			}
+			if _, err := sc.br.Peek(1); err != nil {
+				return err
+			}
+		}
+		k, _ := sc.br.Discard(int(min(n, int64(sc.br.Buffered()))))
+		n -= int64(k)
+	}
+	return nil
 }
 
 // readRequest reads and parses one request head. sc.head's strings

@@ -112,6 +112,10 @@ func TestServerStrict(t *testing.T) {
 		{"version", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, true},
 		{"garbage version", "GET / FTP/1.1\r\nHost: x\r\n\r\n", 400, true},
 		{"authority form", "CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
+		{"empty absolute-form authority", "GET http:///x HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
+		{"bad escape in an absolute-form path", "GET http://x/%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
+		{"absolute form", "GET HTTP://evil.example HTTP/1.1\r\nHost: x\r\n\r\n", 302, false},
+		{"asterisk form", "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 307, false},
 		{"long line", "GET /" + strings.Repeat("a", DefaultMaxHeaderBytes) + " HTTP/1.1\r\nHost: x\r\n\r\n", 414, true},
 		{"many headers", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 1000)+"\r\n", 40) + "\r\n", 431, true},
 		{"chunked body", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 307, true},
@@ -433,14 +437,17 @@ func TestServerTimeouts(t *testing.T) {
 		name  string
 		send  string
 		after time.Duration // when the server must have closed
+		want  string        // in the answer; "" for none
 	}{
-		{"idle keep-alive", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", time.Minute},
-		{"stalled head", "GET / HTTP/1.1\r\nHo", 10 * time.Second},
+		{"idle keep-alive", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", time.Minute, "302 Found"},
+		{"stalled head", "GET / HTTP/1.1\r\nHo", 10 * time.Second, ""},
+		// Issue 16: the time between body bytes is bounded on its own.
+		{"stalled body", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc", 3 * time.Second, "307"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := &Server{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second}
+				s := &Server{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second, BodyIdleTimeout: 3 * time.Second}
 				client, server := net.Pipe()
 				done := make(chan struct{})
 				go func() { s.serveConn(server); close(done) }()
@@ -449,8 +456,8 @@ func TestServerTimeouts(t *testing.T) {
 				out, _ := io.ReadAll(client) // until the server closes
 				<-done
 				assert.Equal(t, tt.after, time.Since(start))
-				if strings.HasPrefix(tt.name, "idle") {
-					assert.Contains(t, string(out), "302 Found")
+				if tt.want != "" {
+					assert.Contains(t, string(out), tt.want)
 				} else {
 					assert.Empty(t, out, "a stalled request gets no answer")
 				}

@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -48,6 +49,18 @@ func TestParseRefuses(t *testing.T) {
 		{"relative target", "GET a HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"asterisk with GET", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"other scheme", "GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"bad escape in the path", "GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"cut escape in the path", "GET /a%2 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"bad escape in an absolute path", "GET http://x/a%zz?q HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"escaped space in the authority", "GET http://a%20b/x HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"empty authority", "GET http:///x HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"empty authority before a query", "GET http://?x HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"port without host", "GET http://:80/ HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"user info", "GET http://u:p@x/ HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"letters in the port", "GET http://x:8o/ HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"bracketed IPv4", "GET http://[1.2.3.4]/ HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"open IPv6 literal", "GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"CONNECT without port", "CONNECT x HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"DEL in target", "GET /a\x7f HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"bad byte in method", "G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
 		{"bytes after the empty line", "GET / HTTP/1.1\r\nHost: x\r\n\r\nX", 400},
@@ -169,6 +182,9 @@ func FuzzParse(f *testing.F) {
 		"GET / HTTP/1.1\nHost: x\n\n",                                                           // bare LF: refused
 		"GET / HTTP/1.1\r\nHost : x\r\n\r\n",                                                    // space before colon: refused
 		"GET / HTTP/9.9\r\nHost: x\r\n\r\n",                                                     // version: 505
+		"GET http://a%20b/x HTTP/1.1\r\nHost: y\r\n\r\n",                                        // escape in the authority
+		"GET http:///x HTTP/1.1\r\nHost: y\r\n\r\n",                                             // empty authority
+		"GET /a%zz HTTP/1.1\r\nHost: y\r\n\r\n",                                                 // bad escape
 	} {
 		f.Add([]byte(seed))
 	}
@@ -201,15 +217,23 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// checkTarget holds an accepted target's parts against its text.
+// checkTarget holds an accepted target against net/url: what the
+// parser accepts, url.ParseRequestURI accepts too, with the same
+// authority and query.
 func checkTarget(t *testing.T, h *Head) {
 	t.Helper()
 	if h.Target == "*" {
 		return
 	}
-	q, hasQ := h.RawQuery()
-	if hasQ {
-		require.True(t, strings.HasSuffix(h.Target, "?"+q))
+	if h.Method == http.MethodConnect && h.Target[0] != '/' {
+		require.Equal(t, h.Target, h.Authority())
+		return
 	}
-	require.True(t, strings.Contains(h.Target, h.Authority()))
+	u, err := url.ParseRequestURI(h.Target)
+	require.NoError(t, err)
+	require.Equal(t, u.Host, h.Authority())
+	q, hasQ := h.RawQuery()
+	require.Equal(t, u.RawQuery, q)
+	require.Equal(t, u.ForceQuery || u.RawQuery != "", hasQ)
+	require.NotEmpty(t, h.Path())
 }

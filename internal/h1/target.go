@@ -1,11 +1,33 @@
 package h1
 
-import "net/http"
+import (
+	"net/http"
+	"net/netip"
+)
 
-// parseTarget checks h.Target's form and records where its parts are.
-// The forms (RFC 9112 3.2): origin ("/p?q"), asterisk ("*", OPTIONS
-// only), authority (CONNECT only: "host:port") and absolute
-// ("http://host/p?q", http or https).
+// authorityTable marks the bytes of a reg-name host: unreserved and
+// sub-delims (RFC 3986 3.2.2), without percent-encoding.
+var authorityTable = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=" {
+		t[c] = true
+	}
+	return t
+}()
+
+// parseTarget validates h.Target and records where its parts are. The
+// forms (RFC 9112 3.2): origin ("/p?q"), asterisk ("*", OPTIONS only),
+// authority (CONNECT only: "host:port") and absolute ("http://host/p?q",
+// http or https). A target parses when its path's percent-escapes are
+// well formed and, in the authority and absolute forms, the authority is
+// a non-empty host (a reg-name without percent-encoding, or a bracketed
+// IPv6 literal) with an optional port and no user info.
 func (h *Head) parseTarget() bool {
 	t := h.Target
 	n := len(t)
@@ -17,6 +39,7 @@ func (h *Head) parseTarget() bool {
 		return h.Method == http.MethodOptions
 	case h.Method == http.MethodConnect:
 		h.authEnd = n
+		return validAuthority(t, true)
 	default:
 		i := 0
 		switch {
@@ -31,13 +54,61 @@ func (h *Head) parseTarget() bool {
 		for j < n && t[j] != '/' && t[j] != '?' {
 			j++
 		}
+		if !validAuthority(t[i:j], false) {
+			return false
+		}
 		h.authStart, h.authEnd, h.pathStart = i, j, j
 	}
 	q := h.pathStart
 	for q < n && t[q] != '?' {
+		if t[q] == '%' && (q+2 >= n || Unhex(t[q+1]) < 0 || Unhex(t[q+2]) < 0) {
+			return false
+		}
 		q++
 	}
 	h.queryStart = q
+	return true
+}
+
+// validAuthority reports whether a is host[:port] with a non-empty host;
+// needPort requires the port (CONNECT).
+func validAuthority(a string, needPort bool) bool {
+	i := 0
+	if len(a) > 0 && a[0] == '[' {
+		i = 1
+		for i < len(a) && (Unhex(a[i]) >= 0 || a[i] == ':' || a[i] == '.') {
+			i++
+		}
+		if i >= len(a) || a[i] != ']' {
+			return false
+		}
+		if ip, err := netip.ParseAddr(a[1:i]); err != nil || !ip.Is6() {
+			return false
+		}
+		i++
+	} else {
+		for i < len(a) && authorityTable[a[i]] {
+			i++
+		}
+		if i == 0 {
+			return false
+		}
+	}
+	if i == len(a) {
+		return !needPort
+	}
+	if a[i] != ':' {
+		return false // user info, percent-encoding or other bytes
+	}
+	port := a[i+1:]
+	if needPort && port == "" {
+		return false
+	}
+	for j := 0; j < len(port); j++ {
+		if port[j] < '0' || port[j] > '9' {
+			return false
+		}
+	}
 	return true
 }
 
