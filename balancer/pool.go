@@ -116,7 +116,8 @@ type Pool struct {
 	mu        sync.Mutex
 	members   []*member
 	index     map[netip.AddrPort]*member
-	populated bool // the pool has been in service: later joins slow-start
+	populated bool   // the pool has been in service: later joins slow-start
+	join      Health // health of members that join from now on
 	timer     *time.Timer
 	closed    bool
 }
@@ -164,7 +165,7 @@ func New(cfg Config) (*Pool, error) {
 		log = slog.Default()
 	}
 	log = log.With("pool", cfg.Name)
-	p := &Pool{cfg: cfg, log: log, index: make(map[netip.AddrPort]*member)}
+	p := &Pool{cfg: cfg, log: log, index: make(map[netip.AddrPort]*member), join: Healthy}
 	p.snap.Store(&Snapshot{Picker: ErrPicker(ErrNoBackend), changed: make(chan struct{})})
 	return p, nil
 }
@@ -207,6 +208,16 @@ func (p *Pool) Observer() Observer {
 		return b.o
 	}
 	return nil
+}
+
+// SetJoinHealth sets the health of members that join the pool from now
+// on: [Healthy] (the default, for a pool without a checker), or
+// [HealthUnknown] for a pool whose checker must judge a member before it
+// gets work. health.Checker.Follow sets it.
+func (p *Pool) SetJoinHealth(h Health) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.join = h
 }
 
 // Pick chooses an endpoint from the current snapshot. It never blocks and
@@ -428,6 +439,10 @@ func (p *Pool) newMember(b Backend, now time.Time) *member {
 	ep := NewEndpoint(b)
 	ep.decay = float64(p.cfg.EWMADecay)
 	ep.pool = p
+	if p.join != Healthy {
+		ep.healthy.Store(false)
+		ep.unknown.Store(p.join == HealthUnknown)
+	}
 	m := &member{ep: ep}
 	if p.populated && p.cfg.SlowStart > 0 {
 		m.readySince = now
