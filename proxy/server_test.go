@@ -206,14 +206,23 @@ func TestServerServeAndShutdown(t *testing.T) {
 }
 
 // TestServerAllocs holds the whole round trip through Server — parsing,
-// forwarding, the answer — to no allocation per request once warm.
+// forwarding, the answer — to no allocation per request once warm, with
+// no key and with a key read from the head (hooks unset).
 func TestServerAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
+	for _, key := range []string{"", "header:user-agent", "client"} {
+		t.Run("key="+key, func(t *testing.T) { testServerAllocs(t, balancer.MustParseKey(key)) })
+	}
+}
+
+func testServerAllocs(t *testing.T, key balancer.Key) {
 	const answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 	addr := keepAliveBackend(t, answer)
-	p := startProxyAddrsFE(t, fastServer, HTTPConfig{}, addr)
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	require.NoError(t, pool.Add(balancer.Backend{Addr: addr}))
+	p := startProxyAddrsFE(t, fastServer, HTTPConfig{Pool: pool, Key: key})
 	c, err := net.Dial("tcp", p.addr)
 	require.NoError(t, err)
 	defer c.Close()

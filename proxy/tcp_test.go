@@ -532,11 +532,7 @@ func TestTCPHealthDriven(t *testing.T) {
 	require.NoError(t, err)
 	defer chk.Close()
 	p, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b1.addr}, {Addr: b2.addr}}, Observer: chk})
-	for _, a := range []netip.AddrPort{b1.addr, b2.addr} {
-		require.NoError(t, chk.SetTarget(health.Target{Addr: a, Probe: health.TCP{}, Interval: 50 * time.Millisecond, Fall: 1, Rise: 1, Initial: health.Healthy}))
-	}
-	stop := chk.Drive(p.Pool())
-	defer stop()
+	require.NoError(t, chk.Follow(p.Pool(), health.Template{Probe: health.TCP{}, Interval: 50 * time.Millisecond, Fall: 1, Rise: 1, Initial: health.Healthy}))
 
 	b1.close()
 	require.Eventually(t, func() bool { return len(p.Pool().Snapshot().Ready) == 1 }, tcpWait, 5*time.Millisecond)

@@ -81,14 +81,11 @@ func redirCheck(t *testing.T, h *Handler, interval time.Duration) {
 	t.Helper()
 	chk, err := health.New(health.Config{Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
-	for _, ep := range h.Pool().Endpoints() {
-		require.NoError(t, chk.SetTarget(health.Target{
-			Addr: ep.Addr(), Probe: health.TCP{}, Interval: interval, Timeout: 5 * time.Second,
-			Fall: 1, Rise: 1, Initial: health.Healthy,
-		}))
-	}
-	stop := chk.Drive(h.Pool())
-	t.Cleanup(func() { stop(); chk.Close() })
+	require.NoError(t, chk.Follow(h.Pool(), health.Template{
+		Probe: health.TCP{}, Interval: interval, Timeout: 5 * time.Second,
+		Fall: 1, Rise: 1, Initial: health.Healthy,
+	}))
+	t.Cleanup(func() { chk.Close() })
 }
 
 func TestEndToEndWeights(t *testing.T) {

@@ -205,61 +205,6 @@ func isDotSegment(s string) bool {
 	return dots <= 2
 }
 
-// clientAddr returns the client's address: the TCP peer, or, when the peer
-// is a trusted proxy, the rightmost hop of the X-Forwarded-For lines xff
-// that is not trusted. An unparsable hop stops the walk at the last
-// trusted one. The zero Addr means unknown. It does not allocate.
-func (h *Handler) clientAddr(peer netip.Addr, xff []string) netip.Addr {
-	if !peer.IsValid() || len(h.trusted) == 0 || !h.isTrusted(peer) {
-		return peer
-	}
-	for i := len(xff) - 1; i >= 0; i-- {
-		line := xff[i]
-		for len(line) > 0 {
-			var hop string
-			if j := strings.LastIndexByte(line, ','); j >= 0 {
-				hop, line = line[j+1:], line[:j]
-			} else {
-				hop, line = line, ""
-			}
-			hop = strings.TrimSpace(hop)
-			if hop == "" {
-				continue
-			}
-			a := parseHostAddr(hop)
-			if !a.IsValid() {
-				return peer
-			}
-			if !h.isTrusted(a) {
-				return a
-			}
-			peer = a
-		}
-	}
-	return peer
-}
-
-func (h *Handler) isTrusted(a netip.Addr) bool {
-	for _, p := range h.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// parseHostAddr parses "ip", "ip:port" or "[ip]:port" and returns the
-// address unmapped, or the zero Addr.
-func parseHostAddr(s string) netip.Addr {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap()
-	}
-	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-		return a.Unmap()
-	}
-	return netip.Addr{}
-}
-
 // zoneOf returns the zone of the longest rule containing a, or "".
 func (h *Handler) zoneOf(a netip.Addr) string {
 	for _, z := range h.zones {

@@ -180,7 +180,7 @@ type Handler struct {
 	links       int
 	fallback    []string
 	retryAfter  []string
-	trusted     []netip.Prefix
+	trusted     h1.Trusted
 	maxURL      int
 	log         *slog.Logger
 	noTargetLog atomic.Bool
@@ -374,7 +374,7 @@ func (h *Handler) BaseURL(addr netip.AddrPort) (string, bool) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var peer netip.Addr
 	if h.needClient() {
-		peer = parseHostAddr(r.RemoteAddr)
+		peer = h1.ParseHostAddr(r.RemoteAddr)
 	}
 	path, query, hasQuery := requestTarget(r)
 	d := h.decide(r.Method, path, query, hasQuery, peer, r.Header["X-Forwarded-For"], r.Header["Cookie"])
@@ -429,7 +429,7 @@ func (h *Handler) needClient() bool { return h.affinity == AffinityClientIP || l
 func (h *Handler) decide(method, path, query string, hasQuery bool, peer netip.Addr, xff, cookies []string) decision {
 	var client netip.Addr
 	if h.needClient() {
-		client = h.clientAddr(peer, xff)
+		client = h.trusted.Client(peer, xff)
 	}
 	snap := h.pool.Snapshot()
 	var t, had *target

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -332,7 +333,7 @@ func TestClientAddr(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			r.RemoteAddr = tt.remote
 			r.Header["X-Forwarded-For"] = tt.xff
-			assert.Equal(t, tt.want, h.clientAddr(parseHostAddr(r.RemoteAddr), r.Header["X-Forwarded-For"]).String())
+			assert.Equal(t, tt.want, h.trusted.Client(h1.ParseHostAddr(r.RemoteAddr), r.Header["X-Forwarded-For"]).String())
 		})
 	}
 }

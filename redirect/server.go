@@ -183,7 +183,7 @@ func (s *Server) serveConn(c net.Conn) {
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		sc.peer = ta.AddrPort().Addr().Unmap()
 	} else if c.RemoteAddr() != nil {
-		sc.peer = parseHostAddr(c.RemoteAddr().String())
+		sc.peer = h1.ParseHostAddr(c.RemoteAddr().String())
 	}
 	readTimeout, idleTimeout := s.readTimeout(), s.idleTimeout()
 	for {

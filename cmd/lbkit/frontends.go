@@ -260,8 +260,9 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 // backend by itself (retries on another backend, passive and active
 // health).
 func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
-		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
+	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		// The checker follows the pool: outcomes reach it through Done.
+		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, RetryStatuses: []int{502, 503, 504}})
 		if err != nil {
 			return frontEnd{}, err
 		}
