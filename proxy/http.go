@@ -558,8 +558,8 @@ func (h *HTTP) reportAttempt(rq *request, u *upstream, try int, t0 time.Time, re
 func (h *HTTP) pickInfo(w http.ResponseWriter, r *http.Request, peer netip.Addr) balancer.PickInfo {
 	client := h.trusted.Client(peer, r.Header["X-Forwarded-For"])
 	if sc, ok := w.(*srvConn); ok {
-		sc.client = client
-		return h.key.Request((*keyView)(sc))
+		sc.key = h1.KeyRequest{Head: &sc.head, Client: client}
+		return h.key.Request(&sc.key)
 	}
 	return h.key.Request(balancer.HTTPRequest(r, client))
 }

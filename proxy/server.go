@@ -8,14 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
@@ -181,8 +179,8 @@ type srvConn struct {
 	first  [2 << 10]byte // the first read of a request, made without br
 	dl     time.Time     // the read deadline last set
 	remote string
-	client netip.Addr  // the current request's client, for its key
-	idle   atomic.Bool // waiting for a request: Shutdown may wake it
+	key    h1.KeyRequest // the current request as a key source
+	idle   atomic.Bool   // waiting for a request: Shutdown may wake it
 
 	buf  []byte // the current request head, names canonicalised
 	head h1.Head
@@ -580,37 +578,6 @@ func (sc *srvConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	sc.hijacked = true
 	sc.c.SetReadDeadline(time.Time{})
 	return sc.c, bufio.NewReadWriter(sc.br, bufio.NewWriter(sc.c)), nil
-}
-
-// keyView is a srvConn seen as its current request's
-// [balancer.KeyRequest], read from the parsed head without allocating.
-// (srvConn's own Header is the http.ResponseWriter's.)
-type keyView srvConn
-
-var _ balancer.KeyRequest = (*keyView)(nil)
-
-// ClientAddr returns the request's client address.
-func (k *keyView) ClientAddr() netip.Addr { return k.client }
-
-// Header returns the first value of the named field.
-func (k *keyView) Header(name string) ([]byte, bool) {
-	v, ok := k.head.Header(name)
-	return h1.Bytes(v), ok
-}
-
-// Cookie returns the value of the named cookie.
-func (k *keyView) Cookie(name string) ([]byte, bool) {
-	v, ok := k.head.Cookie(name)
-	return h1.Bytes(v), ok
-}
-
-// Path returns the target's path.
-func (k *keyView) Path() []byte { return h1.Bytes(k.head.Path()) }
-
-// Query returns the raw value of the named query parameter.
-func (k *keyView) Query(name string) ([]byte, bool) {
-	v, ok := k.head.Query(name)
-	return h1.Bytes(v), ok
 }
 
 // acquire takes a reader and a writer from the server's pools.

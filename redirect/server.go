@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
@@ -145,8 +146,9 @@ type srvConn struct {
 	br      *bufio.Reader
 	out     []byte
 	peer    netip.Addr
-	head    h1.Head   // the current request, parsed in br's buffer
-	xff     [4]string // the last X-Forwarded-For lines of a request
+	head    h1.Head       // the current request, parsed in br's buffer
+	key     h1.KeyRequest // the current request as a key source
+	xff     [4]string     // the last X-Forwarded-For lines of a request
 	nxff    int
 	cookies [8]string // the first Cookie lines of a request
 	ncookie int
@@ -357,7 +359,16 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 		sc.writeError(http.StatusBadRequest)
 		return false
 	}
-	d := h.decide(sc.head.Method, path, query, hasQuery, sc.peer, sc.xff[:sc.nxff], sc.cookies[:sc.ncookie])
+	var client netip.Addr
+	if h.needClient() {
+		client = h.trusted.Client(sc.peer, sc.xff[:sc.nxff])
+	}
+	var kr balancer.KeyRequest
+	if !h.key.IsZero() {
+		sc.key = h1.KeyRequest{Head: &sc.head, Client: client}
+		kr = &sc.key
+	}
+	d := h.decide(sc.head.Method, path, query, hasQuery, client, sc.cookies[:sc.ncookie], kr)
 	b := sc.out
 	switch {
 	case d.fallback:
@@ -380,7 +391,7 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 			b = append(b, "\r\n"...)
 		}
 		if h.links > 0 {
-			if l := h.duplicateLinks(d.snap, d.t, path, query, hasQuery); l != "" {
+			if l := h.duplicateLinks(d.snap, d.v, d.t, path, query, hasQuery); l != "" {
 				b = append(b, "Link: "...)
 				b = append(b, l...)
 				b = append(b, "\r\n"...)

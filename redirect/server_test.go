@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // redirStartServer serves h with a Server on loopback and returns its
@@ -54,7 +57,7 @@ func redirRaw(t *testing.T, addr, raw string) *http.Response {
 // TestServerMatchesHandler sends the same raw requests to the handler in
 // net/http and to the Server: same status, same Location.
 func TestServerMatchesHandler(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirB}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirB})})
 	std := httptest.NewServer(h)
 	t.Cleanup(std.Close)
 	fast := redirStartServer(t, h)
@@ -95,7 +98,7 @@ func TestServerMatchesHandler(t *testing.T) {
 }
 
 func TestServerStrict(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	addr := redirStartServer(t, h)
 	tests := []struct {
 		name, raw string
@@ -138,7 +141,7 @@ func TestServerStrict(t *testing.T) {
 }
 
 func TestServerPipelining(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	addr := redirStartServer(t, h)
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	require.NoError(t, err)
@@ -159,7 +162,7 @@ func TestServerPipelining(t *testing.T) {
 
 func TestServerEndToEnd(t *testing.T) {
 	bs := []*redirBackend{redirStartBackend(t, "a"), redirStartBackend(t, "b")}
-	h := redirNew(t, Config{Backends: []Target{{URL: bs[0].srv.URL}, {URL: bs[1].srv.URL}}, Affinity: AffinityCookie})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{{URL: bs[0].srv.URL}, {URL: bs[1].srv.URL}}), StickyCookie: redirCookie})
 	url := "http://" + redirStartServer(t, h)
 	c := redirClient(t)
 	jar, err := cookiejar.New(nil)
@@ -188,23 +191,23 @@ func TestServerEndToEnd(t *testing.T) {
 }
 
 func TestServerNoBackend(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
-	h.Pool().SetHealthy(h.targets[0].backend.Addr, false)
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
+	h.Pool().SetHealthy(netip.MustParseAddrPort("127.0.0.1:8081"), false)
 	addr := redirStartServer(t, h)
 	resp := redirRaw(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	assert.Equal(t, 503, resp.StatusCode)
 	assert.Equal(t, "5", resp.Header.Get("Retry-After"))
 	assert.False(t, resp.Close, "503 keeps the connection")
 
-	f := redirNew(t, Config{Backends: []Target{redirA}, FallbackURL: "http://198.18.0.1/sorry"})
-	f.Pool().SetHealthy(f.targets[0].backend.Addr, false)
+	f := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA}), FallbackURL: "http://198.18.0.1/sorry"})
+	f.Pool().SetHealthy(netip.MustParseAddrPort("127.0.0.1:8081"), false)
 	resp = redirRaw(t, redirStartServer(t, f), "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
 	assert.Equal(t, 302, resp.StatusCode)
 	assert.Equal(t, "http://198.18.0.1/sorry", resp.Header.Get("Location"))
 }
 
 func TestServerShutdown(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	s := &Server{Handler: h, IdleTimeout: time.Hour}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -232,7 +235,7 @@ func TestServerShutdown(t *testing.T) {
 }
 
 func TestServerAllocations(t *testing.T) {
-	for _, cfg := range []Config{{}, {Affinity: AffinityCookie}, {Affinity: AffinityClientIP}} {
+	for _, cfg := range []Config{{}, {StickyCookie: redirCookie}, {Key: balancer.MustParseKey("client")}} {
 		h := redirNew(t, cfg)
 		sc := &srvConn{s: &Server{Handler: h}, out: make([]byte, 0, 1024)}
 		raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: x\r\nCookie: a=b\r\n\r\n")
@@ -261,7 +264,7 @@ func FuzzServer(f *testing.F) {
 	f.Add([]byte("GET /%0d%0a HTTP/1.1\r\nHost: x\r\nCookie: lbkit_backend=AAAAAAAAAAAAAAAAAAAAAA\r\n\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"))
 	f.Add([]byte("GET /a/../b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"))
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}, DuplicateLinks: 1, Affinity: AffinityCookie})
+	h, err := New(Config{Pool: redirPool(f, []tgt{redirA, redirB, redirC}), DuplicateLinks: 1, StickyCookie: redirCookie})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -300,7 +303,7 @@ func FuzzServer(f *testing.F) {
 // the middle of requests: the answers must equal those for the input in
 // one piece.
 func TestServerSplitArrival(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirB}, Affinity: AffinityCookie, CookieKey: []byte("0123456789abcdef")})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirB}), StickyCookie: redirCookie, CookieKey: []byte("0123456789abcdef")})
 	input := []byte("GET /first/path?with=query HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\n\r\n" +
 		"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\npayload" +
 		"GET /third/" + strings.Repeat("p", 60) + "?q=" + strings.Repeat("v", 40) + " HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.18.0.1\r\n\r\n")
@@ -337,7 +340,7 @@ func ppBytewiseRedir(b []byte) []io.Reader {
 // TestServerPipelineFlood pipelines many requests before reading any
 // answer: the server writes as it goes and answers every one.
 func TestServerPipelineFlood(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	addr := redirStartServer(t, h)
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	require.NoError(t, err)
@@ -360,7 +363,7 @@ func TestServerPipelineFlood(t *testing.T) {
 func TestServerServeContext(t *testing.T) {
 	assert.Error(t, (&Server{}).Serve(context.Background(), redirListen(t)), "a Server needs a Handler")
 
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	s := &Server{Handler: h}
 	ln := redirListen(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -392,11 +395,10 @@ func redirListen(t *testing.T) net.Listener {
 // BenchmarkServerStep is the Server's own cost per request, without the
 // network: parse one pipelined request head and render the redirect.
 func BenchmarkServerStep(b *testing.B) {
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}})
+	h, err := New(Config{Pool: redirPool(b, []tgt{redirA, redirB, redirC})})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer h.Close()
 	raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n")
 	r := bytes.NewReader(raw)
 	sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, 4096), out: make([]byte, 0, 1024)}
@@ -414,11 +416,10 @@ func BenchmarkServerStep(b *testing.B) {
 // BenchmarkHandlerServeHTTP is the handler's cost per request under
 // net/http, without the server: the decision and the header map writes.
 func BenchmarkHandlerServeHTTP(b *testing.B) {
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}})
+	h, err := New(Config{Pool: redirPool(b, []tgt{redirA, redirB, redirC})})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer h.Close()
 	r := httptest.NewRequest(http.MethodGet, "/static/app.js?v=42", nil)
 	w := &redirWriter{h: http.Header{}}
 	b.ReportAllocs()
@@ -432,7 +433,7 @@ func BenchmarkHandlerServeHTTP(b *testing.B) {
 // synctest bubble: a kept-alive connection is closed after IdleTimeout,
 // and a request head that stalls halfway after ReadTimeout.
 func TestServerTimeouts(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	tests := []struct {
 		name  string
 		send  string
