@@ -79,7 +79,10 @@ func redirStartServer(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &redirect.Server{Handler: h}
+	s, err := redirect.NewServer(redirect.ServerConfig{Handler: h})
+	if err != nil {
+		b.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(context.Background(), ln) }()
 	b.Cleanup(func() {

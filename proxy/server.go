@@ -18,7 +18,7 @@ import (
 	"github.com/lbkit/lbkit/internal/serve"
 )
 
-// Defaults for [Server] fields left zero.
+// Defaults for [ServerConfig] fields left zero.
 const (
 	DefaultServerReadTimeout = 10 * time.Second
 	DefaultServerIdleTimeout = 2 * time.Minute
@@ -27,7 +27,8 @@ const (
 	DefaultServerBodyIdleTimeout = 30 * time.Second
 )
 
-// ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
+// ErrServerClosed is returned by [Server.Serve] called after the server
+// was stopped (Shutdown, Close or the end of an earlier Serve's context).
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Server serves HTTP/1.1 clients with an [HTTP] proxy without net/http's
@@ -36,9 +37,8 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // straight into the connection's buffer. The forwarding itself — picking,
 // retries, limits and queue, passive health, sticky cookies, forwarding
 // headers, hop-by-hop stripping, 502/503/504 — is the handler's, shared
-// with [HTTP.ServeHTTP]. Use [HTTP] under net/http (see [NewServer]) for
-// TLS, HTTP/2 and middleware; use Server for the highest request rate on
-// plain HTTP/1.1.
+// with [HTTP.ServeHTTP]. Use [HTTP] under net/http for TLS, HTTP/2 and
+// middleware; use Server for the highest request rate on plain HTTP/1.1.
 //
 // It is stricter than net/http about what it accepts. Request heads are
 // parsed by the HTTP/1.1 codec it shares with redirect.Server; each of
@@ -72,9 +72,20 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // or HTTPConfig.ResponseHeaderTimeout passes. There is no write timeout;
 // bound requests with HTTPConfig.RequestTimeout.
 //
-// Serve, Shutdown and ListenAndServe are safe for concurrent use. The
-// exported fields must not change after Serve is first called.
+// Make one with [NewServer]. Serve, ListenAndServe, Shutdown and Close
+// are safe for concurrent use. The server never closes its handler nor
+// the handler's pool.
 type Server struct {
+	cfg    ServerConfig // defaults filled in
+	g      serve.Group[*srvConn]
+	pool   sync.Pool // *srvConn
+	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
+	bwPool sync.Pool // *bufio.Writer
+}
+
+// ServerConfig configures a [Server]. Only Handler is required; every
+// other field has a useful zero value, documented on the field.
+type ServerConfig struct {
 	// Handler forwards the requests. Required.
 	Handler *HTTP
 	// ReadTimeout bounds the time to receive a request head once its
@@ -98,11 +109,22 @@ type Server struct {
 	MaxHeaderBytes int
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
+}
 
-	g      serve.Group[*srvConn]
-	pool   sync.Pool // *srvConn
-	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
-	bwPool sync.Pool // *bufio.Writer
+// NewServer validates cfg and returns a server; nothing runs until
+// [Server.Serve].
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("proxy: ServerConfig.Handler is required")
+	}
+	if cfg.ReadTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, errors.New("proxy: ServerConfig timeouts and sizes must not be negative")
+	}
+	cfg.ReadTimeout = orDur(cfg.ReadTimeout, DefaultServerReadTimeout)
+	cfg.IdleTimeout = orDur(cfg.IdleTimeout, DefaultServerIdleTimeout)
+	cfg.BodyIdleTimeout = orDur(cfg.BodyIdleTimeout, DefaultServerBodyIdleTimeout)
+	cfg.MaxHeaderBytes = orInt(cfg.MaxHeaderBytes, DefaultServerMaxHeader)
+	return &Server{cfg: cfg}, nil
 }
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
@@ -115,19 +137,18 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts connections on ln and serves their requests until ctx
-// ends (it then closes ln and every open client connection of the server
-// and returns ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed])
-// or ln fails. It closes ln before returning. Connection goroutines may
-// outlive Serve by the time their request takes; Shutdown waits for them.
+// ends, [Server.Shutdown] or [Server.Close] is called, or ln fails. It
+// closes ln before returning. The end of ctx means Close: ln and every
+// open client connection are closed at once. Serve returns nil when the
+// server was stopped by any of these, [ErrServerClosed] when it was
+// already stopped, and the listener's error otherwise. Connection
+// goroutines may outlive Serve by the time their request takes; Shutdown
+// and Close wait for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if s.Handler == nil {
-		ln.Close()
-		return errors.New("proxy: Server.Handler is nil")
-	}
-	return s.g.Serve(ctx, ln, &serve.Config[*srvConn]{
+	return s.g.Run(ctx, ln, &serve.Config[*srvConn]{
 		Name:    "proxy",
 		Closed:  ErrServerClosed,
-		Logger:  s.Logger,
+		Logger:  s.cfg.Logger,
 		Open:    s.newConn,
 		Serve:   s.serveConn,
 		Release: s.releaseConn,
@@ -138,7 +159,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // each connection finish the request it is serving (body and response
 // included) and closes it instead of waiting for another, and waits for
 // them until ctx ends, when it closes those left. It returns nil, or
-// ctx.Err() if it had to force.
+// ctx.Err() if it had to force. It is idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one serving a request
 	// finishes it first (it checks closing before reading on).
@@ -147,6 +168,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			sc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	})
+}
+
+// Close stops the server now: it closes the listeners and every client
+// connection, and waits for their goroutines. It is idempotent and
+// returns nil.
+func (s *Server) Close() error {
+	s.g.Close()
+	return nil
 }
 
 func (s *Server) newConn(_ context.Context, c net.Conn) *srvConn {
@@ -222,14 +251,7 @@ func (s *Server) serveConn(sc *srvConn) {
 			sc.c.Close()
 		}
 	}()
-	readTimeout := s.ReadTimeout
-	if readTimeout <= 0 {
-		readTimeout = DefaultServerReadTimeout
-	}
-	idleTimeout := s.IdleTimeout
-	if idleTimeout <= 0 {
-		idleTimeout = DefaultServerIdleTimeout
-	}
+	readTimeout, idleTimeout := s.cfg.ReadTimeout, s.cfg.IdleTimeout
 	c := sc.c
 	for {
 		if s.g.Closing() {
@@ -290,7 +312,7 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		sc.writeRefusal(http.StatusBadRequest)
 		return false
 	}
-	abort := sc.s.Handler.serve(sc, &sc.req)
+	abort := sc.s.cfg.Handler.serve(sc, &sc.req)
 	if sc.hijacked {
 		return false
 	}
@@ -585,11 +607,7 @@ func (sc *srvConn) acquire() {
 	s := sc.s
 	sc.br, _ = s.brPool.Get().(*bufio.Reader)
 	if sc.br == nil {
-		size := s.MaxHeaderBytes
-		if size <= 0 {
-			size = DefaultServerMaxHeader
-		}
-		sc.br = bufio.NewReaderSize(nil, size)
+		sc.br = bufio.NewReaderSize(nil, s.cfg.MaxHeaderBytes)
 	}
 	sc.br.Reset(&sc.src)
 	sc.bw, _ = s.bwPool.Get().(*bufio.Writer)
@@ -675,10 +693,7 @@ func (b *bodyReader) done() bool {
 // BodyIdleTimeout.
 func (b *bodyReader) Read(p []byte) (int, error) {
 	sc := b.sc
-	if idle := sc.s.BodyIdleTimeout; idle >= 0 && !b.done() {
-		if idle == 0 {
-			idle = DefaultServerBodyIdleTimeout
-		}
+	if idle := sc.s.cfg.BodyIdleTimeout; idle > 0 && !b.done() {
 		if want := time.Now().Add(idle); sc.dl.IsZero() || drifted(want, sc.dl, idle) {
 			sc.dl = want
 			sc.c.SetReadDeadline(want)

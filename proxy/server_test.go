@@ -149,13 +149,14 @@ func TestServerServeAndShutdown(t *testing.T) {
 	require.NoError(t, err)
 	defer h.Close()
 
-	t.Run("nil handler", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		assert.Error(t, (&Server{}).Serve(t.Context(), ln))
+	t.Run("config", func(t *testing.T) {
+		_, err := NewServer(ServerConfig{})
+		assert.ErrorContains(t, err, "Handler is required")
+		_, err = NewServer(ServerConfig{Handler: h, ReadTimeout: -1})
+		assert.ErrorContains(t, err, "negative")
 	})
-	t.Run("context ends Serve and closes connections", func(t *testing.T) {
-		s := &Server{Handler: h}
+	t.Run("context ends Serve as Close, and Serve returns nil", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		ctx, cancel := context.WithCancel(t.Context())
@@ -170,13 +171,45 @@ func TestServerServeAndShutdown(t *testing.T) {
 		require.NoError(t, err)
 		resp.Body.Close()
 		cancel()
-		require.ErrorIs(t, <-done, context.Canceled)
+		require.NoError(t, <-done)
 		_, err = c.Read(make([]byte, 1))
 		assert.Error(t, err, "the idle connection was closed")
+		ln2, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		assert.ErrorIs(t, s.Serve(t.Context(), ln2), ErrServerClosed, "stopped for good")
 		require.NoError(t, s.Shutdown(t.Context()))
+		require.NoError(t, s.Close())
+	})
+	t.Run("Close stops now", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(t.Context(), ln) }()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.NoError(t, s.Close())
+		require.NoError(t, <-done)
+		_, err = br.ReadByte()
+		assert.Error(t, err)
+		require.NoError(t, s.Close(), "idempotent")
+	})
+	t.Run("Close before Serve", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
+		require.NoError(t, s.Close())
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		assert.ErrorIs(t, s.Serve(t.Context(), ln), ErrServerClosed)
 	})
 	t.Run("Shutdown closes idle connections and refuses Serve", func(t *testing.T) {
-		s := &Server{Handler: h}
+		s := newServer(t, ServerConfig{Handler: h})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		done := make(chan error, 1)
@@ -191,7 +224,7 @@ func TestServerServeAndShutdown(t *testing.T) {
 		require.NoError(t, err)
 		resp.Body.Close()
 		require.NoError(t, s.Shutdown(t.Context()))
-		require.ErrorIs(t, <-done, ErrServerClosed)
+		require.NoError(t, <-done)
 		_, err = br.ReadByte()
 		assert.ErrorIs(t, err, io.EOF)
 		ln2, err := net.Listen("tcp", "127.0.0.1:0")
@@ -199,7 +232,7 @@ func TestServerServeAndShutdown(t *testing.T) {
 		assert.ErrorIs(t, s.Serve(t.Context(), ln2), ErrServerClosed)
 	})
 	t.Run("ListenAndServe", func(t *testing.T) {
-		s := &Server{Handler: h}
+		s := newServer(t, ServerConfig{Handler: h})
 		err := s.ListenAndServe(t.Context(), "256.0.0.1:0")
 		assert.Error(t, err)
 	})
@@ -310,6 +343,14 @@ func TestServerExpectContinueRefused(t *testing.T) {
 	assert.Contains(t, out, "Connection: close\r\n")
 }
 
+// newServer is NewServer for tests.
+func newServer(t testing.TB, cfg ServerConfig) *Server {
+	t.Helper()
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	return s
+}
+
 // serveFast serves srv on a loopback listener until cleanup and returns
 // its address.
 func serveFast(t *testing.T, srv *Server) string {
@@ -351,7 +392,7 @@ func newTestHTTP(t *testing.T, backends ...*testBackend) *HTTP {
 func TestServerBodyIdleTimeout(t *testing.T) {
 	assert.Equal(t, 30*time.Second, DefaultServerBodyIdleTimeout)
 	b := startBackend(t, "a")
-	addr := serveFast(t, &Server{Handler: newTestHTTP(t, b), BodyIdleTimeout: 100 * time.Millisecond, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	addr := serveFast(t, newServer(t, ServerConfig{Handler: newTestHTTP(t, b), BodyIdleTimeout: 100 * time.Millisecond, ReadTimeout: time.Minute, IdleTimeout: time.Minute}))
 	for _, body := range []string{"Content-Length: 1000\r\n\r\nabc", "Transfer-Encoding: chunked\r\n\r\n3e8\r\nabc"} {
 		c, err := net.Dial("tcp", addr)
 		require.NoError(t, err)
@@ -369,7 +410,7 @@ func TestServerBodyIdleTimeout(t *testing.T) {
 // silent for longer than BodyIdleTimeout.
 func TestServerBodyIdleTimeoutNotOnUpgrades(t *testing.T) {
 	b := startBackend(t, "a")
-	addr := serveFast(t, &Server{Handler: newTestHTTP(t, b), BodyIdleTimeout: 20 * time.Millisecond})
+	addr := serveFast(t, newServer(t, ServerConfig{Handler: newTestHTTP(t, b), BodyIdleTimeout: 20 * time.Millisecond}))
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer c.Close()

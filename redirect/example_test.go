@@ -86,12 +86,16 @@ func ExampleServer() {
 	if err != nil {
 		panic(err)
 	}
-	srv := &redirect.Server{Handler: h}
+	srv, err := redirect.NewServer(redirect.ServerConfig{Handler: h})
+	if err != nil {
+		panic(err)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // a real program cancels on SIGTERM, or calls srv.Shutdown
-	err = srv.ListenAndServe(ctx, "127.0.0.1:0")
-	fmt.Println(err)
+	cancel() // a real program cancels on SIGTERM (Close), or calls srv.Shutdown
+	fmt.Println(srv.ListenAndServe(ctx, "127.0.0.1:0"))
+	fmt.Println(srv.ListenAndServe(context.Background(), "127.0.0.1:0"))
 	// Output:
-	// context canceled
+	// <nil>
+	// redirect: server closed
 }

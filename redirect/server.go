@@ -16,7 +16,7 @@ import (
 	"github.com/lbkit/lbkit/internal/serve"
 )
 
-// Defaults for [Server] fields left zero.
+// Defaults for [ServerConfig] fields left zero.
 const (
 	DefaultReadTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = 2 * time.Minute
@@ -25,7 +25,8 @@ const (
 	DefaultBodyIdleTimeout = 30 * time.Second
 )
 
-// ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
+// ErrServerClosed is returned by [Server.Serve] called after the server
+// was stopped (Shutdown, Close or the end of an earlier Serve's context).
 var ErrServerClosed = errors.New("redirect: server closed")
 
 // Server answers HTTP/1.1 requests with a [Handler]'s redirects without
@@ -60,13 +61,22 @@ var ErrServerClosed = errors.New("redirect: server closed")
 // Use [Handler] with net/http when you need TLS, HTTP/2 or middleware;
 // use Server for the highest request rate on plain HTTP/1.1.
 //
-// Serve, Shutdown and ListenAndServe are safe for concurrent use. The
-// exported fields must not change after Serve is first called.
+// Make one with [NewServer]. Serve, ListenAndServe, Shutdown and Close
+// are safe for concurrent use. The server never closes the handler's
+// pool.
 type Server struct {
+	cfg ServerConfig // defaults filled in
+	g   serve.Group[net.Conn]
+}
+
+// ServerConfig configures a [Server]. Only Handler is required; every
+// other field has a useful zero value, documented on the field.
+type ServerConfig struct {
 	// Handler makes the decisions. Required.
 	Handler *Handler
 	// ReadTimeout bounds the time to receive one request's line and
-	// headers once its first byte arrived. Zero means DefaultReadTimeout.
+	// headers (and a body it skips) once its first byte arrived. Zero
+	// means DefaultReadTimeout.
 	ReadTimeout time.Duration
 	// IdleTimeout bounds the wait for the next request on a kept-alive
 	// connection. Zero means DefaultIdleTimeout.
@@ -83,22 +93,30 @@ type Server struct {
 	MaxHeaderBytes int
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
-
-	g serve.Group[net.Conn]
 }
 
-func (s *Server) readTimeout() time.Duration {
-	if s.ReadTimeout > 0 {
-		return s.ReadTimeout
+// NewServer validates cfg and returns a server; nothing runs until
+// [Server.Serve].
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("redirect: ServerConfig.Handler is required")
 	}
-	return DefaultReadTimeout
-}
-
-func (s *Server) idleTimeout() time.Duration {
-	if s.IdleTimeout > 0 {
-		return s.IdleTimeout
+	if cfg.ReadTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, errors.New("redirect: ServerConfig timeouts and sizes must not be negative")
 	}
-	return DefaultIdleTimeout
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.BodyIdleTimeout == 0 {
+		cfg.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	return &Server{cfg: cfg}, nil
 }
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
@@ -111,22 +129,29 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts connections on ln and answers their requests until ctx
-// ends (it then closes ln and every open connection of the server, and
-// returns ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed]) or
-// ln fails. It closes ln before returning. Connection goroutines may
-// outlive Serve by the time they take to notice; Shutdown waits for them.
+// ends, [Server.Shutdown] or [Server.Close] is called, or ln fails. It
+// closes ln before returning. The end of ctx means Close: ln and every
+// open connection are closed at once. Serve returns nil when the server
+// was stopped by any of these, [ErrServerClosed] when it was already
+// stopped, and the listener's error otherwise. Connection goroutines may
+// outlive Serve by the time they take to notice; Shutdown and Close wait
+// for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if s.Handler == nil {
-		ln.Close()
-		return errors.New("redirect: Server.Handler is nil")
-	}
-	return s.g.Serve(ctx, ln, &serve.Config[net.Conn]{
+	return s.g.Run(ctx, ln, &serve.Config[net.Conn]{
 		Name:   "redirect",
 		Closed: ErrServerClosed,
-		Logger: s.Logger,
+		Logger: s.cfg.Logger,
 		Open:   func(_ context.Context, c net.Conn) net.Conn { return c },
 		Serve:  s.serveConn,
 	})
+}
+
+// Close stops the server now: it closes the listeners and every
+// connection, and waits for their goroutines. It is idempotent and
+// returns nil.
+func (s *Server) Close() error {
+	s.g.Close()
+	return nil
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -177,17 +202,14 @@ const (
 
 func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
-	size := s.MaxHeaderBytes
-	if size <= 0 {
-		size = DefaultMaxHeaderBytes
-	}
+	size := s.cfg.MaxHeaderBytes
 	sc := &srvConn{s: s, c: c, br: bufio.NewReaderSize(c, size), out: make([]byte, 0, 1024)}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		sc.peer = ta.AddrPort().Addr().Unmap()
 	} else if c.RemoteAddr() != nil {
 		sc.peer = h1.ParseHostAddr(c.RemoteAddr().String())
 	}
-	readTimeout, idleTimeout := s.readTimeout(), s.idleTimeout()
+	readTimeout, idleTimeout := s.cfg.ReadTimeout, s.cfg.IdleTimeout
 	for {
 		if s.g.Closing() {
 			return
@@ -264,10 +286,7 @@ func (sc *srvConn) step(closing bool) (keep bool, err error) {
 // skipBody discards n body bytes. Each wait for more is bounded by
 // BodyIdleTimeout as well as by the request's ReadTimeout.
 func (sc *srvConn) skipBody(n int64) error {
-	idle := sc.s.BodyIdleTimeout
-	if idle == 0 {
-		idle = DefaultBodyIdleTimeout
-	}
+	idle := sc.s.cfg.BodyIdleTimeout
 	for n > 0 {
 		if sc.br.Buffered() == 0 {
 			// Tests drive step without a connection.
@@ -353,7 +372,7 @@ func (sc *srvConn) target() (path, query string, hasQuery, ok bool) {
 // answer renders the handler's decision for req into sc.out and reports
 // whether the connection stays open.
 func (sc *srvConn) answer(req request, keep bool) bool {
-	h := sc.s.Handler
+	h := sc.s.cfg.Handler
 	path, query, hasQuery, ok := sc.target()
 	if !ok {
 		sc.writeError(http.StatusBadRequest)
@@ -434,9 +453,9 @@ func (sc *srvConn) writeErrorKeep(code int, body []byte, keep bool) {
 	b = append(b, "Cache-Control: "...)
 	if code == http.StatusServiceUnavailable {
 		b = append(b, "no-store\r\nRetry-After: "...)
-		b = append(b, sc.s.Handler.retryAfter[0]...)
+		b = append(b, sc.s.cfg.Handler.retryAfter[0]...)
 	} else {
-		b = append(b, sc.s.Handler.cacheControl[0]...)
+		b = append(b, sc.s.cfg.Handler.cacheControl[0]...)
 	}
 	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"...)
 	b = h1.AppendDate(b, sc.now)

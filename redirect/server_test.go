@@ -25,7 +25,7 @@ import (
 // address; the server is shut down when the test ends.
 func redirStartServer(t testing.TB, h *Handler) string {
 	t.Helper()
-	s := &Server{Handler: h}
+	s := redirServer(t, ServerConfig{Handler: h})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -34,9 +34,17 @@ func redirStartServer(t testing.TB, h *Handler) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		assert.NoError(t, s.Shutdown(ctx))
-		assert.ErrorIs(t, <-done, ErrServerClosed)
+		assert.NoError(t, <-done, "a stopped server's Serve returns nil")
 	})
 	return ln.Addr().String()
+}
+
+// redirServer is NewServer for tests.
+func redirServer(t testing.TB, cfg ServerConfig) *Server {
+	t.Helper()
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	return s
 }
 
 // redirRaw sends raw on a new connection and reads one response.
@@ -208,7 +216,7 @@ func TestServerNoBackend(t *testing.T) {
 
 func TestServerShutdown(t *testing.T) {
 	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
-	s := &Server{Handler: h, IdleTimeout: time.Hour}
+	s := redirServer(t, ServerConfig{Handler: h, IdleTimeout: time.Hour})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -228,7 +236,7 @@ func TestServerShutdown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, s.Shutdown(ctx))
-	require.ErrorIs(t, <-done, ErrServerClosed)
+	require.NoError(t, <-done)
 	_, err = br.ReadByte()
 	assert.ErrorIs(t, err, io.EOF)
 	assert.ErrorIs(t, s.Serve(context.Background(), ln), ErrServerClosed)
@@ -237,7 +245,7 @@ func TestServerShutdown(t *testing.T) {
 func TestServerAllocations(t *testing.T) {
 	for _, cfg := range []Config{{}, {StickyCookie: redirCookie}, {Key: balancer.MustParseKey("client")}} {
 		h := redirNew(t, cfg)
-		sc := &srvConn{s: &Server{Handler: h}, out: make([]byte, 0, 1024)}
+		sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h}}, out: make([]byte, 0, 1024)}
 		raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: x\r\nCookie: a=b\r\n\r\n")
 		r := bytes.NewReader(raw)
 		sc.br = bufio.NewReaderSize(r, 4096)
@@ -269,7 +277,7 @@ func FuzzServer(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		sc := &srvConn{s: &Server{Handler: h, MaxHeaderBytes: 2048}, br: bufio.NewReaderSize(bytes.NewReader(in), 512)}
+		sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h, MaxHeaderBytes: 2048}}, br: bufio.NewReaderSize(bytes.NewReader(in), 512)}
 		for range 8 {
 			if keep, _ := sc.step(false); !keep {
 				break
@@ -308,7 +316,7 @@ func TestServerSplitArrival(t *testing.T) {
 		"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\npayload" +
 		"GET /third/" + strings.Repeat("p", 60) + "?q=" + strings.Repeat("v", 40) + " HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.18.0.1\r\n\r\n")
 	run := func(r io.Reader, size int) string {
-		sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, size)}
+		sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h}}, br: bufio.NewReaderSize(r, size)}
 		for range 10 {
 			if keep, _ := sc.step(false); !keep {
 				break
@@ -360,30 +368,52 @@ func TestServerPipelineFlood(t *testing.T) {
 	}
 }
 
-func TestServerServeContext(t *testing.T) {
-	assert.Error(t, (&Server{}).Serve(context.Background(), redirListen(t)), "a Server needs a Handler")
-
+// TestServerLifecycle: the end of Serve's context closes connections and
+// stops the server for good; Close stops it now; Serve returns nil when
+// stopped and ErrServerClosed when already stopped.
+func TestServerLifecycle(t *testing.T) {
+	_, err := NewServer(ServerConfig{})
+	assert.ErrorContains(t, err, "Handler is required")
 	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
-	s := &Server{Handler: h}
-	ln := redirListen(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	conn, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
-	require.NoError(t, err)
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	resp.Body.Close()
+	_, err = NewServer(ServerConfig{Handler: h, IdleTimeout: -1})
+	assert.ErrorContains(t, err, "negative")
 
-	cancel()
-	assert.ErrorIs(t, <-done, context.Canceled)
-	_, err = br.ReadByte()
-	assert.Error(t, err, "open connections are closed")
-	require.NoError(t, s.Shutdown(context.Background()))
+	serveOne := func(t *testing.T, s *Server, ctx context.Context) (chan error, *bufio.Reader) {
+		ln := redirListen(t)
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, ln) }()
+		conn, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+		require.NoError(t, err)
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return done, br
+	}
+	t.Run("context", func(t *testing.T) {
+		s := redirServer(t, ServerConfig{Handler: h})
+		ctx, cancel := context.WithCancel(context.Background())
+		done, br := serveOne(t, s, ctx)
+		cancel()
+		assert.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.Error(t, err, "open connections are closed")
+		assert.ErrorIs(t, s.Serve(context.Background(), redirListen(t)), ErrServerClosed)
+		require.NoError(t, s.Shutdown(context.Background()))
+	})
+	t.Run("Close", func(t *testing.T) {
+		s := redirServer(t, ServerConfig{Handler: h})
+		done, br := serveOne(t, s, context.Background())
+		require.NoError(t, s.Close())
+		assert.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.Error(t, err)
+		require.NoError(t, s.Close(), "idempotent")
+		assert.ErrorIs(t, s.Serve(context.Background(), redirListen(t)), ErrServerClosed)
+	})
 }
 
 func redirListen(t *testing.T) net.Listener {
@@ -401,7 +431,7 @@ func BenchmarkServerStep(b *testing.B) {
 	}
 	raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n")
 	r := bytes.NewReader(raw)
-	sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, 4096), out: make([]byte, 0, 1024)}
+	sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h}}, br: bufio.NewReaderSize(r, 4096), out: make([]byte, 0, 1024)}
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Reset(raw)
@@ -448,7 +478,7 @@ func TestServerTimeouts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := &Server{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second, BodyIdleTimeout: 3 * time.Second}
+				s := redirServer(t, ServerConfig{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second, BodyIdleTimeout: 3 * time.Second})
 				client, server := net.Pipe()
 				done := make(chan struct{})
 				go func() { s.serveConn(server); close(done) }()

@@ -245,7 +245,10 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 		if err != nil {
 			return frontEnd{}, err
 		}
-		rs := &redirect.Server{Handler: h}
+		rs, err := redirect.NewServer(redirect.ServerConfig{Handler: h})
+		if err != nil {
+			return frontEnd{}, err
+		}
 		return frontEnd{func(ln net.Listener) error { return rs.Serve(context.Background(), ln) }, rs.Shutdown}, nil
 	})
 }
@@ -263,7 +266,10 @@ func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(cont
 			return frontEnd{}, err
 		}
 		u.push(func() { _ = h.Close() })
-		ps := &proxy.Server{Handler: h}
+		ps, err := proxy.NewServer(proxy.ServerConfig{Handler: h})
+		if err != nil {
+			return frontEnd{}, err
+		}
 		return frontEnd{func(ln net.Listener) error { return ps.Serve(context.Background(), ln) }, ps.Shutdown}, nil
 	})
 }
