@@ -7,19 +7,7 @@ import (
 
 // authorityTable marks the bytes of a reg-name host: unreserved and
 // sub-delims (RFC 3986 3.2.2), without percent-encoding.
-var authorityTable = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "-._~!$&'()*+,;=" {
-		t[c] = true
-	}
-	return t
-}()
+var authorityTable = alnumTable("-._~!$&'()*+,;=")
 
 // parseTarget validates h.Target and records where its parts are. The
 // forms (RFC 9112 3.2): origin ("/p?q"), asterisk ("*", OPTIONS only),

@@ -7,7 +7,10 @@ import "unsafe"
 func Bstr(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // TokenTable marks the bytes allowed in an HTTP token (RFC 9110 5.6.2).
-var TokenTable = func() (t [256]bool) {
+var TokenTable = alnumTable("!#$%&'*+-.^_`|~")
+
+// alnumTable marks ASCII letters, digits and the bytes of extra.
+func alnumTable(extra string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -15,11 +18,11 @@ var TokenTable = func() (t [256]bool) {
 		t[c] = true
 		t[c-'a'+'A'] = true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
+	for _, c := range extra {
 		t[c] = true
 	}
 	return t
-}()
+}
 
 // IsToken reports whether s is a non-empty HTTP token.
 func IsToken(s string) bool {
