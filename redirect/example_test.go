@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/redirect"
 )
@@ -98,4 +99,46 @@ func ExampleServer() {
 	// Output:
 	// <nil>
 	// redirect: server closed
+}
+
+// ExampleConfig_key keeps each client on one mirror with a Maglev pool
+// and the client-address key; removing a mirror moves only its clients.
+func ExampleConfig_key() {
+	pool := balancer.MustNew(balancer.Config{Name: "mirrors", Builder: maglev.Builder{}})
+	defer pool.Close()
+	for _, a := range []string{"198.18.0.10:80", "198.18.0.11:80", "198.18.0.12:80"} {
+		pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(a)})
+	}
+	h, err := redirect.New(redirect.Config{Pool: pool, Key: balancer.MustParseKey("client")})
+	if err != nil {
+		panic(err)
+	}
+	where := func(client string) string {
+		r := httptest.NewRequest(http.MethodGet, "/iso", nil)
+		r.RemoteAddr = client + ":40000"
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Header().Get("Location")
+	}
+	clients := []string{"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6"}
+	before := map[string]string{}
+	stable := true
+	for _, c := range clients {
+		before[c] = where(c)
+		for range 10 {
+			stable = stable && where(c) == before[c]
+		}
+	}
+	fmt.Println("every client kept its mirror:", stable)
+
+	pool.Remove(netip.MustParseAddrPort("198.18.0.10:80"))
+	onlyTheirs := true
+	for _, c := range clients {
+		moved := where(c) != before[c]
+		onlyTheirs = onlyTheirs && moved == (before[c] == "http://198.18.0.10:80/iso")
+	}
+	fmt.Println("only the removed mirror's clients moved:", onlyTheirs)
+	// Output:
+	// every client kept its mirror: true
+	// only the removed mirror's clients moved: true
 }
