@@ -18,7 +18,8 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
-	"github.com/lbkit/lbkit/proxy"
+	"github.com/lbkit/lbkit/proxyproto"
+	"github.com/lbkit/lbkit/tcpproxy"
 )
 
 func main() {
@@ -55,7 +56,7 @@ func run() error {
 	for _, name := range []string{"alpha", "beta"} {
 		ln, addr, err := backend(func(c net.Conn) {
 			br := bufio.NewReader(c)
-			h, err := proxy.ReadProxyProtoHeader(br)
+			h, err := proxyproto.Read(br)
 			if err != nil {
 				return
 			}
@@ -77,7 +78,7 @@ func run() error {
 	dead.Close()
 	backends = append(backends, balancer.Backend{Addr: deadAddr})
 
-	p, err := proxy.NewTCP(proxy.TCPConfig{
+	p, err := tcpproxy.New(tcpproxy.Config{
 		Backends:      backends,
 		ProxyProtocol: 2,
 		Logger:        slog.New(slog.DiscardHandler),

@@ -1,4 +1,4 @@
-package proxy
+package tcpproxy
 
 import (
 	"bufio"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/health"
+	"github.com/lbkit/lbkit/proxyproto"
 )
 
 const tcpWait = 10 * time.Second // generous bound for network waits under load
@@ -94,12 +95,12 @@ func tcpNamed(name string) func(net.Conn) {
 
 // tcpStartProxy serves a proxy for cfg on a loopback listener and shuts it
 // down when the test ends.
-func tcpStartProxy(t testing.TB, cfg TCPConfig) (*TCP, string) {
+func tcpStartProxy(t testing.TB, cfg Config) (*Server, string) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p, err := NewTCP(cfg)
+	p, err := New(cfg)
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -109,7 +110,7 @@ func tcpStartProxy(t testing.TB, cfg TCPConfig) (*TCP, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), tcpWait)
 		defer cancel()
 		p.Shutdown(ctx)
-		assert.ErrorIs(t, <-done, ErrTCPClosed)
+		assert.ErrorIs(t, <-done, ErrServerClosed)
 	})
 	return p, ln.Addr().String()
 }
@@ -136,27 +137,27 @@ func TestNewTCPValidation(t *testing.T) {
 	b := []balancer.Backend{{Addr: netip.MustParseAddrPort("127.0.0.1:1")}}
 	tests := []struct {
 		name string
-		cfg  TCPConfig
+		cfg  Config
 	}{
-		{"no backends", TCPConfig{}},
-		{"dial timeout", TCPConfig{Backends: b, DialTimeout: -1}},
-		{"attempts", TCPConfig{Backends: b, DialAttempts: -1}},
-		{"limit", TCPConfig{Backends: b, MaxConnsPerBackend: -1}},
-		{"proxy protocol", TCPConfig{Backends: b, ProxyProtocol: 3}},
-		{"duplicate", TCPConfig{Backends: append(b, b...)}},
+		{"no backends", Config{}},
+		{"dial timeout", Config{Backends: b, DialTimeout: -1}},
+		{"attempts", Config{Backends: b, DialAttempts: -1}},
+		{"limit", Config{Backends: b, MaxConnsPerBackend: -1}},
+		{"proxy protocol", Config{Backends: b, ProxyProtocol: 3}},
+		{"duplicate", Config{Backends: append(b, b...)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewTCP(tt.cfg)
+			_, err := New(tt.cfg)
 			require.Error(t, err)
-			assert.True(t, strings.HasPrefix(err.Error(), "proxy: "), err.Error())
+			assert.True(t, strings.HasPrefix(err.Error(), "tcpproxy: "), err.Error())
 		})
 	}
 }
 
 func TestTCPEcho(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	p, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}})
+	p, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b.addr}}})
 	c := tcpDial(t, addr)
 	for i := range 5 {
 		msg := fmt.Sprintf("message %d\n", i)
@@ -187,7 +188,7 @@ func TestTCPHalfClose(t *testing.T) {
 	})
 	for _, idle := range []time.Duration{-1, time.Minute} {
 		t.Run(fmt.Sprint("idle=", idle), func(t *testing.T) {
-			_, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}, IdleTimeout: idle})
+			_, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b.addr}}, IdleTimeout: idle})
 			c := tcpDial(t, addr)
 			payload := strings.Repeat("x", 1<<20)
 			_, err := io.WriteString(c, payload)
@@ -210,7 +211,7 @@ func TestTCPBackendHalfClose(t *testing.T) {
 		data, _ := io.ReadAll(c)
 		got <- string(data)
 	})
-	_, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}})
+	_, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b.addr}}})
 	c := tcpDial(t, addr)
 	banner, err := io.ReadAll(c) // EOF from the backend's half-close
 	require.NoError(t, err)
@@ -252,7 +253,7 @@ func TestTCPDialFailureRetry(t *testing.T) {
 	dead := tcpDeadAddr(t)
 	b1, b2 := tcpStartBackend(t, tcpNamed("b1")), tcpStartBackend(t, tcpNamed("b2"))
 	obs := &tcpObserver{}
-	p, addr := tcpStartProxy(t, TCPConfig{
+	p, addr := tcpStartProxy(t, Config{
 		Backends: []balancer.Backend{{Addr: dead}, {Addr: b1.addr}, {Addr: b2.addr}},
 		Observer: obs,
 	})
@@ -288,7 +289,7 @@ func TestTCPDialFailureRetry(t *testing.T) {
 func TestTCPAllDialsFail(t *testing.T) {
 	obs := &tcpObserver{}
 	dead := []balancer.Backend{{Addr: tcpDeadAddr(t)}, {Addr: tcpDeadAddr(t)}, {Addr: tcpDeadAddr(t)}, {Addr: tcpDeadAddr(t)}}
-	_, addr := tcpStartProxy(t, TCPConfig{Backends: dead, DialAttempts: 2, Observer: obs})
+	_, addr := tcpStartProxy(t, Config{Backends: dead, DialAttempts: 2, Observer: obs})
 	c := tcpDial(t, addr)
 	n, err := c.Read(make([]byte, 1))
 	assert.Zero(t, n)
@@ -298,7 +299,7 @@ func TestTCPAllDialsFail(t *testing.T) {
 
 func TestTCPNoReadyBackend(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	p, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}})
+	p, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b.addr}}})
 	p.Pool().SetHealthy(b.addr, false)
 	c := tcpDial(t, addr)
 	_, err := c.Read(make([]byte, 1))
@@ -316,7 +317,7 @@ func TestTCPConnectionLimit(t *testing.T) {
 		}
 	}
 	b1, b2 := tcpStartBackend(t, serve("b1")), tcpStartBackend(t, serve("b2"))
-	p, addr := tcpStartProxy(t, TCPConfig{
+	p, addr := tcpStartProxy(t, Config{
 		Backends:           []balancer.Backend{{Addr: b1.addr}, {Addr: b2.addr}},
 		MaxConnsPerBackend: 2,
 	})
@@ -350,10 +351,10 @@ func TestTCPConnectionLimit(t *testing.T) {
 func TestTCPProxyProtocol(t *testing.T) {
 	for _, v := range []int{1, 2} {
 		t.Run(fmt.Sprint("v", v), func(t *testing.T) {
-			got := make(chan ProxyProtoHeader, 1)
+			got := make(chan proxyproto.Header, 1)
 			b := tcpStartBackend(t, func(c net.Conn) {
 				br := bufio.NewReader(c)
-				h, err := ReadProxyProtoHeader(br)
+				h, err := proxyproto.Read(br)
 				if err != nil {
 					io.WriteString(c, err.Error())
 					return
@@ -361,7 +362,7 @@ func TestTCPProxyProtocol(t *testing.T) {
 				got <- h
 				io.Copy(c, br) // the payload follows the header
 			})
-			_, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}, ProxyProtocol: v})
+			_, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b.addr}}, ProxyProtocol: v})
 			c := tcpDial(t, addr)
 			_, err := io.WriteString(c, "ping")
 			require.NoError(t, err)
@@ -371,7 +372,7 @@ func TestTCPProxyProtocol(t *testing.T) {
 			assert.Equal(t, "ping", string(buf))
 			h := <-got
 			assert.EqualValues(t, v, h.Version)
-			assert.Equal(t, ProxyProtoTCP, h.Transport)
+			assert.Equal(t, proxyproto.TCP, h.Transport)
 			assert.Equal(t, c.LocalAddr().String(), h.Source.String(), "the client's address")
 			assert.Equal(t, addr, h.Destination.String(), "the address the client connected to")
 		})
@@ -384,7 +385,7 @@ func TestTCPSourceHash(t *testing.T) {
 		b := tcpStartBackend(t, tcpNamed(fmt.Sprint("b", i)))
 		backends = append(backends, balancer.Backend{Addr: b.addr})
 	}
-	_, addr := tcpStartProxy(t, TCPConfig{Backends: backends, SourceHash: true})
+	_, addr := tcpStartProxy(t, Config{Backends: backends, SourceHash: true})
 	from := func(src string) string {
 		d := net.Dialer{Timeout: tcpWait, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 		c, err := d.Dial("tcp", addr)
@@ -409,7 +410,7 @@ func TestTCPSourceHash(t *testing.T) {
 
 func TestTCPIdleTimeout(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	_, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}, IdleTimeout: 100 * time.Millisecond})
+	_, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b.addr}}, IdleTimeout: 100 * time.Millisecond})
 	c := tcpDial(t, addr)
 	_, err := io.WriteString(c, "x")
 	require.NoError(t, err)
@@ -423,7 +424,7 @@ func TestTCPIdleTimeout(t *testing.T) {
 
 func TestTCPShutdownDrains(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	p, err := NewTCP(TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}, Logger: slog.New(slog.DiscardHandler)})
+	p, err := New(Config{Backends: []balancer.Backend{{Addr: b.addr}}, Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -438,7 +439,7 @@ func TestTCPShutdownDrains(t *testing.T) {
 
 	shut := make(chan error, 1)
 	go func() { shut <- p.Shutdown(context.Background()) }()
-	require.ErrorIs(t, <-served, ErrTCPClosed, "Serve returns once Shutdown closed the listener")
+	require.ErrorIs(t, <-served, ErrServerClosed, "Serve returns once Shutdown closed the listener")
 
 	// New connections are refused; the open one keeps working.
 	_, err = net.DialTimeout("tcp", ln.Addr().String(), tcpWait)
@@ -461,7 +462,7 @@ func TestTCPShutdownDrains(t *testing.T) {
 	case <-time.After(tcpWait):
 		t.Fatal("Shutdown did not return after the last connection ended")
 	}
-	assert.ErrorIs(t, p.Serve(context.Background(), tcpListen(t)), ErrTCPClosed)
+	assert.ErrorIs(t, p.Serve(context.Background(), tcpListen(t)), ErrServerClosed)
 }
 
 func tcpListen(t *testing.T) net.Listener {
@@ -472,7 +473,7 @@ func tcpListen(t *testing.T) net.Listener {
 
 func TestTCPShutdownForced(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	p, err := NewTCP(TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}, Logger: slog.New(slog.DiscardHandler)})
+	p, err := New(Config{Backends: []balancer.Backend{{Addr: b.addr}}, Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
 	ln := tcpListen(t)
 	served := make(chan error, 1)
@@ -495,7 +496,7 @@ func TestTCPShutdownForced(t *testing.T) {
 
 func TestTCPServeContext(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	p, err := NewTCP(TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}, Logger: slog.New(slog.DiscardHandler)})
+	p, err := New(Config{Backends: []balancer.Backend{{Addr: b.addr}}, Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	ln := tcpListen(t)
@@ -515,7 +516,7 @@ func TestTCPServeContext(t *testing.T) {
 
 func TestTCPListenAndServe(t *testing.T) {
 	b := tcpStartBackend(t, tcpEcho)
-	p, err := NewTCP(TCPConfig{Backends: []balancer.Backend{{Addr: b.addr}}})
+	p, err := New(Config{Backends: []balancer.Backend{{Addr: b.addr}}})
 	require.NoError(t, err)
 	err = p.ListenAndServe(context.Background(), "198.18.0.1:bad")
 	assert.Error(t, err)
@@ -531,7 +532,7 @@ func TestTCPHealthDriven(t *testing.T) {
 	chk, err := health.New(health.Config{Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
 	defer chk.Close()
-	p, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b1.addr}, {Addr: b2.addr}}, Observer: chk})
+	p, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b1.addr}, {Addr: b2.addr}}, Observer: chk})
 	for _, a := range []netip.AddrPort{b1.addr, b2.addr} {
 		require.NoError(t, chk.SetTarget(health.Target{Addr: a, Probe: health.TCP{}, Interval: 50 * time.Millisecond, Fall: 1, Rise: 1, Initial: health.Healthy}))
 	}
@@ -553,7 +554,7 @@ func TestTCPAddrPort(t *testing.T) {
 	assert.Equal(t, "198.18.0.1:80", tcpAddrPort(&net.TCPAddr{IP: net.ParseIP("::ffff:198.18.0.1"), Port: 80}).String())
 	assert.False(t, tcpAddrPort(nil).IsValid())
 	assert.Equal(t, "[::1]:5", tcpAddrPort(&net.UDPAddr{IP: net.IPv6loopback, Port: 5}).String())
-	assert.True(t, errors.Is(fmt.Errorf("x: %w", ErrTCPNoBackend), ErrTCPNoBackend))
+	assert.True(t, errors.Is(fmt.Errorf("x: %w", ErrNoBackend), ErrNoBackend))
 }
 
 // tcpHAProxy is where the benchmarks look for the peer.
@@ -619,7 +620,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 		n, _ := io.Copy(io.Discard, c)
 		fmt.Fprintf(c, "%d", n)
 	})
-	_, proxied := tcpStartProxy(b, TCPConfig{Backends: []balancer.Backend{{Addr: sink.addr}}})
+	_, proxied := tcpStartProxy(b, Config{Backends: []balancer.Backend{{Addr: sink.addr}}})
 	runs := []struct{ name, addr string }{{"direct", sink.addr.String()}, {"proxy", proxied}}
 	if ha := tcpStartHAProxy(b, sink.addr); ha != "" {
 		runs = append(runs, struct{ name, addr string }{"haproxy", ha})
@@ -658,7 +659,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 // installed, through HAProxy.
 func BenchmarkTCPConnections(b *testing.B) {
 	echo := tcpStartBackend(b, tcpEcho)
-	_, proxied := tcpStartProxy(b, TCPConfig{Backends: []balancer.Backend{{Addr: echo.addr}}})
+	_, proxied := tcpStartProxy(b, Config{Backends: []balancer.Backend{{Addr: echo.addr}}})
 	runs := []struct{ name, addr string }{{"direct", echo.addr.String()}, {"proxy", proxied}}
 	if ha := tcpStartHAProxy(b, echo.addr); ha != "" {
 		runs = append(runs, struct{ name, addr string }{"haproxy", ha})
@@ -697,7 +698,7 @@ func BenchmarkTCPConnections(b *testing.B) {
 	}
 }
 
-func ExampleTCP() {
+func Example() {
 	// A backend that answers "hello, " + what it reads.
 	backend, _ := net.Listen("tcp", "127.0.0.1:0")
 	defer backend.Close()
@@ -711,7 +712,7 @@ func ExampleTCP() {
 		fmt.Fprintf(c, "hello, %s", name)
 	}()
 
-	p, err := NewTCP(TCPConfig{
+	p, err := New(Config{
 		Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort(backend.Addr().String())}},
 	})
 	if err != nil {
@@ -733,7 +734,7 @@ func ExampleTCP() {
 
 func TestTCPWeights(t *testing.T) {
 	b1, b2 := tcpStartBackend(t, tcpNamed("b1")), tcpStartBackend(t, tcpNamed("b2"))
-	_, addr := tcpStartProxy(t, TCPConfig{Backends: []balancer.Backend{{Addr: b1.addr, Weight: 1}, {Addr: b2.addr, Weight: 3}}})
+	_, addr := tcpStartProxy(t, Config{Backends: []balancer.Backend{{Addr: b1.addr, Weight: 1}, {Addr: b2.addr, Weight: 3}}})
 	counts := map[string]int{}
 	for range 200 {
 		c := tcpDial(t, addr)
@@ -753,7 +754,7 @@ func TestTCPWeights(t *testing.T) {
 func TestTCPIdleOneWay(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const idle = 500 * time.Millisecond
-		p := &TCP{idle: idle}
+		p := &Server{idle: idle}
 		client, proxyClient := net.Pipe()
 		proxyBackend, backend := net.Pipe()
 		start := time.Now()

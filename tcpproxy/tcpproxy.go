@@ -1,4 +1,4 @@
-package proxy
+package tcpproxy
 
 import (
 	"context"
@@ -21,27 +21,28 @@ import (
 	"github.com/lbkit/lbkit/balancer/weighted"
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/serve"
+	"github.com/lbkit/lbkit/proxyproto"
 )
 
-// Defaults for [TCPConfig] fields left zero.
+// Defaults for [Config] fields left zero.
 const (
-	DefaultTCPDialTimeout  = 3 * time.Second
-	DefaultTCPDialAttempts = 3
-	DefaultTCPIdleTimeout  = 10 * time.Minute
+	DefaultDialTimeout  = 3 * time.Second
+	DefaultDialAttempts = 3
+	DefaultIdleTimeout  = 10 * time.Minute
 )
 
-// ErrTCPClosed is returned by [TCP.Serve] and [TCP.ListenAndServe] after
-// [TCP.Shutdown] was called.
-var ErrTCPClosed = errors.New("proxy: TCP proxy closed")
+// ErrServerClosed is returned by [Server.Serve] and [Server.ListenAndServe] after
+// [Server.Shutdown] was called.
+var ErrServerClosed = errors.New("tcpproxy: TCP proxy closed")
 
-// ErrTCPNoBackend is what a client connection fails with (in logs) when no
+// ErrNoBackend is what a client connection fails with (in logs) when no
 // backend accepted it: none ready, all at their connection limit, or every
 // dial attempt failed.
-var ErrTCPNoBackend = errors.New("proxy: no backend took the connection")
+var ErrNoBackend = errors.New("tcpproxy: no backend took the connection")
 
-// TCPConfig configures a [TCP] proxy. Backends or Pool is required; every
+// Config configures a [Server] proxy. Backends or Pool is required; every
 // other field has a useful zero value, documented on the field.
-type TCPConfig struct {
+type Config struct {
 	// Backends are the members of the proxy's own pool, used when Pool
 	// is nil.
 	Backends []balancer.Backend
@@ -59,15 +60,15 @@ type TCPConfig struct {
 	SourceHash bool
 
 	// DialTimeout bounds each connection attempt to a backend. Zero means
-	// DefaultTCPDialTimeout.
+	// DefaultDialTimeout.
 	DialTimeout time.Duration
 	// DialAttempts is how many distinct backends a client connection may
 	// be tried on when dialing fails or a backend is at its limit. Zero
-	// means DefaultTCPDialAttempts.
+	// means DefaultDialAttempts.
 	DialAttempts int
 	// IdleTimeout closes a connection on which neither side sent anything
 	// for that long (detected between IdleTimeout and twice it). Zero
-	// means DefaultTCPIdleTimeout; negative disables it.
+	// means DefaultIdleTimeout; negative disables it.
 	IdleTimeout time.Duration
 	// MaxConnsPerBackend caps this proxy's open connections to each
 	// backend. A full backend is skipped for another; when all tried are
@@ -89,7 +90,7 @@ type TCPConfig struct {
 	Logger *slog.Logger
 }
 
-// TCP is a layer-4 proxy: it accepts TCP connections, picks a backend from
+// Server is a layer-4 proxy: it accepts TCP connections, picks a backend from
 // a [balancer.Pool], connects to it (another backend if that fails) and
 // copies bytes both ways, with half-close, idle timeout, per-backend
 // connection limits, an optional PROXY protocol header and graceful drain.
@@ -98,8 +99,8 @@ type TCPConfig struct {
 //
 // All methods are safe for concurrent use. Serve blocks until the proxy
 // shuts down; each connection runs on its own goroutines.
-type TCP struct {
-	cfg      TCPConfig
+type Server struct {
+	cfg      Config
 	pool     *balancer.Pool
 	own      bool
 	log      *slog.Logger
@@ -150,21 +151,21 @@ func (c *tcpConn) setBackend(b net.Conn) bool {
 	return true
 }
 
-// NewTCP validates cfg and returns a proxy that is not yet serving.
-func NewTCP(cfg TCPConfig) (*TCP, error) {
+// New validates cfg and returns a proxy that is not yet serving.
+func New(cfg Config) (*Server, error) {
 	switch {
 	case cfg.Pool == nil && len(cfg.Backends) == 0:
-		return nil, errors.New("proxy: TCPConfig needs Backends or a Pool")
+		return nil, errors.New("tcpproxy: Config needs Backends or a Pool")
 	case cfg.DialTimeout < 0:
-		return nil, errors.New("proxy: DialTimeout must not be negative")
+		return nil, errors.New("tcpproxy: DialTimeout must not be negative")
 	case cfg.DialAttempts < 0:
-		return nil, errors.New("proxy: DialAttempts must not be negative")
+		return nil, errors.New("tcpproxy: DialAttempts must not be negative")
 	case cfg.MaxConnsPerBackend < 0:
-		return nil, errors.New("proxy: MaxConnsPerBackend must not be negative")
+		return nil, errors.New("tcpproxy: MaxConnsPerBackend must not be negative")
 	case cfg.ProxyProtocol < 0 || cfg.ProxyProtocol > 2:
-		return nil, fmt.Errorf("proxy: ProxyProtocol %d is not 0, 1 or 2", cfg.ProxyProtocol)
+		return nil, fmt.Errorf("tcpproxy: ProxyProtocol %d is not 0, 1 or 2", cfg.ProxyProtocol)
 	}
-	p := &TCP{
+	p := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		attempts: cfg.DialAttempts,
@@ -174,41 +175,41 @@ func NewTCP(cfg TCPConfig) (*TCP, error) {
 		p.log = slog.Default()
 	}
 	if p.attempts == 0 {
-		p.attempts = DefaultTCPDialAttempts
+		p.attempts = DefaultDialAttempts
 	}
 	if p.idle == 0 {
-		p.idle = DefaultTCPIdleTimeout
+		p.idle = DefaultIdleTimeout
 	}
 	p.dialer.Timeout = cfg.DialTimeout
 	if p.dialer.Timeout == 0 {
-		p.dialer.Timeout = DefaultTCPDialTimeout
+		p.dialer.Timeout = DefaultDialTimeout
 	}
 	if cfg.Pool != nil {
 		p.pool = cfg.Pool
 		for _, b := range cfg.Backends {
 			if err := p.pool.Add(b); err != nil {
-				return nil, fmt.Errorf("proxy: %w", err)
+				return nil, fmt.Errorf("tcpproxy: %w", err)
 			}
 		}
 	} else {
 		builder := cfg.Builder
 		if builder == nil {
-			builder = tcpDefaultBuilder(cfg)
+			builder = defaultBuilder(cfg)
 		}
 		pool, err := balancer.New(balancer.Config{Builder: builder, Logger: cfg.Logger})
 		if err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
+			return nil, fmt.Errorf("tcpproxy: %w", err)
 		}
 		if err := pool.Set(cfg.Backends); err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
+			return nil, fmt.Errorf("tcpproxy: %w", err)
 		}
 		p.pool, p.own = pool, true
 	}
 	return p, nil
 }
 
-// tcpDefaultBuilder returns the policy used when TCPConfig.Builder is nil.
-func tcpDefaultBuilder(cfg TCPConfig) balancer.Builder {
+// defaultBuilder returns the policy used when Config.Builder is nil.
+func defaultBuilder(cfg Config) balancer.Builder {
 	if cfg.SourceHash {
 		return maglev.Builder{}
 	}
@@ -221,11 +222,11 @@ func tcpDefaultBuilder(cfg TCPConfig) balancer.Builder {
 }
 
 // Pool returns the pool the proxy picks from.
-func (p *TCP) Pool() *balancer.Pool { return p.pool }
+func (p *Server) Pool() *balancer.Pool { return p.pool }
 
-// ListenAndServe listens on the TCP address addr and calls [TCP.Serve].
-func (p *TCP) ListenAndServe(ctx context.Context, addr string) error {
-	ln, err := serve.Listen(ctx, "proxy", addr)
+// ListenAndServe listens on the TCP address addr and calls [Server.Serve].
+func (p *Server) ListenAndServe(ctx context.Context, addr string) error {
+	ln, err := serve.Listen(ctx, "tcpproxy", addr)
 	if err != nil {
 		return err
 	}
@@ -233,14 +234,14 @@ func (p *TCP) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts connections on ln and proxies each until ln fails, ctx
-// ends or [TCP.Shutdown] is called. It closes ln before returning. When ctx
+// ends or [Server.Shutdown] is called. It closes ln before returning. When ctx
 // ends, Serve also closes every connection it accepted and returns
-// ctx.Err(); after Shutdown it returns [ErrTCPClosed] and leaves open
+// ctx.Err(); after Shutdown it returns [ErrServerClosed] and leaves open
 // connections to Shutdown.
-func (p *TCP) Serve(ctx context.Context, ln net.Listener) error {
+func (p *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return p.g.Serve(ctx, ln, &serve.Config[*tcpConn]{
-		Name:      "proxy",
-		Closed:    ErrTCPClosed,
+		Name:      "tcpproxy",
+		Closed:    ErrServerClosed,
 		Logger:    p.log,
 		Temporary: tcpTemporary,
 		OwnConns:  true,
@@ -262,8 +263,8 @@ func tcpTemporary(err error) bool {
 // waits for open connections to finish by themselves until ctx ends, then
 // closes those left and waits for their goroutines. It returns nil when
 // every connection finished by itself and ctx.Err() otherwise. Serve
-// returns ErrTCPClosed. Shutdown also releases the proxy's own pool.
-func (p *TCP) Shutdown(ctx context.Context) error {
+// returns ErrServerClosed. Shutdown also releases the proxy's own pool.
+func (p *Server) Shutdown(ctx context.Context) error {
 	err := p.g.Shutdown(ctx, nil)
 	if p.own {
 		p.pool.Close()
@@ -272,7 +273,7 @@ func (p *TCP) Shutdown(ctx context.Context) error {
 }
 
 // handle proxies one client connection.
-func (p *TCP) handle(c *tcpConn) {
+func (p *Server) handle(c *tcpConn) {
 	defer c.Close()
 	ctx := c.ctx
 	client := tcpAddrPort(c.client.RemoteAddr())
@@ -283,7 +284,7 @@ func (p *TCP) handle(c *tcpConn) {
 
 	backend, ep, connect, err := p.connect(ctx, info)
 	if err != nil {
-		p.log.Debug("proxy: client connection dropped", "client", client, "err", err)
+		p.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
 		return
 	}
 	defer p.release(ep.Addr())
@@ -292,13 +293,13 @@ func (p *TCP) handle(c *tcpConn) {
 		return
 	}
 	if v := p.cfg.ProxyProtocol; v != 0 {
-		h := ProxyProtoHeader{
-			Version:     uint8(v),
-			Transport:   ProxyProtoTCP,
+		h := proxyproto.Header{
+			Version:     proxyproto.Version(v),
+			Transport:   proxyproto.TCP,
 			Source:      client,
 			Destination: tcpAddrPort(c.client.LocalAddr()),
 		}
-		var buf [ProxyProtoV1MaxLen]byte // fits v1 and v2 without TLVs
+		var buf [proxyproto.V1MaxLen]byte // fits v1 and v2 without TLVs
 		if _, err := backend.Write(h.Append(buf[:0])); err != nil {
 			ep.Done(err, connect)
 			return
@@ -311,10 +312,10 @@ func (p *TCP) handle(c *tcpConn) {
 // connect picks and dials backends until one accepts, trying up to
 // p.attempts distinct ones. It returns the connection, its endpoint (with
 // Start called and a limit slot held) and the connect time.
-func (p *TCP) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, time.Duration, error) {
+func (p *Server) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, time.Duration, error) {
 	var tried [8]netip.AddrPort
 	triedList := tried[:0]
-	lastErr := ErrTCPNoBackend
+	lastErr := ErrNoBackend
 	for attempt := 0; attempt < p.attempts; attempt++ {
 		ep := p.pickUntried(info, triedList)
 		if ep == nil {
@@ -323,7 +324,7 @@ func (p *TCP) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *b
 		addr := ep.Addr()
 		triedList = append(triedList, addr)
 		if !p.acquire(addr) {
-			lastErr = fmt.Errorf("%w: %v is at its connection limit", ErrTCPNoBackend, addr)
+			lastErr = fmt.Errorf("%w: %v is at its connection limit", ErrNoBackend, addr)
 			continue
 		}
 		ep.Start()
@@ -336,7 +337,7 @@ func (p *TCP) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *b
 			if p.cfg.Observer != nil {
 				p.cfg.Observer.Observe(addr, health.Outcome{Failed: true})
 			}
-			lastErr = fmt.Errorf("proxy: dial %v: %w", addr, err)
+			lastErr = fmt.Errorf("tcpproxy: dial %v: %w", addr, err)
 			if ctx.Err() != nil {
 				return nil, nil, 0, lastErr
 			}
@@ -354,7 +355,7 @@ func (p *TCP) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *b
 // times, varying the key), then by scanning the ready set from a random
 // or key-derived offset. It returns nil when every ready endpoint was
 // tried.
-func (p *TCP) pickUntried(info balancer.PickInfo, tried []netip.AddrPort) *balancer.Endpoint {
+func (p *Server) pickUntried(info balancer.PickInfo, tried []netip.AddrPort) *balancer.Endpoint {
 	snap := p.pool.Snapshot()
 	for range 3 {
 		ep, err := snap.Pick(info)
@@ -396,7 +397,7 @@ func tcpContains(list []netip.AddrPort, a netip.AddrPort) bool {
 
 // acquire takes a connection slot on addr, or reports false when it is at
 // MaxConnsPerBackend.
-func (p *TCP) acquire(addr netip.AddrPort) bool {
+func (p *Server) acquire(addr netip.AddrPort) bool {
 	limit := int64(p.cfg.MaxConnsPerBackend)
 	if limit == 0 {
 		return true
@@ -417,7 +418,7 @@ func (p *TCP) acquire(addr netip.AddrPort) bool {
 	}
 }
 
-func (p *TCP) release(addr netip.AddrPort) {
+func (p *Server) release(addr netip.AddrPort) {
 	if p.cfg.MaxConnsPerBackend == 0 {
 		return
 	}
@@ -429,7 +430,7 @@ func (p *TCP) release(addr netip.AddrPort) {
 // BackendConns returns the number of connections this proxy holds open to
 // addr. It is tracked only when MaxConnsPerBackend is set; otherwise it is
 // always 0.
-func (p *TCP) BackendConns(addr netip.AddrPort) int {
+func (p *Server) BackendConns(addr netip.AddrPort) int {
 	if v, ok := p.counts.Load(addr); ok {
 		return int(v.(*atomic.Int64).Load())
 	}
@@ -440,7 +441,7 @@ func (p *TCP) BackendConns(addr netip.AddrPort) int {
 // connection went idle. A direction that reaches EOF half-closes its
 // destination, so the other side still gets its reply through. It returns
 // the first error that was not a clean end.
-func (p *TCP) pipe(client, backend net.Conn) error {
+func (p *Server) pipe(client, backend net.Conn) error {
 	var idle [2]atomic.Bool
 	errc := make(chan error, 1)
 	go func() { errc <- p.copyDir(backend, client, &idle[0], &idle[1]) }()
@@ -456,7 +457,7 @@ func (p *TCP) pipe(client, backend net.Conn) error {
 // direction idle, and when the other direction is idle too (or finished)
 // the connection is idle and copyDir fails with os.ErrDeadlineExceeded. At
 // EOF it half-closes dst and marks itself idle for good.
-func (p *TCP) copyDir(dst, src net.Conn, mine, other *atomic.Bool) error {
+func (p *Server) copyDir(dst, src net.Conn, mine, other *atomic.Bool) error {
 	if p.idle < 0 {
 		_, err := io.Copy(dst, src)
 		return p.finish(dst, src, err, mine)
@@ -473,14 +474,14 @@ func (p *TCP) copyDir(dst, src net.Conn, mine, other *atomic.Bool) error {
 		}
 		mine.Store(true)
 		if other.Load() {
-			return p.finish(dst, src, fmt.Errorf("proxy: connection idle for %v: %w", p.idle, os.ErrDeadlineExceeded), mine)
+			return p.finish(dst, src, fmt.Errorf("tcpproxy: connection idle for %v: %w", p.idle, os.ErrDeadlineExceeded), mine)
 		}
 	}
 }
 
 // finish ends a direction: at EOF (err nil) it half-closes dst; on an
 // error it closes dst and src, which ends the other direction too.
-func (p *TCP) finish(dst, src net.Conn, err error, mine *atomic.Bool) error {
+func (p *Server) finish(dst, src net.Conn, err error, mine *atomic.Bool) error {
 	mine.Store(true)
 	if err != nil {
 		dst.Close()
