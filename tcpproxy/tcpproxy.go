@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -16,48 +14,48 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
-	"github.com/lbkit/lbkit/balancer/maglev"
-	"github.com/lbkit/lbkit/balancer/roundrobin"
-	"github.com/lbkit/lbkit/balancer/weighted"
-	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/serve"
 	"github.com/lbkit/lbkit/proxyproto"
 )
 
 // Defaults for [Config] fields left zero.
 const (
-	DefaultDialTimeout  = 3 * time.Second
-	DefaultDialAttempts = 3
-	DefaultIdleTimeout  = 10 * time.Minute
+	DefaultDialTimeout   = 3 * time.Second
+	DefaultDialAttempts  = 3
+	DefaultIdleTimeout   = 10 * time.Minute
+	DefaultHeaderTimeout = 5 * time.Second
 )
 
-// ErrServerClosed is returned by [Server.Serve] and [Server.ListenAndServe] after
-// [Server.Shutdown] was called.
-var ErrServerClosed = errors.New("tcpproxy: TCP proxy closed")
+// ErrServerClosed is returned by [Server.Serve] and [Server.ListenAndServe]
+// when they are called after [Server.Shutdown] or [Server.Close].
+var ErrServerClosed = errors.New("tcpproxy: server closed")
 
 // ErrNoBackend is what a client connection fails with (in logs) when no
 // backend accepted it: none ready, all at their connection limit, or every
 // dial attempt failed.
 var ErrNoBackend = errors.New("tcpproxy: no backend took the connection")
 
-// Config configures a [Server] proxy. Backends or Pool is required; every
-// other field has a useful zero value, documented on the field.
-type Config struct {
-	// Backends are the members of the proxy's own pool, used when Pool
-	// is nil.
-	Backends []balancer.Backend
-	// Pool is the pool to pick from. Nil means the proxy builds its own
-	// from Builder and Backends. Drive its health with
-	// health.Checker.Drive or Pool.SetHealthy.
-	Pool *balancer.Pool
-	// Builder is the policy of the proxy's own pool. Nil means round
-	// robin when every backend has the same weight, smooth weighted round
-	// robin when weights differ, and Maglev with SourceHash.
-	Builder balancer.Builder
+// errStopped is what the serve group's Serve returns once the server was
+// stopped; Serve turns it into nil.
+var errStopped = errors.New("tcpproxy: stopped")
 
-	// SourceHash makes the pick key balancer.HashAddr of the client's IP
-	// address, so a hash-based policy keeps a client on one backend.
-	SourceHash bool
+// Config configures a [Server]. Pool is required; every other field has a
+// useful zero value, documented on the field. Every field can be changed
+// while serving with [Server.Update].
+type Config struct {
+	// Pool is the pool the proxy picks backends from. Required. The
+	// proxy follows its membership and health as they change (no call
+	// needed) and never closes it: the pool belongs to its creator.
+	Pool *balancer.Pool
+
+	// Key says how a connection's pick key is derived. The zero value is
+	// no key: the pool's policy picks freely. A client key ("client",
+	// "client/24") hashes the client's address under its prefix, so a
+	// hash-based policy (Maglev, ring hash) keeps a client on one
+	// backend; a flow key hashes the connection's 5-tuple. The keys of
+	// requests (header, cookie, path, query) fall back to the client's
+	// address, as balancer.Key documents.
+	Key balancer.Key
 
 	// DialTimeout bounds each connection attempt to a backend. Zero means
 	// DefaultDialTimeout.
@@ -75,440 +73,212 @@ type Config struct {
 	// full the client connection is closed. Zero means no limit.
 	MaxConnsPerBackend int
 
-	// ProxyProtocol, when 1 or 2, sends a PROXY protocol header of that
-	// version to the backend first, carrying the client's address and the
-	// address it connected to. Zero sends none.
-	ProxyProtocol int
-
-	// Observer receives a passive outcome for every dial: failed, or
-	// succeeded with the connect time. Nil means none. A health.Checker
-	// fits.
-	Observer health.Observer
+	// ProxyProtocol, when proxyproto.V1 or V2, sends a PROXY protocol
+	// header of that version to the backend first, carrying the client's
+	// address and the address it connected to. Zero sends none.
+	ProxyProtocol proxyproto.Version
+	// AcceptProxyProtocol makes the proxy expect a PROXY protocol header
+	// (either version) first on every client connection, as HAProxy's
+	// accept-proxy does, for a proxy that sits behind another proxy or
+	// load balancer. The addresses in the header then stand for the
+	// client's: the key hashes them and the header sent to backends
+	// carries them (a LOCAL or address-less header keeps the real ones).
+	// A connection whose header is invalid or late is closed. Enable it
+	// only when every client is a trusted proxy: anyone else could claim
+	// any address.
+	AcceptProxyProtocol bool
+	// HeaderTimeout bounds the wait for a client's PROXY header with
+	// AcceptProxyProtocol. Zero means DefaultHeaderTimeout.
+	HeaderTimeout time.Duration
 
 	// Logger receives connection failures at debug level and accept
-	// errors at warn level. Nil means slog.Default().
+	// errors at warn level, each line with the attribute pool=<name>.
+	// Nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// Server is a layer-4 proxy: it accepts TCP connections, picks a backend from
-// a [balancer.Pool], connects to it (another backend if that fails) and
-// copies bytes both ways, with half-close, idle timeout, per-backend
-// connection limits, an optional PROXY protocol header and graceful drain.
-// Between two *net.TCPConn the copy uses splice(2) on Linux, so payload
-// does not pass through user space.
-//
-// All methods are safe for concurrent use. Serve blocks until the proxy
-// shuts down; each connection runs on its own goroutines.
-type Server struct {
+// settings is a validated Config with its defaults applied: what one
+// connection uses from its start to its end. Update swaps it whole.
+type settings struct {
 	cfg      Config
-	pool     *balancer.Pool
-	own      bool
 	log      *slog.Logger
 	dialer   net.Dialer
 	attempts int
 	idle     time.Duration
-
-	counts sync.Map // netip.AddrPort → *atomic.Int64, only with MaxConnsPerBackend
-
-	g serve.Group[*tcpConn]
+	header   time.Duration
+	limit    int64
 }
 
-// tcpConn is one proxied connection: the client side and, once dialed,
-// the backend side.
-type tcpConn struct {
-	client  net.Conn
-	ctx     context.Context    // Serve's, ended by Close
-	cancel  context.CancelFunc // ends dials in progress; set before Close can run
-	mu      sync.Mutex
-	backend net.Conn
-	closed  bool
-}
-
-// Close closes both sides and cancels a dial in progress; it is
-// idempotent and returns the client side's error.
-func (c *tcpConn) Close() error {
-	c.cancel()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closed = true
-	err := c.client.Close()
-	if c.backend != nil {
-		c.backend.Close()
-	}
-	return err
-}
-
-// setBackend records the backend side, or reports false (and closes b)
-// when the connection was closed meanwhile.
-func (c *tcpConn) setBackend(b net.Conn) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		b.Close()
-		return false
-	}
-	c.backend = b
-	return true
-}
-
-// New validates cfg and returns a proxy that is not yet serving.
-func New(cfg Config) (*Server, error) {
+// newSettings validates cfg and applies its defaults.
+func newSettings(cfg Config) (*settings, error) {
 	switch {
-	case cfg.Pool == nil && len(cfg.Backends) == 0:
-		return nil, errors.New("tcpproxy: Config needs Backends or a Pool")
+	case cfg.Pool == nil:
+		return nil, errors.New("tcpproxy: Config.Pool is required")
 	case cfg.DialTimeout < 0:
 		return nil, errors.New("tcpproxy: DialTimeout must not be negative")
 	case cfg.DialAttempts < 0:
 		return nil, errors.New("tcpproxy: DialAttempts must not be negative")
 	case cfg.MaxConnsPerBackend < 0:
 		return nil, errors.New("tcpproxy: MaxConnsPerBackend must not be negative")
-	case cfg.ProxyProtocol < 0 || cfg.ProxyProtocol > 2:
-		return nil, fmt.Errorf("tcpproxy: ProxyProtocol %d is not 0, 1 or 2", cfg.ProxyProtocol)
+	case cfg.HeaderTimeout < 0:
+		return nil, errors.New("tcpproxy: HeaderTimeout must not be negative")
+	case cfg.ProxyProtocol > proxyproto.V2:
+		return nil, fmt.Errorf("tcpproxy: ProxyProtocol %v is not none, v1 or v2", cfg.ProxyProtocol)
 	}
-	p := &Server{
+	s := &settings{
 		cfg:      cfg,
-		log:      cfg.Logger,
-		attempts: cfg.DialAttempts,
-		idle:     cfg.IdleTimeout,
+		attempts: orDefault(cfg.DialAttempts, DefaultDialAttempts),
+		idle:     orDefault(cfg.IdleTimeout, DefaultIdleTimeout),
+		header:   orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
+		limit:    int64(cfg.MaxConnsPerBackend),
 	}
-	if p.log == nil {
-		p.log = slog.Default()
+	s.dialer.Timeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
 	}
-	if p.attempts == 0 {
-		p.attempts = DefaultDialAttempts
-	}
-	if p.idle == 0 {
-		p.idle = DefaultIdleTimeout
-	}
-	p.dialer.Timeout = cfg.DialTimeout
-	if p.dialer.Timeout == 0 {
-		p.dialer.Timeout = DefaultDialTimeout
-	}
-	if cfg.Pool != nil {
-		p.pool = cfg.Pool
-		for _, b := range cfg.Backends {
-			if err := p.pool.Add(b); err != nil {
-				return nil, fmt.Errorf("tcpproxy: %w", err)
-			}
-		}
-	} else {
-		builder := cfg.Builder
-		if builder == nil {
-			builder = defaultBuilder(cfg)
-		}
-		pool, err := balancer.New(balancer.Config{Builder: builder, Logger: cfg.Logger})
-		if err != nil {
-			return nil, fmt.Errorf("tcpproxy: %w", err)
-		}
-		if err := pool.Set(cfg.Backends); err != nil {
-			return nil, fmt.Errorf("tcpproxy: %w", err)
-		}
-		p.pool, p.own = pool, true
-	}
-	return p, nil
+	s.log = log.With("pool", cfg.Pool.Name())
+	return s, nil
 }
 
-// defaultBuilder returns the policy used when Config.Builder is nil.
-func defaultBuilder(cfg Config) balancer.Builder {
-	if cfg.SourceHash {
-		return maglev.Builder{}
+// orDefault returns v, or def when v is zero.
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
 	}
-	for _, b := range cfg.Backends {
-		if max(b.Weight, 1) != max(cfg.Backends[0].Weight, 1) {
-			return weighted.Builder{}
-		}
-	}
-	return roundrobin.Builder{}
+	return v
 }
 
-// Pool returns the pool the proxy picks from.
-func (p *Server) Pool() *balancer.Pool { return p.pool }
+// Server is a layer-4 proxy: it accepts TCP connections, picks a backend
+// from a [balancer.Pool], connects to it (another backend if that fails)
+// and copies bytes both ways, with half-close, idle timeout, per-backend
+// connection limits, PROXY protocol headers to backends and from clients,
+// and graceful drain. Between two *net.TCPConn the copy uses splice(2) on
+// Linux, so payload does not pass through user space.
+//
+// All methods are safe for concurrent use. Serve blocks until the server
+// stops; each connection runs on its own goroutines.
+type Server struct {
+	set atomic.Pointer[settings]
+
+	counts sync.Map // netip.AddrPort → *atomic.Int64: open connections per backend
+
+	g serve.Group[*conn]
+}
+
+// New validates cfg and returns a server that is not yet serving.
+func New(cfg Config) (*Server, error) {
+	st, err := newSettings(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{}
+	s.set.Store(st)
+	return s, nil
+}
+
+// Update replaces the server's configuration while it serves, atomically:
+// each new connection uses either the old configuration or the new one,
+// never a mix. Established connections keep the configuration they
+// started with (their idle timeout, the header they sent) and are not
+// interrupted. A new Pool is allowed: new connections pick from it. An
+// invalid cfg returns an error and changes nothing.
+func (s *Server) Update(cfg Config) error {
+	st, err := newSettings(cfg)
+	if err != nil {
+		return err
+	}
+	s.set.Store(st)
+	return nil
+}
+
+// Config returns the configuration new connections use, as given to New
+// or the last Update (zero fields stay zero).
+func (s *Server) Config() Config { return s.set.Load().cfg }
+
+// Pool returns the pool new connections pick from.
+func (s *Server) Pool() *balancer.Pool { return s.set.Load().cfg.Pool }
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
-func (p *Server) ListenAndServe(ctx context.Context, addr string) error {
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	if s.g.Closing() {
+		return ErrServerClosed
+	}
 	ln, err := serve.Listen(ctx, "tcpproxy", addr)
 	if err != nil {
 		return err
 	}
-	return p.Serve(ctx, ln)
+	return s.Serve(ctx, ln)
 }
 
-// Serve accepts connections on ln and proxies each until ln fails, ctx
-// ends or [Server.Shutdown] is called. It closes ln before returning. When ctx
-// ends, Serve also closes every connection it accepted and returns
-// ctx.Err(); after Shutdown it returns [ErrServerClosed] and leaves open
-// connections to Shutdown.
-func (p *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return p.g.Serve(ctx, ln, &serve.Config[*tcpConn]{
+// Serve accepts connections on ln and proxies each until the server stops:
+// by [Server.Shutdown], [Server.Close] or the end of ctx, which means the
+// same as Close (the whole server stops now, connections included). It
+// closes ln before returning. It returns nil when the server was stopped,
+// [ErrServerClosed] when it was stopped before Serve was called, and an
+// error when ln failed. Serve may be called for several listeners at
+// once.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.g.Closing() {
+		ln.Close()
+		return ErrServerClosed
+	}
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	err := s.g.Serve(ctx, ln, &serve.Config[*conn]{
 		Name:      "tcpproxy",
-		Closed:    ErrServerClosed,
-		Logger:    p.log,
-		Temporary: tcpTemporary,
-		OwnConns:  true,
-		Open: func(ctx context.Context, c net.Conn) *tcpConn {
+		Closed:    errStopped,
+		Logger:    s.set.Load().log,
+		Temporary: temporary,
+		Open: func(ctx context.Context, c net.Conn) *conn {
 			cctx, cancel := context.WithCancel(ctx)
-			return &tcpConn{client: c, ctx: cctx, cancel: cancel}
+			return &conn{client: c, ctx: cctx, cancel: cancel}
 		},
-		Serve: p.handle,
+		Serve: s.handle,
 	})
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		s.Close() // done by the AfterFunc too; here so it is over when Serve returns
+		return nil
+	}
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	return err
 }
 
-// tcpTemporary reports accept errors worth retrying (out of file
-// descriptors or memory, aborted handshakes).
-func tcpTemporary(err error) bool {
+// temporary reports accept errors worth retrying (out of file descriptors
+// or memory, aborted handshakes).
+func temporary(err error) bool {
 	return serve.Temporary(err) || errors.Is(err, syscall.ENOMEM) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// Shutdown stops the proxy gracefully: it closes every listener at once,
-// waits for open connections to finish by themselves until ctx ends, then
-// closes those left and waits for their goroutines. It returns nil when
-// every connection finished by itself and ctx.Err() otherwise. Serve
-// returns ErrServerClosed. Shutdown also releases the proxy's own pool.
-func (p *Server) Shutdown(ctx context.Context) error {
-	err := p.g.Shutdown(ctx, nil)
-	if p.own {
-		p.pool.Close()
-	}
-	return err
+// Shutdown stops the server gracefully: it closes every listener at once
+// (Serve returns nil), waits for open connections to finish by themselves
+// until ctx ends, then closes those left and waits for their goroutines.
+// It returns nil when every connection finished by itself and ctx.Err()
+// otherwise. It does not close the pool. Shutdown may be called more than
+// once, and before, during or after Serve.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.g.Shutdown(ctx, nil)
 }
 
-// handle proxies one client connection.
-func (p *Server) handle(c *tcpConn) {
-	defer c.Close()
-	ctx := c.ctx
-	client := tcpAddrPort(c.client.RemoteAddr())
-	var info balancer.PickInfo
-	if p.cfg.SourceHash && client.IsValid() {
-		info = balancer.WithKey(balancer.HashAddr(client.Addr()))
-	}
-
-	backend, ep, connect, err := p.connect(ctx, info)
-	if err != nil {
-		p.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
-		return
-	}
-	defer p.release(ep.Addr())
-	if !c.setBackend(backend) {
-		ep.Done(net.ErrClosed, connect)
-		return
-	}
-	if v := p.cfg.ProxyProtocol; v != 0 {
-		h := proxyproto.Header{
-			Version:     proxyproto.Version(v),
-			Transport:   proxyproto.TCP,
-			Source:      client,
-			Destination: tcpAddrPort(c.client.LocalAddr()),
-		}
-		var buf [proxyproto.V1MaxLen]byte // fits v1 and v2 without TLVs
-		if _, err := backend.Write(h.Append(buf[:0])); err != nil {
-			ep.Done(err, connect)
-			return
-		}
-	}
-	err = p.pipe(c.client, backend)
-	ep.Done(err, connect)
-}
-
-// connect picks and dials backends until one accepts, trying up to
-// p.attempts distinct ones. It returns the connection, its endpoint (with
-// Start called and a limit slot held) and the connect time.
-func (p *Server) connect(ctx context.Context, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, time.Duration, error) {
-	var tried [8]netip.AddrPort
-	triedList := tried[:0]
-	lastErr := ErrNoBackend
-	for attempt := 0; attempt < p.attempts; attempt++ {
-		ep := p.pickUntried(info, triedList)
-		if ep == nil {
-			break
-		}
-		addr := ep.Addr()
-		triedList = append(triedList, addr)
-		if !p.acquire(addr) {
-			lastErr = fmt.Errorf("%w: %v is at its connection limit", ErrNoBackend, addr)
-			continue
-		}
-		ep.Start()
-		start := time.Now()
-		conn, err := p.dialer.DialContext(ctx, "tcp", addr.String())
-		connect := time.Since(start)
-		if err != nil {
-			ep.Done(err, 0)
-			p.release(addr)
-			if p.cfg.Observer != nil {
-				p.cfg.Observer.Observe(addr, health.Outcome{Failed: true})
-			}
-			lastErr = fmt.Errorf("tcpproxy: dial %v: %w", addr, err)
-			if ctx.Err() != nil {
-				return nil, nil, 0, lastErr
-			}
-			continue
-		}
-		if p.cfg.Observer != nil {
-			p.cfg.Observer.Observe(addr, health.Outcome{Latency: connect})
-		}
-		return conn, ep, connect, nil
-	}
-	return nil, nil, 0, lastErr
-}
-
-// pickUntried picks an endpoint not in tried: from the picker (a few
-// times, varying the key), then by scanning the ready set from a random
-// or key-derived offset. It returns nil when every ready endpoint was
-// tried.
-func (p *Server) pickUntried(info balancer.PickInfo, tried []netip.AddrPort) *balancer.Endpoint {
-	snap := p.pool.Snapshot()
-	for range 3 {
-		ep, err := snap.Pick(info)
-		if err != nil {
-			return nil
-		}
-		if !tcpContains(tried, ep.Addr()) {
-			return ep
-		}
-		if info.HasKey {
-			info.Key = balancer.Mix64(info.Key)
-		}
-	}
-	n := len(snap.Ready)
-	if n == 0 {
-		return nil
-	}
-	off := rand.IntN(n)
-	if info.HasKey {
-		off = int(info.Key % uint64(n))
-	}
-	for i := range n {
-		ep := snap.Ready[(off+i)%n].Endpoint
-		if !tcpContains(tried, ep.Addr()) {
-			return ep
-		}
-	}
+// Close stops the server now: it closes every listener and connection
+// (dials in progress are cancelled) and waits for the connections'
+// goroutines. It does not close the pool. Close may be called more than
+// once, and before, during or after Serve; it always returns nil.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = s.g.Shutdown(ctx, nil) // ctx.Err() when connections were open: expected
 	return nil
 }
 
-func tcpContains(list []netip.AddrPort, a netip.AddrPort) bool {
-	for _, x := range list {
-		if x == a {
-			return true
-		}
-	}
-	return false
-}
-
-// acquire takes a connection slot on addr, or reports false when it is at
-// MaxConnsPerBackend.
-func (p *Server) acquire(addr netip.AddrPort) bool {
-	limit := int64(p.cfg.MaxConnsPerBackend)
-	if limit == 0 {
-		return true
-	}
-	v, ok := p.counts.Load(addr)
-	if !ok {
-		v, _ = p.counts.LoadOrStore(addr, new(atomic.Int64))
-	}
-	n := v.(*atomic.Int64)
-	for {
-		cur := n.Load()
-		if cur >= limit {
-			return false
-		}
-		if n.CompareAndSwap(cur, cur+1) {
-			return true
-		}
-	}
-}
-
-func (p *Server) release(addr netip.AddrPort) {
-	if p.cfg.MaxConnsPerBackend == 0 {
-		return
-	}
-	if v, ok := p.counts.Load(addr); ok {
-		v.(*atomic.Int64).Add(-1)
-	}
-}
-
-// BackendConns returns the number of connections this proxy holds open to
-// addr. It is tracked only when MaxConnsPerBackend is set; otherwise it is
-// always 0.
-func (p *Server) BackendConns(addr netip.AddrPort) int {
-	if v, ok := p.counts.Load(addr); ok {
+// BackendConns returns the number of connections this server holds open
+// to addr.
+func (s *Server) BackendConns(addr netip.AddrPort) int {
+	if v, ok := s.counts.Load(addr); ok {
 		return int(v.(*atomic.Int64).Load())
 	}
 	return 0
-}
-
-// pipe copies both ways until both directions ended, one failed or the
-// connection went idle. A direction that reaches EOF half-closes its
-// destination, so the other side still gets its reply through. It returns
-// the first error that was not a clean end.
-func (p *Server) pipe(client, backend net.Conn) error {
-	var idle [2]atomic.Bool
-	errc := make(chan error, 1)
-	go func() { errc <- p.copyDir(backend, client, &idle[0], &idle[1]) }()
-	err := p.copyDir(client, backend, &idle[1], &idle[0])
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
-}
-
-// copyDir copies src to dst. With an idle timeout it copies in rounds
-// bounded by a read deadline on src: a round that moved nothing marks this
-// direction idle, and when the other direction is idle too (or finished)
-// the connection is idle and copyDir fails with os.ErrDeadlineExceeded. At
-// EOF it half-closes dst and marks itself idle for good.
-func (p *Server) copyDir(dst, src net.Conn, mine, other *atomic.Bool) error {
-	if p.idle < 0 {
-		_, err := io.Copy(dst, src)
-		return p.finish(dst, src, err, mine)
-	}
-	for {
-		src.SetReadDeadline(time.Now().Add(p.idle))
-		n, err := io.Copy(dst, src)
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return p.finish(dst, src, err, mine)
-		}
-		if n > 0 {
-			mine.Store(false)
-			continue
-		}
-		mine.Store(true)
-		if other.Load() {
-			return p.finish(dst, src, fmt.Errorf("tcpproxy: connection idle for %v: %w", p.idle, os.ErrDeadlineExceeded), mine)
-		}
-	}
-}
-
-// finish ends a direction: at EOF (err nil) it half-closes dst; on an
-// error it closes dst and src, which ends the other direction too.
-func (p *Server) finish(dst, src net.Conn, err error, mine *atomic.Bool) error {
-	mine.Store(true)
-	if err != nil {
-		dst.Close()
-		src.Close()
-		if errors.Is(err, net.ErrClosed) {
-			return nil // the other direction aborted and closed us
-		}
-		return err
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ENOTCONN) {
-			return err
-		}
-		return nil
-	}
-	return dst.Close()
-}
-
-// tcpAddrPort returns a's address and port, or the zero value.
-func tcpAddrPort(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	case nil:
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }

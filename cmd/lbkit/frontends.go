@@ -277,8 +277,8 @@ func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(cont
 // by a dying backend is re-opened by the client, which the proxy sends to
 // a live backend.
 func setupTCPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
-		p, err := tcpproxy.New(tcpproxy.Config{Pool: pool, Observer: chk})
+	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		p, err := tcpproxy.New(tcpproxy.Config{Pool: pool})
 		if err != nil {
 			return frontEnd{}, err
 		}

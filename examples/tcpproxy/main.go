@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/proxyproto"
 	"github.com/lbkit/lbkit/tcpproxy"
 )
@@ -78,9 +79,19 @@ func run() error {
 	dead.Close()
 	backends = append(backends, balancer.Backend{Addr: deadAddr})
 
+	// The pool is the one list of backends; the proxy picks from it and
+	// never closes it.
+	pool, err := balancer.New(balancer.Config{Name: "echo", Builder: roundrobin.Builder{}})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := pool.Set(backends); err != nil {
+		return err
+	}
 	p, err := tcpproxy.New(tcpproxy.Config{
-		Backends:      backends,
-		ProxyProtocol: 2,
+		Pool:          pool,
+		ProxyProtocol: proxyproto.V2,
 		Logger:        slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -115,6 +126,9 @@ func run() error {
 	if err := p.Shutdown(ctx); err != nil {
 		return err
 	}
-	fmt.Println("drained:", <-served)
+	if err := <-served; err != nil {
+		return err
+	}
+	fmt.Println("drained")
 	return nil
 }
