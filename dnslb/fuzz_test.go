@@ -178,6 +178,7 @@ func TestServeNoAllocs(t *testing.T) {
 		{"NXDOMAIN", packQuery(t, "nope.example.test.", dns.TypeA)},
 		{"truncated", packQuery(t, "big.example.test.", dns.TypeA)},
 		{"static", packQuery(t, "example.test.", dns.TypeSOA)},
+		{"CNAME chain", packQuery(t, "www.example.test.", dns.TypeA, func(m *dns.Msg) { m.SetEdns0(1232, true) })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.NotNil(t, w.respond(tc.pkt, src, false))

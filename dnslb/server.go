@@ -2,6 +2,7 @@ package dnslb
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -563,7 +565,7 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 	} else if q.edns {
 		limit = min(max(int(q.udpSize), 512), w.s.maxUDP)
 	}
-	r := resp{b: appendHeader(w.out[:2], q, 0), limit: limit, q: q}
+	r := resp{b: appendHeader(w.out[:2], q, 0), limit: limit, q: q, udpSize: uint16(w.s.maxUDP)}
 	switch {
 	case q.opcode != opcodeQuery:
 		r.rcode = rcodeNotImp
@@ -571,34 +573,37 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 		r.rcode = rcodeFormErr
 	case q.edns && q.version != 0:
 		r.rcode = rcodeBadVers
-	case q.qclass != classIN:
-		r.rcode = rcodeRefused
+	case q.qclass != classIN && q.qclass != classANY:
+		r.rcode = rcodeRefused // class ANY is answered as IN, as Knot does
 	}
 	if q.question != nil {
 		r.b = append(r.b, q.question...)
 		r.qd = 1
 	}
 	r.qEnd = len(r.b)
-	if r.rcode == 0 {
-		w.answer(&r, src.Addr())
+	verdict := rrlPass
+	if !tcp && w.s.rrl != nil {
+		verdict = w.s.rrl.check(w.s.rrl.key(src.Addr()), w.s.rrl.now())
+	}
+	switch verdict {
+	case rrlDrop:
+		w.stats.limited.Add(1)
+		return nil
+	case rrlSlip:
+		// A slip is the question (and OPT) with TC set and no records,
+		// so a real client retries over TCP, where no limit applies.
+		w.stats.limited.Add(1)
+		w.stats.slipped.Add(1)
+		r.rcode = rcodeSuccess
+		r.tc = true
+	default:
+		if r.rcode == 0 {
+			w.answer(&r, src.Addr())
+		}
 	}
 	out := r.finish()
-	if r.tc {
+	if r.tc && verdict == rrlPass {
 		w.stats.truncated.Add(1)
-	}
-	if !tcp && w.s.rrl != nil {
-		switch w.s.rrl.check(w.s.rrl.key(src.Addr()), w.s.rrl.now()) {
-		case rrlDrop:
-			w.stats.limited.Add(1)
-			return nil
-		case rrlSlip:
-			w.stats.limited.Add(1)
-			w.stats.slipped.Add(1)
-			out = out[:r.qEnd]
-			out[4] |= flagTC >> 8
-			out[5] &^= 0xF // rcode NOERROR
-			setCounts(out[2:], r.qd, 0, 0, 0)
-		}
 	}
 	w.stats.responses.Add(1)
 	w.out = out[:0]
@@ -611,6 +616,7 @@ type resp struct {
 	b          []byte
 	q          *query
 	limit      int
+	udpSize    uint16 // the UDP payload size the OPT advertises
 	qEnd       int
 	rcode      int
 	qd, an, ns int
@@ -621,7 +627,7 @@ type resp struct {
 
 // finish sets the rcode and counts, appends the OPT record when the query
 // had one, and truncates to header, question and OPT with TC set when the
-// message exceeds the limit.
+// message exceeds the limit or tc is already set.
 func (r *resp) finish() []byte {
 	optLen := 0
 	if r.q.edns {
@@ -630,7 +636,7 @@ func (r *resp) finish() []byte {
 			optLen += 8 + int(r.q.ecsBytes)
 		}
 	}
-	if len(r.b)-2+optLen > r.limit {
+	if r.tc || len(r.b)-2+optLen > r.limit {
 		r.b = r.b[:r.qEnd]
 		r.an, r.ns, r.ar = 0, 0, 0
 		r.tc = true
@@ -646,24 +652,34 @@ func (r *resp) finish() []byte {
 	}
 	ar := r.ar
 	if r.q.edns {
-		r.b = appendOPT(r.b, r.q, uint16(min(r.limit, 65535)), r.rcode, r.scope)
+		r.b = appendOPT(r.b, r.q, r.udpSize, r.rcode, r.scope)
 		ar++
 	}
 	setCounts(r.b[2:], r.qd, r.an, r.ns, ar)
 	return r.b
 }
 
-// answer resolves the (well-formed, class IN, EDNS version 0) query.
+// maxCNAMEChain bounds how many CNAMEs one answer follows inside a zone.
+// A loop (a CNAME b, b CNAME a) ends where it comes back to a name already
+// in the answer, as in Knot; a longer chain ends after this many, and the
+// resolver takes over.
+const maxCNAMEChain = 8
+
+// answer resolves the (well-formed, class IN or ANY, EDNS version 0)
+// query. A CNAME whose target is in the same zone is followed, as RFC
+// 1034 §4.3.2 step 3a says: the answer holds the chain and then what the
+// target has of the asked type (or, when it has none, the SOA in the
+// authority section and the rcode of the last name, RFC 6604).
 func (w *worker) answer(r *resp, src netip.Addr) {
 	q := r.q
 	switch q.qtype {
 	case typeAXFR, typeIXFR:
 		r.rcode = rcodeRefused // no zone transfers
 		return
-	case typeMAILA, typeMAILB:
+	case typeMAILA, typeMAILB, 0:
 		r.rcode = rcodeNotImp
 		return
-	case typeOPT, typeTSIG, 0:
+	case typeOPT, typeTSIG:
 		r.rcode = rcodeFormErr
 		return
 	}
@@ -677,88 +693,152 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		r.rcode = rcodeRefused
 		return
 	}
-	if nd == nil {
-		if zoff > 0 && w.hostAnswer(r, zn, zoff, lname) {
-			return
-		}
-		r.rcode = rcodeNXDomain
-		r.authority(zn, zoff)
-		return
-	}
-	if nd.svc != nil {
-		switch q.qtype {
-		case typeA, typeAAAA:
-			f := 0
-			if q.qtype == typeAAAA {
-				f = 1
-			}
-			w.serviceAnswer(r, nd.svc, f, src)
-			if r.rcode == 0 && r.an == 0 {
-				r.authority(zn, zoff)
-			}
-			return
-		case typeSRV:
-			st := nd.svc.state()
-			if st.srvN == 0 {
-				if st.fam[0].servfail || st.fam[1].servfail {
-					r.rcode = rcodeServFail
-					return
-				}
-				r.authority(zn, zoff)
+	// owner is the message offset of the name the next records belong
+	// to: the question name, then each CNAME's target in its rdata.
+	owner := headerLen
+	var chain [maxCNAMEChain + 1]*node // the CNAME nodes already answered
+	for hops := 0; ; hops++ {
+		apex := owner + zoff // message offset of the zone's apex inside owner
+		if nd == nil {
+			if zoff > 0 && w.hostAnswer(r, zn, apex, owner, lname) {
 				return
 			}
-			r.b = append(r.b, st.srv...)
-			r.an = st.srvN
-			r.b = append(r.b, st.glue...)
-			r.ar = st.glueN
-			return
-		case typeANY:
-			r.hinfo(nd.svc.ttl)
+			r.rcode = rcodeNXDomain
+			r.authority(zn, apex)
 			return
 		}
-	}
-	if q.qtype == typeANY {
-		if len(nd.rrsets) == 0 {
-			r.authority(zn, zoff)
+		if nd.svc != nil {
+			w.serviceNode(r, zn, apex, owner, nd.svc, src)
 			return
 		}
-		r.hinfo(zn.negTTL)
-		return
+		if q.qtype == typeANY {
+			if len(nd.rrsets) == 0 {
+				r.authority(zn, apex)
+				return
+			}
+			r.hinfo(zn.negTTL, owner)
+			return
+		}
+		if set := nd.rrsets[q.qtype]; set != nil {
+			r.appendRRs(set.wire, owner)
+			r.an += set.n
+			return
+		}
+		cname := nd.rrsets[typeCNAME]
+		if cname == nil {
+			r.authority(zn, apex)
+			return
+		}
+		start := len(r.b)
+		r.appendRRs(cname.wire, owner)
+		r.an++
+		chain[hops] = nd
+		// The target name is the CNAME's rdata: uncompressed, after
+		// the 2-byte owner pointer and 10 bytes of type, class, TTL
+		// and length; its offset in the message leaves out the two
+		// bytes reserved in front of r.b.
+		target := r.b[start+12 : start+12+int(binary.BigEndian.Uint16(r.b[start+10:]))]
+		owner = start + 12 - 2
+		if hops == maxCNAMEChain || owner > 0x3FFF {
+			return
+		}
+		lname = lowerName(&w.lname, target)
+		ref, ok = w.s.names[string(lname)]
+		if ok {
+			nd, zoff = ref.node, ref.zoff
+			if ref.zone != zn || slices.Contains(chain[:hops+1], nd) {
+				return // another zone (the resolver follows), or a loop
+			}
+			continue
+		}
+		z2, off := w.s.findZone(lname)
+		if z2 != zn {
+			return
+		}
+		nd, zoff = nil, off
 	}
-	set := nd.rrsets[q.qtype]
-	if set == nil {
-		set = nd.rrsets[typeCNAME]
+}
+
+// serviceNode answers a query for a service's name; owner is the
+// message offset of that name and apex of its zone's apex.
+func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, src netip.Addr) {
+	switch r.q.qtype {
+	case typeA, typeAAAA:
+		f := 0
+		if r.q.qtype == typeAAAA {
+			f = 1
+		}
+		start, an := len(r.b), r.an
+		w.serviceAnswer(r, sv, f, src)
+		r.patchOwners(start, owner)
+		if r.rcode == 0 && r.an == an {
+			r.authority(zn, apex)
+		}
+	case typeSRV:
+		st := sv.state()
+		if st.srvN == 0 {
+			if st.fam[0].servfail || st.fam[1].servfail {
+				r.rcode = rcodeServFail
+				return
+			}
+			r.authority(zn, apex)
+			return
+		}
+		r.appendRRs(st.srv, owner)
+		r.an += st.srvN
+		r.b = append(r.b, st.glue...)
+		r.ar = st.glueN
+	case typeANY:
+		r.hinfo(sv.ttl, owner)
+	default:
+		r.authority(zn, apex)
 	}
-	if set == nil {
-		r.authority(zn, zoff)
-		return
+}
+
+// appendRRs appends pre-packed records (each starting with a compression
+// pointer to the question name) with their owner pointing to the message
+// offset owner instead.
+func (r *resp) appendRRs(wire []byte, owner int) {
+	start := len(r.b)
+	r.b = append(r.b, wire...)
+	r.patchOwners(start, owner)
+}
+
+// patchOwners points the owner of every record from r.b[start:] on to the
+// message offset owner. The records are the pre-packed kind: a 2-byte
+// compression pointer, type, class, TTL, length and rdata.
+func (r *resp) patchOwners(start, owner int) {
+	if owner == headerLen {
+		return // already so
 	}
-	r.b = append(r.b, set.wire...)
-	r.an = set.n
+	hi, lo := 0xC0|byte(owner>>8), byte(owner)
+	for i := start; i+12 <= len(r.b); i += 12 + int(binary.BigEndian.Uint16(r.b[i+10:])) {
+		r.b[i], r.b[i+1] = hi, lo
+	}
 }
 
 // authority appends the zone's SOA (negative TTL) to the authority
-// section, its owner a compression pointer to the apex inside the
-// question name.
-func (r *resp) authority(zn *zone, zoff int) {
-	p := headerLen + zoff
-	r.b = append(r.b, 0xC0|byte(p>>8), byte(p))
+// section, its owner a compression pointer to the message offset apex,
+// where the zone's apex is spelled (inside the question name or a CNAME
+// target).
+func (r *resp) authority(zn *zone, apex int) {
+	r.b = append(r.b, 0xC0|byte(apex>>8), byte(apex))
 	r.b = append(r.b, zn.soaRest...)
 	r.ns = 1
 }
 
 // hinfo answers an ANY query the RFC 8482 way: one synthesized HINFO
 // record instead of every RRset.
-func (r *resp) hinfo(ttl uint32) {
-	r.b = append(r.b, 0xC0, headerLen)
+func (r *resp) hinfo(ttl uint32, owner int) {
+	r.b = append(r.b, 0xC0|byte(owner>>8), byte(owner))
 	r.b = appendRRHeader(r.b, typeHINFO, ttl, 9)
 	r.b = append(r.b, 7, 'R', 'F', 'C', '8', '4', '8', '2', 0)
-	r.an = 1
+	r.an++
 }
 
 // hostAnswer answers the SRV target names under a service. It reports
 // false if lname is not one.
-func (w *worker) hostAnswer(r *resp, zn *zone, zoff int, lname []byte) bool {
+func (w *worker) hostAnswer(r *resp, zn *zone, apex, owner int, lname []byte) bool {
 	pn := zn.nodes[string(lname[lname[0]+1:])]
 	if pn == nil || pn.svc == nil {
 		return false
@@ -772,12 +852,12 @@ func (w *worker) hostAnswer(r *resp, zn *zone, zoff int, lname []byte) bool {
 	case r.q.qtype == typeA && ref.fam == 0, r.q.qtype == typeAAAA && ref.fam == 1:
 		fs := &st.fam[ref.fam]
 		i := int(ref.idx) * fs.stride
-		r.b = append(r.b, fs.wire[i:i+fs.stride]...)
-		r.an = 1
+		r.appendRRs(fs.wire[i:i+fs.stride], owner)
+		r.an++
 	case r.q.qtype == typeANY:
-		r.hinfo(pn.svc.ttl)
+		r.hinfo(pn.svc.ttl, owner)
 	default:
-		r.authority(zn, zoff)
+		r.authority(zn, apex)
 	}
 	return true
 }
@@ -802,12 +882,12 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 		w.rot++
 		r.b = append(r.b, fs.wire[i:]...)
 		r.b = append(r.b, fs.wire[:i]...)
-		r.an = n
+		r.an += n
 	case PolicyWeighted:
 		k := min(sv.count, n)
 		if n == 1 {
 			r.b = append(r.b, fs.wire...)
-			r.an = 1
+			r.an++
 			return
 		}
 		w.wts = append(w.wts[:0], fs.weights...)
@@ -829,7 +909,7 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 			w.wts[pick] = 0
 			r.b = append(r.b, fs.wire[pick*stride:(pick+1)*stride]...)
 		}
-		r.an = k
+		r.an += k
 	case PolicyConsistent:
 		addr, nbits, ecs := clientSubnet(r.q, src)
 		nbits = min(nbits, 24)
@@ -855,7 +935,7 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 			i := (idx + j) % n * stride
 			r.b = append(r.b, fs.wire[i:i+stride]...)
 		}
-		r.an = k
+		r.an += k
 	case PolicyNearest:
 		addr, _, ecs := clientSubnet(r.q, src)
 		ri, scope := sv.nearest(addr)
@@ -877,7 +957,7 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 				i := (start + j) % n * stride
 				r.b = append(r.b, fs.wire[i:i+stride]...)
 			}
-			r.an = k
+			r.an += k
 			return
 		}
 		m := len(list)
@@ -890,6 +970,6 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 			i := int(list[(start+j)%m]) * stride
 			r.b = append(r.b, fs.wire[i:i+stride]...)
 		}
-		r.an = k
+		r.an += k
 	}
 }

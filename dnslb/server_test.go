@@ -150,7 +150,7 @@ func TestZoneAnswers(t *testing.T) {
 				{"example.test.", dns.TypeSOA, dns.RcodeSuccess, 1, false},
 				{"example.test.", dns.TypeNS, dns.RcodeSuccess, 1, false},
 				{"example.test.", dns.TypeA, dns.RcodeSuccess, 0, true},
-				{"www.example.test.", dns.TypeA, dns.RcodeSuccess, 1, false}, // CNAME
+				{"www.example.test.", dns.TypeA, dns.RcodeSuccess, 3, false}, // CNAME to the service, followed
 				{"txt.example.test.", dns.TypeTXT, dns.RcodeSuccess, 1, false},
 				{"deep.example.test.", dns.TypeA, dns.RcodeSuccess, 0, true}, // empty non-terminal
 				{"b.deep.example.test.", dns.TypeA, dns.RcodeSuccess, 0, true},
