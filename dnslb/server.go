@@ -518,18 +518,17 @@ func (s *Server) ServeDNS(rw dns.ResponseWriter, r *dns.Msg) {
 // worker holds one serving loop's scratch state, so answering does not
 // allocate and loops share no mutable state but the rate limiter.
 type worker struct {
-	s     *Server
-	q     query
-	lname [maxNameLen + 1]byte
-	out   []byte
-	rng   *rand.Rand
-	rot   uint32
-	wts   []float64
-	stats *workerStats // own for UDP loops, the server's shared TCP one otherwise
+	s      *Server
+	q      query
+	lname  [maxNameLen + 1]byte
+	out    []byte
+	rot    uint32
+	picked []int32      // record indices of the answer being built
+	stats  *workerStats // own for UDP loops, the server's shared TCP one otherwise
 }
 
 func (s *Server) newWorker() *worker {
-	return &worker{s: s, out: make([]byte, 0, 2+65535+512), rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	return &worker{s: s, out: make([]byte, 0, 2+65535+512), picked: make([]int32, 0, 16),
 		stats: &s.tcpStat, rot: rand.Uint32()}
 }
 
@@ -862,6 +861,69 @@ func (w *worker) hostAnswer(r *resp, zn *zone, apex, owner int, lname []byte) bo
 	return true
 }
 
+// maxPickTries bounds the picks one answer asks the pool's picker for,
+// per name answered: picks of the other address family or of a name
+// already in the answer are retried until then.
+const maxPickTries = 8
+
+// picks appends k distinct records of family f, the first chosen by the
+// snapshot's picker with info. With a key, the others are picks with
+// keys derived from it, so they too stay the same per key while the
+// ready set does. Without one, the others are the records after the
+// first: one pick per answer keeps the picker's own sequence (a weighted
+// round robin's schedule) intact, so the first name, the one most clients
+// use, follows the pool's policy exactly. A pick of the other family or
+// of an address already named is retried, up to maxPickTries per record;
+// what is still missing (the picker favours the other family, or nothing
+// of f is ready and the records are a fallback) is filled in record
+// order, from a start that depends only on the key (Lamping and Veach's
+// jump hash) or rotates when there is none.
+func (w *worker) picks(r *resp, st *svcState, f int, info balancer.PickInfo, k int) {
+	fs := &st.fam[f]
+	w.picked = w.picked[:0]
+	if !fs.fallback {
+		for try := 0; len(w.picked) < k && try < maxPickTries*k; try++ {
+			in := info
+			if try > 0 && info.HasKey {
+				in = balancer.WithKey(balancer.Mix64(info.Key + uint64(try)))
+			} else if len(w.picked) > 0 {
+				break // unkeyed: one pick, then its successors
+			}
+			ep, err := st.snap.Picker.Pick(in)
+			if err != nil {
+				break
+			}
+			i, ok := st.refs[ep]
+			if !ok || famOf(ep.Addr().Addr()) != f || slices.Contains(w.picked, i) {
+				continue
+			}
+			w.picked = append(w.picked, i)
+		}
+	}
+	if len(w.picked) < k {
+		var start int
+		switch {
+		case info.HasKey:
+			start = jump(info.Key, fs.n)
+		case len(w.picked) > 0:
+			start = int(w.picked[0]) + 1
+		default:
+			start = int(w.rot % uint32(fs.n))
+			w.rot++
+		}
+		for j := 0; len(w.picked) < k; j++ {
+			if i := int32((start + j) % fs.n); !slices.Contains(w.picked, i) {
+				w.picked = append(w.picked, i)
+			}
+		}
+	}
+	for _, i := range w.picked {
+		o := int(i) * fs.stride
+		r.b = append(r.b, fs.wire[o:o+fs.stride]...)
+	}
+	r.an += k
+}
+
 // serviceAnswer appends the A (f = 0) or AAAA (f = 1) records the
 // service's policy chooses for this query.
 func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
@@ -884,58 +946,20 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 		r.b = append(r.b, fs.wire[:i]...)
 		r.an += n
 	case PolicyWeighted:
-		k := min(sv.count, n)
-		if n == 1 {
-			r.b = append(r.b, fs.wire...)
-			r.an++
-			return
-		}
-		w.wts = append(w.wts[:0], fs.weights...)
-		total := fs.total
-		for range k {
-			x := w.rng.Float64() * total
-			pick := -1
-			for i, wt := range w.wts {
-				if wt == 0 {
-					continue
-				}
-				pick = i
-				if x < wt {
-					break
-				}
-				x -= wt
-			}
-			total -= w.wts[pick]
-			w.wts[pick] = 0
-			r.b = append(r.b, fs.wire[pick*stride:(pick+1)*stride]...)
-		}
-		r.an += k
+		w.picks(r, st, f, balancer.PickInfo{}, min(sv.count, n))
 	case PolicyConsistent:
 		addr, nbits, ecs := clientSubnet(r.q, src)
-		nbits = min(nbits, 24)
-		if !addr.Is4() {
-			nbits = min(nbits, 56)
-		}
-		p, _ := addr.Prefix(nbits)
-		key := balancer.HashAddr(p.Addr())
 		if ecs {
-			r.scope = uint8(nbits)
-		}
-		idx := -1
-		if ep, err := st.snap.Picker.Pick(balancer.WithKey(key)); err == nil {
-			if i, ok := st.refs[ep]; ok && famOf(ep.Addr().Addr()) == f {
-				idx = int(i)
+			kb := sv.key.Bits6
+			if addr.Is4() {
+				kb = sv.key.Bits4
 			}
+			if kb == 0 {
+				kb = addr.BitLen()
+			}
+			r.scope = uint8(min(nbits, kb))
 		}
-		if idx < 0 {
-			idx = jump(key, n)
-		}
-		k := min(sv.count, n)
-		for j := range k {
-			i := (idx + j) % n * stride
-			r.b = append(r.b, fs.wire[i:i+stride]...)
-		}
-		r.an += k
+		w.picks(r, st, f, sv.key.Client(addr), min(sv.count, n))
 	case PolicyNearest:
 		addr, _, ecs := clientSubnet(r.q, src)
 		ri, scope := sv.nearest(addr)

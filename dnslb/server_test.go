@@ -11,6 +11,7 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/ringhash"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -245,8 +246,10 @@ func TestPolicyAllRotates(t *testing.T) {
 	assert.Equal(t, before, pool.Snapshot().Ready, "the pool's ready set is never reordered")
 }
 
+// TestPolicyWeighted: the pool's policy (here weighted round robin)
+// decides who is named first.
 func TestPolicyWeighted(t *testing.T) {
-	pool := newPool(t, nil,
+	pool := newPool(t, weighted.Builder{},
 		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.1:80"), Weight: 1},
 		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.2:80"), Weight: 3},
 		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.3:80"), Weight: 6})
