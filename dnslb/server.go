@@ -28,16 +28,13 @@ const DefaultMaxUDPSize = 1232
 // Config configures a [Server]. Zones is required; every other field has
 // a useful zero value, documented on the field.
 type Config struct {
-	// Addr is the address ListenAndServe listens on for UDP and TCP, such
-	// as "127.0.0.1:5353". Empty means ":53".
-	Addr string
 	// Zones are the zones the server is authoritative for. Names outside
 	// them are REFUSED. At least one is required.
 	Zones []Zone
 	// Services are the load-balanced names. Each must be inside a zone and
 	// must not also have A, AAAA, SRV or CNAME records in the zone data.
 	Services []Service
-	// UDPSockets is how many UDP sockets ListenAndServe binds to Addr with
+	// UDPSockets is how many UDP sockets ListenAndServe binds with
 	// SO_REUSEPORT, each with its own read loop, so the kernel spreads
 	// queries over cores. Zero means GOMAXPROCS.
 	UDPSockets int
@@ -72,8 +69,9 @@ type Config struct {
 // rebuilt when the pool publishes a new one.
 //
 // A Server serves once: call ListenAndServe or Serve one time, and stop
-// it by cancelling the context or calling Shutdown. All methods are safe
-// for concurrent use.
+// it with Shutdown (gracefully), Close (now) or by cancelling Serve's
+// context (the same as Close). Zones and services change while it serves
+// with [Server.Update]. All methods are safe for concurrent use.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
@@ -91,17 +89,26 @@ type Server struct {
 	mu      sync.Mutex
 	started bool
 	closed  bool
-	done    chan struct{}
+	done    chan struct{} // closed when Shutdown, Close or Serve's ctx stops the server
 	udp     []net.PacketConn
 	lns     []net.Listener
-	conns   map[net.Conn]struct{}
+	conns   map[*tcpConn]struct{}
 	stats   []*worker // UDP loops, for Stats
 	wg      sync.WaitGroup
 	tcpStat workerStats
 }
 
+// tcpConn is a TCP connection being served. busy is set, under mu, while
+// a query is read and answered, so Shutdown wakes only connections
+// waiting for their next query and lets the others finish theirs.
+type tcpConn struct {
+	net.Conn
+	mu   sync.Mutex
+	busy bool
+}
+
 // ErrServerClosed is returned by Serve and ListenAndServe when the server
-// was already shut down or started.
+// was already started, shut down or closed.
 var ErrServerClosed = errors.New("dnslb: server closed or already started")
 
 // New validates cfg and returns a server ready to serve.
@@ -110,7 +117,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("dnslb: at least one zone is required")
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, zones: make(map[string]*zone), done: make(chan struct{}),
-		conns: make(map[net.Conn]struct{})}
+		conns: make(map[*tcpConn]struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -259,12 +266,11 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// ListenAndServe listens on Config.Addr with Config.UDPSockets UDP sockets
-// and one TCP listener (see [Listen]) and serves until ctx ends or
-// Shutdown is called, then returns nil. It returns an error if listening
-// fails, or ErrServerClosed if the server was already started or shut down.
-func (s *Server) ListenAndServe(ctx context.Context) error {
-	addr := s.cfg.Addr
+// ListenAndServe listens on addr (such as "127.0.0.1:5353"; empty means
+// ":53") with Config.UDPSockets UDP sockets and one TCP listener (see
+// [Listen]) and serves until ctx ends, Shutdown or Close, as [Server.Serve]
+// does. It returns an error if listening fails.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	if addr == "" {
 		addr = ":53"
 	}
@@ -280,10 +286,12 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 }
 
 // Serve answers queries arriving on the given UDP sockets (one read loop
-// each) and TCP listeners until ctx ends or Shutdown is called, then
-// closes them all, waits for the loops and connections to finish and
-// returns nil. The server takes ownership of the sockets. It returns
-// ErrServerClosed if the server was already started or shut down.
+// each) and TCP listeners; DNS needs both, and either may be empty. It
+// serves until ctx ends (which means the same as Close), Shutdown or
+// Close, waits for the read loops and connections to finish, closes the
+// sockets and returns nil. The server takes ownership of the sockets. It
+// returns ErrServerClosed, closing the sockets, if the server was already
+// started, shut down or closed.
 func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.Listener) error {
 	s.mu.Lock()
 	if s.started || s.closed {
@@ -312,18 +320,40 @@ func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.List
 	s.mu.Unlock()
 	select {
 	case <-ctx.Done():
+		s.Close()
 	case <-s.done:
 	}
-	s.closeAll()
 	s.wg.Wait()
+	s.closeSockets()
 	return nil
 }
 
-// Shutdown stops the server: it closes the sockets, so no new query is
-// read, and waits until the read loops and TCP connections have finished
-// or ctx ends, whichever comes first (returning ctx.Err() then).
+// Shutdown stops the server gracefully: it stops reading queries (UDP
+// read loops answer what they have read, TCP listeners close), lets each
+// TCP connection answer the query it is reading or answering, closes the
+// connections waiting for their next one, and waits until every loop and
+// connection has finished. When ctx ends first it closes what is left,
+// as Close does, and returns ctx.Err(). It is safe to call at any time,
+// more than once; before Serve it makes Serve fail with ErrServerClosed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeAll()
+	s.mu.Lock()
+	s.stopLocked()
+	// Wake the read loops: each sees the server stopping and returns.
+	now := time.Now()
+	for _, pc := range s.udp {
+		pc.SetReadDeadline(now)
+	}
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.mu.Lock()
+		if !c.busy {
+			c.SetReadDeadline(now)
+		}
+		c.mu.Unlock()
+	}
+	s.mu.Unlock()
 	waited := make(chan struct{})
 	go func() {
 		s.wg.Wait()
@@ -331,19 +361,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-waited:
+		s.closeSockets()
 		return nil
 	case <-ctx.Done():
+		s.Close()
+		<-waited
 		return ctx.Err()
 	}
 }
 
-func (s *Server) closeAll() {
+// Close stops the server now: it closes the sockets and every TCP
+// connection, answered or not. Serve returns once its loops have ended.
+// It is safe to call at any time, more than once, and always returns nil.
+func (s *Server) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.stopLocked()
+	s.mu.Unlock()
+	s.closeSockets()
+	return nil
+}
+
+// stopLocked marks the server stopped. s.mu must be held.
+func (s *Server) stopLocked() {
 	if !s.closed {
 		s.closed = true
 		close(s.done)
 	}
+}
+
+// closeSockets closes the sockets, listeners and connections.
+func (s *Server) closeSockets() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, pc := range s.udp {
 		pc.Close()
 	}
@@ -435,6 +484,7 @@ func (s *Server) serveTCP(ln net.Listener) {
 			c.Close() // over MaxTCPConns
 			continue
 		}
+		tc := &tcpConn{Conn: c}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -442,14 +492,14 @@ func (s *Server) serveTCP(ln net.Listener) {
 			<-s.tcpSem
 			return
 		}
-		s.conns[c] = struct{}{}
+		s.conns[tc] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.handleTCP(c)
+		go s.handleTCP(tc)
 	}
 }
 
-func (s *Server) handleTCP(c net.Conn) {
+func (s *Server) handleTCP(c *tcpConn) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, c)
@@ -466,10 +516,16 @@ func (s *Server) handleTCP(c net.Conn) {
 	defer s.workers.Put(w)
 	buf := make([]byte, 65535)
 	for {
-		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
+		// Waiting for a query: Shutdown may wake the read (busy is
+		// false) and this loop then ends.
+		if !c.setBusy(false, s) {
 			return
 		}
 		if _, err := io.ReadFull(c, buf[:2]); err != nil {
+			return
+		}
+		// A query is arriving: Shutdown lets it finish.
+		if !c.setBusy(true, s) {
 			return
 		}
 		n := int(buf[0])<<8 | int(buf[1])
@@ -489,6 +545,19 @@ func (s *Server) handleTCP(c net.Conn) {
 			return
 		}
 	}
+}
+
+// setBusy records whether the connection is busy with a query and sets
+// its idle read deadline. Entering the idle state it reports false when
+// the server is stopping, so the connection ends.
+func (c *tcpConn) setBusy(busy bool, s *Server) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !busy && s.isClosed() {
+		return false
+	}
+	c.busy = busy
+	return c.SetReadDeadline(time.Now().Add(s.idle)) == nil
 }
 
 // ServeDNS answers r as the server would over the writer's transport, so

@@ -708,15 +708,15 @@ func TestAsMiekgHandler(t *testing.T) {
 }
 
 func TestListenAndServe(t *testing.T) {
-	s, err := New(Config{Addr: "127.0.0.1:0", UDPSockets: 2, Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
+	s, err := New(Config{UDPSockets: 2, Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	assert.NoError(t, s.ListenAndServe(ctx), "stops when ctx ends")
+	assert.NoError(t, s.ListenAndServe(ctx, "127.0.0.1:0"), "stops when ctx ends")
 
-	s, err = New(Config{Addr: "no-port", Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
+	s, err = New(Config{Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
 	require.NoError(t, err)
-	err = s.ListenAndServe(context.Background())
+	err = s.ListenAndServe(context.Background(), "no-port")
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "dnslb: listen address")
 }
