@@ -78,7 +78,8 @@ func (w *worker) applyUpdate(m *dns.Msg) int {
 	if err != nil {
 		return dns.RcodeFormatError
 	}
-	zn := w.s.zones[string(zw)]
+	tab := w.s.tab.Load()
+	zn := tab.zones[string(zw)]
 	if zn == nil {
 		return dns.RcodeNotAuth
 	}
@@ -96,7 +97,7 @@ func (w *worker) applyUpdate(m *dns.Msg) int {
 		if err != nil {
 			return dns.RcodeFormatError
 		}
-		ref, ok := w.s.names[string(nw)]
+		ref, ok := tab.names[string(nw)]
 		if !ok || ref.zone != zn || ref.node.svc == nil || ref.node.svc.cfg.UpdatePort == 0 {
 			return dns.RcodeRefused // only services open to updates change
 		}

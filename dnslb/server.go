@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -73,16 +72,16 @@ type Config struct {
 // context (the same as Close). Zones and services change while it serves
 // with [Server.Update]. All methods are safe for concurrent use.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	zones    map[string]*zone   // lower-case wire apex → zone
-	names    map[string]nameRef // lower-case wire name → its zone and node
-	services []*service
-	rrl      *limiter
-	maxUDP   int
-	idle     time.Duration
-	tcpSem   chan struct{}
-	updKeys  map[string]TSIGKey // canonical key name → key with canonical algorithm
+	cfg     Config
+	log     *slog.Logger
+	tab     atomic.Pointer[tables] // zones and services; swapped by Update
+	rrl     *limiter
+	maxUDP  int
+	idle    time.Duration
+	tcpSem  chan struct{}
+	updKeys map[string]TSIGKey // canonical key name → key with canonical algorithm
+
+	updMu sync.Mutex // serializes Update
 
 	workers sync.Pool // *worker for TCP connections and ServeDNS
 
@@ -113,57 +112,15 @@ var ErrServerClosed = errors.New("dnslb: server closed or already started")
 
 // New validates cfg and returns a server ready to serve.
 func New(cfg Config) (*Server, error) {
-	if len(cfg.Zones) == 0 {
-		return nil, errors.New("dnslb: at least one zone is required")
-	}
-	s := &Server{cfg: cfg, log: cfg.Logger, zones: make(map[string]*zone), done: make(chan struct{}),
-		conns: make(map[*tcpConn]struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), conns: make(map[*tcpConn]struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	for _, z := range cfg.Zones {
-		zn, err := compileZone(z)
-		if err != nil {
-			return nil, err
-		}
-		if s.zones[string(zn.apex)] != nil {
-			return nil, fmt.Errorf("dnslb: zone %q configured twice", zn.origin)
-		}
-		s.zones[string(zn.apex)] = zn
+	tab, err := compileTables(cfg.Zones, cfg.Services)
+	if err != nil {
+		return nil, err
 	}
-	for _, sc := range cfg.Services {
-		sv, err := compileService(sc)
-		if err != nil {
-			return nil, err
-		}
-		zn, _ := s.findZone(sv.name)
-		if zn == nil {
-			return nil, fmt.Errorf("dnslb: service %q is in none of the zones", sc.Name)
-		}
-		nd, err := zn.ensure(presentation(sv.name))
-		if err != nil {
-			return nil, err
-		}
-		if nd.svc != nil {
-			return nil, fmt.Errorf("dnslb: service %q configured twice", sc.Name)
-		}
-		for _, t := range []uint16{typeA, typeAAAA, typeSRV, typeCNAME} {
-			if nd.rrsets[t] != nil {
-				return nil, fmt.Errorf("dnslb: service %q also has %s records in the zone", sc.Name, dns.TypeToString[t])
-			}
-		}
-		nd.svc = sv
-		s.services = append(s.services, sv)
-	}
-	// One map lookup finds an existing name's zone and node.
-	s.names = make(map[string]nameRef)
-	for _, zn := range s.zones {
-		for name, nd := range zn.nodes {
-			if owner, off := s.findZone([]byte(name)); owner == zn {
-				s.names[name] = nameRef{zone: zn, zoff: off, node: nd}
-			}
-		}
-	}
+	s.tab.Store(tab)
 	for _, k := range cfg.UpdateKeys {
 		if k.Name == "" || k.Secret == "" {
 			return nil, errors.New("dnslb: UpdateKeys need a name and a secret")
@@ -178,7 +135,6 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.updKeys[k.Name] = k
 	}
-	var err error
 	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
 		return nil, err
 	}
@@ -203,24 +159,6 @@ func New(cfg Config) (*Server, error) {
 	s.tcpSem = make(chan struct{}, maxConns)
 	s.workers.New = func() any { return s.newWorker() }
 	return s, nil
-}
-
-// nameRef locates a name that exists in one of the server's zones.
-type nameRef struct {
-	zone *zone
-	zoff int // offset of the zone's apex in the name
-	node *node
-}
-
-// findZone returns the zone with the longest apex that name (lower-case
-// wire form) is in, and the offset of that apex in name.
-func (s *Server) findZone(name []byte) (*zone, int) {
-	for off := 0; off < len(name); off += int(name[off]) + 1 {
-		if zn := s.zones[string(name[off:])]; zn != nil {
-			return zn, off
-		}
-	}
-	return nil, 0
 }
 
 // Stats are counters of a server's work since it started.
@@ -751,11 +689,12 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		r.rcode = rcodeFormErr
 		return
 	}
+	tab := w.s.tab.Load() // one configuration for the whole answer
 	lname := lowerName(&w.lname, q.qname)
-	ref, ok := w.s.names[string(lname)]
+	ref, ok := tab.names[string(lname)]
 	zn, zoff, nd := ref.zone, ref.zoff, ref.node
 	if !ok {
-		zn, zoff = w.s.findZone(lname)
+		zn, zoff = tab.findZone(lname)
 	}
 	if zn == nil {
 		r.rcode = rcodeRefused
@@ -811,7 +750,7 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 			return
 		}
 		lname = lowerName(&w.lname, target)
-		ref, ok = w.s.names[string(lname)]
+		ref, ok = tab.names[string(lname)]
 		if ok {
 			nd, zoff = ref.node, ref.zoff
 			if ref.zone != zn || slices.Contains(chain[:hops+1], nd) {
@@ -819,7 +758,7 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 			}
 			continue
 		}
-		z2, off := w.s.findZone(lname)
+		z2, off := tab.findZone(lname)
 		if z2 != zn {
 			return
 		}
