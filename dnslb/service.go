@@ -60,19 +60,36 @@ const (
 	PolicyNearest
 )
 
-// String returns the policy's name.
+var policyNames = [...]string{PolicyAll: "all", PolicyWeighted: "weighted", PolicyConsistent: "consistent", PolicyNearest: "nearest"}
+
+// String returns the policy's name as a configuration file spells it:
+// "all", "weighted", "consistent" or "nearest".
 func (p Policy) String() string {
-	switch p {
-	case PolicyAll:
-		return "all"
-	case PolicyWeighted:
-		return "weighted"
-	case PolicyConsistent:
-		return "consistent"
-	case PolicyNearest:
-		return "nearest"
+	if int(p) < len(policyNames) {
+		return policyNames[p]
 	}
 	return "Policy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// MarshalText returns the policy's name. It fails for an unknown policy.
+// It implements encoding.TextMarshaler.
+func (p Policy) MarshalText() ([]byte, error) {
+	if int(p) >= len(policyNames) {
+		return nil, fmt.Errorf("dnslb: unknown policy %d", p)
+	}
+	return []byte(policyNames[p]), nil
+}
+
+// UnmarshalText sets p from its name (see [Policy.String]), ignoring
+// case. It implements encoding.TextUnmarshaler.
+func (p *Policy) UnmarshalText(text []byte) error {
+	for i, n := range policyNames {
+		if strings.EqualFold(n, string(text)) {
+			*p = Policy(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("dnslb: unknown policy %q (want all, weighted, consistent or nearest)", text)
 }
 
 // Fallback says what a service answers when none of its backends of the
@@ -88,6 +105,38 @@ const (
 	// FallbackServFail answers SERVFAIL.
 	FallbackServFail
 )
+
+var fallbackNames = [...]string{FallbackAll: "all", FallbackServFail: "servfail"}
+
+// String returns the fallback's name as a configuration file spells it:
+// "all" or "servfail".
+func (f Fallback) String() string {
+	if int(f) < len(fallbackNames) {
+		return fallbackNames[f]
+	}
+	return "Fallback(" + strconv.Itoa(int(f)) + ")"
+}
+
+// MarshalText returns the fallback's name. It fails for an unknown
+// fallback. It implements encoding.TextMarshaler.
+func (f Fallback) MarshalText() ([]byte, error) {
+	if int(f) >= len(fallbackNames) {
+		return nil, fmt.Errorf("dnslb: unknown fallback %d", f)
+	}
+	return []byte(fallbackNames[f]), nil
+}
+
+// UnmarshalText sets f from its name (see [Fallback.String]), ignoring
+// case. It implements encoding.TextUnmarshaler.
+func (f *Fallback) UnmarshalText(text []byte) error {
+	for i, n := range fallbackNames {
+		if strings.EqualFold(n, string(text)) {
+			*f = Fallback(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("dnslb: unknown fallback %q (want all or servfail)", text)
+}
 
 // ZoneRule maps client addresses to a backend zone for [PolicyNearest].
 type ZoneRule struct {

@@ -1,6 +1,7 @@
 package dnslb
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -35,6 +36,37 @@ func TestJump(t *testing.T) {
 func TestPolicyString(t *testing.T) {
 	assert.Equal(t, []string{"all", "weighted", "consistent", "nearest", "Policy(9)"},
 		[]string{PolicyAll.String(), PolicyWeighted.String(), PolicyConsistent.String(), PolicyNearest.String(), Policy(9).String()})
+	assert.Equal(t, []string{"all", "servfail", "Fallback(7)"}, []string{FallbackAll.String(), FallbackServFail.String(), Fallback(7).String()})
+}
+
+// TestEnumsText: Policy and Fallback read and write the names a
+// configuration file uses, and reject others.
+func TestEnumsText(t *testing.T) {
+	type svc struct {
+		Policy   Policy
+		Fallback Fallback
+	}
+	for _, p := range []Policy{PolicyAll, PolicyWeighted, PolicyConsistent, PolicyNearest} {
+		for _, f := range []Fallback{FallbackAll, FallbackServFail} {
+			b, err := json.Marshal(svc{p, f})
+			require.NoError(t, err)
+			assert.Equal(t, fmt.Sprintf(`{"Policy":%q,"Fallback":%q}`, p, f), string(b))
+			var back svc
+			require.NoError(t, json.Unmarshal(b, &back))
+			assert.Equal(t, svc{p, f}, back)
+		}
+	}
+	var got svc
+	require.NoError(t, json.Unmarshal([]byte(`{"Policy":"Consistent","Fallback":"SERVFAIL"}`), &got))
+	assert.Equal(t, svc{PolicyConsistent, FallbackServFail}, got, "case is ignored")
+	err := json.Unmarshal([]byte(`{"Policy":"nearest-zone"}`), &got)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "dnslb: unknown policy")
+	require.Error(t, json.Unmarshal([]byte(`{"Fallback":"none"}`), &got))
+	_, err = Policy(9).MarshalText()
+	assert.Error(t, err)
+	_, err = Fallback(7).MarshalText()
+	assert.Error(t, err)
 }
 
 // TestConsistentMixedFamilies: the pool's picker chooses among both
