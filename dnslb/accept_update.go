@@ -3,6 +3,7 @@ package dnslb
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
@@ -153,7 +154,13 @@ func (w *worker) applyUpdate(m *dns.Msg) int {
 			pool.Remove(netip.AddrPortFrom(op.addr, op.sv.cfg.UpdatePort))
 		}
 	}
-	w.s.log.Info("dnslb: accepted update", "zone", zn.origin, "changes", len(ops))
+	var pools []string
+	for _, op := range ops {
+		if n := op.sv.cfg.Pool.Name(); !slices.Contains(pools, n) {
+			pools = append(pools, n)
+		}
+	}
+	w.s.log.Info("dnslb: accepted update", "zone", zn.origin, "changes", len(ops), "pool", pools)
 	return dns.RcodeSuccess
 }
 

@@ -592,6 +592,8 @@ func TestConfigErrors(t *testing.T) {
 		{"service outside zones", Config{Zones: z, Services: []Service{{Name: "svc.other.", Pool: pool}}}},
 		{"service without pool", Config{Zones: z, Services: []Service{{Name: "svc.example.test."}}}},
 		{"service over CNAME", Config{Zones: z, Services: []Service{{Name: "www.example.test.", Pool: pool}}}},
+		{"key prefix out of range", Config{Zones: z, Services: []Service{{Name: "s.example.test.", Pool: pool, Policy: PolicyConsistent,
+			Key: balancer.Key{Source: balancer.KeyClient, Bits4: 33}}}}},
 		{"service twice", Config{Zones: z, Services: []Service{{Name: "s.example.test.", Pool: pool}, {Name: "S.example.test", Pool: pool}}}},
 		{"bad rate", Config{Zones: z, RateLimit: RateLimit{Rate: -1}}},
 		{"bad UDP size", Config{Zones: z, MaxUDPSize: 100}},

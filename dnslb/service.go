@@ -259,6 +259,9 @@ func compileService(s Service) (*service, error) {
 	if s.Fallback > FallbackServFail {
 		return nil, fmt.Errorf("dnslb: service %q: unknown fallback %d", name, s.Fallback)
 	}
+	if k := s.Key; k.Bits4 < 0 || k.Bits4 > 32 || k.Bits6 < 0 || k.Bits6 > 128 {
+		return nil, fmt.Errorf("dnslb: service %q: Key %s: prefix lengths out of range", name, k)
+	}
 	if s.Count < 0 {
 		return nil, fmt.Errorf("dnslb: service %q: Count must not be negative", name)
 	}
