@@ -21,8 +21,8 @@
 // Each connection is bracketed by Endpoint.Start and Endpoint.Done, which
 // is all passive health needs: a failed connect is reported with its error
 // (a checker following the pool counts it towards ejection); a connection
-// that was established is a success with its connect time as latency, how
-// ever it ends, as HAProxy judges layer-4 traffic. End of input on one
+// that was established is a success with its connect time as latency, however
+// it ends, as HAProxy judges layer-4 traffic. End of input on one
 // side is passed on as a half-close, so request-then-reply protocols work;
 // a connection on which neither side sent anything for
 // [Config.IdleTimeout] is closed. Between two TCP sockets the copy uses

@@ -554,6 +554,35 @@ func TestKey(t *testing.T) {
 	}
 }
 
+// TestAcceptProxyProtocolKey: behind another proxy, every connection
+// comes from that proxy's address; the key hashes the client's address
+// from the PROXY header instead, so clients stay on their backends and are
+// spread over all of them.
+func TestAcceptProxyProtocolKey(t *testing.T) {
+	var addrs []netip.AddrPort
+	for i := range 4 {
+		addrs = append(addrs, startBackend(t, named(fmt.Sprint("b", i))).addr)
+	}
+	_, addr := startProxy(t, Config{Pool: newPool(t, maglev.Builder{}, addrs...), Key: balancer.MustParseKey("client"), AcceptProxyProtocol: true})
+	from := func(client netip.AddrPort) string {
+		c := dial(t, addr)
+		defer c.Close()
+		h := proxyproto.Header{Version: proxyproto.V2, Transport: proxyproto.TCP, Source: client, Destination: netip.MustParseAddrPort("198.18.0.1:443")}
+		_, err := c.Write(h.Append(nil))
+		require.NoError(t, err)
+		return readLine(t, c)
+	}
+	spread := map[string]bool{}
+	for i := 1; i <= 12; i++ {
+		first := from(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 7}), 40000))
+		for port := range uint16(3) {
+			assert.Equal(t, first, from(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 7}), 50000+port)), "client %d keeps its backend", i)
+		}
+		spread[first] = true
+	}
+	assert.Greater(t, len(spread), 1, "the key is the header's client, not the proxy in front")
+}
+
 func TestIdleTimeout(t *testing.T) {
 	b := startBackend(t, echo)
 	_, addr := startProxy(t, Config{Pool: newPool(t, nil, b.addr), IdleTimeout: 100 * time.Millisecond})
