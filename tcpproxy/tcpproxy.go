@@ -182,8 +182,10 @@ func New(cfg Config) (*Server, error) {
 // each new connection uses either the old configuration or the new one,
 // never a mix. Established connections keep the configuration they
 // started with (their idle timeout, the header they sent) and are not
-// interrupted. A new Pool is allowed: new connections pick from it. An
-// invalid cfg returns an error and changes nothing.
+// interrupted. A new Pool is allowed: new connections pick from it. A new
+// Logger applies to connections; accept errors of a Serve call already
+// running keep the logger it started with. An invalid cfg returns an
+// error and changes nothing.
 func (s *Server) Update(cfg Config) error {
 	st, err := newSettings(cfg)
 	if err != nil {
