@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -73,14 +74,14 @@ func (d *decoder) document(data []byte) (*yaml.Node, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, Errors{{Position: Position{File: d.file, Line: 1, Column: 1}, Msg: "empty file: expected a mapping with pools and listeners"}}
 		}
-		return nil, d.syntaxError(err)
+		return nil, d.syntaxError(data, err)
 	}
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case err == nil:
 		return nil, Errors{{Position: d.at(&extra), Msg: "a second YAML document: expected one (remove the '---')"}}
 	case !errors.Is(err, io.EOF):
-		return nil, d.syntaxError(err)
+		return nil, d.syntaxError(data, err)
 	}
 	if len(doc.Content) != 1 {
 		return nil, Errors{{Position: d.at(&doc), Msg: "empty file: expected a mapping with pools and listeners"}}
@@ -93,17 +94,62 @@ func (d *decoder) document(data []byte) (*yaml.Node, error) {
 }
 
 // syntaxError turns a YAML parser error into an Error. The parser names
-// only a line, so the column is left unknown.
-func (d *decoder) syntaxError(err error) error {
-	msg := err.Error()
-	p := Position{File: d.file}
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		p.Line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else if len(msg) > 6 && msg[:6] == "yaml: " {
-		msg = msg[6:]
+// only a line, and often the line where the enclosing block starts rather
+// than the offending one, so the line is refined with problemLine; the
+// column is left unknown.
+func (d *decoder) syntaxError(data []byte, err error) error {
+	line, msg := splitYAMLError(err)
+	if l := problemLine(data, msg); l > 0 {
+		line = l
 	}
-	return Errors{{Position: p, Msg: "syntax error: " + msg}}
+	return Errors{{Position: Position{File: d.file, Line: line}, Msg: "syntax error: " + msg}}
+}
+
+// splitYAMLError splits "yaml: line N: msg" into N and msg.
+func splitYAMLError(err error) (int, string) {
+	msg := err.Error()
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return line, m[2]
+	}
+	return 0, strings.TrimPrefix(msg, "yaml: ")
+}
+
+// maxProblemSearch bounds the lines problemLine tries (it parses the file
+// once per line).
+const maxProblemSearch = 2000
+
+// problemLine finds the line a syntax error is on: the first line whose
+// prefix of the file (up to and including it) fails to parse with the
+// same message. A YAML text cut after a line is usually valid YAML, so
+// the first failing cut is where the problem starts; requiring the same
+// message skips cuts that fail only because they split a multi-line flow
+// collection or quoted string. Zero means not found.
+func problemLine(data []byte, msg string) int {
+	end, line := 0, 0
+	for end < len(data) && line < maxProblemSearch {
+		nl := bytes.IndexByte(data[end:], '\n')
+		if nl < 0 {
+			return 0 // the whole file; the parser's own line stands
+		}
+		end += nl + 1
+		line++
+		var n yaml.Node
+		dec := yaml.NewDecoder(bytes.NewReader(data[:end]))
+		for {
+			err := dec.Decode(&n)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, io.EOF) {
+				if _, m := splitYAMLError(err); m == msg {
+					return line
+				}
+			}
+			break
+		}
+	}
+	return 0
 }
 
 // File returns the name the configuration was loaded from.

@@ -372,8 +372,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, name string, negative bo
 		m := reflect.MakeMap(t)
 		for _, p := range d.pairs(n, depth+1) {
 			val := reflect.New(t.Elem()).Elem()
+			before := len(d.errs)
 			d.decode(p.val, val, p.key.Value, false, depth+1)
-			m.SetMapIndex(reflect.ValueOf(p.key.Value), val)
+			if len(d.errs) == before {
+				m.SetMapIndex(reflect.ValueOf(p.key.Value), val)
+			}
 		}
 		v.Set(m)
 	case reflect.Pointer:
@@ -419,10 +422,8 @@ func (d *decoder) listener(n *yaml.Node, l *Listener, depth int) {
 	pairs := d.pairs(n, depth+1)
 	common := fieldsOf(listenerType)
 	lv := reflect.ValueOf(l).Elem()
-	typeGiven := false
 	for _, p := range pairs {
 		if p.key.Value == "type" {
-			typeGiven = true
 			d.decode(p.val, lv.FieldByName("Type"), "type", false, depth+1)
 		}
 	}
@@ -464,10 +465,9 @@ func (d *decoder) listener(n *yaml.Node, l *Listener, depth int) {
 			continue
 		}
 		if of == nil {
-			if !typeGiven {
-				d.errorf(d.at(p.key), "field %q needs the listener's type; expected type: one of redirect, dns, http, tcp, iplb, l2lb", k)
-			}
-			continue // a bad type was reported; its options cannot be checked
+			// A missing type is reported by the checks, a bad one was
+			// reported above; either way the options cannot be checked.
+			continue
 		}
 		f, ok := of.byName[k]
 		if !ok {

@@ -183,9 +183,11 @@ func (DNSFallback) values() (string, []string) { return "fallback", []string{"al
 func (TSIGAlgorithm) values() (string, []string) {
 	return "TSIG algorithm", []string{"hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1"}
 }
-func (ProxyVersion) values() (string, []string) { return "PROXY protocol version", []string{"v1", "v2"} }
-func (Proto) values() (string, []string)        { return "protocol", []string{"tcp", "udp"} }
-func (IPLBMode) values() (string, []string)     { return "iplb mode", []string{"gateway", "fullnat"} }
+func (ProxyVersion) values() (string, []string) {
+	return "PROXY protocol version", []string{"v1", "v2"}
+}
+func (Proto) values() (string, []string)    { return "protocol", []string{"tcp", "udp"} }
+func (IPLBMode) values() (string, []string) { return "iplb mode", []string{"gateway", "fullnat"} }
 func (Scheduler) values() (string, []string) {
 	return "scheduler", []string{"consistent", "roundrobin"}
 }

@@ -498,7 +498,7 @@ func (d *decoder) health(h *Health) {
 	}
 	if h.Status != "" {
 		if _, _, err := ParseStatusRange(h.Status); err != nil {
-			d.errAt(at2(&h.Status, h), "status: %v", err)
+			d.errAt(at2(&h.Status, h), "%s", strings.TrimPrefix(err.Error(), "config: "))
 		}
 	}
 	if h.Type == ProbeDNS && h.Query == "" {

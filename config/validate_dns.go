@@ -27,7 +27,7 @@ func (d *decoder) dnsListener(l *Listener, pools map[string]*Pool) {
 	if len(s.Zones) == 0 && len(s.Updaters) == 0 {
 		d.errAt(at2(s, s), "a dns listener needs zones to serve, updaters to run, or both")
 	}
-	if len(s.Zones) == 0 && l.Addr != "" {
+	if len(s.Zones) == 0 && len(s.Updaters) > 0 && l.Addr != "" {
 		d.errAt(at2(&l.Addr, l), "addr: a dns listener without zones serves nothing")
 	}
 	var zones []zoneInfo
