@@ -115,9 +115,9 @@ func splitYAMLError(err error) (int, string) {
 	return 0, strings.TrimPrefix(msg, "yaml: ")
 }
 
-// maxProblemSearch bounds the lines problemLine tries (it parses the file
-// once per line).
-const maxProblemSearch = 2000
+// maxProblemSearch bounds the bytes problemLine parses in all (it parses
+// a prefix of the file per line).
+const maxProblemSearch = 32 << 20
 
 // problemLine finds the line a syntax error is on: the first line whose
 // prefix of the file (up to and including it) fails to parse with the
@@ -126,14 +126,15 @@ const maxProblemSearch = 2000
 // message skips cuts that fail only because they split a multi-line flow
 // collection or quoted string. Zero means not found.
 func problemLine(data []byte, msg string) int {
-	end, line := 0, 0
-	for end < len(data) && line < maxProblemSearch {
+	end, line, spent := 0, 0, 0
+	for end < len(data) && spent < maxProblemSearch {
 		nl := bytes.IndexByte(data[end:], '\n')
 		if nl < 0 {
 			return 0 // the whole file; the parser's own line stands
 		}
 		end += nl + 1
 		line++
+		spent += end
 		var n yaml.Node
 		dec := yaml.NewDecoder(bytes.NewReader(data[:end]))
 		for {

@@ -147,12 +147,15 @@ func (d *decoder) path(name string) string {
 // directory, reporting problems at the field.
 func (d *decoder) readFile(name *string, parent any, field string) ([]byte, bool) {
 	p := d.path(*name)
-	f, err := os.Open(p)
+	// Stat before opening: opening a FIFO would block.
+	st, err := os.Stat(p)
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("not a regular file")
+	}
+	var f *os.File
 	if err == nil {
-		defer f.Close()
-		var st os.FileInfo
-		if st, err = f.Stat(); err == nil && !st.Mode().IsRegular() {
-			err = fmt.Errorf("not a regular file")
+		if f, err = os.Open(p); err == nil {
+			defer f.Close()
 		}
 	}
 	if err != nil {
