@@ -279,10 +279,11 @@ type Passive struct {
 	HoldEjection bool `yaml:"hold_ejection"`
 }
 
-// Listener is one front-end. Name, Type and Addr are common to every type;
-// exactly one of the type's option blocks (Redirect, DNS, HTTP, TCP, IPLB,
-// L2LB) is set, matching Type. In the file the type's options sit next to
-// name, type and addr, not in a block of their own.
+// Listener is one front-end: a name, a type and an address, and next to them
+// in the same mapping the options of its type.
+//
+// Load and Parse put the type's options in the block matching Type
+// (Redirect, DNS, HTTP, TCP, IPLB or L2LB); the other blocks are nil.
 type Listener struct {
 	// Name identifies the listener in logs, metrics and /status.
 	// Required; unique.
