@@ -32,11 +32,15 @@ type Endpoint struct {
 	// objects are 128-byte aligned, so the line above is one cache line.
 	addr     netip.AddrPort
 	info     atomic.Pointer[endpointInfo] // never nil
-	pool     *Pool                        // owner, nil for a standalone endpoint
 	weight   atomic.Uint32                // configured weight, ≥ 1
 	healthy  atomic.Bool
 	draining atomic.Bool
 	unknown  atomic.Bool // not yet checked: not ready, and no slow start when it turns healthy
+
+	// An operator's override (see Pool.SetOverride), above health and
+	// configuration.
+	adminWeight atomic.Uint32 // 0: none
+	adminDrain  atomic.Bool
 }
 
 // endpointInfo is the part of a member's configuration that is replaced
@@ -44,6 +48,7 @@ type Endpoint struct {
 type endpointInfo struct {
 	zone string
 	meta map[string]string
+	pool *Pool // owner, nil for a standalone endpoint; never changes
 }
 
 // NewEndpoint returns a standalone endpoint for b, healthy and not
@@ -86,7 +91,7 @@ func (e *Endpoint) MetaMap() map[string]string { return e.info.Load().meta }
 
 // Pool returns the pool the endpoint is a member of, or nil for an
 // endpoint made with [NewEndpoint].
-func (e *Endpoint) Pool() *Pool { return e.pool }
+func (e *Endpoint) Pool() *Pool { return e.info.Load().pool }
 
 // Backend returns the endpoint's current configuration.
 func (e *Endpoint) Backend() Backend {
@@ -94,9 +99,22 @@ func (e *Endpoint) Backend() Backend {
 	return Backend{Addr: e.addr, Weight: e.weight.Load(), Zone: in.zone, Meta: in.meta}
 }
 
-// Weight returns the configured weight (≥ 1). The effective weight during
-// slow start is in the pool's [Snapshot].
-func (e *Endpoint) Weight() uint32 { return e.weight.Load() }
+// Weight returns the member's weight (≥ 1): an operator's override if
+// there is one (see [Pool.SetOverride]), else the configured weight or the
+// one its health agent asked for. The effective weight during slow start
+// is in the pool's [Snapshot].
+func (e *Endpoint) Weight() uint32 {
+	if w := e.adminWeight.Load(); w != 0 {
+		return w
+	}
+	return e.weight.Load()
+}
+
+// Override returns the operator's override on the member (see
+// [Pool.SetOverride]); the zero value means none.
+func (e *Endpoint) Override() Override {
+	return Override{Drain: e.adminDrain.Load(), Weight: e.adminWeight.Load()}
+}
 
 // Healthy reports whether the endpoint is currently considered healthy.
 func (e *Endpoint) Healthy() bool { return e.healthy.Load() }
@@ -116,7 +134,7 @@ func (e *Endpoint) Health() Health {
 
 // Draining reports whether the endpoint is draining: it takes no new work
 // while its in-flight work finishes.
-func (e *Endpoint) Draining() bool { return e.draining.Load() }
+func (e *Endpoint) Draining() bool { return e.draining.Load() || e.adminDrain.Load() }
 
 // InFlight returns the number of units of work started and not yet done.
 func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
@@ -164,8 +182,8 @@ func (e *Endpoint) DoneAt(err error, latency time.Duration, now time.Time) {
 	if latency > 0 {
 		e.ObserveLatency(now, latency)
 	}
-	if e.pool != nil {
-		if o := e.pool.observer.Load(); o != nil {
+	if p := e.info.Load().pool; p != nil {
+		if o := p.observer.Load(); o != nil {
 			o.o.ObserveDone(e, err, latency)
 		}
 	}

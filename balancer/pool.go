@@ -405,6 +405,43 @@ func (p *Pool) SetDraining(addr netip.AddrPort, draining bool) bool {
 	return true
 }
 
+// Override is an operator's decision about one member that stands above
+// its configuration, its health checker and its agent: drained (no new
+// work, work in flight finishes) or given a weight. The zero value is no
+// override.
+type Override struct {
+	// Drain takes the member out of new picks.
+	Drain bool
+	// Weight, when not zero, replaces the member's weight.
+	Weight uint32
+}
+
+// SetOverride sets the operator's override on the member with address
+// addr (the zero Override clears it) and reports whether the member
+// exists. The override outlives health and agent changes and
+// [Pool.Set] calls that keep the member; it goes with the member.
+func (p *Pool) SetOverride(addr netip.AddrPort, o Override) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.index[addr]
+	if m == nil {
+		return false
+	}
+	if m.ep.Override() == o {
+		return true
+	}
+	wasDrained := m.ep.adminDrain.Load()
+	m.ep.adminDrain.Store(o.Drain)
+	m.ep.adminWeight.Store(o.Weight)
+	now := time.Now()
+	if wasDrained && !o.Drain && !m.ep.draining.Load() && p.cfg.SlowStart > 0 {
+		m.readySince = now
+	}
+	p.log.Info("balancer: override changed", "backend", addr, "drain", o.Drain, "weight", o.Weight)
+	p.rebuildLocked(now, true)
+	return true
+}
+
 // SetWeight sets the configured weight of the member with address addr
 // (zero means 1) and reports whether it changed.
 func (p *Pool) SetWeight(addr netip.AddrPort, weight uint32) bool {
@@ -438,7 +475,9 @@ func (p *Pool) Close() error {
 func (p *Pool) newMember(b Backend, now time.Time) *member {
 	ep := NewEndpoint(b)
 	ep.decay = float64(p.cfg.EWMADecay)
-	ep.pool = p
+	in := *ep.info.Load()
+	in.pool = p
+	ep.info.Store(&in)
 	if p.join != Healthy {
 		ep.healthy.Store(false)
 		ep.unknown.Store(p.join == HealthUnknown)
@@ -456,7 +495,7 @@ func (p *Pool) newMember(b Backend, now time.Time) *member {
 func (p *Pool) updateLocked(m *member, b Backend) bool {
 	changed := m.ep.weight.Swap(b.weight()) != b.weight()
 	if in := m.ep.info.Load(); !maps.Equal(in.meta, b.Meta) && (len(in.meta) > 0 || len(b.Meta) > 0) {
-		m.ep.info.Store(&endpointInfo{zone: in.zone, meta: cloneMeta(b.Meta)})
+		m.ep.info.Store(&endpointInfo{zone: in.zone, meta: cloneMeta(b.Meta), pool: in.pool})
 		changed = true
 	}
 	return changed
@@ -496,7 +535,7 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	}
 	var healthy, serving int
 	for _, m := range p.members {
-		if m.ep.draining.Load() {
+		if m.ep.Draining() {
 			continue
 		}
 		serving++
@@ -511,7 +550,7 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	if z := p.cfg.LocalZone; z != "" && !panicking {
 		var local, localReady int
 		for _, m := range p.members {
-			if m.ep.Zone() != z || m.ep.draining.Load() {
+			if m.ep.Zone() != z || m.ep.Draining() {
 				continue
 			}
 			local++
@@ -526,7 +565,7 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	ready := make([]Weighted, 0, len(p.members))
 	for _, m := range p.members {
 		ep := m.ep
-		if ep.draining.Load() || (!panicking && !ep.healthy.Load()) {
+		if ep.Draining() || (!panicking && !ep.healthy.Load()) {
 			continue
 		}
 		if useLocal && ep.Zone() != p.cfg.LocalZone {
@@ -536,7 +575,7 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 		if !at.IsZero() && (next.IsZero() || at.Before(next)) {
 			next = at
 		}
-		ready = append(ready, Weighted{Endpoint: ep, Weight: float64(ep.weight.Load()) * f})
+		ready = append(ready, Weighted{Endpoint: ep, Weight: float64(ep.Weight()) * f})
 	}
 
 	if p.timer != nil {

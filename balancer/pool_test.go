@@ -515,3 +515,27 @@ func TestObserver(t *testing.T) {
 	lone.Done(boom, 0)
 	assert.Same(t, p, ep.Pool())
 }
+
+// An operator's override stands above health and configuration and goes
+// with the member.
+func TestOverride(t *testing.T) {
+	p := balancer.MustNew(balancer.Config{Builder: &countingBuilder{}})
+	require.NoError(t, p.Set(backends(2)))
+	assert.True(t, p.SetOverride(addr(0), balancer.Override{Drain: true}))
+	assert.Equal(t, []netip.AddrPort{addr(1)}, readyAddrs(p.Snapshot()))
+	assert.True(t, p.Endpoint(addr(0)).Draining())
+	// The health checker undraining (agent "up") does not undo it.
+	p.SetDraining(addr(0), false)
+	assert.Equal(t, []netip.AddrPort{addr(1)}, readyAddrs(p.Snapshot()))
+	// A reload that keeps the member keeps the override.
+	require.NoError(t, p.Set([]balancer.Backend{{Addr: addr(0), Weight: 3}, {Addr: addr(1)}}))
+	assert.Equal(t, balancer.Override{Drain: true}, p.Endpoint(addr(0)).Override())
+	assert.True(t, p.SetOverride(addr(0), balancer.Override{Weight: 7}))
+	assert.Equal(t, []netip.AddrPort{addr(0), addr(1)}, readyAddrs(p.Snapshot()))
+	assert.EqualValues(t, 7, p.Endpoint(addr(0)).Weight())
+	assert.EqualValues(t, 3, p.Endpoint(addr(0)).Backend().Weight, "configured weight kept underneath")
+	assert.Equal(t, 7.0, p.Snapshot().Ready[0].Weight)
+	assert.True(t, p.SetOverride(addr(0), balancer.Override{}))
+	assert.EqualValues(t, 3, p.Endpoint(addr(0)).Weight())
+	assert.False(t, p.SetOverride(addr(5), balancer.Override{Drain: true}), "no such member")
+}
