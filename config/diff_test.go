@@ -28,6 +28,7 @@ pools:
     policy: maglev
     members:
       - {addr: 198.18.0.11:80}
+    health: {type: none}
 listeners:
   - {name: www, type: http, addr: 127.0.0.1:8080, pool: web}
   - {name: raw, type: tcp, addr: 127.0.0.1:8443, pool: api}

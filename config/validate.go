@@ -772,6 +772,7 @@ func (d *decoder) iplb(s *IPLB, pools map[string]*Pool) {
 	if p != nil && err == nil {
 		d.family(vip, p, &s.Pool, s)
 	}
+	d.udpHealth(s.Proto, p, &s.Pool, s)
 	if s.SNAT != "" {
 		a, err := netip.ParseAddr(s.SNAT)
 		switch {
@@ -789,14 +790,40 @@ func (d *decoder) iplb(s *IPLB, pools map[string]*Pool) {
 	d.ifname(&s.Interface, s, false)
 }
 
-// family checks that every member of p with an IP address has vip's family.
+// family checks that every member of p is an IP address of vip's family.
 func (d *decoder) family(vip netip.Addr, p *Pool, ref *string, parent any) {
+	if !d.ipMembers(p, ref, parent, "a kernel data plane") {
+		return
+	}
 	for _, m := range p.Members {
 		ap, err := netip.ParseAddrPort(m.Addr)
 		if err == nil && ap.Addr().Unmap().Is4() != vip.Unmap().Is4() {
 			d.errAt(at2(ref, parent), "pool %q: member %s is not of the vip's address family", p.Name, m.Addr)
 			return
 		}
+	}
+}
+
+// ipMembers checks that p's members are IP addresses, not host names, for
+// a listener that must know them (DNS answers, kernel maps).
+func (d *decoder) ipMembers(p *Pool, ref *string, parent any, who string) bool {
+	for _, m := range p.Members {
+		if _, err := netip.ParseAddrPort(m.Addr); err != nil && parseMemberAddr(m.Addr) == nil {
+			d.errAt(at2(ref, parent), "pool %q: member %s is a host name; %s needs IP addresses", p.Name, m.Addr, who)
+			return false
+		}
+	}
+	return true
+}
+
+// udpHealth checks that a pool serving a UDP service does not rely on the
+// default health check, a TCP connect, which a UDP-only backend fails.
+func (d *decoder) udpHealth(proto Proto, p *Pool, ref *string, parent any) {
+	if proto != ProtoUDP || p == nil {
+		return
+	}
+	if _, set := d.pos[&p.Health.Type]; !set {
+		d.errAt(at2(ref, parent), "pool %q serves a udp service but has the default tcp health check: set health type udp, dns or none", p.Name)
 	}
 }
 
@@ -832,9 +859,11 @@ func (d *decoder) l2lb(s *L2LB, pools map[string]*Pool) {
 			d.errAt(at2(&v.VIP, v), "vip: bad address %q: expected an IP address", v.VIP)
 		}
 		d.port(&v.Port, v)
-		if p := d.poolRef(&v.Pool, v, pools); p != nil && err == nil {
+		p := d.poolRef(&v.Pool, v, pools)
+		if p != nil && err == nil {
 			d.family(vip, p, &v.Pool, v)
 		}
+		d.udpHealth(v.Proto, p, &v.Pool, v)
 	}
 	d.nonNegative(&s.MaxBackends, s, "max_backends")
 	d.nonNegative(&s.ConnTableSize, s, "conn_table_size")

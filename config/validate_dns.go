@@ -49,7 +49,9 @@ func (d *decoder) dnsListener(l *Listener, pools map[string]*Pool) {
 	seen := map[string]*DNSService{}
 	for i := range s.Services {
 		sv := &s.Services[i]
-		d.poolRef(&sv.Pool, sv, pools)
+		if p := d.poolRef(&sv.Pool, sv, pools); p != nil {
+			d.ipMembers(p, &sv.Pool, sv, "a dns service")
+		}
 		name, ok := d.domain(&sv.Name, sv, "name")
 		if !ok {
 			continue
@@ -236,7 +238,9 @@ func (d *decoder) updater(u *DNSUpdater, pools map[string]*Pool) {
 		d.errAt(at2(&u.Type, u), "type: %q: expected A or AAAA", u.Type)
 	}
 	d.ttl(&u.TTL, u)
-	d.poolRef(&u.Pool, u, pools)
+	if p := d.poolRef(&u.Pool, u, pools); p != nil {
+		d.ipMembers(p, &u.Pool, u, "a dns updater")
+	}
 	if _, ok := d.pos[&u.Key]; !ok {
 		d.errAt(at2(u, u), "an updater needs a key: servers refuse unsigned updates")
 	} else {
