@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -45,6 +46,8 @@ func Parse(name string, data []byte) (*Config, error) {
 		budget: maxNodes,
 		active: map[*yaml.Node]bool{},
 		dir:    filepath.Dir(name),
+		blocks: map[any]*yaml.Node{},
+		lines:  strings.Split(string(data), "\n"),
 	}
 	root, err := d.document(data)
 	if err != nil {
@@ -183,6 +186,16 @@ func (c *Config) Listener(name string) *Listener {
 		}
 	}
 	return nil
+}
+
+// AddrPort returns the member's address when the file gives an IP address
+// and port; ok is false for a host name, which must be resolved first.
+func (m *Member) AddrPort() (ap netip.AddrPort, ok bool) {
+	ap, err := netip.ParseAddrPort(m.Addr)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }
 
 // PoolNames returns the names of the pools l reads from, in the order the

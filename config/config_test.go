@@ -263,6 +263,7 @@ func TestValidate(t *testing.T) {
 		{"iplb host name member", "      - addr: web1.example.test:80\nlisteners:\n  - {name: a, type: iplb, vip: 198.19.0.1, port: 80, pool: web}", 7, 60, `member web1.example.test:80 is a host name; a kernel data plane needs IP addresses`},
 		{"udp vip with default health", "listeners:\n  - {name: a, type: iplb, vip: 198.19.0.1, port: 53, proto: udp, pool: web}", 6, 72, "serves a udp service but has the default tcp health check"},
 		{"dns host name member", "      - addr: web1.example.test:80\nlisteners:\n  - {name: d, type: dns, addr: ':53', zones: [{origin: t., records: \"@ 1 IN SOA a b 1 1 1 1 1\\n@ 1 IN NS a\\n\"}], services: [{name: w.t., pool: web}]}", 7, 144, "a dns service needs IP addresses"},
+		{"zone text in quotes", "listeners:\n  - {name: d, type: dns, addr: ':53', zones: [{origin: t., records: \"@ 1 IN SOA a b 1 1 1 1 1\\n@ 1 IN NS a\\nw 1 IN A x\\n\"}]}", 6, 69, `records: line 3:10: bad A A: "x"`},
 		{"redirect code", "listeners:\n  - {name: a, type: redirect, addr: ':80', pool: web, code: 200}", 6, 61, "code: 200: expected 301, 302"},
 		{"redirect fallback", "listeners:\n  - {name: a, type: redirect, addr: ':80', pool: web, fallback_url: /x}", 6, 69, "fallback_url"},
 		{"trusted proxies", "listeners:\n  - {name: a, type: http, addr: ':80', pool: web, trusted_proxies: [10.0.0.0/33]}", 6, 69, "trusted_proxies: \"10.0.0.0/33\""},
@@ -356,7 +357,8 @@ func TestDNSZones(t *testing.T) {
 		{"no NS", "@ 60 IN SOA ns1 host 1 2 3 4 5", "", 11, 18, "needs NS records at its apex"},
 		{"outside", good + "\nwww.example.org. 60 IN A 127.0.0.1", "", 11, 18, "outside zone example.test."},
 		{"delegation", good + "\nsub 60 IN NS ns.sub", "", 11, 18, "delegations are not supported"},
-		{"bad text", good + "\nwww 60 IN A 300.1.1.1", "", 11, 18, "bad A"},
+		{"bad text", good + "\nwww 60 IN A 300.1.1.1", "", 15, 23, `records: bad A A: "300.1.1.1"`},
+		{"bad type on its line", "@ 60 IN SOA ns1 host 1 2 3 4 5\nwww 60 IN BOGUS x\n@ 60 IN NS ns1", "", 13, 21, `records: unknown RR type: "BOGUS"`},
 		{"service outside zones", good, "{name: www.example.org., pool: web}", 15, 23, "in none of the listener's zones"},
 		{"service with records", good + "\nwww 60 IN A 127.0.0.1", "{name: www.example.test., pool: web}", 16, 23, "also has A, AAAA, SRV or CNAME records"},
 		{"update port without keys", good, "{name: www.example.test., pool: web, update_port: 80}", 15, 66, "update_port needs update_keys"},
@@ -399,4 +401,29 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := config.Load(filepath.Join(t.TempDir(), "nope.yaml"))
 	require.ErrorIs(t, err, os.ErrNotExist)
 	assert.True(t, strings.HasPrefix(err.Error(), "config: "))
+}
+
+func TestParsePrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.1.2.3":      "10.1.2.3/32",
+		"10.1.2.3/8":    "10.0.0.0/8",
+		"2001:db8::1":   "2001:db8::1/128",
+		"2001:db8::/32": "2001:db8::/32",
+	} {
+		p, err := config.ParsePrefix(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, p.String())
+	}
+	for _, in := range []string{"", "10.0.0.0/33", "example.test", "10.0.0.1/"} {
+		_, err := config.ParsePrefix(in)
+		assert.Error(t, err, in)
+	}
+}
+
+func TestMemberAddrPort(t *testing.T) {
+	ap, ok := (&config.Member{Addr: "[::ffff:127.0.0.1]:80"}).AddrPort()
+	assert.True(t, ok)
+	assert.Equal(t, "127.0.0.1:80", ap.String())
+	_, ok = (&config.Member{Addr: "db.example.test:5432"}).AddrPort()
+	assert.False(t, ok)
 }

@@ -36,6 +36,13 @@ type decoder struct {
 	dir    string              // directory relative file names are resolved against
 
 	decodeErrs map[Position]bool // where decoding reported problems (see errAt)
+
+	// blocks holds the literal block scalars ("records: |") by the
+	// address of the string they were decoded into, and lines the file's
+	// lines, so a problem inside embedded text (zone data) can be placed
+	// on its own line of the file.
+	blocks map[any]*yaml.Node
+	lines  []string
 }
 
 var (
@@ -322,6 +329,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, name string, negative bo
 	case reflect.String:
 		if scalar("a string") {
 			v.SetString(n.Value)
+			if n.Style&yaml.LiteralStyle != 0 {
+				d.blocks[v.Addr().Interface()] = n
+			}
 		}
 	case reflect.Bool:
 		if !scalar("true or false") {

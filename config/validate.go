@@ -659,21 +659,22 @@ func (d *decoder) tls(t *TLS) {
 
 func (d *decoder) prefixes(list []string, parent any, name string) {
 	for i := range list {
-		if _, err := parsePrefixOrAddr(list[i]); err != nil {
+		if _, err := ParsePrefix(list[i]); err != nil {
 			d.errAt(at2(&list[i], parent), "%s: %q: expected an IP address or a prefix such as 10.0.0.0/8", name, list[i])
 		}
 	}
 }
 
-// parsePrefixOrAddr parses a prefix or a single address (as a full-length
-// prefix).
-func parsePrefixOrAddr(s string) (netip.Prefix, error) {
+// ParsePrefix parses a network as a configuration writes it (in
+// trusted_proxies and zone rules): a prefix such as 10.0.0.0/8, or a single
+// address, read as a full-length prefix. The result is masked.
+func ParsePrefix(s string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, err
+		return netip.Prefix{}, fmt.Errorf("config: %q is neither an IP address nor a prefix", s)
 	}
 	return p.Masked(), nil
 }
@@ -685,7 +686,7 @@ func (d *decoder) zoneRules(rules []ZoneRule) {
 			d.errAt(at2(r, r), "a zone rule needs a prefix and a zone")
 			continue
 		}
-		if _, err := parsePrefixOrAddr(r.Prefix); err != nil {
+		if _, err := ParsePrefix(r.Prefix); err != nil {
 			d.errAt(at2(&r.Prefix, r), "prefix: %q: expected a prefix such as 198.18.0.0/16", r.Prefix)
 		}
 	}

@@ -2,8 +2,11 @@ package config
 
 import (
 	"encoding/base64"
+	"fmt"
 	"math"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -195,7 +198,7 @@ func (d *decoder) dnsZone(z *DNSZone) (zoneInfo, bool) {
 		}
 	}
 	if err := zp.Err(); err != nil {
-		d.errAt(at2(where, z), "%s: %v", field, err)
+		d.zoneError(z, where, field, err)
 		return zoneInfo{}, false
 	}
 	if soas != 1 {
@@ -249,4 +252,43 @@ func (d *decoder) updater(u *DNSUpdater, pools map[string]*Pool) {
 	if u.Net != "" && u.Net != "udp" && u.Net != "tcp" {
 		d.errAt(at2(&u.Net, u), "net: %q: expected udp or tcp", u.Net)
 	}
+}
+
+// zoneErrRE matches the zone parser's errors: message, token, line and
+// column within the zone text.
+var zoneErrRE = regexp.MustCompile(`^dns: (.*): "((?:[^"\\]|\\.)*)" at line: (\d+):(\d+)$`)
+
+// zoneError reports a zone-file syntax error. Zone text written as a
+// literal block ("records: |") maps line for line onto the file, so the
+// error is placed on the offending line and token; otherwise it is placed
+// at the records or file field and names the line within the zone text.
+func (d *decoder) zoneError(z *DNSZone, where *string, field string, err error) {
+	m := zoneErrRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		d.errAt(at2(where, z), "%s: %s", field, strings.TrimPrefix(err.Error(), "dns: "))
+		return
+	}
+	msg, tok := m[1], m[2]
+	if t, err := strconv.Unquote(`"` + tok + `"`); err == nil {
+		tok = t
+	}
+	line, _ := strconv.Atoi(m[3])
+	col, _ := strconv.Atoi(m[4])
+	zlines := strings.Split(z.Records, "\n")
+	if line >= 1 && line <= len(zlines) && tok != "" {
+		if i := strings.Index(zlines[line-1], tok); i >= 0 {
+			col = i + 1 // the parser's column is not always the token's start
+		}
+	}
+	n := d.blocks[where]
+	if n != nil && n.Line+line-1 < len(d.lines) {
+		text := d.lines[n.Line+line-1] // the block's content starts on the line after "|"
+		indent := len(text) - len(strings.TrimLeft(text, " "))
+		d.errs = append(d.errs, &Error{
+			Position: Position{File: d.file, Line: n.Line + line, Column: indent + col},
+			Msg:      fmt.Sprintf("%s: %s: %q", field, msg, tok),
+		})
+		return
+	}
+	d.errAt(at2(where, z), "%s: line %d:%d: %s: %q", field, line, col, msg, tok)
 }
