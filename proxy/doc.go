@@ -1,6 +1,7 @@
-// Package proxy holds lbkit's reverse proxies: [HTTP], an http.Handler
-// that forwards requests to backends picked from a balancer.Pool, [Server],
-// a purpose-built HTTP/1.1 front-end for it, and [TCP], a layer-4 proxy.
+// Package proxy is lbkit's HTTP reverse proxy: [HTTP], an http.Handler
+// that forwards requests to backends picked from a balancer.Pool, and
+// [Server], a purpose-built HTTP/1.1 front-end for it. The layer-4 proxy
+// is package tcpproxy.
 //
 // # One pool, one key
 //
