@@ -3,6 +3,7 @@ package redirect
 import (
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -258,6 +259,11 @@ func (h *Handler) viewOf(snap *balancer.Snapshot) *view {
 		}
 	}
 	h.cache = cache
+	for addr := range h.reported {
+		if !slices.ContainsFunc(snap.Members, func(ep *balancer.Endpoint) bool { return ep.Addr() == addr }) {
+			delete(h.reported, addr) // a member that left: report it again if it comes back
+		}
+	}
 
 	byZone := make(map[string][]balancer.Weighted)
 	for _, w := range snap.Ready {

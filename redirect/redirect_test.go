@@ -182,6 +182,15 @@ func TestInvalidMemberURL(t *testing.T) {
 			_, ok := h.BaseURL(tg.Addr)
 			assert.False(t, ok, tg.URL)
 		}
+
+		// A member that leaves and comes back with the same bad URL is
+		// reported again.
+		pool := h.Pool()
+		require.True(t, pool.Remove(bad[0].Addr))
+		redirServe(h, http.MethodGet, "/")
+		require.NoError(t, pool.Add(balancer.Backend{Addr: bad[0].Addr, Meta: map[string]string{MetaURL: bad[0].URL}}))
+		redirServe(h, http.MethodGet, "/")
+		assert.Equal(t, len(bad)+1, strings.Count(logs.String(), "invalid base URL"), logs.String())
 	}
 }
 
