@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -19,9 +20,11 @@ import (
 func TestHTTPHooks(t *testing.T) { forEachFrontEnd(t, testHTTPHooks) }
 
 func testHTTPHooks(t *testing.T, fe frontEnd) {
-	dead := startBackend(t, "dead")
+	// Nothing listens on port 1 of 127.0.0.254: connecting is refused at
+	// once. (A closed test backend's port could be taken by the next
+	// listener, the proxy's own included.)
+	dead := &testBackend{addr: netip.MustParseAddrPort("127.0.0.254:1")}
 	live := startBackend(t, "live")
-	dead.srv.Close()
 	// "first" picks the first ready member: the dead one, then the retry
 	// goes to the live one.
 	pool := balancer.MustNew(balancer.Config{Builder: first.Builder{}})

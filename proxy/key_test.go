@@ -18,9 +18,12 @@ import (
 )
 
 // clientFrom returns a keep-alive client whose connections come from the
-// loopback address 127.0.0.<host>.
+// loopback address 127.0.0.<host>, or from the default address for 0.
 func clientFrom(t *testing.T, host byte) *http.Client {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, host)}}
+	d := &net.Dialer{}
+	if host != 0 {
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, host)}
+	}
 	tr := &http.Transport{DialContext: d.DialContext, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
@@ -59,7 +62,7 @@ func testKeyConsistent(t *testing.T, fe frontEnd, b balancer.Builder, key balanc
 	httpClients := make([]*http.Client, clients)
 	for i := range httpClients {
 		if byHeader {
-			httpClients[i] = clientFrom(t, 1)
+			httpClients[i] = clientFrom(t, 0)
 		} else {
 			httpClients[i] = clientFrom(t, byte(10+i))
 		}
