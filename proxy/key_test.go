@@ -33,23 +33,27 @@ func clientFrom(t *testing.T, host byte) *http.Client {
 // Maglev pool behind the HTTP proxy (the handler under net/http and
 // Server) sends the same client — named by a header, or by its address —
 // to the same backend across 1,000 requests, and removing one backend
-// moves only the clients that were on it.
+// moves only the clients that were on it. Ring hash moves exactly those;
+// Maglev's disruption is near-minimal, not nil (its table is rebuilt, and
+// a few slots of the remaining backends change hands), so up to 2 of the
+// 20 clients (10%) may move with it.
 func TestHTTPKeyConsistentHashing(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe frontEnd) {
 		for _, policy := range []struct {
 			name    string
 			builder balancer.Builder
-		}{{"maglev", maglev.Builder{}}, {"ringhash", ringhash.Builder{}}} {
+			strays  int
+		}{{"maglev", maglev.Builder{}, 2}, {"ringhash", ringhash.Builder{}, 0}} {
 			for _, key := range []string{"header:X-User", "client"} {
 				t.Run(policy.name+"/"+key, func(t *testing.T) {
-					testKeyConsistent(t, fe, policy.builder, balancer.MustParseKey(key))
+					testKeyConsistent(t, fe, policy.builder, balancer.MustParseKey(key), policy.strays)
 				})
 			}
 		}
 	})
 }
 
-func testKeyConsistent(t *testing.T, fe frontEnd, b balancer.Builder, key balancer.Key) {
+func testKeyConsistent(t *testing.T, fe frontEnd, b balancer.Builder, key balancer.Key, maxStrays int) {
 	backends := []*testBackend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c"), startBackend(t, "d")}
 	pool := balancer.MustNew(balancer.Config{Name: "web", Builder: b})
 	for _, tb := range backends {
@@ -105,14 +109,16 @@ func testKeyConsistent(t *testing.T, fe frontEnd, b balancer.Builder, key balanc
 			require.True(t, pool.Remove(tb.addr))
 		}
 	}
+	strays := 0
 	for i := range clients {
 		got := ask(i)
 		if home[i] == gone {
 			assert.NotEqual(t, gone, got, "client %d still sent to the removed backend", i)
-		} else {
-			assert.Equal(t, home[i], got, "client %d moved though its backend stayed", i)
+		} else if got != home[i] {
+			strays++ // moved though its backend stayed
 		}
 	}
+	assert.LessOrEqual(t, strays, maxStrays, "clients of the remaining backends that moved")
 }
 
 // TestServerKeyAllocs: deriving a key from the parsed head costs the
