@@ -66,6 +66,6 @@ func ParseHostAddr(s string) netip.Addr {
 	return netip.Addr{}
 }
 
-// Bytes views s as a byte slice without copying; the slice must not be
+// bytesOf views s as a byte slice without copying; the slice must not be
 // modified.
-func Bytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }

@@ -69,9 +69,9 @@ func (s *CookieSigner) SetCookie(name, token string) string {
 // cookie-name: a token).
 func ValidCookieName(s string) bool { return IsToken(s) }
 
-// CookieValue returns the value of the first cookie named name in one
+// cookieValue returns the value of the first cookie named name in one
 // Cookie field value ("a=1; b=2"). It does not allocate.
-func CookieValue(line, name string) (string, bool) {
+func cookieValue(line, name string) (string, bool) {
 	v, _, ok := CutCookie(line, name)
 	return v, ok
 }
@@ -85,7 +85,7 @@ func CutCookie(line, name string) (value, rest string, found bool) {
 		for i < len(line) && line[i] != ';' {
 			i++
 		}
-		part := TrimOWS(line[:i])
+		part := trimOWS(line[:i])
 		if i < len(line) {
 			i++
 		}

@@ -46,10 +46,10 @@ func TestCutCookie(t *testing.T) {
 		got = append(got, v)
 	}
 	assert.Equal(t, []string{"x", "y"}, got)
-	v, ok := CookieValue(line, "b")
+	v, ok := cookieValue(line, "b")
 	assert.True(t, ok)
 	assert.Equal(t, "2", v)
-	_, ok = CookieValue(line, "c")
+	_, ok = cookieValue(line, "c")
 	assert.False(t, ok)
 	assert.True(t, ValidCookieName("lbkit_backend"))
 	assert.False(t, ValidCookieName("a;b"))

@@ -105,12 +105,12 @@ func (h *Head) Parse(head []byte) int {
 			return http.StatusBadRequest
 		}
 		name := line[:colon]
-		Canonicalize(name)
-		v := TrimOWS(line[colon+1:])
+		canonicalize(name)
+		v := trimOWS(line[colon+1:])
 		if !ValidValue(v) {
 			return http.StatusBadRequest
 		}
-		f := Field{Name: Bstr(name), Value: Bstr(v)}
+		f := Field{Name: bstr(name), Value: bstr(v)}
 		switch f.Name {
 		case "Host":
 			h.hosts++
@@ -187,7 +187,7 @@ func (h *Head) parseRequestLine(line []byte) int {
 	if major != '1' || minor > '1' {
 		return http.StatusHTTPVersionNotSupported
 	}
-	h.Method, h.Target, h.Minor = Bstr(method), Bstr(target), int(minor-'0')
+	h.Method, h.Target, h.Minor = bstr(method), bstr(target), int(minor-'0')
 	if !h.parseTarget() {
 		return http.StatusBadRequest
 	}
@@ -200,7 +200,7 @@ func (h *Head) addContentLength(v []byte) bool {
 	for len(v) > 0 {
 		var part []byte
 		part, v = cutComma(v)
-		n, ok := ParseContentLength(TrimOWS(part))
+		n, ok := parseContentLength(trimOWS(part))
 		if !ok || h.ContentLength >= 0 && h.ContentLength != n {
 			return false
 		}
@@ -209,8 +209,8 @@ func (h *Head) addContentLength(v []byte) bool {
 	return h.ContentLength >= 0
 }
 
-// ParseContentLength parses one Content-Length value: 1 to 18 digits.
-func ParseContentLength[T string | []byte](v T) (int64, bool) {
+// parseContentLength parses one Content-Length value: 1 to 18 digits.
+func parseContentLength[T string | []byte](v T) (int64, bool) {
 	if len(v) == 0 || len(v) > 18 {
 		return 0, false
 	}

@@ -22,20 +22,20 @@ func (k *KeyRequest) ClientAddr() netip.Addr { return k.Client }
 // Header returns the first value of the named field.
 func (k *KeyRequest) Header(name string) ([]byte, bool) {
 	v, ok := k.Head.Header(name)
-	return Bytes(v), ok
+	return bytesOf(v), ok
 }
 
 // Cookie returns the value of the named cookie.
 func (k *KeyRequest) Cookie(name string) ([]byte, bool) {
 	v, ok := k.Head.Cookie(name)
-	return Bytes(v), ok
+	return bytesOf(v), ok
 }
 
 // Path returns the target's path.
-func (k *KeyRequest) Path() []byte { return Bytes(k.Head.Path()) }
+func (k *KeyRequest) Path() []byte { return bytesOf(k.Head.Path()) }
 
 // Query returns the raw value of the named query parameter.
 func (k *KeyRequest) Query(name string) ([]byte, bool) {
 	v, ok := k.Head.Query(name)
-	return Bytes(v), ok
+	return bytesOf(v), ok
 }

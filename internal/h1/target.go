@@ -31,9 +31,9 @@ func (h *Head) parseTarget() bool {
 	default:
 		i := 0
 		switch {
-		case HasPrefixFold(t, "http://"):
+		case hasPrefixFold(t, "http://"):
 			i = len("http://")
-		case HasPrefixFold(t, "https://"):
+		case hasPrefixFold(t, "https://"):
 			i = len("https://")
 		default:
 			return false
@@ -158,7 +158,7 @@ func (h *Head) Cookie(name string) (string, bool) {
 		if f.Name != "Cookie" {
 			continue
 		}
-		if v, ok := CookieValue(f.Value, name); ok {
+		if v, ok := cookieValue(f.Value, name); ok {
 			return v, true
 		}
 	}

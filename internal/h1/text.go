@@ -2,9 +2,9 @@ package h1
 
 import "unsafe"
 
-// Bstr views b as a string without copying. The string is valid while b
+// bstr views b as a string without copying. The string is valid while b
 // is not modified.
-func Bstr(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+func bstr(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // TokenTable marks the bytes allowed in an HTTP token (RFC 9110 5.6.2).
 var TokenTable = alnumTable("!#$%&'*+-.^_`|~")
@@ -51,8 +51,8 @@ func ValidValue[T string | []byte](v T) bool {
 	return true
 }
 
-// TrimOWS trims optional white space (SP, HTAB) from both ends of v.
-func TrimOWS[T string | []byte](v T) T {
+// trimOWS trims optional white space (SP, HTAB) from both ends of v.
+func trimOWS[T string | []byte](v T) T {
 	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
 		v = v[1:]
 	}
@@ -82,9 +82,9 @@ func EqualFold[A, B string | []byte](a A, b B) bool {
 	return true
 }
 
-// HasPrefixFold reports whether b starts with prefix under ASCII case
+// hasPrefixFold reports whether b starts with prefix under ASCII case
 // folding.
-func HasPrefixFold[T string | []byte](b T, prefix string) bool {
+func hasPrefixFold[T string | []byte](b T, prefix string) bool {
 	return len(b) >= len(prefix) && EqualFold(b[:len(prefix)], prefix)
 }
 
@@ -96,7 +96,7 @@ func ForEachToken[T string | []byte](v T, fn func(T)) {
 		for i < len(v) && v[i] != ',' {
 			i++
 		}
-		if tok := TrimOWS(v[:i]); len(tok) > 0 {
+		if tok := trimOWS(v[:i]); len(tok) > 0 {
 			fn(tok)
 		}
 		if i == len(v) {
@@ -118,9 +118,9 @@ func HasToken[T string | []byte](v T, tok string) bool {
 	return found
 }
 
-// Canonicalize rewrites a token field name in place to its canonical
+// canonicalize rewrites a token field name in place to its canonical
 // form ("content-type" → "Content-Type"), as http.CanonicalHeaderKey does.
-func Canonicalize(name []byte) {
+func canonicalize(name []byte) {
 	upper := true
 	for i, c := range name {
 		if upper && 'a' <= c && c <= 'z' {
