@@ -57,6 +57,7 @@ func testHTTPHooks(t *testing.T, fe frontEnd) {
 	code, body, hdr := get(t, c, p.url+"/headers")
 	require.Equal(t, http.StatusOK, code)
 	assert.Contains(t, body, "Host: live.internal\n", "the rewritten Host reached the backend")
+	assert.Contains(t, body, "X-Forwarded-Host: "+p.addr+"\n", "X-Forwarded-Host names what the client asked for")
 	assert.Equal(t, live.addr.String(), hdr.Get("X-Served-By"))
 
 	mu.Lock()

@@ -418,6 +418,7 @@ type request struct {
 	trusted    bool
 	sticky     *upstream // named by the request's cookie
 	info       balancer.PickInfo
+	clientHost string // the Host the client asked for, before RewriteRequest
 
 	// What the current attempt saw, for OnAttempt.
 	status int
@@ -449,7 +450,10 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 		writeError(w, http.StatusMethodNotAllowed, "proxy: CONNECT is not supported\n")
 		return false
 	}
-	rq := request{r: r, start: time.Now()}
+	rq := request{r: r, start: time.Now(), clientHost: r.Host}
+	if rq.clientHost == "" && r.URL != nil {
+		rq.clientHost = r.URL.Host
+	}
 	if h.requestTimeout > 0 {
 		rq.deadline = rq.start.Add(h.requestTimeout)
 	}

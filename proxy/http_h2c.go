@@ -121,7 +121,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 		}
 		out.Header[k] = vv
 	}
-	xff, proto, xhost, fwd := h.forwardedValues(rq, host)
+	xff, proto, xhost, fwd := h.forwardedValues(rq, rq.clientHost)
 	out.Header["X-Forwarded-For"] = []string{xff}
 	out.Header["X-Forwarded-Proto"] = []string{proto}
 	out.Header["X-Forwarded-Host"] = []string{xhost}

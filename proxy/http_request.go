@@ -85,7 +85,7 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 			bw.WriteString("\r\n")
 		}
 	}
-	if err := h.writeForwarded(bw, rq, host); err != nil {
+	if err := h.writeForwarded(bw, rq, rq.clientHost); err != nil {
 		return err
 	}
 	if h.via != "" {
