@@ -17,14 +17,20 @@ import (
 // TestHTTPHooks: OnAttempt names the backend of every attempt (a retry
 // included), RewriteRequest sets the upstream Host from the member's
 // metadata, and ModifyResponse adds a field, behind both front-ends.
-func TestHTTPHooks(t *testing.T) { forEachFrontEnd(t, testHTTPHooks) }
+func TestHTTPHooks(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe frontEnd) { testHTTPHooks(t, fe, false) })
+	t.Run("h2c", func(t *testing.T) { testHTTPHooks(t, netHTTP, true) })
+}
 
-func testHTTPHooks(t *testing.T, fe frontEnd) {
+func testHTTPHooks(t *testing.T, fe frontEnd, h2c bool) {
 	// Nothing listens on port 1 of 127.0.0.254: connecting is refused at
 	// once. (A closed test backend's port could be taken by the next
 	// listener, the proxy's own included.)
 	dead := &testBackend{addr: netip.MustParseAddrPort("127.0.0.254:1")}
 	live := startBackend(t, "live")
+	if h2c {
+		live = startH2CBackend(t, "live")
+	}
 	// "first" picks the first ready member: the dead one, then the retry
 	// goes to the live one.
 	pool := balancer.MustNew(balancer.Config{Builder: first.Builder{}})
@@ -36,6 +42,7 @@ func testHTTPHooks(t *testing.T, fe frontEnd) {
 	)
 	p := startProxyFE(t, fe, HTTPConfig{
 		Pool: pool,
+		H2C:  h2c,
 		OnAttempt: func(a *Attempt) {
 			mu.Lock()
 			defer mu.Unlock()

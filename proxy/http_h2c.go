@@ -155,6 +155,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 	}
 	defer resp.Body.Close()
 	latency := time.Since(t0)
+	rq.status = resp.StatusCode
 	failed := resp.StatusCode >= 500
 	if failed && mayRetry && h.retryStatus[resp.StatusCode] && rq.idempotent && rq.replayable() {
 		ep.Done(errStatus(resp.StatusCode), latency)
@@ -174,8 +175,15 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 	if h.cookieName != "" && rq.sticky != u {
 		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
 	}
-	w.WriteHeader(resp.StatusCode)
-	upErr, _ := h.copyStream(w, resp.Body, resp.ContentLength < 0 || isEventStream(hdr))
+	status := resp.StatusCode
+	if h.modify != nil {
+		rh := ResponseHead{Request: r, Backend: ep, Status: status, Header: hdr}
+		h.modify(&rh)
+		status = rh.Status
+	}
+	w.WriteHeader(status)
+	var upErr error
+	rq.bytes, upErr, _ = h.copyStream(w, resp.Body, resp.ContentLength < 0 || isEventStream(hdr))
 	for k, vv := range resp.Trailer {
 		for _, v := range vv {
 			hdr.Add(http.TrailerPrefix+k, v)
@@ -199,7 +207,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 // copyStream copies an HTTP/2 response body to w through a pooled
 // buffer, flushing after each read when stream is set (or as
 // FlushInterval says). It reports upstream and client errors apart.
-func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (upErr, clErr error) {
+func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (written int64, upErr, clErr error) {
 	bufp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
@@ -211,8 +219,9 @@ func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (up
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			written += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return nil, werr
+				return written, nil, werr
 			}
 			if fl != nil && (stream || h.flushInterval < 0 || h.flushInterval > 0 && time.Since(last) >= h.flushInterval) {
 				fl.Flush()
@@ -220,10 +229,10 @@ func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (up
 			}
 		}
 		if err == io.EOF {
-			return nil, nil
+			return written, nil, nil
 		}
 		if err != nil {
-			return err, nil
+			return written, err, nil
 		}
 	}
 }
