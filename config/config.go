@@ -166,6 +166,16 @@ func problemLine(data []byte, from int, msg string) int {
 // File returns the name the configuration was loaded from.
 func (c *Config) File() string { return c.file }
 
+// Path resolves a file name the configuration holds (the access log's
+// path, for instance) the way Load and Parse do: relative to the
+// configuration file's directory.
+func (c *Config) Path(name string) string {
+	if name == "" || filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(filepath.Dir(c.file), name)
+}
+
 // Position returns where the value ptr points to was declared in the file:
 // ptr is the address of a field or element of c, such as
 // &c.Pools[0].Members[2].Addr or &c.Listeners[1] (a struct's position is

@@ -431,3 +431,11 @@ func TestMemberAddrPort(t *testing.T) {
 	_, ok = (&config.Member{Addr: "db.example.test:5432"}).AddrPort()
 	assert.False(t, ok)
 }
+
+func TestPath(t *testing.T) {
+	c, err := config.Parse(filepath.Join("etc", "lbkit", "lbkit.yaml"), []byte(poolWeb))
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join("etc", "lbkit", "logs", "access.log"), c.Path("logs/access.log"))
+	assert.Equal(t, "/var/log/access.log", c.Path("/var/log/access.log"))
+	assert.Equal(t, "", c.Path(""))
+}
