@@ -239,6 +239,34 @@ func (d *Daemon) applyLocked(cfg *config.Config) (err error) {
 			ls.cfg, ls.since = *l, time.Now()
 		}
 	}
+	// Listeners hold their pools' keys: a pool whose key changed updates
+	// the listeners that serve from it and are not otherwise changed.
+	rekeyed := make(map[string]bool)
+	for _, pc := range ch.PoolsChanged {
+		if pc.Key {
+			rekeyed[pc.Name] = true
+		}
+	}
+	if len(rekeyed) > 0 {
+		changed := make(map[string]bool)
+		for _, lc := range ch.ListenersChanged {
+			changed[lc.Name] = true
+		}
+		for name, ls := range d.listeners {
+			if changed[name] || started[name] != nil {
+				continue
+			}
+			for _, p := range listenerPools(&ls.cfg) {
+				if rekeyed[p] {
+					l := findListener(cfg, name)
+					if err := ls.srv.update(l, d.pools); err != nil {
+						d.log.Error("daemon: listener did not take the pool's new key", "listener", name, "err", err)
+					}
+					break
+				}
+			}
+		}
+	}
 	for name, ls := range started {
 		if old := d.listeners[name]; old != nil {
 			d.drainLocked(cfg, old)
