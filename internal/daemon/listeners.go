@@ -57,6 +57,10 @@ func startListener(e env, l *config.Listener, pools map[string]*poolState) (*lis
 		ls.srv, err = startDNS(e, l, pools, ls.done)
 	case config.TypeTCP:
 		ls.srv, err = startTCP(e, l, pools, ls.done)
+	case config.TypeHTTP:
+		ls.srv, err = startSwap(e, l, pools, ls.done, buildHTTP(e))
+	case config.TypeRedirect:
+		ls.srv, err = startSwap(e, l, pools, ls.done, buildRedirect(e))
 	default:
 		err = startOther(e, l, pools, ls)
 	}
