@@ -19,6 +19,7 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/config"
+	"github.com/lbkit/lbkit/health"
 )
 
 // Options configures a [Daemon].
@@ -423,16 +424,21 @@ func (d *Daemon) Status() Status {
 		last := d.reloads[n-1]
 		st.LastReload, st.LastReloadOK, st.LastReloadError = last.Time, last.OK, last.Error
 	}
-	pools := make([]*poolState, 0, len(d.pools))
+	type poolView struct {
+		name, policy, key string
+		ps                *poolState
+		checker           *health.Checker
+	}
+	pools := make([]poolView, 0, len(d.pools))
 	for _, ps := range d.pools {
-		pools = append(pools, ps)
+		pools = append(pools, poolView{ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps, ps.checker})
 	}
 	for _, ls := range d.listeners {
 		st.Listeners = append(st.Listeners, ListenerStatus{Name: ls.cfg.Name, Type: string(ls.cfg.Type), Addr: listenerAddr(&ls.cfg), Pools: listenerPools(&ls.cfg), Since: ls.since})
 	}
 	d.mu.Unlock()
-	for _, ps := range pools {
-		st.Pools = append(st.Pools, poolStatus(ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps.pool, ps.checker, ps.events))
+	for _, v := range pools {
+		st.Pools = append(st.Pools, poolStatus(v.name, v.policy, v.key, v.ps.pool, v.checker, v.ps.events))
 	}
 	sortStatus(&st)
 	return st

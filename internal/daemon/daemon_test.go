@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -280,4 +281,77 @@ func TestAdminToken(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// The configuration file is watched: a write (or an editor's
+// rename-and-replace) reloads it; a broken file is rejected.
+func TestWatchFile(t *testing.T) {
+	be := backends(t, 2)
+	free := freeAddrs(t, 2)
+	dir := t.TempDir()
+	file := dir + "/lbkit.yaml"
+	write := func(members ...string) {
+		text := "pools:\n  - name: web\n    members:\n"
+		for _, m := range members {
+			text += "      - addr: " + m + "\n"
+		}
+		text += fmt.Sprintf("listeners:\n  - {name: tcp, type: tcp, addr: %s, pool: web}\n", free[0])
+		tmp := file + ".tmp"
+		require.NoError(t, os.WriteFile(tmp, []byte(text), 0o644))
+		require.NoError(t, os.Rename(tmp, file))
+	}
+	write(be[0])
+	cfg, err := config.Load(file)
+	require.NoError(t, err)
+	d := New(Options{ConfigFile: file, AdminAddr: "off", Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, d.Start(cfg))
+	defer d.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.WatchFile(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	waitRev := func(n int) ReloadStatus {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if st := d.Status(); len(st.Reloads) >= n {
+				return st.Reloads[n-1]
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("no reload %d", n)
+		return ReloadStatus{}
+	}
+	time.Sleep(100 * time.Millisecond) // the watch is set up
+	write(be[0], be[1])
+	r := waitRev(2)
+	assert.True(t, r.OK)
+	assert.Equal(t, "file", r.Trigger)
+	assert.Equal(t, 2, d.Pool("web").Len())
+	require.NoError(t, os.WriteFile(file, []byte("pools: [\n"), 0o644))
+	r = waitRev(3)
+	assert.False(t, r.OK)
+	assert.Equal(t, 2, d.Pool("web").Len(), "a broken file changes nothing")
+}
+
+// SIGUSR1's reopen moves the access log to a new file after rotation.
+func TestAccessLogReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/access.log"
+	a, err := openAccessLog(path, true)
+	require.NoError(t, err)
+	defer a.Close()
+	a.Log(Entry{Time: time.Unix(0, 0).UTC(), Client: "198.18.0.1:5000", Listener: "proxy", Pool: "web", Upstream: "198.18.0.10:80",
+		Method: "GET", Target: "/x", Proto: "HTTP/1.1", Status: 200, Bytes: 5, Duration: time.Millisecond, UserAgent: "curl"})
+	require.NoError(t, os.Rename(path, path+".1"))
+	require.NoError(t, a.Reopen())
+	a.Log(Entry{Time: time.Unix(0, 0).UTC(), Listener: "tcp", Pool: "web"})
+	old, err := os.ReadFile(path + ".1")
+	require.NoError(t, err)
+	assert.Equal(t, `198.18.0.1:5000 - - [01/Jan/1970:00:00:00 +0000] "GET /x HTTP/1.1" 200 5 "-" "curl" listener=proxy pool=web upstream=198.18.0.10:80 duration=0.001000 retries=0`+"\n", string(old))
+	cur, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Contains(t, string(cur), `listener=tcp pool=web`)
 }
