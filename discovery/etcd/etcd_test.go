@@ -192,7 +192,9 @@ func TestRegisterSurvivesRestart(t *testing.T) {
 	c := newClient(t, srv.client.String())
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- Register(ctx, c, prefix, balancer.Backend{Addr: netipAP("198.18.0.7:80")}, 2*time.Second) }()
+	go func() {
+		done <- Register(ctx, c, prefix, balancer.Backend{Addr: netipAP("198.18.0.7:80")}, 2*time.Second)
+	}()
 	defer func() {
 		cancel()
 		require.NoError(t, <-done)
