@@ -218,3 +218,19 @@ func TestFollowInitialStates(t *testing.T) {
 		assert.True(t, p1.Endpoint(addr(9)).Healthy(), "joins as the template's Initial says")
 	})
 }
+
+// TestFollowThenSetAtOnce: members set right after Follow, before its
+// goroutine ran, are checked (they were missed when the goroutine took
+// its first snapshot itself).
+func TestFollowThenSetAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pool := newPool(t, balancer.Config{Name: "web"})
+		c, _ := newChecker(t, Config{Rand: half})
+		probe := &switchProbe{}
+		require.NoError(t, c.Follow(pool, Template{Probe: probe, Interval: time.Second}))
+		require.NoError(t, pool.Set([]balancer.Backend{{Addr: addr(1)}, {Addr: addr(2)}}))
+		synctest.Wait()
+		assert.Equal(t, []netip.AddrPort{addr(1), addr(2)}, c.Targets())
+		assert.Equal(t, []netip.AddrPort{addr(1), addr(2)}, ready(pool))
+	})
+}
