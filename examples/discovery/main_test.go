@@ -14,18 +14,18 @@ func TestRun(t *testing.T) {
 	assert.Equal(t, `file lists alpha and bravo
   members: alpha bravo
   ready:   alpha bravo
-  6 requests: alpha=3 bravo=3
+  12 requests answered by: alpha bravo
 charlie added to the file
   members: alpha bravo charlie
   ready:   alpha bravo charlie
-  6 requests: alpha=2 bravo=2 charlie=2
+  12 requests answered by: alpha bravo charlie
 charlie stopped: its probes fail, it stays a member
   members: alpha bravo charlie
   ready:   alpha bravo
-  6 requests: alpha=3 bravo=3
+  12 requests answered by: alpha bravo
 alpha removed from the file
   members: bravo charlie
   ready:   bravo
-  6 requests: bravo=6
+  12 requests answered by: bravo
 `, out.String())
 }
