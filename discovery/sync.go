@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -71,6 +72,40 @@ type Syncer struct {
 	// returned an error is watched again; the delay doubles at each
 	// error in a row. Zero means DefaultRetryMin and DefaultRetryMax.
 	RetryMin, RetryMax time.Duration
+
+	mu     sync.Mutex
+	status []SourceStatus
+}
+
+// SourceStatus is what a Syncer knows of one of its sources, for status
+// pages and health endpoints.
+type SourceStatus struct {
+	// Source names the source (its String method, or its index).
+	Source string
+	// Reported tells whether the source has reported a set since Run
+	// started; Members is the size of its last set and Updated when it
+	// came.
+	Reported bool
+	Members  int
+	Updated  time.Time
+	// Err is the source's last failure after its last set, or nil: a
+	// source that fails keeps its last set in the pool.
+	Err error
+}
+
+// Status returns the state of each source, in the order of Sources;
+// nil before Run. It is safe to call while Run runs.
+func (s *Syncer) Status() []SourceStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.status)
+}
+
+// note updates the status of source i.
+func (s *Syncer) note(i int, f func(*SourceStatus)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.status[i])
 }
 
 // Sync runs a Syncer for pool with sources and slog.Default() until ctx
@@ -112,6 +147,12 @@ func (s *Syncer) Run(ctx context.Context) error {
 	log = log.With("pool", s.Pool.Name())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.mu.Lock()
+	s.status = make([]SourceStatus, len(s.Sources))
+	for i, src := range s.Sources {
+		s.status[i].Source = sourceName(i, src)
+	}
+	s.mu.Unlock()
 
 	reports := make(chan report)
 	var wg sync.WaitGroup
@@ -159,10 +200,13 @@ func (s *Syncer) watch(ctx context.Context, i int, src Source, reports chan<- re
 	hi = max(hi, lo)
 	delay := lo
 	for {
-		sk := &sink{ctx: ctx, i: i, reports: reports, log: log}
+		sk := &sink{s: s, ctx: ctx, i: i, reports: reports, log: log}
 		err := src.Watch(ctx, sk)
 		if ctx.Err() != nil {
 			return
+		}
+		if err != nil {
+			s.note(i, func(st *SourceStatus) { st.Err = err })
 		}
 		if err == nil {
 			log.Debug("discovery: source finished; its last members stay")
@@ -185,6 +229,7 @@ func (s *Syncer) watch(ctx context.Context, i int, src Source, reports chan<- re
 
 // sink is what one Watch call of one source reports to.
 type sink struct {
+	s       *Syncer
 	ctx     context.Context
 	i       int
 	reports chan<- report
@@ -199,6 +244,9 @@ func (k *sink) Set(backends []balancer.Backend) {
 		k.failing = false
 	}
 	k.sets++
+	k.s.note(k.i, func(st *SourceStatus) {
+		st.Reported, st.Members, st.Updated, st.Err = true, len(backends), time.Now(), nil
+	})
 	select {
 	case k.reports <- report{i: k.i, set: backends}:
 	case <-k.ctx.Done():
@@ -207,6 +255,7 @@ func (k *sink) Set(backends []balancer.Backend) {
 
 func (k *sink) Fail(err error) {
 	k.failing = true
+	k.s.note(k.i, func(st *SourceStatus) { st.Err = err })
 	k.log.Warn("discovery: source failed; its last members stay", "err", err)
 }
 

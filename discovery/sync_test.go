@@ -108,19 +108,28 @@ func TestSyncFailureKeepsLastSet(t *testing.T) {
 		pool := newPool(t, "api")
 		a := newFeed("feed-a")
 		var logs logBuf
-		stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{a}, Logger: logs.logger()})
+		s := &Syncer{Pool: pool, Sources: []Source{a}, Logger: logs.logger()}
+		assert.Nil(t, s.Status(), "nil before Run")
+		stop := runSyncer(t, s)
 		defer stop()
 
 		a.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.1:80", 1)}}
+		synctest.Wait()
+		updated := time.Now()
+		time.Sleep(time.Second) // the bubble's clock
 		a.steps <- feedStep{fail: errors.New("resolver on fire")}
 		synctest.Wait()
 		assert.Equal(t, []string{"198.18.0.1:80"}, members(pool))
 		assert.Regexp(t, `level=WARN msg="discovery: source failed; its last members stay" pool=api source=feed-a err="resolver on fire"`, logs.String())
+		st := s.Status()
+		require.Len(t, st, 1)
+		assert.Equal(t, SourceStatus{Source: "feed-a", Reported: true, Members: 1, Updated: updated, Err: errors.New("resolver on fire")}, st[0])
 
 		a.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.2:80", 1)}}
 		synctest.Wait()
 		assert.Equal(t, []string{"198.18.0.2:80"}, members(pool))
 		assert.Contains(t, logs.String(), `msg="discovery: source recovered" pool=api source=feed-a`)
+		assert.NoError(t, s.Status()[0].Err, "a set clears the failure")
 	})
 }
 
