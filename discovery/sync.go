@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,10 +45,11 @@ type Sink interface {
 	Fail(err error)
 }
 
-// Default retry bounds of a Syncer.
+// Defaults of a Syncer.
 const (
-	DefaultRetryMin = time.Second
-	DefaultRetryMax = 30 * time.Second
+	DefaultRetryMin    = time.Second
+	DefaultRetryMax    = 30 * time.Second
+	DefaultInitialWait = 5 * time.Second
 )
 
 // Syncer keeps a pool's membership equal to the union of its sources'
@@ -72,6 +74,14 @@ type Syncer struct {
 	// returned an error is watched again; the delay doubles at each
 	// error in a row. Zero means DefaultRetryMin and DefaultRetryMax.
 	RetryMin, RetryMax time.Duration
+	// InitialWait bounds how long Run waits for every source's first
+	// answer (a set or a failure) before it sets the pool's first
+	// membership, so that the first membership is the union of all
+	// sources and members of a slower source do not join late (and
+	// slow-start, in a pool with slow start). After the first
+	// membership, every report applies at once. Zero means
+	// DefaultInitialWait; negative means no wait.
+	InitialWait time.Duration
 
 	mu     sync.Mutex
 	status []SourceStatus
@@ -114,16 +124,18 @@ func Sync(ctx context.Context, pool *balancer.Pool, sources ...Source) error {
 	return (&Syncer{Pool: pool, Sources: sources}).Run(ctx)
 }
 
-// report is one Set from source i.
+// report is one Set (or, with failed, one failure) of source i.
 type report struct {
-	i   int
-	set []balancer.Backend
+	i      int
+	set    []balancer.Backend
+	failed bool
 }
 
 // Run watches every source and sets the pool's members to the union of
 // the last set each source reported, with duplicate addresses removed.
-// It leaves the pool alone until a source reports its first set, and
-// calls Pool.Set only when the union changed. A source that fails keeps
+// It sets the first membership once every source has answered (see
+// InitialWait), leaves the pool alone while no source has reported a
+// set, and calls Pool.Set only when the union changed. A source that fails keeps
 // its last set; one whose Watch returns an error is watched again after
 // a growing delay. Run blocks until ctx ends, then returns nil once
 // every source's Watch has returned; it returns an error at once if the
@@ -164,26 +176,45 @@ func (s *Syncer) Run(ctx context.Context) error {
 
 	sets := make([][]balancer.Backend, len(s.Sources))
 	reported := make([]bool, len(s.Sources))
+	answered := make([]bool, len(s.Sources))
 	var applied []balancer.Backend
 	first := true
+	waiting := s.InitialWait >= 0 // for every source's first answer
+	var initial <-chan time.Time
+	if waiting {
+		t := time.NewTimer(cmp.Or(s.InitialWait, DefaultInitialWait))
+		defer t.Stop()
+		initial = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-initial:
+			waiting = false
 		case r := <-reports:
-			sets[r.i], reported[r.i] = r.set, true
-			merged := merge(sets, reported, log)
-			if !first && sameMembers(applied, merged) {
-				continue
+			answered[r.i] = true
+			if !r.failed {
+				sets[r.i], reported[r.i] = r.set, true
 			}
-			if err := s.Pool.Set(merged); err != nil {
-				log.Error("discovery: setting the pool's members failed", "err", err)
-				continue
+			if waiting && !slices.Contains(answered, false) {
+				waiting = false
 			}
-			added, removed := diff(applied, merged)
-			log.Info("discovery: members changed", "members", len(merged), "added", added, "removed", removed)
-			applied, first = merged, false
 		}
+		if waiting || !slices.Contains(reported, true) {
+			continue
+		}
+		merged := merge(sets, reported, log)
+		if !first && sameMembers(applied, merged) {
+			continue
+		}
+		if err := s.Pool.Set(merged); err != nil {
+			log.Error("discovery: setting the pool's members failed", "err", err)
+			continue
+		}
+		added, removed := diff(applied, merged)
+		log.Info("discovery: members changed", "members", len(merged), "added", added, "removed", removed)
+		applied, first = merged, false
 	}
 }
 
@@ -207,6 +238,11 @@ func (s *Syncer) watch(ctx context.Context, i int, src Source, reports chan<- re
 		}
 		if err != nil {
 			s.note(i, func(st *SourceStatus) { st.Err = err })
+			select {
+			case reports <- report{i: i, failed: true}:
+			case <-ctx.Done():
+				return
+			}
 		}
 		if err == nil {
 			log.Debug("discovery: source finished; its last members stay")
@@ -257,6 +293,10 @@ func (k *sink) Fail(err error) {
 	k.failing = true
 	k.s.note(k.i, func(st *SourceStatus) { st.Err = err })
 	k.log.Warn("discovery: source failed; its last members stay", "err", err)
+	select {
+	case k.reports <- report{i: k.i, failed: true}:
+	case <-k.ctx.Done():
+	}
 }
 
 // sourceName names a source in log lines: its String method, or its

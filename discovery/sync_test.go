@@ -83,14 +83,16 @@ func TestSyncMergesSources(t *testing.T) {
 
 		a.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.1:80", 1), bk("198.18.0.2:80", 3)}}
 		synctest.Wait()
-		assert.Equal(t, []string{"198.18.0.1:80", "198.18.0.2:80"}, members(pool), "the first report replaces the membership")
+		assert.Equal(t, []string{"198.18.0.99:80"}, members(pool), "the first membership waits for every source's first answer")
 
+		v := pool.Snapshot().Version
 		b.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.2:80", 7), bk("198.18.0.3:80", 1)}}
 		synctest.Wait()
 		assert.Equal(t, []string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"}, members(pool), "union in source order, duplicates removed")
+		assert.Equal(t, v+1, pool.Snapshot().Version, "the first membership is set at once")
 		assert.Equal(t, uint32(3), pool.Endpoint(ap("198.18.0.2:80")).Backend().Weight, "the first source's member wins")
 
-		v := pool.Snapshot().Version
+		v = pool.Snapshot().Version
 		b.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.2:80", 7), bk("198.18.0.3:80", 0)}}
 		synctest.Wait()
 		assert.Equal(t, v, pool.Snapshot().Version, "an unchanged union does not touch the pool (weight 0 is 1)")
@@ -100,6 +102,49 @@ func TestSyncMergesSources(t *testing.T) {
 		assert.Equal(t, []string{"198.18.0.1:80", "198.18.0.2:80"}, members(pool), "an empty set is an answer: b's members leave")
 		assert.Contains(t, logs.String(), "pool=web")
 		assert.Contains(t, logs.String(), "added=0 removed=1")
+	})
+}
+
+func TestSyncInitialWait(t *testing.T) {
+	t.Run("a silent source is waited for InitialWait", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			pool := newPool(t, "web")
+			a, b := newFeed("a"), newFeed("b")
+			stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{a, b}, Logger: quiet, InitialWait: 3 * time.Second})
+			defer stop()
+			start := time.Now()
+			a.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.1:80", 1)}}
+			waitMembers(t, pool, time.Minute, "198.18.0.1:80")
+			assert.Equal(t, 3*time.Second, time.Since(start))
+
+			b.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.2:80", 1)}}
+			synctest.Wait()
+			assert.Equal(t, []string{"198.18.0.1:80", "198.18.0.2:80"}, members(pool), "later reports apply at once")
+		})
+	})
+	t.Run("a failure is an answer", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			pool := newPool(t, "web")
+			a, b, c := newFeed("a"), newFeed("b"), newFeed("c")
+			stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{a, b, c}, Logger: quiet})
+			defer stop()
+			a.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.1:80", 1)}}
+			b.steps <- feedStep{fail: errors.New("no answer")}
+			c.steps <- feedStep{end: errors.New("cannot start")}
+			synctest.Wait()
+			assert.Equal(t, []string{"198.18.0.1:80"}, members(pool))
+		})
+	})
+	t.Run("negative: no wait", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			pool := newPool(t, "web")
+			a, b := newFeed("a"), newFeed("b")
+			stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{a, b}, Logger: quiet, InitialWait: -1})
+			defer stop()
+			a.steps <- feedStep{set: []balancer.Backend{bk("198.18.0.1:80", 1)}}
+			synctest.Wait()
+			assert.Equal(t, []string{"198.18.0.1:80"}, members(pool))
+		})
 	})
 }
 
