@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -45,7 +46,7 @@ func watchDNS(t *testing.T, src Source) *recSink {
 
 func TestDNSAddressRecords(t *testing.T) {
 	k := startKnot(t, "example.test.", testZone)
-	src, err := NewDNS(DNSConfig{Name: "web.example.test", Port: 80, Weight: 2, Zone: "a", Servers: []string{k.addr}, MinTTL: 100 * time.Millisecond})
+	src, err := NewDNS(DNSConfig{Name: "web.example.test", Port: 80, Weight: 2, Zone: "a", Servers: []string{k.addr}, TCP: true, MinTTL: 100 * time.Millisecond})
 	require.NoError(t, err)
 	pool := newPool(t, "web")
 	stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{src}, Logger: quiet})
@@ -177,7 +178,8 @@ func TestDNSKeepsLastGood(t *testing.T) {
 
 func TestDNSAllowEmpty(t *testing.T) {
 	k := startKnot(t, "example.test.", testZone)
-	src, err := NewDNS(DNSConfig{Name: "gone.example.test", Port: 80, Servers: []string{k.addr}, AllowEmpty: true})
+	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing answers there: the next server is asked
+	src, err := NewDNS(DNSConfig{Name: "gone.example.test", Port: 80, Servers: []string{dead, k.addr}, Timeout: 300 * time.Millisecond, AllowEmpty: true})
 	require.NoError(t, err)
 	set, ttl, err := src.Lookup(t.Context())
 	require.NoError(t, err)
