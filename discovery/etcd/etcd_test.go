@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/discovery"
@@ -238,4 +239,14 @@ func TestParseMember(t *testing.T) {
 	assert.ErrorContains(t, err, "etcd: Prefix is required")
 	_, err = New(Config{Prefix: prefix})
 	assert.ErrorContains(t, err, "etcd: Endpoints or Client is required")
+}
+
+func TestConfigYAML(t *testing.T) {
+	var cfg Config
+	dec := yaml.NewDecoder(strings.NewReader(`{endpoints: ["http://127.0.0.1:2379"], prefix: /lbkit/pools/web/, username: u, password: p, dial_timeout: 2s, request_timeout: 1s}`))
+	dec.KnownFields(true)
+	require.NoError(t, dec.Decode(&cfg))
+	assert.Equal(t, Config{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: prefix, Username: "u", Password: "p", DialTimeout: 2 * time.Second, RequestTimeout: time.Second}, cfg)
+	_, err := New(cfg)
+	assert.NoError(t, err)
 }
