@@ -111,8 +111,8 @@ func TestDNSTTL(t *testing.T) {
 	t.Run("ttl", func(t *testing.T) {
 		t.Parallel()
 		// (Gaps are measured where the sets arrive, so the lower bounds
-	// allow for a late first arrival.)
-	// The gap is the TTL plus a look-up: never shorter, and far
+		// allow for a late first arrival.)
+		// The gap is the TTL plus a look-up: never shorter, and far
 		// from MinTTL (100 ms) and MaxTTL (5 m).
 		for _, g := range gaps(t, DNSConfig{Name: "web.example.test", Type: "A", Port: 80, MinTTL: 100 * time.Millisecond}) {
 			assert.GreaterOrEqual(t, g, 900*time.Millisecond, "TTL 1 s: looked up again after a second")
