@@ -69,14 +69,33 @@
 // address), like IPVS FNAT: backends need no special route but see the
 // balancer as the client.
 //
+// # Lifecycle
+//
+// A [Balancer] is not a listener server: the kernel forwards the
+// traffic, and Go only programs it. [New] checks the configuration and
+// changes nothing in the kernel. [Balancer.Serve] installs the table with
+// the configured services in one atomic batch (replacing a table of the
+// same name left by a previous run) and then runs the control loop that
+// follows the pools, until its context ends or [Balancer.Shutdown] or
+// [Balancer.Close] is called; it then deletes the table and returns nil.
+// Cancelling Serve's context means the same as Close. A Balancer never
+// closes the pools it was given.
+//
 // # Changes
 //
 // Each change is one atomic nftables batch. A goroutine per service waits
 // on its pool's [balancer.Snapshot.Changed] and applies the new snapshot
 // at once; a failed batch changes nothing in the kernel and is retried.
-// [Balancer.Sync] applies synchronously. Starting a Balancer replaces a
-// table of the same name left by a previous run, in the same batch that
-// creates the new one; Close deletes it.
+// [Balancer.Sync] applies synchronously.
+//
+// Services themselves change while serving: [Balancer.AddService],
+// [Balancer.UpdateService], [Balancer.RemoveService], or
+// [Balancer.SetServices] for a whole new set. Each is one batch, so a
+// packet meets the old configuration or the new one, never a mix; the
+// services that stay are not touched beyond the rewrite of the hook
+// chains' rules. Established flows, of kept, changed and removed
+// services alike, keep their translation in conntrack until they end:
+// only new flows see a change.
 //
 // Linux only: elsewhere [New] returns [errors.ErrUnsupported].
 package iplb

@@ -45,6 +45,27 @@ func (m Mode) String() string {
 	}
 }
 
+// MarshalText returns the mode's name, as String.
+func (m Mode) MarshalText() ([]byte, error) {
+	if m > FullNAT {
+		return nil, fmt.Errorf("iplb: unknown %v", m)
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText parses "gateway" or "fullnat".
+func (m *Mode) UnmarshalText(text []byte) error {
+	switch string(text) {
+	case "gateway":
+		*m = Gateway
+	case "fullnat":
+		*m = FullNAT
+	default:
+		return fmt.Errorf("iplb: unknown mode %q: want gateway or fullnat", text)
+	}
+	return nil
+}
+
 // Scheduler says how a service chooses a slot of its Maglev table for a
 // new flow.
 type Scheduler uint8
@@ -90,13 +111,10 @@ type Service struct {
 	// Scheduler is Consistent (the zero value) or RoundRobin.
 	Scheduler Scheduler
 	// Pool holds the backends, with health, drain and weights; iplb
-	// follows its snapshots. Nil means a new pool with Backends as its
-	// members (see [Balancer.Pool] to reach it). Backends must have the
-	// VIP's address family.
+	// follows its snapshots and never closes it. Members must have the
+	// VIP's address family (others are skipped and reported in
+	// ServiceStats.Err). Required.
 	Pool *balancer.Pool
-	// Backends are the initial members of the pool iplb creates when
-	// Pool is nil; ignored otherwise.
-	Backends []balancer.Backend
 	// TableSize is the number of slots, a prime above the member count.
 	// Zero chooses from the member count: 251, 1021, 4093, 16381 or
 	// 65521, the smallest with at least 100 slots per member.
@@ -129,8 +147,9 @@ var ErrExists = errors.New("iplb: service already exists")
 // ErrNotFound is returned for a service name the balancer does not know.
 var ErrNotFound = errors.New("iplb: no such service")
 
-// ErrClosed is returned by methods of a closed [Balancer].
-var ErrClosed = errors.New("iplb: balancer closed")
+// ErrServerClosed is returned by [Balancer.Serve] when the balancer was
+// already served or stopped, and by the other methods once it stopped.
+var ErrServerClosed = errors.New("iplb: balancer closed")
 
 // validate checks svc and fills defaults.
 func (svc *Service) validate() error {
@@ -165,10 +184,8 @@ func (svc *Service) validate() error {
 	if svc.TableSize != 0 && (svc.TableSize < 2 || svc.TableSize > tableSizes[len(tableSizes)-1] || !isPrime(svc.TableSize)) {
 		return fmt.Errorf("iplb: service %s: TableSize %d must be a prime up to %d", svc.Name, svc.TableSize, tableSizes[len(tableSizes)-1])
 	}
-	for _, b := range svc.Backends {
-		if err := checkBackend(svc, b.Addr); err != nil {
-			return err
-		}
+	if svc.Pool == nil {
+		return fmt.Errorf("iplb: service %s: nil Pool", svc.Name)
 	}
 	if svc.Seed == 0 {
 		svc.Seed = uint32(balancer.HashString(svc.Name)) | 1
@@ -201,6 +218,9 @@ func isPrime(n int) bool {
 
 // Config configures a [Balancer]. The zero value is useful.
 type Config struct {
+	// Services are the virtual services [Balancer.Serve] installs. More
+	// can be added, and these changed or removed, at any time.
+	Services []Service
 	// Table is the name of the inet table the balancer owns. A table of
 	// that name found at start is replaced. Empty means "lbkit".
 	Table string
@@ -209,10 +229,10 @@ type Config struct {
 	// caller while the balancer lives. Zero means the calling process's
 	// namespace.
 	NetNS int
-	// Manual turns the per-service goroutines off: pool changes reach the
-	// kernel only when the caller calls Sync, which then applies every
-	// change made since in one batch per service. The zero value applies
-	// each snapshot as it is published.
+	// Manual turns the control loop off: pool changes reach the kernel
+	// only when the caller calls Sync, which then applies every change
+	// made since in one batch per service. The zero value applies each
+	// snapshot as it is published.
 	Manual bool
 	// RetryInterval is how long a service waits before retrying a batch
 	// the kernel refused. Zero means 1 s.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -136,9 +137,22 @@ func (l *lab) pool(t testing.TB, v6 bool) *balancer.Pool {
 }
 
 func (l *lab) newBalancer(t testing.TB) *Balancer {
-	b, err := New(Config{NetNS: int(l.bal.NS())})
+	return serveBalancer(t, Config{NetNS: int(l.bal.NS())})
+}
+
+// serveBalancer returns a balancer serving on its own goroutine until
+// the test ends.
+func serveBalancer(t testing.TB, cfg Config) *Balancer {
+	t.Helper()
+	b, err := New(cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, b.Close()) })
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(context.Background()) }()
+	require.NoError(t, b.Sync(context.Background()))
+	t.Cleanup(func() {
+		assert.NoError(t, b.Close())
+		assert.NoError(t, <-served)
+	})
 	return b
 }
 
@@ -262,9 +276,9 @@ func TestLab(t *testing.T) {
 			if tc.mode == FullNAT {
 				wantPeer = balAddr[tc.v6]
 			}
-			_, err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
 			require.NoError(t, err)
-			_, err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
 			require.NoError(t, err)
 
 			const n = 200
@@ -354,7 +368,7 @@ func TestLab(t *testing.T) {
 
 	t.Run("roundrobin follows the slots exactly", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 82)
-		_, err := b.AddService(Service{Name: "rr", VIP: vip, Scheduler: RoundRobin, TableSize: 251, Pool: l.pool(t, false)})
+		err := b.AddService(Service{Name: "rr", VIP: vip, Scheduler: RoundRobin, TableSize: 251, Pool: l.pool(t, false)})
 		require.NoError(t, err)
 		c := l.httpClient(false)
 		counts := map[string]int{}
@@ -377,11 +391,12 @@ func TestLab(t *testing.T) {
 
 	t.Run("unhealthy and drain", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 90)
-		pool, err := b.AddService(Service{Name: "health", VIP: vip, Backends: []balancer.Backend{
-			{Addr: l.backends[0].addr(false, backendPort)},
-			{Addr: l.backends[1].addr(false, backendPort)},
-			{Addr: l.backends[2].addr(false, backendPort)},
-		}})
+		pool := poolOf(t,
+			balancer.Backend{Addr: l.backends[0].addr(false, backendPort)},
+			balancer.Backend{Addr: l.backends[1].addr(false, backendPort)},
+			balancer.Backend{Addr: l.backends[2].addr(false, backendPort)},
+		)
+		err := b.AddService(Service{Name: "health", VIP: vip, Pool: pool})
 		require.NoError(t, err)
 		// One open keep-alive connection per backend.
 		open := map[string]*http.Client{}
@@ -435,6 +450,73 @@ func TestLab(t *testing.T) {
 		require.NoError(t, b.RemoveService("health"))
 	})
 
+	t.Run("runtime changes keep established flows", func(t *testing.T) {
+		kept := netip.AddrPortFrom(vip4, 92)
+		other := netip.AddrPortFrom(vip4, 93)
+		require.NoError(t, b.AddService(Service{Name: "kept", VIP: kept, Pool: l.pool(t, false)}))
+		require.NoError(t, b.AddService(Service{Name: "changed", VIP: other, Pool: l.pool(t, false)}))
+		// One keep-alive connection to each service.
+		keptC, changedC := l.httpClient(true), l.httpClient(true)
+		defer keptC.CloseIdleConnections()
+		defer changedC.CloseIdleConnections()
+		keptBE, keptPeer := get(t, keptC, url(kept))
+		changedBE, changedPeer := get(t, changedC, url(other))
+		same := func(c *http.Client, vip netip.AddrPort, be, peer string, why string) {
+			t.Helper()
+			for range 3 {
+				gotBE, gotPeer := get(t, c, url(vip))
+				require.Equal(t, be, gotBE, why)
+				require.Equal(t, peer, gotPeer, "%s: the same connection", why)
+			}
+		}
+
+		// Add a service, then remove it: each is one batch that
+		// rewrites the hooks; the kept service's flows carry on.
+		extra := netip.AddrPortFrom(vip4, 94)
+		require.NoError(t, b.AddService(Service{Name: "extra", VIP: extra, Mode: FullNAT, Pool: l.pool(t, false)}))
+		get(t, l.httpClient(false), url(extra))
+		same(keptC, kept, keptBE, keptPeer, "after adding a service")
+		require.NoError(t, b.RemoveService("extra"))
+		same(keptC, kept, keptBE, keptPeer, "after removing a service")
+
+		// Change the other service: its only backend is now one it
+		// did not pick, in FullNAT mode. Its established flow stays in
+		// conntrack, on its backend; new flows follow the new config.
+		var target *testBackend
+		for _, tb := range l.backends {
+			if tb.name != changedBE {
+				target = tb
+				break
+			}
+		}
+		require.NoError(t, b.UpdateService(Service{Name: "changed", VIP: other, Mode: FullNAT,
+			Pool: poolOf(t, balancer.Backend{Addr: target.addr(false, backendPort)})}))
+		same(changedC, other, changedBE, changedPeer, "a changed service's established flow")
+		same(keptC, kept, keptBE, keptPeer, "after changing another service")
+		fresh := l.httpClient(false)
+		for range 10 {
+			be, peer := get(t, fresh, url(other))
+			require.Equal(t, target.name, be, "new flows follow the new pool")
+			host, _, err := net.SplitHostPort(peer)
+			require.NoError(t, err)
+			require.Equal(t, "198.18.2.1", host, "new flows are FullNAT")
+		}
+
+		// The whole set at once: "changed" moves to IPv6 (new maps of
+		// the same names), "kept" stays, "rr2" joins, in one batch.
+		v6 := netip.AddrPortFrom(vip6, 93)
+		require.NoError(t, b.SetServices(append(slices.DeleteFunc(b.Services(), func(s Service) bool {
+			return s.Name == "changed"
+		}), Service{Name: "changed", VIP: v6, Pool: l.pool(t, true)},
+			Service{Name: "rr2", VIP: netip.AddrPortFrom(vip4, 95), Scheduler: RoundRobin, Pool: l.pool(t, false)})))
+		same(keptC, kept, keptBE, keptPeer, "after SetServices")
+		get(t, l.httpClient(false), url(v6))
+		get(t, l.httpClient(false), url(netip.AddrPortFrom(vip4, 95)))
+		require.NoError(t, b.RemoveService("changed"))
+		require.NoError(t, b.RemoveService("rr2"))
+		require.NoError(t, b.RemoveService("kept"))
+	})
+
 	t.Run("killed backend leaves through the health checker", func(t *testing.T) {
 		// The whole path: a TCP probe from the balancer's namespace fails,
 		// the checker marks the target down, Drive updates the pool, and
@@ -459,7 +541,7 @@ func TestLab(t *testing.T) {
 		}
 		stop := chk.Drive(pool)
 		defer stop()
-		_, err = b.AddService(Service{Name: "checked", VIP: vip, Pool: pool})
+		err = b.AddService(Service{Name: "checked", VIP: vip, Pool: pool})
 		require.NoError(t, err)
 		// An open connection to a backend that stays up.
 		survivor := l.httpClient(true)
@@ -514,6 +596,9 @@ func TestLab(t *testing.T) {
 		require.NoError(t, c.Flush())
 		b2, err := New(Config{NetNS: int(l.bal.NS()), Table: "stale"})
 		require.NoError(t, err)
+		served := make(chan error, 1)
+		go func() { served <- b2.Serve(context.Background()) }()
+		require.NoError(t, b2.Sync(context.Background()))
 		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 		require.NoError(t, err)
 		for _, ch := range chains {
@@ -521,6 +606,7 @@ func TestLab(t *testing.T) {
 		}
 		assert.ElementsMatch(t, []string{"lbkit", "stale"}, tables())
 		require.NoError(t, b2.Close())
+		require.NoError(t, <-served)
 		assert.Equal(t, []string{"lbkit"}, tables())
 	})
 }

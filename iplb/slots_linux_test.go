@@ -28,7 +28,7 @@ func testService(t *testing.T, n, size int, weight func(i int) uint32) (*service
 		addrs = append(addrs, a)
 		require.NoError(t, pool.Add(balancer.Backend{Addr: a, Weight: weight(i)}))
 	}
-	svc := Service{Name: "s", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: size}
+	svc := Service{Name: "s", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: size, Pool: pool}
 	require.NoError(t, svc.validate())
 	return &service{svc: svc, pool: pool}, addrs
 }

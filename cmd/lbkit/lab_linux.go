@@ -192,16 +192,14 @@ func runIPLB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err != nil {
 		return result{}, err
 	}
-	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS())})
+	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS()), Services: []iplb.Service{{
+		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Pool: pool,
+	}}})
 	if err != nil {
 		return result{}, err
 	}
+	go bal.Serve(ctx)
 	defer bal.Close()
-	if _, err := bal.AddService(iplb.Service{
-		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Pool: pool,
-	}); err != nil {
-		return result{}, err
-	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := bal.Sync(sctx); err != nil {
