@@ -64,16 +64,13 @@ func newPool(u *undo, bs []*backend, b balancer.Builder, probe health.Prober) (*
 		return nil, nil, err
 	}
 	u.push(func() { _ = chk.Close() })
-	for _, be := range bs {
-		err := chk.SetTarget(health.Target{
-			Addr: be.addr, Probe: probe, Interval: healthInterval,
-			Timeout: healthTimeout, Fall: 1, Rise: 2, Initial: health.Healthy,
-		})
-		if err != nil {
-			return nil, nil, err
-		}
+	err = chk.Follow(pool, health.Template{
+		Probe: probe, Interval: healthInterval,
+		Timeout: healthTimeout, Fall: 1, Rise: 2, Initial: health.Healthy,
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	u.push(chk.Drive(pool))
 	return pool, chk, nil
 }
 
