@@ -157,6 +157,8 @@ func renderExprs(exprs []expr.Any) string {
 			fmt.Fprintf(&b, "ct load key %d dir %d => reg %d", e.Key, e.Direction, e.Register)
 		case *expr.Masq:
 			b.WriteString("masq")
+		case *expr.Bitwise:
+			fmt.Fprintf(&b, "bitwise reg %d = ( reg %d & 0x%x ) ^ 0x%x", e.DestRegister, e.SourceRegister, e.Mask, e.Xor)
 		default:
 			fmt.Fprintf(&b, "%T", e)
 		}
@@ -222,7 +224,7 @@ func TestBatchService(t *testing.T) {
 	pool := poolOf(t, balancer.Backend{Addr: be1}, balancer.Backend{Addr: be2}, balancer.Backend{Addr: be3, Weight: 2})
 	err := b.AddService(Service{
 		Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Mode: FullNAT, TableSize: 7, Seed: 0x1234,
-		Pool: pool,
+		Key: balancer.Key{Source: balancer.KeyFlow}, Pool: pool,
 	})
 	require.NoError(t, err)
 	require.Len(t, r.batches, 2)
@@ -331,7 +333,7 @@ func TestBatchService(t *testing.T) {
 func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
 	b, r := newRecorded(t)
 	err := b.AddService(Service{
-		Name: "dns", VIP: netip.MustParseAddrPort("[fd00:198:19::10]:53"), Proto: UDP, Scheduler: RoundRobin,
+		Name: "dns", VIP: netip.MustParseAddrPort("[fd00:198:19::10]:53"), Proto: UDP,
 		Mode: FullNAT, SNAT: netip.MustParseAddr("fd00:198:18:2::1"), TableSize: 5, Seed: 7,
 		Pool: poolOf(t, balancer.Backend{Addr: netip.MustParseAddrPort("[fd00:198:18:2::11]:53")}),
 	})
@@ -351,11 +353,39 @@ func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
 }
 
 func TestJhashIPv6Layout(t *testing.T) {
-	svc := Service{Name: "x", VIP: netip.MustParseAddrPort("[fd00::1]:80"), Proto: TCP, Seed: 9}
+	svc := Service{Name: "x", VIP: netip.MustParseAddrPort("[fd00::1]:80"), Proto: TCP, Seed: 9, Key: balancer.MustParseKey("flow")}
 	got := renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, &svc), 251))
 	// saddr fills 16-byte reg 2; sport follows in reg 3, as nft lays
 	// out "jhash ip6 saddr . tcp sport".
 	assert.Contains(t, got, "[ payload load 16b @ network header + 8 => reg 2 ][ payload load 2b @ transport header + 0 => reg 3 ][ hash reg 1 = jhash(reg 2, 20, 0x9) % mod 251 ]")
+}
+
+func TestKeyRules(t *testing.T) {
+	for _, tc := range []struct {
+		key, vip, want string
+	}{
+		{"", "198.19.0.10:80", "[ numgen reg 1 = inc mod 251 ]"},
+		{"flow", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x9) % mod 251 ]"},
+		{"client", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+		{"client/24", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ bitwise reg 2 = ( reg 2 & 0xffffff00 ) ^ 0x00000000 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+		{"client/24,56", "[fd00::1]:80", "[ payload load 16b @ network header + 8 => reg 2 ][ bitwise reg 2 = ( reg 2 & 0xffffffffffffff000000000000000000 ) ^ 0x00000000000000000000000000000000 ][ hash reg 1 = jhash(reg 2, 16, 0x9) % mod 251 ]"},
+		{"client/32", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+		{"header:X-User", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			svc := Service{Name: "x", VIP: netip.MustParseAddrPort(tc.vip), Seed: 9, Key: balancer.MustParseKey(tc.key), Pool: poolOf(t)}
+			require.NoError(t, svc.validate())
+			assert.Contains(t, renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, &svc), 251)), tc.want)
+		})
+	}
+	// Lookup's model of the masked hash: one /24, one slot.
+	h, bits := (&Service{VIP: netip.MustParseAddrPort("198.19.0.10:80"), Key: balancer.MustParseKey("client/24")}).hashing()
+	require.Equal(t, hashClient, h)
+	a := flowSlot(netip.MustParseAddrPort("198.18.1.2:1000"), h, bits, 9, 251)
+	assert.Equal(t, a, flowSlot(netip.MustParseAddrPort("198.18.1.200:2000"), h, bits, 9, 251))
+	assert.Equal(t, flowSlot(netip.MustParseAddrPort("198.18.1.0:0"), hashClient, 0, 9, 251), a, "the masked address, alone")
+	bad := Service{Name: "x", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Key: balancer.Key{Source: balancer.KeyClient, Bits4: 33}, Pool: poolOf(t)}
+	assert.ErrorContains(t, bad.validate(), "prefix length")
 }
 
 func TestMappedBackendIsIPv4(t *testing.T) {

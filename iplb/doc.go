@@ -41,18 +41,26 @@
 //
 // # Selection
 //
-// The Consistent scheduler hashes the client's address and port (nft
-// jhash, with a per-service seed) into a slot of a Maglev table built by
-// [maglev.NewTable] from the pool's ready set and effective weights: a
-// backend owns a share of slots proportional to its weight, and adding or
-// removing one moves only its own share of new flows. When the ready set
-// changes and the table size does not, only the slots [maglev.Table.Diff]
-// reports are rewritten. The table size is a prime chosen from the member
-// count: the smallest of 251, 1021, 4093, 16381 and 65521 with at least
-// 100 slots per backend (1021 for 3 to 10 backends), or set per service.
-// Maglev is not perfectly minimal: removing one of 20 backends moves 1.3×
-// its share of slots at 4093 slots, 1.14× at 16381, 1.06× at 65521. The RoundRobin
-// scheduler walks the same slots with `numgen inc`, a weighted round robin.
+// A service's [balancer.Key] says what the kernel hashes, with nft's
+// jhash and a per-service seed, into a slot of a Maglev table built by
+// [maglev.NewTable] from the pool's ready set and effective weights:
+// "flow" hashes the client's address and port (the service fixes the
+// rest of the 5-tuple), "client" the client's address under the key's
+// prefix length (`jhash ip saddr and 255.255.255.0` for client/24). No
+// key takes the slots in turn with `numgen inc`, a weighted round robin.
+// A backend owns a share of slots proportional to its weight, and adding
+// or removing one moves only its own share of new flows. The kernel sees
+// packets, not requests, so header, cookie, path and query keys fall back
+// to the client address, as they do in every front-end that cannot see
+// them. When the ready set changes and the table size does not, only the
+// slots [maglev.Table.Diff] reports are rewritten. The table size is a
+// prime chosen from the member count: the smallest of 251, 1021, 4093,
+// 16381 and 65521 with at least 100 slots per backend (1021 for 3 to 10
+// backends), or set per service. Maglev is not perfectly minimal:
+// removing one of 20 backends moves 1.3× its share of slots at 4093
+// slots, 1.14× at 16381, 1.06× at 65521. The pool's own policy
+// (its Builder) is not used: the kernel applies its own table, so any
+// pool works.
 //
 // [Balancer.Lookup] answers which backend a client address and port gets,
 // from the same jhash and scaling the kernel applies (checked against the

@@ -66,31 +66,6 @@ func (m *Mode) UnmarshalText(text []byte) error {
 	return nil
 }
 
-// Scheduler says how a service chooses a slot of its Maglev table for a
-// new flow.
-type Scheduler uint8
-
-const (
-	// Consistent hashes the client's address and port into a slot, so a
-	// client port keeps its backend while the ready set is unchanged and
-	// a change moves only the changed backends' share of new flows.
-	Consistent Scheduler = iota
-	// RoundRobin takes the slots in turn (weighted round robin).
-	RoundRobin
-)
-
-// String returns "consistent" or "roundrobin".
-func (s Scheduler) String() string {
-	switch s {
-	case Consistent:
-		return "consistent"
-	case RoundRobin:
-		return "roundrobin"
-	default:
-		return fmt.Sprintf("scheduler(%d)", uint8(s))
-	}
-}
-
 // Service is a virtual service: traffic to VIP with protocol Proto is
 // spread over the ready members of Pool.
 type Service struct {
@@ -108,8 +83,24 @@ type Service struct {
 	// SNAT is the source address FullNAT rewrites to. The zero value
 	// means masquerade: the address of the link toward the backend.
 	SNAT netip.Addr
-	// Scheduler is Consistent (the zero value) or RoundRobin.
-	Scheduler Scheduler
+	// Key says what the kernel hashes to choose a new flow's slot in the
+	// service's Maglev table, as nft's jhash can:
+	//
+	//   - "flow" (balancer.KeyFlow): the client's address and port. The
+	//     service fixes the destination and protocol, so this is the
+	//     5-tuple: a client port keeps its backend while the ready set is
+	//     unchanged, and a change moves only the changed backends' share
+	//     of new flows.
+	//   - "client" (balancer.KeyClient): the client's address under the
+	//     key's prefix length (Bits4, Bits6), so every connection of a
+	//     client (or a /24) goes to one backend.
+	//   - no key (the zero value): no hash; new flows take the slots in
+	//     turn (nft numgen), a weighted round robin.
+	//
+	// The kernel sees packets, not requests: a header, cookie, path or
+	// query key falls back to the client address, as for every front-end
+	// that cannot see it.
+	Key balancer.Key
 	// Pool holds the backends, with health, drain and weights; iplb
 	// follows its snapshots and never closes it. Members must have the
 	// VIP's address family (others are skipped and reported in
@@ -122,6 +113,35 @@ type Service struct {
 	// Seed seeds the flow hash. Zero derives it from Name, so it is stable
 	// across restarts.
 	Seed uint32
+}
+
+// hashing is what the kernel rule of a service hashes.
+type hashing uint8
+
+const (
+	hashNone   hashing = iota // numgen: round robin over the slots
+	hashFlow                  // source address and port
+	hashClient                // source address under a prefix
+)
+
+// hashing returns what the kernel hashes for svc's key, and for
+// hashClient the prefix length of the VIP's family (0: the whole
+// address).
+func (svc *Service) hashing() (hashing, int) {
+	switch svc.Key.Source {
+	case balancer.KeyNone:
+		return hashNone, 0
+	case balancer.KeyFlow:
+		return hashFlow, 0
+	}
+	bits, full := svc.Key.Bits6, 128
+	if svc.VIP.Addr().Is4() {
+		bits, full = svc.Key.Bits4, 32
+	}
+	if bits >= full {
+		bits = 0
+	}
+	return hashClient, bits
 }
 
 // tableSizes are the automatic table sizes, all prime.
@@ -169,8 +189,14 @@ func (svc *Service) validate() error {
 	if svc.Mode > FullNAT {
 		return fmt.Errorf("iplb: service %s: unknown %v", svc.Name, svc.Mode)
 	}
-	if svc.Scheduler > RoundRobin {
-		return fmt.Errorf("iplb: service %s: unknown %v", svc.Name, svc.Scheduler)
+	if svc.Key.Source > balancer.KeyFlow {
+		return fmt.Errorf("iplb: service %s: unknown key source %d", svc.Name, svc.Key.Source)
+	}
+	if b := svc.Key.Bits4; b < 0 || b > 32 {
+		return fmt.Errorf("iplb: service %s: key prefix length %d out of [0, 32]", svc.Name, b)
+	}
+	if b := svc.Key.Bits6; b < 0 || b > 128 {
+		return fmt.Errorf("iplb: service %s: key prefix length %d out of [0, 128]", svc.Name, b)
 	}
 	if svc.SNAT.IsValid() {
 		svc.SNAT = svc.SNAT.Unmap()

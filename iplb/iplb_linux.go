@@ -651,7 +651,7 @@ func (b *Balancer) watch(s *service) {
 		err := b.applyLocked(s, snap)
 		b.mu.Unlock()
 		if err != nil {
-			b.log.Error("iplb: apply failed; will retry", "service", s.svc.Name, "err", err, "retry", b.cfg.RetryInterval)
+			b.log.Error("iplb: apply failed; will retry", "service", s.svc.Name, "pool", s.pool.Name(), "err", err, "retry", b.cfg.RetryInterval)
 			retry.Reset(b.cfg.RetryInterval)
 		}
 		select {
@@ -761,7 +761,7 @@ func (b *Balancer) applyLocked(s *service, snap *balancer.Snapshot) error {
 		return err
 	}
 	commit()
-	b.log.Debug("iplb: applied", "service", s.svc.Name, "version", snap.Version,
+	b.log.Debug("iplb: applied", "service", s.svc.Name, "pool", s.pool.Name(), "version", snap.Version,
 		"ready", len(snap.Ready), "slots", s.size, "took", time.Since(start))
 	return nil
 }
@@ -955,9 +955,9 @@ func sortedAddrs(m map[netip.AddrPort]bool) []netip.AddrPort {
 }
 
 // Lookup answers where the kernel sends a new flow from client to the
-// named Consistent service, from the state it last applied: the backend,
-// or false if the service is unknown, round robin, of the other address
-// family, or has no ready backend. It mirrors the kernel's jhash and
+// named service, from the state it last applied: the backend, or false
+// if the service is unknown, has no key (round robin), is of the other
+// address family, or has no ready backend. It mirrors the kernel's jhash and
 // scaling, so operators can ask "which backend gets this client port?"
 // without sending a packet. Flows already in conntrack stay where they
 // are, whatever Lookup says.
@@ -965,10 +965,14 @@ func (b *Balancer) Lookup(service string, client netip.AddrPort) (netip.AddrPort
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.services[service]
-	if s == nil || s.table == nil || s.svc.Scheduler != Consistent || client.Addr().Unmap().Is4() != s.svc.VIP.Addr().Is4() {
+	if s == nil || s.table == nil || client.Addr().Unmap().Is4() != s.svc.VIP.Addr().Is4() {
 		return netip.AddrPort{}, false
 	}
-	return s.ids[s.table.SlotID(flowSlot(client, s.svc.Seed, s.size))], true
+	h, bits := s.svc.hashing()
+	if h == hashNone {
+		return netip.AddrPort{}, false
+	}
+	return s.ids[s.table.SlotID(flowSlot(client, h, bits, s.svc.Seed, s.size))], true
 }
 
 // Stats reads the services' counters from the kernel (one netlink dump)

@@ -136,6 +136,18 @@ func (l *lab) pool(t testing.TB, v6 bool) *balancer.Pool {
 	return p
 }
 
+// flowKey hashes a flow's 5-tuple.
+var flowKey = balancer.Key{Source: balancer.KeyFlow}
+
+func (l *lab) backendByName(name string) *testBackend {
+	for _, tb := range l.backends {
+		if tb.name == name {
+			return tb
+		}
+	}
+	return nil
+}
+
 func (l *lab) newBalancer(t testing.TB) *Balancer {
 	return serveBalancer(t, Config{NetNS: int(l.bal.NS())})
 }
@@ -276,9 +288,9 @@ func TestLab(t *testing.T) {
 			if tc.mode == FullNAT {
 				wantPeer = balAddr[tc.v6]
 			}
-			err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Key: flowKey, Pool: l.pool(t, tc.v6)})
 			require.NoError(t, err)
-			err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Key: flowKey, Pool: l.pool(t, tc.v6)})
 			require.NoError(t, err)
 
 			const n = 200
@@ -362,13 +374,66 @@ func TestLab(t *testing.T) {
 		}
 		_, ok := b.Lookup("nope", netip.MustParseAddrPort("198.18.1.2:1"))
 		assert.False(t, ok)
+		_, ok = b.Lookup("rr", netip.MustParseAddrPort("198.18.1.2:1"))
+		assert.False(t, ok, "round robin: no hash to predict")
 		_, ok = b.Lookup("gateway-ipv4-tcp", netip.MustParseAddrPort("[fd00::1]:1"))
 		assert.False(t, ok, "wrong family")
 	})
 
+	t.Run("a client key hashes the source address under its prefix", func(t *testing.T) {
+		// Eight client addresses in one /24.
+		var srcs []netip.Addr
+		for i := range 8 {
+			a := netip.AddrFrom4([4]byte{198, 18, 1, byte(30 + i)})
+			require.NoError(t, l.client.AddAddr(netip.PrefixFrom(a, 24), "eth0"))
+			srcs = append(srcs, a)
+		}
+		ask := func(src netip.Addr, vip netip.AddrPort) (netip.AddrPort, string) {
+			t.Helper()
+			var c net.Conn
+			require.NoError(t, l.client.Do(func() (err error) {
+				d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+				c, err = d.DialContext(ctx, "tcp", vip.String())
+				return err
+			}))
+			defer c.Close()
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			_, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+			require.NoError(t, err)
+			resp, err := io.ReadAll(c)
+			require.NoError(t, err)
+			_, body, _ := strings.Cut(string(resp), "\r\n\r\n")
+			name, _, _ := strings.Cut(body, " ")
+			return local, name
+		}
+		for _, tc := range []struct {
+			key  string
+			port uint16
+		}{{"client", 96}, {"client/24", 97}} {
+			vip := netip.AddrPortFrom(vip4, tc.port)
+			require.NoError(t, b.AddService(Service{Name: "by-" + strings.ReplaceAll(tc.key, "/", "-"), VIP: vip,
+				Key: balancer.MustParseKey(tc.key), Pool: l.pool(t, false)}))
+			seen := map[string]bool{}
+			for _, src := range srcs {
+				for range 2 {
+					local, name := ask(src, vip)
+					want, ok := b.Lookup("by-"+strings.ReplaceAll(tc.key, "/", "-"), local)
+					require.True(t, ok)
+					assert.Equal(t, want.Addr(), l.backendByName(name).addr(false, backendPort).Addr(), "%s: flow from %v", tc.key, local)
+					seen[name] = true
+				}
+			}
+			if tc.key == "client/24" {
+				assert.Len(t, seen, 1, "one /24, one backend")
+			} else {
+				assert.Greater(t, len(seen), 1, "eight addresses spread over the backends")
+			}
+		}
+	})
+
 	t.Run("roundrobin follows the slots exactly", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 82)
-		err := b.AddService(Service{Name: "rr", VIP: vip, Scheduler: RoundRobin, TableSize: 251, Pool: l.pool(t, false)})
+		err := b.AddService(Service{Name: "rr", VIP: vip, TableSize: 251, Pool: l.pool(t, false)})
 		require.NoError(t, err)
 		c := l.httpClient(false)
 		counts := map[string]int{}
@@ -508,7 +573,7 @@ func TestLab(t *testing.T) {
 		require.NoError(t, b.SetServices(append(slices.DeleteFunc(b.Services(), func(s Service) bool {
 			return s.Name == "changed"
 		}), Service{Name: "changed", VIP: v6, Pool: l.pool(t, true)},
-			Service{Name: "rr2", VIP: netip.AddrPortFrom(vip4, 95), Scheduler: RoundRobin, Pool: l.pool(t, false)})))
+			Service{Name: "rr2", VIP: netip.AddrPortFrom(vip4, 95), Pool: l.pool(t, false)})))
 		same(keptC, kept, keptBE, keptPeer, "after SetServices")
 		get(t, l.httpClient(false), url(v6))
 		get(t, l.httpClient(false), url(netip.AddrPortFrom(vip4, 95)))
@@ -519,7 +584,7 @@ func TestLab(t *testing.T) {
 
 	t.Run("killed backend leaves through the health checker", func(t *testing.T) {
 		// The whole path: a TCP probe from the balancer's namespace fails,
-		// the checker marks the target down, Drive updates the pool, and
+		// the checker, following the pool, marks the member down, and
 		// the balancer's goroutine applies the snapshot, without Sync.
 		chk, err := health.New(health.Config{Logger: quietLogger()})
 		require.NoError(t, err)
@@ -533,14 +598,10 @@ func TestLab(t *testing.T) {
 		})
 		vip := netip.AddrPortFrom(vip4, 91)
 		pool := l.pool(t, false)
-		for _, tb := range l.backends {
-			require.NoError(t, chk.SetTarget(health.Target{
-				Addr: tb.addr(false, backendPort), Probe: probe, Initial: health.Healthy,
-				Interval: 20 * time.Millisecond, Fall: 1, Timeout: 2 * time.Second,
-			}))
-		}
-		stop := chk.Drive(pool)
-		defer stop()
+		require.NoError(t, chk.Follow(pool, health.Template{
+			Probe: probe, Initial: health.Healthy, Interval: 20 * time.Millisecond, Fall: 1, Timeout: 2 * time.Second,
+		}))
+		defer chk.Unfollow(pool)
 		err = b.AddService(Service{Name: "checked", VIP: vip, Pool: pool})
 		require.NoError(t, err)
 		// An open connection to a backend that stays up.
@@ -573,7 +634,7 @@ func TestLab(t *testing.T) {
 		be, _ := get(t, survivor, url(vip))
 		assert.Equal(t, alive, be, "an open connection to a healthy backend carries on")
 		survivor.CloseIdleConnections()
-		stop()
+		chk.Unfollow(pool)
 		require.NoError(t, b.RemoveService("checked"))
 	})
 

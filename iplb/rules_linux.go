@@ -128,14 +128,26 @@ func serviceExprs(svc *Service, set *nftables.Set, size int) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(svc.VIP.Port())},
 		&expr.Objref{Type: objCounter, Name: serviceCounter(svc.Name)},
 	}
-	if svc.Scheduler == RoundRobin {
+	switch h, bits := svc.hashing(); h {
+	case hashNone:
 		ex = append(ex, &expr.Numgen{Register: 1, Modulus: uint32(size), Type: unix.NFT_NG_INCREMENTAL})
-	} else {
+	case hashFlow:
 		ex = append(ex,
 			&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseNetworkHeader, Offset: srcOff, Len: alen},
 			&expr.Payload{DestRegister: portReg(2, v6), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
 			&expr.Hash{SourceRegister: 2, DestRegister: 1, Length: alen + 4, Modulus: uint32(size), Seed: svc.Seed, Type: expr.HashTypeJenkins},
 		)
+	case hashClient:
+		ex = append(ex, &expr.Payload{DestRegister: 2, Base: expr.PayloadBaseNetworkHeader, Offset: srcOff, Len: alen})
+		if bits > 0 {
+			// jhash ip saddr and 255.255.255.0
+			mask := make([]byte, alen)
+			for i := range bits {
+				mask[i/8] |= 0x80 >> (i % 8)
+			}
+			ex = append(ex, &expr.Bitwise{SourceRegister: 2, DestRegister: 2, Len: alen, Mask: mask, Xor: make([]byte, alen)})
+		}
+		ex = append(ex, &expr.Hash{SourceRegister: 2, DestRegister: 1, Length: alen, Modulus: uint32(size), Seed: svc.Seed, Type: expr.HashTypeJenkins})
 	}
 	return append(ex,
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},

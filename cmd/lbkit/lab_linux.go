@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/netlab"
@@ -193,7 +194,7 @@ func runIPLB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 		return result{}, err
 	}
 	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS()), Services: []iplb.Service{{
-		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Pool: pool,
+		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Key: balancer.Key{Source: balancer.KeyFlow}, Pool: pool,
 	}}})
 	if err != nil {
 		return result{}, err

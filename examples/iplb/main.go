@@ -96,7 +96,9 @@ func run() error {
 	if err := pool.Set(backends); err != nil {
 		return err
 	}
-	lb, err := iplb.New(iplb.Config{NetNS: int(bal.NS()), Services: []iplb.Service{{Name: "web", VIP: vip, Pool: pool}}})
+	lb, err := iplb.New(iplb.Config{NetNS: int(bal.NS()), Services: []iplb.Service{{
+		Name: "web", VIP: vip, Key: balancer.MustParseKey("flow"), Pool: pool,
+	}}})
 	if err != nil {
 		return err
 	}
