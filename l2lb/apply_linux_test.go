@@ -3,7 +3,9 @@ package l2lb
 import (
 	"errors"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -29,6 +31,7 @@ func newApplier(t *testing.T, maxBackends int, pools ...*balancer.Pool) *Balance
 		log:     slog.New(slog.DiscardHandler),
 		dp:      dp,
 		neigh:   make(map[netip.Addr][6]byte),
+		badMAC:  make(map[netip.AddrPort]string),
 		applied: make(chan struct{}),
 		nextID:  1,
 	}
@@ -206,4 +209,95 @@ func readRing(tb testing.TB, dp *dataplane, service uint32) []uint32 {
 		}
 		require.NoError(tb, err)
 	}
+}
+
+// TestApplyRingDelta checks the "ring written as a delta" promise: a
+// health change of one backend of ten writes only the slots it owned,
+// and a weight change only the slots that move, never the whole ring.
+// A full rewrite would write RingSize slots and fail here.
+func TestApplyRingDelta(t *testing.T) {
+	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool.Close()
+	bs := backendAddrs(10)
+	for i := range bs {
+		mac := macOf(uint32(i + 1))
+		bs[i].Meta = map[string]string{MetaMAC: net.HardwareAddr(mac[:]).String()}
+	}
+	require.NoError(t, pool.Set(bs))
+	b := newApplier(t, 64, pool)
+	b.applyT(t)
+	require.Equal(t, uint64(RingSize), b.dp.slotWrites, "the first table is written whole")
+
+	check := func(what string) {
+		t.Helper()
+		tbl := pool.Snapshot().Picker.(*maglev.Picker).Table()
+		want, got := make([]uint64, RingSize), make([]uint64, RingSize)
+		for slot, a := range b.ringOwners(t, 0) {
+			want[slot], got[slot] = tbl.SlotID(slot), balancer.HashAddrPort(a)
+		}
+		require.True(t, slices.Equal(want, got), "%s: the ring is the pool's Maglev table", what)
+	}
+	check("initial")
+	steps := []struct {
+		what   string
+		change func()
+	}{
+		{"a backend fails", func() { pool.SetHealthy(bs[3].Addr, false) }},
+		{"it recovers", func() { pool.SetHealthy(bs[3].Addr, true) }},
+		{"a weight doubles", func() { pool.SetWeight(bs[5].Addr, 2) }},
+		{"a member leaves", func() { pool.Remove(bs[7].Addr) }},
+	}
+	for _, st := range steps {
+		before := b.services[0].table
+		st.change()
+		want := len(pool.Snapshot().Picker.(*maglev.Picker).Table().Diff(before))
+		w0 := b.dp.slotWrites
+		b.applyT(t)
+		wrote := b.dp.slotWrites - w0
+		assert.Equal(t, uint64(want), wrote, "%s: only the changed slots", st.what)
+		assert.Less(t, wrote, uint64(RingSize/4), "%s: a delta, not the ring", st.what)
+		check(st.what)
+	}
+	w0 := b.dp.slotWrites
+	pool.SetDraining(bs[0].Addr, true)
+	pool.SetDraining(bs[0].Addr, false)
+	b.applyT(t)
+	assert.Equal(t, w0, b.dp.slotWrites, "the same ready set writes nothing")
+}
+
+// TestApplyMetaMAC takes a backend's MAC from its member metadata, over
+// the neighbour table, and keeps a member whose metadata does not parse
+// out of traffic.
+func TestApplyMetaMAC(t *testing.T) {
+	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool.Close()
+	bs := backendAddrs(3)
+	bs[0].Meta = map[string]string{MetaMAC: "02:00:5e:00:53:01"}
+	bs[1].Meta = map[string]string{MetaMAC: "not-a-mac"}
+	require.NoError(t, pool.Set(bs))
+	b := newApplier(t, 8, pool)
+	b.neigh[bs[0].Addr.Addr()] = [6]byte{2, 9, 9, 9, 9, 9} // metadata wins
+	b.neigh[bs[2].Addr.Addr()] = [6]byte{2, 0, 0, 0, 0, 3}
+	b.applyT(t)
+	entry := func(addr netip.AddrPort) l2lbBackend {
+		var e l2lbBackend
+		require.NoError(t, b.dp.objs.Backends.Lookup(b.services[0].members[addr].id, &e))
+		return e
+	}
+	assert.Equal(t, [6]byte{2, 0, 0x5e, 0, 0x53, 1}, entry(bs[0].Addr).Mac)
+	assert.Equal(t, uint16(1), entry(bs[0].Addr).Flags)
+	assert.Zero(t, entry(bs[1].Addr).Flags, "unparsable metadata: no traffic")
+	assert.Equal(t, [6]byte{2, 0, 0, 0, 0, 3}, entry(bs[2].Addr).Mac, "no metadata: the neighbour table")
+
+	// Changed metadata reaches the map with the pool's next snapshot.
+	bs[1].Meta = map[string]string{MetaMAC: "02:00:5e:00:53:02"}
+	require.NoError(t, pool.Set(bs))
+	b.applyT(t)
+	assert.Equal(t, [6]byte{2, 0, 0x5e, 0, 0x53, 2}, entry(bs[1].Addr).Mac)
+	assert.Equal(t, uint16(1), entry(bs[1].Addr).Flags)
+	owners := map[netip.AddrPort]bool{}
+	for _, a := range b.ringOwners(t, 0) {
+		owners[a] = true
+	}
+	assert.Len(t, owners, 3)
 }

@@ -49,6 +49,7 @@ type l2lbGlobalCounters struct {
 	ConnHits    uint64
 	ConnMisses  uint64
 	ConnRepicks uint64
+	ConnLost    uint64
 }
 
 type l2lbVipEntry struct {

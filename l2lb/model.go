@@ -43,6 +43,25 @@ const (
 	TX Verdict = 3
 )
 
+// MarshalText returns the verdict's XDP name, as String.
+func (v Verdict) MarshalText() ([]byte, error) {
+	if v < Drop || v > TX {
+		return nil, fmt.Errorf("l2lb: unknown %v", v)
+	}
+	return []byte(v.String()), nil
+}
+
+// UnmarshalText parses "XDP_DROP", "XDP_PASS" or "XDP_TX".
+func (v *Verdict) UnmarshalText(text []byte) error {
+	for _, c := range []Verdict{Drop, Pass, TX} {
+		if c.String() == string(text) {
+			*v = c
+			return nil
+		}
+	}
+	return fmt.Errorf("l2lb: unknown verdict %q: want XDP_DROP, XDP_PASS or XDP_TX", text)
+}
+
 // String returns the verdict's XDP name.
 func (v Verdict) String() string {
 	switch v {
@@ -183,6 +202,12 @@ type Counters struct {
 	ConnHits    uint64 // forwarded to the backend cached in the connection table
 	ConnMisses  uint64 // picked from the ring: no cached backend, or a TCP SYN
 	ConnRepicks uint64 // the cached backend was down: picked from the ring again
+	// ConnLost counts TCP segments other than a SYN that found no entry
+	// in the connection table (and picked from the ring): segments of
+	// flows the table evicted when it was full, or of flows older than
+	// the program. A steady rise while the pool is unchanged says the
+	// table is too small (see Config.ConnTableSize).
+	ConnLost uint64
 }
 
 // Traffic counts the packets and bytes (whole frames) sent to a service or
@@ -204,6 +229,39 @@ const (
 	// CacheRepick: the cached backend was down; the ring picked again.
 	CacheRepick
 )
+
+// String returns "miss", "hit" or "repick".
+func (c CacheResult) String() string {
+	switch c {
+	case CacheMiss:
+		return "miss"
+	case CacheHit:
+		return "hit"
+	case CacheRepick:
+		return "repick"
+	default:
+		return fmt.Sprintf("cacheresult(%d)", uint8(c))
+	}
+}
+
+// MarshalText returns the result's name, as String.
+func (c CacheResult) MarshalText() ([]byte, error) {
+	if c > CacheRepick {
+		return nil, fmt.Errorf("l2lb: unknown %v", c)
+	}
+	return []byte(c.String()), nil
+}
+
+// UnmarshalText parses "miss", "hit" or "repick".
+func (c *CacheResult) UnmarshalText(text []byte) error {
+	for _, r := range []CacheResult{CacheMiss, CacheHit, CacheRepick} {
+		if r.String() == string(text) {
+			*c = r
+			return nil
+		}
+	}
+	return fmt.Errorf("l2lb: unknown cache result %q: want miss, hit or repick", text)
+}
 
 // Decision is the model's account of one frame.
 type Decision struct {
@@ -340,6 +398,9 @@ func (m *Model) Decide(f Flow, size int) Decision {
 			}
 		} else {
 			m.Counters.ConnMisses++
+			if f.Proto == TCP {
+				m.Counters.ConnLost++
+			}
 		}
 	} else {
 		m.Counters.ConnMisses++

@@ -459,3 +459,57 @@ func TestVIPTableFull(t *testing.T) {
 	require.ErrorContains(t, dp.setService(vips[vipProbes], 0), "no free VIP table slot")
 	require.NoError(t, dp.setService(vips[0], 3), "an existing VIP can still be rewritten")
 }
+
+// TestProgramConnTableFull fills a connection table of 64 flows with 1000
+// new flows: the table holds at most 64 (the fill ConnTable reports), and
+// segments of evicted flows count as ConnLost, the counter an operator
+// watches to size the table. Below the size nothing is lost, and the
+// program and the model agree.
+func TestProgramConnTableFull(t *testing.T) {
+	requireRoot(t)
+	const size = 64
+	dp, err := loadDataplane(4, 8, size)
+	require.NoError(t, err)
+	t.Cleanup(func() { dp.Close() })
+	require.NoError(t, dp.setConfig(balancerMAC))
+	tw := &twin{tb: t, dp: dp, m: NewModel(balancerMAC)}
+	tw.service(VIP{vip4, TCP}, 0)
+	tw.backend(1, BackendEntry{MAC: macOf(1), Up: true, Service: 0})
+	tw.ring(0, []uint32{1}, nil)
+	flow := func(i int) Flow {
+		return Flow{Proto: TCP, Src: netip.AddrPortFrom(client, uint16(10000+i)), Dst: vip4}
+	}
+
+	for i := range 10 {
+		tw.both(frame(flow(i), tcpSYN, nil))
+	}
+	n, err := dp.connEntries()
+	require.NoError(t, err)
+	assert.Equal(t, 10, n, "one entry per flow")
+	for i := range 10 {
+		d, _ := tw.both(frame(flow(i), tcpACK, nil))
+		assert.Equal(t, CacheHit, d.Cache)
+	}
+	c, err := dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, tw.m.Counters, c)
+	assert.Zero(t, c.ConnLost)
+
+	for i := range 1000 {
+		v, _ := tw.run(frame(flow(i), tcpSYN, nil))
+		require.Equal(t, TX, v)
+	}
+	n, err = dp.connEntries()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, n, size, "the table never holds more than its size")
+	assert.Greater(t, n, size/2)
+	for i := range 1000 {
+		v, _ := tw.run(frame(flow(i), tcpACK, nil))
+		require.Equal(t, TX, v, "an evicted flow picks from the ring again")
+	}
+	c, err = dp.counters()
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, c.ConnLost, uint64(1000-size), "segments of evicted flows")
+	assert.Equal(t, c.ConnLost, c.ConnMisses-10-1000, "every non-SYN miss of a TCP flow is lost")
+	t.Logf("fill %d of %d; %d segments of evicted flows", n, size, c.ConnLost)
+}

@@ -158,6 +158,7 @@ func runL2LB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err != nil {
 		return result{}, err
 	}
+	go bal.Serve(ctx)
 	defer bal.Close()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -47,16 +47,17 @@ static __always_inline __u32 vip_home(const __u64 *addr, __u32 tail)
 }
 
 /* find_service looks the flow's destination (address, port, protocol)
- * up in the vips map, probing from its home slot until it finds the key
- * or an empty slot, and returns the service's entry or 0. */
-static __always_inline struct vip_entry *find_service(const struct packet *p)
+ * up in the vips table that starts at slot base, probing from its home
+ * slot until it finds the key or an empty slot, and returns the service's
+ * entry or 0. */
+static __always_inline struct vip_entry *find_service(const struct packet *p, __u32 base)
 {
 	const __u64 *addr = &p->w[2];
 	__u32 tail = p->vip_tail;
 	__u32 mask = (1u << vip_bits) - 1;
 	__u32 slot = vip_home(addr, tail);
 	for (int i = 0; i < VIP_PROBES; i++) {
-		__u32 k = (slot + i) & mask;
+		__u32 k = base + ((slot + i) & mask);
 		struct vip_entry *e = bpf_map_lookup_elem(&vips, &k);
 		if (!e)
 			return 0;
@@ -100,7 +101,7 @@ int l2lb_xdp(struct xdp_md *ctx)
 	if (parse_packet(data, data_end, &pkt) < 0)
 		goto pass;
 
-	struct vip_entry *svc = find_service(&pkt);
+	struct vip_entry *svc = find_service(&pkt, cfg->flags & CONFIG_VIPS_B ? 1u << vip_bits : 0);
 	if (!svc)
 		goto pass;
 	__u32 sid = svc->service;
@@ -126,6 +127,8 @@ int l2lb_xdp(struct xdp_md *ctx)
 				g->conn_repicks++;
 		} else {
 			g->conn_misses++;
+			if (pkt.proto == IPPROTO_TCP)
+				g->conn_lost++;
 		}
 	} else {
 		g->conn_misses++;

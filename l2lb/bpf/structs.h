@@ -33,7 +33,8 @@
 #define BACKEND_UP 1 /* forward to this backend (its MAC is known) */
 
 /* config.flags */
-#define CONFIG_READY 1 /* the balancer's MAC is set: balance */
+#define CONFIG_READY 1  /* the balancer's MAC is set: balance */
+#define CONFIG_VIPS_B 2 /* look VIPs up in the second half of the vips map */
 
 /* A virtual service: destination address, port and protocol. IPv4
  * addresses are stored IPv4-mapped (::ffff:a.b.c.d), as Go's
@@ -105,6 +106,7 @@ struct global_counters {
 	__u64 conn_hits;    /* forwarded by the connection table */
 	__u64 conn_misses;  /* picked from the ring: new flow, or TCP SYN */
 	__u64 conn_repicks; /* the cached backend was down: picked again */
+	__u64 conn_lost;    /* TCP, not a SYN, no entry: evicted, or older than the program */
 };
 
 #endif
