@@ -21,7 +21,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}{
 		{"no interface", Config{Services: []Service{ok}}, "Interface or InterfaceIndex is required"},
 		{"too many services", Config{Interface: "eth0", Services: []Service{ok, {VIP: vip, Proto: UDP, Pool: pool}}, MaxServices: 1}, "MaxServices is 1"},
-		{"key", Config{Interface: "eth0", Services: []Service{{VIP: vip, Pool: pool, Key: balancer.MustParseKey("client/24")}}}, "hashes the 5-tuple"},
+		{"key prefix", Config{Interface: "eth0", Services: []Service{{VIP: vip, Pool: pool, Key: balancer.Key{Source: balancer.KeyClient, Bits4: 40}}}}, "prefix length out of range"},
 		{"no port", Config{Interface: "eth0", Services: []Service{{VIP: netip.AddrPortFrom(vip.Addr(), 0), Pool: pool}}}, "invalid VIP"},
 		{"mapped address", Config{Interface: "eth0", Services: []Service{{VIP: netip.MustParseAddrPort("[::ffff:198.18.0.100]:80"), Pool: pool}}}, "plain IPv4 or IPv6"},
 		{"protocol", Config{Interface: "eth0", Services: []Service{{VIP: vip, Proto: 1, Pool: pool}}}, "not TCP or UDP"},

@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // dataplane is the loaded XDP program and its maps, with typed writers
@@ -41,6 +43,7 @@ func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) 
 		return nil, fmt.Errorf("l2lb: set vip_bits: %w", err)
 	}
 	spec.Maps["service_stats"].MaxEntries = uint32(maxServices)
+	spec.Maps["service_conf"].MaxEntries = uint32(maxServices)
 	spec.Maps["rings"].MaxEntries = uint32(maxServices * RingSize)
 	spec.Maps["backends"].MaxEntries = uint32(maxBackends)
 	spec.Maps["backend_stats"].MaxEntries = uint32(maxBackends)
@@ -233,6 +236,19 @@ func (dp *dataplane) setSlots(service uint32, slots []int, ids []uint32) error {
 		if err != nil {
 			return fmt.Errorf("l2lb: write ring of service %d: %w", service, err)
 		}
+	}
+	return nil
+}
+
+// setKey writes what service id hashes to pick a new flow's slot: the
+// client's address under k's prefix, or the 5-tuple.
+func (dp *dataplane) setKey(id uint32, k balancer.Key, v4 bool) error {
+	var c l2lbService
+	if mask, client := clientMask(k, v4); client {
+		c.Mask, c.Flags = mask, 1 // SERVICE_HASH_CLIENT
+	}
+	if err := dp.objs.ServiceConf.Update(id, &c, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write service %d: %w", id, err)
 	}
 	return nil
 }

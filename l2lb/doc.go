@@ -55,7 +55,11 @@
 // reset by their new backend, which does not know them).
 //
 // The flow hash is h = Mix64(h ^ w) over the five 64-bit words of the flow
-// key, from a fixed seed, so every balancer of a fleet hashes alike, and
+// key, from a fixed seed, so every balancer of a fleet hashes alike. A
+// service whose [balancer.Key] is a client key hashes the client's
+// address under the key's prefix instead ([KeyHash]; the program reads
+// the service's settings only on a ring pick, so an established frame
+// pays nothing for it), and
 // [Model] — a pure-Go model of the program's parsing, decisions, connection
 // table and counters — reproduces every decision. The tests run crafted
 // and fuzzed frames through the kernel (BPF_PROG_TEST_RUN) and the model

@@ -95,10 +95,15 @@ type Service struct {
 	// Maglev table; a draining member keeps its established flows. The
 	// balancer never closes it. Required.
 	Pool *balancer.Pool
-	// Key says what picks a new flow's ring slot. The program hashes the
-	// flow's 5-tuple ([FlowHash]) for the zero key and for "flow"; it
-	// sees frames, not addresses under a prefix or requests, so other
-	// keys are refused.
+	// Key says what picks a new flow's ring slot ([KeyHash]): the zero
+	// key and "flow" hash the 5-tuple, so connections spread over the
+	// backends; "client" (balancer.KeyClient) hashes the client's
+	// address under the key's prefix length (Bits4, Bits6), so every
+	// connection of a client, or of a /24, goes to one backend. The
+	// program sees frames, not requests: header, cookie, path and query
+	// keys fall back to the client's address, as in every front-end that
+	// cannot see them. Established flows keep their backend through the
+	// connection table whatever the key.
 	Key balancer.Key
 }
 
@@ -281,8 +286,10 @@ func validateServices(svcs []Service, maxServices int) error {
 			return fmt.Errorf("l2lb: service %v: protocol %v is not TCP or UDP", s.VIP, s.Proto)
 		case s.Pool == nil:
 			return fmt.Errorf("l2lb: service %v/%v: nil Pool", s.VIP, s.Proto)
-		case s.Key.Source != balancer.KeyNone && s.Key.Source != balancer.KeyFlow:
-			return fmt.Errorf("l2lb: service %v/%v: key %q: the data plane hashes the 5-tuple (key \"flow\")", s.VIP, s.Proto, s.Key)
+		case s.Key.Source > balancer.KeyFlow:
+			return fmt.Errorf("l2lb: service %v/%v: unknown key source %d", s.VIP, s.Proto, s.Key.Source)
+		case s.Key.Bits4 < 0 || s.Key.Bits4 > 32 || s.Key.Bits6 < 0 || s.Key.Bits6 > 128:
+			return fmt.Errorf("l2lb: service %v/%v: key %v: prefix length out of range", s.VIP, s.Proto, s.Key)
 		case seen[v]:
 			return fmt.Errorf("l2lb: service %v/%v listed twice", s.VIP, s.Proto)
 		}

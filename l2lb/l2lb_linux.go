@@ -85,6 +85,8 @@ type serviceState struct {
 	snap    *balancer.Snapshot // last applied
 	table   *maglev.Table      // last written; nil: all slots 0
 	stale   bool               // the ring holds another service's slots: write all
+	conf    balancer.Key       // the key written to the service_conf map
+	confSet bool               // conf is written
 	ringIDs []uint64           // the table's Maglev ids and weights
 	ringW   []float64
 	members map[netip.AddrPort]*member
@@ -509,7 +511,7 @@ func (b *Balancer) change(edit func([]Service) ([]Service, error)) error {
 			next = append(next, o)
 			kept[o] = true
 		default:
-			s := &serviceState{id: o.id, svc: svc, stop: make(chan struct{}), table: o.table, stale: o.stale,
+			s := &serviceState{id: o.id, svc: svc, stop: make(chan struct{}), table: o.table, stale: o.stale, conf: o.conf, confSet: o.confSet,
 				ringIDs: o.ringIDs, ringW: o.ringW, members: o.members, order: o.order, dirty: true}
 			next = append(next, s)
 			updated = append(updated, s)
@@ -655,6 +657,12 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 	snap := s.svc.Pool.Snapshot()
 	if snap == s.snap && !s.dirty {
 		return nil
+	}
+	if !s.confSet || s.conf != s.svc.Key {
+		if err := b.dp.setKey(s.id, s.svc.Key, s.svc.VIP.Addr().Is4()); err != nil {
+			return err
+		}
+		s.conf, s.confSet = s.svc.Key, true
 	}
 	if s.stale {
 		// A reused id: its counters and ring are another service's.

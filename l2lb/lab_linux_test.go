@@ -715,4 +715,15 @@ func TestLabServiceChanges(t *testing.T) {
 	require.ErrorIs(t, l.bal.RemoveService(netip.AddrPortFrom(labVIP6, 80), TCP), ErrNotFound)
 	require.ErrorIs(t, l.bal.UpdateService(Service{VIP: netip.AddrPortFrom(labVIP6, 80), Pool: pool4b}), ErrNotFound)
 	require.ErrorContains(t, l.bal.AddService(Service{VIP: vip, Pool: pool4b}), "listed twice")
+
+	// Pick by client address: every new connection of the one client
+	// goes to one backend; the open connection stays where it is.
+	require.NoError(t, l.bal.UpdateService(Service{VIP: vip, Pool: l.pool4, Key: balancer.MustParseKey("client")}))
+	require.NoError(t, l.bal.Sync(ctx))
+	seen = map[string]bool{}
+	for range 20 {
+		seen[l.name(t, labVIP4)] = true
+	}
+	assert.Len(t, seen, 1, "one client, one backend: %v", seen)
+	stays("after the key changed")
 }

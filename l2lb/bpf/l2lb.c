@@ -10,7 +10,9 @@
  * loopback, answers the client directly. Everything else passes.
  *
  * Picking, as Katran does: a TCP SYN (without ACK) always picks from the
- * service's Maglev ring, so a new connection follows the current ring;
+ * service's Maglev ring (at the slot of the flow's hash, or of the
+ * client's address for services that hash it), so a new connection
+ * follows the current ring;
  * other packets use the connection table first and keep their backend
  * while it is up (also when it is drained: out of the ring, still up); a
  * cached backend that is down (failed) or no longer the service's is
@@ -134,7 +136,9 @@ int l2lb_xdp(struct xdp_md *ctx)
 		g->conn_misses++;
 	}
 	if (!be) {
-		__u32 slot = sid * RING_SIZE + (__u32)(flow_hash(&pkt) % RING_SIZE);
+		struct service *conf = bpf_map_lookup_elem(&service_conf, &sid);
+		__u64 h = conf && (conf->flags & SERVICE_HASH_CLIENT) ? client_hash(&pkt, conf->mask) : flow_hash(&pkt);
+		__u32 slot = sid * RING_SIZE + (__u32)(h % RING_SIZE);
 		__u32 *ring = bpf_map_lookup_elem(&rings, &slot);
 		if (!ring)
 			goto no_backend;

@@ -39,6 +39,14 @@ struct {
 	__uint(max_entries, MAX_SERVICES * RING_SIZE);
 } rings SEC(".maps");
 
+/* Service settings by service id (struct service). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct service);
+	__uint(max_entries, MAX_SERVICES);
+} service_conf SEC(".maps");
+
 /* Backends by id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
