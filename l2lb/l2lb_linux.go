@@ -548,6 +548,9 @@ func (b *Balancer) change(edit func([]Service) ([]Service, error)) error {
 	b.services = next
 	if err := b.dp.setServices(b.vipMapLocked()); err != nil {
 		b.services = prev
+		for _, s := range prev {
+			s.dirty = true // updated services' maps may hold the new pools: reapply
+		}
 		return fail(err)
 	}
 	for _, s := range prev {
@@ -643,7 +646,7 @@ func (b *Balancer) applyAll() {
 	defer b.mu.Unlock()
 	for _, s := range b.services {
 		if err := b.applyLocked(s); err != nil {
-			b.log.Error("l2lb: apply failed; retrying", "service", s.svc.VIP, "err", err)
+			b.log.Error("l2lb: apply failed; retrying", "service", s.svc.VIP, "pool", s.svc.Pool.Name(), "err", err)
 			s.dirty = true
 		}
 	}
@@ -747,7 +750,7 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 	} else if s.table == nil || !slices.Equal(ringIDs, s.ringIDs) || !slices.Equal(ringW, s.ringW) {
 		t, err := maglev.NewTable(ringIDs, ringW, RingSize)
 		if err != nil {
-			return fmt.Errorf("l2lb: service %v: %w", s.svc.VIP, err)
+			return fmt.Errorf("l2lb: service %v (pool %s): %w", s.svc.VIP, s.svc.Pool.Name(), err)
 		}
 		// Diff compares Maglev ids (address hashes); an address keeps its
 		// backend id while it stays a member, and one that left was out
@@ -761,7 +764,7 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 			return err
 		}
 		if len(slots) > 0 {
-			b.log.Debug("l2lb: ring updated", "service", s.svc.VIP, "slots", len(slots), "backends", len(ringIDs))
+			b.log.Debug("l2lb: ring updated", "service", s.svc.VIP, "pool", s.svc.Pool.Name(), "slots", len(slots), "backends", len(ringIDs))
 		}
 		s.table, s.ringIDs, s.ringW, s.stale = t, ringIDs, ringW, false
 	}
