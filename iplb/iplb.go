@@ -103,8 +103,10 @@ type Service struct {
 	Key balancer.Key
 	// Pool holds the backends, with health, drain and weights; iplb
 	// follows its snapshots and never closes it. Members must have the
-	// VIP's address family (others are skipped and reported in
-	// ServiceStats.Err). Required.
+	// VIP's address family: a ready member of the other family makes
+	// the snapshot fail to apply (AddService and friends return the
+	// error; the control loop keeps the last state it applied and
+	// reports it in ServiceStats.Err). Required.
 	Pool *balancer.Pool
 	// TableSize is the number of slots, a prime above the member count.
 	// Zero chooses from the member count: 251, 1021, 4093, 16381 or
