@@ -676,7 +676,7 @@ func (b *Balancer) plan(svcs []*service) ([]planned, error) {
 	out := make([]planned, len(svcs))
 	for i, s := range svcs {
 		snap := s.pool.Snapshot()
-		p, err := s.planFor(snap, s.pool.Endpoints())
+		p, err := s.planFor(snap)
 		if err != nil {
 			return nil, err
 		}
@@ -693,12 +693,13 @@ type plan struct {
 	chains map[netip.AddrPort]bool
 }
 
-// planFor computes the slot table and backend chains for snap. Every pool
-// member gets a chain (so its counter survives health changes); only the
-// ready ones own slots, in proportion to their effective weights.
-func (s *service) planFor(snap *balancer.Snapshot, members []*balancer.Endpoint) (plan, error) {
+// planFor computes the slot table and backend chains for snap. Every
+// member of the snapshot gets a chain (so its counter survives health
+// changes); only the ready ones own slots, in proportion to their
+// effective weights.
+func (s *service) planFor(snap *balancer.Snapshot) (plan, error) {
 	p := plan{ids: map[uint64]netip.AddrPort{}, chains: map[netip.AddrPort]bool{}}
-	for _, e := range members {
+	for _, e := range snap.Members {
 		if addr := unmap(e.Addr()); checkBackend(&s.svc, addr) == nil {
 			p.chains[addr] = true
 		}
@@ -740,7 +741,7 @@ func (b *Balancer) applyLocked(s *service, snap *balancer.Snapshot) error {
 	if s.applied && s.err == nil && s.version == snap.Version {
 		return nil
 	}
-	p, err := s.planFor(snap, s.pool.Endpoints())
+	p, err := s.planFor(snap)
 	if err != nil {
 		s.err = err
 		return err

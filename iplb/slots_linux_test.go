@@ -14,7 +14,7 @@ import (
 // planOf returns the plan iplb would write for pool's current snapshot.
 func planOf(t *testing.T, s *service) plan {
 	t.Helper()
-	p, err := s.planFor(s.pool.Snapshot(), s.pool.Endpoints())
+	p, err := s.planFor(s.pool.Snapshot())
 	require.NoError(t, err)
 	return p
 }
