@@ -89,6 +89,13 @@
 // Cancelling Serve's context means the same as Close. A Balancer never
 // closes the pools it was given.
 //
+// The table matters to established flows too: conntrack translates them
+// only while a NAT chain exists in the namespace. So Close, which deletes
+// the table at once, resets the flows still open, while Shutdown drains:
+// it empties the hook chains (new connections to a VIP reach the
+// balancer itself), keeps the table, and waits until conntrack holds no
+// open flow of the services (or its context ends) before deleting it.
+//
 // # Changes
 //
 // Each change is one atomic nftables batch. A goroutine per service waits

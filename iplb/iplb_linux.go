@@ -77,6 +77,15 @@ type Balancer struct {
 	done     chan struct{} // closed when Serve has removed the table
 	wg       sync.WaitGroup
 	closeErr error // from deleting the table; read after done
+
+	// Shutdown's drain: drainCtx is Shutdown's context (nil: Close or
+	// Serve's context stopped the balancer, no drain); kill, closed by
+	// Close, cuts a drain short. countFlows counts the services' open
+	// conntrack flows; nil (tests) drains without waiting.
+	drainCtx   context.Context
+	kill       chan struct{}
+	countFlows func(map[vipKey]bool) (int, error)
+	closeCount func()
 }
 
 // runState is where a Balancer is in its life.
@@ -126,6 +135,10 @@ func New(cfg Config) (*Balancer, error) {
 	}
 	b, err := newBalancer(cfg, c)
 	if err != nil {
+		c.CloseLasting()
+		return nil, err
+	}
+	if b.countFlows, b.closeCount, err = conntrackCounter(cfg.NetNS); err != nil {
 		c.CloseLasting()
 		return nil, err
 	}
@@ -217,6 +230,7 @@ func newBalancer(cfg Config, c nftConn) (*Balancer, error) {
 		started:  make(chan struct{}),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
+		kill:     make(chan struct{}),
 	}
 	for _, svc := range svcs {
 		b.services[svc.Name] = b.newService(svc)
@@ -257,6 +271,7 @@ func (b *Balancer) Serve(ctx context.Context) error {
 		close(b.done)
 		b.mu.Unlock()
 		b.conn.CloseLasting()
+		b.closeCounter()
 		return err
 	}
 	b.state = serving
@@ -279,8 +294,12 @@ func (b *Balancer) Serve(ctx context.Context) error {
 	for _, s := range b.services {
 		close(s.stop)
 	}
+	dctx := b.drainCtx
 	b.mu.Unlock()
 	b.wg.Wait()
+	if dctx != nil && ctx.Err() == nil {
+		b.drain(dctx, ctx, b.kill)
+	}
 	b.conn.DelTable(b.table)
 	err := b.conn.Flush()
 	if err != nil {
@@ -288,8 +307,16 @@ func (b *Balancer) Serve(ctx context.Context) error {
 		b.log.Error("iplb: stopping", "err", err)
 	}
 	b.closeErr = errors.Join(err, b.conn.CloseLasting())
+	b.closeCounter()
 	close(b.done)
 	return nil
+}
+
+// closeCounter closes the conntrack handle, if any.
+func (b *Balancer) closeCounter() {
+	if b.closeCount != nil {
+		b.closeCount()
+	}
 }
 
 // installLocked sends the batch that creates the table, its chains and
@@ -332,13 +359,22 @@ func (b *Balancer) startWatch(s *service) {
 	go b.watch(s)
 }
 
-// Shutdown stops following the pools, waits until the control loop has
-// finished the batch it may be sending and Serve has deleted the table,
-// or until ctx ends (then it returns ctx.Err(); Serve finishes on its
-// own). A kernel data plane has no connections of its own to drain: flows
-// already translated keep their conntrack entries. Before Serve, Shutdown
-// only marks the balancer stopped. It is safe to call more than once.
+// Shutdown drains the balancer: it stops following the pools and
+// steering new flows (the hook chains are emptied, so a new connection to
+// a VIP reaches the balancer itself), keeps the table so that conntrack
+// goes on translating established flows, and waits until none of the
+// services' flows is open (TCP past FIN, no UDP entry left), polling
+// conntrack every 100 ms. Serve then deletes the table and returns, and
+// so does Shutdown. If ctx ends first, Serve deletes the table at once
+// (the flows left are reset, as by Close) and Shutdown returns ctx.Err().
+// Before Serve, Shutdown only marks the balancer stopped. It is safe to
+// call more than once; Close cuts a drain short.
 func (b *Balancer) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	if b.drainCtx == nil {
+		b.drainCtx = ctx
+	}
+	b.mu.Unlock()
 	if !b.halt() {
 		return nil
 	}
@@ -350,11 +386,20 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close stops the balancer as Shutdown does and waits for Serve to
-// delete the table (services stop at once; flows already translated keep
-// their conntrack entries until they end). It is safe to call more than
-// once, and before, during or after Serve.
+// Close stops the balancer now: Serve deletes the table at once, and
+// Close waits for it. Without the table the kernel no longer translates
+// the services' established flows: their next packets reach the balancer
+// itself, which resets them (Shutdown drains them first). It is safe to
+// call more than once, and before, during or after Serve, and cuts a
+// Shutdown's drain short.
 func (b *Balancer) Close() error {
+	b.mu.Lock()
+	select {
+	case <-b.kill:
+	default:
+		close(b.kill)
+	}
+	b.mu.Unlock()
 	if b.halt() {
 		<-b.done
 		return b.closeErr
@@ -373,6 +418,7 @@ func (b *Balancer) halt() bool {
 		close(b.started)
 		close(b.done)
 		b.conn.CloseLasting()
+		b.closeCounter()
 		return false
 	default:
 		select {

@@ -1,6 +1,7 @@
 package iplb
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -679,4 +680,118 @@ func slicesIndex(st []ServiceStats, name string) int {
 		}
 	}
 	return -1
+}
+
+// rawConn is a keep-alive HTTP/1.1 connection from the lab's client.
+type rawConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (l *lab) rawDial(t testing.TB, vip netip.AddrPort) *rawConn {
+	t.Helper()
+	c, err := l.client.DialContext(context.Background(), "tcp", vip.String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{c, bufio.NewReader(c)}
+}
+
+// get sends one request and returns the backend's name.
+func (rc *rawConn) get() (string, error) {
+	rc.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(rc.c, "GET / HTTP/1.1\r\nHost: vip\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(rc.r, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	name, _, _ := strings.Cut(string(b), " ")
+	return name, err
+}
+
+// TestLabShutdownDrains: Shutdown stops new flows but keeps translating
+// open ones until they end, then removes the table; a Shutdown whose
+// context ends first, and Close, remove it at once, which resets what is
+// left. Removing a service keeps its open flows too: the table's NAT
+// chains stay.
+func TestLabShutdownDrains(t *testing.T) {
+	l := newLab(t)
+	vip, gone := netip.AddrPortFrom(vip4, 80), netip.AddrPortFrom(vip4, 81)
+	start := func() (*Balancer, chan error) {
+		b, err := New(Config{NetNS: int(l.bal.NS()), Logger: quietLogger(), Services: []Service{
+			{Name: "web", VIP: vip, Pool: l.pool(t, false)},
+			{Name: "gone", VIP: gone, Mode: FullNAT, Pool: l.pool(t, false)},
+		}})
+		require.NoError(t, err)
+		served := make(chan error, 1)
+		go func() { served <- b.Serve(context.Background()) }()
+		require.NoError(t, b.Sync(context.Background()))
+		return b, served
+	}
+	b, served := start()
+	open, removed := l.rawDial(t, vip), l.rawDial(t, gone)
+	name, err := open.get()
+	require.NoError(t, err)
+	_, err = removed.get()
+	require.NoError(t, err)
+	require.NoError(t, b.RemoveService("gone"))
+	_, err = removed.get()
+	require.NoError(t, err, "a removed service's open flow keeps its translation")
+	removed.c.Close()
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- b.Shutdown(ctx)
+	}()
+	require.Eventually(t, func() bool {
+		c, err := l.client.DialContext(context.Background(), "tcp", vip.String())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, 10*time.Second, 20*time.Millisecond, "new connections reach the balancer itself, which refuses them")
+	for range 3 {
+		got, err := open.get()
+		require.NoError(t, err, "an open flow carries on while draining")
+		require.Equal(t, name, got)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a flow open", err)
+	default:
+	}
+	open.c.Close()
+	require.NoError(t, <-shut, "the last flow ended: the drain is over")
+	require.NoError(t, <-served)
+
+	// A drain cut short by its context, and by Close.
+	for _, stop := range []string{"deadline", "close"} {
+		b, served := start()
+		open := l.rawDial(t, vip)
+		_, err := open.get()
+		require.NoError(t, err)
+		if stop == "deadline" {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			assert.ErrorIs(t, b.Shutdown(ctx), context.DeadlineExceeded)
+			cancel()
+		} else {
+			shut := make(chan error, 1)
+			go func() { shut <- b.Shutdown(context.Background()) }()
+			require.Eventually(t, func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				return b.state == stopped
+			}, 5*time.Second, 5*time.Millisecond)
+			require.NoError(t, b.Close())
+			require.NoError(t, <-shut)
+		}
+		require.NoError(t, <-served, stop)
+		_, err = open.get()
+		assert.Error(t, err, "%s: the table is gone, the flow left is reset", stop)
+	}
 }
