@@ -72,7 +72,11 @@
 // frame, IP versions that disagree with the EtherType. So are frames the
 // program does not balance: VLAN-tagged frames, IPv4 fragments (later
 // fragments carry no ports, so no fragment is balanced), IPv6 with
-// extension headers, and protocols other than TCP and UDP.
+// extension headers, and protocols other than TCP and UDP. A caveat for
+// VLANs: the program sees the tag only where it is in the frame. In
+// generic mode a frame whose 802.1Q tag the kernel carries beside the
+// data (an accelerated tag, as a bridge or a VLAN device on a veth
+// produces) looks untagged, and one for a VIP is balanced.
 //
 // # Cost
 //
