@@ -1,6 +1,7 @@
 package l2lb
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -300,4 +301,94 @@ func TestApplyMetaMAC(t *testing.T) {
 		owners[a] = true
 	}
 	assert.Len(t, owners, 3)
+}
+
+// TestChangeReusesServiceIDs removes a service and adds another that
+// takes its id: the new service must not inherit the old one's ring,
+// key or counters, and the VIP table must name the new VIP only.
+func TestChangeReusesServiceIDs(t *testing.T) {
+	macPool := func(n int, first byte) *balancer.Pool {
+		p := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+		t.Cleanup(func() { p.Close() })
+		var bs []balancer.Backend
+		for i := range n {
+			a := netip.AddrFrom4([4]byte{198, 18, 9, first + byte(i)})
+			bs = append(bs, balancer.Backend{Addr: netip.AddrPortFrom(a, 80),
+				Meta: map[string]string{MetaMAC: net.HardwareAddr{2, 0, 0, 0, 9, first + byte(i)}.String()}})
+		}
+		require.NoError(t, p.Set(bs))
+		return p
+	}
+	pa, pb, pc := macPool(3, 10), macPool(2, 20), macPool(2, 30)
+	b := newApplier(t, 32)
+	b.cfg.MaxServices = 2
+	ctx, cancel := context.WithCancel(context.Background())
+	b.lctx, b.state, b.kick = ctx, serving, make(chan struct{}, 1)
+	t.Cleanup(func() {
+		cancel()
+		b.wg.Wait()
+	})
+	vipA, vipB, vipC := netip.MustParseAddrPort("198.18.0.100:80"), netip.MustParseAddrPort("198.18.0.100:81"), netip.MustParseAddrPort("198.18.0.100:82")
+	require.NoError(t, b.SetServices([]Service{
+		{VIP: vipA, Pool: pa, Key: balancer.MustParseKey("client")},
+		{VIP: vipB, Pool: pb},
+	}))
+	run := func(dst netip.AddrPort, port uint16) (Verdict, []byte) {
+		in := frame(Flow{Proto: TCP, Src: netip.AddrPortFrom(client, port), Dst: dst}, tcpSYN, nil)
+		opts := runOpts(in)
+		v, err := b.dp.objs.L2lbXdp.Run(opts)
+		require.NoError(t, err)
+		return Verdict(v), opts.DataOut
+	}
+	for p := range uint16(20) {
+		v, _ := run(vipA, 1000+p)
+		require.Equal(t, TX, v)
+	}
+	idA := b.services[0].id
+
+	// A goes; C, with no ready backend yet, takes A's id.
+	for _, bs := range pc.Snapshot().Members {
+		pc.SetHealthy(bs.Addr(), false)
+	}
+	require.NoError(t, b.SetServices([]Service{{VIP: vipB, Pool: pb}, {VIP: vipC, Pool: pc}}),
+		"one id free only once A is out: A goes first")
+	sc := b.services[1]
+	require.Equal(t, idA, sc.id, "the freed id is reused")
+	v, _ := run(vipA, 1000)
+	assert.Equal(t, Pass, v, "the removed VIP is no service")
+	v, _ = run(vipC, 1000)
+	assert.Equal(t, Drop, v, "C has no backend: A's ring must not serve it")
+	tr, err := b.dp.serviceTraffic(sc.id)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), tr.Packets, "counters restart with the new service")
+	var conf l2lbService
+	require.NoError(t, b.dp.objs.ServiceConf.Lookup(sc.id, &conf))
+	assert.Zero(t, conf.Flags, "C hashes the 5-tuple, not A's client key")
+	for _, id := range readRing(t, b.dp, sc.id) {
+		require.Zero(t, id, "no slot names one of A's backends")
+	}
+
+	for _, bs := range pc.Snapshot().Members {
+		pc.SetHealthy(bs.Addr(), true)
+	}
+	b.applyT(t)
+	v, out := run(vipC, 1000)
+	assert.Equal(t, TX, v)
+	assert.Equal(t, []byte{2, 0, 0, 0, 9}, out[0:5], "to one of C's backends")
+	assert.GreaterOrEqual(t, out[5], byte(30))
+
+	// Both ids in use: replacing both services at once takes the old
+	// ones out first, then reuses their ids.
+	vipD := netip.MustParseAddrPort("198.18.0.100:83")
+	require.NoError(t, b.SetServices([]Service{{VIP: vipA, Pool: pa}, {VIP: vipD, Pool: pb}}))
+	assert.Len(t, b.Services(), 2)
+	for _, dst := range []netip.AddrPort{vipB, vipC} {
+		v, _ = run(dst, 1000)
+		assert.Equal(t, Pass, v, "%v was removed", dst)
+	}
+	for _, dst := range []netip.AddrPort{vipA, vipD} {
+		v, _ = run(dst, 1000)
+		assert.Equal(t, TX, v, "%v was added", dst)
+	}
+	assert.ErrorContains(t, b.AddService(Service{VIP: vipB, Pool: pb}), "MaxServices is 2")
 }

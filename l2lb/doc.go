@@ -126,7 +126,9 @@
 // connection-table entries: its established flows keep their backends
 // while those stay members and up. A removed service's frames pass to
 // the balancer's stack; its id is reused only after every fresh id was
-// given out. [Balancer.Stats] returns the counters.
+// given out, and only once the VIP table no longer names it (when a
+// change needs those ids at once, the removed services go out in a first
+// flip). [Balancer.Stats] returns the counters.
 //
 // There is no port translation: the frame reaches the backend unchanged
 // but for its MAC addresses, so a backend listens on the VIP's port. That

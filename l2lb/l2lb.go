@@ -124,10 +124,7 @@ type Config struct {
 	// friends); membership, health and weights change through the pools.
 	Services []Service
 	// MaxServices sizes the service maps: each service takes RingSize
-	// ring slots (256 KiB). A removed service's id is reused only after
-	// the change that removed it, so replacing every service in one
-	// change needs room for both sets. Zero means max(16,
-	// len(Services)).
+	// ring slots (256 KiB). Zero means max(16, len(Services)).
 	MaxServices int
 	// MaxBackends is the number of backend ids, for all services
 	// together, including members that left and whose id waits to be

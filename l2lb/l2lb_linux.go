@@ -496,15 +496,7 @@ func (b *Balancer) change(edit func([]Service) ([]Service, error)) error {
 		o := old[VIP{svc.VIP, svc.Proto}]
 		switch {
 		case o == nil:
-			id, reused, err := b.allocService()
-			if err != nil {
-				for _, s := range added {
-					b.freeService(s.id)
-				}
-				return err
-			}
-			s := b.newService(id, svc)
-			s.stale = reused
+			s := b.newService(0, svc) // id below
 			next = append(next, s)
 			added = append(added, s)
 		case o.svc == svc:
@@ -524,12 +516,49 @@ func (b *Balancer) change(edit func([]Service) ([]Service, error)) error {
 			removed = append(removed, s)
 		}
 	}
+	nRemoved := len(removed)
 	if b.state == idle {
 		for _, s := range removed {
 			b.freeService(s.id)
 		}
+		for _, s := range added {
+			var err error
+			if s.id, s.stale, err = b.allocService(); err != nil {
+				return err // cannot happen: validateServices bounds the list
+			}
+		}
 		b.services = next
 		return nil
+	}
+	if free := b.cfg.MaxServices - int(b.nextSvc) + len(b.freeSvcs); len(added) > free && len(removed) > 0 {
+		// Too few free ids until the removed services' ids are free: take
+		// those services out first, with a VIP table of the others. A
+		// frame still meets the old or the new state of its own service.
+		var interim []*serviceState
+		for _, s := range b.services {
+			if kept[s] {
+				interim = append(interim, s)
+			}
+		}
+		prev := b.services
+		b.services = interim
+		if err := b.dp.setServices(b.vipMapLocked()); err != nil {
+			b.services = prev
+			return err
+		}
+		b.retire(removed)
+		removed = nil
+	}
+	var ids []uint32
+	for _, s := range added {
+		var err error
+		if s.id, s.stale, err = b.allocService(); err != nil {
+			for _, id := range ids {
+				b.freeService(id)
+			}
+			return err
+		}
+		ids = append(ids, s.id)
 	}
 	fail := func(err error) error {
 		for _, s := range added {
@@ -554,19 +583,26 @@ func (b *Balancer) change(edit func([]Service) ([]Service, error)) error {
 		return fail(err)
 	}
 	for _, s := range prev {
-		if !slices.Contains(next, s) {
-			close(s.stop)
+		if kept[s] && !slices.Contains(next, s) {
+			close(s.stop) // replaced by an update
 		}
 	}
-	for _, s := range removed {
-		b.dropMembers(s)
-		b.freeService(s.id)
-	}
+	b.retire(removed)
 	for _, s := range slices.Concat(added, updated) {
 		b.startWatch(s)
 	}
-	b.log.Info("l2lb: services changed", "added", len(added), "updated", len(updated), "removed", len(removed))
+	b.log.Info("l2lb: services changed", "added", len(added), "updated", len(updated), "removed", nRemoved)
 	return nil
+}
+
+// retire stops following removed services, clears their backends and
+// frees their ids. The VIP table must no longer name them.
+func (b *Balancer) retire(removed []*serviceState) {
+	for _, s := range removed {
+		close(s.stop)
+		b.dropMembers(s)
+		b.freeService(s.id)
+	}
 }
 
 // dropMembers clears the backend entries of s's members and frees their
@@ -584,8 +620,7 @@ func (b *Balancer) dropMembers(s *serviceState) {
 // allocService returns a free service id: fresh ones first, then freed
 // ones, oldest first (reused reports one, whose ring and counters are
 // stale). A removed service's id is free only once the VIP table no
-// longer names it, so replacing every service at once needs room for
-// both sets.
+// longer names it.
 func (b *Balancer) allocService() (id uint32, reused bool, err error) {
 	if int(b.nextSvc) < b.cfg.MaxServices {
 		b.nextSvc++
