@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -391,4 +392,90 @@ func TestChangeReusesServiceIDs(t *testing.T) {
 		assert.Equal(t, TX, v, "%v was added", dst)
 	}
 	assert.ErrorContains(t, b.AddService(Service{VIP: vipB, Pool: pb}), "MaxServices is 2")
+}
+
+// TestChangeConcurrent changes services, pools and reads stats from
+// several goroutines at once (run with -race), then checks that the data
+// plane serves exactly the last set.
+func TestChangeConcurrent(t *testing.T) {
+	pools := make([]*balancer.Pool, 3)
+	for i := range pools {
+		pools[i] = balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+		t.Cleanup(func() { pools[i].Close() })
+		var bs []balancer.Backend
+		for j := range 4 {
+			a := netip.AddrFrom4([4]byte{198, 18, byte(10 + i), byte(1 + j)})
+			bs = append(bs, balancer.Backend{Addr: netip.AddrPortFrom(a, 80),
+				Meta: map[string]string{MetaMAC: net.HardwareAddr{2, 0, 0, byte(i), 0, byte(j)}.String()}})
+		}
+		require.NoError(t, pools[i].Set(bs))
+	}
+	b := newApplier(t, 64)
+	b.cfg.MaxServices = 4
+	ctx, cancel := context.WithCancel(context.Background())
+	b.lctx, b.state, b.kick = ctx, serving, make(chan struct{}, 1)
+	t.Cleanup(func() {
+		cancel()
+		b.wg.Wait()
+	})
+	vip := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("198.18.0.100"), port) }
+	sets := [][]Service{
+		{{VIP: vip(80), Pool: pools[0]}, {VIP: vip(81), Pool: pools[1]}},
+		{{VIP: vip(80), Pool: pools[2]}, {VIP: vip(82), Pool: pools[1], Key: balancer.MustParseKey("client")}},
+		{{VIP: vip(83), Pool: pools[0]}, {VIP: vip(81), Pool: pools[2]}, {VIP: vip(84), Proto: UDP, Pool: pools[1]}},
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range 30 {
+			assert.NoError(t, b.SetServices(sets[i%len(sets)]))
+		}
+	})
+	wg.Go(func() {
+		for i := range 60 {
+			p := pools[i%3]
+			m := p.Snapshot().Members[i%4]
+			p.SetHealthy(m.Addr(), i%2 == 0)
+			p.SetWeight(m.Addr(), uint32(1+i%3))
+			b.applyAll()
+		}
+	})
+	wg.Go(func() {
+		for range 30 {
+			_, err := b.Stats()
+			assert.NoError(t, err)
+			_, err = b.ConnTable()
+			assert.NoError(t, err)
+			b.Services()
+		}
+	})
+	wg.Wait()
+	last := sets[(30-1)%len(sets)]
+	for _, p := range pools {
+		for _, m := range p.Snapshot().Members {
+			p.SetHealthy(m.Addr(), true)
+		}
+	}
+	b.applyAll()
+	require.Len(t, b.Services(), len(last))
+	for port := uint16(80); port <= 84; port++ {
+		i := slices.IndexFunc(last, func(s Service) bool { return s.VIP.Port() == port })
+		proto := TCP
+		if i >= 0 && last[i].Proto != 0 {
+			proto = last[i].Proto
+		}
+		in := frame(Flow{Proto: proto, Src: netip.AddrPortFrom(client, 999), Dst: vip(port)}, tcpSYN, nil)
+		if proto == UDP {
+			in = frame(Flow{Proto: proto, Src: netip.AddrPortFrom(client, 999), Dst: vip(port)}, 0, nil)
+		}
+		opts := runOpts(in)
+		v, err := b.dp.objs.L2lbXdp.Run(opts)
+		require.NoError(t, err)
+		if i < 0 {
+			assert.Equal(t, Pass, Verdict(v), "port %d: no service", port)
+			continue
+		}
+		require.Equal(t, TX, Verdict(v), "port %d", port)
+		want := slices.IndexFunc(pools, func(p *balancer.Pool) bool { return p == last[i].Pool })
+		assert.Equal(t, byte(want), opts.DataOut[3], "port %d: a backend of the service's pool", port)
+	}
 }
