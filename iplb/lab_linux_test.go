@@ -795,3 +795,78 @@ func TestLabShutdownDrains(t *testing.T) {
 		assert.Error(t, err, "%s: the table is gone, the flow left is reset", stop)
 	}
 }
+
+// TestChangeConcurrent changes services and pools and reads stats from
+// several goroutines at once against the kernel (run with -race), then
+// checks that the kernel holds exactly the last set.
+func TestChangeConcurrent(t *testing.T) {
+	netlab.RequireRoot(t)
+	nl, err := netlab.New(t, netlab.Config{})
+	require.NoError(t, err)
+	host, err := nl.AddHost("bal")
+	require.NoError(t, err)
+	b := serveBalancer(t, Config{NetNS: int(host.NS()), Logger: quietLogger()})
+	pools := make([]*balancer.Pool, 3)
+	for i := range pools {
+		var bs []balancer.Backend
+		for j := range 4 {
+			bs = append(bs, balancer.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(10 + i), byte(1 + j)}), 8080)})
+		}
+		pools[i] = poolOf(t, bs...)
+	}
+	vip := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(vip4, port) }
+	sets := [][]Service{
+		{{Name: "a", VIP: vip(80), Pool: pools[0]}, {Name: "b", VIP: vip(81), Pool: pools[1], Key: flowKey}},
+		{{Name: "a", VIP: vip(80), Pool: pools[2], Mode: FullNAT}, {Name: "c", VIP: vip(82), Pool: pools[1], Key: balancer.MustParseKey("client/24")}},
+		{{Name: "b", VIP: vip(83), Pool: pools[0]}, {Name: "c", VIP: vip(82), Proto: UDP, Pool: pools[2]}},
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range 30 {
+			assert.NoError(t, b.SetServices(sets[i%len(sets)]))
+		}
+	})
+	wg.Go(func() {
+		for i := range 60 {
+			p := pools[i%3]
+			m := p.Snapshot().Members[i%4]
+			p.SetHealthy(m.Addr(), i%2 == 0)
+			p.SetWeight(m.Addr(), uint32(1+i%3))
+		}
+	})
+	wg.Go(func() {
+		for range 30 {
+			_, err := b.Stats()
+			assert.NoError(t, err)
+			b.Lookup("a", netip.MustParseAddrPort("198.18.1.2:1000"))
+			assert.NoError(t, b.Sync(context.Background()))
+		}
+	})
+	wg.Wait()
+	require.NoError(t, b.Sync(context.Background()))
+	last := sets[(30-1)%len(sets)]
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Len(t, st, len(last))
+	for i, s := range st {
+		want := last[slices.IndexFunc(last, func(x Service) bool { return x.Name == s.Name })]
+		assert.Equal(t, want.VIP, s.VIP, "service %d", i)
+		assert.NoError(t, s.Err)
+		assert.Equal(t, want.Pool.Snapshot().Version, s.Version, "%s reflects its pool's last snapshot", s.Name)
+		assert.Len(t, s.Backends, 4)
+	}
+	// The kernel's ruleset names exactly these services.
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		return
+	}
+	cmd := exec.Command(nft, "list", "table", "inet", "lbkit")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, host.Start(cmd))
+	require.NoError(t, cmd.Wait(), out.String())
+	assert.Equal(t, len(last), strings.Count(out.String(), "dnat ip to"), out.String())
+	assert.Contains(t, out.String(), `udp dport 82 counter name "c"`)
+	assert.Contains(t, out.String(), `tcp dport 83 counter name "b"`)
+	assert.NotContains(t, out.String(), "dport 80 ")
+}
