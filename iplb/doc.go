@@ -96,6 +96,14 @@
 // balancer itself), keeps the table, and waits until conntrack holds no
 // open flow of the services (or its context ends) before deleting it.
 //
+// The table outlives its process: if the process dies without Close
+// (a crash, SIGKILL), the kernel goes on forwarding with the table as it
+// was, established flows and new ones alike, but frozen: no health
+// change, drain or membership change reaches it. A new Balancer with the
+// same Config.Table adopts it: Serve replaces it in one batch, so
+// forwarding has no gap (a lab test kills the control plane with SIGKILL
+// under a stream of new connections and restarts it: none fails).
+//
 // # Changes
 //
 // Each change is one atomic nftables batch. A goroutine per service waits
