@@ -136,7 +136,8 @@ func renderExprs(exprs []expr.Any) string {
 		case *expr.Meta:
 			fmt.Fprintf(&b, "meta load %s => reg %d", map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto"}[e.Key], e.Register)
 		case *expr.Cmp:
-			fmt.Fprintf(&b, "cmp eq reg %d 0x%x", e.Register, e.Data)
+			op := map[expr.CmpOp]string{expr.CmpOpEq: "eq", expr.CmpOpNeq: "neq"}[e.Op]
+			fmt.Fprintf(&b, "cmp %s reg %d 0x%x", op, e.Register, e.Data)
 		case *expr.Payload:
 			base := map[expr.PayloadBase]string{expr.PayloadBaseNetworkHeader: "network", expr.PayloadBaseTransportHeader: "transport"}[e.Base]
 			fmt.Fprintf(&b, "payload load %db @ %s header + %d => reg %d", e.Len, base, e.Offset, e.DestRegister)
@@ -199,6 +200,9 @@ func golden(s string) []string {
 	return strings.Split(strings.TrimSpace(strings.ReplaceAll(s, "\t", "")), "\n")
 }
 
+// anchorRule is the postrouting rule that keeps conntrack on.
+const anchorRule = "add rule postrouting [ ct load key 0 dir 0 => reg 1 ][ bitwise reg 1 = ( reg 1 & 0x01000000 ) ^ 0x00000000 ][ cmp neq reg 1 0x00000000 ]"
+
 var (
 	be1 = netip.MustParseAddrPort("198.18.2.11:8080")
 	be2 = netip.MustParseAddrPort("198.18.2.12:8080")
@@ -214,7 +218,8 @@ func TestBatchNewReplacesTable(t *testing.T) {
 		add chain prerouting { type nat hook %d priority -100 }
 		add chain postrouting { type nat hook %d priority 100 }
 		flush chain prerouting
-		flush chain postrouting`, unix.NF_INET_PRE_ROUTING, unix.NF_INET_POST_ROUTING))
+		flush chain postrouting
+		`+anchorRule, unix.NF_INET_PRE_ROUTING, unix.NF_INET_POST_ROUTING))
 	require.Len(t, r.batches, 1, "one atomic batch")
 	assert.Empty(t, cmp.Diff(want, r.batches[0]), "(-want +got)")
 }
@@ -253,6 +258,7 @@ func TestBatchService(t *testing.T) {
 		add element web { ` + strings.Join(elems, ", ") + ` }
 		flush chain prerouting
 		flush chain postrouting
+		` + anchorRule + `
 		add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x02 ][ payload load 4b @ network header + 16 => reg 1 ][ cmp eq reg 1 0xc613000a ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x06 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0050 ][ objref type 1 name web ][ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x1234) % mod 7 ][ lookup reg 1 set web dreg 1 ][ nat dnat family 2 addr reg 1-1 proto reg 9-9 specified true ]
 		add rule postrouting ` + match + `[ payload load 4b @ network header + 16 => reg 1 ][ payload load 2b @ transport header + 2 => reg 9 ][ lookup reg 1 set web/backends dreg 0 ]
 		add rule postrouting ` + match + `[ masq ]`)
@@ -317,6 +323,7 @@ func TestBatchService(t *testing.T) {
 		assert.Equal(t, golden(`
 			flush chain prerouting
 			flush chain postrouting
+			`+anchorRule+`
 			delete map web
 			delete map web/backends
 			flush chain web/198.18.2.11:8080

@@ -22,6 +22,7 @@
 //	    ip daddr 198.19.0.10 tcp dport 80 counter name "web" dnat ip to jhash ip saddr . tcp sport mod 1021 seed 0x5c1d3e27 map @web
 //	}
 //	chain postrouting {           # type nat hook postrouting priority srcnat
+//	    ct state invalid          # never matches; keeps conntrack on (see Lifecycle)
 //	    ct original ip daddr 198.19.0.10 ct original proto-dst 80 ip daddr . tcp dport vmap @web/backends
 //	    ct original ip daddr 198.19.0.10 ct protocol tcp ct original proto-dst 80 masquerade   # FullNAT only
 //	}
@@ -90,11 +91,13 @@
 // closes the pools it was given.
 //
 // The table matters to established flows too: conntrack translates them
-// only while a NAT chain exists in the namespace. So Close, which deletes
-// the table at once, resets the flows still open, while Shutdown drains:
-// it empties the hook chains (new connections to a VIP reach the
-// balancer itself), keeps the table, and waits until conntrack holds no
-// open flow of the services (or its context ends) before deleting it.
+// only while some nftables rule in the namespace needs connection
+// tracking (the table's postrouting chain always holds one, `ct state
+// invalid`, which never matches). So Close, which deletes the table at
+// once, resets the flows still open, while Shutdown drains: it empties
+// the prerouting chain (new connections to a VIP reach the balancer
+// itself), keeps the table, and waits until conntrack holds no open flow
+// of the services (or its context ends) before deleting it.
 //
 // The table outlives its process: if the process dies without Close
 // (a crash, SIGKILL), the kernel goes on forwarding with the table as it

@@ -2,6 +2,7 @@ package iplb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -33,6 +34,11 @@ func conntrackCounter(ns int) (func(vips map[vipKey]bool) (int, error), func(), 
 		n := 0
 		for _, fam := range []vnl.InetFamily{unix.AF_INET, unix.AF_INET6} {
 			flows, err := h.ConntrackTableList(vnl.ConntrackTable, fam)
+			for try := 0; errors.Is(err, vnl.ErrDumpInterrupted) && try < 3; try++ {
+				// The table changed during the dump, which then misses
+				// entries: dump again.
+				flows, err = h.ConntrackTableList(vnl.ConntrackTable, fam)
+			}
 			if err != nil {
 				return 0, fmt.Errorf("iplb: read conntrack: %w", err)
 			}
@@ -58,9 +64,10 @@ type vipKey struct {
 	proto Proto
 }
 
-// drain stops steering new flows (the hook chains are emptied, so a new
-// flow to a VIP reaches the balancer itself) while the chains stay, so
-// conntrack keeps translating the established ones, and waits until none
+// drain stops steering new flows (the prerouting chain is emptied, so a
+// new flow to a VIP reaches the balancer itself) while the table stays,
+// with the postrouting rules that keep conntrack on (see anchorExprs),
+// so conntrack keeps translating the established ones, and waits until none
 // of the services' flows is open, or until ctx (Shutdown's), serve
 // (Serve's) or kill (closed by Close) ends the wait.
 func (b *Balancer) drain(ctx, serve context.Context, kill <-chan struct{}) {
@@ -71,7 +78,6 @@ func (b *Balancer) drain(ctx, serve context.Context, kill <-chan struct{}) {
 	}
 	b.mu.Unlock()
 	b.conn.FlushChain(b.pre)
-	b.conn.FlushChain(b.post)
 	if err := b.conn.Flush(); err != nil {
 		b.log.Error("iplb: draining: stop steering new flows", "err", err)
 		return
@@ -82,15 +88,17 @@ func (b *Balancer) drain(ctx, serve context.Context, kill <-chan struct{}) {
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
 	for {
+		// An error (a dump still interrupted after retries, say) is no
+		// evidence that the flows ended: keep waiting, within ctx.
 		n, err := b.countFlows(vips)
-		if err != nil {
-			b.log.Error("iplb: draining", "err", err)
+		switch {
+		case err != nil:
+			b.log.Warn("iplb: draining: counting open flows", "err", err)
+		case n == 0:
 			return
+		default:
+			b.log.Debug("iplb: draining", "open flows", n)
 		}
-		if n == 0 {
-			return
-		}
-		b.log.Debug("iplb: draining", "open flows", n)
 		select {
 		case <-t.C:
 		case <-ctx.Done():

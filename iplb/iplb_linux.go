@@ -360,9 +360,9 @@ func (b *Balancer) startWatch(s *service) {
 }
 
 // Shutdown drains the balancer: it stops following the pools and
-// steering new flows (the hook chains are emptied, so a new connection to
-// a VIP reaches the balancer itself), keeps the table so that conntrack
-// goes on translating established flows, and waits until none of the
+// steering new flows (the prerouting chain is emptied, so a new
+// connection to a VIP reaches the balancer itself), keeps the table so
+// that conntrack goes on translating established flows, and waits until none of the
 // services' flows is open (TCP past FIN, no UDP entry left), polling
 // conntrack every 100 ms. Serve then deletes the table and returns, and
 // so does Shutdown. If ctx ends first, Serve deletes the table at once
@@ -984,6 +984,7 @@ func (b *Balancer) delChain(s *service, addr netip.AddrPort) {
 func (b *Balancer) writeHooks() {
 	b.conn.FlushChain(b.pre)
 	b.conn.FlushChain(b.post)
+	b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: b.post, Exprs: anchorExprs()})
 	for _, o := range b.sortedServices() {
 		b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: b.pre, Exprs: serviceExprs(&o.svc, o.set, o.next)})
 		b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: b.post, Exprs: countExprs(&o.svc, o.bset)})

@@ -769,6 +769,22 @@ func TestLabShutdownDrains(t *testing.T) {
 	require.NoError(t, <-shut, "the last flow ended: the drain is over")
 	require.NoError(t, <-served)
 
+	// Without any service, the table still keeps conntrack on: an open
+	// flow of a removed service keeps its translation (nftables turns
+	// conntrack off some 20 ms after the last rule that needs it goes).
+	b, served = start()
+	open = l.rawDial(t, vip)
+	name, err = open.get()
+	require.NoError(t, err)
+	require.NoError(t, b.SetServices(nil))
+	assert.Never(t, func() bool {
+		got, err := open.get()
+		return err != nil || got != name
+	}, 300*time.Millisecond, 30*time.Millisecond, "the open flow carries on with no service left")
+	open.c.Close()
+	require.NoError(t, b.Close())
+	require.NoError(t, <-served)
+
 	// A drain cut short by its context, and by Close.
 	for _, stop := range []string{"deadline", "close"} {
 		b, served := start()

@@ -213,6 +213,24 @@ func fullNATExprs(svc *Service) []expr.Any {
 	)
 }
 
+// anchorExprs are `ct state invalid`, the postrouting chain's first rule,
+// which never matches (invalid packets do not reach nat chains). It is
+// there for its ct expression: nftables switches connection tracking on
+// in a namespace only while some rule's expression needs it, and turns
+// it off (unregistering its hooks, some 20 ms after the commit) once the
+// last such rule is gone. Established flows then lose their translation
+// and are reset, as measured when a drain emptied both hook chains. This
+// rule keeps conntrack on while the table exists, whatever the services.
+func anchorExprs() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(1), // NF_CT_STATE_INVALID_BIT
+			Xor:  []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	}
+}
+
 // dirOriginal is IP_CT_DIR_ORIGINAL: the conntrack tuple as the client
 // sent it.
 const dirOriginal = 0
