@@ -54,14 +54,21 @@ type PoolChange struct {
 	// Key reports a new key. Front-ends hold the key, so the listeners
 	// that read the pool (see [Listener.PoolNames]) take the new one.
 	Key bool
+	// Discovery reports changed discovery sources or resolve interval:
+	// the pool's discovery loop restarts (its members stay meanwhile).
+	Discovery bool
 }
 
 // MembersOnly reports whether only the members changed, so the running
 // pool is updated with balancer.Pool.Set alone, keeping every remaining
 // member's endpoint state: health, in-flight counts, EWMA.
-func (c PoolChange) MembersOnly() bool { return c.Members && !c.Health && !c.Settings && !c.Key }
+func (c PoolChange) MembersOnly() bool {
+	return c.Members && !c.Health && !c.Settings && !c.Key && !c.Discovery
+}
 
-func (c PoolChange) changed() bool { return c.Members || c.Health || c.Settings || c.Key }
+func (c PoolChange) changed() bool {
+	return c.Members || c.Health || c.Settings || c.Key || c.Discovery
+}
 
 // ListenerChange says how a listener present in both configurations
 // changed.
@@ -165,9 +172,10 @@ func comparePools(op, np *Pool) PoolChange {
 	ch.Members = len(ch.MembersAdded)+len(ch.MembersRemoved)+len(ch.MembersChanged) > 0
 	ch.Health = !same(op.Health, np.Health) || !same(op.Passive, np.Passive)
 	ch.Key = op.Key != np.Key
+	ch.Discovery = !same(op.Discovery, np.Discovery)
 	o, n := *op, *np
-	o.Members, o.Health, o.Passive, o.Key = nil, Health{}, Passive{}, np.Key
-	n.Members, n.Health, n.Passive = nil, Health{}, Passive{}
+	o.Members, o.Health, o.Passive, o.Key, o.Discovery = nil, Health{}, Passive{}, np.Key, Discovery{}
+	n.Members, n.Health, n.Passive, n.Discovery = nil, Health{}, Passive{}, Discovery{}
 	ch.Settings = !same(o, n)
 	return ch
 }

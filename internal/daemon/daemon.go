@@ -428,17 +428,20 @@ func (d *Daemon) Status() Status {
 		name, policy, key string
 		ps                *poolState
 		checker           *health.Checker
+		sources           []SourceStatus
 	}
 	pools := make([]poolView, 0, len(d.pools))
 	for _, ps := range d.pools {
-		pools = append(pools, poolView{ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps, ps.checker})
+		pools = append(pools, poolView{ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps, ps.checker, ps.discoveryStatus()})
 	}
 	for _, ls := range d.listeners {
 		st.Listeners = append(st.Listeners, ListenerStatus{Name: ls.cfg.Name, Type: string(ls.cfg.Type), Addr: listenerAddr(&ls.cfg), Pools: listenerPools(&ls.cfg), Since: ls.since})
 	}
 	d.mu.Unlock()
 	for _, v := range pools {
-		st.Pools = append(st.Pools, poolStatus(v.name, v.policy, v.key, v.ps.pool, v.checker, v.ps.events))
+		ps := poolStatus(v.name, v.policy, v.key, v.ps.pool, v.checker, v.ps.events)
+		ps.Discovery = v.sources
+		st.Pools = append(st.Pools, ps)
 	}
 	sortStatus(&st)
 	return st

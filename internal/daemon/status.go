@@ -50,6 +50,9 @@ type PoolStatus struct {
 	Panic   bool           `json:"panic"`
 	Version uint64         `json:"snapshot_version"`
 	Members []MemberStatus `json:"members"`
+	// Discovery lists the pool's discovery sources, when its members
+	// come from discovery (see SourceStatus).
+	Discovery []SourceStatus `json:"discovery,omitempty"`
 }
 
 // MemberStatus is one member of a pool.
