@@ -654,6 +654,9 @@ func (c listenerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDNSResponses
 	ch <- descDNSTruncated
 	ch <- descDNSRRL
+	for _, d := range kernelDescs {
+		ch <- d
+	}
 }
 
 func (c listenerCollector) Collect(ch chan<- prometheus.Metric) {
