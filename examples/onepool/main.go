@@ -125,7 +125,7 @@ func run(w io.Writer) error {
 		front[name] = ln.Addr().String()
 	}
 	dnsSrv, err := dnslb.New(dnslb.Config{
-		Zones: []dnslb.Zone{{Origin: "example.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 300\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n"}},
+		Zones:    []dnslb.Zone{{Origin: "example.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 300\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n"}},
 		Services: []dnslb.Service{{Name: "www.example.test.", Pool: pool}},
 		Logger:   quiet,
 	})
