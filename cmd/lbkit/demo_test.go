@@ -24,7 +24,7 @@ type row struct {
 func parseTable(t *testing.T, out string) map[string]row {
 	t.Helper()
 	rows := map[string]row{}
-	re := regexp.MustCompile(`^\s*(\S+)\s+([0-9.]+)%\s+\S+\s+\d+\s+\S+\s+\S+\s+([0-9/]+)\s+[0-9.]+\s*$`)
+	re := regexp.MustCompile(`^\s*(\S+)\s+([0-9.]+)%\s+\S+\s+\d+\s+\S+\s+\S+\s+([0-9/]+)\s+(?:[0-9.]+|-)\s+(?:\S+ %|-)\s*$`)
 	for _, line := range strings.Split(out, "\n") {
 		m := re.FindStringSubmatch(line)
 		if m == nil {
@@ -50,8 +50,11 @@ func runDemoCmd(t *testing.T, args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), code
 }
 
+// TestDemoSmall runs every strategy over the default backends at a load
+// they take: no request lost, every backend of a balanced strategy busy,
+// and direct sending everything to backend 1.
 func TestDemoSmall(t *testing.T) {
-	out, errOut, code := runDemoCmd(t, "-requests", "600", "-concurrency", "50")
+	out, errOut, code := runDemoCmd(t, "-requests", "600", "-concurrency", "50", "-backends", "3")
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	rows := parseTable(t, out)
 	for _, s := range strategies() {
@@ -62,8 +65,35 @@ func TestDemoSmall(t *testing.T) {
 		require.True(t, ok, "no row for %s in:\n%s", s.name, out)
 		assert.Equal(t, 100.0, r.success, "%s lost requests:\n%s", s.name, out)
 		require.Len(t, r.perBack, 3)
+		if s.name == "direct" {
+			assert.Equal(t, []int{600, 0, 0}, r.perBack, "direct is one backend alone:\n%s", out)
+			continue
+		}
 		for i, c := range r.perBack {
 			assert.Positive(t, c, "%s: backend %d received no work:\n%s", s.name, i+1, out)
+		}
+	}
+	assert.Contains(t, out, "gunicorn (gunicorn with sync workers): 5 workers")
+	assert.Contains(t, out, "write-up (one server alone, 10,000 requests at 1,000 concurrency): dev server 14 %")
+}
+
+// TestDemoShowsThePoint is the default run's claim at a small scale: one
+// backend alone cannot keep up with the clients and loses requests (the
+// demo still exits 0: that is the baseline), while every balancer
+// spreading the same load over 10 such backends loses none. One backend
+// serves 50 requests/s, so 40 clients would wait 0.8 s for it, 1.6 times
+// the clients' patience; ten keep the wait under 0.1 s.
+func TestDemoShowsThePoint(t *testing.T) {
+	out, errOut, code := runDemoCmd(t, "-requests", "200", "-concurrency", "40", "-backends", "10",
+		"-workers", "1", "-service", "20ms", "-timeout", "500ms", "-only", "direct,redirect,dns,http-proxy,tcp-proxy")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	rows := parseTable(t, out)
+	require.Len(t, rows, 5, out)
+	assert.Less(t, rows["direct"].success, 100.0, "one backend alone kept up:\n%s", out)
+	assert.Contains(t, out, "~90 %", "the write-up's figure for gunicorn is printed beside direct:\n%s", out)
+	for name, r := range rows {
+		if name != "direct" {
+			assert.Equal(t, 100.0, r.success, "%s lost requests:\n%s", name, out)
 		}
 	}
 }
@@ -84,6 +114,12 @@ func TestDemoFlags(t *testing.T) {
 	_, errOut, code := runDemoCmd(t, "-backends", "0")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "-backends")
+	_, errOut, code = runDemoCmd(t, "-backend", "nope")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, `unknown backend "nope" (one of devserver, uwsgi, gunicorn, gevent)`)
+	_, errOut, code = runDemoCmd(t, "-workers", "-1")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "cannot be negative")
 	_, errOut, code = runDemoCmd(t, "-only", "nope")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, `unknown strategy "nope"`)

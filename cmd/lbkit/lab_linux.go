@@ -75,7 +75,11 @@ func openLab(cfg demoConfig) (env *labEnv, skip string, err error) {
 			return env, "", err
 		}
 		env.hosts = append(env.hosts, h)
-		env.bs = append(env.bs, newBackend(ln, netip.AddrPortFrom(h.Addr4(), 80), i))
+		b, err := newBackend(ln, netip.AddrPortFrom(h.Addr4(), 80), i, cfg.model)
+		if err != nil {
+			return env, "", err
+		}
+		env.bs = append(env.bs, b)
 	}
 	return env, "", env.reach(env.lb, env.bs)
 }
