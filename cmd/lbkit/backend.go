@@ -160,6 +160,7 @@ type backend struct {
 	ln    *workerListener
 	count atomic.Int64 // requests served (including those whose client left)
 	dead  atomic.Bool
+	stop  chan struct{} // closed by kill: workers stop at once, as a killed process's do
 	done  chan struct{}
 }
 
@@ -210,7 +211,7 @@ func newBackend(ln net.Listener, addr netip.AddrPort, i int, m capacity) (*backe
 		return nil, fmt.Errorf("backend %v: %w", addr, err)
 	}
 	wl := &workerListener{Listener: ln, workers: make(chan struct{}, m.workers), closed: make(chan struct{})}
-	b := &backend{addr: addr, model: m, ln: wl, done: make(chan struct{})}
+	b := &backend{addr: addr, model: m, ln: wl, stop: make(chan struct{}), done: make(chan struct{})}
 	body := []byte(fmt.Sprintf("hello from backend %d\n", i+1))
 	b.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -218,7 +219,13 @@ func newBackend(ln net.Listener, addr netip.AddrPort, i int, m capacity) (*backe
 			_, _ = io.Copy(io.Discard, r.Body)
 			// The worker is busy for the service time whether or not
 			// the client is still there (a sync worker cannot tell).
-			time.Sleep(m.serviceTime())
+			t := time.NewTimer(m.serviceTime())
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-b.stop:
+				return
+			}
 			w.Header().Set("Content-Type", "text/plain")
 			if !m.keepAlive {
 				w.Header().Set("Connection", "close")
@@ -240,6 +247,7 @@ func (b *backend) kill() {
 	if b.dead.Swap(true) {
 		return
 	}
+	close(b.stop)
 	b.ln.shut()
 	_ = b.srv.Close()
 	<-b.done
