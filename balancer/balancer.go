@@ -3,14 +3,15 @@ package balancer
 import (
 	"errors"
 	"net/netip"
+	"time"
 )
 
 // ErrNoBackend is returned by a [Picker] when no backend can take work:
 // the pool is empty, or every member is unhealthy or draining.
 var ErrNoBackend = errors.New("balancer: no healthy backend")
 
-// Backend describes one member of a pool as configured by the user.
-// Backend is comparable; Addr is its identity within a [Pool].
+// Backend describes one member of a pool as configured by the user. Addr
+// is its identity within a [Pool].
 type Backend struct {
 	// Addr is the backend's address and port. It identifies the backend.
 	Addr netip.AddrPort
@@ -19,6 +20,52 @@ type Backend struct {
 	// Zone names the failure domain or location of the backend (a rack,
 	// an availability zone, a city). Empty means no zone.
 	Zone string
+	// Meta is data about the member that a front-end needs and the pool
+	// does not: a redirect target's base URL, a DNS name, a MAC address.
+	// The front-end that reads a key documents it (redirect.MetaURL,
+	// l2lb.MetaMAC, ...), so a fact about a member is declared once, on
+	// the member. The pool keeps a copy; nil means none.
+	Meta map[string]string
+}
+
+// Health is a member's health as a pool sees it.
+type Health uint8
+
+// The health of a member. A member joins a pool Healthy, so a pool works
+// without a health checker; a checker that follows the pool marks the
+// members it has not judged yet HealthUnknown.
+const (
+	// HealthUnknown: not checked yet. The member is not ready; when it
+	// turns Healthy it gets its full weight at once (it has not failed),
+	// unless it joined a pool already in service.
+	HealthUnknown Health = iota
+	// Healthy: fit for work.
+	Healthy
+	// Unhealthy: failed its checks. It slow-starts when it turns Healthy.
+	Unhealthy
+)
+
+// String returns "unknown", "healthy" or "unhealthy".
+func (h Health) String() string {
+	switch h {
+	case Healthy:
+		return "healthy"
+	case Unhealthy:
+		return "unhealthy"
+	}
+	return "unknown"
+}
+
+// MarshalText returns h's name.
+func (h Health) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+// Observer receives the outcome of every unit of work that ends on a
+// pool's members (see [Endpoint.Done] and [Pool.SetObserver]), for
+// passive health checking. health.Checker implements it. ObserveDone is
+// called on the front-end's goroutine: it must not block, and should not
+// allocate.
+type Observer interface {
+	ObserveDone(ep *Endpoint, err error, latency time.Duration)
 }
 
 // weight returns b.Weight with the zero value mapped to 1.

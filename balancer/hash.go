@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"strconv"
 
@@ -51,6 +52,27 @@ func (p Proto) String() string {
 	default:
 		return "proto(" + strconv.Itoa(int(p)) + ")"
 	}
+}
+
+// MarshalText returns "tcp" or "udp".
+func (p Proto) MarshalText() ([]byte, error) {
+	if p != TCP && p != UDP {
+		return nil, errors.New("balancer: unknown protocol " + p.String())
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText parses "tcp" or "udp".
+func (p *Proto) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "tcp":
+		*p = TCP
+	case "udp":
+		*p = UDP
+	default:
+		return errors.New("balancer: unknown protocol " + strconv.Quote(string(b)) + ": want tcp or udp")
+	}
+	return nil
 }
 
 // HashFlow returns a 64-bit hash of a flow's 5-tuple: protocol number

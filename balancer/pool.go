@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,10 @@ import (
 // Config configures a [Pool]. Only Builder is required; every other field
 // has a useful zero value, documented on the field.
 type Config struct {
+	// Name names the pool in its log lines, in health events and in the
+	// front-ends that serve from it. Empty means "default".
+	Name string
+
 	// Builder turns the ready set into a picker (round robin, Maglev, ...).
 	// Required.
 	Builder Builder
@@ -49,8 +54,8 @@ type Config struct {
 	// means DefaultEWMADecay.
 	EWMADecay time.Duration
 
-	// Logger receives membership and state changes at debug level. Nil
-	// means slog.Default().
+	// Logger receives membership and state changes at debug level, each
+	// line with the attribute pool=Name. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -89,6 +94,7 @@ func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
 type member struct {
 	ep         *Endpoint
 	readySince time.Time // zero: not ramping (initial members)
+	late       bool      // joined a pool in service: ramps when it first turns healthy
 }
 
 // Pool holds a set of backends and publishes an immutable [Snapshot] of
@@ -102,14 +108,16 @@ type member struct {
 // allocate; the mutating methods block only on the pool's own mutex and
 // the builder.
 type Pool struct {
-	cfg  Config
-	log  *slog.Logger
-	snap atomic.Pointer[Snapshot]
+	cfg      Config
+	log      *slog.Logger
+	snap     atomic.Pointer[Snapshot]
+	observer atomic.Pointer[observerBox]
 
 	mu        sync.Mutex
 	members   []*member
 	index     map[netip.AddrPort]*member
-	populated bool // the pool has been in service: later joins slow-start
+	populated bool   // the pool has been in service: later joins slow-start
+	join      Health // health of members that join from now on
 	timer     *time.Timer
 	closed    bool
 }
@@ -149,11 +157,15 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.EWMADecay == 0 {
 		cfg.EWMADecay = DefaultEWMADecay
 	}
+	if cfg.Name == "" {
+		cfg.Name = "default"
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Pool{cfg: cfg, log: log, index: make(map[netip.AddrPort]*member)}
+	log = log.With("pool", cfg.Name)
+	p := &Pool{cfg: cfg, log: log, index: make(map[netip.AddrPort]*member), join: Healthy}
 	p.snap.Store(&Snapshot{Picker: ErrPicker(ErrNoBackend), changed: make(chan struct{})})
 	return p, nil
 }
@@ -166,6 +178,46 @@ func MustNew(cfg Config) *Pool {
 		panic(err)
 	}
 	return p
+}
+
+// observerBox holds an Observer behind one pointer, so Done reads it with
+// one atomic load.
+type observerBox struct{ o Observer }
+
+// Name returns the pool's name ("default" when Config.Name was empty).
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// SetObserver makes o receive the outcome of every unit of work that ends
+// on a member (see [Endpoint.Done]); nil removes it. A health checker that
+// follows the pool installs itself here, so front-ends report outcomes
+// once, through Done. It returns the observer it replaced.
+func (p *Pool) SetObserver(o Observer) Observer {
+	var box *observerBox
+	if o != nil {
+		box = &observerBox{o}
+	}
+	if old := p.observer.Swap(box); old != nil {
+		return old.o
+	}
+	return nil
+}
+
+// Observer returns the pool's observer, or nil.
+func (p *Pool) Observer() Observer {
+	if b := p.observer.Load(); b != nil {
+		return b.o
+	}
+	return nil
+}
+
+// SetJoinHealth sets the health of members that join the pool from now
+// on: [Healthy] (the default, for a pool without a checker), or
+// [HealthUnknown] for a pool whose checker must judge a member before it
+// gets work. health.Checker.Follow sets it.
+func (p *Pool) SetJoinHealth(h Health) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.join = h
 }
 
 // Pick chooses an endpoint from the current snapshot. It never blocks and
@@ -208,8 +260,9 @@ func (p *Pool) Len() int {
 
 // Set replaces the membership with backends, in that order. Members whose
 // address and zone are unchanged keep their Endpoint (counters, health,
-// drain); new ones start healthy and, if the pool was already in service,
-// slow-start. Duplicate addresses are an error and change nothing.
+// drain) and take the new weight and metadata; new ones start healthy
+// and, if the pool was already in service, slow-start. Duplicate addresses
+// are an error and change nothing.
 func (p *Pool) Set(backends []Backend) error {
 	seen := make(map[netip.AddrPort]struct{}, len(backends))
 	for _, b := range backends {
@@ -229,9 +282,9 @@ func (p *Pool) Set(backends []Backend) error {
 	changed := len(backends) != len(p.members)
 	for i, b := range backends {
 		m := p.index[b.Addr]
-		if m == nil || m.ep.zone != b.Zone {
+		if m == nil || m.ep.Zone() != b.Zone {
 			m = p.newMember(b, now)
-		} else if m.ep.weight.Swap(b.weight()) != b.weight() {
+		} else if p.updateLocked(m, b) {
 			changed = true
 		}
 		changed = changed || p.members[i] != m
@@ -243,8 +296,8 @@ func (p *Pool) Set(backends []Backend) error {
 	return nil
 }
 
-// Add adds b, or updates the weight of the member with b's address (a
-// changed zone replaces the member).
+// Add adds b, or updates the weight and metadata of the member with b's
+// address (a changed zone replaces the member).
 func (p *Pool) Add(b Backend) error {
 	if !b.Addr.IsValid() {
 		return errors.New("balancer: invalid backend address")
@@ -253,8 +306,8 @@ func (p *Pool) Add(b Backend) error {
 	defer p.mu.Unlock()
 	now := time.Now()
 	changed := true
-	if m := p.index[b.Addr]; m != nil && m.ep.zone == b.Zone {
-		changed = m.ep.weight.Swap(b.weight()) != b.weight()
+	if m := p.index[b.Addr]; m != nil && m.ep.Zone() == b.Zone {
+		changed = p.updateLocked(m, b)
 	} else {
 		nm := p.newMember(b, now)
 		if m != nil {
@@ -293,21 +346,41 @@ func (p *Pool) Remove(addr netip.AddrPort) bool {
 	return true
 }
 
-// SetHealthy sets the health of the member with address addr and reports
-// whether it changed. A member that becomes healthy slow-starts.
+// SetHealthy sets the health of the member with address addr to
+// [Healthy] or [Unhealthy] and reports whether it changed. See
+// [Pool.SetHealth].
 func (p *Pool) SetHealthy(addr netip.AddrPort, healthy bool) bool {
+	h := Unhealthy
+	if healthy {
+		h = Healthy
+	}
+	return p.SetHealth(addr, h)
+}
+
+// SetHealth sets the health of the member with address addr and reports
+// whether it changed. A member that turns Healthy from Unhealthy
+// slow-starts (it failed, so it may be cold); one that turns Healthy from
+// HealthUnknown (its first verdict) gets its full weight at once, unless
+// it joined after the pool was in service, when it ramps from that
+// verdict.
+func (p *Pool) SetHealth(addr netip.AddrPort, h Health) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := p.index[addr]
-	if m == nil || m.ep.healthy.Load() == healthy {
+	if m == nil || m.ep.Health() == h {
 		return false
 	}
-	m.ep.healthy.Store(healthy)
+	prev := m.ep.Health()
+	m.ep.unknown.Store(h == HealthUnknown)
+	m.ep.healthy.Store(h == Healthy)
 	now := time.Now()
-	if healthy && p.cfg.SlowStart > 0 {
+	if h == Healthy && p.cfg.SlowStart > 0 && (prev == Unhealthy || m.late) {
 		m.readySince = now
 	}
-	p.log.Debug("balancer: health changed", "backend", addr, "healthy", healthy)
+	if h == Healthy {
+		m.late = false
+	}
+	p.log.Debug("balancer: health changed", "backend", addr, "health", h, "prev", prev)
 	p.rebuildLocked(now, true)
 	return true
 }
@@ -328,6 +401,43 @@ func (p *Pool) SetDraining(addr netip.AddrPort, draining bool) bool {
 		m.readySince = now
 	}
 	p.log.Debug("balancer: drain changed", "backend", addr, "draining", draining)
+	p.rebuildLocked(now, true)
+	return true
+}
+
+// Override is an operator's decision about one member that stands above
+// its configuration, its health checker and its agent: drained (no new
+// work, work in flight finishes) or given a weight. The zero value is no
+// override.
+type Override struct {
+	// Drain takes the member out of new picks.
+	Drain bool
+	// Weight, when not zero, replaces the member's weight.
+	Weight uint32
+}
+
+// SetOverride sets the operator's override on the member with address
+// addr (the zero Override clears it) and reports whether the member
+// exists. The override outlives health and agent changes and
+// [Pool.Set] calls that keep the member; it goes with the member.
+func (p *Pool) SetOverride(addr netip.AddrPort, o Override) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.index[addr]
+	if m == nil {
+		return false
+	}
+	if m.ep.Override() == o {
+		return true
+	}
+	wasDrained := m.ep.adminDrain.Load()
+	m.ep.adminDrain.Store(o.Drain)
+	m.ep.adminWeight.Store(o.Weight)
+	now := time.Now()
+	if wasDrained && !o.Drain && !m.ep.draining.Load() && p.cfg.SlowStart > 0 {
+		m.readySince = now
+	}
+	p.log.Info("balancer: override changed", "backend", addr, "drain", o.Drain, "weight", o.Weight)
 	p.rebuildLocked(now, true)
 	return true
 }
@@ -365,11 +475,30 @@ func (p *Pool) Close() error {
 func (p *Pool) newMember(b Backend, now time.Time) *member {
 	ep := NewEndpoint(b)
 	ep.decay = float64(p.cfg.EWMADecay)
+	in := *ep.info.Load()
+	in.pool = p
+	ep.info.Store(&in)
+	if p.join != Healthy {
+		ep.healthy.Store(false)
+		ep.unknown.Store(p.join == HealthUnknown)
+	}
 	m := &member{ep: ep}
 	if p.populated && p.cfg.SlowStart > 0 {
 		m.readySince = now
+		m.late = true
 	}
 	return m
+}
+
+// updateLocked applies b's weight and metadata to m and reports whether
+// either changed. p.mu must be held.
+func (p *Pool) updateLocked(m *member, b Backend) bool {
+	changed := m.ep.weight.Swap(b.weight()) != b.weight()
+	if in := m.ep.info.Load(); !maps.Equal(in.meta, b.Meta) && (len(in.meta) > 0 || len(b.Meta) > 0) {
+		m.ep.info.Store(&endpointInfo{zone: in.zone, meta: cloneMeta(b.Meta), pool: in.pool})
+		changed = true
+	}
+	return changed
 }
 
 // rampFactor returns the fraction of its weight m gets at now, and when
@@ -406,7 +535,7 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	}
 	var healthy, serving int
 	for _, m := range p.members {
-		if m.ep.draining.Load() {
+		if m.ep.Draining() {
 			continue
 		}
 		serving++
@@ -421,7 +550,7 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	if z := p.cfg.LocalZone; z != "" && !panicking {
 		var local, localReady int
 		for _, m := range p.members {
-			if m.ep.zone != z || m.ep.draining.Load() {
+			if m.ep.Zone() != z || m.ep.Draining() {
 				continue
 			}
 			local++
@@ -436,17 +565,17 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	ready := make([]Weighted, 0, len(p.members))
 	for _, m := range p.members {
 		ep := m.ep
-		if ep.draining.Load() || (!panicking && !ep.healthy.Load()) {
+		if ep.Draining() || (!panicking && !ep.healthy.Load()) {
 			continue
 		}
-		if useLocal && ep.zone != p.cfg.LocalZone {
+		if useLocal && ep.Zone() != p.cfg.LocalZone {
 			continue
 		}
 		f, at := p.rampFactor(m, now)
 		if !at.IsZero() && (next.IsZero() || at.Before(next)) {
 			next = at
 		}
-		ready = append(ready, Weighted{Endpoint: ep, Weight: float64(ep.weight.Load()) * f})
+		ready = append(ready, Weighted{Endpoint: ep, Weight: float64(ep.Weight()) * f})
 	}
 
 	if p.timer != nil {

@@ -402,3 +402,140 @@ func TestHashHelpers(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+// The first verdict on a member (unknown to healthy) gives it its full
+// weight: it has not failed. A member that joins later ramps from its
+// first verdict; one that recovers from unhealthy ramps too.
+func TestHealthUnknownSkipsSlowStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := balancer.MustNew(balancer.Config{Builder: maglev.Builder{Size: 1021}, SlowStart: 10 * time.Second})
+		defer p.Close()
+		require.NoError(t, p.Set(backends(2)))
+		weightOf := func(a netip.AddrPort) float64 {
+			for _, w := range p.Snapshot().Ready {
+				if w.Endpoint.Addr() == a {
+					return w.Weight
+				}
+			}
+			return 0
+		}
+		// A checker marks members it has not judged yet unknown: not ready.
+		assert.True(t, p.SetHealth(addr(0), balancer.HealthUnknown))
+		assert.True(t, p.SetHealth(addr(1), balancer.HealthUnknown))
+		assert.Empty(t, p.Snapshot().Ready)
+		assert.Equal(t, balancer.HealthUnknown, p.Endpoint(addr(0)).Health())
+		// First verdicts: full weight at once.
+		assert.True(t, p.SetHealth(addr(0), balancer.Healthy))
+		assert.True(t, p.SetHealth(addr(1), balancer.Healthy))
+		assert.Equal(t, 1.0, weightOf(addr(0)))
+		assert.Equal(t, 1.0, weightOf(addr(1)))
+		assert.False(t, p.SetHealth(addr(1), balancer.Healthy), "no change")
+
+		// A member that joins the pool in service ramps from its verdict.
+		require.NoError(t, p.Add(balancer.Backend{Addr: addr(2)}))
+		p.SetHealth(addr(2), balancer.HealthUnknown)
+		time.Sleep(5 * time.Second)
+		p.SetHealth(addr(2), balancer.Healthy)
+		assert.InDelta(t, 0.1, weightOf(addr(2)), 1e-9)
+
+		// Recovery ramps.
+		p.SetHealth(addr(0), balancer.Unhealthy)
+		assert.Equal(t, balancer.Unhealthy, p.Endpoint(addr(0)).Health())
+		p.SetHealth(addr(0), balancer.Healthy)
+		assert.InDelta(t, 0.1, weightOf(addr(0)), 1e-9)
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		assert.Equal(t, 1.0, weightOf(addr(0)))
+	})
+}
+
+// Metadata lives on the member: Set updates it in place (counters kept)
+// and publishes a snapshot; the pool copies the caller's map.
+func TestMeta(t *testing.T) {
+	p := balancer.MustNew(balancer.Config{Builder: &countingBuilder{}, Name: "web"})
+	assert.Equal(t, "web", p.Name())
+	meta := map[string]string{"url": "http://a.test/"}
+	require.NoError(t, p.Set([]balancer.Backend{{Addr: addr(0), Meta: meta}}))
+	meta["url"] = "changed by the caller"
+	ep := p.Endpoint(addr(0))
+	assert.Equal(t, "http://a.test/", ep.Meta("url"))
+	assert.Equal(t, "", ep.Meta("missing"))
+	ep.Start()
+	v := p.Snapshot().Version
+	require.NoError(t, p.Set([]balancer.Backend{{Addr: addr(0), Meta: map[string]string{"url": "http://b.test/"}}}))
+	assert.Same(t, ep, p.Endpoint(addr(0)), "same member")
+	assert.Equal(t, "http://b.test/", ep.Meta("url"))
+	assert.Equal(t, int64(1), ep.InFlight(), "counters kept")
+	assert.Greater(t, p.Snapshot().Version, v, "a metadata change publishes a snapshot")
+	v = p.Snapshot().Version
+	require.NoError(t, p.Set([]balancer.Backend{{Addr: addr(0), Meta: map[string]string{"url": "http://b.test/"}}}))
+	assert.Equal(t, v, p.Snapshot().Version, "same metadata: no snapshot")
+	assert.Equal(t, map[string]string{"url": "http://b.test/"}, ep.Backend().Meta)
+	ep.Done(nil, 0)
+	assert.Equal(t, "default", balancer.MustNew(balancer.Config{Builder: &countingBuilder{}}).Name())
+}
+
+type recordingObserver struct {
+	mu   sync.Mutex
+	got  []string
+	errs []error
+}
+
+func (o *recordingObserver) ObserveDone(ep *balancer.Endpoint, err error, latency time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.got = append(o.got, ep.Addr().String()+" "+latency.String())
+	o.errs = append(o.errs, err)
+}
+
+// Done reports every outcome to the pool's observer, once.
+func TestObserver(t *testing.T) {
+	p := balancer.MustNew(balancer.Config{Builder: &countingBuilder{}})
+	require.NoError(t, p.Set(backends(1)))
+	o := &recordingObserver{}
+	assert.Nil(t, p.SetObserver(o))
+	assert.Same(t, o, p.Observer())
+	ep, err := p.Pick(balancer.PickInfo{})
+	require.NoError(t, err)
+	boom := errors.New("boom")
+	ep.Start()
+	ep.Done(boom, 3*time.Millisecond)
+	ep.Start()
+	ep.Done(nil, 0)
+	assert.Equal(t, []string{addr(0).String() + " 3ms", addr(0).String() + " 0s"}, o.got)
+	assert.Equal(t, []error{boom, nil}, o.errs)
+	assert.Same(t, o, p.SetObserver(nil))
+	ep.Start()
+	ep.Done(boom, 0)
+	assert.Len(t, o.got, 2, "removed observer hears nothing")
+	// A standalone endpoint has no pool and no observer.
+	lone := balancer.NewEndpoint(balancer.Backend{Addr: addr(9)})
+	assert.Nil(t, lone.Pool())
+	lone.Start()
+	lone.Done(boom, 0)
+	assert.Same(t, p, ep.Pool())
+}
+
+// An operator's override stands above health and configuration and goes
+// with the member.
+func TestOverride(t *testing.T) {
+	p := balancer.MustNew(balancer.Config{Builder: &countingBuilder{}})
+	require.NoError(t, p.Set(backends(2)))
+	assert.True(t, p.SetOverride(addr(0), balancer.Override{Drain: true}))
+	assert.Equal(t, []netip.AddrPort{addr(1)}, readyAddrs(p.Snapshot()))
+	assert.True(t, p.Endpoint(addr(0)).Draining())
+	// The health checker undraining (agent "up") does not undo it.
+	p.SetDraining(addr(0), false)
+	assert.Equal(t, []netip.AddrPort{addr(1)}, readyAddrs(p.Snapshot()))
+	// A reload that keeps the member keeps the override.
+	require.NoError(t, p.Set([]balancer.Backend{{Addr: addr(0), Weight: 3}, {Addr: addr(1)}}))
+	assert.Equal(t, balancer.Override{Drain: true}, p.Endpoint(addr(0)).Override())
+	assert.True(t, p.SetOverride(addr(0), balancer.Override{Weight: 7}))
+	assert.Equal(t, []netip.AddrPort{addr(0), addr(1)}, readyAddrs(p.Snapshot()))
+	assert.EqualValues(t, 7, p.Endpoint(addr(0)).Weight())
+	assert.EqualValues(t, 3, p.Endpoint(addr(0)).Backend().Weight, "configured weight kept underneath")
+	assert.Equal(t, 7.0, p.Snapshot().Ready[0].Weight)
+	assert.True(t, p.SetOverride(addr(0), balancer.Override{}))
+	assert.EqualValues(t, 3, p.Endpoint(addr(0)).Weight())
+	assert.False(t, p.SetOverride(addr(5), balancer.Override{Drain: true}), "no such member")
+}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // Defaults for the fields of [Target] left zero.
@@ -72,8 +74,10 @@ type Target struct {
 	// Jitter is the most by which each delay between probes is shortened
 	// or lengthened at random, so that many targets do not fire in
 	// lockstep. It is capped at half the delay. Zero means a tenth of the
-	// delay; negative disables jitter. The first probe always fires after
-	// a random fraction of the delay.
+	// delay; negative disables jitter. The first probe of a target whose
+	// Initial state is Unknown fires at once (it cannot serve before);
+	// otherwise it, and the next probe after a schedule change, fire
+	// after a random fraction of the delay.
 	Jitter time.Duration
 	// DownInterval is the time between probes while the target is
 	// unhealthy (HAProxy's downinter), usually shorter than Interval so a
@@ -96,10 +100,10 @@ type Target struct {
 	// Initial is the state before the probes have spoken. Unknown (the
 	// zero value) waits for the first probe, whose result decides at
 	// once; Healthy assumes the target healthy until Fall probes fail;
-	// Unhealthy needs Rise successes first. Draining is not allowed.
-	// Under [Checker.Drive], an Unknown target stays out of the pool's
-	// ready set until its first probe, which fires a random fraction of
-	// Interval after SetTarget: use Healthy to serve at once.
+	// Unhealthy needs Rise successes first. Draining is not allowed. The
+	// first probe runs as soon as the target is added, so an Unknown
+	// member of a followed pool is out of its ready set only until that
+	// probe answers.
 	Initial State
 
 	// Weight is the configured weight of the target, the base that agent
@@ -165,9 +169,10 @@ type Checker struct {
 
 	targets atomic.Pointer[map[netip.AddrPort]*target] // immutable; replaced under mu
 
-	mu      sync.Mutex // guards writes to targets, ejected, closed and each target's ejection record
-	ejected int        // targets ejected right now
-	closed  bool
+	mu        sync.Mutex // guards writes to targets, followers, ejected, closed, each target's owners and ejection record
+	followers map[*balancer.Pool]*follower
+	ejected   int // targets ejected right now
+	closed    bool
 
 	subMu sync.Mutex
 	subs  atomic.Pointer[[]*subscriber] // immutable; replaced under subMu
@@ -185,10 +190,11 @@ func New(cfg Config) (*Checker, error) {
 		return nil, err
 	}
 	c := &Checker{
-		log:     cfg.Logger,
-		rand:    cfg.Rand,
-		passive: p,
-		qwake:   make(chan struct{}, 1),
+		log:       cfg.Logger,
+		rand:      cfg.Rand,
+		passive:   p,
+		qwake:     make(chan struct{}, 1),
+		followers: make(map[*balancer.Pool]*follower),
 	}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -215,6 +221,12 @@ func New(cfg Config) (*Checker, error) {
 // history; a new probe interval takes effect at once. A new target
 // publishes an [Event] with Reason "added" and its initial state. It
 // returns an error if t is invalid or the checker is closed.
+//
+// SetTarget is for addresses outside any pool (monitoring a dependency,
+// a backend of a system lbkit does not balance): members of a pool are
+// checked through [Checker.Follow], which needs no per-member call. A
+// target set here for a member of a followed pool replaces that member's
+// template configuration and is kept after the member leaves the pool.
 func (c *Checker) SetTarget(t Target) error {
 	if err := t.validate(); err != nil {
 		return err
@@ -227,6 +239,7 @@ func (c *Checker) SetTarget(t Target) error {
 	}
 	old := *c.targets.Load()
 	if tg := old[t.Addr]; tg != nil {
+		tg.standalone = true
 		tg.reconfigure(t)
 		return nil
 	}
@@ -235,15 +248,17 @@ func (c *Checker) SetTarget(t Target) error {
 		next[k] = v
 	}
 	tg := c.newTarget(t)
+	tg.standalone = true
 	next[t.Addr] = tg
 	c.targets.Store(&next)
 	c.startLocked(tg)
 	return nil
 }
 
-// SetTargets makes ts the whole set of targets in one step, as a
-// configuration reload does: targets not in ts are removed, the others
-// are added or replaced as by [Checker.SetTarget]. It rebuilds the lookup
+// SetTargets makes ts the whole set of targets set through
+// [Checker.SetTarget] in one step, as a configuration reload does: such
+// targets not in ts are removed (unless a followed pool has them), the
+// others are added or replaced as by SetTarget. It rebuilds the lookup
 // table once, where a SetTarget per target rebuilds it each time. It
 // returns an error, and changes nothing, if a target is invalid, two
 // share an address or the checker is closed.
@@ -270,20 +285,28 @@ func (c *Checker) SetTargets(ts []Target) error {
 	var added []*target
 	for _, t := range cfgs {
 		if tg := old[t.Addr]; tg != nil {
+			tg.standalone = true
 			tg.reconfigure(t)
 			next[t.Addr] = tg
 			continue
 		}
 		tg := c.newTarget(t)
+		tg.standalone = true
 		next[t.Addr] = tg
 		added = append(added, tg)
 	}
-	c.targets.Store(&next)
 	for a, tg := range old {
-		if _, keep := next[a]; !keep {
-			c.removedLocked(tg)
+		if _, keep := next[a]; keep {
+			continue
 		}
+		if len(tg.owners()) > 0 {
+			tg.standalone = false
+			next[a] = tg
+			continue
+		}
+		c.removedLocked(tg)
 	}
+	c.targets.Store(&next)
 	for _, tg := range added {
 		c.startLocked(tg)
 	}
@@ -302,7 +325,8 @@ func (c *Checker) startLocked(tg *target) {
 
 // RemoveTarget stops watching the target with address addr and reports
 // whether it was there. A probe in flight is cancelled. It publishes an
-// [Event] with Reason "removed" and State Unknown.
+// [Event] with Reason "removed" and State Unknown. A target that a
+// followed pool has stays, for that pool.
 func (c *Checker) RemoveTarget(addr netip.AddrPort) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -310,6 +334,10 @@ func (c *Checker) RemoveTarget(addr netip.AddrPort) bool {
 	tg := old[addr]
 	if tg == nil {
 		return false
+	}
+	if len(tg.owners()) > 0 {
+		tg.standalone = false
+		return true
 	}
 	next := make(map[netip.AddrPort]*target, len(old))
 	for k, v := range old {
@@ -331,7 +359,7 @@ func (c *Checker) removedLocked(tg *target) {
 	tg.cancel()
 	tg.mu.Lock()
 	tg.removed = true
-	tg.emitLocked(Event{Target: tg.addr, State: Unknown, Prev: tg.state, Reason: "removed", Time: time.Now()})
+	tg.emitLocked(Event{Target: tg.addr, Pools: tg.poolNames(), State: Unknown, Prev: tg.state, Reason: "removed", Time: time.Now()})
 	tg.mu.Unlock()
 }
 
@@ -413,7 +441,19 @@ func (c *Checker) Close() error {
 	for _, tg := range *c.targets.Load() {
 		tg.cancel()
 	}
+	var pools []*balancer.Pool
+	for p, f := range c.followers {
+		close(f.done)
+		pools = append(pools, p)
+	}
+	clear(c.followers)
 	c.mu.Unlock()
+	for _, p := range pools {
+		if p.Observer() == balancer.Observer(c) {
+			p.SetObserver(nil)
+		}
+		p.SetJoinHealth(balancer.Healthy)
+	}
 	c.cancel()
 	c.wg.Wait()
 	return nil

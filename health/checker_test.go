@@ -53,8 +53,10 @@ func TestInitialState(t *testing.T) {
 		after   []tr // events after the first probe
 		later   []tr // events after the second probe
 	}{
-		{name: "unknown waits for a success", initial: Unknown, added: Unknown, after: []tr{{Healthy, "probe"}}},
-		{name: "unknown waits for a failure", initial: Unknown, fail: true, added: Unknown, after: []tr{{Unhealthy, "probe"}}},
+		// Unknown targets are probed at once: the verdict comes with the
+		// "added" event's first Wait, so it is checked separately below.
+		{name: "unknown waits for a success", initial: Unknown, added: Unknown, after: nil},
+		{name: "unknown waits for a failure", initial: Unknown, fail: true, added: Unknown, after: nil},
 		{name: "healthy until fall", initial: Healthy, fail: true, added: Healthy},
 		{name: "unhealthy until rise", initial: Unhealthy, added: Unhealthy, later: []tr{{Healthy, "probe"}}},
 		{name: "passive only counts as healthy", initial: Unknown, nilProb: true, added: Healthy},
@@ -70,8 +72,18 @@ func TestInitialState(t *testing.T) {
 				}
 				require.NoError(t, c.SetTarget(tg))
 				synctest.Wait()
-				assert.Equal(t, []tr{{tc.added, "added"}}, transitions(rec.take()))
-				assert.Equal(t, tc.added, c.State(addr(1)))
+				added := []tr{{tc.added, "added"}}
+				if tc.initial == Unknown && !tc.nilProb {
+					verdict := Healthy
+					if tc.fail {
+						verdict = Unhealthy
+					}
+					added = append(added, tr{verdict, "probe"})
+				}
+				assert.Equal(t, added, transitions(rec.take()))
+				if len(added) == 1 {
+					assert.Equal(t, tc.added, c.State(addr(1)))
+				}
 				step(time.Second)
 				assert.Equal(t, tc.after, transitions(rec.take()))
 				step(time.Second)
@@ -123,7 +135,7 @@ func TestJitterSpread(t *testing.T) {
 		})
 		for i := range n {
 			a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 80)
-			require.NoError(t, c.SetTarget(Target{Addr: a, Probe: probe, Interval: interval, Jitter: jitter}))
+			require.NoError(t, c.SetTarget(Target{Addr: a, Probe: probe, Interval: interval, Jitter: jitter, Initial: Healthy}))
 		}
 		step(5 * interval)
 		mu.Lock()
@@ -180,7 +192,7 @@ func TestProbeTimeout(t *testing.T) {
 			<-ctx.Done()
 			return Report{}, ctx.Err()
 		})
-		require.NoError(t, c.SetTarget(Target{Addr: addr(1), Probe: hang, Interval: 4 * time.Second, Timeout: time.Second}))
+		require.NoError(t, c.SetTarget(Target{Addr: addr(1), Probe: hang, Interval: 4 * time.Second, Timeout: time.Second, Initial: Healthy, Fall: 1}))
 		synctest.Wait()
 		rec.take()
 		step(2500 * time.Millisecond) // probe starts at 2 s, times out at 3 s
@@ -401,7 +413,7 @@ func TestDefaults(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, passiveParams{consecutive: 5, bucketNanos: int64(time.Second), buckets: 10,
 		minRequests: 20, minSlow: 10, slowRate: 0.5, base: 30 * time.Second, maxEj: 300 * time.Second,
-		maxEjectPct: 10}, p)
+		maxEjectPct: 10, probeUneject: true}, p)
 	p, err = PassiveConfig{ConsecutiveFailures: -1, BaseEjection: time.Hour}.params()
 	require.NoError(t, err)
 	assert.Zero(t, p.consecutive)

@@ -10,35 +10,38 @@
 //     schedule with HAProxy-style rise and fall thresholds, a probe
 //     timeout, and faster intervals while the target is down or changing
 //     state.
-//   - Passive outcomes that front-ends report through [Checker.Observe]
-//     (the [Observer] interface) feed Envoy-style outlier detection:
-//     consecutive failures, a failure rate and a slow-response rate over a
-//     bucketed sliding window. An outlier is ejected for a time that grows
-//     with each ejection (base × n, capped) and decays while it behaves,
-//     and never more than a configured share of the targets is ejected at
-//     once.
+//   - Passive outcomes: every unit of work a front-end ends with
+//     [balancer.Endpoint.Done] reaches the checker that follows the pool
+//     (it is the pool's [balancer.Observer]) and feeds Envoy-style outlier
+//     detection: consecutive failures, a failure rate and a slow-response
+//     rate over a bucketed sliding window. An outlier is ejected for a
+//     time that grows with each ejection (base × n, capped) and decays
+//     while it behaves, until a probe passes (unless
+//     [PassiveConfig.HoldEjection]), and never more than a configured
+//     share of the targets is ejected at once.
 //   - Agent reports (HAProxy agent-check words: "up", "ready", "drain",
 //     "maint", "down", "75%", "weight=10", parsed by [ParseAgent]), read
 //     from an agent port by [Agent] or from a response header by [HTTP]:
 //     an operator or the backend itself can drain a target or change its
 //     weight.
 //
-// Changes are published as [Event] values on transitions only (see
-// [Checker.Subscribe]); [Checker.Drive] wires a checker to a
-// [balancer.Pool] in one call, so the pool's ready set, drain and weights
-// follow the checker.
+// The pool is the one list of members: [Checker.Follow] makes the checker
+// probe every member of a [balancer.Pool] from a [Template], follow the
+// pool's membership as it changes, and keep the pool's health, drain and
+// weights in step. Changes are also published as [Event] values on
+// transitions only (see [Checker.Subscribe]).
 //
-// Wiring a pool takes three calls:
+// Wiring a pool takes two calls, and front-ends need none:
 //
 //	chk, err := health.New(health.Config{})
 //	// ...
-//	err = chk.SetTarget(health.Target{Addr: addr, Probe: health.HTTP{Path: "/healthz"}})
-//	// ...
-//	defer chk.Drive(pool)() // pool.SetHealthy, SetDraining, SetWeight from now on
+//	err = chk.Follow(pool, health.Template{Probe: health.HTTP{Path: "/healthz"}})
 //
-// and front-ends report what they see with chk.Observe(addr, outcome).
+// Members start unknown (out of the ready set) and are probed at once;
+// a first verdict gives full weight, a recovery slow-starts. Addresses
+// outside any pool can be checked with [Checker.SetTarget].
 //
-// Observe is the hot path: it looks the target up through an atomic
+// Observe, the passive hot path, looks the target up through an atomic
 // pointer to an immutable map, updates per-target atomics and never
 // allocates, locks or blocks. Everything slower (ejection, events, logs)
 // happens on the target's own goroutine.

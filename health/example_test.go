@@ -2,6 +2,7 @@ package health_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -57,7 +58,7 @@ func Example() {
 		names[netip.MustParseAddrPort(srv.Listener.Addr().String())] = name
 	}
 
-	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	pool := balancer.MustNew(balancer.Config{Name: "web", Builder: maglev.Builder{}})
 	defer pool.Close()
 	chk, err := health.New(health.Config{
 		Logger:  slog.New(slog.DiscardHandler),
@@ -68,34 +69,35 @@ func Example() {
 	}
 	defer chk.Close()
 
+	// The pool is the one list of members; the checker follows it.
 	var backends []balancer.Backend
 	for addr := range names {
 		backends = append(backends, balancer.Backend{Addr: addr})
-		err := chk.SetTarget(health.Target{
-			Addr:     addr,
-			Probe:    health.HTTP{Path: "/healthz", BodyContains: "ok"},
-			Interval: 50 * time.Millisecond,
-			Fall:     2,
-		})
-		if err != nil {
-			panic(err)
-		}
 	}
 	if err := pool.Set(backends); err != nil {
 		panic(err)
 	}
-	defer chk.Drive(pool)()
-	// Targets start Unknown: each joins the ready set after its first probe.
+	err = chk.Follow(pool, health.Template{
+		Probe:    health.HTTP{Path: "/healthz", BodyContains: "ok"},
+		Interval: 50 * time.Millisecond,
+		Fall:     2,
+	})
+	if err != nil {
+		panic(err)
+	}
+	// Members start unknown; the first probes run at once.
 	waitReady(pool, names, "a b c")
 
 	servers[1].Close() // b dies
 	waitReady(pool, names, "a c")
 
-	// The front-end sees c fail five times in a row.
-	for addr, name := range names {
-		if name == "c" {
+	// A front-end's requests to c fail five times in a row: it reports
+	// each through Done, as it does for every request.
+	for _, ep := range pool.Endpoints() {
+		if names[ep.Addr()] == "c" {
 			for range 5 {
-				chk.Observe(addr, health.Outcome{Failed: true})
+				ep.Start()
+				ep.Done(errors.New("503 from c"), time.Millisecond)
 			}
 		}
 	}

@@ -1,7 +1,9 @@
 package health
 
 import (
+	"errors"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -31,6 +33,21 @@ func (s State) String() string {
 	}
 }
 
+// MarshalText returns the state's name, so states read well in JSON and
+// in log lines.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses a state's name as String prints it.
+func (s *State) UnmarshalText(b []byte) error {
+	for v := Unknown; v <= Draining; v++ {
+		if v.String() == string(b) {
+			*s = v
+			return nil
+		}
+	}
+	return errors.New("health: unknown state " + strconv.Quote(string(b)))
+}
+
 // Outcome is what a front-end observed of one unit of work sent to a
 // target, reported through an Observer. It is a small value so reporting
 // it does not allocate.
@@ -43,11 +60,16 @@ type Outcome struct {
 	// Latency is the time the target took (to the response header, for
 	// HTTP), or zero if unknown.
 	Latency time.Duration
+	// Err is the failure, if there is one to tell; the ejection event it
+	// leads to carries the last one.
+	Err error
 }
 
-// Observer receives passive outcomes from front-ends. *Checker implements
-// it; front-ends accept the interface so they can be used without active
-// health checking. Observe must not block or allocate.
+// Observer receives passive outcomes by address. *Checker implements it.
+// Front-ends need not: they report through [balancer.Endpoint.Done], which
+// reaches the checker that follows the pool (see [Checker.Follow]); this
+// interface serves code that does its own work outside a pool. Observe
+// must not block or allocate.
 type Observer interface {
 	Observe(target netip.AddrPort, o Outcome)
 }
@@ -60,6 +82,9 @@ type Observer interface {
 type Event struct {
 	// Target is the address of the target that changed.
 	Target netip.AddrPort
+	// Pools names the followed pools that have the target as a member
+	// (see [Checker.Follow]); nil for a target set with SetTarget alone.
+	Pools []string
 	// State is the new state; Prev the one before.
 	State, Prev State
 	// Weight is the weight the target asked for through an agent report
@@ -70,7 +95,8 @@ type Event struct {
 	// "agent", "ejection expired", "added", "removed", "reconfigured" (a
 	// new configured weight rescaled an agent percentage).
 	Reason string
-	// Err is the last probe or passive error behind the change, if any.
+	// Err is the probe error, or the last failed outcome's error for a
+	// passive ejection, behind the change, if any.
 	Err error
 	// Time is when the transition happened.
 	Time time.Time

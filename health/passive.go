@@ -72,12 +72,14 @@ type PassiveConfig struct {
 	// share. Zero means 10.
 	MaxEjectedPercent float64
 
-	// UnejectOnProbeSuccess ends an ejection as soon as an active probe
-	// of the target passes (Envoy's successful_active_health_check_
-	// uneject_host, which Envoy enables by default). Off by default here:
-	// passive detection exists to catch what a health endpoint does not
-	// show, and a probe every few seconds would cut every ejection short.
-	UnejectOnProbeSuccess bool
+	// HoldEjection keeps an ejected target out for its whole ejection
+	// time even when its active probes pass. By default (false) a passing
+	// probe ends the ejection, as Envoy's
+	// successful_active_health_check_uneject_host does by default: the
+	// probe is the more direct evidence. Set it when the health endpoint
+	// cannot see what passive detection catches (a backend whose /healthz
+	// answers while its real requests fail).
+	HoldEjection bool
 }
 
 // passiveParams is a validated PassiveConfig with defaults applied.
@@ -122,7 +124,7 @@ func (p PassiveConfig) params() (passiveParams, error) {
 		base:         p.BaseEjection,
 		maxEj:        p.MaxEjection,
 		maxEjectPct:  p.MaxEjectedPercent,
-		probeUneject: p.UnejectOnProbeSuccess,
+		probeUneject: !p.HoldEjection,
 	}
 	if q.consecutive == 0 {
 		q.consecutive = 5
@@ -198,6 +200,11 @@ func (c *Checker) Observe(addr netip.AddrPort, o Outcome) {
 		return
 	}
 	if o.Failed {
+		if o.Err != nil {
+			t.errMu.Lock()
+			t.passiveErr = o.Err
+			t.errMu.Unlock()
+		}
 		if n := t.consec.Add(1); p.consecutive > 0 && n >= p.consecutive {
 			t.wake()
 		}
@@ -347,8 +354,11 @@ func (c *Checker) evalPassive(t *target) time.Duration {
 	c.mu.Unlock()
 
 	c.log.Debug("health: ejecting", "target", t.addr, "reason", reason, "for", d, "ejections", n)
+	t.errMu.Lock()
+	err := t.passiveErr
+	t.errMu.Unlock()
 	t.mu.Lock()
-	t.publishLocked(0, reason, nil, false)
+	t.publishLocked(0, reason, err, false)
 	t.mu.Unlock()
 	return d
 }

@@ -2,12 +2,14 @@ package health
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -258,7 +260,7 @@ func TestObserveUnknownAndDisabled(t *testing.T) {
 
 func TestEjectionOfProbedTarget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, rec := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: 10 * time.Second}})
+		c, rec := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: 10 * time.Second, HoldEjection: true}})
 		p := &switchProbe{}
 		a := addr(1)
 		require.NoError(t, c.SetTarget(Target{Addr: a, Probe: p, Interval: time.Second}))
@@ -348,9 +350,10 @@ func TestEjectionNotDelayedByHangingProbe(t *testing.T) {
 	})
 }
 
+// By default a passing probe ends an ejection (Envoy's default).
 func TestUnejectOnProbeSuccess(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, rec := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: time.Minute, UnejectOnProbeSuccess: true}})
+		c, rec := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: time.Minute}})
 		p := &switchProbe{}
 		a := addr(1)
 		require.NoError(t, c.SetTarget(Target{Addr: a, Probe: p, Interval: 10 * time.Second, Initial: Healthy}))
@@ -367,6 +370,24 @@ func TestUnejectOnProbeSuccess(t *testing.T) {
 		assert.Empty(t, rec.take(), "the stopped ejection timer does not fire")
 		st, _ = c.Status(a)
 		assert.Equal(t, 0, st.Ejections, "forgiven after a minute in service")
+	})
+}
+
+// HoldEjection keeps an ejected target out for its whole ejection time
+// while its probes pass.
+func TestHoldEjection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, rec := newChecker(t, Config{Rand: half, Passive: PassiveConfig{BaseEjection: time.Minute, HoldEjection: true}})
+		a := addr(1)
+		require.NoError(t, c.SetTarget(Target{Addr: a, Probe: &switchProbe{}, Interval: 10 * time.Second, Initial: Healthy}))
+		step(time.Second)
+		observeN(c, a, fail, 5)
+		synctest.Wait()
+		step(30 * time.Second) // three passing probes
+		assert.Equal(t, Unhealthy, c.State(a))
+		step(30 * time.Second)
+		assert.Equal(t, Healthy, c.State(a))
+		assert.Equal(t, []tr{{Healthy, "added"}, {Unhealthy, "passive: consecutive failures"}, {Healthy, "ejection expired"}}, transitions(rec.take()))
 	})
 }
 
@@ -390,4 +411,27 @@ func TestUnhealthyTargetsDoNotUseEjectionBudget(t *testing.T) {
 		assert.False(t, st.Ejected)
 		assert.Zero(t, st.Ejections)
 	})
+}
+
+// The one report a front-end makes, Endpoint.Done, reaches the checker
+// without allocating, failures with their error included.
+func TestDoneThroughFollowAllocs(t *testing.T) {
+	c, _ := newChecker(t, Config{Passive: PassiveConfig{ConsecutiveFailures: -1,
+		FailureRate: 0.99, LatencyThreshold: time.Second, MinRequests: 1 << 30,
+	}})
+	pool := newPool(t, balancer.Config{}, addr(1))
+	require.NoError(t, c.Follow(pool, Template{}))
+	ep := pool.Endpoint(addr(1))
+	boom := errors.New("boom")
+	for _, err := range []error{nil, boom} {
+		allocs := testing.AllocsPerRun(1000, func() {
+			ep.Start()
+			ep.Done(err, time.Millisecond)
+		})
+		assert.Zero(t, allocs, "err=%v", err)
+	}
+	tg := (*c.targets.Load())[addr(1)]
+	tg.errMu.Lock()
+	assert.Equal(t, boom, tg.passiveErr)
+	tg.errMu.Unlock()
 }

@@ -67,6 +67,20 @@ func (s AgentState) String() string {
 	}
 }
 
+// MarshalText returns s's agent word.
+func (s AgentState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses an agent word as String prints it.
+func (s *AgentState) UnmarshalText(b []byte) error {
+	for v := AgentNone; v <= AgentDown; v++ {
+		if v.String() == string(b) {
+			*s = v
+			return nil
+		}
+	}
+	return errors.New("health: unknown agent state " + strconv.Quote(string(b)))
+}
+
 // Report is what a probe learned beyond pass or fail: the words of an
 // agent, if the target sent any. The zero value reports nothing.
 type Report struct {

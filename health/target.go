@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // target is the checker's record of one Target. The fields read by
@@ -28,6 +30,14 @@ type target struct {
 	// Ejection record, guarded by Checker.mu.
 	ejections   int
 	lastUneject time.Time
+
+	// Owners, guarded by Checker.mu (pools read lock-free).
+	pools      atomic.Pointer[[]*balancer.Pool] // the followed pools that have this member
+	src        *follower                        // the follower whose template configured it
+	standalone bool                             // set by SetTarget: kept without owners
+
+	errMu      sync.Mutex
+	passiveErr error // error of the last failed outcome reported
 
 	mu          sync.Mutex
 	cfg         Target
@@ -123,11 +133,12 @@ func (t *target) publishLocked(prev State, reason string, err error, force bool)
 	if st == t.state && t.agentWeight == t.weight && !force {
 		return
 	}
-	ev := Event{Target: t.addr, State: st, Prev: prev, Reason: reason, Err: err, Time: time.Now()}
+	ev := Event{Target: t.addr, Pools: t.poolNames(), State: st, Prev: prev, Reason: reason, Err: err, Time: time.Now()}
 	if t.agentWeight != t.weight || (force && t.agentWeight != 0) {
 		ev.Weight = t.agentWeight
 	}
 	t.state, t.weight = st, t.agentWeight
+	t.syncLocked()
 	t.emitLocked(ev)
 }
 
@@ -152,7 +163,15 @@ func (c *Checker) run(t *target) {
 	probe.Stop()
 	var probeC <-chan time.Time
 	if cfg.Probe != nil {
-		probe.Reset(time.Duration(c.rand() * float64(t.delay(&cfg))))
+		// A target that waits for a verdict is probed at once, so a new
+		// member serves within milliseconds; one given an initial state
+		// spreads its first probe over the interval, so a large pool does
+		// not probe in one burst.
+		first := time.Duration(0)
+		if t.initialState() != Unknown {
+			first = time.Duration(c.rand() * float64(t.delay(&cfg)))
+		}
+		probe.Reset(first)
 		probeC = probe.C
 	}
 	eject := time.NewTimer(time.Hour)
@@ -216,6 +235,13 @@ func (c *Checker) run(t *target) {
 			}
 		}
 	}
+}
+
+// initialState returns the probe state t has before any probe.
+func (t *target) initialState() State {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.health
 }
 
 // delay returns the base delay before the next probe.

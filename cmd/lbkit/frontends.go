@@ -16,6 +16,7 @@ import (
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/proxy"
 	"github.com/lbkit/lbkit/redirect"
+	"github.com/lbkit/lbkit/tcpproxy"
 )
 
 // healthInterval is how often the demo's health checker probes each
@@ -64,16 +65,13 @@ func newPool(u *undo, bs []*backend, b balancer.Builder, probe health.Prober) (*
 		return nil, nil, err
 	}
 	u.push(func() { _ = chk.Close() })
-	for _, be := range bs {
-		err := chk.SetTarget(health.Target{
-			Addr: be.addr, Probe: probe, Interval: healthInterval,
-			Timeout: healthTimeout, Fall: 1, Rise: 2, Initial: health.Healthy,
-		})
-		if err != nil {
-			return nil, nil, err
-		}
+	err = chk.Follow(pool, health.Template{
+		Probe: probe, Interval: healthInterval,
+		Timeout: healthTimeout, Fall: 1, Rise: 2, Initial: health.Healthy,
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	u.push(chk.Drive(pool))
 	return pool, chk, nil
 }
 
@@ -279,8 +277,8 @@ func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(cont
 // by a dying backend is re-opened by the client, which the proxy sends to
 // a live backend.
 func setupTCPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
-		p, err := proxy.NewTCP(proxy.TCPConfig{Pool: pool, Observer: chk})
+	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		p, err := tcpproxy.New(tcpproxy.Config{Pool: pool})
 		if err != nil {
 			return frontEnd{}, err
 		}

@@ -1,6 +1,7 @@
 // Command lbkit runs lbkit's load balancers.
 //
 //	lbkit demo [flags]   the classic experiment through every strategy
+//	lbkit validate -config FILE   check a configuration file, start nothing
 //
 // Run `lbkit demo -h` for the flags.
 package main
@@ -27,6 +28,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "demo":
 		return demoMain(ctx, args[1:], stdout, stderr)
+	case "validate":
+		return validateMain(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -43,5 +46,6 @@ func usage(w io.Writer) {
 commands:
   demo    start backends on loopback and drive the classic experiment
           (10,000 requests at 1,000 concurrency) through every strategy
+  validate  check a configuration file (-config FILE) and start nothing
 `)
 }

@@ -106,25 +106,23 @@ func run() error {
 	var members []balancer.Backend
 	for _, b := range backends {
 		members = append(members, balancer.Backend{Addr: b.addr, Weight: 100})
-		err := chk.SetTarget(health.Target{
-			Addr:         b.addr,
-			Probe:        health.HTTP{Path: "/healthz", AgentHeader: "X-Agent-State"},
-			Interval:     200 * time.Millisecond,
-			DownInterval: 100 * time.Millisecond,
-			Timeout:      150 * time.Millisecond,
-			Rise:         2,
-			Fall:         2,
-			Weight:       100,
-		})
-		if err != nil {
-			return err
-		}
 	}
 	if err := pool.Set(members); err != nil {
 		return err
 	}
-	stopDrive := chk.Drive(pool)
-	defer stopDrive()
+	// The checker follows the pool: every member is probed, with no list
+	// of targets beside the pool's.
+	err = chk.Follow(pool, health.Template{
+		Probe:        health.HTTP{Path: "/healthz", AgentHeader: "X-Agent-State"},
+		Interval:     200 * time.Millisecond,
+		DownInterval: 100 * time.Millisecond,
+		Timeout:      150 * time.Millisecond,
+		Rise:         2,
+		Fall:         2,
+	})
+	if err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
@@ -176,7 +174,6 @@ func run() error {
 			}
 			rtt := time.Since(t0)
 			ep.Done(err, rtt)
-			chk.Observe(ep.Addr(), health.Outcome{Failed: err != nil, Latency: rtt})
 			sent.Add(1)
 			if err != nil {
 				failed.Add(1)

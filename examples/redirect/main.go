@@ -75,16 +75,13 @@ func run() error {
 		return err
 	}
 	defer chk.Close()
-	for _, ep := range h.Pool().Endpoints() {
-		err := chk.SetTarget(health.Target{
-			Addr: ep.Addr(), Probe: health.TCP{}, Interval: 100 * time.Millisecond,
-			Fall: 1, Rise: 1, Initial: health.Healthy,
-		})
-		if err != nil {
-			return err
-		}
+	err = chk.Follow(h.Pool(), health.Template{
+		Probe: health.TCP{}, Interval: 100 * time.Millisecond,
+		Fall: 1, Rise: 1, Initial: health.Healthy,
+	})
+	if err != nil {
+		return err
 	}
-	defer chk.Drive(h.Pool())()
 	dispatcher, stop, err := serve(h)
 	if err != nil {
 		return err
