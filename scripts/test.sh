@@ -10,8 +10,8 @@
 # Privileged tests (network namespaces, XDP, nftables) run only as root
 # and skip with a message otherwise; tests that need a peer program (Knot,
 # NSD, Unbound, etcd, nginx, HAProxy, promtool, clang for the generated-BPF
-# freshness check) skip when it is missing. Extra arguments go to both
-# go test runs (e.g. -run, -v).
+# freshness check) skip when it is missing. Extra go test flags (-v,
+# -run, ...) go to both runs; the second keeps its own -run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +59,6 @@ for m in "${modules[@]}"; do
   echo "test.sh: module ${m}: go test -race"
   (cd "$m" && go test -race -count=1 -timeout 20m "$@" ./...) || status=1
   echo "test.sh: module ${m}: allocation tests without -race"
-  (cd "$m" && go test -count=1 -timeout 10m -run 'Alloc' "$@" ./...) || status=1
+  (cd "$m" && go test -count=1 -timeout 10m "$@" -run 'Alloc' ./...) || status=1
 done
 exit $status
