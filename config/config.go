@@ -102,7 +102,7 @@ func (d *decoder) document(data []byte) (*yaml.Node, error) {
 // column is left unknown.
 func (d *decoder) syntaxError(data []byte, err error) error {
 	line, msg := splitYAMLError(err)
-	if l := problemLine(data, msg); l > 0 {
+	if l := problemLine(data, line, msg); l > 0 {
 		line = l
 	}
 	return Errors{{Position: Position{File: d.file, Line: line}, Msg: "syntax error: " + msg}}
@@ -118,46 +118,63 @@ func splitYAMLError(err error) (int, string) {
 	return 0, strings.TrimPrefix(msg, "yaml: ")
 }
 
-// maxProblemSearch bounds the bytes problemLine parses in all (it parses
-// a prefix of the file per line).
-const maxProblemSearch = 32 << 20
-
-// problemLine finds the line a syntax error is on: the first line whose
-// prefix of the file (up to and including it) fails to parse with the
-// same message. A YAML text cut after a line is usually valid YAML, so
-// the first failing cut is where the problem starts; requiring the same
-// message skips cuts that fail only because they split a multi-line flow
-// collection or quoted string. Zero means not found.
-func problemLine(data []byte, msg string) int {
-	end, line, spent := 0, 0, 0
-	for end < len(data) && spent < maxProblemSearch {
-		nl := bytes.IndexByte(data[end:], '\n')
-		if nl < 0 {
-			return 0 // the whole file; the parser's own line stands
+// problemLine finds the line a syntax error is on: the first line from
+// which on the prefix of the file up to that line fails to parse with the
+// same message. A prefix that holds the offending line fails with the
+// message the whole file does (the parser stops at the first problem),
+// while a shorter one either parses or fails differently (cut inside a
+// flow collection or a quoted string), so a binary search over the lines,
+// from the one the parser named (where the enclosing block starts) to the
+// last, costs a few parses. Zero means not found.
+func problemLine(data []byte, from int, msg string) int {
+	ends := []int{0} // ends[k] is the length of the first k lines
+	for i, c := range data {
+		if c == '\n' {
+			ends = append(ends, i+1)
 		}
-		end += nl + 1
-		line++
-		spent += end
-		var n yaml.Node
-		dec := yaml.NewDecoder(bytes.NewReader(data[:end]))
+	}
+	fails := func(k int) bool {
+		dec := yaml.NewDecoder(bytes.NewReader(data[:ends[k]]))
 		for {
+			var n yaml.Node
 			err := dec.Decode(&n)
 			if err == nil {
 				continue
 			}
-			if !errors.Is(err, io.EOF) {
-				if _, m := splitYAMLError(err); m == msg {
-					return line
-				}
+			if errors.Is(err, io.EOF) {
+				return false
 			}
-			break
+			_, m := splitYAMLError(err)
+			return m == msg
 		}
 	}
-	return 0
+	lo, hi := max(from, 1), len(ends)-1
+	if lo > hi || !fails(hi) {
+		return 0
+	}
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if fails(mid) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo
 }
 
 // File returns the name the configuration was loaded from.
 func (c *Config) File() string { return c.file }
+
+// Path resolves a file name the configuration holds (the access log's
+// path, for instance) the way Load and Parse do: relative to the
+// configuration file's directory.
+func (c *Config) Path(name string) string {
+	if name == "" || filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(filepath.Dir(c.file), name)
+}
 
 // Position returns where the value ptr points to was declared in the file:
 // ptr is the address of a field or element of c, such as

@@ -275,6 +275,10 @@ func TestValidate(t *testing.T) {
 		{"tls missing key", "listeners:\n  - {name: a, type: http, addr: ':80', pool: web, tls: {cert_file: c.pem}}", 6, 56, "tls needs cert_file and key_file"},
 		{"dns needs zones", "listeners:\n  - {name: a, type: dns, addr: ':53'}", 6, 5, "needs zones to serve, updaters to run"},
 		{"dns same port as http on udp and tcp", "listeners:\n  - {name: a, type: http, addr: '127.0.0.1:53', pool: web}\n  - name: d\n    type: dns\n    addr: '127.0.0.1:53'\n    zones: [{origin: t., records: \"@ 1 IN SOA a b 1 1 1 1 1\\n@ 1 IN NS a\\n\"}]", 9, 11, "listener address used twice: 127.0.0.1:53/tcp"},
+		{"wildcard socket and vip do not clash", "listeners:\n  - {name: a, type: http, addr: ':80', pool: web}\n  - {name: b, type: iplb, vip: 198.19.0.1, port: 80, pool: nope}", 7, 60, `unknown pool "nope"`},
+		{"socket on the vip clashes", "listeners:\n  - {name: a, type: http, addr: '198.19.0.1:80', pool: web}\n  - {name: b, type: iplb, vip: 198.19.0.1, port: 80, pool: web}", 7, 32, "listener address used twice: 198.19.0.1:80/tcp"},
+		{"iplb and l2lb clash", "listeners:\n  - {name: a, type: l2lb, interface: eth0, vips: [{vip: 198.19.0.1, port: 80, pool: web}]}\n  - {name: b, type: iplb, vip: 198.19.0.1, port: 80, pool: web}", 7, 32, "listener address used twice"},
+		{"unspecified vip", "listeners:\n  - {name: b, type: iplb, vip: 0.0.0.0, port: 80, pool: web}", 6, 32, "cannot be a virtual address"},
 		{"tcp and udp do not clash", "  - {name: u, health: {type: none}}\nlisteners:\n  - {name: a, type: iplb, vip: 198.19.0.1, port: 53, proto: udp, pool: u}\n  - {name: b, type: tcp, addr: '198.19.0.1:53', pool: nope}", 8, 55, `unknown pool "nope"`},
 		{"admin clash", "listeners:\n  - {name: a, type: http, addr: '127.0.0.1:9900', pool: web}", 6, 33, "is also used by the admin endpoint"},
 		{"admin empty host", "admin: {addr: ':9900'}", 5, 15, "not loopback-only"},
@@ -426,4 +430,12 @@ func TestMemberAddrPort(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:80", ap.String())
 	_, ok = (&config.Member{Addr: "db.example.test:5432"}).AddrPort()
 	assert.False(t, ok)
+}
+
+func TestPath(t *testing.T) {
+	c, err := config.Parse(filepath.Join("etc", "lbkit", "lbkit.yaml"), []byte(poolWeb))
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join("etc", "lbkit", "logs", "access.log"), c.Path("logs/access.log"))
+	assert.Equal(t, "/var/log/access.log", c.Path("/var/log/access.log"))
+	assert.Equal(t, "", c.Path(""))
 }

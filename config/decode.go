@@ -43,6 +43,8 @@ type decoder struct {
 	// on its own line of the file.
 	blocks map[any]*yaml.Node
 	lines  []string
+
+	zoneRecords int // records parsed in all zones, against maxZoneRecords
 }
 
 var (

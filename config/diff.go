@@ -43,18 +43,25 @@ type PoolChange struct {
 	// addresses (as written in the file) that joined, left, or kept their
 	// address but changed weight, zone or meta.
 	MembersAdded, MembersRemoved, MembersChanged []string
-	// Health reports a changed health template or passive settings (the
-	// checker follows the pool again; member health state is kept).
+	// Health reports a changed health template or passive settings:
+	// following the pool again (health.Checker.Follow) applies it and
+	// keeps the members' health state.
 	Health bool
-	// Settings reports that anything else changed: the policy or its
-	// options, the key, slow start, panic threshold, zones, EWMA decay.
+	// Settings reports that the policy or its options, slow start, panic
+	// threshold, zone preference or EWMA decay changed:
+	// balancer.Pool.Reconfigure applies them and keeps the members' state.
 	Settings bool
+	// Key reports a new key. Front-ends hold the key, so the listeners
+	// that read the pool (see [Listener.PoolNames]) take the new one.
+	Key bool
 }
 
 // MembersOnly reports whether only the members changed, so the running
-// pool can be updated in place (balancer.Pool.Set), keeping every
-// remaining member's endpoint state: health, in-flight counts, EWMA.
-func (c PoolChange) MembersOnly() bool { return c.Members && !c.Health && !c.Settings }
+// pool is updated with balancer.Pool.Set alone, keeping every remaining
+// member's endpoint state: health, in-flight counts, EWMA.
+func (c PoolChange) MembersOnly() bool { return c.Members && !c.Health && !c.Settings && !c.Key }
+
+func (c PoolChange) changed() bool { return c.Members || c.Health || c.Settings || c.Key }
 
 // ListenerChange says how a listener present in both configurations
 // changed.
@@ -99,7 +106,7 @@ func Diff(old, new *Config) Changes {
 			d.PoolsAdded = append(d.PoolsAdded, np.Name)
 			continue
 		}
-		if ch := comparePools(op, np); ch.Members || ch.Health || ch.Settings {
+		if ch := comparePools(op, np); ch.changed() {
 			d.PoolsChanged = append(d.PoolsChanged, ch)
 		}
 	}
@@ -157,8 +164,9 @@ func comparePools(op, np *Pool) PoolChange {
 	}
 	ch.Members = len(ch.MembersAdded)+len(ch.MembersRemoved)+len(ch.MembersChanged) > 0
 	ch.Health = !same(op.Health, np.Health) || !same(op.Passive, np.Passive)
+	ch.Key = op.Key != np.Key
 	o, n := *op, *np
-	o.Members, o.Health, o.Passive = nil, Health{}, Passive{}
+	o.Members, o.Health, o.Passive, o.Key = nil, Health{}, Passive{}, np.Key
 	n.Members, n.Health, n.Passive = nil, Health{}, Passive{}
 	ch.Settings = !same(o, n)
 	return ch

@@ -77,6 +77,9 @@ func TestDiff(t *testing.T) {
 			s = strings.Replace(s, "policy: maglev\n    members:\n      - {addr: 127.0.0.1:9001}", "policy: ringhash\n    members:\n      - {addr: 127.0.0.1:9001}", 1)
 			return strings.Replace(s, "      - {addr: 127.0.0.1:9001}\n", "", 1)
 		}, config.Changes{PoolsChanged: []config.PoolChange{{Name: "web", Members: true, MembersRemoved: []string{"127.0.0.1:9001"}, Settings: true}}}},
+		{"key", func(s string) string {
+			return strings.Replace(s, "policy: maglev\n    members:\n      - {addr: 127.0.0.1:9001}", "policy: maglev\n    key: header:X-User\n    members:\n      - {addr: 127.0.0.1:9001}", 1)
+		}, config.Changes{PoolsChanged: []config.PoolChange{{Name: "web", Key: true}}}},
 		{"pool added and removed", func(s string) string {
 			s = strings.Replace(s, "  - name: api\n    members:\n      - {addr: 127.0.0.1:9101}\n", "  - name: api2\n    members:\n      - {addr: 127.0.0.1:9101}\n", 1)
 			return strings.Replace(s, "pool: api}", "pool: api2}", 1)
@@ -130,6 +133,7 @@ func TestDiffMembersOnly(t *testing.T) {
 	assert.False(t, config.PoolChange{Members: true, Health: true}.MembersOnly())
 	assert.False(t, config.PoolChange{Members: true, Settings: true}.MembersOnly())
 	assert.False(t, config.PoolChange{}.MembersOnly())
+	assert.False(t, config.PoolChange{Members: true, Key: true}.MembersOnly())
 }
 
 func TestDiffFromNothing(t *testing.T) {

@@ -215,30 +215,38 @@ func isLoopback(s string, ap netip.AddrPort) bool {
 // claim is a listening address with a protocol, to find two listeners on
 // one address.
 type claim struct {
-	text  string // as written
-	proto string
-	ap    netip.AddrPort
-	who   string
-	at    Position
+	text   string // as written
+	kernel bool   // an iplb or l2lb VIP, not a socket
+	proto  string
+	ap     netip.AddrPort
+	who    string
+	at     Position
 }
 
-// conflicts reports whether two claims would bind the same address: the
-// same port and protocol, and the same address or an unspecified one on
-// either side (a wildcard bind takes the port on every address).
+// conflicts reports whether two claims take the same traffic: the same
+// port and protocol, and the same address, or for two sockets an
+// unspecified address on either side (a wildcard bind takes the port on
+// every address). A kernel VIP takes its packets before any socket sees
+// them, so it conflicts with a socket on the VIP itself, not with a
+// wildcard one.
 func (c claim) conflicts(o claim) bool {
 	if c.proto != o.proto || c.ap.Port() != o.ap.Port() {
 		return false
 	}
 	a, b := c.ap.Addr(), o.ap.Addr()
-	return a == b || a.IsUnspecified() || b.IsUnspecified()
+	if a == b {
+		return true
+	}
+	return !c.kernel && !o.kernel && (a.IsUnspecified() || b.IsUnspecified())
 }
 
 func (d *decoder) claims(l *Listener) []claim {
 	who := fmt.Sprintf("listener %q", l.Name)
 	var out []claim
+	kernel := l.Type == TypeIPLB || l.Type == TypeL2LB
 	add := func(text, proto string, ap netip.AddrPort, ptrs ...any) {
 		if ap.Port() != 0 {
-			out = append(out, claim{text: text, proto: proto, ap: ap, who: who, at: d.posOf(ptrs...)})
+			out = append(out, claim{text: text, kernel: kernel, proto: proto, ap: ap, who: who, at: d.posOf(ptrs...)})
 		}
 	}
 	switch l.Type {
@@ -767,6 +775,8 @@ func (d *decoder) iplb(s *IPLB, pools map[string]*Pool) {
 		d.errAt(at2(s, s), "an iplb listener needs a vip")
 	case err != nil:
 		d.errAt(at2(&s.VIP, s), "vip: bad address %q: expected an IP address", s.VIP)
+	case !usableVIP(vip):
+		d.errAt(at2(&s.VIP, s), "vip: %s cannot be a virtual address: expected a unicast address", s.VIP)
 	}
 	d.port(&s.Port, s)
 	p := d.poolRef(&s.Pool, s, pools)
@@ -834,6 +844,11 @@ func (d *decoder) port(p *int, parent any) {
 	}
 }
 
+// usableVIP reports whether a is an address clients can send a flow to.
+func usableVIP(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsMulticast() && !a.Unmap().IsLoopback() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
 var ifnameRE = regexp.MustCompile(`^[^/\s:]{1,15}$`)
 
 func (d *decoder) ifname(s *string, parent any, required bool) {
@@ -858,6 +873,8 @@ func (d *decoder) l2lb(s *L2LB, pools map[string]*Pool) {
 			d.errAt(at2(v, v), "a vip needs a vip address")
 		case err != nil:
 			d.errAt(at2(&v.VIP, v), "vip: bad address %q: expected an IP address", v.VIP)
+		case !usableVIP(vip):
+			d.errAt(at2(&v.VIP, v), "vip: %s cannot be a virtual address: expected a unicast address", v.VIP)
 		}
 		d.port(&v.Port, v)
 		p := d.poolRef(&v.Pool, v, pools)

@@ -13,9 +13,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// maxZoneRecords bounds the records of one zone ($GENERATE can make many
-// from one line).
-const maxZoneRecords = 200_000
+// maxZoneRecords bounds the records of all zones of a file together
+// ($GENERATE makes up to 65536 from one line); dnslb serves small zones.
+const maxZoneRecords = 50_000
 
 // zoneInfo is what the service checks need from a parsed zone.
 type zoneInfo struct {
@@ -164,10 +164,10 @@ func (d *decoder) dnsZone(z *DNSZone) (zoneInfo, bool) {
 	}
 	zi := zoneInfo{origin: origin, addrNames: map[string]bool{}}
 	zp := dns.NewZoneParser(strings.NewReader(z.Records), origin, "")
-	soas, apexNS, n := 0, 0, 0
+	soas, apexNS := 0, 0
 	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
-		if n++; n > maxZoneRecords {
-			d.errAt(at2(where, z), "%s: more than %d records", field, maxZoneRecords)
+		if d.zoneRecords++; d.zoneRecords > maxZoneRecords {
+			d.errAt(at2(where, z), "%s: more than %d records in the file's zones", field, maxZoneRecords)
 			return zoneInfo{}, false
 		}
 		h := rr.Header()

@@ -146,7 +146,6 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 			return resDone, nil
 		}
 		ep.Done(err, 0)
-		h.observe(u, true, 0)
 		var ne *net.OpError
 		dialFailed := errors.As(err, &ne) && ne.Op == "dial"
 		if mayRetry && (dialFailed && !rq.consumed || rq.replayable() && rq.idempotent) {
@@ -159,7 +158,6 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 	failed := resp.StatusCode >= 500
 	if failed && mayRetry && h.retryStatus[resp.StatusCode] && rq.idempotent && rq.replayable() {
 		ep.Done(errStatus(resp.StatusCode), latency)
-		h.observe(u, true, latency)
 		return resRetry, errStatus(resp.StatusCode)
 	}
 	hdr := w.Header()
@@ -174,7 +172,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 		hdr["Via"] = append(hdr["Via"], "2 "+h.via)
 	}
 	if h.cookieName != "" && rq.sticky != u {
-		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
 	}
 	w.WriteHeader(resp.StatusCode)
 	upErr, _ := h.copyStream(w, resp.Body, resp.ContentLength < 0 || isEventStream(hdr))
@@ -189,14 +187,11 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 	switch {
 	case upErr != nil:
 		ep.Done(upErr, latency)
-		h.observe(u, true, latency)
 		return resAbort, upErr
 	case failed:
 		ep.Done(errStatus(resp.StatusCode), latency)
-		h.observe(u, true, latency)
 	default:
 		ep.Done(nil, latency)
-		h.observe(u, false, latency)
 	}
 	return resDone, nil
 }
