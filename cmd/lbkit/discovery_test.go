@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/internal/testnet"
 )
 
 // TestServeMembersFromFile: lbkit serve, from a real build, runs a pool
@@ -24,7 +26,7 @@ func TestServeMembersFromFile(t *testing.T) {
 	}
 	bin := buildLbkit(t)
 	be := testBackends(t, 3)
-	addrs := freeAddrs(t, 2)
+	addrs := testnet.FreeAddrs(t, 2)
 	dir := t.TempDir()
 	members := filepath.Join(dir, "web-members.yaml")
 	writeFile := func(addrs ...string) {
