@@ -147,6 +147,7 @@ var typeNames = map[reflect.Type]string{
 	reflect.TypeFor[Member]():        "a member",
 	reflect.TypeFor[Health]():        "health",
 	reflect.TypeFor[Discovery]():     "discovery",
+	reflect.TypeFor[Cluster]():       "cluster",
 	reflect.TypeFor[DNSDiscovery]():  "dns discovery",
 	reflect.TypeFor[FileDiscovery](): "file discovery",
 	reflect.TypeFor[EtcdDiscovery](): "etcd discovery",

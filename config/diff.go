@@ -27,9 +27,10 @@ type Changes struct {
 	// listed: it keeps reading the pool by name.
 	ListenersChanged []ListenerChange
 
-	// Admin, AccessLog and ShutdownTimeout report changes of those
-	// top-level sections (the admin token and bind address included).
-	Admin, AccessLog, ShutdownTimeout bool
+	// Admin, AccessLog, ShutdownTimeout and Cluster report changes of
+	// those top-level sections (the admin token and bind address
+	// included).
+	Admin, AccessLog, ShutdownTimeout, Cluster bool
 }
 
 // PoolChange says how a pool present in both configurations changed.
@@ -88,7 +89,7 @@ type ListenerChange struct {
 func (d Changes) Empty() bool {
 	return len(d.PoolsAdded) == 0 && len(d.PoolsRemoved) == 0 && len(d.PoolsChanged) == 0 &&
 		len(d.ListenersAdded) == 0 && len(d.ListenersRemoved) == 0 && len(d.ListenersChanged) == 0 &&
-		!d.Admin && !d.AccessLog && !d.ShutdownTimeout
+		!d.Admin && !d.AccessLog && !d.ShutdownTimeout && !d.Cluster
 }
 
 // Diff returns what changed from old to new. A nil old means everything
@@ -105,6 +106,7 @@ func Diff(old, new *Config) Changes {
 	d.Admin = old.Admin != new.Admin
 	d.AccessLog = old.AccessLog != new.AccessLog
 	d.ShutdownTimeout = old.ShutdownTimeout != new.ShutdownTimeout
+	d.Cluster = old.Cluster != new.Cluster
 
 	for i := range new.Pools {
 		np := &new.Pools[i]

@@ -83,6 +83,9 @@ func TestDiff(t *testing.T) {
 		{"discovery", func(s string) string {
 			return strings.Replace(s, "  - name: api\n", "  - name: api\n    discovery: {interval: 5s}\n", 1)
 		}, config.Changes{PoolsChanged: []config.PoolChange{{Name: "api", Discovery: true}}}},
+		{"cluster policy", func(s string) string {
+			return "cluster: {quorum_eject: true}\n" + s
+		}, config.Changes{Cluster: true}},
 		{"pool added and removed", func(s string) string {
 			s = strings.Replace(s, "  - name: api\n    members:\n      - {addr: 127.0.0.1:9101}\n", "  - name: api2\n    members:\n      - {addr: 127.0.0.1:9101}\n", 1)
 			return strings.Replace(s, "pool: api}", "pool: api2}", 1)

@@ -26,9 +26,33 @@ type Config struct {
 	// Listeners are the front-ends. Names are unique, and no two
 	// listeners may use the same address, port and protocol.
 	Listeners []Listener `yaml:"listeners"`
+	// Cluster is how the nodes of an lbkit cluster act together: nodes
+	// started with lbkit serve -etcd, which all take this configuration
+	// from one etcd key and publish their view of their members' health
+	// there. A node that runs alone ignores it. Default: every node
+	// decides alone.
+	Cluster Cluster `yaml:"cluster"`
 
 	file string
 	pos  map[any]Position
+}
+
+// Cluster is the policy of a cluster of lbkit nodes that share their
+// configuration and health views through etcd (lbkit serve -etcd).
+type Cluster struct {
+	// QuorumEject takes a member out of service only when a quorum of the
+	// live nodes sees it failing: more than half of the nodes whose
+	// published view has a verdict on the member (healthy or unhealthy;
+	// a node that has not probed it yet does not vote), this node
+	// included. A node whose own checks fail a member that the quorum
+	// sees healthy keeps it in service (one node with a bad path does not
+	// flap the fleet), and a node whose own checks pass a member that a
+	// quorum fails takes it out (every node agrees on the ready set). A
+	// node alone is its own quorum. Each node still shows its own check
+	// in /status; the quorum's decision is the member's health. Passive
+	// ejections count as failing, like failed probes. Default: false
+	// (each node ejects on its own checks).
+	QuorumEject bool `yaml:"quorum_eject"`
 }
 
 // DefaultAdminAddr is the admin endpoint's address when none is set.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -59,6 +60,8 @@ type Daemon struct {
 	reloads   []ReloadStatus
 	draining  sync.WaitGroup // listeners shutting down after a reload
 	closed    bool
+
+	cluster atomic.Pointer[clusterNode] // set by StartCluster (see cluster.go)
 }
 
 // maxReloads is how many reload outcomes /status keeps.
@@ -442,6 +445,9 @@ func (d *Daemon) Status() Status {
 		ps := poolStatus(v.name, v.policy, v.key, v.ps.pool, v.checker, v.ps.events)
 		ps.Discovery = v.sources
 		st.Pools = append(st.Pools, ps)
+	}
+	if n := d.cluster.Load(); n != nil {
+		st.Cluster = n.status()
 	}
 	sortStatus(&st)
 	return st

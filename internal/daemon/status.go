@@ -29,6 +29,8 @@ type Status struct {
 	Reloads   []ReloadStatus   `json:"reloads"`
 	Pools     []PoolStatus     `json:"pools"`
 	Listeners []ListenerStatus `json:"listeners"`
+	// Cluster is the node's part in a cluster (lbkit serve -etcd).
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 }
 
 // ReloadStatus is the outcome of one reload.
