@@ -38,7 +38,14 @@ type Config struct {
 }
 
 // Cluster is the policy of a cluster of lbkit nodes that share their
-// configuration and health views through etcd (lbkit serve -etcd).
+// configuration and health views through etcd (lbkit serve -etcd
+// ENDPOINTS -etcd-prefix PREFIX -node NAME): every node runs the
+// configuration at PREFIX/config, applying each new revision there as a
+// reload (a node that rejects one keeps the last good one and says so in
+// /status), and publishes its own checks' verdict on every member under
+// PREFIX/nodes/NAME/health, on a lease that ends with the node. File
+// names in a configuration kept in etcd must be absolute: every node
+// reads them on its own machine.
 type Cluster struct {
 	// QuorumEject takes a member out of service only when a quorum of the
 	// live nodes sees it failing: more than half of the nodes whose
@@ -50,8 +57,11 @@ type Cluster struct {
 	// quorum fails takes it out (every node agrees on the ready set). A
 	// node alone is its own quorum. Each node still shows its own check
 	// in /status; the quorum's decision is the member's health. Passive
-	// ejections count as failing, like failed probes. Default: false
-	// (each node ejects on its own checks).
+	// ejections count as failing, like failed probes. A verdict is
+	// applied right after the node's own check changes (on its health
+	// event), so a member a node alone fails leaves that node's ready set
+	// only for the moment that takes. Default: false (each node ejects on
+	// its own checks).
 	QuorumEject bool `yaml:"quorum_eject"`
 }
 

@@ -107,6 +107,10 @@ func serveCluster(ctx context.Context, f etcdFlags, file, admin string, log *slo
 			}
 		}
 		stop()
-		return shutdown(d, &config.Config{}, log)
+		cfg := d.Config()
+		if cfg == nil {
+			cfg = &config.Config{}
+		}
+		return shutdown(d, cfg, log)
 	}
 }

@@ -64,6 +64,13 @@ type ClusterOptions struct {
 	Interval time.Duration
 }
 
+// Config returns the configuration the daemon runs, nil before Start.
+func (d *Daemon) Config() *config.Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
 // ConfigKey returns the key that holds a cluster's configuration.
 func ConfigKey(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/config" }
 
