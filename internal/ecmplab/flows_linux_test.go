@@ -134,9 +134,23 @@ func askAll(flows []*flow) ([]Reply, []error) {
 	return replies, errs
 }
 
+// scenarios are the survival runs: each router hashing, a node killed
+// alone and together with a backend joining.
+var scenarios = []struct {
+	hashing    Hashing
+	name       string
+	addBackend bool
+}{
+	{HashThreshold, "kill lb1", false},
+	{HashThreshold, "kill lb1 + add be4", true},
+	{Resilient, "kill lb1", false},
+	{Resilient, "kill lb1 + add be4", true},
+}
+
 // survival is one row of the report.
 type survival struct {
 	plane, scenario     string
+	hashing             Hashing
 	flows               int // established connections before the failure
 	onKilled            int // of them, carried by the killed node
 	moved               int // flows that reached a node they had not used before (-1: unknown)
@@ -151,9 +165,9 @@ func (s survival) share() float64 { return float64(s.survived) / float64(s.flows
 func report(t testing.TB, rows ...survival) {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "established connections surviving the failure of one of 3 balancer nodes (%d flows, ECMP hash-threshold, L4 hash):\n", openFlows)
-	fmt.Fprintf(&b, "| data plane | scenario | flows | on killed node | moved to another node | survived | survived of the killed node's | share survived |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "established connections surviving the failure of one of 3 balancer nodes behind an ECMP router (L4 hash):\n")
+	fmt.Fprintf(&b, "| data plane | router ECMP | scenario | flows | on killed node | moved to another node | survived of the killed node's | survived | share survived |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		moved := fmt.Sprint(r.moved)
 		if r.moved < 0 {
@@ -163,8 +177,8 @@ func report(t testing.TB, rows ...survival) {
 		if r.survivedFromKilledN {
 			fromKilled = fmt.Sprintf("%d / %d", r.survivedFromKilled, r.onKilled)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %d | %s | %.1f %% |\n",
-			r.plane, r.scenario, r.flows, r.onKilled, moved, r.survived, fromKilled, 100*r.share())
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s | %s | %d | %.1f %% |\n",
+			r.plane, r.hashing, r.scenario, r.flows, r.onKilled, moved, fromKilled, r.survived, 100*r.share())
 	}
 	t.Log(b.String())
 }

@@ -32,9 +32,9 @@ type l2Fleet struct {
 // newL2Fleet builds a lab with backends backend hosts, serves l2lb on
 // every node with the first members of them, and routes the VIP over all
 // nodes.
-func newL2Fleet(t *testing.T, backends, members int) *l2Fleet {
+func newL2Fleet(t *testing.T, backends, members int, hashing Hashing) *l2Fleet {
 	t.Helper()
-	l, err := New(t, Config{Backends: backends})
+	l, err := New(t, Config{Backends: backends, Hashing: hashing})
 	require.NoError(t, err)
 	f := &l2Fleet{Lab: l, members: l.members(members)}
 	vip := netip.AddrPortFrom(VIP, Port)
@@ -112,7 +112,7 @@ func sum(xs []int) int {
 // flow to the same backend through each node in turn.
 func TestL2LBAgreement(t *testing.T) {
 	netlab.RequireRoot(t)
-	f := newL2Fleet(t, 3, 3)
+	f := newL2Fleet(t, 3, 3, Resilient)
 	predict, tbl := l2Predictor(t, f.members)
 
 	// The nodes' pools, listed in three orders, build one table.
@@ -163,15 +163,9 @@ func TestL2LBAgreement(t *testing.T) {
 func TestL2LBSurvival(t *testing.T) {
 	netlab.RequireRoot(t)
 	var rows []survival
-	for _, tc := range []struct {
-		name       string
-		addBackend bool
-	}{
-		{"kill lb1", false},
-		{"kill lb1 + add be4", true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := newL2Fleet(t, 4, 3)
+	for _, tc := range scenarios {
+		t.Run(tc.hashing.String()+"/"+tc.name, func(t *testing.T) {
+			f := newL2Fleet(t, 4, 3, tc.hashing)
 			predict, _ := l2Predictor(t, f.members)
 			flows := f.open(t, openFlows)
 			for _, fl := range flows {
@@ -194,7 +188,7 @@ func TestL2LBSurvival(t *testing.T) {
 			require.NoError(t, f.Route(1, 2))
 
 			replies, errs := askAll(flows)
-			row := survival{plane: "l2lb (XDP, DSR)", scenario: tc.name, flows: len(flows), onKilled: before[0]}
+			row := survival{plane: "l2lb (XDP, DSR)", hashing: tc.hashing, scenario: tc.name, flows: len(flows), onKilled: before[0]}
 			for i := range flows {
 				if errs[i] == nil && replies[i].Backend == flows[i].first.Backend {
 					row.survived++
@@ -209,6 +203,9 @@ func TestL2LBSurvival(t *testing.T) {
 				assert.Equal(t, len(flows), row.survived, "with the backend set unchanged every node agrees")
 			}
 			assert.GreaterOrEqual(t, row.moved, row.onKilled, "the killed node's flows re-hashed to the others")
+			if tc.hashing == Resilient {
+				assert.Equal(t, row.onKilled, row.moved, "a resilient group moves only the killed node's flows")
+			}
 		})
 	}
 	report(t, rows...)

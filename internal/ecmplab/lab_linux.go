@@ -47,12 +47,16 @@ type Config struct {
 	// client network through the router, as a NAT balancer needs; a DSR
 	// balancer needs neither.
 	Forwarding bool
+	// Hashing is how the router's VIP route spreads flows over several
+	// nodes. Zero means HashThreshold.
+	Hashing Hashing
 }
 
 // Lab is a client, a router, balancer nodes and backends. See the package
 // documentation for the layout.
 type Lab struct {
 	Lab         *netlab.Lab
+	Hashing     Hashing
 	Router      *netlab.Host
 	Client      *netlab.Host
 	ClientAddrs []netip.Addr
@@ -105,7 +109,7 @@ func New(t testing.TB, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Lab{Lab: nl}
+	l := &Lab{Lab: nl, Hashing: cfg.Hashing}
 	pfx := func(a netip.Addr, bits int) netip.Prefix { return netip.PrefixFrom(a, bits) }
 
 	l.Router, err = nl.AddHost("router", pfx(routerClient, 24), pfx(routerServer, 24))
@@ -114,9 +118,19 @@ func New(t testing.TB, cfg Config) (*Lab, error) {
 	}
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"},
-		// Hash forwarded flows on the 5-tuple, not on addresses only:
-		// one client's connections spread over the nodes.
-		{"net.ipv4.fib_multipath_hash_policy", "1"},
+		// Hash forwarded flows on the 5-tuple, not on addresses only,
+		// so one client's connections spread over the nodes. Policy 1
+		// (L4) would not do here: it takes a packet's existing L4 hash
+		// when it has one, and a packet from a local socket, which is
+		// what a veth delivers, carries the socket's random txhash,
+		// which TCP redraws on every retransmission timeout; a flow
+		// would then hop to another node mid-flight. A NIC's RSS hash
+		// is a true 5-tuple hash; policy 3 with the five fields
+		// (source and destination address, protocol, source and
+		// destination port) hashes the headers themselves, as a real
+		// router does.
+		{"net.ipv4.fib_multipath_hash_policy", "3"},
+		{"net.ipv4.fib_multipath_hash_fields", "0x0037"},
 	} {
 		if err := l.Router.Sysctl(kv[0], kv[1]); err != nil {
 			return nil, err
@@ -192,7 +206,8 @@ func New(t testing.TB, cfg Config) (*Lab, error) {
 func (l *Lab) NodeAddr(i int) netip.Addr { return l.Nodes[i].Addr4() }
 
 // Route points the router's VIP route at the given nodes (indexes from 0):
-// a multipath route hashing on L4 over several, a plain route through one.
+// a multipath route or a resilient nexthop group (as the lab's Hashing
+// says) hashing on L4 over several, a plain route through one.
 // It replaces the route in place, as a router's health check does when a
 // node fails or comes back.
 func (l *Lab) Route(nodes ...int) error {
@@ -206,6 +221,9 @@ func (l *Lab) Route(nodes ...int) error {
 	r := &netlink.Route{
 		LinkIndex: eth.Attrs().Index,
 		Dst:       &net.IPNet{IP: VIP.AsSlice(), Mask: net.CIDRMask(32, 32)},
+	}
+	if len(nodes) > 1 && l.Hashing == Resilient {
+		return l.routeResilient(eth.Attrs().Index, nodes)
 	}
 	if len(nodes) == 1 {
 		r.Gw = l.NodeAddr(nodes[0]).AsSlice()
