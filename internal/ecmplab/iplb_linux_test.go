@@ -122,6 +122,13 @@ func TestIPLBAgreement(t *testing.T) {
 		assert.Greater(t, oneClient[i], 0, "the router hashes ports too: one client's flows reach node %d", i+1)
 	}
 
+	// The router hashes the headers: the same 5-tuple dialed again (a
+	// new socket, so a new txhash) takes the same node.
+	again1, again2 := f.forced(t), f.forced(t)
+	for src, r := range again1 {
+		require.Equal(t, f.nodeOf(r.Peer), f.nodeOf(again2[src].Peer), "flow %v dialed twice", src)
+	}
+
 	var first map[netip.AddrPort]string
 	for n := range f.Nodes {
 		require.NoError(t, f.Route(n))
