@@ -154,6 +154,7 @@ type survival struct {
 	flows               int // established connections before the failure
 	onKilled            int // of them, carried by the killed node
 	moved               int // flows that reached a node they had not used before (-1: unknown)
+	changed             int // flows whose backend the survivors' table now names differently
 	survived            int // answered by their first backend afterwards
 	survivedFromKilled  int // of the killed node's flows
 	survivedFromKilledN bool
@@ -166,8 +167,8 @@ func report(t testing.TB, rows ...survival) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "established connections surviving the failure of one of 3 balancer nodes behind an ECMP router (L4 hash):\n")
-	fmt.Fprintf(&b, "| data plane | router ECMP | scenario | flows | on killed node | moved to another node | survived of the killed node's | survived | share survived |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| data plane | router ECMP | scenario | flows | on killed node | moved to another node | new table changes backend | survived of the killed node's | survived | share survived |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		moved := fmt.Sprint(r.moved)
 		if r.moved < 0 {
@@ -177,8 +178,8 @@ func report(t testing.TB, rows ...survival) {
 		if r.survivedFromKilledN {
 			fromKilled = fmt.Sprintf("%d / %d", r.survivedFromKilled, r.onKilled)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s | %s | %d | %.1f %% |\n",
-			r.plane, r.hashing, r.scenario, r.flows, r.onKilled, moved, fromKilled, r.survived, 100*r.share())
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s | %d | %s | %d | %.1f %% |\n",
+			r.plane, r.hashing, r.scenario, r.flows, r.onKilled, moved, r.changed, fromKilled, r.survived, 100*r.share())
 	}
 	t.Log(b.String())
 }

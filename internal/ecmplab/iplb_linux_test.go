@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -83,6 +84,26 @@ func (f *ipFleet) predict(t testing.TB, src netip.AddrPort, nodes ...int) string
 		require.Equal(t, want, got, "nodes %d and %d disagree on %v", nodes[0]+1, n+1, src)
 	}
 	return f.nameOf(want)
+}
+
+// kill stops node i's balancer, checks its nftables table is gone, and
+// takes the node out of the router's VIP route, as a router's health
+// check would.
+func (f *ipFleet) kill(t testing.TB, i int) {
+	t.Helper()
+	require.NoError(t, f.stop[i]())
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Nodes[i].NS())))
+	require.NoError(t, err)
+	tables, err := c.ListTables()
+	require.NoError(t, err)
+	require.Empty(t, tables, "node %d's nftables table is deleted", i+1)
+	var rest []int
+	for n := range f.Nodes {
+		if n != i {
+			rest = append(rest, n)
+		}
+	}
+	require.NoError(t, f.Route(rest...))
 }
 
 // nodeOf returns the index of the node whose address a backend saw as its
@@ -167,6 +188,7 @@ func TestIPLBSurvival(t *testing.T) {
 					row.onKilled++
 				}
 			}
+			live := []int{1, 2}
 			if tc.addBackend {
 				grown := append(append([]netip.AddrPort(nil), f.members...), f.Backends[3].Addr)
 				for n := 1; n < 3; n++ {
@@ -177,11 +199,13 @@ func TestIPLBSurvival(t *testing.T) {
 					require.NoError(t, err)
 				}
 			}
-			require.NoError(t, f.stop[0]())
-			require.NoError(t, f.Route(1, 2))
+			f.kill(t, 0)
 
 			replies, errs := askAll(flows)
 			for i, fl := range flows {
+				if f.predict(t, fl.conn.Local, live...) != fl.first.Backend {
+					row.changed++
+				}
 				if errs[i] != nil {
 					continue
 				}

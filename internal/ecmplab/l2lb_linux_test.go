@@ -98,6 +98,37 @@ func (f *l2Fleet) entries(t testing.TB, nodes ...int) []int {
 	return out
 }
 
+// connLost returns the nodes' ConnLost counters summed: segments other
+// than a SYN that found no connection-table entry.
+func (f *l2Fleet) connLost(t testing.TB, nodes ...int) uint64 {
+	t.Helper()
+	var n uint64
+	for _, i := range nodes {
+		st, err := f.bals[i].Stats()
+		require.NoError(t, err)
+		n += st.ConnLost
+	}
+	return n
+}
+
+// kill stops node i's balancer, checks its XDP program is gone, and takes
+// the node out of the router's VIP route, as a router's health check
+// would.
+func (f *l2Fleet) kill(t testing.TB, i int) {
+	t.Helper()
+	require.NoError(t, f.stop[i]())
+	link, err := f.Nodes[i].Handle().LinkByName("eth0")
+	require.NoError(t, err)
+	require.False(t, link.Attrs().Xdp != nil && link.Attrs().Xdp.Attached, "node %d's XDP program is detached", i+1)
+	var rest []int
+	for n := range f.Nodes {
+		if n != i {
+			rest = append(rest, n)
+		}
+	}
+	require.NoError(t, f.Route(rest...))
+}
+
 func sum(xs []int) int {
 	s := 0
 	for _, x := range xs {
@@ -174,8 +205,10 @@ func TestL2LBSurvival(t *testing.T) {
 			before := f.entries(t, 0, 1, 2)
 			require.Equal(t, len(flows), sum(before))
 
+			predictAfter := predict
 			if tc.addBackend {
 				grown := append(append([]netip.AddrPort(nil), f.members...), f.Backends[3].Addr)
+				predictAfter, _ = l2Predictor(t, grown)
 				for n := 1; n < 3; n++ {
 					require.NoError(t, f.pools[n].Set(rotated(grown, n)))
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -184,18 +217,29 @@ func TestL2LBSurvival(t *testing.T) {
 					require.NoError(t, err)
 				}
 			}
-			require.NoError(t, f.stop[0]())
-			require.NoError(t, f.Route(1, 2))
+			f.kill(t, 0)
+			lost0 := f.connLost(t, 1, 2)
 
 			replies, errs := askAll(flows)
 			row := survival{plane: "l2lb (XDP, DSR)", hashing: tc.hashing, scenario: tc.name, flows: len(flows), onKilled: before[0]}
-			for i := range flows {
-				if errs[i] == nil && replies[i].Backend == flows[i].first.Backend {
-					row.survived++
+			for i, fl := range flows {
+				changed := f.nameOf(predictAfter(fl.conn.Local)) != fl.first.Backend
+				if changed {
+					row.changed++
 				}
+				if errs[i] == nil && replies[i].Backend == fl.first.Backend {
+					row.survived++
+					continue
+				}
+				// A flow whose slot keeps its backend survives on any
+				// node: only a moved flow whose slot changed may break.
+				assert.True(t, changed, "flow %v broke (%v) though the new ring keeps its backend", fl.conn.Local, errs[i])
 			}
 			after := f.entries(t, 1, 2)
 			row.moved = after[0] - before[1] + after[1] - before[2]
+			// Each moved flow's first segment on its new node found no
+			// entry and took the miss path: picked from the ring.
+			assert.GreaterOrEqual(t, f.connLost(t, 1, 2)-lost0, uint64(row.moved), "moved flows took the connection table's miss path")
 			rows = append(rows, row)
 			report(t, row)
 			if !tc.addBackend {
