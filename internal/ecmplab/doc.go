@@ -49,9 +49,9 @@
 //
 // The tests (run as root) prove the stateless agreement: three nodes, each
 // with its own pool of the same members in a different order, send every
-// flow to the backend the Go model predicts (l2lb: [l2lb.FlowHash] into the
+// flow to the backend the Go model predicts (l2lb: [github.com/lbkit/lbkit/l2lb.FlowHash] into the
 // Maglev table built from the member set; iplb: every node's
-// [iplb.Balancer.Lookup], all equal), whichever node ECMP picks, and the
+// [github.com/lbkit/lbkit/iplb.Balancer.Lookup], all equal), whichever node ECMP picks, and the
 // same 5-tuple reaches the same backend through each node in turn.
 //
 // They then kill one node under 600 established connections (its XDP

@@ -169,9 +169,16 @@ func TestL2LBAgreement(t *testing.T) {
 	var first map[netip.AddrPort]Reply
 	for n := range f.Nodes {
 		require.NoError(t, f.Route(n))
-		before := f.entries(t, n)[0]
+		before := f.entries(t, 0, 1, 2)
 		got := f.forced(t)
-		assert.GreaterOrEqual(t, f.entries(t, n)[0]-before, 1, "node %d carried the forced flows", n+1)
+		after := f.entries(t, 0, 1, 2)
+		for k := range after {
+			want := 0
+			if k == n {
+				want = forcedFlows // new flows to this node: first seen here
+			}
+			require.Equal(t, want, after[k]-before[k], "forced through node %d: node %d's connection table", n+1, k+1)
+		}
 		for src, r := range got {
 			require.Equal(t, f.nameOf(predict(src)), r.Backend, "flow %v through node %d", src, n+1)
 		}
