@@ -1,0 +1,246 @@
+package grpclb_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/lbkit/lbkit/circuit"
+	"github.com/lbkit/lbkit/grpclb"
+)
+
+func call(ctx context.Context, c testpb.TestServiceClient) (string, error) {
+	resp, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true))
+	if err != nil {
+		return "", err
+	}
+	return resp.GetHostname(), nil
+}
+
+// waitAll calls until each of n backends has answered, so the ready set is
+// complete before a test depends on it.
+func waitAll(t *testing.T, c testpb.TestServiceClient, n int) {
+	t.Helper()
+	seen := map[string]bool{}
+	for i := 0; len(seen) < n; i++ {
+		require.Less(t, i, 10000, "backends never all ready: %v", seen)
+		host, err := call(t.Context(), c)
+		require.NoError(t, err)
+		seen[host] = true
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	for _, bad := range []string{
+		`{"policy": "nope"}`,
+		`{"key": "header"}`,
+		`{"slowStart": "soon"}`,
+		`{"epsilon": -1}`,
+		`{"circuit": {"pool": {"maxRequests": -1}}}`,
+		`{"circuit": {"pool": {"retryBudget": {"percent": 120}}}}`,
+		`[]`,
+	} {
+		_, err := grpclb.ParseConfig([]byte(bad))
+		assert.Error(t, err, bad)
+	}
+	c, err := grpclb.ParseConfig([]byte(`{"policy": "ring_hash", "key": "header:x-user", "epsilon": 0.25, "slowStart": "30s",
+		"circuit": {"pool": {"retryBudget": {"percent": 20, "minRetryConcurrency": 5}}, "member": {"maxRequests": 100}}}`))
+	require.NoError(t, err)
+	assert.Equal(t, grpclb.PolicyRingHash, c.Policy)
+	assert.Equal(t, 20.0, c.Circuit.Pool.RetryBudget.Percent)
+	assert.Equal(t, 100, c.Circuit.Member.MaxRequests)
+}
+
+func TestPoliciesSpreadOverReadyBackends(t *testing.T) {
+	servers := []*server{startServer(t, nil), startServer(t, nil), startServer(t, nil)}
+	for _, policy := range []string{grpclb.PolicyEWMA, grpclb.PolicyLeastRequest, grpclb.PolicyRoundRobin, grpclb.PolicyRandom, grpclb.PolicyRingHash, grpclb.PolicyMaglev} {
+		t.Run(policy, func(t *testing.T) {
+			_, c := dial(t, fmt.Sprintf(`{"loadBalancingConfig": [{"lbkit": {"policy": %q}}]}`, policy), servers...)
+			seen := map[string]int{}
+			for range 60 {
+				host, err := call(t.Context(), c)
+				require.NoError(t, err)
+				seen[host]++
+			}
+			assert.Len(t, seen, 3, "every backend got RPCs: %v", seen)
+		})
+	}
+}
+
+func TestRingHashKeyedByMetadata(t *testing.T) {
+	servers := []*server{startServer(t, nil), startServer(t, nil), startServer(t, nil), startServer(t, nil)}
+	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"policy": "ring_hash", "key": "header:x-user", "epsilon": 0.25}}]}`, servers...)
+	waitAll(t, c, len(servers))
+	hosts := map[string]bool{}
+	for _, user := range []string{"ann", "bob", "cy", "dee", "eve", "fay"} {
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "x-user", user)
+		first, err := call(ctx, c)
+		require.NoError(t, err)
+		hosts[first] = true
+		for range 5 {
+			again, err := call(ctx, c)
+			require.NoError(t, err)
+			require.Equal(t, first, again, "user %s stays on one backend", user)
+		}
+		byKey, err := call(grpclb.WithKey(ctx, "tenant-1"), c)
+		require.NoError(t, err)
+		byKey2, err := call(grpclb.WithKey(t.Context(), "tenant-1"), c)
+		require.NoError(t, err)
+		require.Equal(t, byKey, byKey2, "WithKey wins over the metadata")
+	}
+	assert.Greater(t, len(hosts), 1)
+}
+
+func TestHealthServiceTakesBackendOut(t *testing.T) {
+	a, b := startServer(t, nil), startServer(t, nil)
+	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"policy": "round_robin"}}], "healthCheckConfig": {"serviceName": ""}}`, a, b)
+	waitAll(t, c, 2)
+
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	// The health stream delivers NOT_SERVING asynchronously: wait until
+	// an RPC lands on b alone for a run of 20.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := a.calls.Load()
+		for range 20 {
+			_, err := call(t.Context(), c)
+			require.NoError(t, err)
+		}
+		if a.calls.Load() == before {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "a still gets RPCs")
+	}
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	deadline = time.Now().Add(10 * time.Second)
+	for before := a.calls.Load(); a.calls.Load() == before; {
+		_, err := call(t.Context(), c)
+		require.NoError(t, err)
+		require.True(t, time.Now().Before(deadline), "a is back in")
+	}
+}
+
+func TestOverflowIsUnavailable(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	s := startServer(t, func(ctx context.Context) error {
+		arrived <- struct{}{}
+		<-release
+		return nil
+	})
+	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"circuit": {"member": {"maxRequests": 1}}}}]}`, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := call(context.Background(), c)
+		done <- err
+	}()
+	<-arrived
+	_, err := c.UnaryCall(t.Context(), &testpb.SimpleRequest{})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	which, ok := grpclb.IsOverflow(err)
+	require.True(t, ok, "%v", err)
+	require.ErrorIs(t, which, circuit.ErrMaxRequests)
+	close(release)
+	require.NoError(t, <-done)
+}
+
+// TestKilledBackendUnderLoad: 200 concurrent clients through the lbkit
+// balancer with gRPC's retry policy; one of three backends stops
+// abruptly a third of the way through; no RPC fails.
+func TestKilledBackendUnderLoad(t *testing.T) {
+	const clients, perClient = 200, 15
+	servers := []*server{startServer(t, nil), startServer(t, nil), startServer(t, nil)}
+	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"policy": "ewma"}}], `+fmt.Sprintf(retryPolicy, 4)+`}`, servers...)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var completed, failed atomic.Int64
+	var firstErr atomic.Value
+	kill := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for range perClient {
+				if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+				if completed.Add(1) == clients*perClient/3 {
+					once.Do(func() { close(kill) })
+				}
+			}
+		})
+	}
+	<-kill
+	servers[0].srv.Stop()
+	wg.Wait()
+	require.EqualValues(t, clients*perClient, completed.Load())
+	require.Zero(t, failed.Load(), "first failure: %v", firstErr.Load())
+}
+
+// TestRetryBudgetCapsRetries: every first attempt fails while 200 RPCs
+// are in flight; with a 20% budget at most 20% of them are retried.
+func TestRetryBudgetCapsRetries(t *testing.T) {
+	const clients, percent = 200, 20
+	gate := make(chan struct{})
+	events := make(chan struct{}, 2*clients)
+	var retries atomic.Int64
+	h := func(ctx context.Context) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if len(md.Get("grpc-previous-rpc-attempts")) == 0 {
+			return status.Error(codes.Unavailable, "first attempts fail")
+		}
+		retries.Add(1)
+		events <- struct{}{}
+		<-gate
+		return status.Error(codes.Unavailable, "retries fail too")
+	}
+	servers := []*server{startServer(t, h), startServer(t, h), startServer(t, h)}
+	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"policy": "round_robin",
+		"circuit": {"pool": {"retryBudget": {"percent": 20}}}}}], `+fmt.Sprintf(retryPolicy, 2)+`}`, servers...)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var refused atomic.Int64
+	var other sync.Map
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+			if which, ok := grpclb.IsOverflow(err); ok && which == circuit.ErrRetryBudgetExhausted {
+				refused.Add(1)
+			} else {
+				other.Store(fmt.Sprint(err), true)
+			}
+			events <- struct{}{}
+		})
+	}
+	// Refused RPCs return at once; retried ones wait at the gate, so
+	// they cannot return before it opens.
+	for range clients {
+		<-events
+	}
+	retried := retries.Load()
+	close(gate)
+	wg.Wait()
+	t.Logf("retries sent: %d of %d failed RPCs (budget %d%%), refused %d", retried, clients, percent, refused.Load())
+	assert.LessOrEqual(t, retried, int64(clients*percent/100))
+	assert.GreaterOrEqual(t, retried, int64(clients*percent/100-10))
+	assert.EqualValues(t, clients, retried+refused.Load(), "every RPC was either retried or refused by the budget")
+	other.Range(func(k, _ any) bool {
+		assert.Contains(t, k, "retries fail too", "the retried RPCs end with their retry's status")
+		return true
+	})
+}
