@@ -3,6 +3,7 @@ package dnslb
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
@@ -78,7 +79,8 @@ func (w *worker) applyUpdate(m *dns.Msg) int {
 	if err != nil {
 		return dns.RcodeFormatError
 	}
-	zn := w.s.zones[string(zw)]
+	tab := w.s.tab.Load()
+	zn := tab.zones[string(zw)]
 	if zn == nil {
 		return dns.RcodeNotAuth
 	}
@@ -96,7 +98,7 @@ func (w *worker) applyUpdate(m *dns.Msg) int {
 		if err != nil {
 			return dns.RcodeFormatError
 		}
-		ref, ok := w.s.names[string(nw)]
+		ref, ok := tab.names[string(nw)]
 		if !ok || ref.zone != zn || ref.node.svc == nil || ref.node.svc.cfg.UpdatePort == 0 {
 			return dns.RcodeRefused // only services open to updates change
 		}
@@ -152,7 +154,13 @@ func (w *worker) applyUpdate(m *dns.Msg) int {
 			pool.Remove(netip.AddrPortFrom(op.addr, op.sv.cfg.UpdatePort))
 		}
 	}
-	w.s.log.Info("dnslb: accepted update", "zone", zn.origin, "changes", len(ops))
+	var pools []string
+	for _, op := range ops {
+		if n := op.sv.cfg.Pool.Name(); !slices.Contains(pools, n) {
+			pools = append(pools, n)
+		}
+	}
+	w.s.log.Info("dnslb: accepted update", "zone", zn.origin, "changes", len(ops), "pool", pools)
 	return dns.RcodeSuccess
 }
 

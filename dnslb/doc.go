@@ -3,20 +3,33 @@
 // servers in step with a pool's health.
 //
 // A [Server] is authoritative for one or more [Zone]s given as zone-file
-// text and serves [Service] names from a balancer.Pool: A, AAAA and SRV
-// answers name the pool's ready backends (health, drain, weights and slow
-// start apply) chosen by a [Policy] — all of them rotated, N drawn by
-// weight, the same ones per client subnet (consistent hashing), or the
-// nearest zone by client subnet with EDNS Client Subnet (RFC 7871)
-// scoped answers. It speaks UDP and TCP, EDNS0 with truncation to the
-// client's buffer size, answers NXDOMAIN and NODATA with the SOA for
-// negative caching, refuses names outside its zones (no recursion), and
-// limits response rates per client prefix ([RateLimit]).
+// text and serves [Service] names from a balancer.Pool, the only list of
+// members: A, AAAA and SRV answers name the pool's ready backends
+// (health, drain, weights and slow start apply) chosen by a [Policy] —
+// all of them rotated, the pool picker's choice (so the pool's policy,
+// weighted round robin or least connections, decides who is named), the
+// same ones per client subnet through the pool's picker with a
+// balancer.Key (Maglev, ring hash or rendezvous keep a subnet on its
+// backend), or the nearest zone by client subnet with EDNS Client Subnet
+// (RFC 7871) scoped answers. Per-member data lives on the member: a
+// member's [MetaName] metadata is its SRV target.
+//
+// It speaks UDP and TCP, EDNS0 with truncation to the client's buffer
+// size, follows CNAMEs inside a zone, answers NXDOMAIN and NODATA with the
+// SOA for negative caching, refuses names outside its zones (no
+// recursion), and limits response rates per client prefix ([RateLimit]).
 //
 // The serving path parses queries in wire format and copies answers from
 // buffers packed ahead of time for each pool snapshot, so a query costs
 // no allocation; several UDP sockets share the port with SO_REUSEPORT,
 // each with its own read loop.
+//
+// A server has the lifecycle of every lbkit server: [New] validates,
+// [Server.Serve] (or [Server.ListenAndServe]) serves until its context
+// ends, [Server.Shutdown] stops gracefully (TCP queries in progress are
+// answered) and [Server.Close] stops at once; cancelling Serve's context
+// means Close. [Server.Update] swaps zones and services while it serves,
+// atomically. A server never closes the pools it was given.
 //
 // With Config.UpdateKeys set, the server also accepts TSIG-signed RFC
 // 2136 UPDATEs that add and remove a service's backends (services opt in

@@ -11,6 +11,7 @@ import (
 	"slices"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/dnslb"
 	"github.com/miekg/dns"
@@ -19,7 +20,7 @@ import (
 // A server for example.test. whose www name answers the ready backends
 // of a pool; a backend that fails leaves the answers at once.
 func Example() {
-	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	pool := balancer.MustNew(balancer.Config{Name: "web", Builder: roundrobin.Builder{}})
 	defer pool.Close()
 	for _, a := range []string{"198.18.0.1:443", "198.18.0.2:443"} {
 		pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(a)})
@@ -33,13 +34,12 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	udp, tcp, err := dnslb.Listen(ctx, "127.0.0.1:0", 1)
+	udp, tcp, err := dnslb.Listen(context.Background(), "127.0.0.1:0", 1)
 	if err != nil {
 		log.Fatal(err)
 	}
 	done := make(chan error)
-	go func() { done <- srv.Serve(ctx, udp, []net.Listener{tcp}) }()
+	go func() { done <- srv.Serve(context.Background(), udp, []net.Listener{tcp}) }()
 
 	ask := func(name string) {
 		m := new(dns.Msg)
@@ -60,12 +60,77 @@ func Example() {
 	ask("www.example.test.")
 	ask("mail.example.test.")
 
-	cancel()
-	<-done
+	if err := srv.Shutdown(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("served:", <-done)
 	// Output:
 	// www.example.test. NOERROR [198.18.0.1 198.18.0.2]
 	// www.example.test. NOERROR [198.18.0.2]
 	// mail.example.test. NXDOMAIN []
+	// served: <nil>
+}
+
+// A consistent service answers each client subnet from the pool's
+// Maglev table, keyed by the client's /16 here; Update then adds a name
+// for the same pool and points a CNAME at it while the server serves.
+func ExampleServer_Update() {
+	pool := balancer.MustNew(balancer.Config{Name: "api", Builder: maglev.Builder{}})
+	defer pool.Close()
+	for i := 1; i <= 4; i++ {
+		pool.Add(balancer.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 443)})
+	}
+	zone := func(records string) []dnslb.Zone {
+		return []dnslb.Zone{{Origin: "example.test.", Records: "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 60\n" + records}}
+	}
+	api := dnslb.Service{Name: "api.example.test.", Pool: pool, Policy: dnslb.PolicyConsistent,
+		Key: balancer.MustParseKey("client/16,48")}
+	srv, err := dnslb.New(dnslb.Config{Zones: zone(""), Services: []dnslb.Service{api},
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	udp, tcp, err := dnslb.Listen(context.Background(), "127.0.0.1:0", 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- srv.Serve(context.Background(), udp, []net.Listener{tcp}) }()
+
+	// answer asks for name as a resolver with EDNS Client Subnet would.
+	answer := func(name, subnet string) string {
+		p := netip.MustParsePrefix(subnet)
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1,
+			SourceNetmask: uint8(p.Bits()), Address: p.Addr().AsSlice()}}
+		r, err := dns.Exchange(m, tcp.Addr().String())
+		if err != nil {
+			log.Fatal(err)
+		}
+		return r.Answer[len(r.Answer)-1].(*dns.A).A.String()
+	}
+	first := answer("api.example.test.", "203.0.1.0/24")
+	fmt.Println("same /16, same answer:", answer("api.example.test.", "203.0.200.0/24") == first)
+
+	legacy := api
+	legacy.Name = "legacy-api.example.test."
+	err = srv.Update(zone("www 3600 IN CNAME api\n"), []dnslb.Service{api, legacy})
+	fmt.Println("update:", err)
+	fmt.Println("www follows its CNAME:", answer("www.example.test.", "203.0.1.0/24") == first)
+	fmt.Println("legacy-api answers alike:", answer("legacy-api.example.test.", "203.0.1.0/24") == first)
+
+	if err := srv.Close(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("served:", <-done)
+	// Output:
+	// same /16, same answer: true
+	// update: <nil>
+	// www follows its CNAME: true
+	// legacy-api answers alike: true
+	// served: <nil>
 }
 
 // An Updater keeps the A records of a name on a primary server equal to

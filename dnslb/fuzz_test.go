@@ -28,7 +28,7 @@ func newTestServer(t testing.TB, cfg Config) *Server {
 		big = append(big, be(fmt.Sprintf("198.18.1.%d:53", i+1)))
 	}
 	rules := []ZoneRule{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Zone: "ams"}, {Prefix: netip.MustParsePrefix("10.1.0.0/16"), Zone: "nyc"}}
-	cfg.Zones = []Zone{{Origin: "example.test.", Records: testZone}}
+	cfg.Zones = []Zone{{Origin: "example.test.", Records: testZone + "cnall IN CNAME all\ncnbig IN CNAME big\n"}}
 	cfg.UpdateKeys = []TSIGKey{{Name: "lbkit", Secret: testKeySecret}}
 	cfg.Logger = quiet
 	cfg.Services = []Service{
@@ -71,6 +71,10 @@ func FuzzQuery(f *testing.F) {
 		packQuery(f, "consistent.example.test.", dns.TypeA, withECS("203.0.113.0/24")),
 		packQuery(f, "nearest.example.test.", dns.TypeA, withECS("2001:db8::/56")),
 		packQuery(f, "nope.example.test.", dns.TypeANY),
+		packQuery(f, "www.example.test.", dns.TypeA, withEDNS(1232)),     // CNAME to a name that does not exist
+		packQuery(f, "cnall.example.test.", dns.TypeSRV, withEDNS(1232)), // CNAME to a service: SRV and glue
+		packQuery(f, "cnbig.example.test.", dns.TypeA, withEDNS(1400)),   // CNAME to a truncated answer
+		packQuery(f, "all.example.test.", dns.TypeA, func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassANY }),
 		packQuery(f, "example.org.", dns.TypeA),
 		packQuery(f, "ip4-198-18-0-1.all.example.test.", dns.TypeA),
 		signedUpdate(f, "all.example.test.", "198.18.0.77"),        // accepted: adds a backend
@@ -178,6 +182,8 @@ func TestServeNoAllocs(t *testing.T) {
 		{"NXDOMAIN", packQuery(t, "nope.example.test.", dns.TypeA)},
 		{"truncated", packQuery(t, "big.example.test.", dns.TypeA)},
 		{"static", packQuery(t, "example.test.", dns.TypeSOA)},
+		{"CNAME chain", packQuery(t, "www.example.test.", dns.TypeA, func(m *dns.Msg) { m.SetEdns0(1232, true) })},
+		{"CNAME to a service", packQuery(t, "cnall.example.test.", dns.TypeA)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.NotNil(t, w.respond(tc.pkt, src, false))

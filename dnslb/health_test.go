@@ -15,15 +15,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestHealthCheckerDrivesAnswers wires a health.Checker to the service's
-// pool with Drive: a backend whose probe fails leaves the answers, and
-// returns once it passes again.
+// TestHealthCheckerDrivesAnswers: a health.Checker follows the service's
+// pool: a backend whose probe fails leaves the answers and returns once
+// it passes again, and a member added to the pool is probed and, once
+// healthy, answered, with no other call.
 func TestHealthCheckerDrivesAnswers(t *testing.T) {
 	a1, a2 := netip.MustParseAddrPort("198.18.0.1:80"), netip.MustParseAddrPort("198.18.0.2:80")
+	a3 := netip.MustParseAddrPort("198.18.0.3:80")
 	pool := newPool(t, nil, be(a1.String()), be(a2.String()))
-	var a2down atomic.Bool
+	var a2down, a3down atomic.Bool
+	a3down.Store(true)
 	probe := health.ProberFunc(func(_ context.Context, addr netip.AddrPort) (health.Report, error) {
-		if addr == a2 && a2down.Load() {
+		if addr == a2 && a2down.Load() || addr == a3 && a3down.Load() {
 			return health.Report{}, errors.New("connection refused")
 		}
 		return health.Report{}, nil
@@ -31,12 +34,7 @@ func TestHealthCheckerDrivesAnswers(t *testing.T) {
 	chk, err := health.New(health.Config{Logger: quiet})
 	require.NoError(t, err)
 	defer chk.Close()
-	for _, a := range []netip.AddrPort{a1, a2} {
-		require.NoError(t, chk.SetTarget(health.Target{Addr: a, Probe: probe, Interval: 10 * time.Millisecond,
-			Rise: 1, Fall: 1, Initial: health.Healthy}))
-	}
-	stop := chk.Drive(pool)
-	defer stop()
+	require.NoError(t, chk.Follow(pool, health.Template{Probe: probe, Interval: 10 * time.Millisecond, Rise: 1, Fall: 1}))
 	_, addr := startServer(t, Config{Services: []Service{{Name: "svc.example.test.", Pool: pool}}})
 
 	answers := func(want ...string) func() bool {
@@ -49,6 +47,13 @@ func TestHealthCheckerDrivesAnswers(t *testing.T) {
 	require.Eventually(t, answers("198.18.0.1"), 20*time.Second, 10*time.Millisecond, "failed probe removes the backend")
 	a2down.Store(false)
 	require.Eventually(t, answers("198.18.0.1", "198.18.0.2"), 20*time.Second, 10*time.Millisecond, "passing probe brings it back")
+
+	require.NoError(t, pool.Add(be(a3.String())))
+	assert.Equal(t, []string{"198.18.0.1", "198.18.0.2"}, sorted(addrs(ask(t, addr, "udp", "svc.example.test.", dns.TypeA))),
+		"a new member is not answered before a probe passes")
+	a3down.Store(false)
+	require.Eventually(t, answers("198.18.0.1", "198.18.0.2", "198.18.0.3"), 20*time.Second, 10*time.Millisecond,
+		"a member added to the pool is probed and answered")
 }
 
 func sorted(s []string) []string {

@@ -2,13 +2,12 @@ package dnslb
 
 import (
 	"errors"
+	"hash/maphash"
 	"math"
 	"math/bits"
 	"net/netip"
 	"sync/atomic"
 	"time"
-
-	"github.com/lbkit/lbkit/balancer"
 )
 
 // RateLimit configures response rate limiting (RRL) per client prefix, as
@@ -32,8 +31,10 @@ type RateLimit struct {
 	// accounted together. Zero means 24 and 56.
 	IPv4PrefixLen, IPv6PrefixLen int
 	// TableSize is the number of prefixes tracked, rounded up to a power
-	// of two; prefixes that collide share a budget. Zero means 65536
-	// (4 MiB: 64 bytes a slot).
+	// of two; prefixes that collide share a budget. Slots are chosen by a
+	// hash keyed with a secret drawn at random per process, so a client
+	// cannot aim its prefixes at another's slot. Zero means 65536 (4 MiB:
+	// 64 bytes a slot).
 	TableSize int
 }
 
@@ -47,27 +48,34 @@ const (
 )
 
 // limiter is a fixed-size table of GCRA (generic cell rate algorithm)
-// buckets indexed by the hash of the client prefix. Each slot holds the
-// prefix's theoretical arrival time: a response is allowed when, after
-// adding one emission interval, the TAT is at most Burst intervals ahead
-// of now. Updates are lock-free compare-and-swaps; check does not
-// allocate.
+// buckets indexed by a keyed hash of the client prefix. Each slot holds
+// its theoretical arrival time: a response is allowed when, after adding
+// one emission interval, the TAT is at most Burst intervals ahead of now.
+// Prefixes whose hashes collide share the slot and so one budget: a
+// colliding prefix never resets it, so alternating between two prefixes
+// of one slot gets no more than one prefix alone. Updates are lock-free
+// compare-and-swaps; check does not allocate.
 type limiter struct {
 	slots        []rrlSlot
 	mask         uint64
-	interval     int64 // ns per response
-	tolerance    int64 // burst × interval
+	seed         maphash.Seed // the per-process secret keying the slot hash
+	interval     int64        // ns per response
+	tolerance    int64        // burst × interval
 	slip         uint32
 	bits4, bits6 int
 	base         time.Time
 }
 
 type rrlSlot struct {
-	key   atomic.Uint64
 	tat   atomic.Int64
 	slips atomic.Uint32
-	_     [44]byte // one slot per cache line
+	_     [52]byte // one slot per cache line
 }
+
+// rrlSeed keys the slot hash of every limiter in the process. It is
+// random per process, so which prefixes share a slot cannot be known (and
+// a slot cannot be aimed at) from outside.
+var rrlSeed = maphash.MakeSeed()
 
 func newLimiter(c RateLimit) (*limiter, error) {
 	if c.Rate == 0 {
@@ -99,6 +107,7 @@ func newLimiter(c RateLimit) (*limiter, error) {
 		bits4:    c.IPv4PrefixLen,
 		bits6:    c.IPv6PrefixLen,
 		base:     time.Now(),
+		seed:     rrlSeed,
 	}
 	l.tolerance = int64(burst) * l.interval
 	switch {
@@ -119,7 +128,7 @@ func newLimiter(c RateLimit) (*limiter, error) {
 // now returns monotonic nanoseconds since the limiter was made.
 func (l *limiter) now() int64 { return int64(time.Since(l.base)) }
 
-// key returns the hash of a's accounting prefix.
+// key returns the keyed hash of a's accounting prefix.
 func (l *limiter) key(a netip.Addr) uint64 {
 	a = a.Unmap()
 	n := l.bits6
@@ -127,19 +136,13 @@ func (l *limiter) key(a netip.Addr) uint64 {
 		n = l.bits4
 	}
 	p, _ := a.Prefix(n)
-	return balancer.HashAddr(p.Addr()) | 1 // never 0, the empty slot's key
+	b := p.Addr().As16() // IPv4 as IPv4-mapped: one form per prefix
+	return maphash.Comparable(l.seed, b)
 }
 
 // check accounts one response to the prefix hashed as key at time now (ns).
 func (l *limiter) check(key uint64, now int64) rrlVerdict {
 	s := &l.slots[key&l.mask]
-	if s.key.Load() != key {
-		// A new prefix takes the slot over with a full budget. Two
-		// prefixes racing for it may both pass once; that is harmless.
-		s.key.Store(key)
-		s.tat.Store(now)
-		s.slips.Store(0)
-	}
 	for {
 		tat := s.tat.Load()
 		next := max(tat, now) + l.interval

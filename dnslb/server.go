@@ -2,14 +2,15 @@ package dnslb
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,16 +27,13 @@ const DefaultMaxUDPSize = 1232
 // Config configures a [Server]. Zones is required; every other field has
 // a useful zero value, documented on the field.
 type Config struct {
-	// Addr is the address ListenAndServe listens on for UDP and TCP, such
-	// as "127.0.0.1:5353". Empty means ":53".
-	Addr string
 	// Zones are the zones the server is authoritative for. Names outside
 	// them are REFUSED. At least one is required.
 	Zones []Zone
 	// Services are the load-balanced names. Each must be inside a zone and
 	// must not also have A, AAAA, SRV or CNAME records in the zone data.
 	Services []Service
-	// UDPSockets is how many UDP sockets ListenAndServe binds to Addr with
+	// UDPSockets is how many UDP sockets ListenAndServe binds with
 	// SO_REUSEPORT, each with its own read loop, so the kernel spreads
 	// queries over cores. Zero means GOMAXPROCS.
 	UDPSockets int
@@ -70,91 +68,59 @@ type Config struct {
 // rebuilt when the pool publishes a new one.
 //
 // A Server serves once: call ListenAndServe or Serve one time, and stop
-// it by cancelling the context or calling Shutdown. All methods are safe
-// for concurrent use.
+// it with Shutdown (gracefully), Close (now) or by cancelling Serve's
+// context (the same as Close). Zones and services change while it serves
+// with [Server.Update]. All methods are safe for concurrent use.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	zones    map[string]*zone   // lower-case wire apex → zone
-	names    map[string]nameRef // lower-case wire name → its zone and node
-	services []*service
-	rrl      *limiter
-	maxUDP   int
-	idle     time.Duration
-	tcpSem   chan struct{}
-	updKeys  map[string]TSIGKey // canonical key name → key with canonical algorithm
+	cfg     Config
+	log     *slog.Logger
+	tab     atomic.Pointer[tables] // zones and services; swapped by Update
+	rrl     *limiter
+	maxUDP  int
+	idle    time.Duration
+	tcpSem  chan struct{}
+	updKeys map[string]TSIGKey // canonical key name → key with canonical algorithm
+
+	updMu sync.Mutex // serializes Update
 
 	workers sync.Pool // *worker for TCP connections and ServeDNS
 
 	mu      sync.Mutex
 	started bool
 	closed  bool
-	done    chan struct{}
+	done    chan struct{} // closed when Shutdown, Close or Serve's ctx stops the server
 	udp     []net.PacketConn
 	lns     []net.Listener
-	conns   map[net.Conn]struct{}
+	conns   map[*tcpConn]struct{}
 	stats   []*worker // UDP loops, for Stats
 	wg      sync.WaitGroup
 	tcpStat workerStats
 }
 
+// tcpConn is a TCP connection being served. busy is set, under mu, while
+// a query is read and answered, so Shutdown wakes only connections
+// waiting for their next query and lets the others finish theirs.
+type tcpConn struct {
+	net.Conn
+	mu   sync.Mutex
+	busy bool
+}
+
 // ErrServerClosed is returned by Serve and ListenAndServe when the server
-// was already shut down or started.
+// was already started, shut down or closed.
 var ErrServerClosed = errors.New("dnslb: server closed or already started")
 
 // New validates cfg and returns a server ready to serve.
 func New(cfg Config) (*Server, error) {
-	if len(cfg.Zones) == 0 {
-		return nil, errors.New("dnslb: at least one zone is required")
-	}
-	s := &Server{cfg: cfg, log: cfg.Logger, zones: make(map[string]*zone), done: make(chan struct{}),
-		conns: make(map[net.Conn]struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), conns: make(map[*tcpConn]struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	for _, z := range cfg.Zones {
-		zn, err := compileZone(z)
-		if err != nil {
-			return nil, err
-		}
-		if s.zones[string(zn.apex)] != nil {
-			return nil, fmt.Errorf("dnslb: zone %q configured twice", zn.origin)
-		}
-		s.zones[string(zn.apex)] = zn
+	tab, err := compileTables(cfg.Zones, cfg.Services)
+	if err != nil {
+		return nil, err
 	}
-	for _, sc := range cfg.Services {
-		sv, err := compileService(sc)
-		if err != nil {
-			return nil, err
-		}
-		zn, _ := s.findZone(sv.name)
-		if zn == nil {
-			return nil, fmt.Errorf("dnslb: service %q is in none of the zones", sc.Name)
-		}
-		nd, err := zn.ensure(presentation(sv.name))
-		if err != nil {
-			return nil, err
-		}
-		if nd.svc != nil {
-			return nil, fmt.Errorf("dnslb: service %q configured twice", sc.Name)
-		}
-		for _, t := range []uint16{typeA, typeAAAA, typeSRV, typeCNAME} {
-			if nd.rrsets[t] != nil {
-				return nil, fmt.Errorf("dnslb: service %q also has %s records in the zone", sc.Name, dns.TypeToString[t])
-			}
-		}
-		nd.svc = sv
-		s.services = append(s.services, sv)
-	}
-	// One map lookup finds an existing name's zone and node.
-	s.names = make(map[string]nameRef)
-	for _, zn := range s.zones {
-		for name, nd := range zn.nodes {
-			if owner, off := s.findZone([]byte(name)); owner == zn {
-				s.names[name] = nameRef{zone: zn, zoff: off, node: nd}
-			}
-		}
-	}
+	s.tab.Store(tab)
 	for _, k := range cfg.UpdateKeys {
 		if k.Name == "" || k.Secret == "" {
 			return nil, errors.New("dnslb: UpdateKeys need a name and a secret")
@@ -169,7 +135,6 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.updKeys[k.Name] = k
 	}
-	var err error
 	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
 		return nil, err
 	}
@@ -194,24 +159,6 @@ func New(cfg Config) (*Server, error) {
 	s.tcpSem = make(chan struct{}, maxConns)
 	s.workers.New = func() any { return s.newWorker() }
 	return s, nil
-}
-
-// nameRef locates a name that exists in one of the server's zones.
-type nameRef struct {
-	zone *zone
-	zoff int // offset of the zone's apex in the name
-	node *node
-}
-
-// findZone returns the zone with the longest apex that name (lower-case
-// wire form) is in, and the offset of that apex in name.
-func (s *Server) findZone(name []byte) (*zone, int) {
-	for off := 0; off < len(name); off += int(name[off]) + 1 {
-		if zn := s.zones[string(name[off:])]; zn != nil {
-			return zn, off
-		}
-	}
-	return nil, 0
 }
 
 // Stats are counters of a server's work since it started.
@@ -257,12 +204,11 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// ListenAndServe listens on Config.Addr with Config.UDPSockets UDP sockets
-// and one TCP listener (see [Listen]) and serves until ctx ends or
-// Shutdown is called, then returns nil. It returns an error if listening
-// fails, or ErrServerClosed if the server was already started or shut down.
-func (s *Server) ListenAndServe(ctx context.Context) error {
-	addr := s.cfg.Addr
+// ListenAndServe listens on addr (such as "127.0.0.1:5353"; empty means
+// ":53") with Config.UDPSockets UDP sockets and one TCP listener (see
+// [Listen]) and serves until ctx ends, Shutdown or Close, as [Server.Serve]
+// does. It returns an error if listening fails.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	if addr == "" {
 		addr = ":53"
 	}
@@ -278,10 +224,12 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 }
 
 // Serve answers queries arriving on the given UDP sockets (one read loop
-// each) and TCP listeners until ctx ends or Shutdown is called, then
-// closes them all, waits for the loops and connections to finish and
-// returns nil. The server takes ownership of the sockets. It returns
-// ErrServerClosed if the server was already started or shut down.
+// each) and TCP listeners; DNS needs both, and either may be empty. It
+// serves until ctx ends (which means the same as Close), Shutdown or
+// Close, waits for the read loops and connections to finish, closes the
+// sockets and returns nil. The server takes ownership of the sockets. It
+// returns ErrServerClosed, closing the sockets, if the server was already
+// started, shut down or closed.
 func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.Listener) error {
 	s.mu.Lock()
 	if s.started || s.closed {
@@ -310,18 +258,40 @@ func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.List
 	s.mu.Unlock()
 	select {
 	case <-ctx.Done():
+		s.Close()
 	case <-s.done:
 	}
-	s.closeAll()
 	s.wg.Wait()
+	s.closeSockets()
 	return nil
 }
 
-// Shutdown stops the server: it closes the sockets, so no new query is
-// read, and waits until the read loops and TCP connections have finished
-// or ctx ends, whichever comes first (returning ctx.Err() then).
+// Shutdown stops the server gracefully: it stops reading queries (UDP
+// read loops answer what they have read, TCP listeners close), lets each
+// TCP connection answer the query it is reading or answering, closes the
+// connections waiting for their next one, and waits until every loop and
+// connection has finished. When ctx ends first it closes what is left,
+// as Close does, and returns ctx.Err(). It is safe to call at any time,
+// more than once; before Serve it makes Serve fail with ErrServerClosed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeAll()
+	s.mu.Lock()
+	s.stopLocked()
+	// Wake the read loops: each sees the server stopping and returns.
+	now := time.Now()
+	for _, pc := range s.udp {
+		pc.SetReadDeadline(now)
+	}
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.mu.Lock()
+		if !c.busy {
+			c.SetReadDeadline(now)
+		}
+		c.mu.Unlock()
+	}
+	s.mu.Unlock()
 	waited := make(chan struct{})
 	go func() {
 		s.wg.Wait()
@@ -329,19 +299,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-waited:
+		s.closeSockets()
 		return nil
 	case <-ctx.Done():
+		s.Close()
+		<-waited
 		return ctx.Err()
 	}
 }
 
-func (s *Server) closeAll() {
+// Close stops the server now: it closes the sockets and every TCP
+// connection, answered or not. Serve returns once its loops have ended.
+// It is safe to call at any time, more than once, and always returns nil.
+func (s *Server) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.stopLocked()
+	s.mu.Unlock()
+	s.closeSockets()
+	return nil
+}
+
+// stopLocked marks the server stopped. s.mu must be held.
+func (s *Server) stopLocked() {
 	if !s.closed {
 		s.closed = true
 		close(s.done)
 	}
+}
+
+// closeSockets closes the sockets, listeners and connections.
+func (s *Server) closeSockets() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, pc := range s.udp {
 		pc.Close()
 	}
@@ -433,6 +422,7 @@ func (s *Server) serveTCP(ln net.Listener) {
 			c.Close() // over MaxTCPConns
 			continue
 		}
+		tc := &tcpConn{Conn: c}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -440,14 +430,14 @@ func (s *Server) serveTCP(ln net.Listener) {
 			<-s.tcpSem
 			return
 		}
-		s.conns[c] = struct{}{}
+		s.conns[tc] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.handleTCP(c)
+		go s.handleTCP(tc)
 	}
 }
 
-func (s *Server) handleTCP(c net.Conn) {
+func (s *Server) handleTCP(c *tcpConn) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, c)
@@ -464,10 +454,16 @@ func (s *Server) handleTCP(c net.Conn) {
 	defer s.workers.Put(w)
 	buf := make([]byte, 65535)
 	for {
-		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
+		// Waiting for a query: Shutdown may wake the read (busy is
+		// false) and this loop then ends.
+		if !c.setBusy(false, s) {
 			return
 		}
 		if _, err := io.ReadFull(c, buf[:2]); err != nil {
+			return
+		}
+		// A query is arriving: Shutdown lets it finish.
+		if !c.setBusy(true, s) {
 			return
 		}
 		n := int(buf[0])<<8 | int(buf[1])
@@ -487,6 +483,19 @@ func (s *Server) handleTCP(c net.Conn) {
 			return
 		}
 	}
+}
+
+// setBusy records whether the connection is busy with a query and sets
+// its idle read deadline. Entering the idle state it reports false when
+// the server is stopping, so the connection ends.
+func (c *tcpConn) setBusy(busy bool, s *Server) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !busy && s.isClosed() {
+		return false
+	}
+	c.busy = busy
+	return c.SetReadDeadline(time.Now().Add(s.idle)) == nil
 }
 
 // ServeDNS answers r as the server would over the writer's transport, so
@@ -516,18 +525,17 @@ func (s *Server) ServeDNS(rw dns.ResponseWriter, r *dns.Msg) {
 // worker holds one serving loop's scratch state, so answering does not
 // allocate and loops share no mutable state but the rate limiter.
 type worker struct {
-	s     *Server
-	q     query
-	lname [maxNameLen + 1]byte
-	out   []byte
-	rng   *rand.Rand
-	rot   uint32
-	wts   []float64
-	stats *workerStats // own for UDP loops, the server's shared TCP one otherwise
+	s      *Server
+	q      query
+	lname  [maxNameLen + 1]byte
+	out    []byte
+	rot    uint32
+	picked []int32      // record indices of the answer being built
+	stats  *workerStats // own for UDP loops, the server's shared TCP one otherwise
 }
 
 func (s *Server) newWorker() *worker {
-	return &worker{s: s, out: make([]byte, 0, 2+65535+512), rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	return &worker{s: s, out: make([]byte, 0, 2+65535+512), picked: make([]int32, 0, 16),
 		stats: &s.tcpStat, rot: rand.Uint32()}
 }
 
@@ -563,7 +571,7 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 	} else if q.edns {
 		limit = min(max(int(q.udpSize), 512), w.s.maxUDP)
 	}
-	r := resp{b: appendHeader(w.out[:2], q, 0), limit: limit, q: q}
+	r := resp{b: appendHeader(w.out[:2], q, 0), limit: limit, q: q, udpSize: uint16(w.s.maxUDP)}
 	switch {
 	case q.opcode != opcodeQuery:
 		r.rcode = rcodeNotImp
@@ -571,34 +579,37 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 		r.rcode = rcodeFormErr
 	case q.edns && q.version != 0:
 		r.rcode = rcodeBadVers
-	case q.qclass != classIN:
-		r.rcode = rcodeRefused
+	case q.qclass != classIN && q.qclass != classANY:
+		r.rcode = rcodeRefused // class ANY is answered as IN, as Knot does
 	}
 	if q.question != nil {
 		r.b = append(r.b, q.question...)
 		r.qd = 1
 	}
 	r.qEnd = len(r.b)
-	if r.rcode == 0 {
-		w.answer(&r, src.Addr())
+	verdict := rrlPass
+	if !tcp && w.s.rrl != nil {
+		verdict = w.s.rrl.check(w.s.rrl.key(src.Addr()), w.s.rrl.now())
+	}
+	switch verdict {
+	case rrlDrop:
+		w.stats.limited.Add(1)
+		return nil
+	case rrlSlip:
+		// A slip is the question (and OPT) with TC set and no records,
+		// so a real client retries over TCP, where no limit applies.
+		w.stats.limited.Add(1)
+		w.stats.slipped.Add(1)
+		r.rcode = rcodeSuccess
+		r.tc = true
+	default:
+		if r.rcode == 0 {
+			w.answer(&r, src.Addr())
+		}
 	}
 	out := r.finish()
-	if r.tc {
+	if r.tc && verdict == rrlPass {
 		w.stats.truncated.Add(1)
-	}
-	if !tcp && w.s.rrl != nil {
-		switch w.s.rrl.check(w.s.rrl.key(src.Addr()), w.s.rrl.now()) {
-		case rrlDrop:
-			w.stats.limited.Add(1)
-			return nil
-		case rrlSlip:
-			w.stats.limited.Add(1)
-			w.stats.slipped.Add(1)
-			out = out[:r.qEnd]
-			out[4] |= flagTC >> 8
-			out[5] &^= 0xF // rcode NOERROR
-			setCounts(out[2:], r.qd, 0, 0, 0)
-		}
 	}
 	w.stats.responses.Add(1)
 	w.out = out[:0]
@@ -611,6 +622,7 @@ type resp struct {
 	b          []byte
 	q          *query
 	limit      int
+	udpSize    uint16 // the UDP payload size the OPT advertises
 	qEnd       int
 	rcode      int
 	qd, an, ns int
@@ -621,7 +633,7 @@ type resp struct {
 
 // finish sets the rcode and counts, appends the OPT record when the query
 // had one, and truncates to header, question and OPT with TC set when the
-// message exceeds the limit.
+// message exceeds the limit or tc is already set.
 func (r *resp) finish() []byte {
 	optLen := 0
 	if r.q.edns {
@@ -630,7 +642,7 @@ func (r *resp) finish() []byte {
 			optLen += 8 + int(r.q.ecsBytes)
 		}
 	}
-	if len(r.b)-2+optLen > r.limit {
+	if r.tc || len(r.b)-2+optLen > r.limit {
 		r.b = r.b[:r.qEnd]
 		r.an, r.ns, r.ar = 0, 0, 0
 		r.tc = true
@@ -646,119 +658,194 @@ func (r *resp) finish() []byte {
 	}
 	ar := r.ar
 	if r.q.edns {
-		r.b = appendOPT(r.b, r.q, uint16(min(r.limit, 65535)), r.rcode, r.scope)
+		r.b = appendOPT(r.b, r.q, r.udpSize, r.rcode, r.scope)
 		ar++
 	}
 	setCounts(r.b[2:], r.qd, r.an, r.ns, ar)
 	return r.b
 }
 
-// answer resolves the (well-formed, class IN, EDNS version 0) query.
+// maxCNAMEChain bounds how many CNAMEs one answer follows inside a zone.
+// A loop (a CNAME b, b CNAME a) ends where it comes back to a name already
+// in the answer, as in Knot; a longer chain ends after this many, and the
+// resolver takes over.
+const maxCNAMEChain = 8
+
+// answer resolves the (well-formed, class IN or ANY, EDNS version 0)
+// query. A CNAME whose target is in the same zone is followed, as RFC
+// 1034 §4.3.2 step 3a says: the answer holds the chain and then what the
+// target has of the asked type (or, when it has none, the SOA in the
+// authority section and the rcode of the last name, RFC 6604).
 func (w *worker) answer(r *resp, src netip.Addr) {
 	q := r.q
 	switch q.qtype {
 	case typeAXFR, typeIXFR:
 		r.rcode = rcodeRefused // no zone transfers
 		return
-	case typeMAILA, typeMAILB:
+	case typeMAILA, typeMAILB, 0:
 		r.rcode = rcodeNotImp
 		return
-	case typeOPT, typeTSIG, 0:
+	case typeOPT, typeTSIG:
 		r.rcode = rcodeFormErr
 		return
 	}
+	tab := w.s.tab.Load() // one configuration for the whole answer
 	lname := lowerName(&w.lname, q.qname)
-	ref, ok := w.s.names[string(lname)]
+	ref, ok := tab.names[string(lname)]
 	zn, zoff, nd := ref.zone, ref.zoff, ref.node
 	if !ok {
-		zn, zoff = w.s.findZone(lname)
+		zn, zoff = tab.findZone(lname)
 	}
 	if zn == nil {
 		r.rcode = rcodeRefused
 		return
 	}
-	if nd == nil {
-		if zoff > 0 && w.hostAnswer(r, zn, zoff, lname) {
-			return
-		}
-		r.rcode = rcodeNXDomain
-		r.authority(zn, zoff)
-		return
-	}
-	if nd.svc != nil {
-		switch q.qtype {
-		case typeA, typeAAAA:
-			f := 0
-			if q.qtype == typeAAAA {
-				f = 1
-			}
-			w.serviceAnswer(r, nd.svc, f, src)
-			if r.rcode == 0 && r.an == 0 {
-				r.authority(zn, zoff)
-			}
-			return
-		case typeSRV:
-			st := nd.svc.state()
-			if st.srvN == 0 {
-				if st.fam[0].servfail || st.fam[1].servfail {
-					r.rcode = rcodeServFail
-					return
-				}
-				r.authority(zn, zoff)
+	// owner is the message offset of the name the next records belong
+	// to: the question name, then each CNAME's target in its rdata.
+	owner := headerLen
+	var chain [maxCNAMEChain + 1]*node // the CNAME nodes already answered
+	for hops := 0; ; hops++ {
+		apex := owner + zoff // message offset of the zone's apex inside owner
+		if nd == nil {
+			if zoff > 0 && w.hostAnswer(r, zn, apex, owner, lname) {
 				return
 			}
-			r.b = append(r.b, st.srv...)
-			r.an = st.srvN
-			r.b = append(r.b, st.glue...)
-			r.ar = st.glueN
-			return
-		case typeANY:
-			r.hinfo(nd.svc.ttl)
+			r.rcode = rcodeNXDomain
+			r.authority(zn, apex)
 			return
 		}
-	}
-	if q.qtype == typeANY {
-		if len(nd.rrsets) == 0 {
-			r.authority(zn, zoff)
+		if nd.svc != nil {
+			w.serviceNode(r, zn, apex, owner, nd.svc, src)
 			return
 		}
-		r.hinfo(zn.negTTL)
-		return
+		if q.qtype == typeANY {
+			if len(nd.rrsets) == 0 {
+				r.authority(zn, apex)
+				return
+			}
+			r.hinfo(zn.negTTL, owner)
+			return
+		}
+		if set := nd.rrsets[q.qtype]; set != nil {
+			r.appendRRs(set.wire, owner)
+			r.an += set.n
+			return
+		}
+		cname := nd.rrsets[typeCNAME]
+		if cname == nil {
+			r.authority(zn, apex)
+			return
+		}
+		start := len(r.b)
+		r.appendRRs(cname.wire, owner)
+		r.an++
+		chain[hops] = nd
+		// The target name is the CNAME's rdata: uncompressed, after
+		// the 2-byte owner pointer and 10 bytes of type, class, TTL
+		// and length; its offset in the message leaves out the two
+		// bytes reserved in front of r.b.
+		target := r.b[start+12 : start+12+int(binary.BigEndian.Uint16(r.b[start+10:]))]
+		owner = start + 12 - 2
+		if hops == maxCNAMEChain || owner > 0x3FFF {
+			return
+		}
+		lname = lowerName(&w.lname, target)
+		ref, ok = tab.names[string(lname)]
+		if ok {
+			nd, zoff = ref.node, ref.zoff
+			if ref.zone != zn || slices.Contains(chain[:hops+1], nd) {
+				return // another zone (the resolver follows), or a loop
+			}
+			continue
+		}
+		z2, off := tab.findZone(lname)
+		if z2 != zn {
+			return
+		}
+		nd, zoff = nil, off
 	}
-	set := nd.rrsets[q.qtype]
-	if set == nil {
-		set = nd.rrsets[typeCNAME]
+}
+
+// serviceNode answers a query for a service's name; owner is the
+// message offset of that name and apex of its zone's apex.
+func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, src netip.Addr) {
+	switch r.q.qtype {
+	case typeA, typeAAAA:
+		f := 0
+		if r.q.qtype == typeAAAA {
+			f = 1
+		}
+		start, an := len(r.b), r.an
+		w.serviceAnswer(r, sv, f, src)
+		r.patchOwners(start, owner)
+		if r.rcode == 0 && r.an == an {
+			r.authority(zn, apex)
+		}
+	case typeSRV:
+		st := sv.state()
+		if st.srvN == 0 {
+			if st.fam[0].servfail || st.fam[1].servfail {
+				r.rcode = rcodeServFail
+				return
+			}
+			r.authority(zn, apex)
+			return
+		}
+		r.appendRRs(st.srv, owner)
+		r.an += st.srvN
+		r.b = append(r.b, st.glue...)
+		r.ar = st.glueN
+	case typeANY:
+		r.hinfo(sv.ttl, owner)
+	default:
+		r.authority(zn, apex)
 	}
-	if set == nil {
-		r.authority(zn, zoff)
-		return
+}
+
+// appendRRs appends pre-packed records (each starting with a compression
+// pointer to the question name) with their owner pointing to the message
+// offset owner instead.
+func (r *resp) appendRRs(wire []byte, owner int) {
+	start := len(r.b)
+	r.b = append(r.b, wire...)
+	r.patchOwners(start, owner)
+}
+
+// patchOwners points the owner of every record from r.b[start:] on to the
+// message offset owner. The records are the pre-packed kind: a 2-byte
+// compression pointer, type, class, TTL, length and rdata.
+func (r *resp) patchOwners(start, owner int) {
+	if owner == headerLen {
+		return // already so
 	}
-	r.b = append(r.b, set.wire...)
-	r.an = set.n
+	hi, lo := 0xC0|byte(owner>>8), byte(owner)
+	for i := start; i+12 <= len(r.b); i += 12 + int(binary.BigEndian.Uint16(r.b[i+10:])) {
+		r.b[i], r.b[i+1] = hi, lo
+	}
 }
 
 // authority appends the zone's SOA (negative TTL) to the authority
-// section, its owner a compression pointer to the apex inside the
-// question name.
-func (r *resp) authority(zn *zone, zoff int) {
-	p := headerLen + zoff
-	r.b = append(r.b, 0xC0|byte(p>>8), byte(p))
+// section, its owner a compression pointer to the message offset apex,
+// where the zone's apex is spelled (inside the question name or a CNAME
+// target).
+func (r *resp) authority(zn *zone, apex int) {
+	r.b = append(r.b, 0xC0|byte(apex>>8), byte(apex))
 	r.b = append(r.b, zn.soaRest...)
 	r.ns = 1
 }
 
 // hinfo answers an ANY query the RFC 8482 way: one synthesized HINFO
 // record instead of every RRset.
-func (r *resp) hinfo(ttl uint32) {
-	r.b = append(r.b, 0xC0, headerLen)
+func (r *resp) hinfo(ttl uint32, owner int) {
+	r.b = append(r.b, 0xC0|byte(owner>>8), byte(owner))
 	r.b = appendRRHeader(r.b, typeHINFO, ttl, 9)
 	r.b = append(r.b, 7, 'R', 'F', 'C', '8', '4', '8', '2', 0)
-	r.an = 1
+	r.an++
 }
 
 // hostAnswer answers the SRV target names under a service. It reports
 // false if lname is not one.
-func (w *worker) hostAnswer(r *resp, zn *zone, zoff int, lname []byte) bool {
+func (w *worker) hostAnswer(r *resp, zn *zone, apex, owner int, lname []byte) bool {
 	pn := zn.nodes[string(lname[lname[0]+1:])]
 	if pn == nil || pn.svc == nil {
 		return false
@@ -772,14 +859,77 @@ func (w *worker) hostAnswer(r *resp, zn *zone, zoff int, lname []byte) bool {
 	case r.q.qtype == typeA && ref.fam == 0, r.q.qtype == typeAAAA && ref.fam == 1:
 		fs := &st.fam[ref.fam]
 		i := int(ref.idx) * fs.stride
-		r.b = append(r.b, fs.wire[i:i+fs.stride]...)
-		r.an = 1
+		r.appendRRs(fs.wire[i:i+fs.stride], owner)
+		r.an++
 	case r.q.qtype == typeANY:
-		r.hinfo(pn.svc.ttl)
+		r.hinfo(pn.svc.ttl, owner)
 	default:
-		r.authority(zn, zoff)
+		r.authority(zn, apex)
 	}
 	return true
+}
+
+// maxPickTries bounds the picks one answer asks the pool's picker for,
+// per name answered: picks of the other address family or of a name
+// already in the answer are retried until then.
+const maxPickTries = 8
+
+// picks appends k distinct records of family f, the first chosen by the
+// snapshot's picker with info. With a key, the others are picks with
+// keys derived from it, so they too stay the same per key while the
+// ready set does. Without one, the others are the records after the
+// first: one pick per answer keeps the picker's own sequence (a weighted
+// round robin's schedule) intact, so the first name, the one most clients
+// use, follows the pool's policy exactly. A pick of the other family or
+// of an address already named is retried, up to maxPickTries per record;
+// what is still missing (the picker favours the other family, or nothing
+// of f is ready and the records are a fallback) is filled in record
+// order, from a start that depends only on the key (Lamping and Veach's
+// jump hash) or rotates when there is none.
+func (w *worker) picks(r *resp, st *svcState, f int, info balancer.PickInfo, k int) {
+	fs := &st.fam[f]
+	w.picked = w.picked[:0]
+	if !fs.fallback {
+		for try := 0; len(w.picked) < k && try < maxPickTries*k; try++ {
+			in := info
+			if try > 0 && info.HasKey {
+				in = balancer.WithKey(balancer.Mix64(info.Key + uint64(try)))
+			} else if len(w.picked) > 0 {
+				break // unkeyed: one pick, then its successors
+			}
+			ep, err := st.snap.Picker.Pick(in)
+			if err != nil {
+				break
+			}
+			i, ok := st.refs[ep]
+			if !ok || famOf(ep.Addr().Addr()) != f || slices.Contains(w.picked, i) {
+				continue
+			}
+			w.picked = append(w.picked, i)
+		}
+	}
+	if len(w.picked) < k {
+		var start int
+		switch {
+		case info.HasKey:
+			start = jump(info.Key, fs.n)
+		case len(w.picked) > 0:
+			start = int(w.picked[0]) + 1
+		default:
+			start = int(w.rot % uint32(fs.n))
+			w.rot++
+		}
+		for j := 0; len(w.picked) < k; j++ {
+			if i := int32((start + j) % fs.n); !slices.Contains(w.picked, i) {
+				w.picked = append(w.picked, i)
+			}
+		}
+	}
+	for _, i := range w.picked {
+		o := int(i) * fs.stride
+		r.b = append(r.b, fs.wire[o:o+fs.stride]...)
+	}
+	r.an += k
 }
 
 // serviceAnswer appends the A (f = 0) or AAAA (f = 1) records the
@@ -802,60 +952,22 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 		w.rot++
 		r.b = append(r.b, fs.wire[i:]...)
 		r.b = append(r.b, fs.wire[:i]...)
-		r.an = n
+		r.an += n
 	case PolicyWeighted:
-		k := min(sv.count, n)
-		if n == 1 {
-			r.b = append(r.b, fs.wire...)
-			r.an = 1
-			return
-		}
-		w.wts = append(w.wts[:0], fs.weights...)
-		total := fs.total
-		for range k {
-			x := w.rng.Float64() * total
-			pick := -1
-			for i, wt := range w.wts {
-				if wt == 0 {
-					continue
-				}
-				pick = i
-				if x < wt {
-					break
-				}
-				x -= wt
-			}
-			total -= w.wts[pick]
-			w.wts[pick] = 0
-			r.b = append(r.b, fs.wire[pick*stride:(pick+1)*stride]...)
-		}
-		r.an = k
+		w.picks(r, st, f, balancer.PickInfo{}, min(sv.count, n))
 	case PolicyConsistent:
 		addr, nbits, ecs := clientSubnet(r.q, src)
-		nbits = min(nbits, 24)
-		if !addr.Is4() {
-			nbits = min(nbits, 56)
-		}
-		p, _ := addr.Prefix(nbits)
-		key := balancer.HashAddr(p.Addr())
 		if ecs {
-			r.scope = uint8(nbits)
-		}
-		idx := -1
-		if ep, err := st.snap.Picker.Pick(balancer.WithKey(key)); err == nil {
-			if i, ok := st.refs[ep]; ok && famOf(ep.Addr().Addr()) == f {
-				idx = int(i)
+			kb := sv.key.Bits6
+			if addr.Is4() {
+				kb = sv.key.Bits4
 			}
+			if kb == 0 {
+				kb = addr.BitLen()
+			}
+			r.scope = uint8(min(nbits, kb))
 		}
-		if idx < 0 {
-			idx = jump(key, n)
-		}
-		k := min(sv.count, n)
-		for j := range k {
-			i := (idx + j) % n * stride
-			r.b = append(r.b, fs.wire[i:i+stride]...)
-		}
-		r.an = k
+		w.picks(r, st, f, sv.key.Client(addr), min(sv.count, n))
 	case PolicyNearest:
 		addr, _, ecs := clientSubnet(r.q, src)
 		ri, scope := sv.nearest(addr)
@@ -877,7 +989,7 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 				i := (start + j) % n * stride
 				r.b = append(r.b, fs.wire[i:i+stride]...)
 			}
-			r.an = k
+			r.an += k
 			return
 		}
 		m := len(list)
@@ -890,6 +1002,6 @@ func (w *worker) serviceAnswer(r *resp, sv *service, f int, src netip.Addr) {
 			i := int(list[(start+j)%m]) * stride
 			r.b = append(r.b, fs.wire[i:i+stride]...)
 		}
-		r.an = k
+		r.an += k
 	}
 }

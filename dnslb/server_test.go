@@ -11,6 +11,7 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/ringhash"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -150,7 +151,7 @@ func TestZoneAnswers(t *testing.T) {
 				{"example.test.", dns.TypeSOA, dns.RcodeSuccess, 1, false},
 				{"example.test.", dns.TypeNS, dns.RcodeSuccess, 1, false},
 				{"example.test.", dns.TypeA, dns.RcodeSuccess, 0, true},
-				{"www.example.test.", dns.TypeA, dns.RcodeSuccess, 1, false}, // CNAME
+				{"www.example.test.", dns.TypeA, dns.RcodeSuccess, 3, false}, // CNAME to the service, followed
 				{"txt.example.test.", dns.TypeTXT, dns.RcodeSuccess, 1, false},
 				{"deep.example.test.", dns.TypeA, dns.RcodeSuccess, 0, true}, // empty non-terminal
 				{"b.deep.example.test.", dns.TypeA, dns.RcodeSuccess, 0, true},
@@ -245,8 +246,10 @@ func TestPolicyAllRotates(t *testing.T) {
 	assert.Equal(t, before, pool.Snapshot().Ready, "the pool's ready set is never reordered")
 }
 
+// TestPolicyWeighted: the pool's policy (here weighted round robin)
+// decides who is named first.
 func TestPolicyWeighted(t *testing.T) {
-	pool := newPool(t, nil,
+	pool := newPool(t, weighted.Builder{},
 		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.1:80"), Weight: 1},
 		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.2:80"), Weight: 3},
 		balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.3:80"), Weight: 6})
@@ -589,6 +592,8 @@ func TestConfigErrors(t *testing.T) {
 		{"service outside zones", Config{Zones: z, Services: []Service{{Name: "svc.other.", Pool: pool}}}},
 		{"service without pool", Config{Zones: z, Services: []Service{{Name: "svc.example.test."}}}},
 		{"service over CNAME", Config{Zones: z, Services: []Service{{Name: "www.example.test.", Pool: pool}}}},
+		{"key prefix out of range", Config{Zones: z, Services: []Service{{Name: "s.example.test.", Pool: pool, Policy: PolicyConsistent,
+			Key: balancer.Key{Source: balancer.KeyClient, Bits4: 33}}}}},
 		{"service twice", Config{Zones: z, Services: []Service{{Name: "s.example.test.", Pool: pool}, {Name: "S.example.test", Pool: pool}}}},
 		{"bad rate", Config{Zones: z, RateLimit: RateLimit{Rate: -1}}},
 		{"bad UDP size", Config{Zones: z, MaxUDPSize: 100}},
@@ -705,15 +710,15 @@ func TestAsMiekgHandler(t *testing.T) {
 }
 
 func TestListenAndServe(t *testing.T) {
-	s, err := New(Config{Addr: "127.0.0.1:0", UDPSockets: 2, Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
+	s, err := New(Config{UDPSockets: 2, Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	assert.NoError(t, s.ListenAndServe(ctx), "stops when ctx ends")
+	assert.NoError(t, s.ListenAndServe(ctx, "127.0.0.1:0"), "stops when ctx ends")
 
-	s, err = New(Config{Addr: "no-port", Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
+	s, err = New(Config{Zones: []Zone{{Origin: "example.test.", Records: testZone}}})
 	require.NoError(t, err)
-	err = s.ListenAndServe(context.Background())
+	err = s.ListenAndServe(context.Background(), "no-port")
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "dnslb: listen address")
 }

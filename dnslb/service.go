@@ -21,6 +21,17 @@ import (
 // short, so clients move off a failed backend quickly.
 const DefaultTTL = 30 * time.Second
 
+// MetaName is the member metadata key (balancer.Backend.Meta) whose value,
+// a host name such as "web1.example.test.", is the member's SRV target.
+// Without it the target is a name synthesized under the service (see
+// [Service]).
+const MetaName = "name"
+
+// DefaultKey is the key of PolicyConsistent when Service.Key is zero: the
+// client's /24 (IPv4) or /56 (IPv6), the prefixes resolvers and EDNS
+// Client Subnet commonly use.
+var DefaultKey = balancer.Key{Source: balancer.KeyClient, Bits4: 24, Bits6: 56}
+
 // Policy says which of a service's ready backends an answer names.
 type Policy uint8
 
@@ -28,16 +39,18 @@ const (
 	// PolicyAll answers every ready backend, rotated by one position per
 	// query so clients that take the first address spread evenly.
 	PolicyAll Policy = iota
-	// PolicyWeighted answers Count backends drawn by effective weight
-	// without repetition, like Route 53 multivalue answers or PowerDNS's
-	// pickwrandom: a backend with twice the weight is named first twice
-	// as often.
+	// PolicyWeighted answers Count backends, the first chosen by the
+	// pool's picker without a key: the pool's policy (weighted round
+	// robin, random, least connections, ...) decides who is named first,
+	// as it decides who gets a request behind a proxy. The others are the
+	// ready backends after it, without repetition (one pick per answer
+	// keeps the policy's own sequence intact).
 	PolicyWeighted
 	// PolicyConsistent answers, for one client subnet, the same Count
-	// backends while they stay ready: the key is balancer.HashAddr of the
-	// client subnet (the EDNS Client Subnet prefix capped at /24 for IPv4
-	// and /56 for IPv6, else the source address masked the same way),
-	// picked through the pool's Picker. Use a hash-based builder (Maglev,
+	// backends while they stay ready: the pool's picker is asked with
+	// Service.Key of the client subnet (the EDNS Client Subnet prefix
+	// when the query has one, else the source address), and for more
+	// names with keys derived from it. Use a hash-based builder (Maglev,
 	// ring hash, rendezvous) for the pool, or answers are not sticky.
 	PolicyConsistent
 	// PolicyNearest answers the ready backends whose Zone is the one the
@@ -47,19 +60,36 @@ const (
 	PolicyNearest
 )
 
-// String returns the policy's name.
+var policyNames = [...]string{PolicyAll: "all", PolicyWeighted: "weighted", PolicyConsistent: "consistent", PolicyNearest: "nearest"}
+
+// String returns the policy's name as a configuration file spells it:
+// "all", "weighted", "consistent" or "nearest".
 func (p Policy) String() string {
-	switch p {
-	case PolicyAll:
-		return "all"
-	case PolicyWeighted:
-		return "weighted"
-	case PolicyConsistent:
-		return "consistent"
-	case PolicyNearest:
-		return "nearest"
+	if int(p) < len(policyNames) {
+		return policyNames[p]
 	}
 	return "Policy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// MarshalText returns the policy's name. It fails for an unknown policy.
+// It implements encoding.TextMarshaler.
+func (p Policy) MarshalText() ([]byte, error) {
+	if int(p) >= len(policyNames) {
+		return nil, fmt.Errorf("dnslb: unknown policy %d", p)
+	}
+	return []byte(policyNames[p]), nil
+}
+
+// UnmarshalText sets p from its name (see [Policy.String]), ignoring
+// case. It implements encoding.TextUnmarshaler.
+func (p *Policy) UnmarshalText(text []byte) error {
+	for i, n := range policyNames {
+		if strings.EqualFold(n, string(text)) {
+			*p = Policy(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("dnslb: unknown policy %q (want all, weighted, consistent or nearest)", text)
 }
 
 // Fallback says what a service answers when none of its backends of the
@@ -76,6 +106,38 @@ const (
 	FallbackServFail
 )
 
+var fallbackNames = [...]string{FallbackAll: "all", FallbackServFail: "servfail"}
+
+// String returns the fallback's name as a configuration file spells it:
+// "all" or "servfail".
+func (f Fallback) String() string {
+	if int(f) < len(fallbackNames) {
+		return fallbackNames[f]
+	}
+	return "Fallback(" + strconv.Itoa(int(f)) + ")"
+}
+
+// MarshalText returns the fallback's name. It fails for an unknown
+// fallback. It implements encoding.TextMarshaler.
+func (f Fallback) MarshalText() ([]byte, error) {
+	if int(f) >= len(fallbackNames) {
+		return nil, fmt.Errorf("dnslb: unknown fallback %d", f)
+	}
+	return []byte(fallbackNames[f]), nil
+}
+
+// UnmarshalText sets f from its name (see [Fallback.String]), ignoring
+// case. It implements encoding.TextUnmarshaler.
+func (f *Fallback) UnmarshalText(text []byte) error {
+	for i, n := range fallbackNames {
+		if strings.EqualFold(n, string(text)) {
+			*f = Fallback(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("dnslb: unknown fallback %q (want all or servfail)", text)
+}
+
 // ZoneRule maps client addresses to a backend zone for [PolicyNearest].
 type ZoneRule struct {
 	// Prefix is the client network the rule covers.
@@ -87,9 +149,11 @@ type ZoneRule struct {
 // Service is a name served from a pool: A and AAAA queries answer the
 // addresses of its ready backends, SRV queries answer one record per ready
 // backend (priority 0, weight from the effective weight, the backend's
-// port) whose target is a host name under the service,
-// "ip4-198-18-0-1.<name>" or "ip6-<32 hex digits>.<name>", which itself
-// answers that backend's address.
+// port) whose target is the member's [MetaName] metadata when set (the
+// name must then resolve by other means, such as the zone data), else a
+// host name under the service, "ip4-198-18-0-1.<name>" or
+// "ip6-<32 hex digits>.<name>", which itself answers that backend's
+// address (and is sent as glue).
 type Service struct {
 	// Name is the service's fully qualified name, inside one of the
 	// server's zones, such as "www.example.test.".
@@ -101,6 +165,14 @@ type Service struct {
 	// Policy chooses the backends an answer names. The zero value is
 	// PolicyAll.
 	Policy Policy
+	// Key derives the pick key from the client's address (or its EDNS
+	// Client Subnet) for PolicyConsistent: client addresses under the
+	// key's prefix lengths share an answer, and ECS answers are scoped to
+	// at most those lengths. Keys that read HTTP data (header, cookie,
+	// path, query) or the 5-tuple fall back to the client address in
+	// DNS. The zero value means DefaultKey (client/24,56). Other policies
+	// ignore it.
+	Key balancer.Key
 	// Count is how many addresses an answer names: for PolicyWeighted and
 	// PolicyConsistent zero means 1; for PolicyNearest zero means every
 	// ready backend of the zone. PolicyAll ignores it.
@@ -126,7 +198,8 @@ type service struct {
 	name  []byte // lower-case wire form
 	ttl   uint32
 	count int
-	rules []rule // longest prefix first
+	key   balancer.Key // Key, or DefaultKey
+	rules []rule       // longest prefix first
 
 	mu  sync.Mutex
 	cur atomic.Pointer[svcState]
@@ -162,8 +235,7 @@ type famSet struct {
 	wire     []byte
 	stride   int
 	n        int
-	weights  []float64
-	total    float64
+	fallback bool // records of members that are not ready: picks skip
 	servfail bool
 	byRule   [][]int32 // per service rule: indices of records in its zone
 }
@@ -187,6 +259,9 @@ func compileService(s Service) (*service, error) {
 	if s.Fallback > FallbackServFail {
 		return nil, fmt.Errorf("dnslb: service %q: unknown fallback %d", name, s.Fallback)
 	}
+	if k := s.Key; k.Bits4 < 0 || k.Bits4 > 32 || k.Bits6 < 0 || k.Bits6 > 128 {
+		return nil, fmt.Errorf("dnslb: service %q: Key %s: prefix lengths out of range", name, k)
+	}
 	if s.Count < 0 {
 		return nil, fmt.Errorf("dnslb: service %q: Count must not be negative", name)
 	}
@@ -201,7 +276,10 @@ func compileService(s Service) (*service, error) {
 	if count == 0 && s.Policy != PolicyNearest {
 		count = 1
 	}
-	sv := &service{cfg: s, name: w, ttl: uint32(ttl / time.Second), count: count}
+	sv := &service{cfg: s, name: w, ttl: uint32(ttl / time.Second), count: count, key: s.Key}
+	if sv.key.IsZero() {
+		sv.key = DefaultKey
+	}
 	for _, r := range s.Zones {
 		if !r.Prefix.IsValid() {
 			return nil, fmt.Errorf("dnslb: service %q: invalid zone rule prefix", name)
@@ -272,6 +350,7 @@ func (sv *service) build(snap *balancer.Snapshot) *svcState {
 				list = nil
 			}
 			byFam[f] = list
+			fs.fallback = true
 		}
 		fs.byRule = make([][]int32, len(sv.rules))
 		seen := make(map[netip.Addr]int32)
@@ -285,8 +364,6 @@ func (sv *service) build(snap *balancer.Snapshot) *svcState {
 			seen[a] = i
 			st.refs[w.Endpoint] = i
 			fs.n++
-			fs.weights = append(fs.weights, w.Weight)
-			fs.total += w.Weight
 			typ := uint16(typeA)
 			if f == 1 {
 				typ = typeAAAA
@@ -302,14 +379,19 @@ func (sv *service) build(snap *balancer.Snapshot) *svcState {
 			st.hosts[hostLabel(a)] = hostRef{fam: f, idx: i}
 		}
 	}
-	// SRV: one record per backend (every port), targets with glue.
+	// SRV: one record per backend (every port), targets with glue
+	// (synthesized names only: a MetaName target resolves elsewhere).
 	glued := make(map[netip.Addr]bool)
 	for f := range byFam {
 		for _, w := range byFam[f] {
 			a := w.Endpoint.Addr().Addr().Unmap()
-			target := append([]byte{}, hostLabel(a)...)
-			target = append([]byte{byte(len(target))}, target...)
-			target = append(target, sv.name...)
+			target := metaTarget(w.Endpoint)
+			named := target != nil
+			if !named {
+				target = append([]byte{}, hostLabel(a)...)
+				target = append([]byte{byte(len(target))}, target...)
+				target = append(target, sv.name...)
+			}
 			weight := uint16(min(max(math.Round(w.Weight*10), 1), math.MaxUint16))
 			st.srv = append(st.srv, 0xC0, headerLen)
 			st.srv = appendRRHeader(st.srv, typeSRV, sv.ttl, 6+len(target))
@@ -317,7 +399,7 @@ func (sv *service) build(snap *balancer.Snapshot) *svcState {
 			st.srv = append(st.srv, 0, 0, byte(weight>>8), byte(weight), byte(port>>8), byte(port))
 			st.srv = append(st.srv, target...)
 			st.srvN++
-			if !glued[a] {
+			if !named && !glued[a] {
 				glued[a] = true
 				typ := uint16(typeA)
 				if f == 1 {
@@ -331,6 +413,24 @@ func (sv *service) build(snap *balancer.Snapshot) *svcState {
 		}
 	}
 	return st
+}
+
+// metaTarget returns the wire form of the member's MetaName, or nil when
+// it has none or it is not a valid name.
+func metaTarget(ep *balancer.Endpoint) []byte {
+	name := ep.Meta(MetaName)
+	if name == "" {
+		return nil
+	}
+	name = dns.Fqdn(name)
+	if _, ok := dns.IsDomainName(name); !ok {
+		return nil
+	}
+	w, err := wireName(name)
+	if err != nil {
+		return nil
+	}
+	return w
 }
 
 // hostLabel returns the SRV target label of an address: "ip4-198-18-0-1"

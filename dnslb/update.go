@@ -187,6 +187,7 @@ func NewUpdater(cfg UpdaterConfig) (*Updater, error) {
 	if u.log == nil {
 		u.log = slog.Default()
 	}
+	u.log = u.log.With("pool", cfg.Pool.Name())
 	if u.rrtype == 0 {
 		u.rrtype = dns.TypeA
 	}

@@ -40,9 +40,11 @@ const (
 	typeMAILA = 254
 	typeANY   = 255
 
-	classIN = 1
+	classIN  = 1
+	classANY = 255
 
 	optionECS = 8
+	optDO     = 1 << 15 // DNSSEC OK in the OPT record's TTL field
 
 	maxNameLen = 255
 )
@@ -71,6 +73,7 @@ type query struct {
 	edns     bool
 	udpSize  uint16
 	version  uint8
+	do       bool // DNSSEC OK (RFC 3225), echoed in the response's OPT
 	ecs      bool
 	ecsFam   uint16
 	ecsSrc   uint8
@@ -192,6 +195,7 @@ func (q *query) parseAdditional(pkt []byte, off int) (int, error) {
 	q.edns = true
 	q.udpSize = class
 	q.version = uint8(ttl >> 16)
+	q.do = ttl&optDO != 0
 	for len(rdata) > 0 {
 		if len(rdata) < 4 {
 			return 0, errMalformed
@@ -265,9 +269,15 @@ func lowerName(dst *[maxNameLen + 1]byte, src []byte) []byte {
 }
 
 // appendHeader appends a response header for q with the given rcode (low
-// four bits) and zero counts; the counts are patched by setCounts.
+// four bits) and zero counts; the counts are patched by setCounts. RD is
+// echoed; CD only for opcodes the server knows (QUERY and UPDATE), as a
+// responder to an unknown opcode cannot know what its other bits mean.
 func appendHeader(b []byte, q *query, rcode int) []byte {
-	flags := uint16(flagQR|flagAA) | uint16(q.opcode)<<11 | q.flags&(flagRD|flagCD) | uint16(rcode&0xF)
+	echo := uint16(flagRD)
+	if q.opcode == opcodeQuery {
+		echo |= flagCD
+	}
+	flags := uint16(flagQR|flagAA) | uint16(q.opcode)<<11 | q.flags&echo | uint16(rcode&0xF)
 	return append(b, byte(q.id>>8), byte(q.id), byte(flags>>8), byte(flags), 0, 0, 0, 0, 0, 0, 0, 0)
 }
 
@@ -280,16 +290,21 @@ func setCounts(msg []byte, qd, an, ns, ar int) {
 }
 
 // appendOPT appends the response's OPT record: our UDP payload size, the
-// extended rcode bits and, when the query carried EDNS Client Subnet, the
-// echoed option with the given SCOPE PREFIX-LENGTH (RFC 7871 §7.2.1).
+// extended rcode bits, the query's DO bit (RFC 3225 §3) and, when the
+// query carried EDNS Client Subnet, the echoed option with the given SCOPE
+// PREFIX-LENGTH (RFC 7871 §7.2.1).
 func appendOPT(b []byte, q *query, udpSize uint16, rcode int, scope uint8) []byte {
 	ext := byte(rcode >> 4)
+	var flags byte
+	if q.do {
+		flags = optDO >> 8
+	}
 	rdlen := 0
 	if q.ecs {
 		rdlen = 4 + 4 + int(q.ecsBytes)
 	}
 	b = append(b, 0, byte(typeOPT>>8), byte(typeOPT&0xFF), byte(udpSize>>8), byte(udpSize),
-		ext, 0, 0, 0, byte(rdlen>>8), byte(rdlen))
+		ext, 0, flags, 0, byte(rdlen>>8), byte(rdlen))
 	if q.ecs {
 		olen := 4 + int(q.ecsBytes)
 		b = append(b, 0, optionECS, byte(olen>>8), byte(olen),

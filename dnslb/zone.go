@@ -137,8 +137,8 @@ func compileZone(z Zone) (*zone, error) {
 	zn.soaRest = rest[2:]
 	// CNAME must stand alone at its name (RFC 1034 §3.6.2).
 	for name, nd := range zn.nodes {
-		if nd.rrsets[dns.TypeCNAME] != nil && len(nd.rrsets) > 1 {
-			return nil, fmt.Errorf("dnslb: zone %q: CNAME at %s must be the only record there", origin, presentation([]byte(name)))
+		if cn := nd.rrsets[dns.TypeCNAME]; cn != nil && (len(nd.rrsets) > 1 || cn.n > 1) {
+			return nil, fmt.Errorf("dnslb: zone %q: CNAME at %s must be the only record there, and only one", origin, presentation([]byte(name)))
 		}
 	}
 	return zn, nil

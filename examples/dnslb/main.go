@@ -1,8 +1,9 @@
 // Command dnslb runs lbkit's authoritative DNS load balancer on loopback
 // for a few queries and exits: it serves www.example.test from a pool of
 // three backends (addresses from 198.18.0.0/15, never contacted), shows
-// the rotation of answers, a weighted pick, a backend leaving the answers
-// when it turns unhealthy, and the negative answers.
+// the rotation of answers, a pick by the pool's weighted round robin, a
+// backend leaving the answers when it turns unhealthy, and the negative
+// answers, then shuts down gracefully.
 package main
 
 import (
@@ -17,7 +18,7 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
-	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
 	"github.com/lbkit/lbkit/dnslb"
 	"github.com/miekg/dns"
 )
@@ -33,7 +34,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	pool := balancer.MustNew(balancer.Config{Name: "www", Builder: weighted.Builder{}})
 	defer pool.Close()
 	for i, w := range []uint32{1, 1, 4} {
 		addr := netip.MustParseAddrPort(fmt.Sprintf("198.18.0.%d:443", i+1))
@@ -83,7 +84,7 @@ func main() {
 	for range 3 {
 		ask("www.example.test.", dns.TypeA)
 	}
-	fmt.Println("\none address drawn by weight (198.18.0.3 has weight 4 of 6):")
+	fmt.Println("\none address picked by the pool's weighted round robin (198.18.0.3 has weight 4 of 6):")
 	counts := map[string]int{}
 	for range 600 {
 		m := new(dns.Msg)
@@ -114,7 +115,9 @@ func main() {
 
 	st := srv.Stats()
 	fmt.Printf("\nserved %d queries, sent %d responses\n", st.Queries, st.Responses)
-	cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Fatal(err)
+	}
 	if err := <-served; err != nil {
 		log.Fatal(err)
 	}
