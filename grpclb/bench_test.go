@@ -21,7 +21,7 @@ import (
 // READY when asked to connect, so a policy's picker can be measured alone.
 type fakeCC struct {
 	balancer.ClientConn
-	mu     sync.Mutex
+	mu         sync.Mutex
 	picker     balancer.Picker
 	state      connectivity.State
 	connecting []*fakeSC
@@ -64,7 +64,7 @@ func (cc *fakeCC) connectAll() {
 		}
 	}
 }
-func (sc *fakeSC) Shutdown()                                        {}
+func (sc *fakeSC) Shutdown() {}
 func (sc *fakeSC) RegisterHealthListener(l func(balancer.SubConnState)) {
 	sc.cc.mu.Lock()
 	sc.cc.health = append(sc.cc.health, l)
