@@ -70,4 +70,3 @@ func BenchmarkRoundTrip(b *testing.B) {
 		})
 	}
 }
-
