@@ -143,8 +143,8 @@ func (b *lbBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 	return nil
 }
 
-// applyConfig installs cfg, building a new pool when the policy changed
-// (members and their health carry over).
+// applyConfig installs cfg, reconfiguring the pool when the policy
+// changed.
 func (b *lbBalancer) applyConfig(cfg *Config) error {
 	if err := b.cg.Update(cfg.circuit()); err != nil {
 		return fmt.Errorf("grpclb: %w", err)
@@ -157,24 +157,21 @@ func (b *lbBalancer) applyConfig(cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	pool, err := lb.New(lb.Config{Name: b.name, Builder: builder, SlowStart: cfg.slowStart})
+	pcfg := lb.Config{Name: b.name, Builder: builder, SlowStart: cfg.slowStart}
+	if b.pool != nil {
+		// A new policy: the members keep their health, in-flight
+		// counts and latency estimates.
+		if err := b.pool.Reconfigure(pcfg); err != nil {
+			return fmt.Errorf("grpclb: %w", err)
+		}
+		b.cfg = cfg
+		return nil
+	}
+	pool, err := lb.New(pcfg)
 	if err != nil {
 		return fmt.Errorf("grpclb: %w", err)
 	}
 	pool.SetJoinHealth(lb.HealthUnknown)
-	if old := b.pool; old != nil {
-		var bs []lb.Backend
-		for _, ep := range old.Endpoints() {
-			bs = append(bs, ep.Backend())
-		}
-		if err := pool.Set(bs); err != nil {
-			return fmt.Errorf("grpclb: %w", err)
-		}
-		for _, sc := range b.conns {
-			pool.SetHealth(sc.addr, sc.health())
-		}
-		old.Close()
-	}
 	b.pool, b.cfg = pool, cfg
 	return nil
 }

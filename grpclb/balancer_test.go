@@ -12,6 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
@@ -243,4 +246,71 @@ func TestRetryBudgetCapsRetries(t *testing.T) {
 		assert.Contains(t, k, "retries fail too", "the retried RPCs end with their retry's status")
 		return true
 	})
+}
+
+// TestSlowStartAfterRecovery: a backend that comes back from NOT_SERVING
+// starts at a tenth of its weight, so with a long window it gets about
+// one pick in eleven rather than one in two.
+func TestSlowStartAfterRecovery(t *testing.T) {
+	a, b := startServer(t, nil), startServer(t, nil)
+	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"policy": "random", "slowStart": "1h"}}], "healthCheckConfig": {"serviceName": ""}}`, a, b)
+	waitAll(t, c, 2)
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	for before := a.calls.Load(); ; {
+		for range 20 {
+			_, err := call(t.Context(), c)
+			require.NoError(t, err)
+		}
+		if a.calls.Load() == before {
+			break
+		}
+		before = a.calls.Load()
+	}
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for before := a.calls.Load(); a.calls.Load() == before; {
+		_, err := call(t.Context(), c)
+		require.NoError(t, err)
+	}
+	before := a.calls.Load()
+	const n = 400
+	for range n {
+		_, err := call(t.Context(), c)
+		require.NoError(t, err)
+	}
+	share := float64(a.calls.Load()-before) / n
+	t.Logf("recovered backend's share during slow start: %.3f", share)
+	assert.Less(t, share, 0.2, "slow start holds the recovered backend back")
+}
+
+// TestPolicyChangeKeepsServing: a new service config with another policy
+// reconfigures the pool in place.
+func TestPolicyChangeKeepsServing(t *testing.T) {
+	servers := []*server{startServer(t, nil), startServer(t, nil)}
+	r := manual.NewBuilderWithScheme("lbkit-test")
+	var addrs []resolver.Address
+	for _, s := range servers {
+		addrs = append(addrs, resolver.Address{Addr: s.addr.String()})
+	}
+	r.InitialState(resolver.State{Addresses: addrs})
+	cc, err := grpc.NewClient("lbkit-test:///fleet", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(r))
+	require.NoError(t, err)
+	defer cc.Close()
+	cc.Connect() // builds the resolver
+	c := testpb.NewTestServiceClient(cc)
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-user", "ann")
+	for _, tc := range []struct {
+		policy string
+		want   int // backends ann's 20 calls reach
+	}{{"round_robin", 2}, {"ring_hash", 1}, {"round_robin", 2}} {
+		r.UpdateState(resolver.State{Addresses: addrs, ServiceConfig: r.CC().ParseServiceConfig(
+			fmt.Sprintf(`{"loadBalancingConfig": [{"lbkit": {"policy": %q, "key": "header:x-user"}}]}`, tc.policy))})
+		waitAll(t, c, 2)
+		seen := map[string]bool{}
+		for range 20 {
+			host, err := call(ctx, c)
+			require.NoError(t, err)
+			seen[host] = true
+		}
+		assert.Len(t, seen, tc.want, tc.policy)
+	}
 }
