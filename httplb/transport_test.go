@@ -483,3 +483,60 @@ func TestReverseProxy(t *testing.T) {
 	}
 	c.CloseIdleConnections()
 }
+
+// TestPendingAndConnectionThresholds: a member capped at one connection
+// queues one request as pending and refuses the next; a pool capped at one
+// connection refuses to open a second one to another member.
+func TestPendingAndConnectionThresholds(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 4)
+	h := func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+	}
+	t.Run("member", func(t *testing.T) {
+		b := startBackend(t, h)
+		tr := newTransport(t, httplb.Config{Pool: newPool(t, b.addr), Circuit: circuit.Config{
+			Member: circuit.Thresholds{MaxConnections: 1, MaxPendingRequests: 1},
+		}})
+		c := &http.Client{Transport: tr}
+		done := make(chan error, 2)
+		for range 2 {
+			go func() {
+				_, _, err := get(t, c, context.Background(), "http://fleet/")
+				done <- err
+			}()
+		}
+		<-arrived // one request on the one connection...
+		m := tr.Circuit().Member(b.addr)
+		require.Eventually(t, func() bool { return m.Active(circuit.PendingRequests) == 1 }, 10*time.Second, time.Millisecond,
+			"...and one waiting for it")
+		assert.EqualValues(t, 1, m.Active(circuit.Connections))
+		_, _, err := get(t, c, t.Context(), "http://fleet/")
+		require.ErrorIs(t, err, circuit.ErrMaxPendingRequests)
+		release <- struct{}{}
+		<-arrived // the pending one got the connection
+		release <- struct{}{}
+		require.NoError(t, <-done)
+		require.NoError(t, <-done)
+		assert.Zero(t, m.Active(circuit.PendingRequests))
+	})
+	t.Run("pool", func(t *testing.T) {
+		a, b := startBackend(t, h), startBackend(t, h)
+		tr := newTransport(t, httplb.Config{Pool: newPool(t, a.addr, b.addr), Circuit: circuit.Config{
+			Pool: circuit.Thresholds{MaxConnections: 1},
+		}})
+		c := &http.Client{Transport: tr}
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := get(t, c, context.Background(), "http://fleet/")
+			done <- err
+		}()
+		<-arrived
+		_, _, err := get(t, c, t.Context(), "http://fleet/")
+		require.ErrorIs(t, err, circuit.ErrMaxConnections)
+		assert.Positive(t, tr.Circuit().Pool().Overflows(circuit.Connections))
+		release <- struct{}{}
+		require.NoError(t, <-done)
+	})
+}
