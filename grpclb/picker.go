@@ -77,8 +77,11 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	ep.Start()
 	start := time.Now()
 	return balancer.PickResult{SubConn: m.sc, Done: func(di balancer.DoneInfo) {
-		now := time.Now()
-		ep.DoneAt(Failure(di.Err), now.Sub(start), now)
+		// time.Since reads only the monotonic clock; start plus the
+		// latency is the end time DoneAt needs, without a second
+		// wall-clock read.
+		lat := time.Since(start)
+		ep.DoneAt(Failure(di.Err), lat, start.Add(lat))
 		p.cg.Release(m.brk, circuit.Requests)
 		if retry {
 			p.cg.Release(m.brk, circuit.Retries)
