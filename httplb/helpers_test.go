@@ -27,6 +27,13 @@ type backend struct {
 // startBackend serves h on a free loopback port until the test ends.
 func startBackend(t testing.TB, h http.HandlerFunc) *backend {
 	t.Helper()
+	return startBackendWith(t, h, nil)
+}
+
+// startBackendWith is startBackend with a hook that sets up the server
+// before it serves.
+func startBackendWith(t testing.TB, h http.HandlerFunc, setup func(*http.Server)) *backend {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	b := &backend{addr: netip.MustParseAddrPort(ln.Addr().String())}
@@ -34,6 +41,9 @@ func startBackend(t testing.TB, h http.HandlerFunc) *backend {
 		b.hits.Add(1)
 		h(w, r)
 	})}
+	if setup != nil {
+		setup(b.srv)
+	}
 	go b.srv.Serve(ln) //nolint:errcheck // ends with Close
 	t.Cleanup(func() { b.srv.Close() })
 	return b

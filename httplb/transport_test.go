@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -539,4 +540,34 @@ func TestPendingAndConnectionThresholds(t *testing.T) {
 		release <- struct{}{}
 		require.NoError(t, <-done)
 	})
+}
+
+// TestRemovedMemberConnectionsClosed: once a member leaves the pool, the
+// next request closes the idle connections the Transport kept to it.
+func TestRemovedMemberConnectionsClosed(t *testing.T) {
+	closed := make(chan struct{}, 8)
+	gone := startBackendWith(t, ok, func(s *http.Server) {
+		s.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed {
+				closed <- struct{}{}
+			}
+		}
+	})
+	stay := startBackend(t, ok)
+	pool := newPool(t, gone.addr, stay.addr)
+	tr := newTransport(t, httplb.Config{Pool: pool})
+	c := &http.Client{Transport: tr}
+	for range 4 {
+		_, _, err := get(t, c, t.Context(), "http://fleet/")
+		require.NoError(t, err)
+	}
+	require.Positive(t, gone.hits.Load())
+	require.True(t, pool.Remove(gone.addr))
+	_, _, err := get(t, c, t.Context(), "http://fleet/")
+	require.NoError(t, err)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the removed member's idle connection stayed open")
+	}
 }
