@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -26,7 +25,6 @@ const MetaScheme = "scheme"
 // Defaults of Config's zero fields.
 const (
 	DefaultRetries             = 2
-	DefaultBackoffBase         = 25 * time.Millisecond // Envoy's base_interval
 	DefaultMaxIdleConnsPerHost = 256
 )
 
@@ -73,21 +71,14 @@ type Config struct {
 	// after a connection error or a 502, 503 or 504 answer. Zero means
 	// DefaultRetries; negative disables retries.
 	Retries int
-	// BackoffBase and BackoffMax bound the jittered exponential backoff
-	// before retry n: a uniformly random wait in [0, min(BackoffMax,
-	// BackoffBase×2ⁿ⁻¹)], as Envoy's retry back-off. A retry whose wait
-	// would pass the request context's deadline is not made. Zero means
-	// DefaultBackoffBase and 10 × BackoffBase.
-	BackoffBase, BackoffMax time.Duration
+	// Backoff is the jittered exponential wait before each retry
+	// (Envoy's: 25 ms base, 250 ms cap by default). A retry whose wait
+	// would pass the request context's deadline is not made.
+	Backoff circuit.Backoff
 
 	// Circuit sets the circuit breakers and the retry budget, for the
 	// pool and per member. The zero value limits nothing.
 	Circuit circuit.Config
-
-	// Rand, when set, is the source of the backoff jitter instead of
-	// math/rand/v2's global functions. It must be safe for concurrent
-	// use.
-	Rand rand.Source
 
 	// Logger receives retries and refusals at debug level, each with the
 	// attribute pool=<name>. Nil means slog.Default().
@@ -107,8 +98,6 @@ type Transport struct {
 	cfg     Config
 	pool    *balancer.Pool
 	retries int
-	base    time.Duration
-	max     time.Duration
 	cg      *circuit.Group
 	log     *slog.Logger
 	pending bool // a pending-request threshold is set: trace connection waits
@@ -129,7 +118,7 @@ func New(cfg Config) (*Transport, error) {
 	switch {
 	case cfg.Pool == nil:
 		return nil, fmt.Errorf("%w: Pool is required", ErrConfig)
-	case cfg.BackoffBase < 0 || cfg.BackoffMax < 0:
+	case cfg.Backoff.Base < 0 || cfg.Backoff.Max < 0:
 		return nil, fmt.Errorf("%w: negative backoff", ErrConfig)
 	case cfg.Scheme != "" && cfg.Scheme != "http" && cfg.Scheme != "https":
 		return nil, fmt.Errorf("%w: scheme %q", ErrConfig, cfg.Scheme)
@@ -142,8 +131,6 @@ func New(cfg Config) (*Transport, error) {
 		cfg:     cfg,
 		pool:    cfg.Pool,
 		retries: cfg.Retries,
-		base:    cfg.BackoffBase,
-		max:     cfg.BackoffMax,
 		cg:      cg,
 		pending: cfg.Circuit.Pool.MaxPendingRequests > 0 || cfg.Circuit.Member.MaxPendingRequests > 0,
 	}
@@ -152,12 +139,6 @@ func New(cfg Config) (*Transport, error) {
 	}
 	if t.retries < 0 {
 		t.retries = 0
-	}
-	if t.base == 0 {
-		t.base = DefaultBackoffBase
-	}
-	if t.max == 0 {
-		t.max = 10 * t.base
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -297,7 +278,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		t.release(m, retry)
 		retry = true
 		t.log.Debug("httplb: retrying", "member", ep.Addr(), "next", next.Addr(), "attempt", attempt+1, "outcome", outcomeString(resp, err))
-		if err := t.backoff(ctx, attempt); err != nil {
+		if err := t.cfg.Backoff.Wait(ctx, attempt+1); err != nil {
 			t.cg.Release(t.member(next).brk, circuit.Retries)
 			return nil, fmt.Errorf("httplb: pool %q: %w", t.pool.Name(), err)
 		}
@@ -310,7 +291,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 // should be made: no member, no time left before the deadline, or the
 // breakers refused (counted as overflow there; their error is returned).
 func (t *Transport) retryTarget(ctx context.Context, info balancer.PickInfo, avoid []*balancer.Endpoint, last *balancer.Endpoint) (*balancer.Endpoint, error) {
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < t.base {
+	if ctx.Err() != nil {
 		return nil, nil
 	}
 	if info.HasKey {
@@ -445,31 +426,6 @@ func outcomeString(resp *http.Response, err error) string {
 		return err.Error()
 	}
 	return resp.Status
-}
-
-// backoff waits before retry attempt+1, or returns ctx's error.
-func (t *Transport) backoff(ctx context.Context, attempt int) error {
-	ceil := t.base << min(attempt, 30)
-	if ceil > t.max || ceil <= 0 {
-		ceil = t.max
-	}
-	var d time.Duration
-	if t.cfg.Rand != nil {
-		d = time.Duration(rand.New(t.cfg.Rand).Int64N(int64(ceil) + 1))
-	} else {
-		d = time.Duration(rand.Int64N(int64(ceil) + 1))
-	}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-		return fmt.Errorf("backoff of %v would pass the deadline: %w", d, context.DeadlineExceeded)
-	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // retryable reports whether r may be sent again: an idempotent method (or

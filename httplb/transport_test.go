@@ -27,8 +27,8 @@ import (
 
 func newTransport(t testing.TB, cfg httplb.Config) *httplb.Transport {
 	t.Helper()
-	if cfg.BackoffBase == 0 {
-		cfg.BackoffBase = time.Millisecond
+	if cfg.Backoff.Base == 0 {
+		cfg.Backoff.Base = time.Millisecond
 	}
 	tr, err := httplb.New(cfg)
 	require.NoError(t, err)
@@ -296,7 +296,7 @@ func TestRetryRefusedByBreaker(t *testing.T) {
 func TestBackoffStopsAtDeadline(t *testing.T) {
 	dead := deadAddr(t)
 	pool := newPool(t, dead)
-	c := &http.Client{Transport: newTransport(t, httplb.Config{Pool: pool, BackoffBase: time.Hour})}
+	c := &http.Client{Transport: newTransport(t, httplb.Config{Pool: pool, Backoff: circuit.Backoff{Base: time.Hour}})}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	_, _, err := get(t, c, ctx, "http://fleet/")

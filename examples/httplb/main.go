@@ -82,9 +82,9 @@ func run(w io.Writer) error {
 		return err
 	}
 	tr, err := httplb.New(httplb.Config{
-		Pool:        pool,
-		BackoffBase: time.Millisecond,
-		Circuit:     circuit.Config{Pool: circuit.Thresholds{RetryBudget: circuit.RetryBudget{Percent: 20}}},
+		Pool:    pool,
+		Backoff: circuit.Backoff{Base: time.Millisecond},
+		Circuit: circuit.Config{Pool: circuit.Thresholds{RetryBudget: circuit.RetryBudget{Percent: 20}}},
 	})
 	if err != nil {
 		return err
