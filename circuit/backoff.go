@@ -49,15 +49,31 @@ func (b Backoff) Delay(n int) time.Duration {
 	return time.Duration(rand.Int64N(int64(ceil) + 1))
 }
 
-// Wait blocks for Delay(n), or until ctx ends (returning its error).
-// When the wait would outlast ctx's deadline it returns at once with an
-// error wrapping context.DeadlineExceeded: a retry that cannot finish in
-// time is not worth starting.
-func (b Backoff) Wait(ctx context.Context, n int) error {
+// Next returns the wait before retry n and whether the retry fits before
+// ctx's deadline (a retry that cannot finish in time is not worth
+// starting; without a deadline it always fits).
+func (b Backoff) Next(ctx context.Context, n int) (time.Duration, bool) {
 	d := b.Delay(n)
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return d, false
+	}
+	return d, true
+}
+
+// Wait blocks for Delay(n), or until ctx ends (returning its error).
+// When the wait would outlast ctx's deadline it returns at once with an
+// error wrapping context.DeadlineExceeded.
+func (b Backoff) Wait(ctx context.Context, n int) error {
+	d, ok := b.Next(ctx, n)
+	if !ok {
 		return fmt.Errorf("circuit: a backoff of %v would pass the deadline: %w", d, context.DeadlineExceeded)
 	}
+	return Sleep(ctx, d)
+}
+
+// Sleep blocks for d or until ctx ends, and returns ctx's error if it
+// ended first.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -242,11 +242,15 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 		var next *balancer.Endpoint
 		var refused error
+		var delay time.Duration
 		if again && replay && attempt < t.retries {
 			if attempt < maxAvoid {
 				avoid[attempt] = ep
 			}
-			next, refused = t.retryTarget(ctx, info, avoid[:min(attempt+1, maxAvoid)], ep)
+			var fits bool
+			if delay, fits = t.cfg.Backoff.Next(ctx, attempt+1); fits {
+				next, refused = t.retryTarget(ctx, info, avoid[:min(attempt+1, maxAvoid)], ep)
+			}
 		}
 		if next == nil {
 			// Final attempt: hand the outcome back.
@@ -278,7 +282,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		t.release(m, retry)
 		retry = true
 		t.log.Debug("httplb: retrying", "member", ep.Addr(), "next", next.Addr(), "attempt", attempt+1, "outcome", outcomeString(resp, err))
-		if err := t.cfg.Backoff.Wait(ctx, attempt+1); err != nil {
+		if err := circuit.Sleep(ctx, delay); err != nil {
 			t.cg.Release(t.member(next).brk, circuit.Retries)
 			return nil, fmt.Errorf("httplb: pool %q: %w", t.pool.Name(), err)
 		}
