@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/lbkit/lbkit/circuit"
@@ -165,7 +166,11 @@ func TestOverflowIsUnavailable(t *testing.T) {
 func TestKilledBackendUnderLoad(t *testing.T) {
 	const clients, perClient = 200, 15
 	servers := []*server{startServer(t, nil), startServer(t, nil), startServer(t, nil)}
-	_, c := dial(t, `{"loadBalancingConfig": [{"lbkit": {"policy": "ewma"}}], `+fmt.Sprintf(retryPolicy, 4)+`}`, servers...)
+	// gRPC's retryPolicy retries attempts the servers answered
+	// UNAVAILABLE or never saw; the interceptor's RetryPolicy also
+	// retries RPCs in flight when a server stopped (idempotent here).
+	_, c := dialRetry(t, grpclb.RetryPolicy{MaxAttempts: 3, Backoff: circuit.Backoff{Base: time.Millisecond}},
+		`{"loadBalancingConfig": [{"lbkit": {"policy": "ewma"}}], `+fmt.Sprintf(retryPolicy, 3)+`}`, servers...)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	var completed, failed atomic.Int64
@@ -312,5 +317,74 @@ func TestPolicyChangeKeepsServing(t *testing.T) {
 			seen[host] = true
 		}
 		assert.Len(t, seen, tc.want, tc.policy)
+	}
+}
+
+// TestInterceptorRetriesRPCInFlight: an RPC in flight on a server that
+// stops is not retried by gRPC (the server may have run it), but is by the
+// interceptor for an idempotent method, on the other backend.
+func TestInterceptorRetriesRPCInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		policy grpclb.RetryPolicy
+		ok     bool
+	}{
+		{"no retry policy", grpclb.RetryPolicy{}, false},
+		{"not idempotent", grpclb.RetryPolicy{MaxAttempts: 2, Idempotent: func(string) bool { return false }}, false},
+		{"idempotent", grpclb.RetryPolicy{MaxAttempts: 2, Backoff: circuit.Backoff{Base: time.Millisecond}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The stuck server sends response headers, so the attempt
+			// is committed and gRPC will not retry it; arrived fires
+			// when the client has them.
+			arrived := make(chan struct{}, 1)
+			stuck := startServer(t, func(ctx context.Context) error {
+				if err := grpc.SendHeader(ctx, metadata.Pairs("x-stuck", "1")); err != nil {
+					return err
+				}
+				<-ctx.Done()
+				return ctx.Err()
+			})
+			fine := startServer(t, nil)
+			_, c := dialWith(t, tc.policy, `{"loadBalancingConfig": [{"lbkit": {"policy": "round_robin"}}], `+fmt.Sprintf(retryPolicy, 3)+`}`,
+				[]grpc.DialOption{grpc.WithStatsHandler(headerSignal(arrived))}, stuck, fine)
+			for i := 0; ; i++ {
+				require.Less(t, i, 100, "no RPC reached the stuck server")
+				done := make(chan error, 1)
+				go func() {
+					_, err := call(context.Background(), c)
+					done <- err
+				}()
+				select {
+				case err := <-done:
+					require.NoError(t, err) // it went to the fine server
+					continue
+				case <-arrived:
+				}
+				stuck.srv.Stop()
+				err := <-done
+				if tc.ok {
+					require.NoError(t, err)
+				} else {
+					require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+				}
+				return
+			}
+		})
+	}
+}
+
+// headerSignal is a client stats handler that signals when response
+// headers marked x-stuck arrive.
+type headerSignal chan struct{}
+
+func (h headerSignal) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (h headerSignal) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (h headerSignal) HandleConn(context.Context, stats.ConnStats) {}
+func (h headerSignal) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if in, ok := s.(*stats.InHeader); ok && len(in.Header.Get("x-stuck")) > 0 {
+		h <- struct{}{}
 	}
 }

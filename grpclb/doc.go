@@ -17,7 +17,7 @@
 //		  "methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 3,
 //		    "initialBackoff": "0.01s", "maxBackoff": "0.1s", "backoffMultiplier": 2,
 //		    "retryableStatusCodes": ["UNAVAILABLE"]}}]}`),
-//		grpc.WithChainUnaryInterceptor(grpclb.UnaryClientInterceptor()))
+//		grpc.WithChainUnaryInterceptor(grpclb.UnaryClientInterceptor(grpclb.RetryPolicy{MaxAttempts: 3})))
 //
 // # Members and health
 //
@@ -43,9 +43,14 @@
 //
 // # Retries and circuit breakers
 //
-// gRPC's retryPolicy makes the retries; this policy decides whether each
-// one may go. With [UnaryClientInterceptor] installed the picker knows an
-// RPC's attempts apart: a retry needs a retry slot from the breakers, so
+// gRPC's retryPolicy retries attempts that a server answered with a
+// retryable status or never saw (gRFC A6); an RPC in flight on a server
+// that dies is not retried, since gRPC cannot know the method is
+// idempotent. [UnaryClientInterceptor] with a [RetryPolicy] retries those
+// too, for the methods the caller declares idempotent, on another backend,
+// after a jittered backoff that must fit before the deadline. Either way
+// this policy decides whether each retry may go. With the interceptor
+// installed the picker knows an RPC's attempts apart: a retry needs a retry slot from the breakers, so
 // with a retry budget the retries in flight stay under a share of the RPCs
 // in flight (an RPC between attempts counts as pending, in the budget's
 // base, as Envoy counts pending requests). A pick refused by a breaker

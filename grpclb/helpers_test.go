@@ -71,18 +71,30 @@ const retryPolicy = `"methodConfig": [{"name": [{"service": "grpc.testing.TestSe
 // serviceConfig.
 func dial(t testing.TB, serviceConfig string, servers ...*server) (*grpc.ClientConn, testpb.TestServiceClient) {
 	t.Helper()
+	return dialRetry(t, grpclb.RetryPolicy{}, serviceConfig, servers...)
+}
+
+// dialRetry is dial with the interceptor's own retries.
+func dialRetry(t testing.TB, retry grpclb.RetryPolicy, serviceConfig string, servers ...*server) (*grpc.ClientConn, testpb.TestServiceClient) {
+	t.Helper()
+	return dialWith(t, retry, serviceConfig, nil, servers...)
+}
+
+// dialWith is dialRetry with more dial options.
+func dialWith(t testing.TB, retry grpclb.RetryPolicy, serviceConfig string, more []grpc.DialOption, servers ...*server) (*grpc.ClientConn, testpb.TestServiceClient) {
+	t.Helper()
 	r := manual.NewBuilderWithScheme("lbkit-test")
 	var addrs []resolver.Address
 	for _, s := range servers {
 		addrs = append(addrs, resolver.Address{Addr: s.addr.String()})
 	}
 	r.InitialState(resolver.State{Addresses: addrs})
-	cc, err := grpc.NewClient("lbkit-test:///fleet",
+	cc, err := grpc.NewClient("lbkit-test:///fleet", append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithResolvers(r),
 		grpc.WithDefaultServiceConfig(serviceConfig),
-		grpc.WithChainUnaryInterceptor(grpclb.UnaryClientInterceptor()),
-	)
+		grpc.WithChainUnaryInterceptor(grpclb.UnaryClientInterceptor(retry)),
+	}, more...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() { cc.Close() })
 	return cc, testpb.NewTestServiceClient(cc)

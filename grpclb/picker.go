@@ -42,9 +42,23 @@ func (b *lbBalancer) newPicker(ready map[*lb.Endpoint]member) *picker {
 // latency to the end of the RPC, and a failure when the status code is one
 // a backend is to blame for (see Failure).
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
-	ep, err := p.pool.Pick(p.pickInfo(info))
+	rpc, _ := info.Ctx.Value(rpcKey{}).(*rpcState)
+	pi := p.pickInfo(info)
+	ep, err := p.pool.Pick(pi)
 	if err != nil {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
+	}
+	if rpc != nil && rpc.attempts.Load() > 0 {
+		// A retry: try for another backend than the last attempt's.
+		last := rpc.last.Load()
+		for i := 0; i < 2 && ep == last; i++ {
+			if pi.HasKey {
+				pi.Key = lb.Mix64(pi.Key + 1)
+			}
+			if ep, err = p.pool.Pick(pi); err != nil {
+				return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
+			}
+		}
 	}
 	m, ok := p.ready[ep]
 	if !ok {
@@ -52,7 +66,6 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		// on its way.
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
-	rpc, _ := info.Ctx.Value(rpcKey{}).(*rpcState)
 	retry := false
 	if rpc != nil {
 		retry = rpc.attempts.Load() > 0
@@ -73,6 +86,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	}
 	if rpc != nil {
 		rpc.attempts.Add(1)
+		rpc.last.Store(ep)
 	}
 	ep.Start()
 	start := time.Now()
@@ -190,6 +204,7 @@ func WithKey(ctx context.Context, key string) context.Context {
 type rpcState struct {
 	attempts atomic.Int32
 	waiting  atomic.Bool // counted as a pending request between attempts
+	last     atomic.Pointer[lb.Endpoint]
 	pool     atomic.Pointer[circuit.Group]
 }
 
@@ -204,16 +219,68 @@ func (s *rpcState) end() {
 	}
 }
 
-// UnaryClientInterceptor lets the balancer tell an RPC's retries (made by
-// gRPC's retryPolicy) from first attempts, so the retry budget and the
-// max-retries threshold apply to them, and counts an RPC waiting for its
-// next attempt as a pending request (the budget's base, with the requests
-// in flight). Install it with grpc.WithChainUnaryInterceptor; without it
+// RetryPolicy makes UnaryClientInterceptor retry idempotent unary RPCs
+// itself. gRPC's own retryPolicy (service config) retries an attempt only
+// when the server answered without a response or never saw the request
+// (gRFC A6), because gRPC cannot know whether a method may run twice; an
+// RPC in flight on a backend that dies fails. A method the caller declares
+// idempotent can be retried after that too, on another backend. The zero
+// value does not retry.
+type RetryPolicy struct {
+	// MaxAttempts is how many attempts an RPC gets, the first included.
+	// Zero or one: no retries by the interceptor.
+	MaxAttempts int
+	// Codes are the status codes worth retrying. Empty means
+	// UNAVAILABLE (a connection lost, a backend going away).
+	Codes []codes.Code
+	// Idempotent reports whether a method (its full name,
+	// "/pkg.Service/Method") may run twice. Nil means every unary method.
+	Idempotent func(fullMethod string) bool
+	// Backoff is the jittered wait before each retry; a retry whose wait
+	// would pass the RPC's deadline is not made.
+	Backoff circuit.Backoff
+}
+
+func (rp *RetryPolicy) retryable(method string, err error) bool {
+	if rp.MaxAttempts < 2 || (rp.Idempotent != nil && !rp.Idempotent(method)) {
+		return false
+	}
+	if _, ok := IsOverflow(err); ok {
+		return false // a breaker said no: retrying would defeat it
+	}
+	code := status.Code(err)
+	if len(rp.Codes) == 0 {
+		return code == codes.Unavailable
+	}
+	for _, c := range rp.Codes {
+		if c == code {
+			return true
+		}
+	}
+	return false
+}
+
+// UnaryClientInterceptor lets the balancer tell an RPC's retries from its
+// first attempt, so the retry budget and the max-retries threshold apply
+// to them, and counts an RPC waiting for its next attempt as a pending
+// request (the budget's base, with the requests in flight). The retries
+// are gRPC's (retryPolicy in the service config), the interceptor's own
+// (rp), or both. Install it with grpc.WithChainUnaryInterceptor; without it
 // every attempt is admitted as a first attempt.
-func UnaryClientInterceptor() grpc.UnaryClientInterceptor {
+func UnaryClientInterceptor(rp RetryPolicy) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		s := new(rpcState)
 		defer s.end()
-		return invoker(context.WithValue(ctx, rpcKey{}, s), method, req, reply, cc, opts...)
+		ctx = context.WithValue(ctx, rpcKey{}, s)
+		for n := 1; ; n++ {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if err == nil || n >= rp.MaxAttempts || ctx.Err() != nil || !rp.retryable(method, err) {
+				return err
+			}
+			d, fits := rp.Backoff.Next(ctx, n)
+			if !fits || circuit.Sleep(ctx, d) != nil {
+				return err
+			}
+		}
 	}
 }

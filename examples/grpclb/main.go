@@ -78,7 +78,7 @@ func run(w io.Writer) error {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithResolvers(r),
 		grpc.WithDefaultServiceConfig(serviceConfig),
-		grpc.WithChainUnaryInterceptor(grpclb.UnaryClientInterceptor()))
+		grpc.WithChainUnaryInterceptor(grpclb.UnaryClientInterceptor(grpclb.RetryPolicy{MaxAttempts: 3})))
 	if err != nil {
 		return err
 	}
