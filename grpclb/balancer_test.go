@@ -2,6 +2,7 @@ package grpclb_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -153,9 +154,9 @@ func TestOverflowIsUnavailable(t *testing.T) {
 	<-arrived
 	_, err := c.UnaryCall(t.Context(), &testpb.SimpleRequest{})
 	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
-	which, ok := grpclb.IsOverflow(err)
-	require.True(t, ok, "%v", err)
-	require.ErrorIs(t, which, circuit.ErrMaxRequests)
+	require.ErrorIs(t, grpclb.Overflow(err), circuit.ErrMaxRequests)
+	require.ErrorIs(t, grpclb.Overflow(err), circuit.ErrOpen)
+	require.NoError(t, grpclb.Overflow(status.Error(codes.Unavailable, "other")))
 	close(release)
 	require.NoError(t, <-done)
 }
@@ -227,7 +228,7 @@ func TestRetryBudgetCapsRetries(t *testing.T) {
 	for range clients {
 		wg.Go(func() {
 			_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
-			if which, ok := grpclb.IsOverflow(err); ok && which == circuit.ErrRetryBudgetExhausted {
+			if errors.Is(grpclb.Overflow(err), circuit.ErrRetryBudgetExhausted) {
 				refused.Add(1)
 			} else {
 				other.Store(fmt.Sprint(err), true)

@@ -55,7 +55,7 @@
 // in flight (an RPC between attempts counts as pending, in the budget's
 // base, as Envoy counts pending requests). A pick refused by a breaker
 // fails the RPC at once with UNAVAILABLE and a message naming the
-// threshold; [IsOverflow] recognises it. Without the interceptor every
+// threshold; [Overflow] recognises it. Without the interceptor every
 // attempt is admitted as a first attempt (the per-request thresholds still
 // apply).
 package grpclb

@@ -171,25 +171,26 @@ func (e overflowError) GRPCStatus() *status.Status {
 	return status.New(codes.Unavailable, e.Error())
 }
 
-// IsOverflow reports whether err (an RPC's error) is a circuit breaker's
-// refusal, and returns the threshold's error (circuit.ErrMaxRequests,
-// circuit.ErrRetryBudgetExhausted...). gRPC passes the status on, not the
-// error value, so it is recognised by its message.
-func IsOverflow(err error) (error, bool) {
+// Overflow returns the circuit breaker's error (circuit.ErrMaxRequests,
+// circuit.ErrRetryBudgetExhausted..., each wrapping circuit.ErrOpen) that
+// refused an RPC which failed with err, or nil if a breaker did not refuse
+// it. gRPC hands the caller the status, not the picker's error value, so
+// Overflow recognises the status's message.
+func Overflow(err error) error {
 	var oe overflowError
 	if errors.As(err, &oe) {
-		return oe.err, true
+		return oe.err
 	}
 	s, ok := status.FromError(err)
 	if !ok || s.Code() != codes.Unavailable {
-		return nil, false
+		return nil
 	}
 	for _, e := range []error{circuit.ErrRetryBudgetExhausted, circuit.ErrMaxRetries, circuit.ErrMaxRequests, circuit.ErrMaxPendingRequests, circuit.ErrMaxConnections} {
 		if s.Message() == "grpclb: "+e.Error() {
-			return e, true
+			return e
 		}
 	}
-	return nil, false
+	return nil
 }
 
 type keyCtx struct{}
@@ -245,7 +246,7 @@ func (rp *RetryPolicy) retryable(method string, err error) bool {
 	if rp.MaxAttempts < 2 || (rp.Idempotent != nil && !rp.Idempotent(method)) {
 		return false
 	}
-	if _, ok := IsOverflow(err); ok {
+	if Overflow(err) != nil {
 		return false // a breaker said no: retrying would defeat it
 	}
 	code := status.Code(err)
