@@ -18,6 +18,12 @@
 // most Percent to the load the fleet sees, however many clients retry,
 // instead of multiplying it by the number of attempts.
 //
+// # Backoff
+//
+// [Backoff] is the wait before a retry, Envoy's jittered exponential
+// back-off (25 ms base, 250 ms cap by default); [Backoff.Next] says whether
+// a retry still fits before the context's deadline.
+//
 // # Overflow
 //
 // Work refused by a threshold is counted per threshold ([Breaker.Stats])
