@@ -4,11 +4,14 @@ package ecmplab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,6 +161,21 @@ type survival struct {
 	survived            int // answered by their first backend afterwards
 	survivedFromKilled  int // of the killed node's flows
 	survivedFromKilledN bool
+	resets              int // broken flows reset (by the backend, which did not know them)
+	timeouts            int // broken flows unanswered within askTimeout
+	others              int // broken otherwise (closed, or answered by another backend)
+}
+
+// broke counts a flow that did not survive, by how it failed.
+func (s *survival) broke(err error) {
+	switch {
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		s.resets++
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.timeouts++
+	default:
+		s.others++
+	}
 }
 
 func (s survival) share() float64 { return float64(s.survived) / float64(s.flows) }
@@ -167,8 +185,8 @@ func report(t testing.TB, rows ...survival) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "established connections surviving the failure of one of 3 balancer nodes behind an ECMP router (L4 hash):\n")
-	fmt.Fprintf(&b, "| data plane | router ECMP | scenario | flows | on killed node | moved to another node | new table changes backend | survived of the killed node's | survived | share survived |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| data plane | router ECMP | scenario | flows | on killed node | moved to another node | new table changes backend | survived of the killed node's | survived | share survived | broken: reset / timeout / other |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		moved := fmt.Sprint(r.moved)
 		if r.moved < 0 {
@@ -178,8 +196,9 @@ func report(t testing.TB, rows ...survival) {
 		if r.survivedFromKilledN {
 			fromKilled = fmt.Sprintf("%d / %d", r.survivedFromKilled, r.onKilled)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s | %d | %s | %d | %.1f %% |\n",
-			r.plane, r.hashing, r.scenario, r.flows, r.onKilled, moved, r.changed, fromKilled, r.survived, 100*r.share())
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %s | %d | %s | %d | %.1f %% | %d / %d / %d |\n",
+			r.plane, r.hashing, r.scenario, r.flows, r.onKilled, moved, r.changed, fromKilled, r.survived, 100*r.share(),
+			r.resets, r.timeouts, r.others)
 	}
 	t.Log(b.String())
 }

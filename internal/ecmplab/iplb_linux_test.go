@@ -207,6 +207,7 @@ func TestIPLBSurvival(t *testing.T) {
 					row.changed++
 				}
 				if errs[i] != nil {
+					row.broke(errs[i])
 					continue
 				}
 				assert.Equal(t, fl.first, replies[i], "a flow that answers answers from its backend, through its node")

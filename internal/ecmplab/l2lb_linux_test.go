@@ -238,6 +238,7 @@ func TestL2LBSurvival(t *testing.T) {
 					row.survived++
 					continue
 				}
+				row.broke(errs[i])
 				// A flow whose slot keeps its backend survives on any
 				// node: only a moved flow whose slot changed may break.
 				assert.True(t, changed, "flow %v broke (%v) though the new ring keeps its backend", fl.conn.Local, errs[i])
