@@ -54,14 +54,25 @@ type Config struct {
 
 // Lab is a client, a router, balancer nodes and backends. See the package
 // documentation for the layout.
+//
+// Its fields are set by [New] and must not be changed; the hosts are safe
+// for concurrent use, as netlab's are.
 type Lab struct {
-	Lab         *netlab.Lab
-	Hashing     Hashing
-	Router      *netlab.Host
+	// Lab is the underlying namespace lab (one bridge).
+	Lab *netlab.Lab
+	// Hashing is how Route spreads the VIP over several nodes.
+	Hashing Hashing
+	// Router forwards between the client and the nodes and holds the
+	// VIP route.
+	Router *netlab.Host
+	// Client dials the VIP from any of ClientAddrs.
 	Client      *netlab.Host
 	ClientAddrs []netip.Addr
-	Nodes       []*netlab.Host
-	Backends    []*Backend
+	// Nodes are the balancer nodes lb1, lb2, ...: empty namespaces for
+	// the test to start a balancer in.
+	Nodes []*netlab.Host
+	// Backends are be1, be2, ..., each serving on Port.
+	Backends []*Backend
 }
 
 // Backend is a backend host and its server.
