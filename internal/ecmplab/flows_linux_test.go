@@ -202,3 +202,33 @@ func report(t testing.TB, rows ...survival) {
 	}
 	t.Log(b.String())
 }
+
+// TestRotated checks the premise of the agreement tests: no two of three
+// nodes list the members in the same order, and each lists them all.
+func TestRotated(t *testing.T) {
+	members := []netip.AddrPort{
+		netip.MustParseAddrPort("198.18.0.21:80"),
+		netip.MustParseAddrPort("198.18.0.22:80"),
+		netip.MustParseAddrPort("198.18.0.23:80"),
+		netip.MustParseAddrPort("198.18.0.24:80"),
+	}
+	for _, n := range []int{3, 4} {
+		seen := map[string]int{}
+		for i := range 3 {
+			order := rotated(members[:n], i)
+			require.ElementsMatch(t, rotatedAddrs(order), members[:n])
+			key := fmt.Sprint(order)
+			_, dup := seen[key]
+			require.False(t, dup, "%d members: nodes %d and %d list them alike: %s", n, seen[key]+1, i+1, key)
+			seen[key] = i
+		}
+	}
+}
+
+func rotatedAddrs(bs []balancer.Backend) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(bs))
+	for i, b := range bs {
+		out[i] = b.Addr
+	}
+	return out
+}
