@@ -35,6 +35,14 @@
 // 2136 UPDATEs that add and remove a service's backends (services opt in
 // with Service.UpdatePort).
 //
+// With Config.TransferPeers set, standard authoritative servers (Knot,
+// NSD, BIND) can serve the zones as secondaries: the server answers AXFR
+// and IXFR (RFC 5936, RFC 1995) with the zone data and each service's
+// current A and AAAA records, TSIG-signed with Config.TransferKeys, and
+// sends NOTIFY (RFC 1996) to Config.Notify whenever a service's answers
+// change, gathered for Config.NotifyDelay; the SOA serial rises with
+// every change and follows the clock, so it never goes back.
+//
 // An [Updater] pushes a pool's ready set to an existing authoritative
 // server (BIND, Knot, PowerDNS, ...) as RFC 2136 UPDATEs signed with TSIG
 // (RFC 8945), touching only the records it owns.

@@ -105,7 +105,21 @@ func (s *Server) Update(zones []Zone, services []Service) error {
 	for _, sv := range t.services {
 		sv.state()
 	}
+	var changed []*zone
+	if s.xfr != nil {
+		changed = s.xfr.refresh(t)
+	}
 	s.tab.Store(t)
+	if s.xfr != nil {
+		s.mu.Lock()
+		if s.xstop != nil {
+			close(s.xstop)
+			s.xstop = make(chan struct{})
+			s.xfr.watch(t, s.xstop, &s.xwg)
+			s.notifyZones(s.xctx, changed)
+		}
+		s.mu.Unlock()
+	}
 	s.log.Info("dnslb: configuration updated", "zones", len(zones), "services", len(services))
 	return nil
 }

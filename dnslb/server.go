@@ -57,6 +57,34 @@ type Config struct {
 	// Unsigned or badly signed updates get NOTAUTH. Empty means UPDATE is
 	// answered NOTIMP.
 	UpdateKeys []TSIGKey
+	// TransferPeers are the networks whose hosts may transfer the zones
+	// with AXFR and IXFR (RFC 5936, RFC 1995), so standard authoritative
+	// servers can serve dnslb's answers as secondaries. A transfer holds
+	// the zone data and, at each service's name, the A and AAAA records
+	// of its current answers (its ready backends). Empty refuses
+	// transfers. With TransferPeers or Notify set, each zone's SOA serial
+	// follows its content: it rises on every change (to the Unix time, or
+	// by one when that is not later), so it never goes back across a
+	// restart or an Update; a zone file serial above the current Unix
+	// time is kept as the start.
+	TransferPeers []netip.Prefix
+	// TransferKeys, when not empty, are the TSIG keys a transfer request
+	// must be signed with (unsigned ones are REFUSED); queries signed
+	// with one of them, such as a secondary's SOA query, get signed
+	// answers. NOTIFY messages are signed with the first.
+	TransferKeys []TSIGKey
+	// Notify are the secondaries sent a NOTIFY (RFC 1996) for a zone
+	// when the server starts and whenever its content changes: a
+	// service's answers changed or Update changed the zone.
+	Notify []netip.AddrPort
+	// NotifyDelay gathers changes for that long before a new serial and
+	// NOTIFY, so a flapping pool does not flood the secondaries. Zero
+	// means DefaultNotifyDelay.
+	NotifyDelay time.Duration
+	// IXFRHistory is how many changes per zone are kept for IXFR; an
+	// IXFR from an older serial gets the whole zone. Zero means
+	// DefaultIXFRHistory.
+	IXFRHistory int
 	// Logger receives serving errors. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -80,6 +108,10 @@ type Server struct {
 	idle    time.Duration
 	tcpSem  chan struct{}
 	updKeys map[string]TSIGKey // canonical key name → key with canonical algorithm
+	xfr     *xfr               // nil without transfers and NOTIFY
+	xwg     sync.WaitGroup     // NOTIFY senders and snapshot watchers
+	xctx    context.Context    // ends when the server stops; set by Serve
+	xstop   chan struct{}      // stops the watchers of the current tables
 
 	updMu sync.Mutex // serializes Update
 
@@ -120,20 +152,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.xfr, err = newXFR(&cfg); err != nil {
+		return nil, err
+	}
+	if s.xfr != nil {
+		s.xfr.refresh(tab)
+	}
 	s.tab.Store(tab)
-	for _, k := range cfg.UpdateKeys {
-		if k.Name == "" || k.Secret == "" {
-			return nil, errors.New("dnslb: UpdateKeys need a name and a secret")
-		}
-		k.Name = dns.CanonicalName(k.Name)
-		if k.Algorithm == "" {
-			k.Algorithm = dns.HmacSHA256
-		}
-		k.Algorithm = dns.CanonicalName(k.Algorithm)
-		if s.updKeys == nil {
-			s.updKeys = make(map[string]TSIGKey)
-		}
-		s.updKeys[k.Name] = k
+	if s.updKeys, err = canonicalKeys(cfg.UpdateKeys, "UpdateKeys"); err != nil {
+		return nil, err
 	}
 	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
 		return nil, err
@@ -255,12 +282,37 @@ func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.List
 		s.wg.Add(1)
 		go s.serveTCP(ln)
 	}
+	xctx, xcancel := context.WithCancel(context.Background())
+	if s.xfr != nil {
+		s.xctx = xctx
+		s.xstop = make(chan struct{})
+		tab := s.tab.Load()
+		s.xfr.watch(tab, s.xstop, &s.xwg)
+		s.xwg.Add(1)
+		go func() {
+			defer s.xwg.Done()
+			s.runXFR(xctx)
+		}()
+		zones := make([]*zone, 0, len(tab.zones))
+		for _, zn := range tab.zones {
+			zones = append(zones, zn)
+		}
+		s.notifyZones(xctx, zones)
+	}
 	s.mu.Unlock()
 	select {
 	case <-ctx.Done():
 		s.Close()
 	case <-s.done:
 	}
+	xcancel()
+	s.mu.Lock()
+	if s.xstop != nil {
+		close(s.xstop)
+		s.xstop = nil
+	}
+	s.mu.Unlock()
+	s.xwg.Wait()
 	s.wg.Wait()
 	s.closeSockets()
 	return nil
@@ -470,6 +522,14 @@ func (s *Server) handleTCP(c *tcpConn) {
 		if _, err := io.ReadFull(c, buf[:n]); err != nil {
 			return
 		}
+		if s.xfr != nil && isXFR(buf[:n]) {
+			w.stats.queries.Add(1)
+			if s.serveXFR(c, buf[:n], src) != nil {
+				return
+			}
+			w.stats.responses.Add(1)
+			continue
+		}
 		resp := w.respond(buf[:n], src, true)
 		if resp == nil {
 			continue
@@ -564,6 +624,13 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 			return out
 		}
 	}
+	if w.s.xfr != nil && isXFR(pkt) {
+		out := w.xfrUDP(pkt, src)
+		if out != nil {
+			w.stats.responses.Add(1)
+		}
+		return out
+	}
 	err := q.parseQuery(pkt)
 	limit := 512
 	if tcp {
@@ -608,6 +675,12 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 		}
 	}
 	out := r.finish()
+	if q.tsig && w.s.xfr != nil && len(w.s.xfr.keys) > 0 {
+		out = w.signReply(pkt, out)
+		if out == nil {
+			return nil
+		}
+	}
 	if r.tc && verdict == rrlPass {
 		w.stats.truncated.Add(1)
 	}
@@ -729,6 +802,9 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		if set := nd.rrsets[q.qtype]; set != nil {
 			r.appendRRs(set.wire, owner)
 			r.an += set.n
+			if q.qtype == typeSOA {
+				r.patchSerial(zn)
+			}
 			return
 		}
 		cname := nd.rrsets[typeCNAME]
@@ -832,6 +908,16 @@ func (r *resp) authority(zn *zone, apex int) {
 	r.b = append(r.b, 0xC0|byte(apex>>8), byte(apex))
 	r.b = append(r.b, zn.soaRest...)
 	r.ns = 1
+	r.patchSerial(zn)
+}
+
+// patchSerial writes the zone's current serial into the SOA record just
+// appended (its rdata ends with serial, refresh, retry, expire and
+// minimum), when transfers give the zone a changing serial.
+func (r *resp) patchSerial(zn *zone) {
+	if zn.ser != nil {
+		binary.BigEndian.PutUint32(r.b[len(r.b)-20:], zn.ser.Load())
+	}
 }
 
 // hinfo answers an ANY query the RFC 8482 way: one synthesized HINFO

@@ -3,6 +3,7 @@ package dnslb
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/miekg/dns"
 )
@@ -30,6 +31,9 @@ type zone struct {
 	// negTTL, rdata with uncompressed names), for authority sections.
 	soaRest []byte
 	nodes   map[string]*node
+	soa     *dns.SOA       // as in the zone data
+	rrs     []dns.RR       // every record but the SOA, for transfers
+	ser     *atomic.Uint32 // the serial answers carry; nil: the SOA's own
 }
 
 // node is one name in a zone. A node without records and service is an
@@ -120,6 +124,9 @@ func compileZone(z Zone) (*zone, error) {
 		if err := zn.add(rr); err != nil {
 			return nil, err
 		}
+		if h.Rrtype != dns.TypeSOA {
+			zn.rrs = append(zn.rrs, rr)
+		}
 	}
 	if err := zp.Err(); err != nil {
 		return nil, fmt.Errorf("dnslb: zone %q: %w", origin, err)
@@ -127,6 +134,7 @@ func compileZone(z Zone) (*zone, error) {
 	if soa == nil {
 		return nil, fmt.Errorf("dnslb: zone %q: no SOA record", origin)
 	}
+	zn.soa = soa
 	zn.negTTL = min(soa.Hdr.Ttl, soa.Minttl)
 	neg := dns.Copy(soa).(*dns.SOA)
 	neg.Hdr.Ttl = zn.negTTL
