@@ -592,10 +592,13 @@ type worker struct {
 	rot    uint32
 	picked []int32      // record indices of the answer being built
 	stats  *workerStats // own for UDP loops, the server's shared TCP one otherwise
+	signed bool         // the answer being built is signed
+	now    int64        // Unix time of a signed answer
+	key    []byte       // signature cache key scratch
 }
 
 func (s *Server) newWorker() *worker {
-	return &worker{s: s, out: make([]byte, 0, 2+65535+512), picked: make([]int32, 0, 16),
+	return &worker{s: s, out: make([]byte, 0, 2+65535+512), picked: make([]int32, 0, 16), key: make([]byte, 0, 1024),
 		stats: &s.tcpStat, rot: rand.Uint32()}
 }
 
@@ -773,6 +776,11 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		r.rcode = rcodeRefused
 		return
 	}
+	// Signed answers for clients that ask (RFC 3225: DO set).
+	w.signed = q.do && zn.sg != nil
+	if w.signed {
+		w.now = time.Now().Unix()
+	}
 	// owner is the message offset of the name the next records belong
 	// to: the question name, then each CNAME's target in its rdata.
 	owner := headerLen
@@ -783,33 +791,47 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 			if zoff > 0 && w.hostAnswer(r, zn, apex, owner, lname) {
 				return
 			}
-			r.rcode = rcodeNXDomain
-			r.authority(zn, apex)
+			if !w.signed {
+				r.rcode = rcodeNXDomain
+				r.authority(zn, apex)
+				return
+			}
+			// Compact denial: the name exists with no types but NXNAME,
+			// so one NSEC signed now (or cached for a name asked before)
+			// proves it without revealing or ordering the zone's names.
+			e := zn.nxSigs.get(lname, w.now, func() (*sigEntry, error) {
+				return zn.sg.nsecEntry(lname, zn.negTTL, []uint16{dns.TypeNXNAME})
+			})
+			w.deny(r, zn, apex, owner, e)
 			return
 		}
 		if nd.svc != nil {
-			w.serviceNode(r, zn, apex, owner, nd.svc, src)
+			w.serviceNode(r, zn, apex, owner, nd.svc, src, lname)
 			return
 		}
 		if q.qtype == typeANY {
 			if len(nd.rrsets) == 0 {
-				r.authority(zn, apex)
+				w.nodata(r, zn, apex, owner, lname, nd)
 				return
 			}
-			r.hinfo(zn.negTTL, owner)
+			w.hinfo(r, zn, zn.negTTL, owner, lname)
 			return
 		}
 		if set := nd.rrsets[q.qtype]; set != nil {
 			r.appendRRs(set.wire, owner)
 			r.an += set.n
+			serial := uint32(0)
 			if q.qtype == typeSOA {
-				r.patchSerial(zn)
+				serial = r.patchSerial(zn)
+			}
+			if w.signed {
+				r.an += w.appendSig(r, &set.sig, serial, zn, set.rrs, owner)
 			}
 			return
 		}
 		cname := nd.rrsets[typeCNAME]
 		if cname == nil {
-			r.authority(zn, apex)
+			w.nodata(r, zn, apex, owner, lname, nd)
 			return
 		}
 		start := len(r.b)
@@ -821,11 +843,15 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		// and length; its offset in the message leaves out the two
 		// bytes reserved in front of r.b.
 		target := r.b[start+12 : start+12+int(binary.BigEndian.Uint16(r.b[start+10:]))]
+		cnOwner := owner
 		owner = start + 12 - 2
+		lname = lowerName(&w.lname, target)
+		if w.signed {
+			r.an += w.appendSig(r, &cname.sig, 0, zn, cname.rrs, cnOwner)
+		}
 		if hops == maxCNAMEChain || owner > 0x3FFF {
 			return
 		}
-		lname = lowerName(&w.lname, target)
 		ref, ok = tab.names[string(lname)]
 		if ok {
 			nd, zoff = ref.node, ref.zoff
@@ -842,9 +868,80 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 	}
 }
 
+// appendSig appends the RRSIGs of a static RRset (rrs, at message offset
+// owner), made once and cached in slot, and returns how many.
+func (w *worker) appendSig(r *resp, slot *sigSlot, serial uint32, zn *zone, rrs []dns.RR, owner int) int {
+	e := slot.get(w.now, serial, func() (*sigEntry, error) {
+		if serial != 0 {
+			rrs = []dns.RR{withSerial(zn.soa, serial)}
+		}
+		return zn.sg.sign(rrs)
+	})
+	if e == nil {
+		return 0
+	}
+	r.appendRRs(e.wire, owner)
+	return e.n
+}
+
+// nodata answers that the name at owner (lname) has no records of the
+// asked type; signed, with the NSEC listing the types it has.
+func (w *worker) nodata(r *resp, zn *zone, apex, owner int, lname []byte, nd *node) {
+	if !w.signed {
+		r.authority(zn, apex)
+		return
+	}
+	e := nd.nsec.get(w.now, 0, func() (*sigEntry, error) {
+		types := make([]uint16, 0, len(nd.rrsets))
+		for t := range nd.rrsets {
+			types = append(types, t)
+		}
+		return zn.sg.nsecEntry(lname, zn.negTTL, types)
+	})
+	w.deny(r, zn, apex, owner, e)
+}
+
+// deny appends a signed negative answer's authority section: the SOA
+// with its RRSIGs, then the NSEC and its RRSIGs (e) owned by the name at
+// message offset owner. The rcode stays NOERROR: a signed server never
+// says NXDOMAIN (see [Server]).
+func (w *worker) deny(r *resp, zn *zone, apex, owner int, e *sigEntry) {
+	r.authority(zn, apex)
+	serial := zn.soa.Serial
+	if zn.ser != nil {
+		serial = zn.ser.Load()
+	}
+	soa := zn.nodes[string(zn.apex)].rrsets[typeSOA]
+	r.ns += w.appendSig(r, &zn.soaSig, serial, zn, soa.rrs, apex)
+	if e != nil {
+		r.appendRRs(e.wire, owner)
+		r.ns += e.n
+	}
+}
+
+// signAnswer appends the RRSIGs over the records at r.b[start:] (all of
+// the name lname, owners still pointing at the question), cached in c
+// by name and records, and returns how many.
+func (w *worker) signAnswer(r *resp, c *sigMap, zn *zone, lname []byte, start int) int {
+	recs := r.b[start:]
+	w.key = append(append(w.key[:0], lname...), recs...)
+	e := c.get(w.key, w.now, func() (*sigEntry, error) {
+		rrs, err := unpackRecords(lname, recs)
+		if err != nil {
+			return nil, err
+		}
+		return zn.sg.sign(rrs)
+	})
+	if e == nil {
+		return 0
+	}
+	r.b = append(r.b, e.wire...)
+	return e.n
+}
+
 // serviceNode answers a query for a service's name; owner is the
 // message offset of that name and apex of its zone's apex.
-func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, src netip.Addr) {
+func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, src netip.Addr, lname []byte) {
 	switch r.q.qtype {
 	case typeA, typeAAAA:
 		f := 0
@@ -853,9 +950,12 @@ func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, sr
 		}
 		start, an := len(r.b), r.an
 		w.serviceAnswer(r, sv, f, src)
+		if w.signed && r.an > an {
+			r.an += w.signAnswer(r, &sv.state().sigs, zn, lname, start)
+		}
 		r.patchOwners(start, owner)
 		if r.rcode == 0 && r.an == an {
-			r.authority(zn, apex)
+			w.serviceNodata(r, zn, apex, owner, sv, lname)
 		}
 	case typeSRV:
 		st := sv.state()
@@ -864,18 +964,47 @@ func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, sr
 				r.rcode = rcodeServFail
 				return
 			}
-			r.authority(zn, apex)
+			w.serviceNodata(r, zn, apex, owner, sv, lname)
 			return
 		}
-		r.appendRRs(st.srv, owner)
+		start := len(r.b)
+		r.b = append(r.b, st.srv...)
 		r.an += st.srvN
+		if w.signed {
+			r.an += w.signAnswer(r, &st.sigs, zn, lname, start)
+		}
+		r.patchOwners(start, owner)
 		r.b = append(r.b, st.glue...)
 		r.ar = st.glueN
 	case typeANY:
-		r.hinfo(sv.ttl, owner)
+		w.hinfo(r, zn, sv.ttl, owner, lname)
 	default:
-		r.authority(zn, apex)
+		w.serviceNodata(r, zn, apex, owner, sv, lname)
 	}
+}
+
+// serviceNodata answers NODATA for a service name; signed, the NSEC
+// lists the types the service has in this snapshot.
+func (w *worker) serviceNodata(r *resp, zn *zone, apex, owner int, sv *service, lname []byte) {
+	if !w.signed {
+		r.authority(zn, apex)
+		return
+	}
+	st := sv.state()
+	e := st.nsec.get(w.now, 0, func() (*sigEntry, error) {
+		var types []uint16
+		if st.fam[0].n > 0 {
+			types = append(types, dns.TypeA)
+		}
+		if st.fam[1].n > 0 {
+			types = append(types, dns.TypeAAAA)
+		}
+		if st.srvN > 0 {
+			types = append(types, dns.TypeSRV)
+		}
+		return zn.sg.nsecEntry(lname, zn.negTTL, types)
+	})
+	w.deny(r, zn, apex, owner, e)
 }
 
 // appendRRs appends pre-packed records (each starting with a compression
@@ -913,20 +1042,36 @@ func (r *resp) authority(zn *zone, apex int) {
 
 // patchSerial writes the zone's current serial into the SOA record just
 // appended (its rdata ends with serial, refresh, retry, expire and
-// minimum), when transfers give the zone a changing serial.
-func (r *resp) patchSerial(zn *zone) {
-	if zn.ser != nil {
-		binary.BigEndian.PutUint32(r.b[len(r.b)-20:], zn.ser.Load())
+// minimum), when transfers give the zone a changing serial, and returns
+// the serial the record carries.
+func (r *resp) patchSerial(zn *zone) uint32 {
+	if zn.ser == nil {
+		return zn.soa.Serial
 	}
+	serial := zn.ser.Load()
+	binary.BigEndian.PutUint32(r.b[len(r.b)-20:], serial)
+	return serial
 }
 
 // hinfo answers an ANY query the RFC 8482 way: one synthesized HINFO
-// record instead of every RRset.
-func (r *resp) hinfo(ttl uint32, owner int) {
+// record instead of every RRset; signed, with an RRSIG made now.
+func (w *worker) hinfo(r *resp, zn *zone, ttl uint32, owner int, lname []byte) {
+	start := len(r.b)
 	r.b = append(r.b, 0xC0|byte(owner>>8), byte(owner))
 	r.b = appendRRHeader(r.b, typeHINFO, ttl, 9)
 	r.b = append(r.b, 7, 'R', 'F', 'C', '8', '4', '8', '2', 0)
 	r.an++
+	if !w.signed {
+		return
+	}
+	rrs, err := unpackRecords(lname, r.b[start:])
+	if err != nil {
+		return
+	}
+	if e, err := zn.sg.sign(rrs); err == nil {
+		r.appendRRs(e.wire, owner)
+		r.an += e.n
+	}
 }
 
 // hostAnswer answers the SRV target names under a service. It reports
@@ -945,12 +1090,24 @@ func (w *worker) hostAnswer(r *resp, zn *zone, apex, owner int, lname []byte) bo
 	case r.q.qtype == typeA && ref.fam == 0, r.q.qtype == typeAAAA && ref.fam == 1:
 		fs := &st.fam[ref.fam]
 		i := int(ref.idx) * fs.stride
-		r.appendRRs(fs.wire[i:i+fs.stride], owner)
+		start := len(r.b)
+		r.b = append(r.b, fs.wire[i:i+fs.stride]...)
 		r.an++
+		if w.signed {
+			r.an += w.signAnswer(r, &st.sigs, zn, lname, start)
+		}
+		r.patchOwners(start, owner)
 	case r.q.qtype == typeANY:
-		r.hinfo(pn.svc.ttl, owner)
-	default:
+		w.hinfo(r, zn, pn.svc.ttl, owner, lname)
+	case !w.signed:
 		r.authority(zn, apex)
+	default:
+		typ := uint16(dns.TypeA)
+		if ref.fam == 1 {
+			typ = dns.TypeAAAA
+		}
+		e, _ := zn.sg.nsecEntry(lname, zn.negTTL, []uint16{typ})
+		w.deny(r, zn, apex, owner, e)
 	}
 	return true
 }

@@ -19,6 +19,14 @@ type Zone struct {
 	// name must be inside the zone; delegations (NS below the apex),
 	// DNAME and wildcards are not supported and rejected.
 	Records string
+	// Keys, when not empty, sign the zone online (DNSSEC): answers to
+	// queries with the DO bit carry RRSIGs made when a service's answers
+	// change (cached per pool snapshot, not made per query), the apex
+	// answers DNSKEY, CDS and CDNSKEY, and negative answers prove
+	// themselves with minimally covering NSEC records (see [Server]).
+	// Records must then hold no DNSKEY, CDS, CDNSKEY, RRSIG or NSEC.
+	// Load keys with [LoadKey] or make them with [GenerateKey].
+	Keys []SigningKey
 }
 
 // zone is a compiled Zone: its names in lower-case wire form mapped to the
@@ -34,6 +42,9 @@ type zone struct {
 	soa     *dns.SOA       // as in the zone data
 	rrs     []dns.RR       // every record but the SOA, for transfers
 	ser     *atomic.Uint32 // the serial answers carry; nil: the SOA's own
+	sg      *zoneSigner    // nil: unsigned
+	soaSig  sigSlot        // RRSIGs of the SOA at the current serial
+	nxSigs  sigMap         // signed NSEC of names that do not exist
 }
 
 // node is one name in a zone. A node without records and service is an
@@ -41,6 +52,7 @@ type zone struct {
 type node struct {
 	rrsets map[uint16]*rrset
 	svc    *service
+	nsec   sigSlot // signed NSEC for NODATA answers (static nodes)
 }
 
 // rrset is a static RRset packed for an answer section: each record is
@@ -49,6 +61,8 @@ type node struct {
 type rrset struct {
 	wire []byte
 	n    int
+	rrs  []dns.RR // the records, for signing
+	sig  sigSlot
 }
 
 // wireName returns the lower-case wire form of the presentation name s
@@ -117,6 +131,10 @@ func compileZone(z Zone) (*zone, error) {
 			return nil, fmt.Errorf("dnslb: zone %q: DNAME at %s is not supported", origin, h.Name)
 		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3, dns.TypeOPT, dns.TypeTSIG:
 			return nil, fmt.Errorf("dnslb: zone %q: %s records are not served", origin, dns.TypeToString[h.Rrtype])
+		case dns.TypeDNSKEY, dns.TypeCDS, dns.TypeCDNSKEY:
+			if len(z.Keys) > 0 {
+				return nil, fmt.Errorf("dnslb: zone %q: %s records come from Keys when signing", origin, dns.TypeToString[h.Rrtype])
+			}
 		}
 		if strings.HasPrefix(h.Name, "*.") || h.Name == "*" {
 			return nil, fmt.Errorf("dnslb: zone %q: wildcard %s is not supported", origin, h.Name)
@@ -143,6 +161,16 @@ func compileZone(z Zone) (*zone, error) {
 		return nil, err
 	}
 	zn.soaRest = rest[2:]
+	if len(z.Keys) > 0 {
+		if zn.sg, err = newZoneSigner(origin, z.Keys); err != nil {
+			return nil, err
+		}
+		for _, rr := range zn.sg.apexRRs(soa.Hdr.Ttl) {
+			if err := zn.add(rr); err != nil {
+				return nil, err
+			}
+		}
+	}
 	// CNAME must stand alone at its name (RFC 1034 §3.6.2).
 	for name, nd := range zn.nodes {
 		if cn := nd.rrsets[dns.TypeCNAME]; cn != nil && (len(nd.rrsets) > 1 || cn.n > 1) {
@@ -171,6 +199,7 @@ func (zn *zone) add(rr dns.RR) error {
 	}
 	set.wire = append(set.wire, rest...)
 	set.n++
+	set.rrs = append(set.rrs, rr)
 	return nil
 }
 
