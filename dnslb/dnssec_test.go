@@ -332,3 +332,73 @@ func TestUnboundValidates(t *testing.T) {
 		})
 	}
 }
+
+// TestUnboundValidatesWildcardsAndCuts: answers a wildcard synthesizes
+// (signed for the name asked), their NODATA, a CNAME from a wildcard, the
+// DS of a signed delegation and the NSEC proving an unsigned one has
+// none all validate in a real unbound; a referral asked directly carries
+// the signed DS or NSEC.
+func TestUnboundValidatesWildcardsAndCuts(t *testing.T) {
+	k, err := GenerateKey("example.test.", dns.ECDSAP256SHA256)
+	require.NoError(t, err)
+	pool := newPool(t, nil, be("198.18.0.1:80"))
+	s, addr := startServer(t, Config{
+		Zones:    []Zone{{Origin: "example.test.", Records: cutZone, Keys: []SigningKey{k}}},
+		Services: []Service{{Name: "svc.example.test.", Pool: pool}},
+		Logger:   quiet,
+	})
+	ub := startUnbound(t, "example.test.", addr, k.DS().String())
+	ask := func(name string, qtype uint16) *dns.Msg {
+		return ub.query(name, qtype, func(m *dns.Msg) { m.RecursionDesired = true; withDO(m) })
+	}
+	ub.waitFor(20*time.Second, "unbound serves", func() bool {
+		r := ask("example.test.", dns.TypeSOA)
+		return r != nil && r.Rcode == dns.RcodeSuccess
+	})
+	for _, tc := range []struct {
+		name    string
+		qtype   uint16
+		answers int
+	}{
+		{"a.wild.example.test.", dns.TypeA, 1},
+		{"b.a.wild.example.test.", dns.TypeTXT, 1},
+		{"a.wild.example.test.", dns.TypeAAAA, 0},
+		{"exists.wild.example.test.", dns.TypeA, 0},
+		{"x.exists.wild.example.test.", dns.TypeA, 0},
+		{"a.cnw.example.test.", dns.TypeTXT, 2},
+		{"a.cnsvc.example.test.", dns.TypeA, 2},
+		{"secure.example.test.", dns.TypeDS, 1},
+		{"sub.example.test.", dns.TypeDS, 0},
+	} {
+		r := ask(tc.name, tc.qtype)
+		require.NotNil(t, r, "%s %s", tc.name, dns.TypeToString[tc.qtype])
+		require.Equal(t, dns.RcodeSuccess, r.Rcode, "%s %s:\n%s\n%s", tc.name, dns.TypeToString[tc.qtype], r, ub.log())
+		require.True(t, r.AuthenticatedData, "%s %s: not validated:\n%s\n%s", tc.name, dns.TypeToString[tc.qtype], r, ub.log())
+		n := 0
+		for _, rr := range r.Answer {
+			if rr.Header().Rrtype != dns.TypeRRSIG {
+				n++
+			}
+		}
+		require.Equal(t, tc.answers, n, "%s %s:\n%s", tc.name, dns.TypeToString[tc.qtype], r)
+	}
+
+	w := s.newWorker()
+	for _, tc := range []struct {
+		name string
+		typ  uint16 // the signed record that proves the delegation's security
+	}{
+		{"www.secure.example.test.", dns.TypeDS},
+		{"www.sub.example.test.", dns.TypeNSEC},
+	} {
+		r := respondMsg(t, w, packQuery(t, tc.name, dns.TypeA, withDO))
+		require.False(t, r.Authoritative, tc.name)
+		var proof []dns.RR
+		for _, rr := range r.Ns {
+			if rr.Header().Rrtype == tc.typ || rr.Header().Rrtype == dns.TypeRRSIG {
+				proof = append(proof, rr)
+			}
+		}
+		assert.Equal(t, 1, verifySection(t, k.DNSKEY, proof), tc.name)
+	}
+}

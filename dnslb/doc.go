@@ -15,8 +15,10 @@
 // member's [MetaName] metadata is its SRV target.
 //
 // It speaks UDP and TCP, EDNS0 with truncation to the client's buffer
-// size, follows CNAMEs inside a zone, answers NXDOMAIN and NODATA with the
-// SOA for negative caching, refuses names outside its zones (no
+// size, follows CNAMEs inside a zone, synthesizes answers from wildcards
+// (RFC 4592), refers queries under a delegation to its NS records (AA
+// clear, with glue), answers NXDOMAIN and NODATA with the SOA for
+// negative caching, refuses names outside its zones (no
 // recursion), and limits response rates per client prefix ([RateLimit]).
 //
 // The serving path parses queries in wire format and copies answers from

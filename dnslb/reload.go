@@ -66,6 +66,12 @@ func compileTables(zones []Zone, services []Service) (*tables, error) {
 		if nd.svc != nil {
 			return nil, fmt.Errorf("dnslb: service %q configured twice", sc.Name)
 		}
+		if sv.name[0] == 1 && sv.name[1] == '*' {
+			return nil, fmt.Errorf("dnslb: service %q: a wildcard cannot be a service", sc.Name)
+		}
+		if zn.delegated(sv.name, false) != nil {
+			return nil, fmt.Errorf("dnslb: service %q is at or under a delegation", sc.Name)
+		}
 		for _, typ := range []uint16{typeA, typeAAAA, typeSRV, typeCNAME} {
 			if nd.rrsets[typ] != nil {
 				return nil, fmt.Errorf("dnslb: service %q also has %s records in the zone", sc.Name, dns.TypeToString[typ])

@@ -705,6 +705,7 @@ type resp struct {
 	ar         int
 	scope      uint8
 	tc         bool
+	noAA       bool // a referral: not an authoritative answer
 }
 
 // finish sets the rcode and counts, appends the OPT record when the query
@@ -728,6 +729,9 @@ func (r *resp) finish() []byte {
 	switch r.rcode {
 	case rcodeRefused, rcodeFormErr, rcodeNotImp, rcodeBadVers:
 		h[2] &^= flagAA >> 8 // not an authoritative answer
+	}
+	if r.noAA {
+		h[2] &^= flagAA >> 8
 	}
 	if r.tc {
 		h[2] |= flagTC >> 8
@@ -787,10 +791,23 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 	var chain [maxCNAMEChain + 1]*node // the CNAME nodes already answered
 	for hops := 0; ; hops++ {
 		apex := owner + zoff // message offset of the zone's apex inside owner
+		if zn.cuts {
+			if cut := zn.delegated(lname, q.qtype == typeDS); cut != nil {
+				w.referral(r, zn, owner, lname, cut)
+				return
+			}
+		}
+		wild := false // nd is the wildcard that synthesizes lname
 		if nd == nil {
 			if zoff > 0 && w.hostAnswer(r, zn, apex, owner, lname) {
 				return
 			}
+			if zn.wild {
+				nd = zn.wildcard(lname, &w.key)
+				wild = nd != nil
+			}
+		}
+		if nd == nil {
 			if !w.signed {
 				r.rcode = rcodeNXDomain
 				r.authority(zn, apex)
@@ -811,13 +828,14 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		}
 		if q.qtype == typeANY {
 			if len(nd.rrsets) == 0 {
-				w.nodata(r, zn, apex, owner, lname, nd)
+				w.nodata(r, zn, apex, owner, lname, nd, wild)
 				return
 			}
 			w.hinfo(r, zn, zn.negTTL, owner, lname)
 			return
 		}
 		if set := nd.rrsets[q.qtype]; set != nil {
+			start := len(r.b)
 			r.appendRRs(set.wire, owner)
 			r.an += set.n
 			serial := uint32(0)
@@ -825,30 +843,29 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 				serial = r.patchSerial(zn)
 			}
 			if w.signed {
-				r.an += w.appendSig(r, &set.sig, serial, zn, set.rrs, owner)
+				r.an += w.sigStatic(r, zn, set, serial, owner, lname, start, wild)
 			}
 			return
 		}
 		cname := nd.rrsets[typeCNAME]
 		if cname == nil {
-			w.nodata(r, zn, apex, owner, lname, nd)
+			w.nodata(r, zn, apex, owner, lname, nd, wild)
 			return
 		}
 		start := len(r.b)
 		r.appendRRs(cname.wire, owner)
 		r.an++
 		chain[hops] = nd
+		if w.signed {
+			r.an += w.sigStatic(r, zn, cname, 0, owner, lname, start, wild)
+		}
 		// The target name is the CNAME's rdata: uncompressed, after
 		// the 2-byte owner pointer and 10 bytes of type, class, TTL
 		// and length; its offset in the message leaves out the two
 		// bytes reserved in front of r.b.
 		target := r.b[start+12 : start+12+int(binary.BigEndian.Uint16(r.b[start+10:]))]
-		cnOwner := owner
 		owner = start + 12 - 2
 		lname = lowerName(&w.lname, target)
-		if w.signed {
-			r.an += w.appendSig(r, &cname.sig, 0, zn, cname.rrs, cnOwner)
-		}
 		if hops == maxCNAMEChain || owner > 0x3FFF {
 			return
 		}
@@ -868,6 +885,62 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 	}
 }
 
+// sigStatic appends the RRSIGs of the static RRset set just appended at
+// r.b[start:] for the name at owner (lname) and returns how many: those
+// made once for the set, or, for an answer a wildcard synthesized, ones
+// made for lname (cached per name), so no wildcard proof is needed.
+func (w *worker) sigStatic(r *resp, zn *zone, set *rrset, serial uint32, owner int, lname []byte, start int, wild bool) int {
+	if !wild {
+		return w.appendSig(r, &set.sig, serial, zn, set.rrs, owner)
+	}
+	end := len(r.b)
+	n := w.signAnswer(r, &zn.wSigs, zn, lname, start)
+	r.patchOwners(end, owner)
+	return n
+}
+
+// referral answers a query at or under the delegation cut: the NS
+// records in the authority section with AA clear (unless a CNAME before
+// it was answered), and, signed, the DS records and their RRSIGs or the
+// NSEC that proves there are none (an unsigned delegation); then the
+// glue. owner is the message offset of lname.
+func (w *worker) referral(r *resp, zn *zone, owner int, lname []byte, cut *node) {
+	at := owner + len(lname) - len(cut.cut.name) // the cut's name inside lname
+	if r.an == 0 {
+		r.noAA = true
+	}
+	ns := cut.rrsets[typeNS]
+	r.appendRRs(ns.wire, at)
+	r.ns += ns.n
+	if w.signed {
+		if ds := cut.rrsets[typeDS]; ds != nil {
+			r.appendRRs(ds.wire, at)
+			r.ns += ds.n + w.appendSig(r, &ds.sig, 0, zn, ds.rrs, at)
+		} else if e := w.nsecOf(zn, cut.cut.name, cut); e != nil {
+			r.appendRRs(e.wire, at)
+			r.ns += e.n
+		}
+	}
+	r.b = append(r.b, cut.cut.glue...)
+	r.ar += cut.cut.glueN
+}
+
+// nsecOf returns the signed NSEC of the existing name lname at node nd,
+// listing its types.
+func (w *worker) nsecOf(zn *zone, lname []byte, nd *node) *sigEntry {
+	return nd.nsec.get(w.now, 0, func() (*sigEntry, error) {
+		return zn.sg.nsecEntry(lname, zn.negTTL, nodeTypes(nd))
+	})
+}
+
+func nodeTypes(nd *node) []uint16 {
+	types := make([]uint16, 0, len(nd.rrsets))
+	for t := range nd.rrsets {
+		types = append(types, t)
+	}
+	return types
+}
+
 // appendSig appends the RRSIGs of a static RRset (rrs, at message offset
 // owner), made once and cached in slot, and returns how many.
 func (w *worker) appendSig(r *resp, slot *sigSlot, serial uint32, zn *zone, rrs []dns.RR, owner int) int {
@@ -885,19 +958,21 @@ func (w *worker) appendSig(r *resp, slot *sigSlot, serial uint32, zn *zone, rrs 
 }
 
 // nodata answers that the name at owner (lname) has no records of the
-// asked type; signed, with the NSEC listing the types it has.
-func (w *worker) nodata(r *resp, zn *zone, apex, owner int, lname []byte, nd *node) {
+// asked type; signed, with the NSEC listing the types it has (for a
+// name a wildcard synthesizes, the wildcard's, made for lname).
+func (w *worker) nodata(r *resp, zn *zone, apex, owner int, lname []byte, nd *node, wild bool) {
 	if !w.signed {
 		r.authority(zn, apex)
 		return
 	}
-	e := nd.nsec.get(w.now, 0, func() (*sigEntry, error) {
-		types := make([]uint16, 0, len(nd.rrsets))
-		for t := range nd.rrsets {
-			types = append(types, t)
-		}
-		return zn.sg.nsecEntry(lname, zn.negTTL, types)
-	})
+	var e *sigEntry
+	if wild {
+		e = zn.nxSigs.get(lname, w.now, func() (*sigEntry, error) {
+			return zn.sg.nsecEntry(lname, zn.negTTL, nodeTypes(nd))
+		})
+	} else {
+		e = w.nsecOf(zn, lname, nd)
+	}
 	w.deny(r, zn, apex, owner, e)
 }
 

@@ -32,6 +32,7 @@ const (
 	typeHINFO = 13
 	typeAAAA  = 28
 	typeSRV   = 33
+	typeDS    = 43
 	typeOPT   = 41
 	typeTSIG  = 250
 	typeIXFR  = 251

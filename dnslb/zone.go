@@ -2,6 +2,7 @@ package dnslb
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -16,8 +17,12 @@ type Zone struct {
 	// Records is the zone's data as zone-file text (RFC 1035 master file
 	// format, parsed with dns.ZoneParser; relative names are relative to
 	// Origin). It must hold exactly one SOA record, at the apex. Every
-	// name must be inside the zone; delegations (NS below the apex),
-	// DNAME and wildcards are not supported and rejected.
+	// name must be inside the zone. NS records below the apex delegate
+	// (queries at or under the name get a referral: the NS records with
+	// the AA bit clear, glue for in-zone targets, and, signed, the DS
+	// records or an NSEC proving there are none); wildcards ("*.name",
+	// RFC 4592) answer names under name that do not exist. DNAME is not
+	// supported.
 	Records string
 	// Keys, when not empty, sign the zone online (DNSSEC): answers to
 	// queries with the DO bit carry RRSIGs made when a service's answers
@@ -44,7 +49,10 @@ type zone struct {
 	ser     *atomic.Uint32 // the serial answers carry; nil: the SOA's own
 	sg      *zoneSigner    // nil: unsigned
 	soaSig  sigSlot        // RRSIGs of the SOA at the current serial
-	nxSigs  sigMap         // signed NSEC of names that do not exist
+	nxSigs  sigMap         // signed NSEC of names that do not exist or match a wildcard
+	wSigs   sigMap         // signed answers synthesized from wildcards
+	cuts    bool           // some node is a delegation
+	wild    bool           // some node is a wildcard
 }
 
 // node is one name in a zone. A node without records and service is an
@@ -53,6 +61,16 @@ type node struct {
 	rrsets map[uint16]*rrset
 	svc    *service
 	nsec   sigSlot // signed NSEC for NODATA answers (static nodes)
+	// cut is set at a delegation point: the NS records to refer with,
+	// packed for the authority section, and the glue for the additional.
+	cut *delegation
+}
+
+// delegation is a zone cut below the apex.
+type delegation struct {
+	name  []byte // lower-case wire form
+	glue  []byte // A and AAAA records of in-zone NS targets, full owner names
+	glueN int
 }
 
 // rrset is a static RRset packed for an answer section: each record is
@@ -123,10 +141,6 @@ func compileZone(z Zone) (*zone, error) {
 				return nil, fmt.Errorf("dnslb: zone %q: exactly one SOA, at the apex, is allowed", origin)
 			}
 			soa = rr.(*dns.SOA)
-		case dns.TypeNS:
-			if !apexName {
-				return nil, fmt.Errorf("dnslb: zone %q: delegation at %s is not supported", origin, h.Name)
-			}
 		case dns.TypeDNAME:
 			return nil, fmt.Errorf("dnslb: zone %q: DNAME at %s is not supported", origin, h.Name)
 		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3, dns.TypeOPT, dns.TypeTSIG:
@@ -136,8 +150,14 @@ func compileZone(z Zone) (*zone, error) {
 				return nil, fmt.Errorf("dnslb: zone %q: %s records come from Keys when signing", origin, dns.TypeToString[h.Rrtype])
 			}
 		}
-		if strings.HasPrefix(h.Name, "*.") || h.Name == "*" {
-			return nil, fmt.Errorf("dnslb: zone %q: wildcard %s is not supported", origin, h.Name)
+		if labels := dns.SplitDomainName(h.Name); slices.Contains(labels[min(1, len(labels)):], "*") {
+			return nil, fmt.Errorf("dnslb: zone %q: %s: a wildcard label must be the leftmost", origin, h.Name)
+		}
+		if strings.HasPrefix(h.Name, "*.") {
+			zn.wild = true
+			if h.Rrtype == dns.TypeNS {
+				return nil, fmt.Errorf("dnslb: zone %q: NS at wildcard %s is not supported", origin, h.Name)
+			}
 		}
 		if err := zn.add(rr); err != nil {
 			return nil, err
@@ -170,6 +190,9 @@ func compileZone(z Zone) (*zone, error) {
 				return nil, err
 			}
 		}
+	}
+	if err := zn.compileCuts(); err != nil {
+		return nil, err
 	}
 	// CNAME must stand alone at its name (RFC 1034 §3.6.2).
 	for name, nd := range zn.nodes {
@@ -237,4 +260,77 @@ func presentation(w []byte) string {
 		return "."
 	}
 	return sb.String()
+}
+
+// compileCuts marks the delegations (NS below the apex) and packs their
+// glue: the A and AAAA records the zone holds for the NS targets.
+func (zn *zone) compileCuts() error {
+	for name, nd := range zn.nodes {
+		ns := nd.rrsets[typeNS]
+		if ns == nil || name == string(zn.apex) {
+			continue
+		}
+		if nd.rrsets[typeSOA] != nil || nd.rrsets[typeCNAME] != nil {
+			return fmt.Errorf("dnslb: zone %q: CNAME or SOA at delegation %s", zn.origin, presentation([]byte(name)))
+		}
+		zn.cuts = true
+		d := &delegation{name: []byte(name)}
+		var seen []string
+		for _, rr := range ns.rrs {
+			target := dns.CanonicalName(rr.(*dns.NS).Ns)
+			if slices.Contains(seen, target) || !dns.IsSubDomain(zn.origin, target) {
+				continue
+			}
+			seen = append(seen, target)
+			tw, err := wireName(target)
+			if err != nil {
+				return err
+			}
+			tn := zn.nodes[string(tw)]
+			if tn == nil {
+				continue
+			}
+			for _, typ := range []uint16{typeA, typeAAAA} {
+				if set := tn.rrsets[typ]; set != nil {
+					for i := 0; i+12 <= len(set.wire); {
+						end := i + 12 + (int(set.wire[i+10])<<8 | int(set.wire[i+11]))
+						d.glue = append(d.glue, tw...)
+						d.glue = append(d.glue, set.wire[i+2:end]...)
+						d.glueN++
+						i = end
+					}
+				}
+			}
+		}
+		nd.cut = d
+	}
+	return nil
+}
+
+// delegated returns the delegation lname (lower-case wire form, in zn)
+// is at or under, the one nearest the apex, or nil. A DS query at the
+// cut itself is answered by this side of it (the parent), so ds leaves
+// out a cut at lname.
+func (zn *zone) delegated(lname []byte, ds bool) *node {
+	var cut *node
+	for off := 0; len(lname)-off > len(zn.apex); off += int(lname[off]) + 1 {
+		if nd := zn.nodes[string(lname[off:])]; nd != nil && nd.cut != nil && !(ds && off == 0) {
+			cut = nd
+		}
+	}
+	return cut
+}
+
+// wildcard returns the wildcard node that synthesizes lname, a name in
+// zn that does not exist (RFC 4592 §3.3.1: "*." and the closest
+// encloser), or nil. key is scratch space.
+func (zn *zone) wildcard(lname []byte, key *[]byte) *node {
+	for off := int(lname[0]) + 1; off < len(lname); off += int(lname[off]) + 1 {
+		if zn.nodes[string(lname[off:])] == nil {
+			continue
+		}
+		*key = append(append((*key)[:0], 1, '*'), lname[off:]...)
+		return zn.nodes[string(*key)]
+	}
+	return nil
 }
