@@ -68,6 +68,7 @@ var dnsBackends = []string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80", "1
 const (
 	dnsChildEnv   = "LBKIT_BENCH_DNSLB_ADDR"
 	dnsProfileEnv = "LBKIT_BENCH_DNSLB_CPUPROFILE"
+	dnsSignEnv    = "LBKIT_BENCH_DNSLB_SIGN" // an algorithm number: sign the zone with a new key
 )
 
 func TestMain(m *testing.M) {
@@ -95,8 +96,20 @@ func dnsServeChild(addr, profile string) error {
 	if err := pool.Set(backends); err != nil {
 		return err
 	}
+	zone := dnslb.Zone{Origin: "example.test.", Records: dnsZoneHead}
+	if alg := os.Getenv(dnsSignEnv); alg != "" {
+		n, err := strconv.Atoi(alg)
+		if err != nil {
+			return err
+		}
+		k, err := dnslb.GenerateKey(zone.Origin, uint8(n))
+		if err != nil {
+			return err
+		}
+		zone.Keys = []dnslb.SigningKey{k}
+	}
 	s, err := dnslb.New(dnslb.Config{
-		Zones:    []dnslb.Zone{{Origin: "example.test.", Records: dnsZoneHead}},
+		Zones:    []dnslb.Zone{zone},
 		Services: []dnslb.Service{{Name: dnsQName, Pool: pool}},
 		Logger:   slog.New(slog.DiscardHandler),
 	})
@@ -125,12 +138,13 @@ type dnsServer struct {
 }
 
 // dnsStartLbkit runs dnslb in a child process (this test binary, see
-// TestMain) on a free loopback port, stopped at cleanup.
-func dnsStartLbkit(b *testing.B) dnsServer {
+// TestMain) on a free loopback port, stopped at cleanup; env adds to
+// the child's environment.
+func dnsStartLbkit(b *testing.B, env ...string) dnsServer {
 	b.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", dnsFreePort(b))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), dnsChildEnv+"="+addr)
+	cmd.Env = append(append(os.Environ(), dnsChildEnv+"="+addr), env...)
 	cmd.Stderr = os.Stderr
 	return dnsServer{"dnslb", addr, dnsStartProcess(b, cmd, addr, syscall.SIGTERM)}
 }
@@ -496,6 +510,37 @@ func BenchmarkDNSQPS(b *testing.B) {
 				b.Logf("%s round %d: dnslb/nsd %.2f, dnslb/knot %.2f", st.name, i+1, l.qps/n.qps, l.qps/k.qps)
 			}
 		})
+	}
+}
+
+// BenchmarkDNSSigned measures dnslb answering the same A query with the
+// DO bit (dnsperf -D) from an unsigned zone and from zones signed online
+// with ECDSA P-256 and Ed25519 keys, each in its own process, in
+// interleaved rounds (dnsperf defaults; the median counts). The
+// service's signatures are cached per pool snapshot, so the signed rate
+// is that of copying larger answers. Run with -benchtime=1x.
+func BenchmarkDNSSigned(b *testing.B) {
+	servers := []dnsServer{dnsStartLbkit(b), dnsStartLbkit(b, dnsSignEnv+"=13"), dnsStartLbkit(b, dnsSignEnv+"=15")}
+	names := []string{"unsigned", "ecdsa", "ed25519"}
+	runs := make([][]dnsResult, len(servers))
+	for range b.N {
+		for round := range dnsRounds {
+			for j := range servers {
+				i := (j + round) % len(servers)
+				c0 := dnsProcCPU(servers[i].pid)
+				r := dnsLoad(b, servers[i].addr, "-D")
+				r.cpu = dnsProcCPU(servers[i].pid) - c0
+				runs[i] = append(runs[i], r)
+			}
+		}
+	}
+	for i, name := range names {
+		m := dnsMedian(runs[i])
+		b.ReportMetric(m.qps, name+"-qps")
+		b.ReportMetric(float64(m.cpu.Nanoseconds())/(m.qps*dnsSeconds), name+"-cpu-ns/q")
+		b.Logf("%s: %.1fk q/s (%s), CPU %.2f µs/q, lost %d", name, m.qps/1000,
+			dnsRange(runs[i], func(r dnsResult) float64 { return r.qps / 1000 }),
+			float64(m.cpu.Nanoseconds())/(m.qps*dnsSeconds)/1000, m.lost)
 	}
 }
 
