@@ -3,10 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"net"
 	"net/netip"
@@ -181,15 +178,6 @@ type registry struct {
 	byToken map[string]*upstream
 }
 
-// stickyToken returns the cookie value naming addr: the first 16 bytes of
-// HMAC-SHA256(key, "lbkit/proxy" 0x00 addr), base64url.
-func stickyToken(key []byte, addr netip.AddrPort) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("lbkit/proxy\x00"))
-	m.Write([]byte(addr.String()))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
-}
-
 // upstreamFor returns the upstream of ep, creating it when ep is new.
 func (h *HTTP) upstreamFor(ep *balancer.Endpoint) *upstream {
 	if u := h.reg.Load().byEP[ep]; u != nil {
@@ -209,8 +197,8 @@ func (h *HTTP) upstreamFor(ep *balancer.Endpoint) *upstream {
 		next.byToken[k] = v
 	}
 	u := &upstream{ep: ep, addr: ep.Addr()}
-	if h.cookieKey != nil {
-		u.token = stickyToken(h.cookieKey, u.addr)
+	if h.cookies != nil {
+		u.token = h.cookies.Token(u.addr)
 		next.byToken[u.token] = u
 	}
 	next.byEP[ep] = u
@@ -233,8 +221,8 @@ func (h *HTTP) sync() {
 		u := old.byEP[ep]
 		if u == nil {
 			u = &upstream{ep: ep, addr: ep.Addr()}
-			if h.cookieKey != nil {
-				u.token = stickyToken(h.cookieKey, u.addr)
+			if h.cookies != nil {
+				u.token = h.cookies.Token(u.addr)
 			}
 		}
 		next.byEP[ep] = u

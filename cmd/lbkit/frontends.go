@@ -16,6 +16,7 @@ import (
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/proxy"
 	"github.com/lbkit/lbkit/redirect"
+	"github.com/lbkit/lbkit/tcpproxy"
 )
 
 // healthInterval is how often the demo's health checker probes each
@@ -239,17 +240,16 @@ func setupServed(cfg demoConfig, bs []*backend, path string, tries int,
 // in any http.Server): every client asks the dispatcher and follows its
 // 302 to a backend, asking again after an error.
 func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/index.html", 4, func(u *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
-		targets := make([]redirect.Target, len(bs))
-		for i, b := range bs {
-			targets[i] = redirect.Target{URL: "http://" + b.addr.String()}
-		}
-		h, err := redirect.New(redirect.Config{Backends: targets, Pool: pool})
+	return setupServed(cfg, bs, "/index.html", 4, func(_ *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		// Members are redirected to as http://<addr>: the default URL.
+		h, err := redirect.New(redirect.Config{Pool: pool})
 		if err != nil {
 			return frontEnd{}, err
 		}
-		u.push(func() { _ = h.Close() })
-		rs := &redirect.Server{Handler: h}
+		rs, err := redirect.NewServer(redirect.ServerConfig{Handler: h})
+		if err != nil {
+			return frontEnd{}, err
+		}
 		return frontEnd{func(ln net.Listener) error { return rs.Serve(context.Background(), ln) }, rs.Shutdown}, nil
 	})
 }
@@ -260,13 +260,17 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 // backend by itself (retries on another backend, passive and active
 // health).
 func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
-		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
+	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		// The checker follows the pool: outcomes reach it through Done.
+		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, RetryStatuses: []int{502, 503, 504}})
 		if err != nil {
 			return frontEnd{}, err
 		}
 		u.push(func() { _ = h.Close() })
-		ps := &proxy.Server{Handler: h}
+		ps, err := proxy.NewServer(proxy.ServerConfig{Handler: h})
+		if err != nil {
+			return frontEnd{}, err
+		}
 		return frontEnd{func(ln net.Listener) error { return ps.Serve(context.Background(), ln) }, ps.Shutdown}, nil
 	})
 }
@@ -276,8 +280,8 @@ func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(cont
 // by a dying backend is re-opened by the client, which the proxy sends to
 // a live backend.
 func setupTCPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
-		p, err := proxy.NewTCP(proxy.TCPConfig{Pool: pool, Observer: chk})
+	return setupServed(cfg, bs, "/", 4, func(_ *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		p, err := tcpproxy.New(tcpproxy.Config{Pool: pool})
 		if err != nil {
 			return frontEnd{}, err
 		}

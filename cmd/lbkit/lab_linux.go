@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/netlab"
@@ -157,6 +158,7 @@ func runL2LB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err != nil {
 		return result{}, err
 	}
+	go bal.Serve(ctx)
 	defer bal.Close()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -192,16 +194,14 @@ func runIPLB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err != nil {
 		return result{}, err
 	}
-	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS())})
+	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS()), Services: []iplb.Service{{
+		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Key: balancer.Key{Source: balancer.KeyFlow}, Pool: pool,
+	}}})
 	if err != nil {
 		return result{}, err
 	}
+	go bal.Serve(ctx)
 	defer bal.Close()
-	if _, err := bal.AddService(iplb.Service{
-		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Pool: pool,
-	}); err != nil {
-		return result{}, err
-	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := bal.Sync(sctx); err != nil {

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
-	"github.com/lbkit/lbkit/proxy"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/proxyproto"
+	"github.com/lbkit/lbkit/tcpproxy"
 )
 
 func main() {
@@ -55,7 +57,7 @@ func run() error {
 	for _, name := range []string{"alpha", "beta"} {
 		ln, addr, err := backend(func(c net.Conn) {
 			br := bufio.NewReader(c)
-			h, err := proxy.ReadProxyProtoHeader(br)
+			h, err := proxyproto.Read(br)
 			if err != nil {
 				return
 			}
@@ -77,9 +79,19 @@ func run() error {
 	dead.Close()
 	backends = append(backends, balancer.Backend{Addr: deadAddr})
 
-	p, err := proxy.NewTCP(proxy.TCPConfig{
-		Backends:      backends,
-		ProxyProtocol: 2,
+	// The pool is the one list of backends; the proxy picks from it and
+	// never closes it.
+	pool, err := balancer.New(balancer.Config{Name: "echo", Builder: roundrobin.Builder{}})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := pool.Set(backends); err != nil {
+		return err
+	}
+	p, err := tcpproxy.New(tcpproxy.Config{
+		Pool:          pool,
+		ProxyProtocol: proxyproto.V2,
 		Logger:        slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -114,6 +126,9 @@ func run() error {
 	if err := p.Shutdown(ctx); err != nil {
 		return err
 	}
-	fmt.Println("drained:", <-served)
+	if err := <-served; err != nil {
+		return err
+	}
+	fmt.Println("drained")
 	return nil
 }
