@@ -402,3 +402,38 @@ func TestUnboundValidatesWildcardsAndCuts(t *testing.T) {
 		assert.Equal(t, 1, verifySection(t, k.DNSKEY, proof), tc.name)
 	}
 }
+
+// TestSignaturesRenewed: a cached signature is made anew once it is
+// sigRefresh old, so a long-running server never serves one near its
+// expiration; until then the cached one is served.
+func TestSignaturesRenewed(t *testing.T) {
+	s, k := signedServer(t, dns.ED25519, Config{Services: []Service{{Name: "svc.example.test.", Pool: newPool(t, nil, be("198.18.0.1:80"))}}})
+	zn := s.tab.Load().zones[string([]byte("\x07example\x04test\x00"))]
+	require.NotNil(t, zn)
+	w := s.newWorker()
+	inception := func(name string, qtype uint16) uint32 {
+		r := respondMsg(t, w, packQuery(t, name, qtype, withDO))
+		require.Equal(t, 1, verifySection(t, k.DNSKEY, r.Answer))
+		for _, rr := range r.Answer {
+			if sig, ok := rr.(*dns.RRSIG); ok {
+				return sig.Inception
+			}
+		}
+		t.Fatal("no RRSIG")
+		return 0
+	}
+	old := time.Now().Add(-sigRefresh - time.Hour)
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+	}{{"txt.example.test.", dns.TypeTXT}, {"svc.example.test.", dns.TypeA}} {
+		zn.sg.now = func() time.Time { return old }
+		first := inception(q.name, q.qtype)
+		assert.Equal(t, uint32(old.Add(-sigBackdate).Unix()), first, q.name)
+		zn.sg.now = time.Now
+		assert.Greater(t, inception(q.name, q.qtype), first, "%s: due, made anew", q.name)
+		again := inception(q.name, q.qtype)
+		zn.sg.now = func() time.Time { return time.Now().Add(time.Hour) }
+		assert.Equal(t, again, inception(q.name, q.qtype), "%s: not due, cached", q.name)
+	}
+}
