@@ -268,3 +268,26 @@ func TestNotifyDebounced(t *testing.T) {
 	}
 	assert.LessOrEqual(t, notifies.Load(), int32(3), "1 at start, 1 or 2 for 40 flaps in 200ms")
 }
+
+// TestIXFRHistoryBounded: only IXFRHistory changes are kept; an IXFR
+// from before them gets the whole zone.
+func TestIXFRHistoryBounded(t *testing.T) {
+	s, addr := startServer(t, Config{TransferPeers: loopback, IXFRHistory: 1, Logger: quiet})
+	s0 := soaSerial(t, addr)
+	require.NoError(t, s.Update([]Zone{{Origin: "example.test.", Records: testZone + "one IN A 198.18.0.9\n"}}, nil))
+	s1 := soaSerial(t, addr)
+	require.NoError(t, s.Update([]Zone{{Origin: "example.test.", Records: testZone + "two IN A 198.18.0.9\n"}}, nil))
+	s2 := soaSerial(t, addr)
+	require.True(t, int32(s1-s0) > 0 && int32(s2-s1) > 0)
+
+	rrs, err := transfer(t, addr, TSIGKey{}, int64(s1))
+	require.NoError(t, err)
+	got := xfrStrings(rrs)
+	require.Len(t, got, 6, "the last change: %v", got)
+	assert.Equal(t, "one.example.test.\t300\tIN\tA\t198.18.0.9", got[2])
+	assert.Equal(t, "two.example.test.\t300\tIN\tA\t198.18.0.9", got[4])
+
+	rrs, err = transfer(t, addr, TSIGKey{}, int64(s0))
+	require.NoError(t, err)
+	assert.Len(t, rrs, 2+6, "older than the history: the whole zone")
+}
