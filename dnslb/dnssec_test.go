@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -435,5 +436,31 @@ func TestSignaturesRenewed(t *testing.T) {
 		again := inception(q.name, q.qtype)
 		zn.sg.now = func() time.Time { return time.Now().Add(time.Hour) }
 		assert.Equal(t, again, inception(q.name, q.qtype), "%s: not due, cached", q.name)
+	}
+}
+
+// TestKeyFilesReadByKnot: the BIND key files WriteFiles writes are the
+// ones BIND's and Knot's tools use: Knot's keymgr imports them and finds
+// the same key (tag and algorithm).
+func TestKeyFilesReadByKnot(t *testing.T) {
+	bin := sbinPath(t, "keymgr", "knot")
+	dir := t.TempDir()
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "    user: root:root\n"
+	}
+	conf := fmt.Sprintf("server:\n    rundir: %q\n%sdatabase:\n    storage: %q\npolicy:\n  - id: manual\n    manual: on\nzone:\n  - domain: example.test.\n    dnssec-signing: on\n    dnssec-policy: manual\n", dir, user, dir)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "knot.conf"), []byte(conf), 0o600))
+	for _, alg := range []uint8{dns.ECDSAP256SHA256, dns.ED25519} {
+		k, err := GenerateKey("example.test.", alg)
+		require.NoError(t, err)
+		base, err := k.WriteFiles(dir)
+		require.NoError(t, err)
+		out, err := exec.Command(bin, "-c", filepath.Join(dir, "knot.conf"), "example.test.", "import-bind", base+".key").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		out, err = exec.Command(bin, "-c", filepath.Join(dir, "knot.conf"), "example.test.", "list").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.Contains(t, string(out), fmt.Sprintf(" %d ", k.DNSKEY.KeyTag()))
+		assert.Contains(t, string(out), dns.AlgorithmToString[alg])
 	}
 }
