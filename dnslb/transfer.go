@@ -201,12 +201,11 @@ func (x *xfr) refresh(t *tables) []*zone {
 			continue
 		}
 		v.soa.Serial = x.nextSerial(h.cur.soa.Serial)
+		// Appending writes past what an IXFR in progress reads; the
+		// oldest are dropped by copying, never by shifting in place.
 		h.diffs = append(h.diffs, d)
 		if len(h.diffs) > x.history {
-			h.diffs = slices.Delete(h.diffs, 0, len(h.diffs)-x.history)
-		}
-		if x.history == 0 {
-			h.diffs = nil
+			h.diffs = slices.Clone(h.diffs[len(h.diffs)-x.history:])
 		}
 		h.cur = v
 		h.serial.Store(v.soa.Serial)
