@@ -291,3 +291,28 @@ func TestIXFRHistoryBounded(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, rrs, 2+6, "older than the history: the whole zone")
 }
+
+// TestIXFRWhileChanging: transfers read a consistent history while
+// changes keep arriving (run with -race).
+func TestIXFRWhileChanging(t *testing.T) {
+	s, addr := startServer(t, Config{TransferPeers: loopback, IXFRHistory: 2, Logger: quiet})
+	done := make(chan error)
+	go func() {
+		var err error
+		for i := range 50 {
+			if err == nil {
+				err = s.Update([]Zone{{Origin: "example.test.", Records: testZone + "n" + strconv.Itoa(i) + " IN A 198.18.0.9\n"}}, nil)
+			}
+		}
+		done <- err
+	}()
+	for range 50 {
+		soa := s.xfr.current("example.test.")
+		rrs := s.xfr.transfer("example.test.", int64(soa.Serial-1))
+		require.NotEmpty(t, rrs)
+		require.IsType(t, &dns.SOA{}, rrs[len(rrs)-1])
+	}
+	require.NoError(t, <-done)
+	_, err := transfer(t, addr, TSIGKey{}, int64(soaSerial(t, addr)-1))
+	require.NoError(t, err)
+}
