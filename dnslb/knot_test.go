@@ -63,13 +63,15 @@ func knotUser() string {
 func freePort(t testing.TB) int {
 	t.Helper()
 	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		// TCP first: the kernel then picks a port no TCP socket uses,
+		// outgoing connections included.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
+		port := ln.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		ln.Close()
 		if err == nil {
-			ln.Close()
+			pc.Close()
 			return port
 		}
 	}

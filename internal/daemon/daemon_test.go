@@ -148,6 +148,11 @@ func TestDaemonServesAndReloadsAsADiff(t *testing.T) {
 	p := f.d.Pool("web")
 	ap, _ := netip.ParseAddrPort(f.be[0])
 	kept := p.Endpoint(ap)
+	// The TCP proxy ends its connection's work when it sees the close,
+	// a moment after the client's.
+	for deadline := time.Now().Add(5 * time.Second); kept.InFlight() != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	kept.Start() // work in flight survives the reload
 	defer kept.Done(nil, 0)
 
