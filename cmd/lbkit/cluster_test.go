@@ -1,7 +1,8 @@
+//go:build linux
+
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
 
 	"github.com/lbkit/lbkit/internal/daemon"
 	"github.com/lbkit/lbkit/internal/etcdtest"
@@ -55,7 +57,7 @@ func TestServeCluster(t *testing.T) {
 		for _, m := range members {
 			s += "      - addr: " + m + "\n"
 		}
-		return s + "    health: {type: http, path: /healthz, interval: 100ms, timeout: 1s, rise: 1, fall: 1}\nlisteners: []\n"
+		return s + "    health: {type: http, path: /healthz, interval: 100ms, timeout: 2s, rise: 1, fall: 1}\nlisteners: []\n"
 	}
 	put := func(value string) int64 {
 		t.Helper()
@@ -285,9 +287,9 @@ func clusterBackend(t *testing.T, failFor *pidSet) string {
 }
 
 // ownsPeer reports whether a process of the set owns the other end of a
-// loopback TCP connection: the socket whose local port is the peer's port
-// in /proc/net/tcp gives an inode, and a process with a descriptor on that
-// inode owns it. Only the set's processes are searched.
+// loopback TCP connection: the kernel's socket table (sock_diag, through
+// netlink) gives that socket's inode, and a process with a descriptor on
+// the inode owns it. Only the set's processes are searched.
 func (s *pidSet) ownsPeer(c net.Conn) bool {
 	s.mu.Lock()
 	pids := slices.Collect(maps.Keys(s.pids))
@@ -295,32 +297,11 @@ func (s *pidSet) ownsPeer(c net.Conn) bool {
 	if len(pids) == 0 {
 		return false
 	}
-	peer, ok := c.RemoteAddr().(*net.TCPAddr)
-	if !ok {
-		return false
-	}
-	local := c.LocalAddr().(*net.TCPAddr)
-	f, err := os.Open("/proc/net/tcp")
+	sock, err := netlink.SocketGet(c.RemoteAddr(), c.LocalAddr())
 	if err != nil {
 		return false
 	}
-	defer f.Close()
-	var inode string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 10 {
-			continue
-		}
-		if strings.HasSuffix(fs[1], fmt.Sprintf(":%04X", peer.Port)) && strings.HasSuffix(fs[2], fmt.Sprintf(":%04X", local.Port)) {
-			inode = fs[9]
-			break
-		}
-	}
-	if inode == "" {
-		return false
-	}
-	want := "socket:[" + inode + "]"
+	want := fmt.Sprintf("socket:[%d]", sock.INode)
 	for _, pid := range pids {
 		dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
 		fds, _ := os.ReadDir(dir)
@@ -331,35 +312,4 @@ func (s *pidSet) ownsPeer(c net.Conn) bool {
 		}
 	}
 	return false
-}
-
-// TestClusterFlags: the cluster commands refuse what cannot work, before
-// connecting anywhere.
-func TestClusterFlags(t *testing.T) {
-	for _, tt := range []struct {
-		args []string
-		code int
-		msg  string
-	}{
-		{[]string{"serve", "-etcd", "http://127.0.0.1:1", "-config", "x.yaml"}, 2, "-config and -etcd exclude each other"},
-		{[]string{"serve", "-etcd", "http://127.0.0.1:1", "-node", ""}, 2, "-etcd needs -node NAME"},
-		{[]string{"status"}, 2, "-etcd ENDPOINTS is required"},
-	} {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			var out, errOut strings.Builder
-			code := run(t.Context(), tt.args, &out, &errOut)
-			assert.Equal(t, tt.code, code)
-			assert.Contains(t, errOut.String(), tt.msg)
-		})
-	}
-}
-
-// TestStatusNoCluster: lbkit status on a prefix with no configuration and
-// no node says so.
-func TestStatusNoCluster(t *testing.T) {
-	endpoint := etcdtest.Start(t)
-	var out, errOut strings.Builder
-	code := run(t.Context(), []string{"status", "-etcd", endpoint, "-etcd-prefix", "/empty"}, &out, &errOut)
-	require.Zero(t, code, errOut.String())
-	assert.Equal(t, "configuration /empty/config: revision 0\n\nno live nodes\n", out.String())
 }
