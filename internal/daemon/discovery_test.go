@@ -13,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/config"
+	"github.com/lbkit/lbkit/internal/etcdtest"
 )
 
 // waitMembers waits, on the pool's snapshot notifications, until the
@@ -131,4 +133,69 @@ func mustAtoi(t *testing.T, s string) int {
 	n, err := strconv.Atoi(s)
 	require.NoError(t, err)
 	return n
+}
+
+// TestPoolMembersFromEtcdAndDNS: the dns and etcd sources of a pool's
+// discovery section reach the pool: members registered under the etcd
+// prefix (and removed), and the A records of a name on a DNS server, with
+// the configured port.
+func TestPoolMembersFromEtcdAndDNS(t *testing.T) {
+	c := etcdtest.Client(t, etcdtest.Start(t))
+	dnsAddr := testDNSServer(t, "web.example.test.", "198.18.0.21", "198.18.0.22")
+
+	text := fmt.Sprintf(`pools:
+  - name: web
+    discovery:
+      dns: {name: web.example.test, type: A, port: 8080, servers: ['%s'], min_ttl: 1s}
+      etcd: {endpoints: ['%s'], prefix: /pools/web/}
+    health: {type: none}
+listeners: []
+`, dnsAddr, c.Endpoints()[0])
+	cfg, err := config.Parse("lbkit.yaml", []byte(text))
+	require.NoError(t, err)
+	d := New(Options{AdminAddr: "off"})
+	t.Cleanup(func() { d.Close() })
+	_, err = c.Put(t.Context(), "/pools/web/a", `{"addr": "198.18.0.31:80", "weight": 2}`)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(cfg))
+	p := d.Pool("web")
+	eps := waitMembers(t, p, "198.18.0.21:8080", "198.18.0.22:8080", "198.18.0.31:80")
+	assert.EqualValues(t, 2, eps["198.18.0.31:80"].Backend().Weight)
+
+	_, err = c.Put(t.Context(), "/pools/web/b", `{"addr": "198.18.0.32:80"}`)
+	require.NoError(t, err)
+	waitMembers(t, p, "198.18.0.21:8080", "198.18.0.22:8080", "198.18.0.31:80", "198.18.0.32:80")
+	_, err = c.Delete(t.Context(), "/pools/web/a")
+	require.NoError(t, err)
+	waitMembers(t, p, "198.18.0.21:8080", "198.18.0.22:8080", "198.18.0.32:80")
+}
+
+// testDNSServer serves A records of name on a UDP port of 127.0.0.1 and
+// returns its address.
+func testDNSServer(t *testing.T, name string, ips ...string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	mux := dns.NewServeMux()
+	mux.HandleFunc(name, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if r.Question[0].Qtype == dns.TypeA {
+			for _, ip := range ips {
+				m.Answer = append(m.Answer, &dns.A{
+					Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+					A:   net.ParseIP(ip),
+				})
+			}
+		}
+		w.WriteMsg(m)
+	})
+	srv := &dns.Server{PacketConn: pc, Handler: mux}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
 }
