@@ -134,9 +134,17 @@ func TestServeCluster(t *testing.T) {
 	assert.Regexp(t, fmt.Sprintf(`(?m)^web\s+%s\s+unhealthy\s+unhealthy\s+healthy\s*$`, regexpQuote(picky)), out)
 	assert.Regexp(t, fmt.Sprintf(`(?m)^web\s+%s\s+healthy\s+healthy\s+healthy\s*$`, regexpQuote(good)), out)
 
-	// A node that stops leaves: its view goes with its lease.
-	nodes[2].stop(t)
-	nodes[0].wait(t, "n3 gone", func(st daemon.Status) bool { return len(st.Cluster.Nodes) == 2 })
+	// A node that dies (no chance to revoke its lease) leaves when its
+	// lease expires (5 s): its view, and its vote, go.
+	require.NoError(t, nodes[2].cmd.Process.Kill())
+	<-nodes[2].exited
+	for _, n := range nodes[:2] {
+		n.wait(t, "n3 gone", func(st daemon.Status) bool { return slices.Equal(st.Cluster.Nodes, []string{"n1", "n2"}) })
+	}
+	// n1 and n2 still fail picky: two of two, still out.
+	st = nodes[0].status(t)
+	m, _ = member(st, picky)
+	assert.False(t, m.Ready)
 }
 
 func regexpQuote(s string) string { return strings.ReplaceAll(s, ".", `\.`) }
@@ -173,16 +181,20 @@ type clusterProc struct {
 	name, admin string
 	cmd         *exec.Cmd
 	out         *lockedBuffer
-	done        chan error
+	exited      chan struct{} // closed when the process has exited
+	err         error         // Wait's error, once exited is closed
 }
 
 func startNode(t *testing.T, bin, name, admin string, args ...string) *clusterProc {
 	t.Helper()
-	n := &clusterProc{name: name, admin: admin, out: &lockedBuffer{}, done: make(chan error, 1)}
+	n := &clusterProc{name: name, admin: admin, out: &lockedBuffer{}, exited: make(chan struct{})}
 	n.cmd = exec.Command(bin, append([]string{"serve", "-node", name, "-admin", admin}, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	require.NoError(t, n.cmd.Start())
-	go func() { n.done <- n.cmd.Wait() }()
+	go func() {
+		n.err = n.cmd.Wait()
+		close(n.exited)
+	}()
 	t.Cleanup(func() {
 		n.stop(t)
 		if t.Failed() {
@@ -197,8 +209,8 @@ func startNode(t *testing.T, bin, name, admin string, args ...string) *clusterPr
 			return n
 		}
 		select {
-		case err := <-n.done:
-			t.Fatalf("%s exited: %v\n%s", name, err, n.out.String())
+		case <-n.exited:
+			t.Fatalf("%s exited: %v\n%s", name, n.err, n.out.String())
 		default:
 		}
 		require.True(t, time.Now().Before(deadline), "%s did not start: %v\n%s", name, err, n.out.String())
@@ -209,15 +221,17 @@ func startNode(t *testing.T, bin, name, admin string, args ...string) *clusterPr
 func (n *clusterProc) pid() int { return n.cmd.Process.Pid }
 
 func (n *clusterProc) stop(t *testing.T) {
-	if n.cmd.ProcessState != nil {
+	select {
+	case <-n.exited:
 		return
+	default:
 	}
 	n.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-n.done:
+	case <-n.exited:
 	case <-time.After(15 * time.Second):
 		n.cmd.Process.Kill()
-		<-n.done
+		<-n.exited
 	}
 }
 
