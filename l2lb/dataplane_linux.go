@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -33,6 +34,36 @@ type dataplane struct {
 // services, maxBackends backend ids and a connection table of connTable
 // flows. It needs CAP_BPF (root).
 func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) {
+	return loadDataplaneWith(maxServices, maxBackends, connTable, nil)
+}
+
+// loadDataplaneWith is loadDataplane using the maps of replace (by name)
+// instead of new ones: pinned maps a new process adopts.
+func loadDataplaneWith(maxServices, maxBackends, connTable int, replace map[string]*ebpf.Map) (*dataplane, error) {
+	spec, err := dataplaneSpec(maxServices, maxBackends, connTable)
+	if err != nil {
+		return nil, err
+	}
+	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, connTable: connTable, vipBits: vipTableBits(maxServices), services: map[VIP]uint32{}}
+	if err := spec.LoadAndAssign(&dp.objs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("l2lb: load program: %+v", ve)
+		}
+		return nil, fmt.Errorf("l2lb: load program: %w", err)
+	}
+	dp.ncpu, err = ebpf.PossibleCPU()
+	if err != nil {
+		dp.objs.Close()
+		return nil, fmt.Errorf("l2lb: %w", err)
+	}
+	return dp, nil
+}
+
+// dataplaneSpec returns the program's collection spec with its maps sized
+// for maxServices services, maxBackends backend ids and a connection
+// table of connTable flows.
+func dataplaneSpec(maxServices, maxBackends, connTable int) (*ebpf.CollectionSpec, error) {
 	spec, err := loadL2lb()
 	if err != nil {
 		return nil, fmt.Errorf("l2lb: load program spec: %w", err)
@@ -47,21 +78,9 @@ func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) 
 	spec.Maps["rings"].MaxEntries = uint32(maxServices * RingSize)
 	spec.Maps["backends"].MaxEntries = uint32(maxBackends)
 	spec.Maps["backend_stats"].MaxEntries = uint32(maxBackends)
+	spec.Maps["backend_addrs"].MaxEntries = uint32(maxBackends)
 	spec.Maps["conns"].MaxEntries = uint32(connTable)
-	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, connTable: connTable, vipBits: bits, services: map[VIP]uint32{}}
-	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("l2lb: load program: %+v", ve)
-		}
-		return nil, fmt.Errorf("l2lb: load program: %w", err)
-	}
-	dp.ncpu, err = ebpf.PossibleCPU()
-	if err != nil {
-		dp.objs.Close()
-		return nil, fmt.Errorf("l2lb: %w", err)
-	}
-	return dp, nil
+	return spec, nil
 }
 
 func (dp *dataplane) Close() error { return dp.objs.Close() }
@@ -260,6 +279,19 @@ func (dp *dataplane) setBackend(id uint32, e BackendEntry) error {
 	}
 	if err := dp.objs.Backends.Update(id, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("l2lb: write backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// setBackendAddr records which member backend id is (the zero addr: the
+// id is free), for a process that adopts the pinned maps.
+func (dp *dataplane) setBackendAddr(id uint32, addr netip.AddrPort) error {
+	var v l2lbBackendAddr
+	if addr.IsValid() {
+		v.Addr, v.Port, v.Family = addr.Addr().As16(), addr.Port(), family(addr.Addr())
+	}
+	if err := dp.objs.BackendAddrs.Update(id, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write backend %d's address: %w", id, err)
 	}
 	return nil
 }

@@ -20,6 +20,14 @@ type l2lbBackend struct {
 	Service uint32
 }
 
+type l2lbBackendAddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type l2lbConfig struct {
 	_     structs.HostLayout
 	Mac   [6]uint8
@@ -52,6 +60,13 @@ type l2lbGlobalCounters struct {
 	ConnLost    uint64
 }
 
+type l2lbMeta struct {
+	_       structs.HostLayout
+	Layout  uint32
+	Ifindex uint32
+	Netns   uint64
+}
+
 type l2lbService struct {
 	_     structs.HostLayout
 	Mask  [2]uint64
@@ -77,11 +92,13 @@ type l2lbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	l2lbMapBackendAddrs = "backend_addrs"
 	l2lbMapBackendStats = "backend_stats"
 	l2lbMapBackends     = "backends"
 	l2lbMapConns        = "conns"
 	l2lbMapGlobalStats  = "global_stats"
 	l2lbMapLbConfig     = "lb_config"
+	l2lbMapLbMeta       = "lb_meta"
 	l2lbMapRings        = "rings"
 	l2lbMapServiceConf  = "service_conf"
 	l2lbMapServiceStats = "service_stats"
@@ -139,11 +156,13 @@ type l2lbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type l2lbMapSpecs struct {
+	BackendAddrs *ebpf.MapSpec `ebpf:"backend_addrs"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
 	LbConfig     *ebpf.MapSpec `ebpf:"lb_config"`
+	LbMeta       *ebpf.MapSpec `ebpf:"lb_meta"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceConf  *ebpf.MapSpec `ebpf:"service_conf"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
@@ -177,11 +196,13 @@ func (o *l2lbObjects) Close() error {
 //
 // It can be passed to loadL2lbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type l2lbMaps struct {
+	BackendAddrs *ebpf.Map `ebpf:"backend_addrs"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conns        *ebpf.Map `ebpf:"conns"`
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
 	LbConfig     *ebpf.Map `ebpf:"lb_config"`
+	LbMeta       *ebpf.Map `ebpf:"lb_meta"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceConf  *ebpf.Map `ebpf:"service_conf"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
@@ -190,11 +211,13 @@ type l2lbMaps struct {
 
 func (m *l2lbMaps) Close() error {
 	return _L2lbClose(
+		m.BackendAddrs,
 		m.BackendStats,
 		m.Backends,
 		m.Conns,
 		m.GlobalStats,
 		m.LbConfig,
+		m.LbMeta,
 		m.Rings,
 		m.ServiceConf,
 		m.ServiceStats,
