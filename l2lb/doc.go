@@ -106,8 +106,9 @@
 // veth whose peer runs no XDP program, as labs have) and runs the control
 // loop, which applies each new pool snapshot as soon as it is published:
 // health changes take effect within one health-check interval. Serve
-// returns when its context ends or [Balancer.Shutdown] or
-// [Balancer.Close] is called, and detaches the program first. The
+// returns when its context ends or [Balancer.Shutdown],
+// [Balancer.Close] or [Balancer.Leave] is called, and detaches the
+// program first unless it was Leave (see Restarts and crashes). The
 // balancer never closes a pool it was given.
 //
 // A backend's MAC comes from its member metadata ([MetaMAC], "mac") when
@@ -134,6 +135,51 @@
 // but for its MAC addresses, so a backend listens on the VIP's port. That
 // is the nature of direct server return (the backend answers the client
 // from the VIP and port the client used), as in LVS-DR.
+//
+// # Restarts and crashes
+//
+// The data plane outlives its control plane, as Katran's and Cilium's
+// do. Serve pins the program's link and its maps in Config.PinDir (on the
+// BPF file system; by default /sys/fs/bpf/lbkit/<interface>, with a
+// netns-<inode> directory between for interfaces outside the initial
+// network namespace), so when the process dies, even by SIGKILL, the
+// program stays attached and keeps forwarding, connection table
+// included. The next [New] for the interface adopts what it finds there:
+//
+//   - maps of the sizes its Config asks for are used as they are, and a
+//     pinned program of the same version (the kernel's program tag) is
+//     kept;
+//   - maps of other sizes (MaxServices, MaxBackends, ConnTableSize
+//     changed) are replaced by new ones: Serve writes the services into
+//     them, copies the connection table and the counters, switches the
+//     link to the new program in one step (link.Update, no frame meets no
+//     program), copies the flows the old program added meanwhile, and
+//     pins the new maps in place of the old;
+//   - a program of another version is switched in the same way;
+//   - a configured service keeps the service id the pinned VIP table
+//     gives its VIP, and each of its members keeps its backend id (the
+//     control-plane-only map backend_addrs records which member each id
+//     is), so established flows keep their backends; pinned services no
+//     longer configured are removed after the new VIP table is in place.
+//
+// Pins of another map layout, interface or namespace make New fail
+// rather than guess; pins left by an interface that was deleted are
+// removed.
+//
+// While no control plane runs, the data plane is frozen as the last one
+// left it: the same services, members, ring, MACs and health. A backend
+// that fails meanwhile keeps its established flows and its share of new
+// ones until a control plane runs again and its health checks take it
+// out; a MAC change is not followed. Restart the control plane promptly
+// (under a supervisor): it resumes without a gap.
+//
+// How a balancer stops decides what happens to the pins:
+// [Balancer.Shutdown] and [Balancer.Close] (and the end of Serve's
+// context) remove them and detach the program, for a deliberate stop;
+// [Balancer.Leave] keeps them and leaves the program forwarding, for a
+// restart or an upgrade. Config.Unpinned chooses the opposite default:
+// nothing is pinned, and the kernel detaches the program and frees the
+// maps when the process exits or dies.
 //
 // # Backend setup
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -302,6 +303,12 @@ func (b *Balancer) adopt(ad *adoption) error {
 			continue
 		}
 		s.members[am.addr] = &member{id: id, mac: am.mac, up: am.up, written: !ad.migrate}
+		if ad.migrate {
+			// The new maps start empty: record which member the id is.
+			if err := b.dp.setBackendAddr(id, am.addr); err != nil {
+				return err
+			}
+		}
 		if _, ok := b.neigh[am.addr.Addr()]; !ok && am.mac != ([6]byte{}) {
 			b.neigh[am.addr.Addr()] = am.mac
 		}
@@ -393,9 +400,6 @@ func (b *Balancer) Serve(ctx context.Context) error {
 		// Without its pins the link detaches when its last descriptor,
 		// b.xdp, closes.
 		b.closeErr = removePins(b.pinDir)
-		if parent := filepath.Dir(b.pinDir); filepath.Dir(parent) == defaultPinRoot {
-			os.Remove(parent) // a netns-<inode> directory, if empty now
-		}
 	}
 	b.closeErr = errors.Join(b.closeErr, b.xdp.Close())
 	b.release()
@@ -488,11 +492,17 @@ func (b *Balancer) attachAndPin() error {
 	return nil
 }
 
-// release frees the program, its maps and the handles.
+// release frees the program, its maps and the handles, and removes the
+// pin directory if nothing is pinned in it.
 func (b *Balancer) release() {
 	b.adopted.close()
 	b.adopted = nil
 	b.closeErr = errors.Join(b.closeErr, b.dp.Close())
+	if err := os.Remove(b.pinDir); b.pinDir != "" && (err == nil || errors.Is(err, fs.ErrNotExist)) {
+		if parent := filepath.Dir(b.pinDir); filepath.Dir(parent) == defaultPinRoot {
+			os.Remove(parent) // a netns-<inode> directory, if empty now
+		}
+	}
 	b.nh.Close()
 	b.ns.Close()
 }

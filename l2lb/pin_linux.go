@@ -91,7 +91,6 @@ type adoption struct {
 	maps    map[string]*ebpf.Map // the pinned maps, by name
 	reuse   map[string]*ebpf.Map // those the new program uses as they are
 	migrate bool                 // some maps are replaced by new ones
-	mode    AttachMode
 	mac     [6]byte
 	vipsB   bool
 	vips    map[VIP]uint32
