@@ -107,6 +107,14 @@
 // forwarding has no gap (a lab test kills the control plane with SIGKILL
 // under a stream of new connections and restarts it: none fails).
 //
+// The opposite choice, a table the kernel deletes when its process dies,
+// is nftables' table owner flag (NFT_TABLE_F_OWNER, Linux 5.12): the
+// table belongs to the netlink socket that created it. iplb does not
+// offer it: google/nftables, up to v0.3.0 (its newest release), always
+// sends a table's flags as 0 and cannot set it. A process that wants its
+// table gone with it calls Close on its way out; after SIGKILL the table
+// stays until the next Balancer with the same table name adopts it.
+//
 // # Changes
 //
 // Each change is one atomic nftables batch. A goroutine per service waits
