@@ -72,11 +72,23 @@
 // frame, IP versions that disagree with the EtherType. So are frames the
 // program does not balance: VLAN-tagged frames, IPv4 fragments (later
 // fragments carry no ports, so no fragment is balanced), IPv6 with
-// extension headers, and protocols other than TCP and UDP. A caveat for
-// VLANs: the program sees the tag only where it is in the frame. In
-// generic mode a frame whose 802.1Q tag the kernel carries beside the
-// data (an accelerated tag, as a bridge or a VLAN device on a veth
-// produces) looks untagged, and one for a VIP is balanced.
+// extension headers, and protocols other than TCP and UDP.
+//
+// VLANs: l2lb balances untagged frames only; a frame with an 802.1Q or
+// 802.1ad tag belongs to another VLAN and passes. The tag is where the
+// kernel put it. In the frame (a NIC without receive VLAN offload, a
+// sender that inserts it) the program sees it in every mode. Beside the
+// frame (receive VLAN offload; a bridge or a VLAN device feeding a veth)
+// the driver keeps it: in driver mode the program is loaded bound to the
+// interface and asks the driver for it (the XDP metadata kfunc
+// bpf_xdp_metadata_rx_vlan_tag; veth answers, as do drivers that
+// implement it) and passes a tagged frame. Generic mode cannot ask: there
+// such a frame looks untagged, and one for a VIP is balanced, so Serve
+// logs a warning in generic mode. Where tagged frames can reach the
+// interface, use driver mode, or turn the NIC's receive VLAN offload off
+// (ethtool -K IF rxvlan off) so tags stay in the frame. A lab test sends
+// tagged SYNs through a Linux bridge in both modes; [Model.ProcessMeta]
+// models the driver-mode decision.
 //
 // # Cost
 //

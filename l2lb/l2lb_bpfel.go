@@ -92,19 +92,20 @@ type l2lbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	l2lbMapBackendAddrs = "backend_addrs"
-	l2lbMapBackendStats = "backend_stats"
-	l2lbMapBackends     = "backends"
-	l2lbMapConns        = "conns"
-	l2lbMapGlobalStats  = "global_stats"
-	l2lbMapLbConfig     = "lb_config"
-	l2lbMapLbMeta       = "lb_meta"
-	l2lbMapRings        = "rings"
-	l2lbMapServiceConf  = "service_conf"
-	l2lbMapServiceStats = "service_stats"
-	l2lbMapVips         = "vips"
-	l2lbProgL2lbXdp     = "l2lb_xdp"
-	l2lbVarVipBits      = "vip_bits"
+	l2lbMapBackendAddrs  = "backend_addrs"
+	l2lbMapBackendStats  = "backend_stats"
+	l2lbMapBackends      = "backends"
+	l2lbMapConns         = "conns"
+	l2lbMapGlobalStats   = "global_stats"
+	l2lbMapLbConfig      = "lb_config"
+	l2lbMapLbMeta        = "lb_meta"
+	l2lbMapRings         = "rings"
+	l2lbMapServiceConf   = "service_conf"
+	l2lbMapServiceStats  = "service_stats"
+	l2lbMapVips          = "vips"
+	l2lbProgL2lbXdp      = "l2lb_xdp"
+	l2lbProgL2lbXdpBound = "l2lb_xdp_bound"
+	l2lbVarVipBits       = "vip_bits"
 )
 
 // loadL2lb returns the embedded CollectionSpec for l2lb.
@@ -149,7 +150,8 @@ type l2lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type l2lbProgramSpecs struct {
-	L2lbXdp *ebpf.ProgramSpec `ebpf:"l2lb_xdp"`
+	L2lbXdp      *ebpf.ProgramSpec `ebpf:"l2lb_xdp"`
+	L2lbXdpBound *ebpf.ProgramSpec `ebpf:"l2lb_xdp_bound"`
 }
 
 // l2lbMapSpecs contains maps before they are loaded into the kernel.
@@ -236,12 +238,14 @@ type l2lbVariables struct {
 //
 // It can be passed to loadL2lbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type l2lbPrograms struct {
-	L2lbXdp *ebpf.Program `ebpf:"l2lb_xdp"`
+	L2lbXdp      *ebpf.Program `ebpf:"l2lb_xdp"`
+	L2lbXdpBound *ebpf.Program `ebpf:"l2lb_xdp_bound"`
 }
 
 func (p *l2lbPrograms) Close() error {
 	return _L2lbClose(
 		p.L2lbXdp,
+		p.L2lbXdpBound,
 	)
 }
 

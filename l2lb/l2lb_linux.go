@@ -384,6 +384,9 @@ func (b *Balancer) Serve(ctx context.Context) error {
 	b.wg.Add(1)
 	go b.loop(lctx)
 	b.log.Info("l2lb: attached", "mode", b.mode, "services", len(b.services))
+	if b.mode == AttachGeneric {
+		b.log.Warn("l2lb: generic mode cannot see an 802.1Q tag the kernel keeps beside the frame (a veth fed by a bridge, a NIC with rx VLAN offload): such a frame for a VIP is balanced as untagged; where tagged frames can arrive, use driver mode or turn the NIC's rx VLAN offload off")
+	}
 	b.mu.Unlock()
 
 	select {
@@ -432,12 +435,24 @@ func (b *Balancer) takeOver() error {
 			return err
 		}
 	}
-	info, err := b.dp.objs.L2lbXdp.Info()
+	mode := AttachDriver
+	if l, err := b.nh.LinkByIndex(b.ifindex); err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.AttachMode == xdpAttachedGeneric {
+		mode = AttachGeneric
+	}
+	var prog *ebpf.Program
+	err := b.inNS(func() (err error) {
+		prog, err = b.dp.programFor(b.ifindex, mode)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	info, err := prog.Info()
 	if err != nil {
 		return fmt.Errorf("l2lb: program info: %w", err)
 	}
 	if ad.migrate || info.Tag != ad.progTag {
-		if err := ad.link.Update(b.dp.objs.L2lbXdp); err != nil {
+		if err := ad.link.Update(prog); err != nil {
 			return fmt.Errorf("l2lb: replace the pinned program: %w", err)
 		}
 		b.log.Info("l2lb: replaced the pinned program", "migrated", ad.migrate)
@@ -450,10 +465,6 @@ func (b *Balancer) takeOver() error {
 		if err := b.dp.pinAll(b.pinDir); err != nil {
 			return err
 		}
-	}
-	mode := AttachDriver
-	if l, err := b.nh.LinkByIndex(b.ifindex); err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.AttachMode == xdpAttachedGeneric {
-		mode = AttachGeneric
 	}
 	b.xdp, b.mode = ad.link, mode
 	ad.link = nil
@@ -624,13 +635,20 @@ func (b *Balancer) attach() (link.Link, AttachMode, error) {
 	return l, mode, err
 }
 
-// attachXDP attaches the program in mode (driver or generic).
+// attachXDP attaches the program in mode (driver or generic): in driver
+// mode the entry point bound to the interface, which also passes frames
+// whose VLAN tag the driver took out of the frame; the unbound one if
+// the kernel refuses to load that. It runs in the balancer's namespace.
 func attachXDP(dp *dataplane, ifindex int, mode AttachMode) (link.Link, error) {
-	flags := link.XDPDriverMode
+	flags, prog := link.XDPDriverMode, dp.objs.L2lbXdp
 	if mode == AttachGeneric {
 		flags = link.XDPGenericMode
+	} else if p, err := dp.programFor(ifindex, mode); err == nil {
+		prog = p
+	} else {
+		return nil, err
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: dp.objs.L2lbXdp, Interface: ifindex, Flags: flags})
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
 	if err != nil {
 		return nil, fmt.Errorf("l2lb: attach XDP in %s mode: %w", mode, err)
 	}
