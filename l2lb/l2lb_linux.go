@@ -49,6 +49,7 @@ type Balancer struct {
 	ns      netns.NsHandle  // namespace of the thread that called New
 	nsIno   uint64          // its inode
 	pinDir  string          // "" if Config.Unpinned
+	pinLock *os.File        // pinDir, locked while this balancer lives
 	adopted *adoption       // the pinned data plane New found, until Serve takes it over
 	orphans []*serviceState // adopted services no longer configured
 	strays  []uint32        // adopted backend ids of no adopted service
@@ -128,7 +129,9 @@ type member struct {
 // whose VIP the pinned data plane serves keep their ids and their
 // members' backend ids, so established flows keep their backends. Pins
 // of an interface that no longer exists are removed; pins of another
-// interface or namespace, or of an unknown map layout, make New fail.
+// interface or namespace, or of an unknown map layout, make New fail, as
+// does a PinDir that another live Balancer holds (New locks it until the
+// balancer is closed or its process dies).
 // Members' MACs known to the pinned data plane are used until the
 // neighbour table says otherwise. Health is not adopted: the pools' own
 // state at Serve is written, so a pool whose members join unhealthy
@@ -176,6 +179,7 @@ func New(cfg Config) (*Balancer, error) {
 		return nil, err
 	}
 	pinDir := ""
+	var pinLock *os.File
 	var ad *adoption
 	if !cfg.Unpinned {
 		pinDir = cfg.PinDir
@@ -184,12 +188,18 @@ func New(cfg Config) (*Balancer, error) {
 		}
 		err = preparePinDir(pinDir)
 		if err == nil {
+			pinLock, err = lockPinDir(pinDir)
+		}
+		if err == nil {
 			var spec *ebpf.CollectionSpec
 			if spec, err = dataplaneSpec(cfg.MaxServices, cfg.MaxBackends, cfg.ConnTableSize); err == nil {
 				ad, err = openPinned(pinDir, spec, l.Attrs().Index, nsIno)
 			}
 		}
 		if err != nil {
+			if pinLock != nil {
+				pinLock.Close()
+			}
 			ns.Close()
 			nh.Close()
 			return nil, err
@@ -202,6 +212,9 @@ func New(cfg Config) (*Balancer, error) {
 	dp, err := loadDataplaneWith(cfg.MaxServices, cfg.MaxBackends, cfg.ConnTableSize, reuse)
 	if err != nil {
 		ad.close()
+		if pinLock != nil {
+			pinLock.Close()
+		}
 		ns.Close()
 		nh.Close()
 		return nil, err
@@ -213,6 +226,7 @@ func New(cfg Config) (*Balancer, error) {
 		ns:      ns,
 		nsIno:   nsIno,
 		pinDir:  pinDir,
+		pinLock: pinLock,
 		adopted: ad,
 		ifindex: l.Attrs().Index,
 		mac:     [6]byte(hw),
@@ -513,6 +527,9 @@ func (b *Balancer) release() {
 		if parent := filepath.Dir(b.pinDir); filepath.Dir(parent) == defaultPinRoot {
 			os.Remove(parent) // a netns-<inode> directory, if empty now
 		}
+	}
+	if b.pinLock != nil {
+		b.pinLock.Close()
 	}
 	b.nh.Close()
 	b.ns.Close()

@@ -78,6 +78,24 @@ func preparePinDir(dir string) error {
 	return nil
 }
 
+// lockPinDir takes an exclusive lock on dir for the life of the returned
+// file (a process that dies releases it), so that two control planes
+// never drive one pinned data plane.
+func lockPinDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("l2lb: pin directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("l2lb: pin directory %s: another balancer serves it", dir)
+		}
+		return nil, fmt.Errorf("l2lb: lock pin directory %s: %w", dir, err)
+	}
+	return f, nil
+}
+
 func isBPFFS(path string) bool {
 	var st unix.Statfs_t
 	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
