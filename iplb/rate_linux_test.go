@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -69,7 +71,8 @@ func ctStats(b *testing.B, h *netlab.Host) map[string]uint64 {
 // request per connection, "Connection: close") over the same lab path in
 // interleaved rounds: straight to a backend, routed through the
 // balancer's namespace without NAT (the fair baseline: the same hop and
-// conntrack), and through iplb's NAT. Each round runs every path for
+// conntrack), and through iplb's NAT: to the same one backend, to three
+// by round robin (the zero key) and by 5-tuple hash, and FullNAT. Each round runs every path for
 // 2 s, in an order rotated round by round; the report gives medians
 // and ranges, and per connection: CPU time (wrk's and this process's),
 // NET_RX softirqs and the growth of the balancer namespace's conntrack
@@ -90,13 +93,33 @@ func BenchmarkNewConns(b *testing.B) {
 	require.NoError(b, lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)}))
 	fnat := netip.AddrPortFrom(vip4, 81)
 	require.NoError(b, lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)}))
-	routed := netip.AddrPortFrom(l.backends[1].host.Addr4(), backendPort)
+	hashed := netip.AddrPortFrom(vip4, 84)
+	require.NoError(b, lb.AddService(Service{Name: "hashed", VIP: hashed, Key: flowKey, Pool: l.pool(b, false)}))
+	// The routed baseline goes to be2 on a port of its own: its
+	// connections' conntrack entries (TIME_WAIT for two minutes) must not
+	// hold the reply tuples (be2:8080 → client:port) the NAT paths' new
+	// flows need, or DNAT, which cannot change the source, finds them in
+	// use and new connections stall.
+	routed := netip.AddrPortFrom(l.backends[1].host.Addr4(), backendPort+1)
+	rln, err := l.backends[1].host.Listen("tcp", routed.String())
+	require.NoError(b, err)
+	rsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "be2") })}
+	go rsrv.Serve(rln)
+	b.Cleanup(func() { rsrv.Close() })
 	require.NoError(b, l.client.AddRoute(netip.PrefixFrom(routed.Addr(), 32), netip.MustParseAddr("198.18.1.1")))
 
 	paths := []struct {
 		name string
 		addr netip.AddrPort
-	}{{"direct", direct}, {"routed", routed}, {"nat-1backend", one}, {"nat", gw}, {"fullnat", fnat}}
+	}{{"direct", direct}, {"routed", routed}, {"nat-1backend", one}, {"nat", gw}, {"nat-hash", hashed}, {"fullnat", fnat}}
+	if only := os.Getenv("LBKIT_RATE_PATHS"); only != "" {
+		paths = slices.DeleteFunc(paths, func(p struct {
+			name string
+			addr netip.AddrPort
+		}) bool {
+			return !slices.Contains(strings.Split(only, ","), p.name)
+		})
+	}
 	type sample struct{ rate, cpu, softirq, insert, failed, drop, early float64 }
 	res := make(map[string][]sample)
 	rounds := 5
