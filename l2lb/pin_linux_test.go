@@ -395,3 +395,37 @@ func TestLabLeaveAdoptMigrate(t *testing.T) {
 	require.NoError(t, b4.Close())
 	require.NoError(t, <-served)
 }
+
+// TestLabAdoptDriverMode: in driver mode the attached program is the
+// entry point bound to the interface; a new balancer adopting it keeps
+// it (same version) and still passes VLAN-tagged frames.
+func TestLabAdoptDriverMode(t *testing.T) {
+	l := newPinLab(t, 1)
+	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	t.Cleanup(func() { pool.Close() })
+	require.NoError(t, pool.Add(balancer.Backend{Addr: l.backendAddr(0)}))
+	cfg := Config{Interface: "eth0", Mode: AttachDriver, PinDir: l.pinDir,
+		Services: []Service{{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: pool}}}
+	serve := func() (*Balancer, chan error) {
+		var b *Balancer
+		require.NoError(t, l.lb.Do(func() (err error) { b, err = New(cfg); return err }))
+		served := make(chan error, 1)
+		go func() { served <- b.Serve(context.Background()) }()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		require.NoError(t, b.Sync(ctx))
+		return b, served
+	}
+	b1, served := serve()
+	prog := l.xdpProgID(t)
+	require.NoError(t, b1.Leave(context.Background()))
+	require.NoError(t, <-served)
+	b2, served := serve()
+	assert.Equal(t, AttachDriver, b2.Mode())
+	assert.Equal(t, prog, l.xdpProgID(t), "the bound program is kept")
+	l.bal = b2
+	assert.EqualValues(t, 1, l.sendSYN(t, 40001, 0), "an untagged SYN is balanced")
+	assert.EqualValues(t, 0, l.sendSYN(t, 40002, 5), "a tagged SYN passes")
+	require.NoError(t, b2.Close())
+	require.NoError(t, <-served)
+}
