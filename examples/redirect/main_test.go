@@ -17,7 +17,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // TestRun runs the example and checks what it prints. Ports come from the
 // kernel and round robin starts at a random backend, so the test checks
 // structure: every request is redirected (302) to a backend's own address
-// with its path and query kept, each port always names the same backend,
+// with its path and query kept, more than one backend gets the first
+// four, each port always names the same backend,
 // the backend taken down is ejected within a few probe intervals, and no
 // redirect after the ejection names it, by address or by name.
 func TestRun(t *testing.T) {
@@ -45,6 +46,7 @@ func TestRun(t *testing.T) {
 	for i, path := range []string{"/a", "/b?x=1", "/c", "/d"} {
 		get(lines[i], path)
 	}
+	assert.GreaterOrEqual(t, len(names), 2, "four requests through round robin reached one backend:\n%s", out.String())
 
 	m := regexp.MustCompile(`^backend (alpha|beta|gamma) \(127\.0\.0\.1:([1-9]\d*)\) is down; ejected after (\S+)$`).FindStringSubmatch(lines[4])
 	require.NotNil(t, m, "ejection line %q", lines[4])
@@ -62,5 +64,4 @@ func TestRun(t *testing.T) {
 		assert.NotEqual(t, downPort, port, "redirected to the ejected backend: %q", lines[5+i])
 		assert.NotEqual(t, downName, name, "served by the ejected backend: %q", lines[5+i])
 	}
-	assert.Len(t, names, 3, "three backends, three ports: %v", names)
 }
