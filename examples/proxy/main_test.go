@@ -22,8 +22,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // serves nothing although it was tried (the retries hide it), and every
 // try is recorded as its failure but one on the keep-alive connection it
 // closed (the example goes on until a failure is recorded); the sticky
-// cookie is set and
-// keeps the client on the backend that served the login.
+// cookie is set and keeps the client on the backend that served the
+// login.
 func TestRun(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, run(&out))

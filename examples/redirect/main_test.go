@@ -18,9 +18,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // kernel and round robin starts at a random backend, so the test checks
 // structure: every request is redirected (302) to a backend's own address
 // with its path and query kept, more than one backend gets the first
-// four, each port always names the same backend,
-// the backend taken down is ejected within a few probe intervals, and no
-// redirect after the ejection names it, by address or by name.
+// four, each port always names the same backend, the backend taken down
+// is ejected within a few probe intervals, and no redirect after the
+// ejection names it, by address or by name.
 func TestRun(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, run(&out))
