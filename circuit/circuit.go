@@ -55,6 +55,14 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
+// MarshalText returns the kind's name, as String prints it.
+func (k Kind) MarshalText() ([]byte, error) {
+	if k >= numKinds {
+		return nil, fmt.Errorf("circuit: unknown kind %d", uint8(k))
+	}
+	return []byte(kindNames[k]), nil
+}
+
 // RetryBudget limits concurrent retries to a share of the work in flight,
 // as Envoy's retry_budget. The zero value is no budget.
 type RetryBudget struct {

@@ -85,12 +85,14 @@ func TestDemoSmall(t *testing.T) {
 // backend alone cannot keep up with the clients and loses requests (the
 // demo still exits 0: that is the baseline), while every balancer
 // spreading the same load over 20 such backends loses none. One backend
-// serves 25 requests/s, so 40 clients would wait 1.6 s for it, twice the
-// clients' patience (0.8 s); twenty keep the wait near 0.08 s, leaving
-// 0.7 s for a slow moment of the machine.
+// serves one request at a time, 30 ms each, so the last of 200 clients
+// waits about 6 s for it, past the clients' patience (5 s): however fast
+// the machine, some of them give up. Twenty keep the wait near 0.3 s,
+// so a balanced row loses a request only if the machine slows down more
+// than tenfold.
 func TestDemoShowsThePoint(t *testing.T) {
-	out, errOut, code := runDemoCmd(t, "-requests", "200", "-concurrency", "40", "-backends", "20",
-		"-workers", "1", "-service", "40ms", "-timeout", "800ms", "-only", "direct,redirect,dns,http-proxy,tcp-proxy")
+	out, errOut, code := runDemoCmd(t, "-requests", "250", "-concurrency", "200", "-backends", "20",
+		"-workers", "1", "-service", "30ms", "-timeout", "5s", "-only", "direct,redirect,dns,http-proxy,tcp-proxy")
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	rows := parseTable(t, out)
 	require.Len(t, rows, 5, out)
