@@ -48,15 +48,16 @@ func TestRun(t *testing.T) {
 		return c
 	}
 	// Binomial spreads: 400 × ¼ has σ ≈ 8.7, 400 × ½ σ = 10, 200 × ½
-	// σ ≈ 7.1; the bounds are more than 4σ wide.
+	// σ ≈ 7.1; the bounds are 4σ or more wide, and backend3's catches
+	// weights ignored (133 expected) nearly always.
 	before := spread(lines[1], 400)
-	assert.InDelta(t, 100, before[0], 40, "backend1, weight 1 of 4")
-	assert.InDelta(t, 100, before[1], 40, "backend2, weight 1 of 4")
-	assert.InDelta(t, 200, before[2], 50, "backend3, weight 2 of 4")
+	assert.InDelta(t, 100, before[0], 35, "backend1, weight 1 of 4")
+	assert.InDelta(t, 100, before[1], 35, "backend2, weight 1 of 4")
+	assert.InDelta(t, 200, before[2], 40, "backend3, weight 2 of 4")
 	assert.Equal(t, "backend3 marked unhealthy (one nftables batch):", lines[2])
 	after := spread(lines[3], 200)
-	assert.InDelta(t, 100, after[0], 35, "backend1, weight 1 of 2")
-	assert.InDelta(t, 100, after[1], 35, "backend2, weight 1 of 2")
+	assert.InDelta(t, 100, after[0], 30, "backend1, weight 1 of 2")
+	assert.InDelta(t, 100, after[1], 30, "backend2, weight 1 of 2")
 	assert.Zero(t, after[2], "connections to the unhealthy backend3")
 
 	m := regexp.MustCompile(`^kernel counters for web: 600 flows, (\d+) slots in the map$`).FindStringSubmatch(lines[4])
