@@ -139,8 +139,8 @@ func run(w io.Writer) error {
 	for ready := true; ready; {
 		snap := h.Pool().Snapshot()
 		ready = false
-		for _, w := range snap.Ready {
-			ready = ready || w.Endpoint.Addr() == down
+		for _, r := range snap.Ready {
+			ready = ready || r.Endpoint.Addr() == down
 		}
 		if ready {
 			select {
