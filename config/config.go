@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/lbkit/lbkit/discovery"
 )
 
 // Load reads and validates the configuration file at path. See [Parse].
@@ -213,6 +215,12 @@ func (m *Member) AddrPort() (ap netip.AddrPort, ok bool) {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+// DiscoveryMember returns the member as package discovery takes it, whose
+// sources resolve a member named by host (weight 0 stays 0, which means 1).
+func (m *Member) DiscoveryMember() discovery.Member {
+	return discovery.Member{Addr: m.Addr, Weight: uint32(m.Weight), Zone: m.Zone, Meta: m.Meta}
 }
 
 // PoolNames returns the names of the pools l reads from, in the order the

@@ -27,9 +27,10 @@ type Changes struct {
 	// listed: it keeps reading the pool by name.
 	ListenersChanged []ListenerChange
 
-	// Admin, AccessLog and ShutdownTimeout report changes of those
-	// top-level sections (the admin token and bind address included).
-	Admin, AccessLog, ShutdownTimeout bool
+	// Admin, AccessLog, ShutdownTimeout and Cluster report changes of
+	// those top-level sections (the admin token and bind address
+	// included).
+	Admin, AccessLog, ShutdownTimeout, Cluster bool
 }
 
 // PoolChange says how a pool present in both configurations changed.
@@ -54,14 +55,21 @@ type PoolChange struct {
 	// Key reports a new key. Front-ends hold the key, so the listeners
 	// that read the pool (see [Listener.PoolNames]) take the new one.
 	Key bool
+	// Discovery reports changed discovery sources or resolve interval:
+	// the pool's discovery loop restarts (its members stay meanwhile).
+	Discovery bool
 }
 
 // MembersOnly reports whether only the members changed, so the running
 // pool is updated with balancer.Pool.Set alone, keeping every remaining
 // member's endpoint state: health, in-flight counts, EWMA.
-func (c PoolChange) MembersOnly() bool { return c.Members && !c.Health && !c.Settings && !c.Key }
+func (c PoolChange) MembersOnly() bool {
+	return c.Members && !c.Health && !c.Settings && !c.Key && !c.Discovery
+}
 
-func (c PoolChange) changed() bool { return c.Members || c.Health || c.Settings || c.Key }
+func (c PoolChange) changed() bool {
+	return c.Members || c.Health || c.Settings || c.Key || c.Discovery
+}
 
 // ListenerChange says how a listener present in both configurations
 // changed.
@@ -81,7 +89,7 @@ type ListenerChange struct {
 func (d Changes) Empty() bool {
 	return len(d.PoolsAdded) == 0 && len(d.PoolsRemoved) == 0 && len(d.PoolsChanged) == 0 &&
 		len(d.ListenersAdded) == 0 && len(d.ListenersRemoved) == 0 && len(d.ListenersChanged) == 0 &&
-		!d.Admin && !d.AccessLog && !d.ShutdownTimeout
+		!d.Admin && !d.AccessLog && !d.ShutdownTimeout && !d.Cluster
 }
 
 // Diff returns what changed from old to new. A nil old means everything
@@ -98,6 +106,7 @@ func Diff(old, new *Config) Changes {
 	d.Admin = old.Admin != new.Admin
 	d.AccessLog = old.AccessLog != new.AccessLog
 	d.ShutdownTimeout = old.ShutdownTimeout != new.ShutdownTimeout
+	d.Cluster = old.Cluster != new.Cluster
 
 	for i := range new.Pools {
 		np := &new.Pools[i]
@@ -165,9 +174,10 @@ func comparePools(op, np *Pool) PoolChange {
 	ch.Members = len(ch.MembersAdded)+len(ch.MembersRemoved)+len(ch.MembersChanged) > 0
 	ch.Health = !same(op.Health, np.Health) || !same(op.Passive, np.Passive)
 	ch.Key = op.Key != np.Key
+	ch.Discovery = !same(op.Discovery, np.Discovery)
 	o, n := *op, *np
-	o.Members, o.Health, o.Passive, o.Key = nil, Health{}, Passive{}, np.Key
-	n.Members, n.Health, n.Passive = nil, Health{}, Passive{}
+	o.Members, o.Health, o.Passive, o.Key, o.Discovery = nil, Health{}, Passive{}, np.Key, Discovery{}
+	n.Members, n.Health, n.Passive, n.Discovery = nil, Health{}, Passive{}, Discovery{}
 	ch.Settings = !same(o, n)
 	return ch
 }

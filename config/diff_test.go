@@ -80,6 +80,12 @@ func TestDiff(t *testing.T) {
 		{"key", func(s string) string {
 			return strings.Replace(s, "policy: maglev\n    members:\n      - {addr: 127.0.0.1:9001}", "policy: maglev\n    key: header:X-User\n    members:\n      - {addr: 127.0.0.1:9001}", 1)
 		}, config.Changes{PoolsChanged: []config.PoolChange{{Name: "web", Key: true}}}},
+		{"discovery", func(s string) string {
+			return strings.Replace(s, "  - name: api\n", "  - name: api\n    discovery: {interval: 5s}\n", 1)
+		}, config.Changes{PoolsChanged: []config.PoolChange{{Name: "api", Discovery: true}}}},
+		{"cluster policy", func(s string) string {
+			return "cluster: {quorum_eject: true}\n" + s
+		}, config.Changes{Cluster: true}},
 		{"pool added and removed", func(s string) string {
 			s = strings.Replace(s, "  - name: api\n    members:\n      - {addr: 127.0.0.1:9101}\n", "  - name: api2\n    members:\n      - {addr: 127.0.0.1:9101}\n", 1)
 			return strings.Replace(s, "pool: api}", "pool: api2}", 1)
@@ -132,6 +138,7 @@ func TestDiffMembersOnly(t *testing.T) {
 	assert.True(t, config.PoolChange{Members: true}.MembersOnly())
 	assert.False(t, config.PoolChange{Members: true, Health: true}.MembersOnly())
 	assert.False(t, config.PoolChange{Members: true, Settings: true}.MembersOnly())
+	assert.False(t, config.PoolChange{Members: true, Discovery: true}.MembersOnly())
 	assert.False(t, config.PoolChange{}.MembersOnly())
 	assert.False(t, config.PoolChange{Members: true, Key: true}.MembersOnly())
 }

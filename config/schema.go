@@ -26,9 +26,43 @@ type Config struct {
 	// Listeners are the front-ends. Names are unique, and no two
 	// listeners may use the same address, port and protocol.
 	Listeners []Listener `yaml:"listeners"`
+	// Cluster is how the nodes of an lbkit cluster act together: nodes
+	// started with lbkit serve -etcd, which all take this configuration
+	// from one etcd key and publish their view of their members' health
+	// there. A node that runs alone ignores it. Default: every node
+	// decides alone.
+	Cluster Cluster `yaml:"cluster"`
 
 	file string
 	pos  map[any]Position
+}
+
+// Cluster is the policy of a cluster of lbkit nodes that share their
+// configuration and health views through etcd (lbkit serve -etcd
+// ENDPOINTS -etcd-prefix PREFIX -node NAME): every node runs the
+// configuration at PREFIX/config, applying each new revision there as a
+// reload (a node that rejects one keeps the last good one and says so in
+// /status), and publishes its own checks' verdict on every member under
+// PREFIX/nodes/NAME/health, on a lease that ends with the node. File
+// names in a configuration kept in etcd must be absolute: every node
+// reads them on its own machine.
+type Cluster struct {
+	// QuorumEject takes a member out of service only when a quorum of the
+	// live nodes sees it failing: more than half of the nodes whose
+	// published view has a verdict on the member (healthy or unhealthy;
+	// a node that has not probed it yet does not vote), this node
+	// included. A node whose own checks fail a member that the quorum
+	// sees healthy keeps it in service (one node with a bad path does not
+	// flap the fleet), and a node whose own checks pass a member that a
+	// quorum fails takes it out (every node agrees on the ready set). A
+	// node alone is its own quorum. Each node still shows its own check
+	// in /status; the quorum's decision is the member's health. Passive
+	// ejections count as failing, like failed probes. A verdict is
+	// applied right after the node's own check changes (on its health
+	// event), so a member a node alone fails leaves that node's ready set
+	// only for the moment that takes. Default: false (each node ejects on
+	// its own checks).
+	QuorumEject bool `yaml:"quorum_eject"`
 }
 
 // DefaultAdminAddr is the admin endpoint's address when none is set.
@@ -132,8 +166,17 @@ type Pool struct {
 	EWMADecay time.Duration `yaml:"ewma_decay"`
 
 	// Members are the backends. Addresses are unique within the pool.
-	// Default: none (an empty pool answers "no backend").
+	// A member named by host (web-1.example.test:8080) becomes one
+	// member per address of the name, resolved again every
+	// discovery.interval. Default: none (an empty pool answers "no
+	// backend").
 	Members []Member `yaml:"members"`
+	// Discovery finds members besides Members: DNS records, a members
+	// file, a key prefix in etcd. Members from every source join the pool
+	// while it runs (they are probed, slow-start and serve every listener
+	// of the pool like the static ones); a source that fails keeps its
+	// last members. Default: none.
+	Discovery Discovery `yaml:"discovery"`
 	// Health is the active health check applied to every member.
 	// Default: a TCP connect every 5s.
 	Health Health `yaml:"health"`
@@ -158,6 +201,82 @@ type Member struct {
 	// target's base URL (default http://ADDR), "mac" an l2lb backend's
 	// MAC address (default: from the neighbour table). Default: none.
 	Meta map[string]string `yaml:"meta"`
+}
+
+// Discovery is where a pool finds members besides its static list. The
+// pool's members are the union of members and of every source's, in that
+// order (the first to name an address gives its weight, zone and meta).
+// When a pool has a source or a member named by host, its membership is
+// kept by a discovery loop that runs as long as the pool; a reload that
+// changes the sources (or the static members) restarts the loop, and the
+// members stay in the pool meanwhile, keeping their state.
+type Discovery struct {
+	// Interval is how often host names (in members and in the members
+	// file) are resolved again. Default: 30s.
+	Interval time.Duration `yaml:"interval"`
+	// DNS takes members from DNS records, looked up again when their TTL
+	// runs out. Default: none.
+	DNS *DNSDiscovery `yaml:"dns"`
+	// File takes members from a file, read again when it changes.
+	// Default: none.
+	File *FileDiscovery `yaml:"file"`
+	// Etcd takes members from a key prefix in etcd, watched for changes.
+	// Default: none.
+	Etcd *EtcdDiscovery `yaml:"etcd"`
+}
+
+// DNSDiscovery takes a pool's members from DNS records: the addresses of
+// a name's A/AAAA records, or the targets of its SRV records. A failed
+// look-up or an empty answer keeps the last members.
+type DNSDiscovery struct {
+	// Name is the name looked up: a service name such as
+	// _http._tcp.web.example.test for SRV, a host name for A and AAAA.
+	// Required.
+	Name string `yaml:"name"`
+	// Type is SRV (the records of the lowest priority; each record's
+	// weight and port are the member's), A, AAAA, or empty for A and
+	// AAAA. Default: A and AAAA.
+	Type string `yaml:"type"`
+	// Port is the members' port for A and AAAA. Required for them; not
+	// allowed with SRV.
+	Port int `yaml:"port"`
+	// Servers are the DNS servers asked, in order, as IP or IP:port (port
+	// 53 by default). Default: the nameservers of /etc/resolv.conf.
+	Servers []string `yaml:"servers"`
+	// MinTTL and MaxTTL bound the time between look-ups, which is
+	// otherwise the smallest TTL of the records used. Default: 1s and 5m.
+	MinTTL time.Duration `yaml:"min_ttl"`
+	MaxTTL time.Duration `yaml:"max_ttl"`
+	// Timeout bounds each query. Default: 2s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// FileDiscovery takes a pool's members from a file: a YAML (or, for a
+// name ending in .json, JSON) list of members with addr, weight, zone and
+// meta, as in a pool's members. The file is read again whenever it
+// changes (also when replaced by a rename); one that does not parse keeps
+// the last members.
+type FileDiscovery struct {
+	// Path is the members file, relative to the configuration file's
+	// directory; the file need not exist yet, its directory must.
+	// Required.
+	Path string `yaml:"path"`
+}
+
+// EtcdDiscovery takes a pool's members from a key prefix in etcd: one key
+// per member, whose value is a JSON member ({"addr": "198.18.0.11:8080",
+// "weight": 2}). The prefix is watched, not polled; members that backends
+// registered on a lease disappear when the lease expires.
+type EtcdDiscovery struct {
+	// Endpoints are the etcd servers' client URLs, such as
+	// http://127.0.0.1:2379. Required.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is the key prefix, such as /lbkit/pools/web/. Required.
+	Prefix string `yaml:"prefix"`
+	// DialTimeout bounds the first connection. Default: 5s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// RequestTimeout bounds each read of the prefix. Default: 5s.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
 
 // Health is a pool's active health check template.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -16,6 +17,8 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/lbkit/lbkit/discovery"
 )
 
 // maxTableSize bounds the lookup tables a file may ask for (4 bytes a slot
@@ -366,6 +369,7 @@ func (d *decoder) pool(p *Pool) {
 		}
 		seen[canonicalAddr(m.Addr)] = m
 	}
+	d.discovery(&p.Discovery, p)
 	d.health(&p.Health)
 	d.passive(&p.Passive)
 }
@@ -404,30 +408,15 @@ func (d *decoder) fraction(v *float64, parent any, name string) {
 
 var hostnameRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$`)
 
-// parseMemberAddr checks a member address: IP:port, or host:port with a
-// DNS host name. The port is 1 to 65535.
+// parseMemberAddr checks a member address (IP:port, or host:port with a
+// DNS host name; the port 1 to 65535) with the parser discovery uses, and
+// returns what is wrong without the address.
 func parseMemberAddr(s string) error {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		if ap.Port() == 0 {
-			return fmt.Errorf("port 0: expected 1 to 65535")
+	if _, err := discovery.ParseAddr(s); err != nil {
+		if ae, ok := errors.AsType[*discovery.AddrError](err); ok {
+			return errors.New(ae.Reason)
 		}
-		return nil
-	}
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return fmt.Errorf("expected IP:port or host:port, such as 198.18.0.11:8080")
-	}
-	if pn, err := strconv.ParseUint(port, 10, 16); err != nil || pn == 0 {
-		return fmt.Errorf("port %q: expected 1 to 65535", port)
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return nil // an IP with a zone or an odd form ParseAddrPort refused
-	}
-	if len(host) > 253 || !hostnameRE.MatchString(host) {
-		return fmt.Errorf("host %q: expected an IP address or a DNS name", host)
-	}
-	if _, err := strconv.Atoi(strings.ReplaceAll(host, ".", "")); err == nil {
-		return fmt.Errorf("host %q: not an IP address", host)
+		return err
 	}
 	return nil
 }

@@ -99,7 +99,7 @@ func TestFileBrokenKeepsLast(t *testing.T) {
 
 	writeFile(t, path, "[\n  {\"addr\": \"198.18.0.1:80\"},\n  {\"addr\": \"web:http\"}\n]\n")
 	err = sink.nextErr(t, fileWait)
-	assert.ErrorContains(t, err, `line 3: discovery: member "web:http": port "http" is not a number in 1-65535`)
+	assert.ErrorContains(t, err, `line 3: discovery: member "web:http": port "http": expected 1 to 65535`)
 
 	require.NoError(t, os.Remove(path))
 	assert.ErrorIs(t, sink.nextErr(t, fileWait), os.ErrNotExist)
@@ -144,7 +144,7 @@ func TestParseMembersFile(t *testing.T) {
 		{name: "json unknown field", json: true, text: "[\n{\"addr\":\"198.18.0.1:80\"},\n\n{\"addr\":\"198.18.0.2:80\",\"wieght\":1}]", err: `line 4: json: unknown field "wieght"`},
 		{name: "json truncated", json: true, text: "[\n{\"addr\":\"198.18.0.1:80\"", err: "line 2: unexpected EOF"},
 		{name: "json not a list", json: true, text: `"x"`, err: "line 1: want a list of members"},
-		{name: "json host name bad", json: true, text: "[{\"addr\":\"we b:80\"}]", err: "is neither an IP address nor a host name"},
+		{name: "json host name bad", json: true, text: "[{\"addr\":\"we b:80\"}]", err: "expected an IP address or a DNS name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

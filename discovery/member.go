@@ -32,44 +32,91 @@ type Member struct {
 
 // target is a parsed Member: an IP or a host name to resolve, and a port.
 type target struct {
-	m    Member
-	host string     // a host name to resolve; empty when ip is set
-	ip   netip.Addr // the member's IP when Addr is a literal
-	port uint16
+	m Member
+	Addr
+}
+
+// Addr is a member address split into its parts: an IP address or a host
+// name to resolve, and a port.
+type Addr struct {
+	// IP is the address when the member names an IP; invalid otherwise.
+	IP netip.Addr
+	// Host is the host name to resolve, without a final dot; empty when
+	// IP is set.
+	Host string
+	// Port is the port, 1 to 65535.
+	Port uint16
+}
+
+// AddrError is a member address that does not parse. Reason says what is
+// wrong and what was expected, without the address, for a configuration
+// loader that names the address its own way.
+type AddrError struct {
+	Addr   string
+	Reason string
+}
+
+// Error returns "discovery: member ADDR: REASON".
+func (e *AddrError) Error() string {
+	return fmt.Sprintf("discovery: member %q: %s", e.Addr, e.Reason)
+}
+
+// ParseAddr parses a member address, "IP:port" or "host:port": the port
+// is a number from 1 to 65535, the host an IP address or a DNS host name
+// (dot-separated labels of letters, digits, '-' and '_', not starting or
+// ending with '-', 253 bytes at most, an optional final dot; a name of
+// digits and dots alone is refused, as a mistyped IP). It is the one
+// parser of member addresses: the sources of this package and lbkit's
+// configuration loader use it. Errors are *AddrError.
+func ParseAddr(s string) (Addr, error) {
+	fail := func(format string, args ...any) (Addr, error) {
+		return Addr{}, &AddrError{Addr: s, Reason: fmt.Sprintf(format, args...)}
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fail("expected IP:port or host:port, such as 198.18.0.11:8080")
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		if _, numErr := strconv.ParseUint(port, 10, 64); numErr == nil {
+			return fail("port %s: expected 1 to 65535", port)
+		}
+		return fail("port %q: expected 1 to 65535", port)
+	}
+	a := Addr{Port: uint16(p)}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		a.IP = ip.Unmap()
+		return a, nil
+	}
+	if !validHost(host) {
+		return fail("host %q: expected an IP address or a DNS name", host)
+	}
+	if strings.Trim(host, "0123456789.") == "" {
+		return fail("host %q: not an IP address", host)
+	}
+	a.Host = strings.TrimSuffix(host, ".")
+	return a, nil
 }
 
 // parseMember checks m and splits its address.
 func parseMember(m Member) (target, error) {
-	host, port, err := net.SplitHostPort(m.Addr)
+	a, err := ParseAddr(m.Addr)
 	if err != nil {
-		return target{}, fmt.Errorf("discovery: member %q: %w", m.Addr, err)
+		return target{}, err
 	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || p == 0 {
-		return target{}, fmt.Errorf("discovery: member %q: port %q is not a number in 1-65535", m.Addr, port)
-	}
-	t := target{m: m, port: uint16(p)}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		t.ip = ip.Unmap()
-		return t, nil
-	}
-	if !validHost(host) {
-		return target{}, fmt.Errorf("discovery: member %q: %q is neither an IP address nor a host name", m.Addr, host)
-	}
-	t.host = strings.TrimSuffix(host, ".")
-	return t, nil
+	return target{m: m, Addr: a}, nil
 }
 
 // validHost reports whether s can be a DNS host name: dot-separated
-// labels of 1-63 letters, digits, hyphens and underscores, 253 bytes at
-// most, an optional final dot.
+// labels of 1-63 letters, digits, hyphens and underscores, not starting
+// or ending with a hyphen, 253 bytes at most, an optional final dot.
 func validHost(s string) bool {
 	s = strings.TrimSuffix(s, ".")
 	if s == "" || len(s) > 253 {
 		return false
 	}
 	for label := range strings.SplitSeq(s, ".") {
-		if label == "" || len(label) > 63 {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}
 		for _, c := range []byte(label) {
@@ -97,7 +144,7 @@ func parseMembers(ms []Member) ([]target, error) {
 
 // backend makes the backend of t at ip.
 func (t target) backend(ip netip.Addr) balancer.Backend {
-	return balancer.Backend{Addr: netip.AddrPortFrom(ip, t.port), Weight: t.m.Weight, Zone: t.m.Zone, Meta: t.m.Meta}
+	return balancer.Backend{Addr: netip.AddrPortFrom(ip, t.Port), Weight: t.m.Weight, Zone: t.m.Zone, Meta: t.m.Meta}
 }
 
 // hostResolver resolves the host names of members and remembers the last
@@ -122,7 +169,7 @@ func checkNetwork(n string) (string, error) {
 
 // hasHosts reports whether any target names a host.
 func hasHosts(ts []target) bool {
-	return slices.ContainsFunc(ts, func(t target) bool { return t.host != "" })
+	return slices.ContainsFunc(ts, func(t target) bool { return t.Host != "" })
 }
 
 // backends returns the backends of ts in order, one per address of each
@@ -141,19 +188,19 @@ func (h *hostResolver) backends(ctx context.Context, ts []target) ([]balancer.Ba
 		}
 	}
 	for _, t := range ts {
-		if t.host == "" {
-			add(t.backend(t.ip))
+		if t.Host == "" {
+			add(t.backend(t.IP))
 			continue
 		}
-		ips, ok := resolved[t.host]
+		ips, ok := resolved[t.Host]
 		if !ok {
 			var err error
-			ips, err = h.lookup(ctx, t.host)
+			ips, err = h.lookup(ctx, t.Host)
 			if err != nil {
 				errs = append(errs, err)
-				ips = h.last[t.host]
+				ips = h.last[t.Host]
 			}
-			resolved[t.host] = ips
+			resolved[t.Host] = ips
 		}
 		for _, ip := range ips {
 			add(t.backend(ip))

@@ -134,11 +134,13 @@ func TestParseMember(t *testing.T) {
 		{addr: "198.18.0.1:80", ip: netip.MustParseAddr("198.18.0.1"), port: 80},
 		{addr: "localhost:9101", host: "localhost", port: 9101},
 		{addr: "web-1.example.test.:80", host: "web-1.example.test", port: 80},
-		{addr: "198.18.0.1", err: "missing port"},
-		{addr: "web:0", err: "not a number in 1-65535"},
-		{addr: "web:65536", err: "not a number in 1-65535"},
-		{addr: "-x/y:80", err: "neither an IP address nor a host name"},
-		{addr: ":80", err: "neither an IP address nor a host name"},
+		{addr: "198.18.0.1", err: "expected IP:port or host:port"},
+		{addr: "web:0", err: "port 0: expected 1 to 65535"},
+		{addr: "web:65536", err: "port 65536: expected 1 to 65535"},
+		{addr: "-x/y:80", err: "expected an IP address or a DNS name"},
+		{addr: ":80", err: "expected an IP address or a DNS name"},
+		{addr: "-web:80", err: "expected an IP address or a DNS name"},
+		{addr: "10.0.0:80", err: "not an IP address"},
 	} {
 		t.Run(tt.addr, func(t *testing.T) {
 			got, err := parseMember(Member{Addr: tt.addr})
@@ -147,9 +149,9 @@ func TestParseMember(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, tt.host, got.host)
-			assert.Equal(t, tt.ip, got.ip)
-			assert.Equal(t, tt.port, got.port)
+			assert.Equal(t, tt.host, got.Host)
+			assert.Equal(t, tt.ip, got.IP)
+			assert.Equal(t, tt.port, got.Port)
 		})
 	}
 	_, err := NewStatic(StaticConfig{Network: "ipx"})

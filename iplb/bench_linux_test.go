@@ -146,7 +146,16 @@ func BenchmarkWrk(b *testing.B) {
 	// be2 routed through the balancer without NAT: the same hop, and the
 	// conntrack the nat chains switch on, but no rule, map or rewrite.
 	// Against "gateway-1backend" it isolates what nftables NAT costs.
-	routed := netip.AddrPortFrom(l.backends[1].host.Addr4(), backendPort)
+	// On a port of its own: conntrack keeps its closed connections two
+	// minutes, and their reply tuples (be2:8080 → client:port) would
+	// block the gateway paths' new flows to be2:8080 (see the package's
+	// Cost section).
+	routed := netip.AddrPortFrom(l.backends[1].host.Addr4(), backendPort+1)
+	rln, err := l.backends[1].host.Listen("tcp", routed.String())
+	require.NoError(b, err)
+	rsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "be2") })}
+	go rsrv.Serve(rln)
+	b.Cleanup(func() { rsrv.Close() })
 	require.NoError(b, l.client.AddRoute(netip.PrefixFrom(routed.Addr(), 32), netip.MustParseAddr("198.18.1.1")))
 	for _, path := range []struct {
 		name string

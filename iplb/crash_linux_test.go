@@ -26,34 +26,50 @@ import (
 // TestLabControlPlaneCrash starts.
 const helperEnv = "LBKIT_IPLB_HELPER"
 
-// TestHelperBalancer is the control plane TestLabControlPlaneCrash kills:
-// run in a child process, it serves the service "web" on 198.19.0.10:80,
-// prints "ready" and waits to be killed. It does nothing in a normal run.
-func TestHelperBalancer(t *testing.T) {
+// runHelper runs the control plane TestLabControlPlaneCrash kills when
+// the environment asks for it, and reports whether it did: in a child
+// process of the test binary it serves the service "web" on
+// 198.19.0.10:80, prints "ready" and waits to be killed (two minutes at
+// most).
+func runHelper() bool {
 	spec := os.Getenv(helperEnv)
 	if spec == "" {
-		t.Skip("iplb: helper process for TestLabControlPlaneCrash")
+		return false
 	}
+	if err := helperBalancer(spec); err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+func helperBalancer(spec string) error {
 	path, backends, _ := strings.Cut(spec, ";")
 	f, err := os.Open(path)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	b, err := New(Config{NetNS: int(f.Fd()), Logger: quietLogger(), Services: []Service{crashService(t, backends)}})
+	svc, err := crashService(backends)
 	if err != nil {
-		t.Fatal(err)
+		return err
+	}
+	b, err := New(Config{NetNS: int(f.Fd()), Logger: quietLogger(), Services: []Service{svc}})
+	if err != nil {
+		return err
 	}
 	go b.Serve(context.Background())
 	if err := b.Sync(context.Background()); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	fmt.Println("ready")
-	select {} // until SIGKILL
+	time.Sleep(2 * time.Minute)
+	return nil
 }
 
 // crashService is the service of the crash test, over the
 // comma-separated backends.
-func crashService(t testing.TB, backends string) Service {
+func crashService(backends string) (Service, error) {
 	var bs []balancer.Backend
 	for _, a := range strings.Split(backends, ",") {
 		bs = append(bs, balancer.Backend{Addr: netip.MustParseAddrPort(a)})
@@ -62,9 +78,9 @@ func crashService(t testing.TB, backends string) Service {
 		return balancer.ErrPicker(balancer.ErrNoBackend)
 	}), Logger: quietLogger()})
 	if err := p.Set(bs); err != nil {
-		t.Fatal(err)
+		return Service{}, err
 	}
-	return Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Key: flowKey, Pool: p}
+	return Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Key: flowKey, Pool: p}, nil
 }
 
 // TestLabControlPlaneCrash kills the balancer's process with SIGKILL
@@ -73,16 +89,13 @@ func crashService(t testing.TB, backends string) Service {
 // updates), and a new balancer adopts it by replacing it in one batch.
 // Not one connection fails, and the open one carries on throughout.
 func TestLabControlPlaneCrash(t *testing.T) {
-	if os.Getenv(helperEnv) != "" {
-		t.Skip("in the helper")
-	}
 	l := newLab(t)
 	var backends []string
 	for _, tb := range l.backends {
 		backends = append(backends, tb.addr(false, backendPort).String())
 	}
 	spec := filepath.Join("/var/run/netns", l.bal.NSName()) + ";" + strings.Join(backends, ",")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperBalancer$")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+spec)
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -149,7 +162,9 @@ func TestLabControlPlaneCrash(t *testing.T) {
 	assert.Equal(t, name, got)
 
 	// A new process adopts the table: Serve replaces it in one batch.
-	b := serveBalancer(t, Config{NetNS: int(l.bal.NS()), Logger: quietLogger(), Services: []Service{crashService(t, strings.Join(backends, ","))}})
+	svc, err := crashService(strings.Join(backends, ","))
+	require.NoError(t, err)
+	b := serveBalancer(t, Config{NetNS: int(l.bal.NS()), Logger: quietLogger(), Services: []Service{svc}})
 	waitFor(100)
 	stop.Store(1)
 	wg.Wait()

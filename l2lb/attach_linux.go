@@ -11,8 +11,9 @@ import (
 
 // XDP attachment states of a link (IFLA_XDP_ATTACHED).
 const (
-	xdpAttachedDriver = 1 // XDP_ATTACHED_DRV
-	xdpAttachedMulti  = 4 // XDP_ATTACHED_MULTI: more than one mode
+	xdpAttachedDriver  = 1 // XDP_ATTACHED_DRV
+	xdpAttachedGeneric = 2 // XDP_ATTACHED_SKB
+	xdpAttachedMulti   = 4 // XDP_ATTACHED_MULTI: more than one mode
 )
 
 // autoMode chooses the mode AttachAuto attaches in: generic on a veth

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/lbkit/lbkit/balancer"
 )
@@ -23,6 +25,7 @@ type dataplane struct {
 	ncpu        int
 	vipBits     uint // log2 of the slots of each of the vips map's two tables
 
+	bound      *ebpf.Program // the entry point bound to the interface, once loaded
 	mac        [6]byte
 	vipsB      bool           // the program reads the second VIP table
 	slotWrites uint64         // ring slots written since load: tests check deltas
@@ -33,6 +36,43 @@ type dataplane struct {
 // services, maxBackends backend ids and a connection table of connTable
 // flows. It needs CAP_BPF (root).
 func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) {
+	return loadDataplaneWith(maxServices, maxBackends, connTable, nil)
+}
+
+// loadDataplaneWith is loadDataplane using the maps of replace (by name)
+// instead of new ones: pinned maps a new process adopts.
+func loadDataplaneWith(maxServices, maxBackends, connTable int, replace map[string]*ebpf.Map) (*dataplane, error) {
+	spec, err := dataplaneSpec(maxServices, maxBackends, connTable)
+	if err != nil {
+		return nil, err
+	}
+	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, connTable: connTable, vipBits: vipTableBits(maxServices), services: map[VIP]uint32{}}
+	// The bound entry point loads only bound to an interface, at attach
+	// in driver mode (boundProgram).
+	var objs struct {
+		l2lbMaps
+		L2lbXdp *ebpf.Program `ebpf:"l2lb_xdp"`
+	}
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("l2lb: load program: %+v", ve)
+		}
+		return nil, fmt.Errorf("l2lb: load program: %w", err)
+	}
+	dp.objs.l2lbMaps, dp.objs.L2lbXdp = objs.l2lbMaps, objs.L2lbXdp
+	dp.ncpu, err = ebpf.PossibleCPU()
+	if err != nil {
+		dp.objs.Close()
+		return nil, fmt.Errorf("l2lb: %w", err)
+	}
+	return dp, nil
+}
+
+// dataplaneSpec returns the program's collection spec with its maps sized
+// for maxServices services, maxBackends backend ids and a connection
+// table of connTable flows.
+func dataplaneSpec(maxServices, maxBackends, connTable int) (*ebpf.CollectionSpec, error) {
 	spec, err := loadL2lb()
 	if err != nil {
 		return nil, fmt.Errorf("l2lb: load program spec: %w", err)
@@ -47,24 +87,58 @@ func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) 
 	spec.Maps["rings"].MaxEntries = uint32(maxServices * RingSize)
 	spec.Maps["backends"].MaxEntries = uint32(maxBackends)
 	spec.Maps["backend_stats"].MaxEntries = uint32(maxBackends)
+	spec.Maps["backend_addrs"].MaxEntries = uint32(maxBackends)
 	spec.Maps["conns"].MaxEntries = uint32(connTable)
-	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, connTable: connTable, vipBits: bits, services: map[VIP]uint32{}}
-	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("l2lb: load program: %+v", ve)
-		}
-		return nil, fmt.Errorf("l2lb: load program: %w", err)
-	}
-	dp.ncpu, err = ebpf.PossibleCPU()
-	if err != nil {
-		dp.objs.Close()
-		return nil, fmt.Errorf("l2lb: %w", err)
-	}
-	return dp, nil
+	return spec, nil
 }
 
-func (dp *dataplane) Close() error { return dp.objs.Close() }
+func (dp *dataplane) Close() error { return errors.Join(dp.bound.Close(), dp.objs.Close()) }
+
+// programFor returns the entry point for mode on the interface ifindex of
+// the calling thread's namespace: the bound one in driver mode (loaded
+// once), the unbound one in generic mode.
+func (dp *dataplane) programFor(ifindex int, mode AttachMode) (*ebpf.Program, error) {
+	if mode == AttachGeneric {
+		return dp.objs.L2lbXdp, nil
+	}
+	if dp.bound == nil {
+		p, err := dp.boundProgram(ifindex)
+		if err != nil {
+			return nil, err
+		}
+		dp.bound = p
+	}
+	return dp.bound, nil
+}
+
+// boundProgram loads the program's driver-mode entry point bound to the
+// interface ifindex of the calling thread's namespace, over dp's maps:
+// it also passes frames whose VLAN tag the driver took out of the frame.
+// The caller closes it.
+func (dp *dataplane) boundProgram(ifindex int) (*ebpf.Program, error) {
+	spec, err := dataplaneSpec(dp.maxServices, dp.maxBackends, dp.connTable)
+	if err != nil {
+		return nil, err
+	}
+	ps := spec.Programs["l2lb_xdp_bound"]
+	ps.Flags |= unix.BPF_F_XDP_DEV_BOUND_ONLY
+	ps.Ifindex = uint32(ifindex)
+	delete(spec.Programs, "l2lb_xdp")
+	replace := make(map[string]*ebpf.Map, len(pinnedMaps))
+	for _, name := range pinnedMaps {
+		replace[name] = dp.mapByName(name)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("l2lb: load the bound program: %+v", ve)
+		}
+		return nil, fmt.Errorf("l2lb: load the bound program: %w", err)
+	}
+	defer coll.Close()
+	return coll.DetachProgram("l2lb_xdp_bound"), nil
+}
 
 // setConfig writes the balancer's MAC and flags: ready, and which VIP
 // table the program reads.
@@ -260,6 +334,19 @@ func (dp *dataplane) setBackend(id uint32, e BackendEntry) error {
 	}
 	if err := dp.objs.Backends.Update(id, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("l2lb: write backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// setBackendAddr records which member backend id is (the zero addr: the
+// id is free), for a process that adopts the pinned maps.
+func (dp *dataplane) setBackendAddr(id uint32, addr netip.AddrPort) error {
+	var v l2lbBackendAddr
+	if addr.IsValid() {
+		v.Addr, v.Port, v.Family = addr.Addr().As16(), addr.Port(), family(addr.Addr())
+	}
+	if err := dp.objs.BackendAddrs.Update(id, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write backend %d's address: %w", id, err)
 	}
 	return nil
 }

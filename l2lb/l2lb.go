@@ -147,6 +147,22 @@ type Config struct {
 	// kernel to resolve backends whose MAC is still unknown. A backend
 	// without a MAC takes no traffic. Zero means one second.
 	ResolveInterval time.Duration
+	// PinDir is the directory on a BPF file system where the program's
+	// link and maps are pinned, so that the data plane outlives the
+	// process: while no control plane runs (after a crash, a SIGKILL or
+	// Balancer.Leave) frames are still forwarded and the connection table
+	// kept, and the next New for the same interface adopts them (see
+	// [New]). Empty means /sys/fs/bpf/lbkit/<interface> in the initial
+	// network namespace and /sys/fs/bpf/lbkit/netns-<inode>/<interface>
+	// in any other; New mounts the BPF file system on /sys/fs/bpf if
+	// nothing is mounted there. A PinDir serves one interface of one
+	// namespace.
+	PinDir string
+	// Unpinned makes the data plane the process's own: nothing is
+	// pinned, and the kernel detaches the program and frees the maps
+	// when the process exits or dies, as the balancer did before
+	// pinning. PinDir is then unused.
+	Unpinned bool
 	// Logger receives changes and errors. Nil means slog.Default().
 	Logger *slog.Logger
 }

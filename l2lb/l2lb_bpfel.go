@@ -20,6 +20,14 @@ type l2lbBackend struct {
 	Service uint32
 }
 
+type l2lbBackendAddr struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
 type l2lbConfig struct {
 	_     structs.HostLayout
 	Mac   [6]uint8
@@ -52,6 +60,13 @@ type l2lbGlobalCounters struct {
 	ConnLost    uint64
 }
 
+type l2lbMeta struct {
+	_       structs.HostLayout
+	Layout  uint32
+	Ifindex uint32
+	Netns   uint64
+}
+
 type l2lbService struct {
 	_     structs.HostLayout
 	Mask  [2]uint64
@@ -77,17 +92,20 @@ type l2lbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	l2lbMapBackendStats = "backend_stats"
-	l2lbMapBackends     = "backends"
-	l2lbMapConns        = "conns"
-	l2lbMapGlobalStats  = "global_stats"
-	l2lbMapLbConfig     = "lb_config"
-	l2lbMapRings        = "rings"
-	l2lbMapServiceConf  = "service_conf"
-	l2lbMapServiceStats = "service_stats"
-	l2lbMapVips         = "vips"
-	l2lbProgL2lbXdp     = "l2lb_xdp"
-	l2lbVarVipBits      = "vip_bits"
+	l2lbMapBackendAddrs  = "backend_addrs"
+	l2lbMapBackendStats  = "backend_stats"
+	l2lbMapBackends      = "backends"
+	l2lbMapConns         = "conns"
+	l2lbMapGlobalStats   = "global_stats"
+	l2lbMapLbConfig      = "lb_config"
+	l2lbMapLbMeta        = "lb_meta"
+	l2lbMapRings         = "rings"
+	l2lbMapServiceConf   = "service_conf"
+	l2lbMapServiceStats  = "service_stats"
+	l2lbMapVips          = "vips"
+	l2lbProgL2lbXdp      = "l2lb_xdp"
+	l2lbProgL2lbXdpBound = "l2lb_xdp_bound"
+	l2lbVarVipBits       = "vip_bits"
 )
 
 // loadL2lb returns the embedded CollectionSpec for l2lb.
@@ -132,18 +150,21 @@ type l2lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type l2lbProgramSpecs struct {
-	L2lbXdp *ebpf.ProgramSpec `ebpf:"l2lb_xdp"`
+	L2lbXdp      *ebpf.ProgramSpec `ebpf:"l2lb_xdp"`
+	L2lbXdpBound *ebpf.ProgramSpec `ebpf:"l2lb_xdp_bound"`
 }
 
 // l2lbMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type l2lbMapSpecs struct {
+	BackendAddrs *ebpf.MapSpec `ebpf:"backend_addrs"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
 	LbConfig     *ebpf.MapSpec `ebpf:"lb_config"`
+	LbMeta       *ebpf.MapSpec `ebpf:"lb_meta"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceConf  *ebpf.MapSpec `ebpf:"service_conf"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
@@ -177,11 +198,13 @@ func (o *l2lbObjects) Close() error {
 //
 // It can be passed to loadL2lbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type l2lbMaps struct {
+	BackendAddrs *ebpf.Map `ebpf:"backend_addrs"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conns        *ebpf.Map `ebpf:"conns"`
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
 	LbConfig     *ebpf.Map `ebpf:"lb_config"`
+	LbMeta       *ebpf.Map `ebpf:"lb_meta"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceConf  *ebpf.Map `ebpf:"service_conf"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
@@ -190,11 +213,13 @@ type l2lbMaps struct {
 
 func (m *l2lbMaps) Close() error {
 	return _L2lbClose(
+		m.BackendAddrs,
 		m.BackendStats,
 		m.Backends,
 		m.Conns,
 		m.GlobalStats,
 		m.LbConfig,
+		m.LbMeta,
 		m.Rings,
 		m.ServiceConf,
 		m.ServiceStats,
@@ -213,12 +238,14 @@ type l2lbVariables struct {
 //
 // It can be passed to loadL2lbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type l2lbPrograms struct {
-	L2lbXdp *ebpf.Program `ebpf:"l2lb_xdp"`
+	L2lbXdp      *ebpf.Program `ebpf:"l2lb_xdp"`
+	L2lbXdpBound *ebpf.Program `ebpf:"l2lb_xdp_bound"`
 }
 
 func (p *l2lbPrograms) Close() error {
 	return _L2lbClose(
 		p.L2lbXdp,
+		p.L2lbXdpBound,
 	)
 }
 

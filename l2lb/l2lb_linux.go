@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -41,7 +46,14 @@ type Balancer struct {
 	cfg     Config
 	log     *slog.Logger
 	dp      *dataplane
-	ns      netns.NsHandle // namespace of the thread that called New
+	ns      netns.NsHandle  // namespace of the thread that called New
+	nsIno   uint64          // its inode
+	pinDir  string          // "" if Config.Unpinned
+	pinLock *os.File        // pinDir, locked while this balancer lives
+	adopted *adoption       // the pinned data plane New found, until Serve takes it over
+	orphans []*serviceState // adopted services no longer configured
+	strays  []uint32        // adopted backend ids of no adopted service
+	leave   bool            // stopping leaves the pinned data plane running
 	ifindex int
 	mac     [6]byte
 	nh      *netlink.Handle
@@ -109,8 +121,25 @@ type member struct {
 // netlab's Host.Do does); Serve and every other method work from any
 // goroutine afterwards.
 //
-// New needs root (CAP_BPF, CAP_NET_ADMIN). Close the balancer to free the
-// program, whether it was served or not.
+// Unless Config.Unpinned, New first looks for a data plane pinned in
+// Config.PinDir by an earlier process (one that crashed, was killed or
+// called Leave) and adopts it: it reuses the pinned maps when their
+// sizes match cfg, and otherwise loads new maps and migrates the
+// connection table and counters into them at Serve. Configured services
+// whose VIP the pinned data plane serves keep their ids and their
+// members' backend ids, so established flows keep their backends. Pins
+// of an interface that no longer exists are removed; pins of another
+// interface or namespace, or of an unknown map layout, make New fail, as
+// does a PinDir that another live Balancer holds (New locks it until the
+// balancer is closed or its process dies).
+// Members' MACs known to the pinned data plane are used until the
+// neighbour table says otherwise. Health is not adopted: the pools' own
+// state at Serve is written, so a pool whose members join unhealthy
+// until checked takes them out of the ring until their first check.
+//
+// New needs root (CAP_BPF, CAP_NET_ADMIN; CAP_SYS_ADMIN to mount the BPF
+// file system). Close the balancer to free the program, whether it was
+// served or not.
 func New(cfg Config) (*Balancer, error) {
 	if err := validate(&cfg); err != nil {
 		return nil, err
@@ -143,8 +172,49 @@ func New(cfg Config) (*Balancer, error) {
 		nh.Close()
 		return nil, fmt.Errorf("l2lb: network namespace: %w", err)
 	}
-	dp, err := loadDataplane(cfg.MaxServices, cfg.MaxBackends, cfg.ConnTableSize)
+	nsIno, initialNS, err := netnsInode()
 	if err != nil {
+		ns.Close()
+		nh.Close()
+		return nil, err
+	}
+	pinDir := ""
+	var pinLock *os.File
+	var ad *adoption
+	if !cfg.Unpinned {
+		pinDir = cfg.PinDir
+		if pinDir == "" {
+			pinDir = defaultPinDir(l.Attrs().Name, nsIno, initialNS)
+		}
+		err = preparePinDir(pinDir)
+		if err == nil {
+			pinLock, err = lockPinDir(pinDir)
+		}
+		if err == nil {
+			var spec *ebpf.CollectionSpec
+			if spec, err = dataplaneSpec(cfg.MaxServices, cfg.MaxBackends, cfg.ConnTableSize); err == nil {
+				ad, err = openPinned(pinDir, spec, l.Attrs().Index, nsIno)
+			}
+		}
+		if err != nil {
+			if pinLock != nil {
+				pinLock.Close()
+			}
+			ns.Close()
+			nh.Close()
+			return nil, err
+		}
+	}
+	var reuse map[string]*ebpf.Map
+	if ad != nil {
+		reuse = ad.reuse
+	}
+	dp, err := loadDataplaneWith(cfg.MaxServices, cfg.MaxBackends, cfg.ConnTableSize, reuse)
+	if err != nil {
+		ad.close()
+		if pinLock != nil {
+			pinLock.Close()
+		}
 		ns.Close()
 		nh.Close()
 		return nil, err
@@ -154,6 +224,10 @@ func New(cfg Config) (*Balancer, error) {
 		log:     log.With("interface", l.Attrs().Name),
 		dp:      dp,
 		ns:      ns,
+		nsIno:   nsIno,
+		pinDir:  pinDir,
+		pinLock: pinLock,
+		adopted: ad,
 		ifindex: l.Attrs().Index,
 		mac:     [6]byte(hw),
 		nh:      nh,
@@ -167,6 +241,13 @@ func New(cfg Config) (*Balancer, error) {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	if ad != nil {
+		if err := b.adopt(ad); err != nil {
+			b.release()
+			return nil, err
+		}
+		return b, nil
+	}
 	for _, svc := range cfg.Services {
 		id, _, err := b.allocService()
 		if err != nil {
@@ -178,15 +259,99 @@ func New(cfg Config) (*Balancer, error) {
 	return b, nil
 }
 
+// adopt takes over the ids of a pinned data plane: a configured service
+// whose VIP the pinned VIP table holds keeps its service id, and a member
+// of it keeps its backend id, MAC and state, so the connection table's
+// entries stay valid. Pinned services no longer configured, and their
+// backends, are cleared once Serve has installed the new VIP table.
+func (b *Balancer) adopt(ad *adoption) error {
+	if !ad.migrate {
+		b.dp.vipsB, b.dp.services = ad.vipsB, maps.Clone(ad.vips)
+	}
+	used := make(map[uint32]bool)
+	for v, sid := range ad.vips {
+		if int(sid) >= b.cfg.MaxServices {
+			return fmt.Errorf("l2lb: the pinned data plane serves %v/%v as service %d: MaxServices must be at least %d", v.Addr, v.Proto, sid, sid+1)
+		}
+		used[sid] = true
+		b.nextSvc = max(b.nextSvc, sid+1)
+	}
+	for id := range b.nextSvc {
+		if !used[id] {
+			b.freeSvcs = append(b.freeSvcs, id)
+		}
+	}
+	bySid := make(map[uint32]*serviceState)
+	b.services = make([]*serviceState, len(b.cfg.Services))
+	for i, svc := range b.cfg.Services {
+		if sid, ok := ad.vips[VIP{svc.VIP, svc.Proto}]; ok {
+			b.services[i] = b.newService(sid, svc)
+			bySid[sid] = b.services[i]
+		}
+	}
+	for i, svc := range b.cfg.Services {
+		if b.services[i] == nil {
+			id, reused, err := b.allocService()
+			if err != nil {
+				return err
+			}
+			b.services[i] = b.newService(id, svc)
+			b.services[i].stale = reused
+		}
+	}
+	for v, sid := range ad.vips {
+		if bySid[sid] == nil {
+			o := b.newService(sid, Service{VIP: v.Addr, Proto: v.Proto})
+			bySid[sid] = o
+			b.orphans = append(b.orphans, o)
+		}
+	}
+	for id, am := range ad.members {
+		if int(id) >= b.cfg.MaxBackends {
+			return fmt.Errorf("l2lb: the pinned data plane has backend id %d: MaxBackends must be at least %d", id, id+1)
+		}
+		b.nextID = max(b.nextID, id+1)
+		s := bySid[am.service]
+		if s == nil || s.members[am.addr] != nil {
+			b.strays = append(b.strays, id)
+			continue
+		}
+		s.members[am.addr] = &member{id: id, mac: am.mac, up: am.up, written: !ad.migrate}
+		if ad.migrate {
+			// The new maps start empty: record which member the id is.
+			if err := b.dp.setBackendAddr(id, am.addr); err != nil {
+				return err
+			}
+		}
+		if _, ok := b.neigh[am.addr.Addr()]; !ok && am.mac != ([6]byte{}) {
+			b.neigh[am.addr.Addr()] = am.mac
+		}
+	}
+	for id := uint32(1); id < b.nextID; id++ {
+		if _, ok := ad.members[id]; !ok {
+			b.freeIDs = append(b.freeIDs, id)
+		}
+	}
+	b.log.Info("l2lb: adopting the pinned data plane", "dir", b.pinDir, "services", len(ad.vips), "backends", len(ad.members), "migrate", ad.migrate)
+	return nil
+}
+
 func (b *Balancer) newService(id uint32, svc Service) *serviceState {
 	return &serviceState{id: id, svc: svc, stop: make(chan struct{}), members: make(map[netip.AddrPort]*member), dirty: true}
 }
 
 // Serve fills the maps from the services' pools, attaches the program
-// (see [AttachMode]) and runs the control loop until ctx ends or Shutdown
-// or Close is called. It then detaches the program, frees its maps and
-// returns nil: established flows reach the balancer's own stack from
-// then on. Cancelling ctx means the same as Close. Serve returns without
+// (see [AttachMode]) and runs the control loop until ctx ends or Shutdown,
+// Close or Leave is called. Unless Config.Unpinned, it pins the maps and
+// the program's link in Config.PinDir; when New adopted a pinned data
+// plane, Serve writes the configured services into its maps and keeps
+// its link attached, replacing the program in one step (link.Update)
+// when it is another version or the maps were migrated.
+//
+// After Shutdown or Close (or ctx ending, which means the same) Serve
+// removes the pins, detaches the program, frees its maps and returns
+// nil: established flows reach the balancer's own stack from then on.
+// After Leave it leaves them in place. Serve returns without
 // waiting for backend MACs: call [Balancer.Sync] for that.
 //
 // Serve returns an error if the maps cannot be written or the program
@@ -210,8 +375,10 @@ func (b *Balancer) Serve(ctx context.Context) error {
 	if err == nil {
 		err = b.dp.setServices(b.vipMapLocked())
 	}
-	if err == nil {
-		b.xdp, b.mode, err = b.attach()
+	if err == nil && b.adopted != nil {
+		err = b.takeOver()
+	} else if err == nil {
+		err = b.attachAndPin()
 	}
 	if err != nil {
 		b.state = stopped
@@ -231,6 +398,9 @@ func (b *Balancer) Serve(ctx context.Context) error {
 	b.wg.Add(1)
 	go b.loop(lctx)
 	b.log.Info("l2lb: attached", "mode", b.mode, "services", len(b.services))
+	if b.mode == AttachGeneric {
+		b.log.Warn("l2lb: generic mode cannot see an 802.1Q tag the kernel keeps beside the frame (a veth fed by a bridge, a NIC with rx VLAN offload): such a frame for a VIP is balanced as untagged; where tagged frames can arrive, use driver mode or turn the NIC's rx VLAN offload off")
+	}
 	b.mu.Unlock()
 
 	select {
@@ -243,16 +413,124 @@ func (b *Balancer) Serve(ctx context.Context) error {
 	b.mu.Unlock()
 	b.wg.Wait()
 	b.mu.Lock()
-	b.closeErr = b.xdp.Close()
+	if b.pinDir != "" && !b.leave {
+		// Without its pins the link detaches when its last descriptor,
+		// b.xdp, closes.
+		b.closeErr = removePins(b.pinDir)
+	}
+	b.closeErr = errors.Join(b.closeErr, b.xdp.Close())
 	b.release()
 	b.mu.Unlock()
 	close(b.done)
 	return nil
 }
 
-// release frees the program, its maps and the handles.
+// takeOver makes the adopted data plane this balancer's, once the maps
+// hold the configured services: it clears what the configuration no
+// longer has and, when the maps were migrated or the pinned program is
+// another version, switches the link to this process's program in one
+// step (link.Update), so no frame meets no program. b.mu must be held.
+func (b *Balancer) takeOver() error {
+	ad := b.adopted
+	b.retire(b.orphans)
+	b.orphans = nil
+	for _, id := range b.strays {
+		if err := errors.Join(b.dp.setBackend(id, BackendEntry{}), b.dp.setBackendAddr(id, netip.AddrPort{})); err != nil {
+			return err
+		}
+		b.freeIDs = append(b.freeIDs, id)
+	}
+	b.strays = nil
+	if ad.migrate {
+		if err := ad.migrateMaps(b.dp); err != nil {
+			return err
+		}
+		if err := b.dp.writeMeta(b.ifindex, b.nsIno); err != nil {
+			return err
+		}
+	}
+	mode := AttachDriver
+	if l, err := b.nh.LinkByIndex(b.ifindex); err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.AttachMode == xdpAttachedGeneric {
+		mode = AttachGeneric
+	}
+	var prog *ebpf.Program
+	err := b.inNS(func() (err error) {
+		prog, err = b.dp.programFor(b.ifindex, mode)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	info, err := prog.Info()
+	if err != nil {
+		return fmt.Errorf("l2lb: program info: %w", err)
+	}
+	if ad.migrate || info.Tag != ad.progTag {
+		if err := ad.link.Update(prog); err != nil {
+			return fmt.Errorf("l2lb: replace the pinned program: %w", err)
+		}
+		b.log.Info("l2lb: replaced the pinned program", "migrated", ad.migrate)
+	}
+	if ad.migrate {
+		// Flows the old program added while the first copy ran.
+		if err := ad.migrateMaps(b.dp); err != nil {
+			return err
+		}
+		if err := b.dp.pinAll(b.pinDir); err != nil {
+			return err
+		}
+	}
+	b.xdp, b.mode = ad.link, mode
+	ad.link = nil
+	ad.close()
+	b.adopted = nil
+	return nil
+}
+
+// attachAndPin attaches the program and, unless Config.Unpinned, pins
+// its maps and then its link (the link's pin marks a complete set).
+// b.mu must be held.
+func (b *Balancer) attachAndPin() error {
+	if b.pinDir != "" {
+		if err := b.dp.writeMeta(b.ifindex, b.nsIno); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(b.pinDir, 0o700); err != nil {
+			return fmt.Errorf("l2lb: pin directory: %w", err)
+		}
+		if err := b.dp.pinAll(b.pinDir); err != nil {
+			return errors.Join(err, removePins(b.pinDir))
+		}
+	}
+	var err error
+	if b.xdp, b.mode, err = b.attach(); err != nil {
+		if b.pinDir != "" {
+			err = errors.Join(err, removePins(b.pinDir))
+		}
+		return err
+	}
+	if b.pinDir != "" {
+		if err := b.xdp.Pin(filepath.Join(b.pinDir, linkPin)); err != nil {
+			return errors.Join(fmt.Errorf("l2lb: pin link: %w", err), removePins(b.pinDir), b.xdp.Close())
+		}
+	}
+	return nil
+}
+
+// release frees the program, its maps and the handles, and removes the
+// pin directory if nothing is pinned in it.
 func (b *Balancer) release() {
+	b.adopted.close()
+	b.adopted = nil
 	b.closeErr = errors.Join(b.closeErr, b.dp.Close())
+	if err := os.Remove(b.pinDir); b.pinDir != "" && (err == nil || errors.Is(err, fs.ErrNotExist)) {
+		if parent := filepath.Dir(b.pinDir); filepath.Dir(parent) == defaultPinRoot {
+			os.Remove(parent) // a netns-<inode> directory, if empty now
+		}
+	}
+	if b.pinLock != nil {
+		b.pinLock.Close()
+	}
 	b.nh.Close()
 	b.ns.Close()
 }
@@ -302,6 +580,21 @@ func (b *Balancer) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Leave stops the control plane and leaves the data plane running: the
+// program stays attached and its maps pinned in Config.PinDir, for the
+// next New for the interface to adopt (a restart or an upgrade without a
+// gap). Until then the data plane forwards as the balancer left it: the
+// services, backends, MACs and health of its last pass are frozen, and a
+// backend that fails meanwhile keeps its flows and new ones. It waits as
+// Shutdown does. With Config.Unpinned it is Shutdown. Before Serve it
+// frees this process's handles and touches no pin.
+func (b *Balancer) Leave(ctx context.Context) error {
+	b.mu.Lock()
+	b.leave = true
+	b.mu.Unlock()
+	return b.Shutdown(ctx)
 }
 
 // Close stops the balancer as Shutdown does and waits for Serve to
@@ -359,13 +652,20 @@ func (b *Balancer) attach() (link.Link, AttachMode, error) {
 	return l, mode, err
 }
 
-// attachXDP attaches the program in mode (driver or generic).
+// attachXDP attaches the program in mode (driver or generic): in driver
+// mode the entry point bound to the interface, which also passes frames
+// whose VLAN tag the driver took out of the frame; the unbound one if
+// the kernel refuses to load that. It runs in the balancer's namespace.
 func attachXDP(dp *dataplane, ifindex int, mode AttachMode) (link.Link, error) {
-	flags := link.XDPDriverMode
+	flags, prog := link.XDPDriverMode, dp.objs.L2lbXdp
 	if mode == AttachGeneric {
 		flags = link.XDPGenericMode
+	} else if p, err := dp.programFor(ifindex, mode); err == nil {
+		prog = p
+	} else {
+		return nil, err
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: dp.objs.L2lbXdp, Interface: ifindex, Flags: flags})
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
 	if err != nil {
 		return nil, fmt.Errorf("l2lb: attach XDP in %s mode: %w", mode, err)
 	}
@@ -609,7 +909,7 @@ func (b *Balancer) retire(removed []*serviceState) {
 // ids.
 func (b *Balancer) dropMembers(s *serviceState) {
 	for addr, m := range s.members {
-		if err := b.dp.setBackend(m.id, BackendEntry{}); err != nil {
+		if err := errors.Join(b.dp.setBackend(m.id, BackendEntry{}), b.dp.setBackendAddr(m.id, netip.AddrPort{})); err != nil {
 			b.log.Error("l2lb: clearing a removed service's backend", "service", s.svc.VIP, "backend", addr, "err", err)
 		}
 		b.freeIDs = append(b.freeIDs, m.id)
@@ -736,6 +1036,10 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 			if err != nil {
 				return err
 			}
+			if err := b.dp.setBackendAddr(id, addr); err != nil {
+				b.freeIDs = append(b.freeIDs, id)
+				return err
+			}
 			m = &member{id: id}
 			s.members[addr] = m
 		}
@@ -819,6 +1123,9 @@ func (b *Balancer) applyLocked(s *serviceState) error {
 			continue
 		}
 		if err := b.dp.setBackend(m.id, BackendEntry{}); err != nil {
+			return err
+		}
+		if err := b.dp.setBackendAddr(m.id, netip.AddrPort{}); err != nil {
 			return err
 		}
 		delete(s.members, addr)

@@ -30,6 +30,9 @@ func (b *Balancer) Shutdown(ctx context.Context) error { return nil }
 // Close returns nil.
 func (b *Balancer) Close() error { return nil }
 
+// Leave does nothing on this platform.
+func (b *Balancer) Leave(ctx context.Context) error { return nil }
+
 // AddService returns errors.ErrUnsupported.
 func (b *Balancer) AddService(svc Service) error { return errors.ErrUnsupported }
 

@@ -482,6 +482,31 @@ func add(m map[uint32]Traffic, id uint32, bytes uint64) {
 	m[id] = t
 }
 
+// RxMeta is what a driver may report beside a frame: a VLAN tag it took
+// out of the frame (receive VLAN offload). The program reads it in driver
+// mode, where it is bound to the interface and asks the driver
+// (bpf_xdp_metadata_rx_vlan_tag); in generic mode it cannot see it.
+type RxMeta struct {
+	// VLAN reports that the frame carried an 802.1Q or 802.1ad tag,
+	// VLANTCI its tag control information.
+	VLAN    bool
+	VLANTCI uint16
+}
+
+// ProcessMeta runs frame through the model as the driver-mode program
+// sees it with meta beside it: a frame for a service that carried a VLAN
+// tag passes, as one tagged in the frame does (l2lb balances untagged
+// frames only). Without a tag it is Process.
+func (m *Model) ProcessMeta(frame []byte, meta RxMeta) (Decision, []byte) {
+	if f, ok := ParseFlow(frame); ok && meta.VLAN {
+		if _, svc := m.services[VIP{f.Dst, f.Proto}]; svc {
+			m.Counters.Passed++
+			return Decision{Verdict: Pass}, frame
+		}
+	}
+	return m.Process(frame)
+}
+
 // Process runs frame through the model: it parses the frame as the
 // program does, decides, and returns the decision and the frame the
 // program would send (a rewritten copy for TX: destination MAC the

@@ -137,3 +137,30 @@ func ExampleModel() {
 	// XDP_TX moved: true repicked: true
 	// {Passed:0 Dropped:0 NoBackend:0 Forwarded:3 ConnHits:1 ConnMisses:1 ConnRepicks:1 ConnLost:0}
 }
+
+// TestModelVLANMeta: a frame for a service whose VLAN tag the driver
+// reports beside it passes, as the driver-mode program does; untagged, it
+// is balanced.
+func TestModelVLANMeta(t *testing.T) {
+	m := NewModel(balancerMAC)
+	m.SetService(VIP{vip4, TCP}, 0)
+	m.SetBackend(1, BackendEntry{MAC: macOf(1), Up: true, Service: 0})
+	slots, ids := make([]int, RingSize), make([]uint32, RingSize)
+	for i := range slots {
+		slots[i], ids[i] = i, 1
+	}
+	m.SetSlots(0, slots, ids)
+	syn := frame(Flow{Src: netip.AddrPortFrom(client, 40000), Dst: vip4, Proto: TCP, SYN: true}, tcpSYN, nil)
+
+	d, _ := m.ProcessMeta(syn, RxMeta{VLAN: true, VLANTCI: 5})
+	assert.Equal(t, Pass, d.Verdict, "tagged for a VIP")
+	assert.EqualValues(t, 1, m.Counters.Passed)
+	assert.Zero(t, m.ServiceTraffic[0].Packets, "a tagged frame is not the service's")
+	d, _ = m.ProcessMeta(syn, RxMeta{})
+	assert.Equal(t, TX, d.Verdict, "untagged")
+	assert.EqualValues(t, 1, d.Backend)
+	other := frame(Flow{Src: netip.AddrPortFrom(client, 40000), Dst: netip.AddrPortFrom(client, 80), Proto: TCP, SYN: true}, tcpSYN, nil)
+	d, _ = m.ProcessMeta(other, RxMeta{VLAN: true})
+	assert.Equal(t, Pass, d.Verdict, "tagged, for no VIP")
+	assert.EqualValues(t, 2, m.Counters.Passed)
+}

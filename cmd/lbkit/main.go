@@ -3,6 +3,7 @@
 //	lbkit demo [flags]   the classic experiment through every strategy
 //	lbkit serve [-config FILE]    run the load balancer from a configuration file
 //	lbkit validate -config FILE   check a configuration file, start nothing
+//	lbkit status -etcd URLS       the nodes of a cluster and their views
 //
 // Run `lbkit demo -h` for the flags.
 package main
@@ -33,6 +34,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return serveMain(ctx, args[1:], stdout, stderr)
 	case "validate":
 		return validateMain(args[1:], stdout, stderr)
+	case "status":
+		return statusMain(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -52,5 +55,8 @@ commands:
   serve   run the load balancer from a configuration file (-config FILE;
           without it, an embedded default with built-in backends)
   validate  check a configuration file (-config FILE) and start nothing
+  status  list the nodes of an lbkit cluster in etcd (-etcd URLS
+          -etcd-prefix P), the configuration revision each runs and
+          each node's view of each member
 `)
 }

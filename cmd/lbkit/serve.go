@@ -34,6 +34,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	backends := fs.Int("backends", -1, "start `N` built-in HTTP backends on 127.0.0.1:9101..; default 3 with the embedded configuration, 0 otherwise")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	watch := fs.Bool("watch", true, "reload when the configuration file changes")
+	etcd := addEtcdFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -46,6 +47,9 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 	var cfg *config.Config
 	var err error
+	if *etcd.endpoints != "" {
+		return serveCluster(ctx, etcd, *file, *admin, log, stdout, stderr)
+	}
 	if *file == "" {
 		cfg, err = config.Parse("(embedded default)", defaultConfig)
 		if *backends < 0 {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -59,6 +60,8 @@ type Daemon struct {
 	reloads   []ReloadStatus
 	draining  sync.WaitGroup // listeners shutting down after a reload
 	closed    bool
+
+	cluster atomic.Pointer[clusterNode] // set by StartCluster (see cluster.go)
 }
 
 // maxReloads is how many reload outcomes /status keeps.
@@ -428,17 +431,23 @@ func (d *Daemon) Status() Status {
 		name, policy, key string
 		ps                *poolState
 		checker           *health.Checker
+		sources           []SourceStatus
 	}
 	pools := make([]poolView, 0, len(d.pools))
 	for _, ps := range d.pools {
-		pools = append(pools, poolView{ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps, ps.checker})
+		pools = append(pools, poolView{ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps, ps.checker, ps.discoveryStatus()})
 	}
 	for _, ls := range d.listeners {
 		st.Listeners = append(st.Listeners, ListenerStatus{Name: ls.cfg.Name, Type: string(ls.cfg.Type), Addr: listenerAddr(&ls.cfg), Pools: ls.cfg.PoolNames(), Since: ls.since})
 	}
 	d.mu.Unlock()
 	for _, v := range pools {
-		st.Pools = append(st.Pools, poolStatus(v.name, v.policy, v.key, v.ps.pool, v.checker, v.ps.events))
+		ps := poolStatus(v.name, v.policy, v.key, v.ps.pool, v.checker, v.ps.events)
+		ps.Discovery = v.sources
+		st.Pools = append(st.Pools, ps)
+	}
+	if n := d.cluster.Load(); n != nil {
+		st.Cluster = n.status()
 	}
 	sortStatus(&st)
 	return st

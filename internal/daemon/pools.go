@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 
@@ -37,6 +36,7 @@ type poolState struct {
 	checker *health.Checker
 	events  *lastEvents
 	unsub   func()
+	disc    *discoveryLoop // nil unless the pool's members come from discovery (see discovery.go)
 }
 
 // builder returns the policy of p.
@@ -85,46 +85,6 @@ func poolConfig(p *config.Pool, log *slog.Logger) (balancer.Config, error) {
 		PanicThreshold: p.PanicThreshold, LocalZone: p.LocalZone, LocalZoneMinReady: p.LocalZoneMinReady,
 		EWMADecay: p.EWMADecay, Logger: log,
 	}, nil
-}
-
-// members resolves p's members: IP literals as they are, host names
-// through the resolver (every address a name has becomes a member, with
-// the name's weight, zone and meta).
-func members(ctx context.Context, p *config.Pool, r *net.Resolver) ([]balancer.Backend, error) {
-	var out []balancer.Backend
-	seen := make(map[netip.AddrPort]bool)
-	for i := range p.Members {
-		m := &p.Members[i]
-		add := func(ap netip.AddrPort) {
-			if seen[ap] {
-				return
-			}
-			seen[ap] = true
-			out = append(out, balancer.Backend{Addr: ap, Weight: uint32(m.Weight), Zone: m.Zone, Meta: m.Meta})
-		}
-		if ap, ok := m.AddrPort(); ok {
-			add(ap)
-			continue
-		}
-		host, port, err := net.SplitHostPort(m.Addr)
-		if err != nil {
-			return nil, fmt.Errorf("daemon: pool %s: member %q: %w", p.Name, m.Addr, err)
-		}
-		pn, err := net.LookupPort("tcp", port)
-		if err != nil {
-			return nil, fmt.Errorf("daemon: pool %s: member %q: %w", p.Name, m.Addr, err)
-		}
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		addrs, err := r.LookupNetIP(rctx, "ip", host)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("daemon: pool %s: member %q: %w", p.Name, m.Addr, err)
-		}
-		for _, a := range addrs {
-			add(netip.AddrPortFrom(a.Unmap(), uint16(pn)))
-		}
-	}
-	return out, nil
 }
 
 // healthTemplate returns the health template of p.
@@ -219,7 +179,7 @@ func newPool(ctx context.Context, p *config.Pool, log *slog.Logger, r *net.Resol
 	if err != nil {
 		return nil, err
 	}
-	bs, err := members(ctx, p, r)
+	plan, err := planMembers(p, r)
 	if err != nil {
 		return nil, err
 	}
@@ -235,9 +195,9 @@ func newPool(ctx context.Context, p *config.Pool, log *slog.Logger, r *net.Resol
 	if err := ps.startChecker(log, tmpl); err != nil {
 		return nil, err
 	}
-	if err := bp.Set(bs); err != nil {
+	if err := ps.applyMembers(plan, log); err != nil {
 		ps.close()
-		return nil, fmt.Errorf("daemon: pool %s: %w", p.Name, err)
+		return nil, err
 	}
 	return ps, nil
 }
@@ -266,7 +226,7 @@ func (ps *poolState) startChecker(log *slog.Logger, tmpl health.Template) error 
 func (ps *poolState) prepare(ctx context.Context, p *config.Pool, ch config.PoolChange, log *slog.Logger, r *net.Resolver) (func() error, error) {
 	var bc balancer.Config
 	var tmpl health.Template
-	var bs []balancer.Backend
+	var plan memberPlan
 	var err error
 	if ch.Settings {
 		if bc, err = poolConfig(p, log); err != nil {
@@ -278,8 +238,8 @@ func (ps *poolState) prepare(ctx context.Context, p *config.Pool, ch config.Pool
 			return nil, err
 		}
 	}
-	if ch.Members {
-		if bs, err = members(ctx, p, r); err != nil {
+	if ch.Members || ch.Discovery {
+		if plan, err = planMembers(p, r); err != nil {
 			return nil, err
 		}
 	}
@@ -289,9 +249,9 @@ func (ps *poolState) prepare(ctx context.Context, p *config.Pool, ch config.Pool
 				return fmt.Errorf("daemon: pool %s: %w", p.Name, err)
 			}
 		}
-		if ch.Members {
-			if err := ps.pool.Set(bs); err != nil {
-				return fmt.Errorf("daemon: pool %s: %w", p.Name, err)
+		if ch.Members || ch.Discovery {
+			if err := ps.applyMembers(plan, log); err != nil {
+				return err
 			}
 			// An operator's override lasts until the configuration
 			// changes the member.
@@ -316,6 +276,7 @@ func (ps *poolState) prepare(ctx context.Context, p *config.Pool, ch config.Pool
 }
 
 func (ps *poolState) close() {
+	ps.disc.stop()
 	if ps.unsub != nil {
 		ps.unsub()
 	}

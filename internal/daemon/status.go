@@ -29,6 +29,8 @@ type Status struct {
 	Reloads   []ReloadStatus   `json:"reloads"`
 	Pools     []PoolStatus     `json:"pools"`
 	Listeners []ListenerStatus `json:"listeners"`
+	// Cluster is the node's part in a cluster (lbkit serve -etcd).
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 }
 
 // ReloadStatus is the outcome of one reload.
@@ -50,6 +52,9 @@ type PoolStatus struct {
 	Panic   bool           `json:"panic"`
 	Version uint64         `json:"snapshot_version"`
 	Members []MemberStatus `json:"members"`
+	// Discovery lists the pool's discovery sources, when its members
+	// come from discovery (see SourceStatus).
+	Discovery []SourceStatus `json:"discovery,omitempty"`
 }
 
 // MemberStatus is one member of a pool.

@@ -27,6 +27,12 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* The 802.1Q tag a driver took out of the frame (VLAN offload), as the
+ * kernel's XDP metadata kfunc reports it: 0 if there was one. It works in
+ * a program bound to its device (driver mode), on drivers that implement
+ * it (veth does); elsewhere it returns -EOPNOTSUPP. */
+extern int bpf_xdp_metadata_rx_vlan_tag(const struct xdp_md *ctx, __u16 *vlan_proto, __u16 *vlan_tci) __ksym __weak;
+
 static __always_inline void count(struct counters *c, __u64 bytes)
 {
 	if (c) {
@@ -84,8 +90,13 @@ static __always_inline struct backend *backend_ok(__u32 id, __u32 service)
 	return be;
 }
 
-SEC("xdp")
-int l2lb_xdp(struct xdp_md *ctx)
+/* balance is the program; vlan_meta (a constant at each entry point)
+ * says whether to ask the driver for a VLAN tag it took out of the frame.
+ * Only a program bound to its device may ask (metadata kfuncs), so there
+ * are two entry points: l2lb_xdp, loaded for generic mode and
+ * BPF_PROG_TEST_RUN, and l2lb_xdp_bound, loaded bound to the interface
+ * for driver mode. */
+static __always_inline int balance(struct xdp_md *ctx, const int vlan_meta)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -106,6 +117,14 @@ int l2lb_xdp(struct xdp_md *ctx)
 	struct vip_entry *svc = find_service(&pkt, cfg->flags & CONFIG_VIPS_B ? 1u << vip_bits : 0);
 	if (!svc)
 		goto pass;
+	if (vlan_meta) {
+		/* A frame of another VLAN, whose tag the driver moved out of
+		 * the frame: not ours to balance (an in-band tag already made
+		 * parse_packet refuse it). */
+		__u16 vproto, vtci;
+		if (bpf_xdp_metadata_rx_vlan_tag(ctx, &vproto, &vtci) == 0)
+			goto pass;
+	}
 	__u32 sid = svc->service;
 	count(bpf_map_lookup_elem(&service_stats, &sid), len);
 
@@ -169,4 +188,16 @@ no_backend:
 pass:
 	g->passed++;
 	return XDP_PASS;
+}
+
+SEC("xdp")
+int l2lb_xdp(struct xdp_md *ctx)
+{
+	return balance(ctx, 0);
+}
+
+SEC("xdp")
+int l2lb_xdp_bound(struct xdp_md *ctx)
+{
+	return balance(ctx, 1);
 }

@@ -96,4 +96,21 @@ struct {
 	__uint(max_entries, 1);
 } global_stats SEC(".maps");
 
+/* Control-plane state the program never reads, kept in maps so that it
+ * is pinned with them: each backend id's address, and what the maps
+ * belong to (struct meta). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend_addr);
+	__uint(max_entries, MAX_BACKENDS);
+} backend_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct meta);
+	__uint(max_entries, 1);
+} lb_meta SEC(".maps");
+
 #endif

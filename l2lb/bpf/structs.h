@@ -124,4 +124,21 @@ struct global_counters {
 	__u64 conn_lost;    /* TCP, not a SYN, no entry: evicted, or older than the program */
 };
 
+/* A backend id's address and port, for the control plane alone: a new
+ * process adopting pinned maps learns which member each id was. */
+struct backend_addr {
+	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* host byte order */
+	__u8 family;   /* 4 or 6; 0: the id is free */
+	__u8 pad;
+};
+
+/* What the pinned maps belong to, for the control plane alone: a process
+ * adopts them only with the same layout, namespace and interface. */
+struct meta {
+	__u32 layout;  /* META_LAYOUT of the program that created the maps */
+	__u32 ifindex; /* the interface the program is attached to */
+	__u64 netns;   /* inode of that interface's network namespace */
+};
+
 #endif
