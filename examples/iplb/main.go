@@ -32,7 +32,7 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Stdout); err != nil {
 		if errors.Is(err, netlab.ErrNotPermitted) {
 			fmt.Println("iplb example: skipped:", err)
 			fmt.Println("run it as root: sudo go run ./examples/iplb")
@@ -42,7 +42,7 @@ func main() {
 	}
 }
 
-func run() error {
+func run(w io.Writer) error {
 	lab, err := netlab.Open(netlab.Config{Prefix: "lbkex"})
 	if err != nil {
 		return err
@@ -107,7 +107,7 @@ func run() error {
 	if err := lb.Sync(context.Background()); err != nil {
 		return err
 	}
-	fmt.Printf("service web on %v/tcp, gateway mode, backends weighted 1:1:2\n", vip)
+	fmt.Fprintf(w, "service web on %v/tcp, gateway mode, backends weighted 1:1:2\n", vip)
 
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: client.DialContext, DisableKeepAlives: true,
@@ -129,7 +129,7 @@ func run() error {
 			counts[name]++
 			saw, _, _ = net.SplitHostPort(rest)
 		}
-		fmt.Printf("  %d new connections: backend1 %d, backend2 %d, backend3 %d (backends see the client as %s)\n",
+		fmt.Fprintf(w, "  %d new connections: backend1 %d, backend2 %d, backend3 %d (backends see the client as %s)\n",
 			n, counts["backend1"], counts["backend2"], counts["backend3"], saw)
 		return nil
 	}
@@ -141,7 +141,7 @@ func run() error {
 	if err := lb.Sync(context.Background()); err != nil {
 		return err
 	}
-	fmt.Println("backend3 marked unhealthy (one nftables batch):")
+	fmt.Fprintln(w, "backend3 marked unhealthy (one nftables batch):")
 	if err := send(200); err != nil {
 		return err
 	}
@@ -151,15 +151,15 @@ func run() error {
 		return err
 	}
 	for _, st := range stats {
-		fmt.Printf("kernel counters for %s: %d flows, %d slots in the map\n", st.Name, st.Flows, st.TableSize)
+		fmt.Fprintf(w, "kernel counters for %s: %d flows, %d slots in the map\n", st.Name, st.Flows, st.TableSize)
 		for _, b := range st.Backends {
-			fmt.Printf("  %v: %d flows, %d slots\n", b.Addr, b.Flows, b.Slots)
+			fmt.Fprintf(w, "  %v: %d flows, %d slots\n", b.Addr, b.Flows, b.Slots)
 		}
 	}
 	if err := lb.Close(); err != nil {
 		return err
 	}
-	fmt.Println("closed: the balancer's nftables table is gone")
+	fmt.Fprintln(w, "closed: the balancer's nftables table is gone")
 	return nil
 }
 

@@ -37,12 +37,12 @@ func main() {
 		fmt.Println("Run it as: sudo go run ./examples/l2lb")
 		return
 	}
-	if err := run(); err != nil {
+	if err := run(os.Stdout); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run() error {
+func run(w io.Writer) error {
 	lab, err := netlab.Open(netlab.Config{Prefix: "l2lbex"})
 	if err != nil {
 		return err
@@ -84,7 +84,7 @@ func run() error {
 		if err := l2lb.CheckBackend(h.Do, vip); err != nil {
 			return err
 		}
-		fmt.Printf("%s (%v): set up for direct server return\n", h.Name(), h.Addr4())
+		fmt.Fprintf(w, "%s (%v): set up for direct server return\n", h.Name(), h.Addr4())
 		if err := serve(h); err != nil {
 			return err
 		}
@@ -114,13 +114,13 @@ func run() error {
 	if err := bal.Sync(ctx); err != nil {
 		return err
 	}
-	fmt.Printf("balancer attached to lb/eth0 in %s mode; VIP %v:80\n\n", bal.Mode(), vip)
+	fmt.Fprintf(w, "balancer attached to lb/eth0 in %s mode; VIP %v:80\n\n", bal.Mode(), vip)
 
 	counts, err := spread(client, 300)
 	if err != nil {
 		return err
 	}
-	fmt.Println("300 new connections to the VIP were served by:", counts)
+	fmt.Fprintln(w, "300 new connections to the VIP were served by:", counts)
 
 	lbRx0, clientRx0 := rxBytes(lb), rxBytes(client)
 	for range 4 {
@@ -128,7 +128,7 @@ func run() error {
 			return err
 		}
 	}
-	fmt.Printf("4 downloads of 8 MiB: the client received %d bytes; the balancer's eth0 received %d (requests and ACKs only: replies bypass it)\n\n",
+	fmt.Fprintf(w, "4 downloads of 8 MiB: the client received %d bytes; the balancer's eth0 received %d (requests and ACKs only: replies bypass it)\n\n",
 		rxBytes(client)-clientRx0, rxBytes(lb)-lbRx0)
 
 	failed := members[1].Addr
@@ -140,16 +140,16 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("be2 marked unhealthy; 300 new connections were served by: %v\n\n", counts)
+	fmt.Fprintf(w, "be2 marked unhealthy; 300 new connections were served by: %v\n\n", counts)
 
 	st, err := bal.Stats()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("XDP counters: forwarded %d, passed %d, dropped %d (no backend %d); connection table hits %d, misses %d\n",
+	fmt.Fprintf(w, "XDP counters: forwarded %d, passed %d, dropped %d (no backend %d); connection table hits %d, misses %d\n",
 		st.Forwarded, st.Passed, st.Dropped, st.NoBackend, st.ConnHits, st.ConnMisses)
 	for _, b := range st.Services[0].Backends {
-		fmt.Printf("  %-15v %v up=%-5v in-ring=%-5v %6d packets %9d bytes\n", b.Addr, b.MAC, b.Up, b.InRing, b.Packets, b.Bytes)
+		fmt.Fprintf(w, "  %-15v %v up=%-5v in-ring=%-5v %6d packets %9d bytes\n", b.Addr, b.MAC, b.Up, b.InRing, b.Packets, b.Bytes)
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "redirect example:", err)
 		os.Exit(1)
 	}
@@ -46,12 +46,17 @@ func serve(h http.Handler) (netip.AddrPort, func(), error) {
 	return netip.MustParseAddrPort(ln.Addr().String()), stop, nil
 }
 
-func run() error {
+// run runs the example and writes what it sees to w.
+func run(w io.Writer) error {
 	// The pool is the only list of backends; each is redirected to as
 	// http://<addr> (a member's redirect.MetaURL metadata says otherwise).
-	pool := balancer.MustNew(balancer.Config{Name: "demo", Builder: roundrobin.Builder{}, Logger: slog.New(slog.DiscardHandler)})
+	pool, err := balancer.New(balancer.Config{Name: "demo", Builder: roundrobin.Builder{}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
 	defer pool.Close()
 	stops := map[netip.AddrPort]func(){}
+	names := map[netip.AddrPort]string{}
 	for _, name := range []string{"alpha", "beta", "gamma"} {
 		addr, stop, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "%s served %s", name, r.URL.RequestURI())
@@ -61,6 +66,7 @@ func run() error {
 		}
 		defer stop()
 		stops[addr] = stop
+		names[addr] = name
 		if err := pool.Add(balancer.Backend{Addr: addr}); err != nil {
 			return err
 		}
@@ -94,11 +100,14 @@ func run() error {
 	}
 	defer stop()
 
-	client := &http.Client{Timeout: 5 * time.Second}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: tr}
 	get := func(path string) error {
 		var hops []string
 		client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-			hops = append(hops, req.URL.String())
+			// req.Response is the redirect that led here.
+			hops = append(hops, fmt.Sprintf("%d %s", req.Response.StatusCode, req.URL))
 			return nil
 		}
 		resp, err := client.Get("http://" + dispatcher.String() + path)
@@ -110,7 +119,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("GET %-12s → %v → %q\n", path, hops, body)
+		fmt.Fprintf(w, "GET %-12s → %v → %q\n", path, hops, body)
 		return nil
 	}
 
@@ -125,21 +134,23 @@ func run() error {
 	down := pool.Snapshot().Members[0].Addr()
 	stops[down]()
 	start := time.Now()
+	timeout := time.NewTimer(5 * time.Second)
+	defer timeout.Stop()
 	for ready := true; ready; {
 		snap := h.Pool().Snapshot()
 		ready = false
-		for _, w := range snap.Ready {
-			ready = ready || w.Endpoint.Addr() == down
+		for _, r := range snap.Ready {
+			ready = ready || r.Endpoint.Addr() == down
 		}
 		if ready {
 			select {
 			case <-snap.Changed():
-			case <-time.After(5 * time.Second):
-				return fmt.Errorf("backend %v was never ejected", down)
+			case <-timeout.C:
+				return fmt.Errorf("backend %s (%v) was never ejected", names[down], down)
 			}
 		}
 	}
-	fmt.Printf("backend %v is down; ejected after %v\n", down, time.Since(start).Round(10*time.Millisecond))
+	fmt.Fprintf(w, "backend %s (%v) is down; ejected after %v\n", names[down], down, time.Since(start).Round(10*time.Millisecond))
 	for _, p := range []string{"/e", "/f", "/g"} {
 		if err := get(p); err != nil {
 			return err

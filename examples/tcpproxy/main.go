@@ -24,7 +24,7 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "tcpproxy example:", err)
 		os.Exit(1)
 	}
@@ -52,7 +52,8 @@ func backend(serve func(net.Conn)) (net.Listener, netip.AddrPort, error) {
 	return ln, netip.MustParseAddrPort(ln.Addr().String()), nil
 }
 
-func run() error {
+// run runs the example and writes what it sees to w.
+func run(w io.Writer) error {
 	var backends []balancer.Backend
 	for _, name := range []string{"alpha", "beta"} {
 		ln, addr, err := backend(func(c net.Conn) {
@@ -103,8 +104,23 @@ func run() error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(context.Background(), ln) }()
+	// An early return closes the proxy; the normal path drains it below.
+	drained := false
+	defer func() {
+		if !drained {
+			p.Close()
+			<-served
+		}
+	}()
 
-	for i := range 4 {
+	// Four clients, and more until the dead address has had its turn
+	// (round robin gets there within three when the picks share a
+	// counter shard; see the roundrobin package).
+	deadEp := p.Pool().Endpoint(deadAddr)
+	for i := 0; i < 4 || deadEp.Requests() == 0; i++ {
+		if i == 12 {
+			return fmt.Errorf("%v was not picked for %d connections", deadAddr, i)
+		}
 		c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
 		if err != nil {
 			return err
@@ -117,18 +133,20 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("client %d (%v): %s\n", i, c.LocalAddr(), reply)
+		fmt.Fprintf(w, "client %d (%v): %s\n", i, c.LocalAddr(), reply)
 	}
-	fmt.Println("failed dials to", deadAddr, "→", p.Pool().Endpoint(deadAddr).Failures(), "(each retried on a live backend)")
+	fmt.Fprintln(w, "failed dials to", deadAddr, "→", deadEp.Failures(), "(each retried on a live backend)")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := p.Shutdown(ctx); err != nil {
-		return err
-	}
+	drained = true
+	err = p.Shutdown(ctx)
 	if err := <-served; err != nil {
 		return err
 	}
-	fmt.Println("drained")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "drained")
 	return nil
 }
