@@ -26,17 +26,20 @@ func testHTTPMaxConnsQueue(t *testing.T, fe frontEnd) {
 	c := testClient(t, 4)
 
 	// A takes the only slot and blocks in the backend.
-	first := make(chan int, 1)
+	first := make(chan string, 1)
 	go func() {
-		code, _, _ := get(t, c, p.url+"/slow")
-		first <- code
+		code, _, _, err := fetch(c, p.url+"/slow")
+		first <- fmt.Sprint(code, " ", err)
 	}()
 	<-b.entered
 
 	// B queues and times out: 503.
 	second := make(chan string, 1)
 	go func() {
-		code, body, _ := get(t, c, p.url+"/")
+		code, body, _, err := fetch(c, p.url+"/")
+		if err != nil {
+			body = err.Error()
+		}
 		second <- fmt.Sprint(code, " ", body)
 	}()
 	require.Eventually(t, func() bool { return queued(p.h) == 1 }, 10*time.Second, time.Millisecond)
@@ -48,7 +51,7 @@ func testHTTPMaxConnsQueue(t *testing.T, fe frontEnd) {
 
 	assert.Equal(t, "503 proxy: backends busy, timed out in queue\n", <-second)
 	close(b.hold)
-	assert.Equal(t, http.StatusOK, <-first)
+	assert.Equal(t, "200 <nil>", <-first)
 	assert.Equal(t, int64(1), b.hits.Load(), "only A reached the backend")
 }
 
@@ -60,9 +63,13 @@ func testHTTPQueuedRequestServed(t *testing.T, fe frontEnd) {
 	c := testClient(t, 4)
 	var wg sync.WaitGroup
 	codes := make(chan int, 3)
+	errs := make(chan error, 3)
 	for range 2 {
 		wg.Go(func() {
-			code, _, _ := get(t, c, p.url+"/slow")
+			code, _, _, err := fetch(c, p.url+"/slow")
+			if err != nil {
+				errs <- err
+			}
 			codes <- code
 		})
 	}
@@ -71,8 +78,13 @@ func testHTTPQueuedRequestServed(t *testing.T, fe frontEnd) {
 	// Both backends are full: the next request waits for whichever frees
 	// a slot first.
 	wg.Go(func() {
-		code, body, _ := get(t, c, p.url+"/")
-		assert.Equal(t, "b", body)
+		code, body, _, err := fetch(c, p.url+"/")
+		if err == nil && body != "b" {
+			err = fmt.Errorf("queued request served by %q, want b", body)
+		}
+		if err != nil {
+			errs <- err
+		}
 		codes <- code
 	})
 	require.Eventually(t, func() bool { return queued(p.h) == 1 }, 10*time.Second, time.Millisecond)
@@ -81,6 +93,10 @@ func testHTTPQueuedRequestServed(t *testing.T, fe frontEnd) {
 	close(a.hold)
 	wg.Wait()
 	close(codes)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 	for code := range codes {
 		assert.Equal(t, http.StatusOK, code)
 	}
@@ -514,7 +530,10 @@ func testHTTPShutdownFinishesInFlight(t *testing.T, fe frontEnd) {
 	p := startProxyFE(t, fe, HTTPConfig{}, b)
 	done := make(chan string, 1)
 	go func() {
-		_, body, _ := get(t, testClient(t, 1), p.url+"/slow")
+		_, body, _, err := fetch(testClient(t, 1), p.url+"/slow")
+		if err != nil {
+			body = err.Error()
+		}
 		done <- body
 	}()
 	<-b.entered

@@ -67,10 +67,10 @@ func TestHTTPH2CUpstream(t *testing.T) {
 		for range 4 {
 			wg.Go(func() {
 				for range 30 {
-					code, body, _ := get(t, c, p.url+"/")
-					if code != 200 || body == "c" {
+					code, body, _, err := fetch(c, p.url+"/")
+					if err != nil || code != 200 || body == "c" {
 						mu.Lock()
-						bad = append(bad, fmt.Sprint(code, body))
+						bad = append(bad, fmt.Sprint(code, body, err))
 						mu.Unlock()
 					}
 				}

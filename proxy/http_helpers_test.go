@@ -323,15 +323,29 @@ func testClient(t testing.TB, conns int) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
-// get fetches url and returns the status, body and header.
+// get fetches url and returns the status, body and header; it fails the
+// test on a transport error, so call it from the test's goroutine only
+// (goroutines use fetch and report errors).
 func get(t testing.TB, c *http.Client, url string) (int, string, http.Header) {
 	t.Helper()
-	resp, err := c.Get(url)
+	code, body, hdr, err := fetch(c, url)
 	require.NoError(t, err)
+	return code, body, hdr
+}
+
+// fetch fetches url and returns the status, body and header, or an error;
+// it is safe in any goroutine.
+func fetch(c *http.Client, url string) (int, string, http.Header, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", nil, err
+	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, string(body), resp.Header
+	if err != nil {
+		return 0, "", nil, err
+	}
+	return resp.StatusCode, string(body), resp.Header, nil
 }
 
 // rawRoundTrip sends raw bytes on a new connection to addr and returns
