@@ -1,14 +1,7 @@
 package certs
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,64 +11,20 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/lbkit/lbkit/internal/certs/certstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// ca signs the test certificates, so clients verify them as they would
-// in production.
-type ca struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
+// ca wraps certstest.CA to return Pairs.
+type ca struct{ *certstest.CA }
 
-var serial int64 = 100
+func newCA(t testing.TB) ca { return ca{certstest.NewCA(t)} }
 
-func newCA(t testing.TB) *ca {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lbkit test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &ca{cert, key, pool}
-}
-
-// issue writes an ECDSA P-256 certificate for names, signed by c, and its
-// key into dir as <base>.pem and <base>.key, and returns the pair and the
-// certificate's serial number.
-func (c *ca) issue(t testing.TB, dir, base string, names ...string) (Pair, int64) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
-	require.NoError(t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	p := Pair{CertFile: filepath.Join(dir, base+".pem"), KeyFile: filepath.Join(dir, base+".key")}
-	// Replace by rename, as certificate managers do: a reader never sees
-	// half a file.
-	write := func(path string, block *pem.Block) {
-		tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
-		require.NoError(t, os.WriteFile(tmp, pem.EncodeToMemory(block), 0o600))
-		require.NoError(t, os.Rename(tmp, path))
-	}
-	write(p.KeyFile, &pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	write(p.CertFile, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return p, serial
+func (c ca) issue(t testing.TB, dir, base string, names ...string) (Pair, int64) {
+	cf, kf, sn := c.Issue(t, dir, base, names...)
+	return Pair{CertFile: cf, KeyFile: kf}, sn
 }
 
 // dial runs a handshake between a server on cfg and a client on ccfg
@@ -110,8 +59,8 @@ func dial(t *testing.T, cfg, ccfg *tls.Config) (*tls.Conn, *tls.Conn) {
 	return srv, cli
 }
 
-func client(c *ca, name string) *tls.Config {
-	return &tls.Config{RootCAs: c.pool, ServerName: name}
+func client(c ca, name string) *tls.Config {
+	return &tls.Config{RootCAs: c.Pool, ServerName: name}
 }
 
 func served(c *tls.Conn) int64 { return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64() }
