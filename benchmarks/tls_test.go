@@ -139,8 +139,8 @@ func tlsChildMain(kind string, args []string) int {
 	case "load":
 		conns, _ := strconv.Atoi(args[2])
 		d, _ := time.ParseDuration(args[3])
-		r := tlsGoLoad(args[0], args[1], conns, d)
-		fmt.Printf("%d %d %f %f\n", int64(r.requests), int64(r.errors), r.p50, r.p99)
+		r, resumed := tlsGoLoad(args[0], args[1], conns, d)
+		fmt.Printf("%d %d %f %f %d\n", int64(r.requests), int64(r.errors), r.p50, r.p99, resumed)
 		return 0
 	}
 	return fail(fmt.Errorf("unknown child %q", kind))
@@ -149,12 +149,13 @@ func tlsChildMain(kind string, args []string) int {
 // tlsGoLoad runs conns clients against addr for d. Mode "hs-full" and
 // "hs-resume" make one request per TLS connection, without and with a
 // session cache; "keepalive" makes them all on one connection per client.
-func tlsGoLoad(addr, mode string, conns int, d time.Duration) pxResult {
+// It also returns how many connections resumed a session.
+func tlsGoLoad(addr, mode string, conns int, d time.Duration) (pxResult, int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var mu sync.Mutex
 	var lats []time.Duration
-	var errs atomic.Int64
+	var errs, resumed atomic.Int64
 	req := []byte("GET / HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n")
 	if mode == "keepalive" {
 		req = []byte("GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")
@@ -199,6 +200,9 @@ func tlsGoLoad(addr, mode string, conns int, d time.Duration) pxResult {
 					continue
 				}
 				local = append(local, time.Since(t0))
+				if c.ConnectionState().DidResume {
+					resumed.Add(1)
+				}
 				if mode != "keepalive" {
 					c.Close()
 					c = nil
@@ -211,11 +215,11 @@ func tlsGoLoad(addr, mode string, conns int, d time.Duration) pxResult {
 	}
 	wg.Wait()
 	if len(lats) == 0 {
-		return pxResult{errors: float64(errs.Load())}
+		return pxResult{errors: float64(errs.Load())}, 0
 	}
 	slices.Sort(lats)
 	ms := func(q float64) float64 { return float64(lats[int(q*float64(len(lats)-1))]) / 1e6 }
-	return pxResult{rps: float64(len(lats)) / d.Seconds(), p50: ms(0.5), p99: ms(0.99), requests: float64(len(lats)), errors: float64(errs.Load())}
+	return pxResult{rps: float64(len(lats)) / d.Seconds(), p50: ms(0.5), p99: ms(0.99), requests: float64(len(lats)), errors: float64(errs.Load())}, resumed.Load()
 }
 
 // tlsLoad runs a load of mode against addr in a child process (wrk for
@@ -237,14 +241,19 @@ func tlsLoad(addr, mode string, d time.Duration) (pxResult, error) {
 	if err != nil {
 		return pxResult{}, fmt.Errorf("load: %v: %s", err, out)
 	}
-	var n, e int64
+	var n, e, resumed int64
 	var r pxResult
-	if _, err := fmt.Sscan(string(out), &n, &e, &r.p50, &r.p99); err != nil {
+	if _, err := fmt.Sscan(string(out), &n, &e, &r.p50, &r.p99, &resumed); err != nil {
 		return r, fmt.Errorf("load: %q: %v", out, err)
 	}
 	r.requests, r.errors, r.rps = float64(n), float64(e), float64(n)/d.Seconds()
-	if n == 0 {
+	switch {
+	case n == 0:
 		return r, fmt.Errorf("load: no request completed (%d errors)", e)
+	case mode == "hs-full" && resumed > 0:
+		return r, fmt.Errorf("load: %d of %d connections resumed without a session cache", resumed, n)
+	case mode == "hs-resume" && resumed < n*9/10:
+		return r, fmt.Errorf("load: only %d of %d connections resumed", resumed, n)
 	}
 	return r, nil
 }
@@ -480,7 +489,8 @@ func BenchmarkTLS(b *testing.B) {
 			b.ReportMetric(md.cpu, m+"/"+p.name+"-cpu-us/req")
 		}
 	}
-	b.Log(table.String() + "server-x and nethttp-x: lbkit's median req/s / the peer's, then CPU per request / the peer's")
+	// Printed, not logged: the testing package cuts a benchmark's log.
+	fmt.Println(table.String() + "server-x and nethttp-x: lbkit's median req/s / the peer's, then CPU per request / the peer's")
 }
 
 // BenchmarkTLSHandshakeGo measures one whole crypto/tls handshake (client

@@ -159,9 +159,12 @@ func New(cfg Config) (*Store, error) {
 }
 
 // Config returns a TLS configuration for a server that speaks the
-// store's NextProtos (by default HTTP/2 and HTTP/1.1, for net/http). It
-// is the same value on every call; clones of it (net/http clones its
-// TLSConfig) keep following the store's certificates and ticket keys.
+// store's NextProtos (by default HTTP/2 and HTTP/1.1, for net/http).
+// Clones of it (net/http clones its TLSConfig) keep following the store's
+// certificates and ticket keys: its GetConfigForClient hands every
+// handshake to a configuration the store owns, so changes made to the
+// returned value do not reach handshakes. Each call returns a new value
+// over the same shared state.
 func (s *Store) Config() *tls.Config { return s.ConfigALPN(s.cfg.NextProtos...) }
 
 // ConfigALPN is [Store.Config] offering the ALPN protocols protos
