@@ -142,11 +142,16 @@ func TestWatchReloadsReplacedFiles(t *testing.T) {
 	require.Equal(t, oldSN, served(cli))
 
 	_, newSN := c.issue(t, dir, "site", "site.example")
-	for err := range reloaded {
-		if err == nil {
-			break
+	timeout := time.After(10 * time.Second)
+	for done := false; !done; {
+		select {
+		case err := <-reloaded:
+			if done = err == nil; !done {
+				t.Logf("reload during the replacement: %v", err)
+			}
+		case <-timeout:
+			t.Fatal("no reload within 10s of replacing the files")
 		}
-		t.Logf("reload during the replacement: %v", err)
 	}
 	_, cli2 := dial(t, st.Config(), client(c, "site.example"))
 	assert.Equal(t, newSN, served(cli2))
