@@ -67,7 +67,7 @@ const (
 	tlsChildEnv = "LBKIT_BENCH_TLS_CHILD"
 	tlsRounds   = 3
 	tlsConns    = 100
-	tlsWarmup   = time.Second
+	tlsWarmup   = 2 * time.Second
 	tlsDuration = 3 * time.Second
 	tlsBodySize = 100
 )
@@ -442,7 +442,8 @@ func BenchmarkTLS(b *testing.B) {
 		for _, m := range modes {
 			for _, p := range peers {
 				if _, err := tlsLoad(p.addr, m, tlsWarmup); err != nil {
-					b.Fatalf("round %d %s %s warm-up: %v", round, m, p.name, err)
+					// A warm-up may starve on a loaded machine; the run counts.
+					b.Logf("round %d %s %s warm-up: %v", round, m, p.name, err)
 				}
 				cpu0 := pxCPU(p.pid)
 				res, err := tlsLoad(p.addr, m, tlsDuration)
