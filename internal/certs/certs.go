@@ -102,9 +102,9 @@ type Store struct {
 	closeMu sync.Once
 }
 
-// New loads cfg's pairs and returns a store serving them. With
-// cfg.Watch or ticket rotation on, it starts a goroutine that
-// [Store.Close] stops.
+// New loads cfg's pairs and returns a store serving them. It starts a
+// goroutine (ticket key rotation, and the file watch with cfg.Watch)
+// that [Store.Close] stops.
 func New(cfg Config) (*Store, error) {
 	if len(cfg.Pairs) == 0 {
 		return nil, errors.New("certs: Config.Pairs is empty")
