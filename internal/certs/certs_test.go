@@ -1,6 +1,8 @@
 package certs
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"net"
 	"os"
@@ -94,6 +96,26 @@ func TestSNIPicksCertificate(t *testing.T) {
 			assert.Equal(t, tc.want, served(cli))
 		})
 	}
+}
+
+// Of two certificates for one name, a client gets the first it supports.
+func TestSNIPicksSupportedKeyType(t *testing.T) {
+	c, dir := newCA(t), t.TempDir()
+	ec, ecSN := c.issue(t, dir, "ec", "a.example")
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	cf, kf, rsaSN := c.IssueKey(t, dir, "rsa", rk, "a.example")
+	st, err := New(Config{Pairs: []Pair{ec, {CertFile: cf, KeyFile: kf}}})
+	require.NoError(t, err)
+	defer st.Close()
+
+	_, cli := dial(t, st.Config(), client(c, "a.example"))
+	assert.Equal(t, ecSN, served(cli), "ECDSA, listed first")
+	rsaOnly := client(c, "a.example")
+	rsaOnly.MaxVersion = tls.VersionTLS12
+	rsaOnly.CipherSuites = []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}
+	_, cli = dial(t, st.Config(), rsaOnly)
+	assert.Equal(t, rsaSN, served(cli), "RSA for a client without ECDSA suites")
 }
 
 func TestALPNAndVersions(t *testing.T) {

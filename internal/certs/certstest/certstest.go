@@ -4,6 +4,7 @@
 package certstest
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -68,6 +69,12 @@ func (c *CA) Issue(t testing.TB, dir, base string, names ...string) (certFile, k
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c.IssueKey(t, dir, base, key, names...)
+}
+
+// IssueKey is [CA.Issue] for a key of the caller's (an RSA key, say).
+func (c *CA) IssueKey(t testing.TB, dir, base string, key crypto.Signer, names ...string) (certFile, keyFile string, serial int64) {
+	t.Helper()
 	serial = c.serial.Add(1)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: names[0]},
@@ -81,11 +88,11 @@ func (c *CA) Issue(t testing.TB, dir, base string, names ...string) (certFile, k
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, &key.PublicKey, c.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, key.Public(), c.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kder, err := x509.MarshalECPrivateKey(key)
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +106,7 @@ func (c *CA) Issue(t testing.TB, dir, base string, names ...string) (certFile, k
 			t.Fatal(err)
 		}
 	}
-	write(keyFile, &pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	write(keyFile, &pem.Block{Type: "PRIVATE KEY", Bytes: kder})
 	write(certFile, &pem.Block{Type: "CERTIFICATE", Bytes: der})
 	return certFile, keyFile, serial
 }
