@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -186,7 +187,7 @@ func (s *Store) ConfigALPN(protos ...string) *tls.Config {
 // innerFor returns the configuration handshakes run on for protos, made
 // once per protocol list.
 func (s *Store) innerFor(protos []string) *tls.Config {
-	key := fmt.Sprint(protos)
+	key := strings.Join(protos, "\x00") // registered ALPN names hold no NUL
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if in, ok := s.inner[key]; ok {

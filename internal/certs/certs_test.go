@@ -133,6 +133,7 @@ func TestALPNAndVersions(t *testing.T) {
 	assert.Equal(t, "http/1.1", cli.ConnectionState().NegotiatedProtocol)
 	assert.Equal(t, []string{"h2", "http/1.1"}, st.Config().NextProtos)
 	assert.Same(t, st.innerFor([]string{"http/1.1"}), st.innerFor([]string{"http/1.1"}))
+	assert.NotSame(t, st.innerFor([]string{"a b"}), st.innerFor([]string{"a", "b"}))
 
 	old := client(c, "a.example")
 	old.MaxVersion = tls.VersionTLS11
