@@ -437,6 +437,11 @@ type TLS struct {
 	CertFile string `yaml:"cert_file"`
 	// KeyFile is the PEM private key. Required.
 	KeyFile string `yaml:"key_file"`
+	// HTTP2 offers HTTP/2 to clients (ALPN h2), served through net/http;
+	// without it the listener serves HTTP/1.1 through lbkit's own faster
+	// front-end, as nginx does until its http2 directive. The files are
+	// watched and reloaded when they change. Default: false.
+	HTTP2 bool `yaml:"http2"`
 }
 
 // Cookie is a signed cookie that keeps a client on one backend.

@@ -173,7 +173,7 @@ func (d *Daemon) applyLocked(cfg *config.Config) (err error) {
 			return err
 		}
 	}
-	e := env{ctx: ctx, log: d.log, metrics: d.metrics, access: access}
+	e := env{path: cfg.Path, ctx: ctx, log: d.log, metrics: d.metrics, access: access}
 	if access == nil {
 		e.access = d.access
 	}

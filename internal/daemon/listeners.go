@@ -42,6 +42,9 @@ type listenerState struct {
 
 // env is what starting a listener needs from the daemon.
 type env struct {
+	// path resolves a file named in the configuration (relative to the
+	// configuration file's directory).
+	path    func(string) string
 	ctx     context.Context
 	log     *slog.Logger
 	metrics *Metrics

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lbkit/lbkit/circuit"
 	"github.com/lbkit/lbkit/config"
+	"github.com/lbkit/lbkit/internal/certs"
 	"github.com/lbkit/lbkit/proxy"
 	"github.com/lbkit/lbkit/redirect"
 )
@@ -305,13 +306,22 @@ func buildHTTP(e env) func(l *config.Listener, pools map[string]*poolState) (bui
 			}
 		}
 		readTO, idleTO := h.Timeouts.ClientRead, h.Timeouts.ClientIdle
-		if len(h.Routes) == 0 && h.TLS == nil {
-			// The fast path: the raw HTTP/1.1 front-end.
+		store, err := certStore(e, l, h.TLS)
+		if err != nil {
+			return fail(err)
+		}
+		if store != nil {
+			prev := cleanup
+			cleanup = func() { prev(); store.Close() }
+		}
+		if len(h.Routes) == 0 && (h.TLS == nil || !h.TLS.HTTP2) {
+			// The fast path: the raw HTTP/1.1 front-end (over TLS when
+			// the listener terminates it).
 			srv, err := proxy.NewServer(proxy.ServerConfig{Handler: def, ReadTimeout: readTO, IdleTimeout: idleTO, Logger: e.log.With("listener", l.Name)})
 			if err != nil {
 				return fail(err)
 			}
-			return built{srv, cleanup}, nil
+			return built{withTLS(srv, store), cleanup}, nil
 		}
 		rt := &router{def: def}
 		for _, ro := range h.Routes {
@@ -332,22 +342,52 @@ func buildHTTP(e env) func(l *config.Listener, pools map[string]*poolState) (bui
 			}
 			return len(a.prefix) > len(b.prefix)
 		})
-		hs, err := stdServer(rt, h.TLS, readTO, idleTO)
-		if err != nil {
-			return fail(err)
-		}
-		return built{hs, cleanup}, nil
+		return built{stdServer(rt, store, readTO, idleTO), cleanup}, nil
 	}
 }
 
-// stdServer adapts a net/http server (routing, TLS) to the lifecycle of
-// lbkit's servers.
-type stdHTTP struct {
-	srv *http.Server
-	tls *tls.Config
+// certStore loads a listener's certificate, watched for changes, or
+// returns nil when the listener does not terminate TLS.
+func certStore(e env, l *config.Listener, t *config.TLS) (*certs.Store, error) {
+	if t == nil {
+		return nil, nil
+	}
+	st, err := certs.New(certs.Config{
+		Pairs: []certs.Pair{{CertFile: e.path(t.CertFile), KeyFile: e.path(t.KeyFile)}},
+		Watch: true, Logger: e.log.With("listener", l.Name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: listener %s: %w", l.Name, err)
+	}
+	return st, nil
 }
 
-func stdServer(h http.Handler, t *config.TLS, readTO, idleTO time.Duration) (*stdHTTP, error) {
+// tlsServer serves a raw HTTP/1.1 front-end over TLS: HTTP/1.1 is the
+// only protocol it offers (ALPN).
+type tlsServer struct {
+	netServer
+	cfg *tls.Config
+}
+
+func withTLS(s netServer, st *certs.Store) netServer {
+	if st == nil {
+		return s
+	}
+	return tlsServer{s, st.ConfigALPN("http/1.1")}
+}
+
+func (t tlsServer) Serve(ctx context.Context, ln net.Listener) error {
+	return t.netServer.Serve(ctx, tls.NewListener(ln, t.cfg))
+}
+
+// stdServer adapts a net/http server (routing, HTTP/2 over TLS) to the
+// lifecycle of lbkit's servers.
+type stdHTTP struct {
+	srv *http.Server
+	tls bool
+}
+
+func stdServer(h http.Handler, st *certs.Store, readTO, idleTO time.Duration) *stdHTTP {
 	if readTO == 0 {
 		readTO = 10 * time.Second
 	}
@@ -355,22 +395,18 @@ func stdServer(h http.Handler, t *config.TLS, readTO, idleTO time.Duration) (*st
 		idleTO = 2 * time.Minute
 	}
 	s := &stdHTTP{srv: &http.Server{Handler: h, ReadHeaderTimeout: readTO, IdleTimeout: idleTO}}
-	if t != nil {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("daemon: tls: %w", err)
-		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-		s.srv.TLSConfig = s.tls
+	if st != nil {
+		s.tls = true
+		s.srv.TLSConfig = st.Config() // ALPN h2 and http/1.1
 	}
-	return s, nil
+	return s
 }
 
 func (s *stdHTTP) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { s.srv.Close() })
 	defer stop()
 	var err error
-	if s.tls != nil {
+	if s.tls {
 		err = s.srv.ServeTLS(ln, "", "")
 	} else {
 		err = s.srv.Serve(ln)
@@ -415,20 +451,26 @@ func buildRedirect(e env) func(l *config.Listener, pools map[string]*poolState) 
 		if err != nil {
 			return built{}, fmt.Errorf("daemon: listener %s: %w", l.Name, err)
 		}
-		if e.access == nil && r.TLS == nil {
-			srv, err := redirect.NewServer(redirect.ServerConfig{Handler: h, Logger: e.log.With("listener", l.Name)})
-			if err != nil {
-				return built{}, err
-			}
-			return built{srv, func() {}}, nil
-		}
-		// With an access log (or TLS) the handler runs under net/http,
-		// where each answer can be observed.
-		hs, err := stdServer(redirectLogger{e: e, listener: l.Name, pool: ps.cfg.Name, h: h}, r.TLS, 0, 0)
+		store, err := certStore(e, l, r.TLS)
 		if err != nil {
 			return built{}, err
 		}
-		return built{hs, func() {}}, nil
+		cleanup := func() {
+			if store != nil {
+				store.Close()
+			}
+		}
+		if e.access == nil && (r.TLS == nil || !r.TLS.HTTP2) {
+			srv, err := redirect.NewServer(redirect.ServerConfig{Handler: h, Logger: e.log.With("listener", l.Name)})
+			if err != nil {
+				cleanup()
+				return built{}, err
+			}
+			return built{withTLS(srv, store), cleanup}, nil
+		}
+		// With an access log (or HTTP/2) the handler runs under net/http,
+		// where each answer can be observed.
+		return built{stdServer(redirectLogger{e: e, listener: l.Name, pool: ps.cfg.Name, h: h}, store, 0, 0), cleanup}, nil
 	}
 }
 
