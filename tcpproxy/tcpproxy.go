@@ -68,6 +68,14 @@ type Config struct {
 	// for that long (detected between IdleTimeout and twice it). Zero
 	// means DefaultIdleTimeout; negative disables it.
 	IdleTimeout time.Duration
+	// KeepAlive is the TCP keep-alive idle time (and probe interval) of
+	// both sockets of a connection: the backend's always, the client's
+	// when the server listens itself with [Server.ListenAndServe] (a
+	// listener given to Serve keeps its own setting). Zero or negative
+	// means no keep-alive probes, as HAProxy's default: IdleTimeout
+	// already ends connections whose peer vanished, and Go's default
+	// probes cost four setsockopt calls per socket.
+	KeepAlive time.Duration
 	// MaxConnsPerBackend caps this proxy's open connections to each
 	// backend. A full backend is skipped for another; when all tried are
 	// full the client connection is closed. Zero means no limit.
@@ -133,12 +141,22 @@ func newSettings(cfg Config) (*settings, error) {
 		limit:    int64(cfg.MaxConnsPerBackend),
 	}
 	s.dialer.Timeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
+	s.dialer.KeepAlive = keepAlive(cfg.KeepAlive)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	s.log = log.With("pool", cfg.Pool.Name())
 	return s, nil
+}
+
+// keepAlive maps Config.KeepAlive to the net package's KeepAlive fields,
+// where zero means Go's default probes and negative none.
+func keepAlive(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 // orDefault returns v, or def when v is zero.
@@ -207,9 +225,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	if s.g.Closing() {
 		return ErrServerClosed
 	}
-	ln, err := serve.Listen(ctx, "tcpproxy", addr)
+	lc := net.ListenConfig{KeepAlive: keepAlive(s.set.Load().cfg.KeepAlive)}
+	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("tcpproxy: %w", err)
 	}
 	return s.Serve(ctx, ln)
 }
