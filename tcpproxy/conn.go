@@ -2,7 +2,9 @@ package tcpproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -88,8 +90,36 @@ func (s *Server) handle(c *conn) {
 		early, _ = br.Peek(br.Buffered())
 	}
 
+	// TLS: terminated here, or the ClientHello read for its server name.
+	pool, down := st.cfg.Pool, c.client // down: where the client's bytes are read and written
+	var tlvs []proxyproto.TLV
+	switch {
+	case st.tls != nil:
+		tc, err := handshake(c, early, st.tls, st.header)
+		if err != nil {
+			st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
+			return
+		}
+		early, down = nil, tc
+		cs := tc.ConnectionState()
+		pool = route(st.routes, cs.ServerName, pool)
+		if cs.NegotiatedProtocol != "" {
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.TypeALPN, Value: []byte(cs.NegotiatedProtocol)})
+		}
+		if cs.ServerName != "" {
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.TypeAuthority, Value: []byte(cs.ServerName)})
+		}
+	case st.routes != nil:
+		name, read, err := peekHello(c.client, io.MultiReader(bytes.NewReader(early), c.client), st.header)
+		if err != nil {
+			st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
+			return
+		}
+		early, pool = read, route(st.routes, name, pool)
+	}
+
 	info := st.cfg.Key.Flow(balancer.TCP, client, local)
-	backend, ep, slot, connect, err := s.connect(c.ctx, st, info)
+	backend, ep, slot, connect, err := s.connect(c.ctx, st, pool, info)
 	if err != nil {
 		st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
 		return
@@ -104,6 +134,9 @@ func (s *Server) handle(c *conn) {
 		b := buf[:0]
 		if v != 0 {
 			h := proxyproto.Header{Version: v, Transport: proxyproto.TCP, Source: client, Destination: local}
+			if v == proxyproto.V2 {
+				h.TLVs = tlvs
+			}
 			b = h.Append(b)
 		}
 		if _, err := backend.Write(append(b, early...)); err != nil {
@@ -115,11 +148,35 @@ func (s *Server) handle(c *conn) {
 	// backend however it ends: a reset or an idle timeout mid-stream
 	// cannot be told apart from the client's doing (HAProxy's "observe
 	// layer4" judges connects the same way).
-	if err := pipe(c.client, backend, st.idle); err != nil {
+	if err := pipe(down, backend, st.idle); err != nil {
 		st.log.Debug("tcpproxy: connection ended", "client", client, "backend", ep.Addr(), "err", err)
 	}
 	ep.Done(nil, connect)
 }
+
+// handshake terminates TLS on c's client connection within timeout (or
+// until c is closed); early are client bytes already read.
+func handshake(c *conn, early []byte, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	raw := c.client
+	if len(early) > 0 {
+		raw = &prefixConn{Conn: c.client, r: io.MultiReader(bytes.NewReader(early), c.client)}
+	}
+	tc := tls.Server(raw, cfg)
+	c.client.SetDeadline(time.Now().Add(timeout))
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		return nil, fmt.Errorf("tcpproxy: TLS handshake: %w", err)
+	}
+	return tc, c.client.SetDeadline(time.Time{})
+}
+
+// prefixConn is a connection whose reads come from r: bytes already read
+// from Conn, then Conn.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // readHeader reads the client's PROXY header through br within timeout.
 func readHeader(c net.Conn, br *bufio.Reader, timeout time.Duration) (proxyproto.Header, error) {
@@ -131,17 +188,17 @@ func readHeader(c net.Conn, br *bufio.Reader, timeout time.Duration) (proxyproto
 	return h, c.SetReadDeadline(time.Time{})
 }
 
-// connect picks and dials backends until one accepts, trying up to
+// connect picks from pool and dials backends until one accepts, trying up to
 // st.attempts distinct ones. It returns the connection, its endpoint (with
 // Start called), the per-backend count holding its slot and the connect
 // time. A failed dial is reported to the endpoint (and so to passive
 // health), unless it failed because the server is stopping.
-func (s *Server) connect(ctx context.Context, st *settings, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, *atomic.Int64, time.Duration, error) {
+func (s *Server) connect(ctx context.Context, st *settings, pool *balancer.Pool, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, *atomic.Int64, time.Duration, error) {
 	var tried [8]netip.AddrPort
 	triedList := tried[:0]
 	lastErr := ErrNoBackend
 	for attempt := 0; attempt < st.attempts; attempt++ {
-		ep := pickUntried(st.cfg.Pool, info, triedList)
+		ep := pickUntried(pool, info, triedList)
 		if ep == nil {
 			break
 		}

@@ -37,6 +37,16 @@
 // header's addresses then stand for the client's, in the key and in the
 // header sent on.
 //
+// # TLS
+//
+// [Config.Routes] sends TLS connections to other pools by the server name
+// (SNI) of their ClientHello, without terminating: the proxy reads the
+// hello with crypto/tls's own parser, picks the pool and forwards every
+// byte untouched. [Config.TLS] terminates TLS instead, with certificates
+// from files (reloaded by Update, picked by SNI), session tickets that
+// survive Updates and ALPN; the server name and protocol agreed reach the
+// backend in a PROXY v2 header.
+//
 // # Lifecycle and runtime change
 //
 // [New] validates a [Config]; nothing runs until [Server.Serve] (or

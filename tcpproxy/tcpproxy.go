@@ -2,12 +2,14 @@ package tcpproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,6 +49,26 @@ type Config struct {
 	// proxy follows its membership and health as they change (no call
 	// needed) and never closes it: the pool belongs to its creator.
 	Pool *balancer.Pool
+
+	// Routes sends a TLS connection to another pool by the server name
+	// its ClientHello asks for (SNI), without terminating TLS: the proxy
+	// reads the ClientHello (within HeaderTimeout), picks the pool and
+	// forwards the hello and the rest of the stream untouched. Keys are
+	// server names, matched without regard to case, or wildcards
+	// ("*.example.com" matches one more label); an exact key wins.
+	// Connections without a server name, with one that matches no key, or
+	// that are not TLS go to Pool. With Routes set a client must speak
+	// first, as TLS clients do: one that sends nothing for HeaderTimeout
+	// is closed. With TLS set the name the handshake agreed routes
+	// instead. The proxy follows these pools like Pool and never closes
+	// them.
+	Routes map[string]*balancer.Pool
+	// TLS, when not nil, terminates TLS on client connections with its
+	// certificates (read again by every Update) and forwards the
+	// decrypted stream to backends. Session resumption (tickets) is on
+	// and survives Updates. The handshake must finish within
+	// HeaderTimeout.
+	TLS *TLS
 
 	// Key says how a connection's pick key is derived. The zero value is
 	// no key: the pool's policy picks freely. A client key ("client",
@@ -115,10 +137,13 @@ type settings struct {
 	idle     time.Duration
 	header   time.Duration
 	limit    int64
+	routes   map[string]*balancer.Pool // lower-case keys
+	tls      *tls.Config
 }
 
-// newSettings validates cfg and applies its defaults.
-func newSettings(cfg Config) (*settings, error) {
+// newSettings validates cfg and applies its defaults; keys are the
+// server's TLS session ticket keys.
+func newSettings(cfg Config, keys [][32]byte) (*settings, error) {
 	switch {
 	case cfg.Pool == nil:
 		return nil, errors.New("tcpproxy: Config.Pool is required")
@@ -139,6 +164,21 @@ func newSettings(cfg Config) (*settings, error) {
 		idle:     orDefault(cfg.IdleTimeout, DefaultIdleTimeout),
 		header:   orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
 		limit:    int64(cfg.MaxConnsPerBackend),
+	}
+	for name, pool := range cfg.Routes {
+		if pool == nil {
+			return nil, fmt.Errorf("tcpproxy: Routes[%q] has no pool", name)
+		}
+		if s.routes == nil {
+			s.routes = make(map[string]*balancer.Pool, len(cfg.Routes))
+		}
+		s.routes[strings.ToLower(strings.TrimSuffix(name, "."))] = pool
+	}
+	if cfg.TLS != nil {
+		var err error
+		if s.tls, err = loadTLS(cfg.TLS, keys); err != nil {
+			return nil, err
+		}
 	}
 	s.dialer.Timeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
 	s.dialer.KeepAlive = keepAlive(cfg.KeepAlive)
@@ -178,7 +218,8 @@ func orDefault[T comparable](v, def T) T {
 // All methods are safe for concurrent use. Serve blocks until the server
 // stops; each connection runs on its own goroutines.
 type Server struct {
-	set atomic.Pointer[settings]
+	set  atomic.Pointer[settings]
+	keys [][32]byte // TLS session ticket keys, kept across Updates
 
 	counts sync.Map // netip.AddrPort → *atomic.Int64: open connections per backend
 
@@ -187,11 +228,12 @@ type Server struct {
 
 // New validates cfg and returns a server that is not yet serving.
 func New(cfg Config) (*Server, error) {
-	st, err := newSettings(cfg)
+	keys := newTicketKeys()
+	st, err := newSettings(cfg, keys)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{}
+	s := &Server{keys: keys}
 	s.set.Store(st)
 	return s, nil
 }
@@ -205,7 +247,7 @@ func New(cfg Config) (*Server, error) {
 // running keep the logger it started with. An invalid cfg returns an
 // error and changes nothing.
 func (s *Server) Update(cfg Config) error {
-	st, err := newSettings(cfg)
+	st, err := newSettings(cfg, s.keys)
 	if err != nil {
 		return err
 	}

@@ -794,11 +794,11 @@ func TestUpdateConcurrent(t *testing.T) {
 // socket in Go's default) are off unless Config.KeepAlive asks for them.
 func TestKeepAliveOffByDefault(t *testing.T) {
 	pool := newPool(t, nil)
-	st, err := newSettings(Config{Pool: pool})
+	st, err := newSettings(Config{Pool: pool}, nil)
 	require.NoError(t, err)
 	assert.Negative(t, st.dialer.KeepAlive, "no probes on backend sockets")
 	assert.Negative(t, keepAlive(0))
-	st, err = newSettings(Config{Pool: pool, KeepAlive: 30 * time.Second})
+	st, err = newSettings(Config{Pool: pool, KeepAlive: 30 * time.Second}, nil)
 	require.NoError(t, err)
 	assert.Equal(t, 30*time.Second, st.dialer.KeepAlive)
 }
