@@ -30,6 +30,7 @@ type conn struct {
 	mu      sync.Mutex
 	backend net.Conn
 	closed  bool
+	flow    *flow // set once an event loop owns the sockets
 }
 
 // Close closes both sides and cancels a dial in progress; it is
@@ -39,11 +40,21 @@ func (c *conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	if c.flow != nil {
+		c.flow.shut() // the loop closes the sockets
+		return nil
+	}
 	err := c.client.Close()
 	if c.backend != nil {
 		c.backend.Close()
 	}
 	return err
+}
+
+// closeConns closes both sides; the event loop that owned them calls it.
+func (c *conn) closeConns() {
+	c.client.Close()
+	c.backend.Close()
 }
 
 // setBackend records the backend side, or reports false (and closes b)
@@ -67,7 +78,12 @@ var headerReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 
 // handle proxies one client connection with the settings current when it
 // starts.
 func (s *Server) handle(c *conn) {
-	defer c.Close()
+	handed := false // to an event loop, which closes c
+	defer func() {
+		if !handed {
+			c.Close()
+		}
+	}()
 	st := s.set.Load()
 	client, local := addrPort(c.client.RemoteAddr()), addrPort(c.client.LocalAddr())
 
@@ -124,8 +140,8 @@ func (s *Server) handle(c *conn) {
 		st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
 		return
 	}
-	defer slot.Add(-1)
 	if !c.setBackend(backend) {
+		slot.Add(-1)
 		ep.Done(nil, connect) // closed by Close or Shutdown: not the backend's fault
 		return
 	}
@@ -140,6 +156,7 @@ func (s *Server) handle(c *conn) {
 			b = h.Append(b)
 		}
 		if _, err := backend.Write(append(b, early...)); err != nil {
+			slot.Add(-1)
 			ep.Done(fmt.Errorf("tcpproxy: write to %v: %w", ep.Addr(), err), connect)
 			return
 		}
@@ -148,10 +165,20 @@ func (s *Server) handle(c *conn) {
 	// backend however it ends: a reset or an idle timeout mid-stream
 	// cannot be told apart from the client's doing (HAProxy's "observe
 	// layer4" judges connects the same way).
-	if err := pipe(down, backend, st.idle); err != nil {
-		st.log.Debug("tcpproxy: connection ended", "client", client, "backend", ep.Addr(), "err", err)
+	done := func(err error) {
+		slot.Add(-1)
+		if err != nil {
+			st.log.Debug("tcpproxy: connection ended", "client", client, "backend", ep.Addr(), "err", err)
+		}
+		ep.Done(nil, connect)
 	}
-	ep.Done(nil, connect)
+	if dc, ok := down.(*net.TCPConn); ok {
+		if bc, ok := backend.(*net.TCPConn); ok && s.handOff(c, dc, bc, st.idle, done) {
+			handed = true
+			return
+		}
+	}
+	done(pipe(down, backend, st.idle))
 }
 
 // handshake terminates TLS on c's client connection within timeout (or

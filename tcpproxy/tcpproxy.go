@@ -224,6 +224,12 @@ type Server struct {
 	counts sync.Map // netip.AddrPort → *atomic.Int64: open connections per backend
 
 	g serve.Group[*conn]
+
+	eng     engine // event loops for established connections
+	fmu     sync.Mutex
+	flows   map[*flow]struct{} // connections the loops own
+	fidle   chan struct{}      // closed when flows empties
+	fclosed bool               // no more flows: the server stopped
 }
 
 // New validates cfg and returns a server that is not yet serving.
@@ -323,7 +329,11 @@ func temporary(err error) bool {
 // otherwise. It does not close the pool. Shutdown may be called more than
 // once, and before, during or after Serve.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.g.Shutdown(ctx, nil)
+	err := s.g.Shutdown(ctx, nil)
+	if err2 := s.waitFlows(ctx); err == nil {
+		err = err2
+	}
+	return err
 }
 
 // Close stops the server now: it closes every listener and connection
@@ -334,6 +344,7 @@ func (s *Server) Close() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_ = s.g.Shutdown(ctx, nil) // ctx.Err() when connections were open: expected
+	_ = s.waitFlows(ctx)
 	return nil
 }
 
