@@ -149,7 +149,7 @@ func (s *Server) handle(c *conn) {
 		var buf [proxyproto.V1MaxLen]byte // fits v1 and v2 without TLVs
 		b := buf[:0]
 		if v != 0 {
-			h := proxyproto.Header{Version: v, Transport: proxyproto.TCP, Source: client, Destination: local}
+			h := headerFor(v, client, local)
 			if v == proxyproto.V2 {
 				h.TLVs = tlvs
 			}
@@ -204,6 +204,12 @@ type prefixConn struct {
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// headerFor is the PROXY header of version v naming client, which
+// connected to local.
+func headerFor(v proxyproto.Version, client, local netip.AddrPort) proxyproto.Header {
+	return proxyproto.Header{Version: v, Transport: proxyproto.TCP, Source: client, Destination: local}
+}
 
 // readHeader reads the client's PROXY header through br within timeout.
 func readHeader(c net.Conn, br *bufio.Reader, timeout time.Duration) (proxyproto.Header, error) {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // The engine moves bytes between established client and backend TCP
@@ -31,8 +33,10 @@ import (
 // two-goroutine splice pipe on this work (benchmarks/tcpproxy_test.go):
 // see the package's README rows.
 
-// pipeSize is what one splice moves at most: a pipe's default capacity.
-const pipeSize = 64 << 10
+// pipeSize is what one splice moves at most, and the capacity pipes are
+// given (as the net package does; a pipe whose size cannot be raised
+// keeps its 64 KiB).
+const pipeSize = 1 << 20
 
 // bufSize is the size of a loop's read buffer, and of the read after
 // which a direction switches to splice.
@@ -65,8 +69,11 @@ func getPipe() ([2]int, error) {
 	}
 	pipes.Unlock()
 	var p [2]int
-	err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC)
-	return p, err
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return p, os.NewSyscallError("pipe2", err)
+	}
+	unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, pipeSize)
+	return p, nil
 }
 
 // putPipe returns an empty pipe to the free list.
@@ -102,15 +109,22 @@ type half struct {
 // flow is a proxied connection owned by a loop: index 0 is the client
 // side, 1 the backend side; half[0] copies client to backend.
 type flow struct {
-	l     *loop
-	conns [2]*net.TCPConn
-	fd    [2]int
-	reg   [2]uint32 // events each socket is registered for
-	half  [2]half
-	idle  time.Duration
-	last  int64 // unix nanoseconds of the last byte moved (loop time)
-	end   func(error)
-	abort atomic.Bool
+	l      *loop
+	conns  [2]*net.TCPConn // nil for a direct flow, which owns fd
+	fd     [2]int          // a direct flow's change under mu
+	mu     sync.Mutex      // a direct flow's fd and closed, for shut
+	closed bool
+	dial   *dialing // a direct flow's, until connected
+
+	ep      *balancer.Endpoint // a direct flow's backend
+	slot    *atomic.Int64
+	connect time.Duration
+	reg     [2]uint32 // events each socket is registered for
+	half    [2]half
+	idle    time.Duration
+	last    int64 // unix nanoseconds of the last byte moved (loop time)
+	end     func(error)
+	abort   atomic.Bool
 }
 
 // newFlow returns a flow over client and backend, or an error when their
@@ -282,6 +296,18 @@ func (f *flow) release() {
 // closed under it, since Control holds them.
 func (f *flow) shut() {
 	f.abort.Store(true)
+	if f.conns[0] == nil {
+		f.mu.Lock()
+		if !f.closed {
+			for _, fd := range f.fd {
+				if fd >= 0 {
+					unix.Shutdown(fd, unix.SHUT_RDWR)
+				}
+			}
+		}
+		f.mu.Unlock()
+		return
+	}
 	for _, c := range f.conns {
 		if raw, err := c.SyscallConn(); err == nil {
 			raw.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
@@ -403,10 +429,7 @@ func (l *loop) add(f *flow) error {
 	}
 	l.flows[int32(f.fd[0])] = f
 	l.flows[int32(f.fd[1])] = f
-	wake := false
-	if t := f.idle / 2; f.idle > 0 && (l.tick == 0 || t < l.tick) {
-		l.tick, wake = t, true
-	}
+	l.setTick(f.period())
 	for i := range f.fd {
 		f.reg[i] = f.want(i)
 		ev := unix.EpollEvent{Events: f.reg[i], Fd: int32(f.fd[i])}
@@ -421,9 +444,6 @@ func (l *loop) add(f *flow) error {
 		}
 	}
 	l.mu.Unlock()
-	if wake {
-		l.wake()
-	}
 	return nil
 }
 
@@ -502,6 +522,10 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 		l.end(f, errAborted)
 		return
 	}
+	if f.dial != nil {
+		l.connecting(f, ev, now)
+		return
+	}
 	i := 0
 	if fd == f.fd[1] {
 		i = 1
@@ -530,6 +554,11 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 		l.end(f, nil)
 		return
 	}
+	l.register(f)
+}
+
+// register brings f's registrations in line with what it wants.
+func (l *loop) register(f *flow) {
 	for i := range f.fd {
 		if w := f.want(i); w != f.reg[i] {
 			f.reg[i] = w
@@ -544,18 +573,23 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 
 // sweep ends flows idle for their IdleTimeout and recomputes the tick.
 func (l *loop) sweep(now int64) {
-	var idle []*flow
+	var idle, late []*flow
 	l.mu.Lock()
 	tick := time.Duration(0)
 	for fd, f := range l.flows {
-		if f.idle <= 0 || int32(f.fd[0]) != fd {
-			continue
-		}
-		if time.Duration(now-f.last) >= f.idle {
+		switch {
+		case f.dial != nil:
+			if now >= f.dial.deadline {
+				late = append(late, f)
+				continue
+			}
+		case int32(f.fd[0]) != fd || f.idle <= 0:
+			continue // seen by its client socket, or never idle
+		case time.Duration(now-f.last) >= f.idle:
 			idle = append(idle, f)
 			continue
 		}
-		if t := f.idle / 2; tick == 0 || t < tick {
+		if t := f.period(); t > 0 && (tick == 0 || t < tick) {
 			tick = t
 		}
 	}
@@ -563,6 +597,17 @@ func (l *loop) sweep(now int64) {
 	l.mu.Unlock()
 	for _, f := range idle {
 		l.end(f, fmt.Errorf("tcpproxy: connection idle for %v: %w", f.idle, os.ErrDeadlineExceeded))
+	}
+	for _, f := range late {
+		if f.l == nil || f.dial == nil {
+			continue
+		}
+		l.retry(f, fmt.Errorf("tcpproxy: dial %v: %w", f.ep.Addr(), os.ErrDeadlineExceeded), now)
+		if f.l != nil && f.dial != nil { // connecting again: keep looking
+			l.mu.Lock()
+			l.setTick(f.period())
+			l.mu.Unlock()
+		}
 	}
 }
 

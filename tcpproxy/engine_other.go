@@ -27,3 +27,5 @@ func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) 
 func (*flow) firstPump() error { return errors.ErrUnsupported }
 func (*flow) release()         {}
 func (*flow) shut()            {}
+
+func (s *Server) fastListener(*net.TCPListener) net.Listener { return nil }

@@ -42,6 +42,7 @@ func (s *Server) handOff(c *conn, client, backend *net.TCPConn, idle time.Durati
 	}
 	c.flow = f
 	c.mu.Unlock()
+	c.cancel() // dialing is over: the context need not be kept (nor its place in Serve's)
 	// A client usually spoke first: pass that on before the loop waits.
 	if err := f.firstPump(); err != nil {
 		f.release()

@@ -295,6 +295,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
+	if tl, ok := ln.(*net.TCPListener); ok {
+		if fl := s.fastListener(tl); fl != nil {
+			ln = fl
+		}
+	}
 	err := s.g.Serve(ctx, ln, &serve.Config[*conn]{
 		Name:      "tcpproxy",
 		Closed:    errStopped,
