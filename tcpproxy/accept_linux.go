@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,23 +41,32 @@ type dialing struct {
 	deadline      int64 // and when it times out
 }
 
-// fastListener accepts connections for the direct path, and hands those
-// the current settings do not allow it to the net path.
+// fastListener accepts connections for the direct path on the event
+// loops (its socket is in every loop's epoll set, woken one at a time),
+// and queues those the current settings do not allow it for Accept, which
+// serve.Group calls for the net path.
 type fastListener struct {
 	*net.TCPListener
 	s     *Server
-	file  *os.File // a duplicate of the listener's descriptor, polled by the runtime
-	raw   syscall.RawConn
+	file  *os.File // a duplicate of the listener's descriptor, for the loops
+	fd    int
 	local netip.AddrPort // unspecified: asked per connection
+	loops []*loop
+	conns chan net.Conn // accepted for the net path
+	done  chan struct{} // closed by Close
+
+	mu     sync.RWMutex // held to accept, and to close
+	closed bool
+	pause  atomic.Int64 // after an accept error that will pass, in ns
 }
 
 // fastListener returns ln wrapped for the direct path, or nil when the
 // engine cannot run.
 func (s *Server) fastListener(ln *net.TCPListener) net.Listener {
-	if _, err := s.eng.loop(); err != nil {
+	loops, err := s.eng.all()
+	if err != nil {
 		return nil
 	}
-	// A listener's own RawConn cannot wait to read: wait on a duplicate.
 	lraw, err := ln.SyscallConn()
 	if err != nil {
 		return nil
@@ -64,56 +75,140 @@ func (s *Server) fastListener(ln *net.TCPListener) net.Listener {
 	if err := lraw.Control(func(fd uintptr) { dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || dup < 0 {
 		return nil
 	}
-	file := os.NewFile(uintptr(dup), "listener") // nonblocking, as the listener
-	raw, err := file.SyscallConn()
-	if err != nil {
-		file.Close()
+	fl := &fastListener{TCPListener: ln, s: s, file: os.NewFile(uintptr(dup), "listener"), fd: dup,
+		local: addrPort(ln.Addr()), conns: make(chan net.Conn, 64), done: make(chan struct{})}
+	for _, l := range loops {
+		if err := l.watchListener(fl); err != nil {
+			fl.Close()
+			return nil
+		}
+		fl.loops = append(fl.loops, l)
+	}
+	return fl
+}
+
+// Accept returns the next connection for the net path; the loops serve
+// the others.
+func (l *fastListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting and closes the listener.
+func (l *fastListener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
 		return nil
 	}
-	return &fastListener{TCPListener: ln, s: s, file: file, raw: raw, local: addrPort(ln.Addr())}
-}
-
-// Close closes the listener and its duplicate.
-func (l *fastListener) Close() error {
+	l.closed = true
+	for _, lp := range l.loops {
+		lp.unwatchListener(l)
+	}
 	l.file.Close()
-	return l.TCPListener.Close()
+	err := l.TCPListener.Close()
+	close(l.done)
+	l.mu.Unlock()
+	for {
+		select {
+		case c := <-l.conns:
+			c.Close()
+		default:
+			return err
+		}
+	}
 }
 
-// Accept serves direct connections itself and returns the others.
-func (l *fastListener) Accept() (net.Conn, error) {
-	for {
-		var nfd int
-		var sa unix.Sockaddr
-		var aerr error
-		err := l.raw.Read(func(fd uintptr) bool {
-			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			return aerr != unix.EAGAIN
-		})
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				err = net.ErrClosed
-			}
-			return nil, err
+// acceptFrom accepts what is waiting, on loop lp's goroutine.
+func (l *fastListener) acceptFrom(lp *loop) {
+	for range 64 {
+		l.mu.RLock()
+		if l.closed {
+			l.mu.RUnlock()
+			return
 		}
-		switch aerr {
+		nfd, client, err := sysAccept(l.fd)
+		l.mu.RUnlock()
+		switch err {
 		case nil:
+		case unix.EAGAIN:
+			return
 		case unix.ECONNABORTED, unix.EINTR:
 			continue
 		default:
-			return nil, os.NewSyscallError("accept4", aerr)
+			l.failed(lp, err)
+			return
+		}
+		if l.pause.Load() != 0 {
+			l.pause.Store(0)
 		}
 		st := l.s.set.Load() // after accept: the settings the connection gets
 		if st.fast() {
-			l.s.startDirect(st, nfd, sa, l.local)
+			l.s.startDirect(lp, st, nfd, client, l.local)
 			continue
 		}
 		f := os.NewFile(uintptr(nfd), "")
-		c, err := net.FileConn(f)
+		c, cerr := net.FileConn(f)
 		f.Close()
-		if err != nil {
-			return nil, err
+		if cerr != nil {
+			continue
 		}
-		return c, nil
+		select {
+		case l.conns <- c:
+		case <-l.done:
+			c.Close()
+		}
+	}
+}
+
+// failed pauses accepting on lp after err (out of descriptors or
+// memory): the listener stays ready, so the loop would spin. The pause
+// doubles from 5ms to 1s while errors go on.
+func (l *fastListener) failed(lp *loop, err error) {
+	pause := min(max(2*time.Duration(l.pause.Load()), 5*time.Millisecond), time.Second)
+	l.pause.Store(int64(pause))
+	l.s.set.Load().log.Warn("tcpproxy: accept failed; retrying", "err", os.NewSyscallError("accept4", err), "in", pause)
+	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(l.fd)}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed || sysEpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev) != nil {
+		return
+	}
+	time.AfterFunc(pause, func() {
+		l.mu.RLock()
+		defer l.mu.RUnlock()
+		if !l.closed {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.fd)}
+			sysEpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev)
+		}
+	})
+}
+
+// watchListener adds ln's socket to the loop's epoll set; one loop of
+// those waiting is woken per connection.
+func (l *loop) watchListener(ln *fastListener) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lns[int32(ln.fd)] = ln
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
+	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
+		delete(l.lns, int32(ln.fd))
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// unwatchListener removes ln's socket from the loop's epoll set.
+func (l *loop) unwatchListener(ln *fastListener) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lns[int32(ln.fd)] == ln {
+		delete(l.lns, int32(ln.fd))
+		sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
 }
 
@@ -124,11 +219,10 @@ func (st *settings) fast() bool {
 }
 
 // startDirect starts a direct flow for the accepted socket cfd.
-func (s *Server) startDirect(st *settings, cfd int, sa unix.Sockaddr, local netip.AddrPort) {
-	client := sockaddrAddrPort(sa)
+func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip.AddrPort) {
 	if a := local.Addr(); !a.IsValid() || a.IsUnspecified() {
-		if lsa, err := unix.Getsockname(cfd); err == nil {
-			local = sockaddrAddrPort(lsa)
+		if la, err := sysLocalAddr(cfd); err == nil {
+			local = la
 		}
 	}
 	tune(cfd, st)
@@ -152,9 +246,8 @@ func (s *Server) startDirect(st *settings, cfd int, sa unix.Sockaddr, local neti
 		}
 		s.dropFlow(f)
 	}
-	l, err := s.eng.loop()
-	if err != nil || !s.addFlow(f) {
-		unix.Close(cfd)
+	if !s.addFlow(f) {
+		sysClose(cfd)
 		return
 	}
 	if err := f.dialNext(now); err != nil {
@@ -169,12 +262,12 @@ func (s *Server) startDirect(st *settings, cfd int, sa unix.Sockaddr, local neti
 // tune sets a direct socket's options: no Nagle delay (as the net
 // package does), keep-alive probes when configured.
 func tune(fd int, st *settings) {
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if ka := st.cfg.KeepAlive; ka > 0 {
 		secs := max(int(ka/time.Second), 1)
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
+		sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
 	}
 }
 
@@ -219,42 +312,24 @@ func (f *flow) dialNext(now int64) error {
 
 // connectTo opens a socket and starts connecting it to addr.
 func connectTo(addr netip.AddrPort, st *settings) (int, error) {
-	a := addr.Addr().Unmap()
-	family := unix.AF_INET6
-	var sa unix.Sockaddr
-	if a.Is4() {
-		family = unix.AF_INET
-		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: a.As4()}
-	} else {
-		s6 := &unix.SockaddrInet6{Port: int(addr.Port()), Addr: a.As16()}
-		if z := a.Zone(); z != "" {
-			if ifi, err := net.InterfaceByName(z); err == nil {
-				s6.ZoneId = uint32(ifi.Index)
-			}
+	var zone uint32
+	if z := addr.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			zone = uint32(ifi.Index)
 		}
-		sa = s6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	var sa rawSockaddr
+	family, size := sa.set(addr, zone)
+	fd, err := sysSocket(family)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
 	tune(fd, st)
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
+	if err := sysConnect(fd, &sa, size); err != nil && err != unix.EINPROGRESS {
+		sysClose(fd)
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil
-}
-
-// sockaddrAddrPort converts a socket address, unmapping IPv4 in IPv6.
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // closeFDs closes a flow's sockets: a direct flow's descriptors, or a net
@@ -265,7 +340,7 @@ func (f *flow) closeFDs() {
 	f.closed = true
 	for i, fd := range f.fd {
 		if fd >= 0 {
-			unix.Close(fd)
+			sysClose(fd)
 			f.fd[i] = -1
 		}
 	}
@@ -288,7 +363,7 @@ func (l *loop) watchBackend(f *flow) error {
 	l.flows[int32(f.fd[1])] = f
 	f.reg[1] = unix.EPOLLOUT
 	ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(f.fd[1])}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[1], &ev); err != nil {
+	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[1], &ev); err != nil {
 		delete(l.flows, int32(f.fd[1]))
 		return os.NewSyscallError("epoll_ctl", err)
 	}
@@ -319,7 +394,7 @@ func (f *flow) period() time.Duration {
 
 // connecting serves an event on a direct flow's connecting backend.
 func (l *loop) connecting(f *flow, ev uint32, now int64) {
-	v, err := unix.GetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
+	v, err := sysGetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && v != 0 {
 		err = syscall.Errno(v)
 	}
@@ -337,7 +412,7 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) {
 	if v := d.st.cfg.ProxyProtocol; v != 0 {
 		var buf [256]byte
 		b := headerFor(v, d.client, d.local).Append(buf[:0])
-		if n, err := unix.Write(f.fd[1], b); err != nil || n != len(b) {
+		if n, err := sysWrite(f.fd[1], b); err != nil || n != len(b) {
 			if err == nil {
 				err = errors.New("short write")
 			}
@@ -356,7 +431,7 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) {
 	l.mu.Unlock()
 	f.reg[0] = f.want(0)
 	e := unix.EpollEvent{Events: f.reg[0], Fd: int32(f.fd[0])}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[0], &e); err != nil {
+	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[0], &e); err != nil {
 		l.end(f, os.NewSyscallError("epoll_ctl", err))
 		return
 	}
@@ -375,7 +450,7 @@ func (l *loop) retry(f *flow, err error, now int64) {
 	delete(l.flows, int32(old))
 	l.mu.Unlock()
 	f.mu.Lock()
-	unix.Close(old) // leaves the epoll set
+	sysClose(old) // leaves the epoll set
 	f.fd[1] = -1
 	f.mu.Unlock()
 	if f.abort.Load() {

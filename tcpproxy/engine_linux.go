@@ -155,7 +155,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 	src, dst := f.fd[d], f.fd[1-d]
 	for !h.done {
 		if h.n > 0 {
-			m, err := unix.Splice(h.pipe[0], nil, dst, nil, h.n, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			m, err := sysSplice(h.pipe[0], dst, h.n)
 			if err == unix.EAGAIN {
 				return nil // the loop waits for dst to drain
 			}
@@ -173,7 +173,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 		}
 		if len(h.pend) > 0 {
-			m, err := unix.Write(dst, h.pend)
+			m, err := sysWrite(dst, h.pend)
 			if err == unix.EAGAIN {
 				return nil
 			}
@@ -193,13 +193,13 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			if f.half[1-d].done {
 				return nil // both ways over: closing sends the FIN
 			}
-			if err := unix.Shutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+			if err := sysShutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 				return fmt.Errorf("tcpproxy: half-close: %w", os.NewSyscallError("shutdown", err))
 			}
 			return nil
 		}
 		if !h.stream {
-			m, err := unix.Read(src, buf)
+			m, err := sysRead(src, buf)
 			if err == unix.EAGAIN {
 				return nil
 			}
@@ -212,7 +212,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			f.last = now
 			h.stream = m == len(buf)
-			w, err := unix.Write(dst, buf[:m])
+			w, err := sysWrite(dst, buf[:m])
 			if err == unix.EAGAIN {
 				w, err = 0, nil
 			}
@@ -235,7 +235,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			h.pipe, h.hasPipe = p, true
 		}
-		m, err := unix.Splice(src, nil, h.pipe[1], nil, pipeSize, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		m, err := sysSplice(src, h.pipe[1], pipeSize)
 		if err == unix.EAGAIN {
 			putPipe(h.pipe)
 			h.hasPipe = false
@@ -301,7 +301,7 @@ func (f *flow) shut() {
 		if !f.closed {
 			for _, fd := range f.fd {
 				if fd >= 0 {
-					unix.Shutdown(fd, unix.SHUT_RDWR)
+					sysShutdown(fd, unix.SHUT_RDWR)
 				}
 			}
 		}
@@ -310,7 +310,7 @@ func (f *flow) shut() {
 	}
 	for _, c := range f.conns {
 		if raw, err := c.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+			raw.Control(func(fd uintptr) { sysShutdown(int(fd), unix.SHUT_RDWR) })
 		}
 	}
 }
@@ -323,7 +323,8 @@ type loop struct {
 
 	mu    sync.Mutex
 	flows map[int32]*flow // by socket descriptor, both sides
-	tick  time.Duration   // how often idle flows are looked for; 0: never
+	lns   map[int32]*fastListener
+	tick  time.Duration // how often idle flows are looked for; 0: never
 	stop  bool
 }
 
@@ -361,6 +362,19 @@ func (e *engine) loop() (*loop, error) {
 	}
 	e.next++
 	return e.loops[e.next%uint32(len(e.loops))], nil
+}
+
+// all returns every loop, starting them if need be.
+func (e *engine) all() ([]*loop, error) {
+	if _, err := e.loop(); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return nil, e.err
+	}
+	return e.loops, nil
 }
 
 // stop ends the loops (their flows must have ended) and waits for them.
@@ -405,12 +419,13 @@ func newLoop() (*loop, error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+	if err := sysEpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		file.Close()
 		unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	return &loop{epfd: epfd, file: file, evfd: evfd, flows: make(map[int32]*flow), buf: make([]byte, bufSize)}, nil
+	return &loop{epfd: epfd, file: file, evfd: evfd, flows: make(map[int32]*flow),
+		lns: make(map[int32]*fastListener), buf: make([]byte, bufSize)}, nil
 }
 
 // wake interrupts the loop's wait.
@@ -433,11 +448,11 @@ func (l *loop) add(f *flow) error {
 	for i := range f.fd {
 		f.reg[i] = f.want(i)
 		ev := unix.EpollEvent{Events: f.reg[i], Fd: int32(f.fd[i])}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[i], &ev); err != nil {
+		if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[i], &ev); err != nil {
 			delete(l.flows, int32(f.fd[0]))
 			delete(l.flows, int32(f.fd[1]))
 			if i == 1 {
-				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[0], nil)
+				sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[0], nil)
 			}
 			l.mu.Unlock()
 			return os.NewSyscallError("epoll_ctl", err)
@@ -461,6 +476,7 @@ func (l *loop) run() {
 	}
 	events := make([]unix.EpollEvent, 128)
 	batch := make([]*flow, 0, 128)
+	var lnBatch []*fastListener
 	lastSweep := time.Now()
 	var deadline time.Duration // the tick the deadline is set for
 	for {
@@ -481,7 +497,7 @@ func (l *loop) run() {
 		var n int
 		var werr error
 		err := raw.Read(func(fd uintptr) bool {
-			n, werr = unix.EpollWait(int(fd), events, 0)
+			n, werr = sysEpollPoll(int(fd), events)
 			return n > 0 || werr != nil && werr != unix.EINTR
 		})
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) || werr != nil && werr != unix.EINTR {
@@ -490,11 +506,18 @@ func (l *loop) run() {
 		now := time.Now()
 		nowNS := now.UnixNano()
 		batch = batch[:0]
+		lnBatch = lnBatch[:0]
 		l.mu.Lock()
 		for _, ev := range events[:n] {
 			batch = append(batch, l.flows[ev.Fd])
+			if ln := l.lns[ev.Fd]; ln != nil {
+				lnBatch = append(lnBatch, ln)
+			}
 		}
 		l.mu.Unlock()
+		for _, ln := range lnBatch {
+			ln.acceptFrom(l)
+		}
 		for i, ev := range events[:n] {
 			if ev.Fd == int32(l.evfd) {
 				var buf [8]byte
@@ -532,7 +555,7 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 	}
 	if ev&unix.EPOLLERR != 0 {
 		err := unix.ECONNRESET
-		if v, gerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+		if v, gerr := sysGetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
 			err = syscall.Errno(v)
 		}
 		l.end(f, fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err)))
@@ -563,7 +586,7 @@ func (l *loop) register(f *flow) {
 		if w := f.want(i); w != f.reg[i] {
 			f.reg[i] = w
 			e := unix.EpollEvent{Events: w, Fd: int32(f.fd[i])}
-			if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &e); err != nil {
+			if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &e); err != nil {
 				l.end(f, os.NewSyscallError("epoll_ctl", err))
 				return
 			}
