@@ -1,14 +1,21 @@
+//go:build linux
+
 package tcpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
+	"os"
 	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,9 +25,6 @@ import (
 // to an event loop, so an idle one holds no goroutine of the proxy (the
 // goroutine-per-direction copy held two).
 func TestIdleHoldsNoGoroutine(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the event loops run on Linux only")
-	}
 	be := startBackend(t, echo)
 	_, addr := startProxy(t, Config{Pool: newPool(t, nil, be.addr)})
 	ping(t, dial(t, addr)) // starts the loops
@@ -83,4 +87,50 @@ func TestStreamsBothWays(t *testing.T) {
 	assert.Equal(t, len(down), len(back))
 	assert.Equal(t, sha256.Sum256(down), sha256.Sum256(back), "backend to client intact")
 	assert.Equal(t, sha256.Sum256(up), <-got, "client to backend intact")
+}
+
+// blackhole returns the address of a listener that never accepts and
+// whose queue is full, so connecting to it hangs (SYNs are dropped).
+func blackhole(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	require.NoError(t, unix.Listen(fd, 0))
+	sa, err := unix.Getsockname(fd)
+	require.NoError(t, err)
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	for range 3 { // fill the accept queue; the last may hang
+		if c, err := net.DialTimeout("tcp", addr.String(), 100*time.Millisecond); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return addr
+}
+
+// TestDialTimeout: a connect that hangs is given up after DialTimeout,
+// reported to the backend's passive health, and the connection goes to
+// another backend.
+func TestDialTimeout(t *testing.T) {
+	hole := blackhole(t)
+	good := startBackend(t, named("good"))
+	pool := newPool(t, nil, hole, good.addr)
+	obs := &observer{}
+	pool.SetObserver(obs)
+	_, addr := startProxy(t, Config{Pool: pool, DialTimeout: 200 * time.Millisecond})
+	for range 4 { // round robin: some start with the black hole
+		c := dial(t, addr)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		require.NoError(t, err)
+		assert.Equal(t, "good\n", line)
+		c.Close()
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	require.Positive(t, obs.failed[hole], "timed-out connects reach the observer")
+	for _, err := range obs.errs {
+		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+		assert.Contains(t, err.Error(), "tcpproxy: dial "+hole.String())
+	}
 }
