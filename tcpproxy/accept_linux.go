@@ -5,6 +5,7 @@ package tcpproxy
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -52,6 +53,7 @@ type fastListener struct {
 	fd    int
 	local netip.AddrPort // unspecified: asked per connection
 	loops []*loop
+	log   *slog.Logger  // for accept errors: the one Serve started with
 	conns chan net.Conn // accepted for the net path
 	done  chan struct{} // closed by Close
 
@@ -76,7 +78,7 @@ func (s *Server) fastListener(ln *net.TCPListener) net.Listener {
 		return nil
 	}
 	fl := &fastListener{TCPListener: ln, s: s, file: os.NewFile(uintptr(dup), "listener"), fd: dup,
-		local: addrPort(ln.Addr()), conns: make(chan net.Conn, 64), done: make(chan struct{})}
+		local: addrPort(ln.Addr()), log: s.set.Load().log, conns: make(chan net.Conn, 64), done: make(chan struct{})}
 	for _, l := range loops {
 		if err := l.watchListener(fl); err != nil {
 			fl.Close()
@@ -171,7 +173,7 @@ func (l *fastListener) acceptFrom(lp *loop) {
 func (l *fastListener) failed(lp *loop, err error) {
 	pause := min(max(2*time.Duration(l.pause.Load()), 5*time.Millisecond), time.Second)
 	l.pause.Store(int64(pause))
-	l.s.set.Load().log.Warn("tcpproxy: accept failed; retrying", "err", os.NewSyscallError("accept4", err), "in", pause)
+	l.log.Warn("tcpproxy: accept failed; retrying", "err", os.NewSyscallError("accept4", err), "in", pause)
 	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(l.fd)}
 	l.mu.RLock()
 	defer l.mu.RUnlock()

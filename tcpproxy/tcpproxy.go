@@ -212,11 +212,11 @@ func orDefault[T comparable](v, def T) T {
 // from a [balancer.Pool], connects to it (another backend if that fails)
 // and copies bytes both ways, with half-close, idle timeout, per-backend
 // connection limits, PROXY protocol headers to backends and from clients,
-// and graceful drain. Between two *net.TCPConn the copy uses splice(2) on
-// Linux, so payload does not pass through user space.
+// TLS routing or termination, and graceful drain. On Linux its
+// connections run on event loops (see the package documentation).
 //
 // All methods are safe for concurrent use. Serve blocks until the server
-// stops; each connection runs on its own goroutines.
+// stops.
 type Server struct {
 	set  atomic.Pointer[settings]
 	keys [][32]byte // TLS session ticket keys, kept across Updates
