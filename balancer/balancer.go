@@ -59,6 +59,17 @@ func (h Health) String() string {
 // MarshalText returns h's name.
 func (h Health) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 
+// UnmarshalText parses a name as String prints it.
+func (h *Health) UnmarshalText(b []byte) error {
+	for v := HealthUnknown; v <= Unhealthy; v++ {
+		if v.String() == string(b) {
+			*h = v
+			return nil
+		}
+	}
+	return errors.New("balancer: unknown health " + string(b))
+}
+
 // Observer receives the outcome of every unit of work that ends on a
 // pool's members (see [Endpoint.Done] and [Pool.SetObserver]), for
 // passive health checking. health.Checker implements it. ObserveDone is

@@ -118,6 +118,7 @@ type Pool struct {
 	index     map[netip.AddrPort]*member
 	populated bool   // the pool has been in service: later joins slow-start
 	join      Health // health of members that join from now on
+	rebuild   bool   // the next rebuildLocked builds a picker even for the same ready set
 	timer     *time.Timer
 	closed    bool
 }
@@ -128,22 +129,38 @@ var ErrNoBuilder = errors.New("balancer: Config.Builder is required")
 // New returns an empty pool. Its snapshot picks nothing until backends are
 // added.
 func New(cfg Config) (*Pool, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("pool", cfg.Name)
+	p := &Pool{cfg: cfg, log: log, index: make(map[netip.AddrPort]*member), join: Healthy}
+	p.snap.Store(&Snapshot{Picker: ErrPicker(ErrNoBackend), changed: make(chan struct{})})
+	return p, nil
+}
+
+// withDefaults validates cfg and fills in the defaults of zero fields.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Builder == nil {
-		return nil, ErrNoBuilder
+		return cfg, ErrNoBuilder
 	}
 	switch {
 	case cfg.SlowStart < 0:
-		return nil, errors.New("balancer: SlowStart must not be negative")
+		return cfg, errors.New("balancer: SlowStart must not be negative")
 	case cfg.SlowStartMinWeight < 0 || cfg.SlowStartMinWeight > 1:
-		return nil, errors.New("balancer: SlowStartMinWeight must be in (0, 1]")
+		return cfg, errors.New("balancer: SlowStartMinWeight must be in (0, 1]")
 	case cfg.SlowStartSteps < 0:
-		return nil, errors.New("balancer: SlowStartSteps must not be negative")
+		return cfg, errors.New("balancer: SlowStartSteps must not be negative")
 	case cfg.PanicThreshold < 0 || cfg.PanicThreshold > 1:
-		return nil, errors.New("balancer: PanicThreshold must be in [0, 1]")
+		return cfg, errors.New("balancer: PanicThreshold must be in [0, 1]")
 	case cfg.LocalZoneMinReady < 0 || cfg.LocalZoneMinReady > 1:
-		return nil, errors.New("balancer: LocalZoneMinReady must be in [0, 1]")
+		return cfg, errors.New("balancer: LocalZoneMinReady must be in [0, 1]")
 	case cfg.EWMADecay < 0:
-		return nil, errors.New("balancer: EWMADecay must not be negative")
+		return cfg, errors.New("balancer: EWMADecay must not be negative")
 	}
 	if cfg.SlowStartMinWeight == 0 {
 		cfg.SlowStartMinWeight = 0.1
@@ -160,14 +177,35 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Name == "" {
 		cfg.Name = "default"
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
+	return cfg, nil
+}
+
+// Reconfigure replaces the pool's policy and settings (Builder, slow
+// start, panic threshold, zone preference, EWMA decay of members that join
+// later) while keeping its members and their state: health, drain,
+// overrides, in-flight counts and latency estimates. The picker is rebuilt
+// and a snapshot published at once. The name and the logger cannot change:
+// cfg.Name must be empty or equal to the pool's. An invalid cfg is an
+// error and changes nothing. A configuration reload uses it, so a pool
+// whose policy changed keeps serving without a gap.
+func (p *Pool) Reconfigure(cfg Config) error {
+	if cfg.Name != "" && cfg.Name != p.cfg.Name {
+		return errors.New("balancer: pool " + p.cfg.Name + ": Reconfigure cannot rename it to " + cfg.Name)
 	}
-	log = log.With("pool", cfg.Name)
-	p := &Pool{cfg: cfg, log: log, index: make(map[netip.AddrPort]*member), join: Healthy}
-	p.snap.Store(&Snapshot{Picker: ErrPicker(ErrNoBackend), changed: make(chan struct{})})
-	return p, nil
+	cfg.Name = p.cfg.Name
+	cfg.Logger = p.cfg.Logger
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg = cfg
+	// Build a picker from the new builder even when the ready set is the
+	// same.
+	p.rebuild = true
+	p.rebuildLocked(time.Now(), true)
+	return nil
 }
 
 // MustNew is like [New] but panics on error. It is meant for examples and
@@ -587,7 +625,8 @@ func (p *Pool) rebuildLocked(now time.Time, changed bool) {
 	}
 
 	old := p.snap.Load()
-	sameSet := old.Panic == panicking && sameReady(old.Ready, ready)
+	sameSet := old.Panic == panicking && sameReady(old.Ready, ready) && !p.rebuild
+	p.rebuild = false
 	if sameSet && !changed {
 		return
 	}

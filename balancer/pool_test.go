@@ -539,3 +539,29 @@ func TestOverride(t *testing.T) {
 	assert.EqualValues(t, 3, p.Endpoint(addr(0)).Weight())
 	assert.False(t, p.SetOverride(addr(5), balancer.Override{Drain: true}), "no such member")
 }
+
+// Reconfigure swaps the policy and keeps every member's state.
+func TestReconfigure(t *testing.T) {
+	b1, b2 := &countingBuilder{}, &countingBuilder{}
+	p := balancer.MustNew(balancer.Config{Name: "web", Builder: b1})
+	require.NoError(t, p.Set(backends(3)))
+	ep := p.Endpoint(addr(1))
+	ep.Start()
+	p.SetHealthy(addr(2), false)
+	p.SetOverride(addr(0), balancer.Override{Weight: 5})
+	before := p.Snapshot()
+	require.NoError(t, p.Reconfigure(balancer.Config{Builder: b2, PanicThreshold: 0.1}))
+	after := p.Snapshot()
+	assert.Greater(t, after.Version, before.Version)
+	assert.EqualValues(t, 1, b2.builds.Load(), "a picker from the new builder, for the same ready set")
+	assert.Same(t, ep, p.Endpoint(addr(1)), "members kept")
+	assert.EqualValues(t, 1, ep.InFlight())
+	assert.False(t, p.Endpoint(addr(2)).Healthy())
+	assert.EqualValues(t, 5, p.Endpoint(addr(0)).Weight())
+	assert.Equal(t, "web", p.Name())
+	assert.Error(t, p.Reconfigure(balancer.Config{Builder: b2, Name: "api"}), "no renaming")
+	assert.Error(t, p.Reconfigure(balancer.Config{}), "no builder")
+	assert.Error(t, p.Reconfigure(balancer.Config{Builder: b2, PanicThreshold: 2}))
+	assert.Equal(t, after.Version, p.Snapshot().Version, "a refused config changes nothing")
+	ep.Done(nil, 0)
+}

@@ -125,7 +125,10 @@ func pxChildMain(kind string) int {
 	if kind == "lbkit-server" {
 		// proxy.Server: the purpose-built HTTP/1.1 front-end.
 		ctx, cancel := context.WithCancel(context.Background())
-		srv := &proxy.Server{Handler: lb, Logger: slog.New(slog.DiscardHandler)}
+		srv, err := proxy.NewServer(proxy.ServerConfig{Handler: lb, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			panic(err)
+		}
 		go func() {
 			io.Copy(io.Discard, os.Stdin) // the parent closes stdin to stop us
 			cancel()
@@ -133,8 +136,12 @@ func pxChildMain(kind string) int {
 		srv.Serve(ctx, ln)
 		return 0
 	}
-	srv := proxy.NewServer(h)
-	srv.ErrorLog = nil
+	// proxy.HTTP under net/http, as a user serving TLS or HTTP/2 runs it.
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, Protocols: &protos}
 	go srv.Serve(ln)
 	io.Copy(io.Discard, os.Stdin) // the parent closes stdin to stop us
 	srv.Close()

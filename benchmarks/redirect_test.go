@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/redirect"
 )
 
@@ -40,19 +43,27 @@ const (
 
 var redirBackends = []string{"127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"}
 
+// redirPool is a round-robin pool of redirBackends (each redirected to
+// as http://<addr>), closed at cleanup.
+func redirPool(b *testing.B) *balancer.Pool {
+	pool := balancer.MustNew(balancer.Config{Name: "bench", Builder: roundrobin.Builder{}})
+	b.Cleanup(func() { pool.Close() })
+	for _, a := range redirBackends {
+		if err := pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(a)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return pool
+}
+
 // redirStartLbkit serves a redirect handler on a free loopback port and
 // returns its address.
 func redirStartLbkit(b *testing.B) string {
 	b.Helper()
-	var targets []redirect.Target
-	for _, a := range redirBackends {
-		targets = append(targets, redirect.Target{URL: "http://" + a})
-	}
-	h, err := redirect.New(redirect.Config{Backends: targets, Logger: slog.New(slog.DiscardHandler)})
+	h, err := redirect.New(redirect.Config{Pool: redirPool(b), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { h.Close() })
 	return redirServe(b, h)
 }
 
@@ -60,11 +71,7 @@ func redirStartLbkit(b *testing.B) string {
 // purpose-built HTTP/1.1 responder.
 func redirStartServer(b *testing.B) string {
 	b.Helper()
-	var targets []redirect.Target
-	for _, a := range redirBackends {
-		targets = append(targets, redirect.Target{URL: "http://" + a})
-	}
-	h, err := redirect.New(redirect.Config{Backends: targets, Logger: slog.New(slog.DiscardHandler)})
+	h, err := redirect.New(redirect.Config{Pool: redirPool(b), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +79,10 @@ func redirStartServer(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &redirect.Server{Handler: h}
+	s, err := redirect.NewServer(redirect.ServerConfig{Handler: h})
+	if err != nil {
+		b.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(context.Background(), ln) }()
 	b.Cleanup(func() {
@@ -80,7 +90,6 @@ func redirStartServer(b *testing.B) string {
 		defer cancel()
 		s.Shutdown(ctx)
 		<-done
-		h.Close()
 	})
 	return ln.Addr().String()
 }
@@ -470,15 +479,10 @@ func BenchmarkRedirectVsNginxWrk(b *testing.B) {
 // BenchmarkRedirectHandler is the handler's own cost, without a server:
 // what lbkit adds on top of net/http per request.
 func BenchmarkRedirectHandler(b *testing.B) {
-	var targets []redirect.Target
-	for _, a := range redirBackends {
-		targets = append(targets, redirect.Target{URL: "http://" + a})
-	}
-	h, err := redirect.New(redirect.Config{Backends: targets})
+	h, err := redirect.New(redirect.Config{Pool: redirPool(b)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer h.Close()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		r, _ := http.NewRequest(http.MethodGet, "http://bench.example"+redirPath, nil)

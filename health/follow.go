@@ -101,11 +101,12 @@ func (c *Checker) Follow(p *balancer.Pool, tmpl Template) error {
 	// Members that join from now on wait for their first verdict.
 	p.SetJoinHealth(joinHealth(tmpl))
 	p.SetObserver(c)
-	c.reconcileLocked(f, p.Snapshot().Members, true)
+	snap := p.Snapshot()
+	c.reconcileLocked(f, snap.Members, true)
 	c.mu.Unlock()
 	if fresh {
 		c.wg.Add(1)
-		go c.follow(f)
+		go c.follow(f, snap)
 	}
 	return nil
 }
@@ -155,10 +156,10 @@ func (c *Checker) Followed() []*balancer.Pool {
 }
 
 // follow is a followed pool's goroutine: it reconciles the targets with
-// the pool's members whenever the membership changes.
-func (c *Checker) follow(f *follower) {
+// the pool's members whenever the membership changes after s, the
+// snapshot Follow reconciled with.
+func (c *Checker) follow(f *follower, s *balancer.Snapshot) {
 	defer c.wg.Done()
-	s := f.pool.Snapshot()
 	for {
 		select {
 		case <-f.done:

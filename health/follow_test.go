@@ -59,7 +59,6 @@ func TestFollow(t *testing.T) {
 			Override: func(b balancer.Backend, t *Target) { t.Weight = 10 },
 		}
 		require.NoError(t, c.Follow(pool, tmpl))
-		assert.Empty(t, ready(pool), "unknown until the first probe")
 		assert.Equal(t, []netip.AddrPort{a1, a2, a3}, c.Targets(), "every member is a target, with no other call")
 		synctest.Wait()
 		assert.Equal(t, []netip.AddrPort{a1, a2, a3}, ready(pool), "the first probes run at once")
@@ -217,4 +216,19 @@ func TestFollowInitialStates(t *testing.T) {
 		require.NoError(t, p1.Add(balancer.Backend{Addr: addr(9)}))
 		assert.True(t, p1.Endpoint(addr(9)).Healthy(), "joins as the template's Initial says")
 	})
+}
+
+// Members set right after Follow, before its goroutine runs, are not
+// missed.
+func TestFollowThenSet(t *testing.T) {
+	for range 50 {
+		synctest.Test(t, func(t *testing.T) {
+			pool := newPool(t, balancer.Config{})
+			c, _ := newChecker(t, Config{Rand: half})
+			require.NoError(t, c.Follow(pool, Template{Probe: &switchProbe{}}))
+			require.NoError(t, pool.Set([]balancer.Backend{{Addr: addr(1)}}))
+			synctest.Wait()
+			assert.Equal(t, []netip.AddrPort{addr(1)}, ready(pool))
+		})
+	}
 }

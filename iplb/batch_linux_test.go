@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -135,7 +136,8 @@ func renderExprs(exprs []expr.Any) string {
 		case *expr.Meta:
 			fmt.Fprintf(&b, "meta load %s => reg %d", map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto"}[e.Key], e.Register)
 		case *expr.Cmp:
-			fmt.Fprintf(&b, "cmp eq reg %d 0x%x", e.Register, e.Data)
+			op := map[expr.CmpOp]string{expr.CmpOpEq: "eq", expr.CmpOpNeq: "neq"}[e.Op]
+			fmt.Fprintf(&b, "cmp %s reg %d 0x%x", op, e.Register, e.Data)
 		case *expr.Payload:
 			base := map[expr.PayloadBase]string{expr.PayloadBaseNetworkHeader: "network", expr.PayloadBaseTransportHeader: "transport"}[e.Base]
 			fmt.Fprintf(&b, "payload load %db @ %s header + %d => reg %d", e.Len, base, e.Offset, e.DestRegister)
@@ -156,6 +158,8 @@ func renderExprs(exprs []expr.Any) string {
 			fmt.Fprintf(&b, "ct load key %d dir %d => reg %d", e.Key, e.Direction, e.Register)
 		case *expr.Masq:
 			b.WriteString("masq")
+		case *expr.Bitwise:
+			fmt.Fprintf(&b, "bitwise reg %d = ( reg %d & 0x%x ) ^ 0x%x", e.DestRegister, e.SourceRegister, e.Mask, e.Xor)
 		default:
 			fmt.Fprintf(&b, "%T", e)
 		}
@@ -166,19 +170,38 @@ func renderExprs(exprs []expr.Any) string {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newRecorded(t *testing.T) (*Balancer, *recorder) {
+// poolOf returns a Maglev pool with backends as its members.
+func poolOf(t testing.TB, backends ...balancer.Backend) *balancer.Pool {
+	t.Helper()
+	p := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}, Logger: quietLogger()})
+	require.NoError(t, p.Set(backends))
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// newRecorded returns a serving balancer that records its batches. It
+// is Manual: no goroutine races the test for the recorder.
+func newRecorded(t *testing.T, svcs ...Service) (*Balancer, *recorder) {
 	t.Helper()
 	r := &recorder{}
-	// Manual: no goroutine races the test for the recorder.
-	b, err := newBalancer(Config{Logger: quietLogger(), Manual: true}, r)
+	b, err := newBalancer(Config{Logger: quietLogger(), Manual: true, Services: svcs}, r)
 	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(context.Background()) }()
+	require.NoError(t, b.Sync(context.Background()))
+	t.Cleanup(func() {
+		require.NoError(t, b.Close())
+		require.NoError(t, <-served)
+	})
 	return b, r
 }
 
 func golden(s string) []string {
 	return strings.Split(strings.TrimSpace(strings.ReplaceAll(s, "\t", "")), "\n")
 }
+
+// anchorRule is the postrouting rule that keeps conntrack on.
+const anchorRule = "add rule postrouting [ ct load key 0 dir 0 => reg 1 ][ bitwise reg 1 = ( reg 1 & 0x01000000 ) ^ 0x00000000 ][ cmp neq reg 1 0x00000000 ]"
 
 var (
 	be1 = netip.MustParseAddrPort("198.18.2.11:8080")
@@ -193,16 +216,20 @@ func TestBatchNewReplacesTable(t *testing.T) {
 		delete table lbkit
 		add table lbkit
 		add chain prerouting { type nat hook %d priority -100 }
-		add chain postrouting { type nat hook %d priority 100 }`, unix.NF_INET_PRE_ROUTING, unix.NF_INET_POST_ROUTING))
+		add chain postrouting { type nat hook %d priority 100 }
+		flush chain prerouting
+		flush chain postrouting
+		`+anchorRule, unix.NF_INET_PRE_ROUTING, unix.NF_INET_POST_ROUTING))
 	require.Len(t, r.batches, 1, "one atomic batch")
 	assert.Empty(t, cmp.Diff(want, r.batches[0]), "(-want +got)")
 }
 
 func TestBatchService(t *testing.T) {
 	b, r := newRecorded(t)
-	pool, err := b.AddService(Service{
+	pool := poolOf(t, balancer.Backend{Addr: be1}, balancer.Backend{Addr: be2}, balancer.Backend{Addr: be3, Weight: 2})
+	err := b.AddService(Service{
 		Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Mode: FullNAT, TableSize: 7, Seed: 0x1234,
-		Backends: []balancer.Backend{{Addr: be1}, {Addr: be2}, {Addr: be3, Weight: 2}},
+		Key: balancer.Key{Source: balancer.KeyFlow}, Pool: pool,
 	})
 	require.NoError(t, err)
 	require.Len(t, r.batches, 2)
@@ -231,6 +258,7 @@ func TestBatchService(t *testing.T) {
 		add element web { ` + strings.Join(elems, ", ") + ` }
 		flush chain prerouting
 		flush chain postrouting
+		` + anchorRule + `
 		add rule prerouting [ meta load nfproto => reg 1 ][ cmp eq reg 1 0x02 ][ payload load 4b @ network header + 16 => reg 1 ][ cmp eq reg 1 0xc613000a ][ meta load l4proto => reg 1 ][ cmp eq reg 1 0x06 ][ payload load 2b @ transport header + 2 => reg 1 ][ cmp eq reg 1 0x0050 ][ objref type 1 name web ][ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x1234) % mod 7 ][ lookup reg 1 set web dreg 1 ][ nat dnat family 2 addr reg 1-1 proto reg 9-9 specified true ]
 		add rule postrouting ` + match + `[ payload load 4b @ network header + 16 => reg 1 ][ payload load 2b @ transport header + 2 => reg 9 ][ lookup reg 1 set web/backends dreg 0 ]
 		add rule postrouting ` + match + `[ masq ]`)
@@ -295,6 +323,7 @@ func TestBatchService(t *testing.T) {
 		assert.Equal(t, golden(`
 			flush chain prerouting
 			flush chain postrouting
+			`+anchorRule+`
 			delete map web
 			delete map web/backends
 			flush chain web/198.18.2.11:8080
@@ -310,10 +339,10 @@ func TestBatchService(t *testing.T) {
 
 func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
 	b, r := newRecorded(t)
-	_, err := b.AddService(Service{
-		Name: "dns", VIP: netip.MustParseAddrPort("[fd00:198:19::10]:53"), Proto: UDP, Scheduler: RoundRobin,
+	err := b.AddService(Service{
+		Name: "dns", VIP: netip.MustParseAddrPort("[fd00:198:19::10]:53"), Proto: UDP,
 		Mode: FullNAT, SNAT: netip.MustParseAddr("fd00:198:18:2::1"), TableSize: 5, Seed: 7,
-		Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort("[fd00:198:18:2::11]:53")}},
+		Pool: poolOf(t, balancer.Backend{Addr: netip.MustParseAddrPort("[fd00:198:18:2::11]:53")}),
 	})
 	require.NoError(t, err)
 	got := r.last()
@@ -331,24 +360,53 @@ func TestBatchIPv6RoundRobinSNAT(t *testing.T) {
 }
 
 func TestJhashIPv6Layout(t *testing.T) {
-	svc := Service{Name: "x", VIP: netip.MustParseAddrPort("[fd00::1]:80"), Proto: TCP, Seed: 9}
+	svc := Service{Name: "x", VIP: netip.MustParseAddrPort("[fd00::1]:80"), Proto: TCP, Seed: 9, Key: balancer.MustParseKey("flow")}
 	got := renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, &svc), 251))
 	// saddr fills 16-byte reg 2; sport follows in reg 3, as nft lays
 	// out "jhash ip6 saddr . tcp sport".
 	assert.Contains(t, got, "[ payload load 16b @ network header + 8 => reg 2 ][ payload load 2b @ transport header + 0 => reg 3 ][ hash reg 1 = jhash(reg 2, 20, 0x9) % mod 251 ]")
 }
 
+func TestKeyRules(t *testing.T) {
+	for _, tc := range []struct {
+		key, vip, want string
+	}{
+		{"", "198.19.0.10:80", "[ numgen reg 1 = inc mod 251 ]"},
+		{"flow", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ payload load 2b @ transport header + 0 => reg 13 ][ hash reg 1 = jhash(reg 2, 8, 0x9) % mod 251 ]"},
+		{"client", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+		{"client/24", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ bitwise reg 2 = ( reg 2 & 0xffffff00 ) ^ 0x00000000 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+		{"client/24,56", "[fd00::1]:80", "[ payload load 16b @ network header + 8 => reg 2 ][ bitwise reg 2 = ( reg 2 & 0xffffffffffffff000000000000000000 ) ^ 0x00000000000000000000000000000000 ][ hash reg 1 = jhash(reg 2, 16, 0x9) % mod 251 ]"},
+		{"client/32", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+		{"header:X-User", "198.19.0.10:80", "[ payload load 4b @ network header + 12 => reg 2 ][ hash reg 1 = jhash(reg 2, 4, 0x9) % mod 251 ]"},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			svc := Service{Name: "x", VIP: netip.MustParseAddrPort(tc.vip), Seed: 9, Key: balancer.MustParseKey(tc.key), Pool: poolOf(t)}
+			require.NoError(t, svc.validate())
+			assert.Contains(t, renderExprs(serviceExprs(&svc, slotMap(&nftables.Table{Name: "t"}, &svc), 251)), tc.want)
+		})
+	}
+	// Lookup's model of the masked hash: one /24, one slot.
+	h, bits := (&Service{VIP: netip.MustParseAddrPort("198.19.0.10:80"), Key: balancer.MustParseKey("client/24")}).hashing()
+	require.Equal(t, hashClient, h)
+	a := flowSlot(netip.MustParseAddrPort("198.18.1.2:1000"), h, bits, 9, 251)
+	assert.Equal(t, a, flowSlot(netip.MustParseAddrPort("198.18.1.200:2000"), h, bits, 9, 251))
+	assert.Equal(t, flowSlot(netip.MustParseAddrPort("198.18.1.0:0"), hashClient, 0, 9, 251), a, "the masked address, alone")
+	bad := Service{Name: "x", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Key: balancer.Key{Source: balancer.KeyClient, Bits4: 33}, Pool: poolOf(t)}
+	assert.ErrorContains(t, bad.validate(), "prefix length")
+}
+
 func TestMappedBackendIsIPv4(t *testing.T) {
 	b, r := newRecorded(t)
-	_, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: 2,
-		Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort("[::ffff:198.18.2.11]:8080")}}})
+	err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: 2,
+		Pool: poolOf(t, balancer.Backend{Addr: netip.MustParseAddrPort("[::ffff:198.18.2.11]:8080")})})
 	require.NoError(t, err)
 	assert.Contains(t, r.last(), "add element web { 0 : 198.18.2.11:8080, 1 : 198.18.2.11:8080 }")
 }
 
 func TestResizeRewritesMapAndModulus(t *testing.T) {
 	b, r := newRecorded(t)
-	pool, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Backends: []balancer.Backend{{Addr: be1}}})
+	pool := poolOf(t, balancer.Backend{Addr: be1})
+	err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Pool: pool})
 	require.NoError(t, err)
 	assert.Contains(t, strings.Join(r.last(), "\n"), "mod 251")
 	var bs []balancer.Backend
@@ -368,8 +426,8 @@ func TestResizeRewritesMapAndModulus(t *testing.T) {
 
 func TestFailedBatchIsRetriedFromTheOldState(t *testing.T) {
 	b, r := newRecorded(t)
-	pool, err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: 7,
-		Backends: []balancer.Backend{{Addr: be1}, {Addr: be2}}})
+	pool := poolOf(t, balancer.Backend{Addr: be1}, balancer.Backend{Addr: be2})
+	err := b.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: 7, Pool: pool})
 	require.NoError(t, err)
 	r.fail = errors.New("kernel says no")
 	pool.SetHealthy(be2, false)
@@ -392,26 +450,28 @@ func TestFailedBatchIsRetriedFromTheOldState(t *testing.T) {
 func TestAddServiceErrors(t *testing.T) {
 	b, r := newRecorded(t)
 	vip := netip.MustParseAddrPort("198.19.0.10:80")
-	_, err := b.AddService(Service{Name: "a", VIP: vip})
+	empty := poolOf(t)
+	err := b.AddService(Service{Name: "a", VIP: vip, Pool: empty})
 	require.NoError(t, err)
 	for _, tc := range []struct {
 		name string
 		svc  Service
 		want string
 	}{
-		{"duplicate name", Service{Name: "a", VIP: netip.MustParseAddrPort("198.19.0.11:80")}, "already exists"},
-		{"duplicate vip", Service{Name: "b", VIP: vip}, "already exists"},
-		{"bad name", Service{Name: "a b", VIP: vip}, "service name"},
-		{"no port", Service{Name: "c", VIP: netip.AddrPortFrom(vip.Addr(), 0)}, "needs an address and a port"},
-		{"bad proto", Service{Name: "c", VIP: vip, Proto: 1}, "want tcp or udp"},
-		{"snat without fullnat", Service{Name: "c", VIP: vip, Proto: UDP, SNAT: netip.MustParseAddr("198.18.2.1")}, "needs FullNAT"},
-		{"snat family", Service{Name: "c", VIP: vip, Proto: UDP, Mode: FullNAT, SNAT: netip.MustParseAddr("fd00::1")}, "differ in family"},
-		{"table size not prime", Service{Name: "c", VIP: vip, Proto: UDP, TableSize: 100}, "prime"},
-		{"backend family", Service{Name: "c", VIP: vip, Proto: UDP, Backends: []balancer.Backend{{Addr: netip.MustParseAddrPort("[fd00::1]:80")}}}, "differ in family"},
+		{"duplicate name", Service{Name: "a", VIP: netip.MustParseAddrPort("198.19.0.11:80"), Pool: empty}, "already exists"},
+		{"duplicate vip", Service{Name: "b", VIP: vip, Pool: empty}, "already exists"},
+		{"bad name", Service{Name: "a b", VIP: vip, Pool: empty}, "service name"},
+		{"no port", Service{Name: "c", VIP: netip.AddrPortFrom(vip.Addr(), 0), Pool: empty}, "needs an address and a port"},
+		{"bad proto", Service{Name: "c", VIP: vip, Proto: 1, Pool: empty}, "want tcp or udp"},
+		{"snat without fullnat", Service{Name: "c", VIP: vip, Proto: UDP, SNAT: netip.MustParseAddr("198.18.2.1"), Pool: empty}, "needs FullNAT"},
+		{"snat family", Service{Name: "c", VIP: vip, Proto: UDP, Mode: FullNAT, SNAT: netip.MustParseAddr("fd00::1"), Pool: empty}, "differ in family"},
+		{"table size not prime", Service{Name: "c", VIP: vip, Proto: UDP, TableSize: 100, Pool: empty}, "prime"},
+		{"no pool", Service{Name: "c", VIP: vip, Proto: UDP}, "nil Pool"},
+		{"backend family", Service{Name: "c", VIP: vip, Proto: UDP, Pool: poolOf(t, balancer.Backend{Addr: netip.MustParseAddrPort("[fd00::1]:80")})}, "differ in family"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := len(r.batches)
-			_, err := b.AddService(tc.svc)
+			err := b.AddService(tc.svc)
 			assert.ErrorContains(t, err, tc.want)
 			if tc.want == "already exists" {
 				assert.ErrorIs(t, err, ErrExists)
@@ -420,28 +480,159 @@ func TestAddServiceErrors(t *testing.T) {
 		})
 	}
 	t.Run("same VIP other protocol", func(t *testing.T) {
-		_, err := b.AddService(Service{Name: "b", VIP: vip, Proto: UDP})
+		err := b.AddService(Service{Name: "b", VIP: vip, Proto: UDP, Pool: empty})
 		assert.NoError(t, err)
 	})
 	t.Run("refused batch leaves no service", func(t *testing.T) {
 		r.fail = errors.New("no")
-		_, err := b.AddService(Service{Name: "z", VIP: netip.MustParseAddrPort("198.19.0.99:80")})
+		err := b.AddService(Service{Name: "z", VIP: netip.MustParseAddrPort("198.19.0.99:80"), Pool: empty})
 		require.Error(t, err)
 		assert.Nil(t, b.Pool("z"))
 	})
 }
 
-func TestClosed(t *testing.T) {
-	r := &recorder{}
-	b, err := newBalancer(Config{Logger: quietLogger()}, r)
-	require.NoError(t, err)
-	require.NoError(t, b.Close())
-	assert.Equal(t, []string{"delete table lbkit"}, r.last())
-	require.NoError(t, b.Close())
-	_, err = b.AddService(Service{Name: "a", VIP: netip.MustParseAddrPort("198.19.0.10:80")})
-	assert.ErrorIs(t, err, ErrClosed)
-	assert.ErrorIs(t, b.Sync(context.Background()), ErrClosed)
-	_, err = b.Stats()
-	assert.ErrorIs(t, err, ErrClosed)
-	assert.ErrorIs(t, b.RemoveService("a"), ErrClosed)
+func TestLifecycle(t *testing.T) {
+	vip := netip.MustParseAddrPort("198.19.0.10:80")
+	t.Run("nothing reaches the kernel before Serve", func(t *testing.T) {
+		r := &recorder{}
+		b, err := newBalancer(Config{Logger: quietLogger(), Services: []Service{{Name: "a", VIP: vip, Pool: poolOf(t)}}}, r)
+		require.NoError(t, err)
+		require.NoError(t, b.AddService(Service{Name: "b", VIP: netip.MustParseAddrPort("198.19.0.11:80"), Pool: poolOf(t)}))
+		require.NoError(t, b.RemoveService("a"))
+		st, err := b.Stats()
+		require.NoError(t, err)
+		require.Len(t, st, 1)
+		assert.Equal(t, "b", st[0].Name)
+		assert.Empty(t, r.batches)
+		require.NoError(t, b.Close())
+		assert.Empty(t, r.batches, "closed before Serve: no table to delete")
+		assert.ErrorIs(t, b.Serve(context.Background()), ErrServerClosed)
+	})
+	t.Run("Serve installs everything in one batch; ctx ends it", func(t *testing.T) {
+		r := &recorder{}
+		b, err := newBalancer(Config{Logger: quietLogger(), Services: []Service{{Name: "a", VIP: vip, Pool: poolOf(t, balancer.Backend{Addr: be1})}}}, r)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		served := make(chan error, 1)
+		go func() { served <- b.Serve(ctx) }()
+		require.NoError(t, b.Sync(context.Background()))
+		require.Len(t, r.batches, 1)
+		got := strings.Join(r.batches[0], "\n")
+		assert.True(t, strings.HasPrefix(got, "add table lbkit\ndelete table lbkit\nadd table lbkit"), got)
+		assert.Contains(t, got, "add map a ")
+		assert.Contains(t, got, "add rule prerouting")
+		assert.ErrorIs(t, b.Serve(context.Background()), ErrServerClosed, "serving twice")
+		cancel()
+		require.NoError(t, <-served)
+		assert.Equal(t, []string{"delete table lbkit"}, r.last())
+		assert.ErrorIs(t, b.Sync(context.Background()), ErrServerClosed)
+		require.NoError(t, b.Close())
+		require.NoError(t, b.Shutdown(context.Background()))
+	})
+	t.Run("a refused table fails Serve", func(t *testing.T) {
+		r := &recorder{fail: errors.New("kernel says no")}
+		b, err := newBalancer(Config{Logger: quietLogger()}, r)
+		require.NoError(t, err)
+		assert.ErrorContains(t, b.Serve(context.Background()), "kernel says no")
+		assert.ErrorIs(t, b.Sync(context.Background()), ErrServerClosed)
+		require.NoError(t, b.Close())
+	})
+	t.Run("Shutdown stops Serve and waits for it", func(t *testing.T) {
+		r := &recorder{}
+		b, err := newBalancer(Config{Logger: quietLogger()}, r)
+		require.NoError(t, err)
+		served := make(chan error, 1)
+		go func() { served <- b.Serve(context.Background()) }()
+		require.NoError(t, b.Sync(context.Background()))
+		require.NoError(t, b.Shutdown(context.Background()))
+		assert.Equal(t, []string{"delete table lbkit"}, r.last(), "deleted before Shutdown returns")
+		require.NoError(t, <-served)
+		err = b.AddService(Service{Name: "a", VIP: vip, Pool: poolOf(t)})
+		assert.ErrorIs(t, err, ErrServerClosed)
+		_, err = b.Stats()
+		assert.ErrorIs(t, err, ErrServerClosed)
+		assert.ErrorIs(t, b.RemoveService("a"), ErrServerClosed)
+	})
+}
+
+func TestModeText(t *testing.T) {
+	for _, m := range []Mode{Gateway, FullNAT} {
+		text, err := m.MarshalText()
+		require.NoError(t, err)
+		var got Mode
+		require.NoError(t, got.UnmarshalText(text))
+		assert.Equal(t, m, got)
+	}
+	var m Mode
+	assert.ErrorContains(t, m.UnmarshalText([]byte("dsr")), "unknown mode")
+	_, err := Mode(7).MarshalText()
+	assert.Error(t, err)
+}
+
+func TestBatchSetServices(t *testing.T) {
+	vipA, vipB := netip.MustParseAddrPort("198.19.0.10:80"), netip.MustParseAddrPort("198.19.0.11:80")
+	a := Service{Name: "a", VIP: vipA, TableSize: 5, Pool: poolOf(t, balancer.Backend{Addr: be1})}
+	bsvc := Service{Name: "b", VIP: vipB, TableSize: 5, Pool: poolOf(t, balancer.Backend{Addr: be2})}
+	b, r := newRecorded(t, a, bsvc)
+	n := len(r.batches)
+
+	b6 := bsvc
+	b6.VIP = netip.MustParseAddrPort("[fd00:198:19::11]:80")
+	b6.Pool = poolOf(t, balancer.Backend{Addr: netip.MustParseAddrPort("[fd00:198:18:2::12]:8080")})
+	c := Service{Name: "c", VIP: netip.MustParseAddrPort("198.19.0.12:80"), Proto: UDP, TableSize: 5, Pool: a.Pool}
+	require.NoError(t, b.SetServices([]Service{a, b6, c}))
+	require.Len(t, r.batches, n+1, "one batch")
+	got := r.last()
+	index := func(line string) int {
+		t.Helper()
+		i := slices.Index(got, line)
+		require.GreaterOrEqual(t, i, 0, "missing %q in %q", line, got)
+		return i
+	}
+	// b's maps change type: the hooks let go of them, they are deleted
+	// and made again under the same names, and the hooks are rewritten.
+	assert.Less(t, index("flush chain prerouting"), index("delete map b"))
+	assert.Less(t, index("delete map b"), index("add map b { mark : ipv6_addr . inet_service }"))
+	assert.Less(t, index("delete chain b/198.18.2.12:8080"), index("add chain b/[fd00:198:18:2::12]:8080"))
+	assert.Contains(t, got, "add map c { mark : ipv4_addr . inet_service }")
+	assert.NotContains(t, got, "add counter b", "b's counter carries on")
+	for _, line := range got {
+		assert.False(t, strings.HasPrefix(line, "add element a ") || strings.HasPrefix(line, "delete element a "), "a is untouched: %q", line)
+	}
+	assert.Equal(t, 3, strings.Count(strings.Join(got, "\n"), "add rule prerouting"))
+
+	t.Run("a refused batch keeps the old services", func(t *testing.T) {
+		r.fail = errors.New("no")
+		err := b.SetServices([]Service{a})
+		require.ErrorContains(t, err, "no")
+		r.fail = nil
+		assert.Equal(t, []string{"a", "b", "c"}, names(b.Services()))
+		n := len(r.batches)
+		require.NoError(t, b.Sync(context.Background()))
+		assert.Len(t, r.batches, n, "the kernel still holds the old set: nothing to do")
+		require.NoError(t, b.SetServices([]Service{a}))
+		got := r.last()
+		assert.Contains(t, got, "delete map b")
+		assert.Contains(t, got, "delete counter c")
+		assert.Equal(t, 1, strings.Count(strings.Join(got, "\n"), "add rule prerouting"))
+	})
+	t.Run("errors", func(t *testing.T) {
+		n := len(r.batches)
+		assert.ErrorIs(t, b.SetServices([]Service{a, a}), ErrExists)
+		dup := c
+		dup.VIP = a.VIP
+		dup.Proto = TCP
+		assert.ErrorIs(t, b.SetServices([]Service{a, dup}), ErrExists)
+		assert.ErrorIs(t, b.UpdateService(c), ErrNotFound)
+		assert.ErrorIs(t, b.AddService(a), ErrExists)
+		assert.Len(t, r.batches, n, "nothing sent")
+	})
+}
+
+func names(svcs []Service) []string {
+	var out []string
+	for _, s := range svcs {
+		out = append(out, s.Name)
+	}
+	return out
 }

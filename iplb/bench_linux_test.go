@@ -30,9 +30,7 @@ func BenchmarkApply(b *testing.B) {
 	require.NoError(b, err)
 	for _, n := range []int{3, 100, 1000} {
 		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) {
-			lb, err := New(Config{NetNS: int(host.NS()), Logger: quietLogger()})
-			require.NoError(b, err)
-			defer lb.Close()
+			lb := serveBalancer(b, Config{NetNS: int(host.NS()), Logger: quietLogger()})
 			// The pool's own picker is not what is measured: give it a
 			// trivial builder, so the time is iplb's (plan, Maglev table,
 			// batch, commit).
@@ -45,7 +43,7 @@ func BenchmarkApply(b *testing.B) {
 			}
 			require.NoError(b, pool.Set(bs))
 			start := b.Elapsed()
-			_, err = lb.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Pool: pool})
+			err = lb.AddService(Service{Name: "web", VIP: netip.MustParseAddrPort("198.19.0.10:80"), Pool: pool})
 			require.NoError(b, err)
 			fill := b.Elapsed() - start
 			ctx := context.Background()
@@ -79,9 +77,9 @@ func BenchmarkLab(b *testing.B) {
 	direct := netip.AddrPortFrom(l.backends[0].host.Addr4(), backendPort)
 	gw := netip.AddrPortFrom(vip4, 80)
 	fnat := netip.AddrPortFrom(vip4, 81)
-	_, err := lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)})
+	err := lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)})
 	require.NoError(b, err)
-	_, err = lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)})
+	err = lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)})
 	require.NoError(b, err)
 
 	for _, path := range []struct {
@@ -136,14 +134,14 @@ func BenchmarkWrk(b *testing.B) {
 	direct := netip.AddrPortFrom(l.backends[0].host.Addr4(), backendPort)
 	gw := netip.AddrPortFrom(vip4, 80)
 	fnat := netip.AddrPortFrom(vip4, 81)
-	_, err = lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)})
+	err = lb.AddService(Service{Name: "gw", VIP: gw, Pool: l.pool(b, false)})
 	require.NoError(b, err)
-	_, err = lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)})
+	err = lb.AddService(Service{Name: "fnat", VIP: fnat, Mode: FullNAT, Pool: l.pool(b, false)})
 	require.NoError(b, err)
 	// The same single backend as "direct", behind the balancer: the
 	// difference is the balancer's hop alone.
 	one := netip.AddrPortFrom(vip4, 83)
-	_, err = lb.AddService(Service{Name: "one", VIP: one, Backends: []balancer.Backend{{Addr: direct}}})
+	err = lb.AddService(Service{Name: "one", VIP: one, Pool: poolOf(b, balancer.Backend{Addr: direct})})
 	require.NoError(b, err)
 	// be2 routed through the balancer without NAT: the same hop, and the
 	// conntrack the nat chains switch on, but no rule, map or rewrite.

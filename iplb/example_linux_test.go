@@ -5,58 +5,50 @@ import (
 	"fmt"
 	"log"
 	"net/netip"
-	"time"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
-	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/iplb"
 )
 
-// A TCP service in gateway mode whose pool a health checker keeps up to
-// date: the balancer applies every change to the kernel by itself. It
-// needs root, so it is compiled but not run; examples/iplb runs a whole
-// lab.
-func ExampleBalancer_AddService() {
-	lb, err := iplb.New(iplb.Config{})
-	if err != nil {
-		log.Fatal(err) // not root, or not Linux
-	}
-	defer lb.Close()
-
+// A TCP service in gateway mode: the balancer follows its pool, so
+// whatever changes the pool (a health checker, discovery, the code
+// below) reaches the kernel by itself. It needs root, so it is compiled
+// but not run; examples/iplb runs a whole lab.
+func ExampleBalancer_Serve() {
 	backends := []balancer.Backend{
 		{Addr: netip.MustParseAddrPort("198.18.2.11:8080")},
 		{Addr: netip.MustParseAddrPort("198.18.2.12:8080"), Weight: 2},
 	}
 	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool.Close()
 	if err := pool.Set(backends); err != nil {
 		log.Fatal(err)
 	}
-	chk, err := health.New(health.Config{})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer chk.Close()
-	for _, b := range backends {
-		chk.SetTarget(health.Target{Addr: b.Addr, Probe: health.TCP{}, Interval: time.Second, Initial: health.Healthy})
-	}
-	defer chk.Drive(pool)()
-
-	if _, err := lb.AddService(iplb.Service{
+	lb, err := iplb.New(iplb.Config{Services: []iplb.Service{{
 		Name: "web",
 		VIP:  netip.MustParseAddrPort("198.19.0.10:80"),
 		Pool: pool,
-	}); err != nil {
-		log.Fatal(err)
+	}}})
+	if err != nil {
+		log.Fatal(err) // not root, or not Linux
 	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go lb.Serve(ctx)
+
 	// Drain a backend: new flows avoid it once Sync (or the balancer's
-	// own goroutine) has applied the change; open ones finish.
+	// control loop) has applied the change; open ones finish.
 	pool.SetDraining(backends[0].Addr, true)
-	if err := lb.Sync(context.Background()); err != nil {
+	if err := lb.Sync(ctx); err != nil {
 		log.Fatal(err)
 	}
 	stats, _ := lb.Stats()
 	for _, b := range stats[0].Backends {
 		fmt.Println(b.Addr, b.Slots, b.Flows)
+	}
+	// Serve more at run time, in one atomic batch.
+	if err := lb.AddService(iplb.Service{Name: "dns", VIP: netip.MustParseAddrPort("198.19.0.10:53"), Proto: iplb.UDP, Pool: pool}); err != nil {
+		log.Fatal(err)
 	}
 }

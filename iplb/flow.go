@@ -73,14 +73,22 @@ func jhashFinal(a, b, c uint32) uint32 {
 	return c
 }
 
-// flowSlot returns the slot the kernel rule of a Consistent service
-// computes for a flow from client: jhash over the registers holding
-// "saddr . sport" (the port zero-padded to 4 bytes), scaled into [0, size)
-// the way nft_jhash does (reciprocal_scale: the high 32 bits of h × size,
-// not h mod size).
-func flowSlot(client netip.AddrPort, seed uint32, size int) int {
-	key := append(client.Addr().Unmap().AsSlice(), 0, 0, 0, 0)
-	binary.BigEndian.PutUint16(key[len(key)-4:], client.Port())
-	h := jhash(key, seed)
-	return int(uint64(h) * uint64(size) >> 32)
+// flowSlot returns the slot the kernel rule of a service hashing h (with
+// prefix length bits for hashClient) computes for a flow from client:
+// jhash over the registers holding "saddr . sport" (the port zero-padded
+// to 4 bytes) for hashFlow, or the masked "saddr" for hashClient, scaled
+// into [0, size) the way nft_jhash does (reciprocal_scale: the high 32
+// bits of h × size, not h mod size).
+func flowSlot(client netip.AddrPort, h hashing, bits int, seed uint32, size int) int {
+	addr := client.Addr().Unmap()
+	if h == hashClient && bits > 0 {
+		addr = netip.PrefixFrom(addr, bits).Masked().Addr()
+	}
+	key := addr.AsSlice()
+	if h == hashFlow {
+		key = append(key, 0, 0, 0, 0)
+		binary.BigEndian.PutUint16(key[len(key)-4:], client.Port())
+	}
+	x := jhash(key, seed)
+	return int(uint64(x) * uint64(size) >> 32)
 }

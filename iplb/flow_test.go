@@ -36,7 +36,7 @@ func TestFlowSlotInRange(t *testing.T) {
 		for range 5000 {
 			var a [4]byte
 			binary.BigEndian.PutUint32(a[:], r.Uint32())
-			s := flowSlot(netip.AddrPortFrom(netip.AddrFrom4(a), uint16(r.Uint32())), 0x1234, size)
+			s := flowSlot(netip.AddrPortFrom(netip.AddrFrom4(a), uint16(r.Uint32())), hashFlow, 0, 0x1234, size)
 			assert.GreaterOrEqual(t, s, 0)
 			assert.Less(t, s, size)
 			seen[s] = true

@@ -45,29 +45,25 @@ func (m Mode) String() string {
 	}
 }
 
-// Scheduler says how a service chooses a slot of its Maglev table for a
-// new flow.
-type Scheduler uint8
-
-const (
-	// Consistent hashes the client's address and port into a slot, so a
-	// client port keeps its backend while the ready set is unchanged and
-	// a change moves only the changed backends' share of new flows.
-	Consistent Scheduler = iota
-	// RoundRobin takes the slots in turn (weighted round robin).
-	RoundRobin
-)
-
-// String returns "consistent" or "roundrobin".
-func (s Scheduler) String() string {
-	switch s {
-	case Consistent:
-		return "consistent"
-	case RoundRobin:
-		return "roundrobin"
-	default:
-		return fmt.Sprintf("scheduler(%d)", uint8(s))
+// MarshalText returns the mode's name, as String.
+func (m Mode) MarshalText() ([]byte, error) {
+	if m > FullNAT {
+		return nil, fmt.Errorf("iplb: unknown %v", m)
 	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText parses "gateway" or "fullnat".
+func (m *Mode) UnmarshalText(text []byte) error {
+	switch string(text) {
+	case "gateway":
+		*m = Gateway
+	case "fullnat":
+		*m = FullNAT
+	default:
+		return fmt.Errorf("iplb: unknown mode %q: want gateway or fullnat", text)
+	}
+	return nil
 }
 
 // Service is a virtual service: traffic to VIP with protocol Proto is
@@ -87,16 +83,31 @@ type Service struct {
 	// SNAT is the source address FullNAT rewrites to. The zero value
 	// means masquerade: the address of the link toward the backend.
 	SNAT netip.Addr
-	// Scheduler is Consistent (the zero value) or RoundRobin.
-	Scheduler Scheduler
+	// Key says what the kernel hashes to choose a new flow's slot in the
+	// service's Maglev table, as nft's jhash can:
+	//
+	//   - "flow" (balancer.KeyFlow): the client's address and port. The
+	//     service fixes the destination and protocol, so this is the
+	//     5-tuple: a client port keeps its backend while the ready set is
+	//     unchanged, and a change moves only the changed backends' share
+	//     of new flows.
+	//   - "client" (balancer.KeyClient): the client's address under the
+	//     key's prefix length (Bits4, Bits6), so every connection of a
+	//     client (or a /24) goes to one backend.
+	//   - no key (the zero value): no hash; new flows take the slots in
+	//     turn (nft numgen), a weighted round robin.
+	//
+	// The kernel sees packets, not requests: a header, cookie, path or
+	// query key falls back to the client address, as for every front-end
+	// that cannot see it.
+	Key balancer.Key
 	// Pool holds the backends, with health, drain and weights; iplb
-	// follows its snapshots. Nil means a new pool with Backends as its
-	// members (see [Balancer.Pool] to reach it). Backends must have the
-	// VIP's address family.
+	// follows its snapshots and never closes it. Members must have the
+	// VIP's address family: a ready member of the other family makes
+	// the snapshot fail to apply (AddService and friends return the
+	// error; the control loop keeps the last state it applied and
+	// reports it in ServiceStats.Err). Required.
 	Pool *balancer.Pool
-	// Backends are the initial members of the pool iplb creates when
-	// Pool is nil; ignored otherwise.
-	Backends []balancer.Backend
 	// TableSize is the number of slots, a prime above the member count.
 	// Zero chooses from the member count: 251, 1021, 4093, 16381 or
 	// 65521, the smallest with at least 100 slots per member.
@@ -104,6 +115,35 @@ type Service struct {
 	// Seed seeds the flow hash. Zero derives it from Name, so it is stable
 	// across restarts.
 	Seed uint32
+}
+
+// hashing is what the kernel rule of a service hashes.
+type hashing uint8
+
+const (
+	hashNone   hashing = iota // numgen: round robin over the slots
+	hashFlow                  // source address and port
+	hashClient                // source address under a prefix
+)
+
+// hashing returns what the kernel hashes for svc's key, and for
+// hashClient the prefix length of the VIP's family (0: the whole
+// address).
+func (svc *Service) hashing() (hashing, int) {
+	switch svc.Key.Source {
+	case balancer.KeyNone:
+		return hashNone, 0
+	case balancer.KeyFlow:
+		return hashFlow, 0
+	}
+	bits, full := svc.Key.Bits6, 128
+	if svc.VIP.Addr().Is4() {
+		bits, full = svc.Key.Bits4, 32
+	}
+	if bits >= full {
+		bits = 0
+	}
+	return hashClient, bits
 }
 
 // tableSizes are the automatic table sizes, all prime.
@@ -129,8 +169,9 @@ var ErrExists = errors.New("iplb: service already exists")
 // ErrNotFound is returned for a service name the balancer does not know.
 var ErrNotFound = errors.New("iplb: no such service")
 
-// ErrClosed is returned by methods of a closed [Balancer].
-var ErrClosed = errors.New("iplb: balancer closed")
+// ErrServerClosed is returned by [Balancer.Serve] when the balancer was
+// already served or stopped, and by the other methods once it stopped.
+var ErrServerClosed = errors.New("iplb: balancer closed")
 
 // validate checks svc and fills defaults.
 func (svc *Service) validate() error {
@@ -150,8 +191,14 @@ func (svc *Service) validate() error {
 	if svc.Mode > FullNAT {
 		return fmt.Errorf("iplb: service %s: unknown %v", svc.Name, svc.Mode)
 	}
-	if svc.Scheduler > RoundRobin {
-		return fmt.Errorf("iplb: service %s: unknown %v", svc.Name, svc.Scheduler)
+	if svc.Key.Source > balancer.KeyFlow {
+		return fmt.Errorf("iplb: service %s: unknown key source %d", svc.Name, svc.Key.Source)
+	}
+	if b := svc.Key.Bits4; b < 0 || b > 32 {
+		return fmt.Errorf("iplb: service %s: key prefix length %d out of [0, 32]", svc.Name, b)
+	}
+	if b := svc.Key.Bits6; b < 0 || b > 128 {
+		return fmt.Errorf("iplb: service %s: key prefix length %d out of [0, 128]", svc.Name, b)
 	}
 	if svc.SNAT.IsValid() {
 		svc.SNAT = svc.SNAT.Unmap()
@@ -165,10 +212,8 @@ func (svc *Service) validate() error {
 	if svc.TableSize != 0 && (svc.TableSize < 2 || svc.TableSize > tableSizes[len(tableSizes)-1] || !isPrime(svc.TableSize)) {
 		return fmt.Errorf("iplb: service %s: TableSize %d must be a prime up to %d", svc.Name, svc.TableSize, tableSizes[len(tableSizes)-1])
 	}
-	for _, b := range svc.Backends {
-		if err := checkBackend(svc, b.Addr); err != nil {
-			return err
-		}
+	if svc.Pool == nil {
+		return fmt.Errorf("iplb: service %s: nil Pool", svc.Name)
 	}
 	if svc.Seed == 0 {
 		svc.Seed = uint32(balancer.HashString(svc.Name)) | 1
@@ -201,6 +246,9 @@ func isPrime(n int) bool {
 
 // Config configures a [Balancer]. The zero value is useful.
 type Config struct {
+	// Services are the virtual services [Balancer.Serve] installs. More
+	// can be added, and these changed or removed, at any time.
+	Services []Service
 	// Table is the name of the inet table the balancer owns. A table of
 	// that name found at start is replaced. Empty means "lbkit".
 	Table string
@@ -209,10 +257,10 @@ type Config struct {
 	// caller while the balancer lives. Zero means the calling process's
 	// namespace.
 	NetNS int
-	// Manual turns the per-service goroutines off: pool changes reach the
-	// kernel only when the caller calls Sync, which then applies every
-	// change made since in one batch per service. The zero value applies
-	// each snapshot as it is published.
+	// Manual turns the control loop off: pool changes reach the kernel
+	// only when the caller calls Sync, which then applies every change
+	// made since in one batch per service. The zero value applies each
+	// snapshot as it is published.
 	Manual bool
 	// RetryInterval is how long a service waits before retrying a batch
 	// the kernel refused. Zero means 1 s.

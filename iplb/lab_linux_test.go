@@ -1,6 +1,7 @@
 package iplb
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -135,10 +137,35 @@ func (l *lab) pool(t testing.TB, v6 bool) *balancer.Pool {
 	return p
 }
 
+// flowKey hashes a flow's 5-tuple.
+var flowKey = balancer.Key{Source: balancer.KeyFlow}
+
+func (l *lab) backendByName(name string) *testBackend {
+	for _, tb := range l.backends {
+		if tb.name == name {
+			return tb
+		}
+	}
+	return nil
+}
+
 func (l *lab) newBalancer(t testing.TB) *Balancer {
-	b, err := New(Config{NetNS: int(l.bal.NS())})
+	return serveBalancer(t, Config{NetNS: int(l.bal.NS())})
+}
+
+// serveBalancer returns a balancer serving on its own goroutine until
+// the test ends.
+func serveBalancer(t testing.TB, cfg Config) *Balancer {
+	t.Helper()
+	b, err := New(cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, b.Close()) })
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(context.Background()) }()
+	require.NoError(t, b.Sync(context.Background()))
+	t.Cleanup(func() {
+		assert.NoError(t, b.Close())
+		assert.NoError(t, <-served)
+	})
 	return b
 }
 
@@ -262,9 +289,9 @@ func TestLab(t *testing.T) {
 			if tc.mode == FullNAT {
 				wantPeer = balAddr[tc.v6]
 			}
-			_, err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			err := b.AddService(Service{Name: name + "-tcp", VIP: vip, Mode: tc.mode, Key: flowKey, Pool: l.pool(t, tc.v6)})
 			require.NoError(t, err)
-			_, err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Pool: l.pool(t, tc.v6)})
+			err = b.AddService(Service{Name: name + "-udp", VIP: vip, Proto: UDP, Mode: tc.mode, Key: flowKey, Pool: l.pool(t, tc.v6)})
 			require.NoError(t, err)
 
 			const n = 200
@@ -348,13 +375,66 @@ func TestLab(t *testing.T) {
 		}
 		_, ok := b.Lookup("nope", netip.MustParseAddrPort("198.18.1.2:1"))
 		assert.False(t, ok)
+		_, ok = b.Lookup("rr", netip.MustParseAddrPort("198.18.1.2:1"))
+		assert.False(t, ok, "round robin: no hash to predict")
 		_, ok = b.Lookup("gateway-ipv4-tcp", netip.MustParseAddrPort("[fd00::1]:1"))
 		assert.False(t, ok, "wrong family")
 	})
 
+	t.Run("a client key hashes the source address under its prefix", func(t *testing.T) {
+		// Eight client addresses in one /24.
+		var srcs []netip.Addr
+		for i := range 8 {
+			a := netip.AddrFrom4([4]byte{198, 18, 1, byte(30 + i)})
+			require.NoError(t, l.client.AddAddr(netip.PrefixFrom(a, 24), "eth0"))
+			srcs = append(srcs, a)
+		}
+		ask := func(src netip.Addr, vip netip.AddrPort) (netip.AddrPort, string) {
+			t.Helper()
+			var c net.Conn
+			require.NoError(t, l.client.Do(func() (err error) {
+				d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+				c, err = d.DialContext(ctx, "tcp", vip.String())
+				return err
+			}))
+			defer c.Close()
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			_, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+			require.NoError(t, err)
+			resp, err := io.ReadAll(c)
+			require.NoError(t, err)
+			_, body, _ := strings.Cut(string(resp), "\r\n\r\n")
+			name, _, _ := strings.Cut(body, " ")
+			return local, name
+		}
+		for _, tc := range []struct {
+			key  string
+			port uint16
+		}{{"client", 96}, {"client/24", 97}} {
+			vip := netip.AddrPortFrom(vip4, tc.port)
+			require.NoError(t, b.AddService(Service{Name: "by-" + strings.ReplaceAll(tc.key, "/", "-"), VIP: vip,
+				Key: balancer.MustParseKey(tc.key), Pool: l.pool(t, false)}))
+			seen := map[string]bool{}
+			for _, src := range srcs {
+				for range 2 {
+					local, name := ask(src, vip)
+					want, ok := b.Lookup("by-"+strings.ReplaceAll(tc.key, "/", "-"), local)
+					require.True(t, ok)
+					assert.Equal(t, want.Addr(), l.backendByName(name).addr(false, backendPort).Addr(), "%s: flow from %v", tc.key, local)
+					seen[name] = true
+				}
+			}
+			if tc.key == "client/24" {
+				assert.Len(t, seen, 1, "one /24, one backend")
+			} else {
+				assert.Greater(t, len(seen), 1, "eight addresses spread over the backends")
+			}
+		}
+	})
+
 	t.Run("roundrobin follows the slots exactly", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 82)
-		_, err := b.AddService(Service{Name: "rr", VIP: vip, Scheduler: RoundRobin, TableSize: 251, Pool: l.pool(t, false)})
+		err := b.AddService(Service{Name: "rr", VIP: vip, TableSize: 251, Pool: l.pool(t, false)})
 		require.NoError(t, err)
 		c := l.httpClient(false)
 		counts := map[string]int{}
@@ -377,11 +457,12 @@ func TestLab(t *testing.T) {
 
 	t.Run("unhealthy and drain", func(t *testing.T) {
 		vip := netip.AddrPortFrom(vip4, 90)
-		pool, err := b.AddService(Service{Name: "health", VIP: vip, Backends: []balancer.Backend{
-			{Addr: l.backends[0].addr(false, backendPort)},
-			{Addr: l.backends[1].addr(false, backendPort)},
-			{Addr: l.backends[2].addr(false, backendPort)},
-		}})
+		pool := poolOf(t,
+			balancer.Backend{Addr: l.backends[0].addr(false, backendPort)},
+			balancer.Backend{Addr: l.backends[1].addr(false, backendPort)},
+			balancer.Backend{Addr: l.backends[2].addr(false, backendPort)},
+		)
+		err := b.AddService(Service{Name: "health", VIP: vip, Pool: pool})
 		require.NoError(t, err)
 		// One open keep-alive connection per backend.
 		open := map[string]*http.Client{}
@@ -435,9 +516,76 @@ func TestLab(t *testing.T) {
 		require.NoError(t, b.RemoveService("health"))
 	})
 
+	t.Run("runtime changes keep established flows", func(t *testing.T) {
+		kept := netip.AddrPortFrom(vip4, 92)
+		other := netip.AddrPortFrom(vip4, 93)
+		require.NoError(t, b.AddService(Service{Name: "kept", VIP: kept, Pool: l.pool(t, false)}))
+		require.NoError(t, b.AddService(Service{Name: "changed", VIP: other, Pool: l.pool(t, false)}))
+		// One keep-alive connection to each service.
+		keptC, changedC := l.httpClient(true), l.httpClient(true)
+		defer keptC.CloseIdleConnections()
+		defer changedC.CloseIdleConnections()
+		keptBE, keptPeer := get(t, keptC, url(kept))
+		changedBE, changedPeer := get(t, changedC, url(other))
+		same := func(c *http.Client, vip netip.AddrPort, be, peer string, why string) {
+			t.Helper()
+			for range 3 {
+				gotBE, gotPeer := get(t, c, url(vip))
+				require.Equal(t, be, gotBE, why)
+				require.Equal(t, peer, gotPeer, "%s: the same connection", why)
+			}
+		}
+
+		// Add a service, then remove it: each is one batch that
+		// rewrites the hooks; the kept service's flows carry on.
+		extra := netip.AddrPortFrom(vip4, 94)
+		require.NoError(t, b.AddService(Service{Name: "extra", VIP: extra, Mode: FullNAT, Pool: l.pool(t, false)}))
+		get(t, l.httpClient(false), url(extra))
+		same(keptC, kept, keptBE, keptPeer, "after adding a service")
+		require.NoError(t, b.RemoveService("extra"))
+		same(keptC, kept, keptBE, keptPeer, "after removing a service")
+
+		// Change the other service: its only backend is now one it
+		// did not pick, in FullNAT mode. Its established flow stays in
+		// conntrack, on its backend; new flows follow the new config.
+		var target *testBackend
+		for _, tb := range l.backends {
+			if tb.name != changedBE {
+				target = tb
+				break
+			}
+		}
+		require.NoError(t, b.UpdateService(Service{Name: "changed", VIP: other, Mode: FullNAT,
+			Pool: poolOf(t, balancer.Backend{Addr: target.addr(false, backendPort)})}))
+		same(changedC, other, changedBE, changedPeer, "a changed service's established flow")
+		same(keptC, kept, keptBE, keptPeer, "after changing another service")
+		fresh := l.httpClient(false)
+		for range 10 {
+			be, peer := get(t, fresh, url(other))
+			require.Equal(t, target.name, be, "new flows follow the new pool")
+			host, _, err := net.SplitHostPort(peer)
+			require.NoError(t, err)
+			require.Equal(t, "198.18.2.1", host, "new flows are FullNAT")
+		}
+
+		// The whole set at once: "changed" moves to IPv6 (new maps of
+		// the same names), "kept" stays, "rr2" joins, in one batch.
+		v6 := netip.AddrPortFrom(vip6, 93)
+		require.NoError(t, b.SetServices(append(slices.DeleteFunc(b.Services(), func(s Service) bool {
+			return s.Name == "changed"
+		}), Service{Name: "changed", VIP: v6, Pool: l.pool(t, true)},
+			Service{Name: "rr2", VIP: netip.AddrPortFrom(vip4, 95), Pool: l.pool(t, false)})))
+		same(keptC, kept, keptBE, keptPeer, "after SetServices")
+		get(t, l.httpClient(false), url(v6))
+		get(t, l.httpClient(false), url(netip.AddrPortFrom(vip4, 95)))
+		require.NoError(t, b.RemoveService("changed"))
+		require.NoError(t, b.RemoveService("rr2"))
+		require.NoError(t, b.RemoveService("kept"))
+	})
+
 	t.Run("killed backend leaves through the health checker", func(t *testing.T) {
 		// The whole path: a TCP probe from the balancer's namespace fails,
-		// the checker marks the target down, Drive updates the pool, and
+		// the checker, following the pool, marks the member down, and
 		// the balancer's goroutine applies the snapshot, without Sync.
 		chk, err := health.New(health.Config{Logger: quietLogger()})
 		require.NoError(t, err)
@@ -451,15 +599,11 @@ func TestLab(t *testing.T) {
 		})
 		vip := netip.AddrPortFrom(vip4, 91)
 		pool := l.pool(t, false)
-		for _, tb := range l.backends {
-			require.NoError(t, chk.SetTarget(health.Target{
-				Addr: tb.addr(false, backendPort), Probe: probe, Initial: health.Healthy,
-				Interval: 20 * time.Millisecond, Fall: 1, Timeout: 2 * time.Second,
-			}))
-		}
-		stop := chk.Drive(pool)
-		defer stop()
-		_, err = b.AddService(Service{Name: "checked", VIP: vip, Pool: pool})
+		require.NoError(t, chk.Follow(pool, health.Template{
+			Probe: probe, Initial: health.Healthy, Interval: 20 * time.Millisecond, Fall: 1, Timeout: 2 * time.Second,
+		}))
+		defer chk.Unfollow(pool)
+		err = b.AddService(Service{Name: "checked", VIP: vip, Pool: pool})
 		require.NoError(t, err)
 		// An open connection to a backend that stays up.
 		survivor := l.httpClient(true)
@@ -491,7 +635,7 @@ func TestLab(t *testing.T) {
 		be, _ := get(t, survivor, url(vip))
 		assert.Equal(t, alive, be, "an open connection to a healthy backend carries on")
 		survivor.CloseIdleConnections()
-		stop()
+		chk.Unfollow(pool)
 		require.NoError(t, b.RemoveService("checked"))
 	})
 
@@ -514,6 +658,9 @@ func TestLab(t *testing.T) {
 		require.NoError(t, c.Flush())
 		b2, err := New(Config{NetNS: int(l.bal.NS()), Table: "stale"})
 		require.NoError(t, err)
+		served := make(chan error, 1)
+		go func() { served <- b2.Serve(context.Background()) }()
+		require.NoError(t, b2.Sync(context.Background()))
 		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 		require.NoError(t, err)
 		for _, ch := range chains {
@@ -521,6 +668,7 @@ func TestLab(t *testing.T) {
 		}
 		assert.ElementsMatch(t, []string{"lbkit", "stale"}, tables())
 		require.NoError(t, b2.Close())
+		require.NoError(t, <-served)
 		assert.Equal(t, []string{"lbkit"}, tables())
 	})
 }
@@ -532,4 +680,209 @@ func slicesIndex(st []ServiceStats, name string) int {
 		}
 	}
 	return -1
+}
+
+// rawConn is a keep-alive HTTP/1.1 connection from the lab's client.
+type rawConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (l *lab) rawDial(t testing.TB, vip netip.AddrPort) *rawConn {
+	t.Helper()
+	c, err := l.client.DialContext(context.Background(), "tcp", vip.String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{c, bufio.NewReader(c)}
+}
+
+// get sends one request and returns the backend's name.
+func (rc *rawConn) get() (string, error) {
+	rc.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(rc.c, "GET / HTTP/1.1\r\nHost: vip\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(rc.r, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	name, _, _ := strings.Cut(string(b), " ")
+	return name, err
+}
+
+// TestLabShutdownDrains: Shutdown stops new flows but keeps translating
+// open ones until they end, then removes the table; a Shutdown whose
+// context ends first, and Close, remove it at once, which resets what is
+// left. Removing a service keeps its open flows too: the table's NAT
+// chains stay.
+func TestLabShutdownDrains(t *testing.T) {
+	l := newLab(t)
+	vip, gone := netip.AddrPortFrom(vip4, 80), netip.AddrPortFrom(vip4, 81)
+	start := func() (*Balancer, chan error) {
+		b, err := New(Config{NetNS: int(l.bal.NS()), Logger: quietLogger(), Services: []Service{
+			{Name: "web", VIP: vip, Pool: l.pool(t, false)},
+			{Name: "gone", VIP: gone, Mode: FullNAT, Pool: l.pool(t, false)},
+		}})
+		require.NoError(t, err)
+		served := make(chan error, 1)
+		go func() { served <- b.Serve(context.Background()) }()
+		require.NoError(t, b.Sync(context.Background()))
+		return b, served
+	}
+	b, served := start()
+	open, removed := l.rawDial(t, vip), l.rawDial(t, gone)
+	name, err := open.get()
+	require.NoError(t, err)
+	_, err = removed.get()
+	require.NoError(t, err)
+	require.NoError(t, b.RemoveService("gone"))
+	_, err = removed.get()
+	require.NoError(t, err, "a removed service's open flow keeps its translation")
+	removed.c.Close()
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- b.Shutdown(ctx)
+	}()
+	require.Eventually(t, func() bool {
+		c, err := l.client.DialContext(context.Background(), "tcp", vip.String())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, 10*time.Second, 20*time.Millisecond, "new connections reach the balancer itself, which refuses them")
+	for range 3 {
+		got, err := open.get()
+		require.NoError(t, err, "an open flow carries on while draining")
+		require.Equal(t, name, got)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a flow open", err)
+	default:
+	}
+	open.c.Close()
+	require.NoError(t, <-shut, "the last flow ended: the drain is over")
+	require.NoError(t, <-served)
+
+	// Without any service, the table still keeps conntrack on: an open
+	// flow of a removed service keeps its translation (nftables turns
+	// conntrack off some 20 ms after the last rule that needs it goes).
+	b, served = start()
+	open = l.rawDial(t, vip)
+	name, err = open.get()
+	require.NoError(t, err)
+	require.NoError(t, b.SetServices(nil))
+	assert.Never(t, func() bool {
+		got, err := open.get()
+		return err != nil || got != name
+	}, 300*time.Millisecond, 30*time.Millisecond, "the open flow carries on with no service left")
+	open.c.Close()
+	require.NoError(t, b.Close())
+	require.NoError(t, <-served)
+
+	// A drain cut short by its context, and by Close.
+	for _, stop := range []string{"deadline", "close"} {
+		b, served := start()
+		open := l.rawDial(t, vip)
+		_, err := open.get()
+		require.NoError(t, err)
+		if stop == "deadline" {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			assert.ErrorIs(t, b.Shutdown(ctx), context.DeadlineExceeded)
+			cancel()
+		} else {
+			shut := make(chan error, 1)
+			go func() { shut <- b.Shutdown(context.Background()) }()
+			require.Eventually(t, func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				return b.state == stopped
+			}, 5*time.Second, 5*time.Millisecond)
+			require.NoError(t, b.Close())
+			require.NoError(t, <-shut)
+		}
+		require.NoError(t, <-served, stop)
+		_, err = open.get()
+		assert.Error(t, err, "%s: the table is gone, the flow left is reset", stop)
+	}
+}
+
+// TestChangeConcurrent changes services and pools and reads stats from
+// several goroutines at once against the kernel (run with -race), then
+// checks that the kernel holds exactly the last set.
+func TestChangeConcurrent(t *testing.T) {
+	netlab.RequireRoot(t)
+	nl, err := netlab.New(t, netlab.Config{})
+	require.NoError(t, err)
+	host, err := nl.AddHost("bal")
+	require.NoError(t, err)
+	b := serveBalancer(t, Config{NetNS: int(host.NS()), Logger: quietLogger()})
+	pools := make([]*balancer.Pool, 3)
+	for i := range pools {
+		var bs []balancer.Backend
+		for j := range 4 {
+			bs = append(bs, balancer.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(10 + i), byte(1 + j)}), 8080)})
+		}
+		pools[i] = poolOf(t, bs...)
+	}
+	vip := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(vip4, port) }
+	sets := [][]Service{
+		{{Name: "a", VIP: vip(80), Pool: pools[0]}, {Name: "b", VIP: vip(81), Pool: pools[1], Key: flowKey}},
+		{{Name: "a", VIP: vip(80), Pool: pools[2], Mode: FullNAT}, {Name: "c", VIP: vip(82), Pool: pools[1], Key: balancer.MustParseKey("client/24")}},
+		{{Name: "b", VIP: vip(83), Pool: pools[0]}, {Name: "c", VIP: vip(82), Proto: UDP, Pool: pools[2]}},
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range 30 {
+			assert.NoError(t, b.SetServices(sets[i%len(sets)]))
+		}
+	})
+	wg.Go(func() {
+		for i := range 60 {
+			p := pools[i%3]
+			m := p.Snapshot().Members[i%4]
+			p.SetHealthy(m.Addr(), i%2 == 0)
+			p.SetWeight(m.Addr(), uint32(1+i%3))
+		}
+	})
+	wg.Go(func() {
+		for range 30 {
+			_, err := b.Stats()
+			assert.NoError(t, err)
+			b.Lookup("a", netip.MustParseAddrPort("198.18.1.2:1000"))
+			assert.NoError(t, b.Sync(context.Background()))
+		}
+	})
+	wg.Wait()
+	require.NoError(t, b.Sync(context.Background()))
+	last := sets[(30-1)%len(sets)]
+	st, err := b.Stats()
+	require.NoError(t, err)
+	require.Len(t, st, len(last))
+	for i, s := range st {
+		want := last[slices.IndexFunc(last, func(x Service) bool { return x.Name == s.Name })]
+		assert.Equal(t, want.VIP, s.VIP, "service %d", i)
+		assert.NoError(t, s.Err)
+		assert.Equal(t, want.Pool.Snapshot().Version, s.Version, "%s reflects its pool's last snapshot", s.Name)
+		assert.Len(t, s.Backends, 4)
+	}
+	// The kernel's ruleset names exactly these services.
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		return
+	}
+	cmd := exec.Command(nft, "list", "table", "inet", "lbkit")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, host.Start(cmd))
+	require.NoError(t, cmd.Wait(), out.String())
+	assert.Equal(t, len(last), strings.Count(out.String(), "dnat ip to"), out.String())
+	assert.Contains(t, out.String(), `udp dport 82 counter name "c"`)
+	assert.Contains(t, out.String(), `tcp dport 83 counter name "b"`)
+	assert.NotContains(t, out.String(), "dport 80 ")
 }

@@ -128,14 +128,26 @@ func serviceExprs(svc *Service, set *nftables.Set, size int) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(svc.VIP.Port())},
 		&expr.Objref{Type: objCounter, Name: serviceCounter(svc.Name)},
 	}
-	if svc.Scheduler == RoundRobin {
+	switch h, bits := svc.hashing(); h {
+	case hashNone:
 		ex = append(ex, &expr.Numgen{Register: 1, Modulus: uint32(size), Type: unix.NFT_NG_INCREMENTAL})
-	} else {
+	case hashFlow:
 		ex = append(ex,
 			&expr.Payload{DestRegister: 2, Base: expr.PayloadBaseNetworkHeader, Offset: srcOff, Len: alen},
 			&expr.Payload{DestRegister: portReg(2, v6), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
 			&expr.Hash{SourceRegister: 2, DestRegister: 1, Length: alen + 4, Modulus: uint32(size), Seed: svc.Seed, Type: expr.HashTypeJenkins},
 		)
+	case hashClient:
+		ex = append(ex, &expr.Payload{DestRegister: 2, Base: expr.PayloadBaseNetworkHeader, Offset: srcOff, Len: alen})
+		if bits > 0 {
+			// jhash ip saddr and 255.255.255.0
+			mask := make([]byte, alen)
+			for i := range bits {
+				mask[i/8] |= 0x80 >> (i % 8)
+			}
+			ex = append(ex, &expr.Bitwise{SourceRegister: 2, DestRegister: 2, Len: alen, Mask: mask, Xor: make([]byte, alen)})
+		}
+		ex = append(ex, &expr.Hash{SourceRegister: 2, DestRegister: 1, Length: alen, Modulus: uint32(size), Seed: svc.Seed, Type: expr.HashTypeJenkins})
 	}
 	return append(ex,
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
@@ -199,6 +211,24 @@ func fullNATExprs(svc *Service) []expr.Any {
 		&expr.Immediate{Register: 1, Data: svc.SNAT.AsSlice()},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(nfproto(svc.SNAT)), RegAddrMin: 1, RegAddrMax: 1},
 	)
+}
+
+// anchorExprs are `ct state invalid`, the postrouting chain's first rule,
+// which never matches (invalid packets do not reach nat chains). It is
+// there for its ct expression: nftables switches connection tracking on
+// in a namespace only while some rule's expression needs it, and turns
+// it off (unregistering its hooks, some 20 ms after the commit) once the
+// last such rule is gone. Established flows then lose their translation
+// and are reset, as measured when a drain emptied both hook chains. This
+// rule keeps conntrack on while the table exists, whatever the services.
+func anchorExprs() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(1), // NF_CT_STATE_INVALID_BIT
+			Xor:  []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	}
 }
 
 // dirOriginal is IP_CT_DIR_ORIGINAL: the conntrack tuple as the client

@@ -14,7 +14,7 @@ import (
 // planOf returns the plan iplb would write for pool's current snapshot.
 func planOf(t *testing.T, s *service) plan {
 	t.Helper()
-	p, err := s.planFor(s.pool.Snapshot(), s.pool.Endpoints())
+	p, err := s.planFor(s.pool.Snapshot())
 	require.NoError(t, err)
 	return p
 }
@@ -28,7 +28,7 @@ func testService(t *testing.T, n, size int, weight func(i int) uint32) (*service
 		addrs = append(addrs, a)
 		require.NoError(t, pool.Add(balancer.Backend{Addr: a, Weight: weight(i)}))
 	}
-	svc := Service{Name: "s", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: size}
+	svc := Service{Name: "s", VIP: netip.MustParseAddrPort("198.19.0.10:80"), TableSize: size, Pool: pool}
 	require.NoError(t, svc.validate())
 	return &service{svc: svc, pool: pool}, addrs
 }

@@ -1,11 +1,16 @@
 package l2lb
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // dataplane is the loaded XDP program and its maps, with typed writers
@@ -14,8 +19,14 @@ type dataplane struct {
 	objs        l2lbObjects
 	maxServices int
 	maxBackends int
+	connTable   int
 	ncpu        int
-	vipBits     uint // log2 of the vips map's slots
+	vipBits     uint // log2 of the slots of each of the vips map's two tables
+
+	mac        [6]byte
+	vipsB      bool           // the program reads the second VIP table
+	slotWrites uint64         // ring slots written since load: tests check deltas
+	services   map[VIP]uint32 // the VIP table the program reads
 }
 
 // loadDataplane loads the program with maps sized for maxServices
@@ -27,16 +38,17 @@ func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) 
 		return nil, fmt.Errorf("l2lb: load program spec: %w", err)
 	}
 	bits := vipTableBits(maxServices)
-	spec.Maps["vips"].MaxEntries = 1 << bits
+	spec.Maps["vips"].MaxEntries = 2 << bits
 	if err := spec.Variables["vip_bits"].Set(uint32(bits)); err != nil {
 		return nil, fmt.Errorf("l2lb: set vip_bits: %w", err)
 	}
 	spec.Maps["service_stats"].MaxEntries = uint32(maxServices)
+	spec.Maps["service_conf"].MaxEntries = uint32(maxServices)
 	spec.Maps["rings"].MaxEntries = uint32(maxServices * RingSize)
 	spec.Maps["backends"].MaxEntries = uint32(maxBackends)
 	spec.Maps["backend_stats"].MaxEntries = uint32(maxBackends)
 	spec.Maps["conns"].MaxEntries = uint32(connTable)
-	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, vipBits: bits}
+	dp := &dataplane{maxServices: maxServices, maxBackends: maxBackends, connTable: connTable, vipBits: bits, services: map[VIP]uint32{}}
 	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -54,11 +66,25 @@ func loadDataplane(maxServices, maxBackends, connTable int) (*dataplane, error) 
 
 func (dp *dataplane) Close() error { return dp.objs.Close() }
 
+// setConfig writes the balancer's MAC and flags: ready, and which VIP
+// table the program reads.
 func (dp *dataplane) setConfig(mac [6]byte) error {
-	c := l2lbConfig{Mac: mac, Flags: 1} // CONFIG_READY
+	dp.mac = mac
+	return dp.writeConfig(dp.vipsB)
+}
+
+// writeConfig writes the config entry with the VIP table vipsB. Between
+// two writes only the flags' VIP-table bit changes (one byte), so the
+// program reads the old entry or the new one, never a mix.
+func (dp *dataplane) writeConfig(vipsB bool) error {
+	c := l2lbConfig{Mac: dp.mac, Flags: 1} // CONFIG_READY
+	if vipsB {
+		c.Flags |= 2 // CONFIG_VIPS_B
+	}
 	if err := dp.objs.LbConfig.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("l2lb: write config: %w", err)
 	}
+	dp.vipsB = vipsB
 	return nil
 }
 
@@ -100,27 +126,89 @@ func vipHome(k l2lbVipKey, bits uint) uint32 {
 	return uint32(x >> (64 - bits))
 }
 
-// setService maps v to service id in the vips map: in v's slot if it has
-// one, else in the first empty slot of the run from its home slot.
+// setService maps v to service id, keeping the other services.
 func (dp *dataplane) setService(v VIP, id uint32) error {
-	k := vipKey(v)
-	home, mask := vipHome(k, dp.vipBits), uint32(1)<<dp.vipBits-1
-	for i := range uint32(vipProbes) {
-		slot := (home + i) & mask
-		var e l2lbVipEntry
-		if err := dp.objs.Vips.Lookup(slot, &e); err != nil {
-			return fmt.Errorf("l2lb: read VIP table slot %d: %w", slot, err)
-		}
-		if e.Key.Family != 0 && e.Key != k {
-			continue
-		}
-		e = l2lbVipEntry{Key: k, Service: id}
-		if err := dp.objs.Vips.Update(slot, &e, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("l2lb: write service %s/%s: %w", v.Addr, v.Proto, err)
-		}
-		return nil
+	next := maps.Clone(dp.services)
+	next[v] = id
+	return dp.setServices(next)
+}
+
+// setServices makes services the program's VIP table: it lays the table
+// out, writes it whole into the half of the vips map the program does not
+// read, then flips the config to it. A frame meets the old table or the
+// new one. It fails, changing nothing, if a VIP finds no free slot within
+// vipProbes of its home.
+func (dp *dataplane) setServices(services map[VIP]uint32) error {
+	table, err := vipTable(services, dp.vipBits)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("l2lb: write service %s/%s: no free VIP table slot within %d of its home", v.Addr, v.Proto, vipProbes)
+	n := uint32(1) << dp.vipBits
+	base := uint32(0)
+	if !dp.vipsB {
+		base = n
+	}
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = base + uint32(i)
+	}
+	if _, err := dp.objs.Vips.BatchUpdate(keys, table, nil); err != nil {
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("l2lb: write VIP table: %w", err)
+		}
+		for i := range keys {
+			if err := dp.objs.Vips.Update(keys[i], &table[i], ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("l2lb: write VIP table slot %d: %w", keys[i], err)
+			}
+		}
+	}
+	if err := dp.writeConfig(!dp.vipsB); err != nil {
+		return err
+	}
+	dp.services = maps.Clone(services)
+	return nil
+}
+
+// vipTable lays out a VIP table of 2^bits slots: each VIP in the first
+// free slot of the run from its home slot, placed in order of home slot
+// (then key), so the layout depends on the set alone.
+func vipTable(services map[VIP]uint32, bits uint) ([]l2lbVipEntry, error) {
+	table := make([]l2lbVipEntry, 1<<bits)
+	mask := uint32(1)<<bits - 1
+	type placed struct {
+		v    VIP
+		k    l2lbVipKey
+		home uint32
+	}
+	order := make([]placed, 0, len(services))
+	for v := range services {
+		k := vipKey(v)
+		order = append(order, placed{v, k, vipHome(k, bits)})
+	}
+	slices.SortFunc(order, func(a, b placed) int {
+		if c := cmp.Compare(a.home, b.home); c != 0 {
+			return c
+		}
+		if c := a.v.Addr.Compare(b.v.Addr); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.v.Proto, b.v.Proto)
+	})
+	for _, p := range order {
+		ok := false
+		for i := range uint32(vipProbes) {
+			slot := (p.home + i) & mask
+			if table[slot].Key.Family == 0 {
+				table[slot] = l2lbVipEntry{Key: p.k, Service: services[p.v]}
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return nil, fmt.Errorf("l2lb: service %s/%s: no free VIP table slot within %d of its home", p.v.Addr, p.v.Proto, vipProbes)
+		}
+	}
+	return table, nil
 }
 
 // setSlots writes ring slots slots[i] of service to backend ids[i], in
@@ -129,6 +217,7 @@ func (dp *dataplane) setSlots(service uint32, slots []int, ids []uint32) error {
 	if len(slots) == 0 {
 		return nil
 	}
+	dp.slotWrites += uint64(len(slots))
 	keys := make([]uint32, len(slots))
 	for i, s := range slots {
 		keys[i] = service*RingSize + uint32(s)
@@ -147,6 +236,19 @@ func (dp *dataplane) setSlots(service uint32, slots []int, ids []uint32) error {
 		if err != nil {
 			return fmt.Errorf("l2lb: write ring of service %d: %w", service, err)
 		}
+	}
+	return nil
+}
+
+// setKey writes what service id hashes to pick a new flow's slot: the
+// client's address under k's prefix, or the 5-tuple.
+func (dp *dataplane) setKey(id uint32, k balancer.Key, v4 bool) error {
+	var c l2lbService
+	if mask, client := clientMask(k, v4); client {
+		c.Mask, c.Flags = mask, 1 // SERVICE_HASH_CLIENT
+	}
+	if err := dp.objs.ServiceConf.Update(id, &c, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("l2lb: write service %d: %w", id, err)
 	}
 	return nil
 }
@@ -176,6 +278,7 @@ func (dp *dataplane) counters() (Counters, error) {
 		c.ConnHits += p.ConnHits
 		c.ConnMisses += p.ConnMisses
 		c.ConnRepicks += p.ConnRepicks
+		c.ConnLost += p.ConnLost
 	}
 	return c, nil
 }
@@ -220,4 +323,42 @@ func (dp *dataplane) cachedBackend(f Flow, service uint32) (uint32, bool) {
 		return 0, false
 	}
 	return id, true
+}
+
+// connEntries counts the flows in the connection table.
+func (dp *dataplane) connEntries() (int, error) {
+	const batch = 4096
+	keys := make([]l2lbConnKey, batch)
+	vals := make([]uint32, batch)
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		n, err := dp.objs.Conns.BatchLookup(&cursor, keys, vals, nil)
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return dp.connEntriesIterate()
+		}
+		if err != nil {
+			return 0, fmt.Errorf("l2lb: read connection table: %w", err)
+		}
+	}
+}
+
+// connEntriesIterate counts the flows one key at a time, for kernels
+// without batch lookups.
+func (dp *dataplane) connEntriesIterate() (int, error) {
+	var k l2lbConnKey
+	var v uint32
+	n := 0
+	it := dp.objs.Conns.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("l2lb: read connection table: %w", err)
+	}
+	return n, nil
 }

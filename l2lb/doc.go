@@ -20,7 +20,11 @@
 //     multiply and inlined array reads, not a hash map's jhash and call,
 //     and a frame to any other destination usually stops at its first,
 //     empty slot. Other frames pass to the balancer's own stack
-//     (XDP_PASS), untouched.
+//     (XDP_PASS), untouched. The map holds two such tables; a flag in
+//     the config entry says which one the program reads. A change of the
+//     services writes the other table whole and then flips the flag (a
+//     one-byte change), so a frame meets the old set of services or the
+//     new one, never a table half written.
 //   - rings: one Maglev table of [RingSize] = 65537 slots (a prime, as
 //     maglev.DefaultSize) per service, in one array at index
 //     service·RingSize + slot; slot = [FlowHash] mod RingSize. The control
@@ -35,9 +39,12 @@
 //     several CPUs, and per-CPU tables would disagree after a ring
 //     change). A flow is keyed by client address, client port and
 //     service id, which stands for the destination address, port and
-//     protocol (a service's are fixed for the balancer's life): as
-//     exact as the 5-tuple, in 24 bytes instead of 40, which the kernel
-//     hashes and compares on every lookup.
+//     protocol (a service keeps its id while it is served): as exact as
+//     the 5-tuple, in 24 bytes instead of 40, which the kernel hashes
+//     and compares on every lookup. When the table is full a new flow
+//     evicts the least recently used one; see Config.ConnTableSize for
+//     the sizing rule, [Balancer.ConnTable] for the fill and
+//     Counters.ConnLost for segments of flows it lost.
 //   - per-CPU counters per service, per backend and global ([Counters]).
 //
 // Picking follows Katran: a TCP SYN (without ACK) always picks from the
@@ -48,7 +55,11 @@
 // reset by their new backend, which does not know them).
 //
 // The flow hash is h = Mix64(h ^ w) over the five 64-bit words of the flow
-// key, from a fixed seed, so every balancer of a fleet hashes alike, and
+// key, from a fixed seed, so every balancer of a fleet hashes alike. A
+// service whose [balancer.Key] is a client key hashes the client's
+// address under the key's prefix instead ([KeyHash]; the program reads
+// the service's settings only on a ring pick, so an established frame
+// pays nothing for it), and
 // [Model] — a pure-Go model of the program's parsing, decisions, connection
 // table and counters — reproduces every decision. The tests run crafted
 // and fuzzed frames through the kernel (BPF_PROG_TEST_RUN) and the model
@@ -61,7 +72,11 @@
 // frame, IP versions that disagree with the EtherType. So are frames the
 // program does not balance: VLAN-tagged frames, IPv4 fragments (later
 // fragments carry no ports, so no fragment is balanced), IPv6 with
-// extension headers, and protocols other than TCP and UDP.
+// extension headers, and protocols other than TCP and UDP. A caveat for
+// VLANs: the program sees the tag only where it is in the frame. In
+// generic mode a frame whose 802.1Q tag the kernel carries beside the
+// data (an accelerated tag, as a bridge or a VLAN device on a veth
+// produces) looks untagged, and one for a VIP is balanced.
 //
 // # Cost
 //
@@ -83,16 +98,42 @@
 //
 // # Control plane
 //
-// [New] loads the program, fills the maps from each [Service]'s
-// balancer.Pool, attaches to the interface (driver mode, falling back to
-// generic; labs on veth force generic) and then applies each new pool
-// snapshot as soon as it is published: health changes take effect within
-// one health-check interval. Backend MACs come from the interface's
-// neighbour table; a backend whose MAC is unknown gets no traffic while
-// the balancer asks the kernel to resolve it (a netlink neighbour request
-// with NTF_USE, which sends ARP or a neighbour solicitation) and re-reads
-// the table every Config.ResolveInterval, which also picks up changed
-// MACs. [Balancer.Stats] returns the counters; [Balancer.Close] detaches.
+// A Balancer is not a listener server: the kernel forwards the frames and
+// Go keeps the maps. [New] checks the configuration, looks the interface
+// up and loads the program, attaching nothing. [Balancer.Serve] fills the
+// maps from each [Service]'s balancer.Pool, attaches the program to the
+// interface ([AttachMode]: driver mode where it forwards, generic on a
+// veth whose peer runs no XDP program, as labs have) and runs the control
+// loop, which applies each new pool snapshot as soon as it is published:
+// health changes take effect within one health-check interval. Serve
+// returns when its context ends or [Balancer.Shutdown] or
+// [Balancer.Close] is called, and detaches the program first. The
+// balancer never closes a pool it was given.
+//
+// A backend's MAC comes from its member metadata ([MetaMAC], "mac") when
+// set, else from the interface's neighbour table; a backend whose MAC is
+// unknown gets no traffic while the balancer asks the kernel to resolve
+// it (a netlink neighbour request with NTF_USE, which sends ARP or a
+// neighbour solicitation) and re-reads the table every
+// Config.ResolveInterval, which also picks up changed MACs.
+//
+// Services change while serving: [Balancer.AddService],
+// [Balancer.UpdateService], [Balancer.RemoveService], or
+// [Balancer.SetServices] for a whole new set, matched by VIP and
+// protocol. New and changed services' backends and rings are written
+// first, then the VIP table flips once, then removed services' backends
+// are cleared. A service that stays, or is changed, keeps its id and its
+// connection-table entries: its established flows keep their backends
+// while those stay members and up. A removed service's frames pass to
+// the balancer's stack; its id is reused only after every fresh id was
+// given out, and only once the VIP table no longer names it (when a
+// change needs those ids at once, the removed services go out in a first
+// flip). [Balancer.Stats] returns the counters.
+//
+// There is no port translation: the frame reaches the backend unchanged
+// but for its MAC addresses, so a backend listens on the VIP's port. That
+// is the nature of direct server return (the backend answers the client
+// from the VIP and port the client used), as in LVS-DR.
 //
 // # Backend setup
 //

@@ -1,3 +1,3 @@
 package l2lb
 
-//go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror" -type vip_key -type vip_entry -type backend -type conn_key -type config -type counters -type global_counters l2lb bpf/l2lb.c -- -Ibpf
+//go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror" -type vip_key -type vip_entry -type service -type backend -type conn_key -type config -type counters -type global_counters l2lb bpf/l2lb.c -- -Ibpf

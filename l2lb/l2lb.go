@@ -12,12 +12,23 @@ import (
 	"github.com/lbkit/lbkit/balancer"
 )
 
+// MetaMAC is the member metadata key (balancer.Backend.Meta) that gives a
+// backend's MAC address ("02:00:5e:00:53:01"). A member without it is
+// resolved through the neighbour table of the balancer's interface; a
+// member whose value does not parse gets no traffic (and is logged).
+const MetaMAC = "mac"
+
 // AttachMode says how the XDP program is attached to the interface.
 type AttachMode uint8
 
 // The attach modes.
 const (
-	// AttachAuto tries driver (native) mode and falls back to generic.
+	// AttachAuto uses driver (native) mode where it forwards, falling
+	// back to generic: on a veth whose peer runs no XDP program in
+	// driver mode it chooses generic at once, because native XDP_TX on
+	// such a veth drops every frame it sends (the peer's queue takes
+	// XDP frames only while a program runs there); elsewhere it tries
+	// driver mode and falls back to generic if the driver refuses.
 	AttachAuto AttachMode = iota
 	// AttachDriver runs the program in the driver, before the kernel
 	// allocates a socket buffer: the fast path, on NICs that support it.
@@ -31,13 +42,38 @@ const (
 // String returns "auto", "driver" or "generic".
 func (m AttachMode) String() string {
 	switch m {
+	case AttachAuto:
+		return "auto"
 	case AttachDriver:
 		return "driver"
 	case AttachGeneric:
 		return "generic"
 	default:
-		return "auto"
+		return fmt.Sprintf("attachmode(%d)", uint8(m))
 	}
+}
+
+// MarshalText returns the mode's name, as String.
+func (m AttachMode) MarshalText() ([]byte, error) {
+	if m > AttachGeneric {
+		return nil, fmt.Errorf("l2lb: unknown %v", m)
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText parses "auto", "driver" or "generic".
+func (m *AttachMode) UnmarshalText(text []byte) error {
+	switch string(text) {
+	case "auto":
+		*m = AttachAuto
+	case "driver":
+		*m = AttachDriver
+	case "generic":
+		*m = AttachGeneric
+	default:
+		return fmt.Errorf("l2lb: unknown attach mode %q: want auto, driver or generic", text)
+	}
+	return nil
 }
 
 // Service is one virtual service: frames to VIP with protocol Proto are
@@ -53,10 +89,22 @@ type Service struct {
 	VIP netip.AddrPort
 	// Proto is TCP or UDP. Zero means TCP.
 	Proto Protocol
-	// Pool holds the service's backends. Its ready set (health, drain,
-	// effective weight during slow start) decides the Maglev table; a
-	// draining member keeps its established flows.
+	// Pool holds the service's backends, with their MACs in member
+	// metadata (MetaMAC) or from the neighbour table. Its ready set
+	// (health, drain, effective weight during slow start) decides the
+	// Maglev table; a draining member keeps its established flows. The
+	// balancer never closes it. Required.
 	Pool *balancer.Pool
+	// Key says what picks a new flow's ring slot ([KeyHash]): the zero
+	// key and "flow" hash the 5-tuple, so connections spread over the
+	// backends; "client" (balancer.KeyClient) hashes the client's
+	// address under the key's prefix length (Bits4, Bits6), so every
+	// connection of a client, or of a /24, goes to one backend. The
+	// program sees frames, not requests: header, cookie, path and query
+	// keys fall back to the client's address, as in every front-end that
+	// cannot see them. Established flows keep their backend through the
+	// connection table whatever the key.
+	Key balancer.Key
 }
 
 // Config configures a [Balancer].
@@ -70,10 +118,10 @@ type Config struct {
 	InterfaceIndex int
 	// Mode is the attach mode. Zero means AttachAuto.
 	Mode AttachMode
-	// Services are the virtual services, each with its pool. At least
-	// one; VIPs (with protocol) must be distinct. The set is fixed for
-	// the balancer's life; membership, health and weights change through
-	// the pools.
+	// Services are the virtual services Serve installs, each with its
+	// pool; VIPs (with protocol) must be distinct. Services can be added,
+	// changed and removed while serving (Balancer.SetServices and
+	// friends); membership, health and weights change through the pools.
 	Services []Service
 	// MaxServices sizes the service maps: each service takes RingSize
 	// ring slots (256 KiB). Zero means max(16, len(Services)).
@@ -82,8 +130,17 @@ type Config struct {
 	// together, including members that left and whose id waits to be
 	// reused. Zero means 1024.
 	MaxBackends int
-	// ConnTableSize is the number of flows the connection table keeps
-	// (least recently used go first). Zero means 65536.
+	// ConnTableSize is the number of flows the connection table keeps;
+	// when it is full, a new flow evicts the least recently used one.
+	// An evicted flow that is still open picks its backend from the ring
+	// again at its next frame: harmless while the ring is unchanged, but
+	// after a change of the ready set it may land on another backend,
+	// which resets it. Size it to at least the flows that are open at
+	// once plus the new flows of the longest idle gap of an open flow
+	// (new flows per second × seconds), with headroom: the kernel's LRU
+	// may evict a little before the table is full. [Balancer.ConnTable]
+	// reports the fill; Counters.ConnLost rising while the pool is
+	// unchanged means the table is too small. Zero means 65536.
 	ConnTableSize int
 	// ResolveInterval is how often the balancer re-reads the
 	// interface's neighbour table (picking up MAC changes) and asks the
@@ -100,6 +157,15 @@ type Stats struct {
 	Mode AttachMode
 	Counters
 	Services []ServiceStats
+}
+
+// ConnTableStats is the connection table's fill.
+type ConnTableStats struct {
+	// Size is the number of flows the table holds at most
+	// (Config.ConnTableSize).
+	Size int
+	// Entries is the number of flows it holds now.
+	Entries int
 }
 
 // ServiceStats are one service's counters and backends.
@@ -135,10 +201,14 @@ func (s ServiceStats) Backend(addr netip.AddrPort) (BackendStats, bool) {
 	return BackendStats{}, false
 }
 
-// Errors returned by [New] and [Balancer.Sync].
+// Errors returned by the [Balancer]'s methods.
 var (
-	// ErrClosed is returned by methods of a closed Balancer.
-	ErrClosed = errors.New("l2lb: balancer closed")
+	// ErrServerClosed is returned by Serve when the balancer was already
+	// served or stopped, and by the other methods once it stopped.
+	ErrServerClosed = errors.New("l2lb: balancer closed")
+	// ErrNotFound is wrapped by UpdateService and RemoveService for a
+	// VIP and protocol the balancer does not serve.
+	ErrNotFound = errors.New("l2lb: no such service")
 	// ErrUnresolved is wrapped by Sync when ready backends still have no
 	// MAC address when its context ends.
 	ErrUnresolved = errors.New("l2lb: backend MAC addresses unresolved")
@@ -168,12 +238,38 @@ func validate(cfg *Config) error {
 	if cfg.Interface == "" && cfg.InterfaceIndex <= 0 {
 		return errors.New("l2lb: Config.Interface or InterfaceIndex is required")
 	}
-	if len(cfg.Services) == 0 {
-		return errors.New("l2lb: no services")
+	if cfg.MaxServices == 0 {
+		cfg.MaxServices = max(16, len(cfg.Services))
+	}
+	if cfg.MaxServices < 1 || cfg.MaxServices > (1<<32-1)/RingSize {
+		return fmt.Errorf("l2lb: MaxServices %d out of range [1, %d]", cfg.MaxServices, (1<<32-1)/RingSize)
+	}
+	if err := validateServices(cfg.Services, cfg.MaxServices); err != nil {
+		return err
+	}
+	if cfg.MaxBackends == 0 {
+		cfg.MaxBackends = 1024
+	}
+	if cfg.ConnTableSize == 0 {
+		cfg.ConnTableSize = 65536
+	}
+	if cfg.ResolveInterval == 0 {
+		cfg.ResolveInterval = time.Second
+	}
+	if cfg.MaxBackends < 2 || cfg.ConnTableSize < 1 || cfg.ResolveInterval < 0 {
+		return errors.New("l2lb: MaxBackends, ConnTableSize and ResolveInterval must be positive")
+	}
+	return nil
+}
+
+// validateServices checks svcs as one set and fills in their defaults.
+func validateServices(svcs []Service, maxServices int) error {
+	if len(svcs) > maxServices {
+		return fmt.Errorf("l2lb: %d services; MaxServices is %d", len(svcs), maxServices)
 	}
 	seen := make(map[VIP]bool)
-	for i := range cfg.Services {
-		s := &cfg.Services[i]
+	for i := range svcs {
+		s := &svcs[i]
 		if s.Proto == 0 {
 			s.Proto = TCP
 		}
@@ -187,28 +283,14 @@ func validate(cfg *Config) error {
 			return fmt.Errorf("l2lb: service %v: protocol %v is not TCP or UDP", s.VIP, s.Proto)
 		case s.Pool == nil:
 			return fmt.Errorf("l2lb: service %v/%v: nil Pool", s.VIP, s.Proto)
+		case s.Key.Source > balancer.KeyFlow:
+			return fmt.Errorf("l2lb: service %v/%v: unknown key source %d", s.VIP, s.Proto, s.Key.Source)
+		case s.Key.Bits4 < 0 || s.Key.Bits4 > 32 || s.Key.Bits6 < 0 || s.Key.Bits6 > 128:
+			return fmt.Errorf("l2lb: service %v/%v: key %v: prefix length out of range", s.VIP, s.Proto, s.Key)
 		case seen[v]:
 			return fmt.Errorf("l2lb: service %v/%v listed twice", s.VIP, s.Proto)
 		}
 		seen[v] = true
-	}
-	if cfg.MaxServices == 0 {
-		cfg.MaxServices = max(16, len(cfg.Services))
-	}
-	if cfg.MaxServices < len(cfg.Services) || cfg.MaxServices > (1<<32-1)/RingSize {
-		return fmt.Errorf("l2lb: MaxServices %d out of range [%d, %d]", cfg.MaxServices, len(cfg.Services), (1<<32-1)/RingSize)
-	}
-	if cfg.MaxBackends == 0 {
-		cfg.MaxBackends = 1024
-	}
-	if cfg.ConnTableSize == 0 {
-		cfg.ConnTableSize = 65536
-	}
-	if cfg.ResolveInterval == 0 {
-		cfg.ResolveInterval = time.Second
-	}
-	if cfg.MaxBackends < 2 || cfg.ConnTableSize < 1 || cfg.ResolveInterval < 0 {
-		return errors.New("l2lb: MaxBackends, ConnTableSize and ResolveInterval must be positive")
 	}
 	return nil
 }

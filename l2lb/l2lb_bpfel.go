@@ -49,6 +49,14 @@ type l2lbGlobalCounters struct {
 	ConnHits    uint64
 	ConnMisses  uint64
 	ConnRepicks uint64
+	ConnLost    uint64
+}
+
+type l2lbService struct {
+	_     structs.HostLayout
+	Mask  [2]uint64
+	Flags uint32
+	Pad   uint32
 }
 
 type l2lbVipEntry struct {
@@ -75,6 +83,7 @@ const (
 	l2lbMapGlobalStats  = "global_stats"
 	l2lbMapLbConfig     = "lb_config"
 	l2lbMapRings        = "rings"
+	l2lbMapServiceConf  = "service_conf"
 	l2lbMapServiceStats = "service_stats"
 	l2lbMapVips         = "vips"
 	l2lbProgL2lbXdp     = "l2lb_xdp"
@@ -136,6 +145,7 @@ type l2lbMapSpecs struct {
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
 	LbConfig     *ebpf.MapSpec `ebpf:"lb_config"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
+	ServiceConf  *ebpf.MapSpec `ebpf:"service_conf"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Vips         *ebpf.MapSpec `ebpf:"vips"`
 }
@@ -173,6 +183,7 @@ type l2lbMaps struct {
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
 	LbConfig     *ebpf.Map `ebpf:"lb_config"`
 	Rings        *ebpf.Map `ebpf:"rings"`
+	ServiceConf  *ebpf.Map `ebpf:"service_conf"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Vips         *ebpf.Map `ebpf:"vips"`
 }
@@ -185,6 +196,7 @@ func (m *l2lbMaps) Close() error {
 		m.GlobalStats,
 		m.LbConfig,
 		m.Rings,
+		m.ServiceConf,
 		m.ServiceStats,
 		m.Vips,
 	)

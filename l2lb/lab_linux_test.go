@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
@@ -96,7 +99,30 @@ func serveHTTP(t testing.TB, h *netlab.Host) (kill func()) {
 	return kill
 }
 
+// serveIn creates a balancer in h's namespace and serves it until the
+// test ends.
+func serveIn(t testing.TB, h *netlab.Host, cfg Config) *Balancer {
+	t.Helper()
+	var b *Balancer
+	require.NoError(t, h.Do(func() (err error) {
+		b, err = New(cfg)
+		return err
+	}))
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		assert.NoError(t, b.Close())
+		assert.NoError(t, <-served)
+	})
+	return b
+}
+
 func newDSRLab(t testing.TB, nBackends int) *dsrLab {
+	return newDSRLabMode(t, nBackends, AttachGeneric)
+}
+
+// newDSRLabMode is newDSRLab with the balancer attached in mode.
+func newDSRLabMode(t testing.TB, nBackends int, mode AttachMode) *dsrLab {
 	t.Helper()
 	netlab.RequireRoot(t)
 	lab, err := netlab.New(t, netlab.Config{})
@@ -126,20 +152,15 @@ func newDSRLab(t testing.TB, nBackends int) *dsrLab {
 		return p
 	}
 	l.pool4, l.pool6, l.poolUDP = mk(b4), mk(b6), mk(bu)
-	err = l.lb.Do(func() (err error) {
-		l.bal, err = New(Config{
-			Interface: "eth0",
-			Mode:      AttachGeneric,
-			Services: []Service{
-				{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: l.pool4},
-				{VIP: netip.AddrPortFrom(labVIP6, 80), Pool: l.pool6},
-				{VIP: netip.AddrPortFrom(labVIP4, 9000), Proto: UDP, Pool: l.poolUDP},
-			},
-		})
-		return err
+	l.bal = serveIn(t, l.lb, Config{
+		Interface: "eth0",
+		Mode:      mode,
+		Services: []Service{
+			{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: l.pool4},
+			{VIP: netip.AddrPortFrom(labVIP6, 80), Pool: l.pool6},
+			{VIP: netip.AddrPortFrom(labVIP4, 9000), Proto: UDP, Pool: l.poolUDP},
+		},
 	})
-	require.NoError(t, err)
-	t.Cleanup(func() { l.bal.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	syncStart := time.Now()
@@ -457,42 +478,100 @@ func TestLab(t *testing.T) {
 	t.Logf("stats: %+v", st.Counters)
 }
 
-// TestAttachAuto attaches in the default mode (driver on veth), and
-// checks that Close detaches the program and is idempotent.
+// TestAttachAuto serves in the default mode on veth: with no XDP program
+// on the peer, native XDP_TX would drop every frame, so AttachAuto must
+// choose generic mode and traffic must flow; with a driver-mode program
+// on the peer, it chooses driver mode.
 func TestAttachAuto(t *testing.T) {
+	l := newDSRLabMode(t, 2, AttachAuto)
+	assert.Equal(t, AttachGeneric, l.bal.Mode(), "veth without a program on its peer")
+	seen := map[string]bool{}
+	for range 20 {
+		seen[l.name(t, labVIP4)] = true
+	}
+	assert.Len(t, seen, 2, "connections get through")
+
+	// The client's peer (its bridge port) gets an XDP program in driver
+	// mode: a balancer on the client's eth0 may then use driver mode.
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(Pass)), asm.Return()}})
+	require.NoError(t, err)
+	defer pass.Close()
+	var peerLink link.Link
+	require.NoError(t, l.lab.Bridge().Do(func() (err error) {
+		peerLink, err = link.AttachXDP(link.XDPOptions{Program: pass, Interface: l.client.Link().PeerIndex, Flags: link.XDPDriverMode})
+		return err
+	}))
+	defer peerLink.Close()
+	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool.Close()
+	bal := serveIn(t, l.client, Config{InterfaceIndex: l.client.Link().Index, Services: []Service{{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: pool}}})
+	require.NoError(t, bal.Sync(context.Background()))
+	assert.Equal(t, AttachDriver, bal.Mode(), "the peer runs a program in driver mode")
+	require.NoError(t, bal.Close())
+
+	err = l.lb.Do(func() error {
+		_, err := New(Config{Interface: "nope0", Services: []Service{{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: pool}}})
+		return err
+	})
+	assert.ErrorContains(t, err, "nope0", "an unknown interface fails New")
+}
+
+// TestLifecycle serves a balancer with no services yet and checks the
+// states around Serve: attached only while serving, detached on Close,
+// methods failing with ErrServerClosed afterwards.
+func TestLifecycle(t *testing.T) {
 	netlab.RequireRoot(t)
 	lab, err := netlab.New(t, netlab.Config{})
 	require.NoError(t, err)
 	h, err := lab.AddHost("lb")
 	require.NoError(t, err)
 	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool.Close()
 	require.NoError(t, pool.Set([]balancer.Backend{{Addr: netip.MustParseAddrPort("198.18.0.9:80")}}))
+	attached := func() bool {
+		link, err := h.Handle().LinkByIndex(h.Link().Index)
+		require.NoError(t, err)
+		return link.Attrs().Xdp != nil && link.Attrs().Xdp.Attached
+	}
+
 	var bal *Balancer
 	require.NoError(t, h.Do(func() (err error) {
-		bal, err = New(Config{InterfaceIndex: h.Link().Index, Services: []Service{{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: pool}}})
+		bal, err = New(Config{InterfaceIndex: h.Link().Index, Mode: AttachGeneric})
 		return err
 	}))
-	assert.Equal(t, AttachDriver, bal.Mode())
-	link, err := h.Handle().LinkByIndex(h.Link().Index)
-	require.NoError(t, err)
-	require.NotNil(t, link.Attrs().Xdp)
-	assert.True(t, link.Attrs().Xdp.Attached)
-
+	assert.False(t, attached(), "nothing runs before Serve")
+	require.NoError(t, bal.AddService(Service{VIP: netip.AddrPortFrom(labVIP4, 80), Pool: pool}))
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- bal.Serve(ctx) }() // from another thread, in another namespace
 	// The backend does not exist: Sync says which MAC is missing.
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	err = bal.Sync(ctx)
+	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer scancel()
+	err = bal.Sync(sctx)
 	require.ErrorIs(t, err, ErrUnresolved)
 	assert.Contains(t, err.Error(), "198.18.0.9:80")
+	assert.True(t, attached(), "attached in the namespace New was called in")
+	assert.Equal(t, AttachGeneric, bal.Mode())
+	assert.ErrorIs(t, bal.Serve(context.Background()), ErrServerClosed, "serving twice")
 
+	cancel()
+	require.NoError(t, <-served, "ending Serve's context stops it")
+	assert.False(t, attached(), "detached")
 	require.NoError(t, bal.Close())
-	require.NoError(t, bal.Close())
-	link, err = h.Handle().LinkByIndex(h.Link().Index)
-	require.NoError(t, err)
-	assert.True(t, link.Attrs().Xdp == nil || !link.Attrs().Xdp.Attached, "detached on Close")
+	require.NoError(t, bal.Shutdown(context.Background()))
 	_, err = bal.Stats()
-	assert.ErrorIs(t, err, ErrClosed)
-	assert.ErrorIs(t, bal.Sync(context.Background()), ErrClosed)
+	assert.ErrorIs(t, err, ErrServerClosed)
+	assert.ErrorIs(t, bal.Sync(context.Background()), ErrServerClosed)
+	assert.ErrorIs(t, bal.AddService(Service{VIP: netip.AddrPortFrom(labVIP4, 81), Pool: pool}), ErrServerClosed)
+
+	// Closed before Serve: Serve refuses.
+	require.NoError(t, h.Do(func() (err error) {
+		bal, err = New(Config{InterfaceIndex: h.Link().Index})
+		return err
+	}))
+	require.NoError(t, bal.Close())
+	assert.ErrorIs(t, bal.Serve(context.Background()), ErrServerClosed)
 }
 
 // TestLabHealthChecker kills a backend's server for real: lbkit's health
@@ -510,14 +589,10 @@ func TestLabHealthChecker(t *testing.T) {
 		}
 		return health.Report{}, c.Close()
 	})
-	for i := range l.backends {
-		require.NoError(t, chk.SetTarget(health.Target{
-			Addr: l.backendAddr(i), Probe: probe, Initial: health.Healthy,
-			Interval: 50 * time.Millisecond, Timeout: 5 * time.Second, Fall: 2, Rise: 1,
-		}))
-	}
-	stop := chk.Drive(l.pool4)
-	defer stop()
+	require.NoError(t, chk.Follow(l.pool4, health.Template{
+		Probe: probe, Initial: health.Healthy, Interval: 50 * time.Millisecond, Timeout: 5 * time.Second, Fall: 2, Rise: 1,
+	}))
+	defer chk.Unfollow(l.pool4)
 
 	seen := map[string]bool{}
 	for range 40 {
@@ -537,4 +612,118 @@ func TestLabHealthChecker(t *testing.T) {
 	for range 40 {
 		assert.Equal(t, "be1", l.name(t, labVIP4), "no new connection reaches the dead backend")
 	}
+}
+
+// TestLabServiceChanges changes the services while a keep-alive
+// connection is open: adding a service, removing it and changing the
+// connection's own service (another pool, which moves the connection's
+// ring slot to another backend) leave it on its backend; new flows follow
+// each change.
+func TestLabServiceChanges(t *testing.T) {
+	l := newDSRLab(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	vip := netip.AddrPortFrom(labVIP4, 80)
+	addrOf := map[string]netip.AddrPort{}
+	for i, h := range l.backends {
+		addrOf[h.Name()] = l.backendAddr(i)
+	}
+
+	// The new pool for the kept service: its first backend A at weight 1
+	// and B at 5, so half of A's slots move to B. Open connections until
+	// one is on A and hashes to a slot that moves to B: without the
+	// connection table it would land on B (which resets it).
+	a, bb := l.backendAddr(0), l.backendAddr(1)
+	next, err := maglev.NewTable([]uint64{balancer.HashAddrPort(a), balancer.HashAddrPort(bb)}, []float64{1, 5}, RingSize)
+	require.NoError(t, err)
+	var kept *conn
+	for range 200 {
+		c := l.dial(t, labVIP4)
+		n, err := c.get("/name")
+		require.NoError(t, err)
+		local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
+		slot := int(FlowHash(Flow{Proto: TCP, Src: local, Dst: vip}) % RingSize)
+		if addrOf[n] == a && next.SlotID(slot) == balancer.HashAddrPort(bb) {
+			kept = c
+			break
+		}
+		c.c.Close()
+	}
+	require.NotNil(t, kept, "a connection on be1 whose slot moves to be2")
+	stays := func(why string) {
+		t.Helper()
+		for range 3 {
+			n, err := kept.get("/name")
+			require.NoError(t, err, why)
+			require.Equal(t, "be1", n, why)
+		}
+	}
+
+	// Add a service on a second VIP, served by be2 and be3 only.
+	vip2 := netip.MustParseAddr("198.18.0.101")
+	require.NoError(t, l.lb.AddAddr(netip.PrefixFrom(vip2, 32), "eth0"))
+	for _, h := range l.backends {
+		require.NoError(t, h.AddAddr(netip.PrefixFrom(vip2, 32), "lo"))
+	}
+	pool2 := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool2.Close()
+	require.NoError(t, pool2.Set([]balancer.Backend{{Addr: l.backendAddr(1)}, {Addr: l.backendAddr(2)}}))
+	require.NoError(t, l.bal.AddService(Service{VIP: netip.AddrPortFrom(vip2, 80), Pool: pool2}))
+	require.NoError(t, l.bal.Sync(ctx))
+	seen := map[string]bool{}
+	for range 30 {
+		seen[l.name(t, vip2)] = true
+	}
+	assert.Equal(t, map[string]bool{"be2": true, "be3": true}, seen, "the new service serves at once")
+	stays("after adding a service")
+
+	// Remove it: its frames pass to the balancer's own stack, which has
+	// no listener on port 80 and refuses them.
+	require.NoError(t, l.bal.RemoveService(netip.AddrPortFrom(vip2, 80), TCP))
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	_, err = l.client.DialContext(dctx, "tcp", netip.AddrPortFrom(vip2, 80).String())
+	assert.ErrorContains(t, err, "refused", "a removed service's VIP reaches the balancer itself")
+	stays("after removing a service")
+	assert.Len(t, l.bal.Services(), 3)
+
+	// Change the kept connection's own service: another pool, A and B at
+	// 1:5, be3 gone.
+	before, err := l.bal.Stats()
+	require.NoError(t, err)
+	pool4b := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	defer pool4b.Close()
+	require.NoError(t, pool4b.Set([]balancer.Backend{{Addr: a, Weight: 1}, {Addr: bb, Weight: 5}}))
+	require.NoError(t, l.bal.UpdateService(Service{VIP: vip, Pool: pool4b}))
+	require.NoError(t, l.bal.Sync(ctx))
+	stays("after its own service changed: the connection table carries it")
+	after, err := l.bal.Stats()
+	require.NoError(t, err)
+	assert.Greater(t, after.ConnHits, before.ConnHits)
+	assert.Equal(t, before.ConnRepicks, after.ConnRepicks, "no flow was picked again")
+	counts := map[string]int{}
+	for range 60 {
+		counts[l.name(t, labVIP4)]++
+	}
+	assert.Zero(t, counts["be3"], "new flows follow the new pool")
+	assert.Greater(t, counts["be2"], counts["be1"], "weighted 5:1")
+
+	// All services at once: the IPv6 and UDP services go, one stays.
+	require.NoError(t, l.bal.SetServices([]Service{{VIP: vip, Pool: pool4b}}))
+	stays("after SetServices")
+	assert.Len(t, l.bal.Services(), 1)
+	require.ErrorIs(t, l.bal.RemoveService(netip.AddrPortFrom(labVIP6, 80), TCP), ErrNotFound)
+	require.ErrorIs(t, l.bal.UpdateService(Service{VIP: netip.AddrPortFrom(labVIP6, 80), Pool: pool4b}), ErrNotFound)
+	require.ErrorContains(t, l.bal.AddService(Service{VIP: vip, Pool: pool4b}), "listed twice")
+
+	// Pick by client address: every new connection of the one client
+	// goes to one backend; the open connection stays where it is.
+	require.NoError(t, l.bal.UpdateService(Service{VIP: vip, Pool: l.pool4, Key: balancer.MustParseKey("client")}))
+	require.NoError(t, l.bal.Sync(ctx))
+	seen = map[string]bool{}
+	for range 20 {
+		seen[l.name(t, labVIP4)] = true
+	}
+	assert.Len(t, seen, 1, "one client, one backend: %v", seen)
+	stays("after the key changed")
 }

@@ -17,6 +17,10 @@ const RingSize = 65537
 // bpf/structs.h.
 const flowHashSeed = 0x6c326c62666c6f77
 
+// clientHashSeed starts the client hash of [KeyHash]; it matches
+// CLIENT_HASH_SEED in bpf/structs.h.
+const clientHashSeed = 0x6c326c62636c6e74
+
 // Protocol is an IP protocol number the data plane balances.
 type Protocol = balancer.Proto
 
@@ -42,6 +46,25 @@ const (
 	// interface it came in on, to the backend.
 	TX Verdict = 3
 )
+
+// MarshalText returns the verdict's XDP name, as String.
+func (v Verdict) MarshalText() ([]byte, error) {
+	if v < Drop || v > TX {
+		return nil, fmt.Errorf("l2lb: unknown %v", v)
+	}
+	return []byte(v.String()), nil
+}
+
+// UnmarshalText parses "XDP_DROP", "XDP_PASS" or "XDP_TX".
+func (v *Verdict) UnmarshalText(text []byte) error {
+	for _, c := range []Verdict{Drop, Pass, TX} {
+		if c.String() == string(text) {
+			*v = c
+			return nil
+		}
+	}
+	return fmt.Errorf("l2lb: unknown verdict %q: want XDP_DROP, XDP_PASS or XDP_TX", text)
+}
 
 // String returns the verdict's XDP name.
 func (v Verdict) String() string {
@@ -101,6 +124,47 @@ func FlowHash(f Flow) uint64 {
 		h = balancer.Mix64(h ^ binary.LittleEndian.Uint64(k[i:]))
 	}
 	return h
+}
+
+// clientMask returns the bits of a client address (in its 16-byte form,
+// IPv4 mapped) that key k hashes, as two little-endian words, and
+// whether k hashes the client at all. "flow" and no key hash the
+// 5-tuple; every other key hashes the client's address under its prefix
+// length (the data plane sees frames, not requests, so header, cookie,
+// path and query keys fall back to the client, as in every front-end
+// that cannot see them). An IPv4 prefix covers the mapped form's first
+// 96 bits too.
+func clientMask(k balancer.Key, v4 bool) ([2]uint64, bool) {
+	if k.Source == balancer.KeyNone || k.Source == balancer.KeyFlow {
+		return [2]uint64{}, false
+	}
+	bits := 128
+	if v4 && k.Bits4 > 0 && k.Bits4 < 32 {
+		bits = 96 + k.Bits4
+	} else if !v4 && k.Bits6 > 0 && k.Bits6 < 128 {
+		bits = k.Bits6
+	}
+	var m [16]byte
+	for i := range bits {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return [2]uint64{binary.LittleEndian.Uint64(m[0:]), binary.LittleEndian.Uint64(m[8:])}, true
+}
+
+// KeyHash returns the hash the data plane computes to pick the ring slot
+// of a new flow f of a service with key k: [FlowHash] for "flow" and no
+// key; for a client key, starting from a fixed seed, h = Mix64(h ^ w)
+// for the two little-endian 64-bit words of the client's 16-byte address
+// (IPv4 mapped) masked to the key's prefix length. It does not allocate.
+func KeyHash(k balancer.Key, f Flow) uint64 {
+	mask, client := clientMask(k, f.Dst.Addr().Is4())
+	if !client {
+		return FlowHash(f)
+	}
+	a := f.Src.Addr().As16()
+	h := uint64(clientHashSeed)
+	h = balancer.Mix64(h ^ binary.LittleEndian.Uint64(a[0:])&mask[0])
+	return balancer.Mix64(h ^ binary.LittleEndian.Uint64(a[8:])&mask[1])
 }
 
 // ParseFlow reads the flow of an Ethernet frame as the XDP program does.
@@ -183,6 +247,12 @@ type Counters struct {
 	ConnHits    uint64 // forwarded to the backend cached in the connection table
 	ConnMisses  uint64 // picked from the ring: no cached backend, or a TCP SYN
 	ConnRepicks uint64 // the cached backend was down: picked from the ring again
+	// ConnLost counts TCP segments other than a SYN that found no entry
+	// in the connection table (and picked from the ring): segments of
+	// flows the table evicted when it was full, or of flows older than
+	// the program. A steady rise while the pool is unchanged says the
+	// table is too small (see Config.ConnTableSize).
+	ConnLost uint64
 }
 
 // Traffic counts the packets and bytes (whole frames) sent to a service or
@@ -205,6 +275,39 @@ const (
 	CacheRepick
 )
 
+// String returns "miss", "hit" or "repick".
+func (c CacheResult) String() string {
+	switch c {
+	case CacheMiss:
+		return "miss"
+	case CacheHit:
+		return "hit"
+	case CacheRepick:
+		return "repick"
+	default:
+		return fmt.Sprintf("cacheresult(%d)", uint8(c))
+	}
+}
+
+// MarshalText returns the result's name, as String.
+func (c CacheResult) MarshalText() ([]byte, error) {
+	if c > CacheRepick {
+		return nil, fmt.Errorf("l2lb: unknown %v", c)
+	}
+	return []byte(c.String()), nil
+}
+
+// UnmarshalText parses "miss", "hit" or "repick".
+func (c *CacheResult) UnmarshalText(text []byte) error {
+	for _, r := range []CacheResult{CacheMiss, CacheHit, CacheRepick} {
+		if r.String() == string(text) {
+			*c = r
+			return nil
+		}
+	}
+	return fmt.Errorf("l2lb: unknown cache result %q: want miss, hit or repick", text)
+}
+
 // Decision is the model's account of one frame.
 type Decision struct {
 	Verdict Verdict
@@ -212,7 +315,7 @@ type Decision struct {
 	// unless Verdict is TX).
 	Service, Backend uint32
 	// Slot is the ring slot the flow hashes to (set when the frame was
-	// for a service).
+	// for a service; see KeyHash).
 	Slot  uint32
 	Cache CacheResult
 }
@@ -247,6 +350,7 @@ type VIP struct {
 type Model struct {
 	mac      [6]byte
 	services map[VIP]uint32
+	keys     map[uint32]balancer.Key
 	rings    map[uint32][]uint32
 	backends map[uint32]BackendEntry
 	conns    map[connKey]uint32
@@ -264,6 +368,7 @@ func NewModel(mac [6]byte) *Model {
 	return &Model{
 		mac:            mac,
 		services:       make(map[VIP]uint32),
+		keys:           make(map[uint32]balancer.Key),
 		rings:          make(map[uint32][]uint32),
 		backends:       make(map[uint32]BackendEntry),
 		conns:          make(map[connKey]uint32),
@@ -274,6 +379,10 @@ func NewModel(mac [6]byte) *Model {
 
 // SetService maps v to service id (see [Model.SetSlots] for its ring).
 func (m *Model) SetService(v VIP, id uint32) { m.services[v] = id }
+
+// SetKey sets the key that service id picks new flows by (see
+// [KeyHash]). A service without one hashes the 5-tuple.
+func (m *Model) SetKey(service uint32, k balancer.Key) { m.keys[service] = k }
 
 // DeleteService removes v.
 func (m *Model) DeleteService(v VIP) { delete(m.services, v) }
@@ -324,7 +433,7 @@ func (m *Model) Decide(f Flow, size int) Decision {
 	}
 	n := uint64(size)
 	add(m.ServiceTraffic, sid, n)
-	d := Decision{Service: sid, Slot: uint32(FlowHash(f) % RingSize)}
+	d := Decision{Service: sid, Slot: uint32(KeyHash(m.keys[sid], f) % RingSize)}
 	k := connKey{f.Src.Addr().As16(), f.Src.Port(), sid}
 	var id uint32
 	found := false
@@ -340,6 +449,9 @@ func (m *Model) Decide(f Flow, size int) Decision {
 			}
 		} else {
 			m.Counters.ConnMisses++
+			if f.Proto == TCP {
+				m.Counters.ConnLost++
+			}
 		}
 	} else {
 		m.Counters.ConnMisses++

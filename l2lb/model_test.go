@@ -135,5 +135,5 @@ func ExampleModel() {
 	// XDP_TX to backend 2
 	// XDP_TX to backend 2 cache hit: true
 	// XDP_TX moved: true repicked: true
-	// {Passed:0 Dropped:0 NoBackend:0 Forwarded:3 ConnHits:1 ConnMisses:1 ConnRepicks:1}
+	// {Passed:0 Dropped:0 NoBackend:0 Forwarded:3 ConnHits:1 ConnMisses:1 ConnRepicks:1 ConnLost:0}
 }

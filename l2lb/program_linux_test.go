@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
 )
 
@@ -43,6 +44,11 @@ func newTwin(tb testing.TB) *twin {
 func (tw *twin) service(v VIP, id uint32) {
 	require.NoError(tw.tb, tw.dp.setService(v, id))
 	tw.m.SetService(v, id)
+}
+
+func (tw *twin) key(service uint32, k balancer.Key, v4 bool) {
+	require.NoError(tw.tb, tw.dp.setKey(service, k, v4))
+	tw.m.SetKey(service, k)
 }
 
 func (tw *twin) backend(id uint32, e BackendEntry) {
@@ -458,4 +464,117 @@ func TestVIPTableFull(t *testing.T) {
 	}
 	require.ErrorContains(t, dp.setService(vips[vipProbes], 0), "no free VIP table slot")
 	require.NoError(t, dp.setService(vips[0], 3), "an existing VIP can still be rewritten")
+}
+
+// TestProgramConnTableFull fills a connection table of 64 flows with 1000
+// new flows: the table holds at most 64 (the fill ConnTable reports), and
+// segments of evicted flows count as ConnLost, the counter an operator
+// watches to size the table. Below the size nothing is lost, and the
+// program and the model agree.
+func TestProgramConnTableFull(t *testing.T) {
+	requireRoot(t)
+	const size = 64
+	dp, err := loadDataplane(4, 8, size)
+	require.NoError(t, err)
+	t.Cleanup(func() { dp.Close() })
+	require.NoError(t, dp.setConfig(balancerMAC))
+	tw := &twin{tb: t, dp: dp, m: NewModel(balancerMAC)}
+	tw.service(VIP{vip4, TCP}, 0)
+	tw.backend(1, BackendEntry{MAC: macOf(1), Up: true, Service: 0})
+	tw.ring(0, []uint32{1}, nil)
+	flow := func(i int) Flow {
+		return Flow{Proto: TCP, Src: netip.AddrPortFrom(client, uint16(10000+i)), Dst: vip4}
+	}
+
+	for i := range 10 {
+		tw.both(frame(flow(i), tcpSYN, nil))
+	}
+	n, err := dp.connEntries()
+	require.NoError(t, err)
+	assert.Equal(t, 10, n, "one entry per flow")
+	for i := range 10 {
+		d, _ := tw.both(frame(flow(i), tcpACK, nil))
+		assert.Equal(t, CacheHit, d.Cache)
+	}
+	c, err := dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, tw.m.Counters, c)
+	assert.Zero(t, c.ConnLost)
+
+	for i := range 1000 {
+		v, _ := tw.run(frame(flow(i), tcpSYN, nil))
+		require.Equal(t, TX, v)
+	}
+	n, err = dp.connEntries()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, n, size, "the table never holds more than its size")
+	assert.Greater(t, n, size/2)
+	for i := range 1000 {
+		v, _ := tw.run(frame(flow(i), tcpACK, nil))
+		require.Equal(t, TX, v, "an evicted flow picks from the ring again")
+	}
+	c, err = dp.counters()
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, c.ConnLost, uint64(1000-size), "segments of evicted flows")
+	assert.Equal(t, c.ConnLost, c.ConnMisses-10-1000, "every non-SYN miss of a TCP flow is lost")
+	t.Logf("fill %d of %d; %d segments of evicted flows", n, size, c.ConnLost)
+}
+
+// TestProgramClientKey runs services that pick by the client's address
+// (under a prefix) next to one that hashes the 5-tuple: the program and
+// the model agree on every frame, and the clients of one prefix share a
+// backend whatever their ports.
+func TestProgramClientKey(t *testing.T) {
+	tw := newTwin(t)
+	vips := []VIP{{vip4, TCP}, {vip6, TCP}, {vip4u, UDP}}
+	keys := []balancer.Key{balancer.MustParseKey("client/24"), balancer.MustParseKey("client/24,64"), balancer.MustParseKey("flow")}
+	for s, v := range vips {
+		sid := uint32(s)
+		tw.service(v, sid)
+		tw.key(sid, keys[s], v.Addr.Addr().Is4())
+		ids := []uint32{}
+		for i := range uint32(8) {
+			id := sid*8 + i + 1
+			tw.backend(id, BackendEntry{MAC: macOf(id), Up: true, Service: sid})
+			ids = append(ids, id)
+		}
+		tw.ring(sid, ids, nil)
+	}
+	prefix4 := netip.MustParsePrefix("198.18.7.0/24")
+	prefix6 := netip.MustParsePrefix("2001:db8:7:7::/64")
+	backends := func(v VIP, src func(i int) netip.Addr) map[uint32]bool {
+		seen := map[uint32]bool{}
+		for i := range 40 {
+			f := Flow{Proto: v.Proto, Src: netip.AddrPortFrom(src(i), uint16(20000+i*7)), Dst: v.Addr}
+			flags := byte(tcpSYN)
+			if v.Proto == UDP {
+				flags = 0
+			}
+			d, _ := tw.both(frame(f, flags, nil))
+			require.Equal(t, TX, d.Verdict)
+			seen[d.Backend] = true
+		}
+		return seen
+	}
+	in4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 7, byte(i)}) }
+	in6 := func(i int) netip.Addr {
+		a := prefix6.Addr().As16()
+		a[15], a[14] = byte(i), byte(i*3)
+		return netip.AddrFrom16(a)
+	}
+	assert.True(t, prefix4.Contains(in4(39)) && prefix6.Contains(in6(39)))
+	assert.Len(t, backends(vips[0], in4), 1, "one /24: one backend")
+	assert.Len(t, backends(vips[1], in6), 1, "one /64: one backend")
+	assert.Greater(t, len(backends(vips[2], in4)), 4, "the 5-tuple spreads the same clients")
+	spread := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, byte(i), 7, 1}) }
+	assert.Greater(t, len(backends(vips[0], spread)), 4, "many /24s spread")
+
+	// Non-SYN segments of the same flows hit the connection table.
+	f := Flow{Proto: TCP, Src: netip.AddrPortFrom(in4(1), 20007), Dst: vips[0].Addr}
+	d, _ := tw.both(frame(f, tcpACK, nil))
+	assert.Equal(t, CacheHit, d.Cache)
+	c, err := tw.dp.counters()
+	require.NoError(t, err)
+	assert.Equal(t, tw.m.Counters, c)
+	assert.Equal(t, KeyHash(balancer.Key{}, f), FlowHash(f), "no key: the 5-tuple")
 }

@@ -1,19 +1,47 @@
-// Package proxy holds lbkit's reverse proxies: [HTTP], an http.Handler
-// that forwards requests to backends picked from a balancer.Pool, [Server],
-// a purpose-built HTTP/1.1 front-end for it, and [TCP], a layer-4 proxy.
+// Package proxy is lbkit's HTTP reverse proxy: [HTTP], an http.Handler
+// that forwards requests to backends picked from a balancer.Pool, and
+// [Server], a purpose-built HTTP/1.1 front-end for it. The layer-4 proxy
+// is package tcpproxy.
+//
+// # One pool, one key
+//
+// The pool given in HTTPConfig.Pool is the only list of backends: members
+// added, removed, drained or re-weighted there are used from the next
+// request, and keep-alive client connections carry on. HTTPConfig.Key (a
+// balancer.Key: the client address, a header, a cookie, the path or a
+// query parameter) derives the pick key of every attempt, so a hash policy
+// in the pool (ring hash, Maglev, rendezvous) keeps a client or an object
+// on one backend, and moves only the keys of a backend that leaves. The
+// proxy never closes the pool.
 //
 // # Two front-ends, one forwarding core
 //
-// [HTTP.ServeHTTP] runs under net/http (see [NewServer]) and so gets TLS,
-// HTTP/2 and any middleware. [Server] serves plain HTTP/1.1 clients
-// itself: one goroutine per connection and none per request, a strict
-// request parser that refuses ambiguous framing (Content-Length with
-// Transfer-Encoding, differing lengths, obs-fold, bare LF) with 400 before
-// anything reaches a backend, keep-alive and pipelining, and the backend's
-// response head written from its bytes straight into the connection's
-// buffer; once warm it allocates nothing per request. Both call the same
+// [HTTP.ServeHTTP] runs under net/http (an http.Server with a
+// ReadHeaderTimeout and MaxHeaderBytes, and http.Protocols for HTTP/2 and
+// h2c) and so gets TLS, HTTP/2 and any middleware. [Server] serves plain
+// HTTP/1.1 clients itself: one goroutine per connection and none per
+// request, the strict request parser it shares with redirect.Server, which
+// refuses ambiguous framing (Content-Length with Transfer-Encoding,
+// differing lengths, obs-fold, bare LF) and request-targets that do not
+// parse with 400 before anything reaches a backend, keep-alive and
+// pipelining, a bound on the time between request-body bytes
+// (ServerConfig.BodyIdleTimeout), and the backend's response head written
+// from its bytes straight into the connection's buffer; once warm it
+// allocates nothing per request, a key included. Both call the same
 // internal forwarding function, so picking, retries, limits, health,
-// sticky cookies and header rules are identical.
+// sticky cookies, hooks and header rules are identical. Server has the
+// lifecycle of every lbkit server: [NewServer], [Server.Serve] (which
+// returns nil once stopped), [Server.Shutdown] to drain, [Server.Close]
+// to stop now; the end of Serve's context means Close.
+//
+// # Hooks
+//
+// HTTPConfig.OnAttempt learns the backend, status, bytes, duration, try
+// and error of every attempt (an access log naming the backend);
+// HTTPConfig.RewriteRequest may change the upstream Host and fields per
+// attempt (say from the member's metadata); HTTPConfig.ModifyResponse may
+// change the status and fields going to the client. Unset, they cost
+// nothing.
 //
 // # HTTP forwarding path
 //
@@ -41,7 +69,8 @@
 // HTTPConfig.RetryStatuses, as long as its body can be replayed: it had
 // none, or it fitted in HTTPConfig.RetryBufferBytes and was buffered. A
 // body read from the client and not buffered is never sent twice. Tries
-// are bounded by HTTPConfig.MaxTries and HTTPConfig.RetryBudget.
+// are bounded by HTTPConfig.MaxTries and HTTPConfig.RetryTimeout, and by
+// the retry budget and circuit breakers of HTTPConfig.Circuit.
 //
 // # Connection limits and the queue
 //
@@ -59,14 +88,16 @@
 // # Health, drain and shutdown
 //
 // Every attempt is bracketed by Endpoint.Start and Endpoint.Done with the
-// latency to the response header (feeding the peak-EWMA), and reported to
-// HTTPConfig.Observer: connect errors, timeouts, protocol errors and 5xx
-// are failures. A backend that leaves the ready set (unhealthy or
+// latency to the response header (feeding the peak-EWMA); Done passes the
+// outcome on to the pool's observer, the health.Checker that follows the
+// pool (Checker.Follow), for passive health: connect errors, timeouts,
+// protocol errors and 5xx are failures, a keep-alive connection the
+// backend closed is not. A backend that leaves the ready set (unhealthy or
 // draining) gets no new request and its idle connections are closed;
 // requests in flight on it finish, and their connections are closed
 // afterwards rather than kept. A backend removed from the pool is treated
-// the same way. http.Server.Shutdown lets requests in flight finish; then
-// [HTTP.Close] closes the idle connections.
+// the same way. [Server.Shutdown] (or http.Server.Shutdown) lets requests
+// in flight finish; then [HTTP.Close] closes the idle connections.
 //
 // # Headers
 //
@@ -74,9 +105,11 @@
 // 7239) are replaced for clients outside HTTPConfig.TrustedProxies and
 // extended for those inside. Hop-by-hop headers (Connection, Keep-Alive,
 // Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade and those named
-// in Connection) are not forwarded either way. [NewServer] returns an
-// http.Server with limits fit for clients and documents the request-side
-// smuggling defences that net/http's server provides.
+// in Connection) are not forwarded either way. Under net/http, the
+// request-side smuggling defences are net/http's: it refuses differing
+// Content-Lengths and unknown transfer codings, lets chunked win over
+// Content-Length (RFC 9112 6.3), and unfolds obs-fold rather than refusing
+// it; [Server] refuses all of them.
 //
 // # Errors
 //

@@ -6,14 +6,17 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/proxy"
 )
 
-// ExampleNewHTTP puts the proxy in front of one backend on loopback. A
-// spoofed X-Forwarded-For from an untrusted client is replaced.
+// ExampleNewHTTP puts the proxy, as an http.Handler under net/http, in
+// front of one backend on loopback; an access log names the backend of
+// each attempt. A spoofed X-Forwarded-For from an untrusted client is
+// replaced.
 func ExampleNewHTTP() {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -25,14 +28,20 @@ func ExampleNewHTTP() {
 	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
 	defer pool.Close()
 	pool.Set([]balancer.Backend{{Addr: netip.MustParseAddrPort(ln.Addr().String())}})
-	p, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool})
+	p, err := proxy.NewHTTP(proxy.HTTPConfig{
+		Pool: pool,
+		OnAttempt: func(a *proxy.Attempt) {
+			fmt.Println("access:", a.Request.Method, a.Request.URL.Path, "try", a.Try, "status", a.Status,
+				"bytes", a.Bytes, "member", a.Backend.Addr() == pool.Snapshot().Members[0].Addr())
+		},
+	})
 	if err != nil {
 		panic(err)
 	}
 	defer p.Close()
 
 	front, _ := net.Listen("tcp", "127.0.0.1:0")
-	srv := proxy.NewServer(p)
+	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(front)
 	defer srv.Close()
 
@@ -48,6 +57,7 @@ func ExampleNewHTTP() {
 	fmt.Println(string(body))
 	http.DefaultClient.CloseIdleConnections()
 	// Output:
+	// access: GET /hello try 1 status 200 bytes 53 member true
 	// 200 OK
 	// backend saw GET /hello?x=1, X-Forwarded-For 127.0.0.1
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
@@ -37,9 +38,12 @@ func ExampleServer() {
 	defer p.Close()
 
 	front, _ := net.Listen("tcp", "127.0.0.1:0")
-	srv := &proxy.Server{Handler: p}
-	go srv.Serve(context.Background(), front)
-	defer srv.Shutdown(context.Background())
+	srv, err := proxy.NewServer(proxy.ServerConfig{Handler: p})
+	if err != nil {
+		panic(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background(), front) }()
 
 	send := func(raw string) {
 		c, err := net.Dial("tcp", front.Addr().String())
@@ -54,11 +58,17 @@ func ExampleServer() {
 			panic(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
-		fmt.Printf("%s: %s\n", resp.Status, body)
+		fmt.Printf("%s: %s\n", resp.Status, strings.TrimSpace(string(body)))
 	}
 	send("GET /hello?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
 	send("POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	send("GET http:///x HTTP/1.1\r\nHost: example.com\r\n\r\n") // no authority
+
+	// Shutdown drains; Serve then returns nil.
+	fmt.Println(srv.Shutdown(context.Background()), <-served)
 	// Output:
 	// 200 OK: backend saw GET /hello?x=1
 	// 400 Bad Request: proxy: Bad Request
+	// 400 Bad Request: proxy: Bad Request
+	// <nil> <nil>
 }

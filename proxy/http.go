@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -19,7 +19,8 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
-	"github.com/lbkit/lbkit/health"
+	"github.com/lbkit/lbkit/circuit"
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 // Defaults for [HTTPConfig] fields left zero.
@@ -29,7 +30,7 @@ const (
 	DefaultDialTimeout            = 5 * time.Second
 	DefaultResponseHeaderTimeout  = 60 * time.Second
 	DefaultMaxTries               = 3
-	DefaultRetryBudget            = 10 * time.Second
+	DefaultRetryTimeout           = 10 * time.Second
 	DefaultQueueTimeout           = 5 * time.Second
 	DefaultMaxResponseHeaderBytes = 64 << 10
 )
@@ -37,14 +38,21 @@ const (
 // HTTPConfig configures an [HTTP] proxy. Only Pool is required; every
 // other field has a useful zero value, documented on the field.
 type HTTPConfig struct {
-	// Pool holds the backends and picks one per attempt. Required. Drive
-	// its health with a health.Checker (Checker.Drive) or Pool.SetHealthy;
-	// drain a backend with Pool.SetDraining.
+	// Pool holds the backends and picks one per attempt. Required. Its
+	// health follows a health.Checker (Checker.Follow) or Pool.SetHealth;
+	// drain a backend with Pool.SetDraining. Every attempt's outcome is
+	// reported through Endpoint.Done, which reaches the pool's observer
+	// (the checker that follows it): connect errors, timeouts, protocol
+	// violations and 5xx responses as failures, with the latency to the
+	// response head. The proxy never closes the pool.
 	Pool *balancer.Pool
-	// Observer, when set, receives one passive outcome per attempt:
-	// connect errors, timeouts and 5xx responses as failures, with the
-	// latency to the response header. A *health.Checker fits.
-	Observer health.Observer
+	// Key derives the pick key of every attempt from the request (see
+	// balancer.Key): with a hash policy (ring hash, Maglev, rendezvous) a
+	// client, user or object then stays on one backend. The client
+	// address is the TCP peer or, from TrustedProxies, the rightmost
+	// untrusted X-Forwarded-For hop. The zero Key means none: the policy
+	// picks freely. Retries on another backend rehash the key.
+	Key balancer.Key
 
 	// TLS, when set, makes the proxy talk HTTPS to the backends with this
 	// configuration. An empty ServerName means the backend's IP address.
@@ -79,9 +87,19 @@ type HTTPConfig struct {
 	// MaxTries is how many backends a request may be sent to, the first
 	// included. Zero means DefaultMaxTries; 1 disables retries.
 	MaxTries int
-	// RetryBudget is the time after a request started past which no new
-	// attempt begins. Zero means DefaultRetryBudget.
-	RetryBudget time.Duration
+	// RetryTimeout is the time after a request started past which no new
+	// attempt begins. Zero means DefaultRetryTimeout.
+	RetryTimeout time.Duration
+	// Circuit holds Envoy's circuit breakers for the pool and for each
+	// member: MaxRequests (requests in flight), MaxRetries (retries in
+	// flight) and RetryBudget (retries in flight limited to a share of the
+	// requests in flight, so retries cannot multiply the load in an
+	// outage). A request over a threshold is answered 503 at once; a retry
+	// over one is not made and the last outcome is passed on. The overflow
+	// is counted (Circuit().Pool().Stats()) and its error wraps
+	// circuit.ErrOpen. The zero value sets no limit. (MaxConns and
+	// MaxQueue are HAProxy's queueing limits; the two can be combined.)
+	Circuit circuit.Config
 	// RetryStatuses lists response statuses (say 502, 503, 504) on which
 	// an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or one
 	// with an Idempotency-Key) with a replayable body is retried on
@@ -142,8 +160,63 @@ type HTTPConfig struct {
 	// DefaultMaxResponseHeaderBytes.
 	MaxResponseHeaderBytes int
 
+	// OnAttempt, when set, is called when each attempt ends, on the
+	// request's goroutine, with what happened (for access logs naming the
+	// backend, and metrics). It must not keep a. Nil costs nothing.
+	OnAttempt func(a *Attempt)
+	// RewriteRequest, when set, is called before each attempt with the
+	// client's request and the backend it is about to go to. It may set
+	// r.Host (sent as Host) and change r.Header (the fields forwarded,
+	// before the proxy strips hop-by-hop fields and adds the forwarding
+	// ones); changes stay for later attempts. Nil costs nothing.
+	RewriteRequest func(r *http.Request, backend *balancer.Endpoint)
+	// ModifyResponse, when set, is called with each response head before
+	// it goes to the client, and may change its status and fields
+	// (framing fields excepted). The fast path of [Server], which writes
+	// a head from the backend's bytes, then goes through a header map.
+	// Nil costs nothing.
+	ModifyResponse func(resp *ResponseHead)
+
 	// Logger receives errors at debug level. Nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// Attempt is what [HTTPConfig.OnAttempt] learns about one attempt to
+// forward a request.
+type Attempt struct {
+	// Request is the client's request.
+	Request *http.Request
+	// Backend is the member the attempt went to.
+	Backend *balancer.Endpoint
+	// Try counts the attempts of the request, from 1; Try-1 is the
+	// number of retries before this one.
+	Try int
+	// Status is the backend's response status, 0 when none arrived.
+	Status int
+	// Bytes counts the response body bytes passed to the client.
+	Bytes int64
+	// Duration is the attempt's time, from the pick to the end of the
+	// response body.
+	Duration time.Duration
+	// Err is why the attempt failed (a connect error, a timeout, a
+	// protocol violation, a 5xx status), nil when it did not.
+	Err error
+	// Retried reports that another attempt follows.
+	Retried bool
+}
+
+// ResponseHead is a response head [HTTPConfig.ModifyResponse] may
+// change before it goes to the client.
+type ResponseHead struct {
+	// Request is the client's request.
+	Request *http.Request
+	// Backend is the member that answered.
+	Backend *balancer.Endpoint
+	// Status is the status to send.
+	Status int
+	// Header holds the fields to send; Content-Length, Transfer-Encoding
+	// and Connection are the proxy's.
+	Header http.Header
 }
 
 // HTTP is a reverse proxy for HTTP/1.1 and HTTP/2 clients (as served by
@@ -156,9 +229,12 @@ type HTTPConfig struct {
 // proxy's own goroutine follows pool changes and closes idle connections;
 // [HTTP.Close] stops it.
 type HTTP struct {
-	pool *balancer.Pool
-	obs  health.Observer
-	log  *slog.Logger
+	pool      *balancer.Pool
+	key       balancer.Key
+	onAttempt func(*Attempt)
+	rewrite   func(*http.Request, *balancer.Endpoint)
+	modify    func(*ResponseHead)
+	log       *slog.Logger
 
 	tls               *tls.Config
 	h2c               *http.Transport // non-nil in h2c mode
@@ -169,18 +245,18 @@ type HTTP struct {
 	respHeaderTimeout time.Duration
 	requestTimeout    time.Duration
 	maxTries          int
-	retryBudget       time.Duration
+	retryTimeout      time.Duration
+	cg                *circuit.Group // nil without Circuit
 	retryStatus       [600]bool
 	retryBuf          int64
 	queueTimeout      time.Duration
 	maxHead           int
 	flushInterval     time.Duration
-	trusted           []netip.Prefix
+	trusted           h1.Trusted
 	via               string // "name", sent as "1.1 name"
 
 	cookieName string
-	cookieKey  []byte
-	cookieTail string // "; Path=/; ... " after the value
+	cookies    *h1.CookieSigner // nil without StickyCookie
 
 	regMu sync.Mutex
 	reg   atomic.Pointer[registry]
@@ -204,13 +280,16 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		return nil, errors.New("proxy: HTTPConfig.Pool is required")
 	}
 	if cfg.MaxIdleConns < 0 || cfg.IdleTimeout < 0 || cfg.DialTimeout < 0 || cfg.ResponseHeaderTimeout < 0 ||
-		cfg.RequestTimeout < 0 || cfg.MaxTries < 0 || cfg.RetryBudget < 0 || cfg.RetryBufferBytes < 0 ||
+		cfg.RequestTimeout < 0 || cfg.MaxTries < 0 || cfg.RetryTimeout < 0 || cfg.RetryBufferBytes < 0 ||
 		cfg.MaxConns < 0 || cfg.MaxQueue < 0 || cfg.QueueTimeout < 0 || cfg.CookieMaxAge < 0 || cfg.MaxResponseHeaderBytes < 0 {
 		return nil, errors.New("proxy: HTTPConfig sizes and durations must not be negative")
 	}
 	h := &HTTP{
 		pool:              cfg.Pool,
-		obs:               cfg.Observer,
+		key:               cfg.Key,
+		onAttempt:         cfg.OnAttempt,
+		rewrite:           cfg.RewriteRequest,
+		modify:            cfg.ModifyResponse,
 		log:               cfg.Logger,
 		tls:               cfg.TLS,
 		maxIdle:           orInt(cfg.MaxIdleConns, DefaultMaxIdleConns),
@@ -219,7 +298,7 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		respHeaderTimeout: orDur(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
 		requestTimeout:    cfg.RequestTimeout,
 		maxTries:          orInt(cfg.MaxTries, DefaultMaxTries),
-		retryBudget:       orDur(cfg.RetryBudget, DefaultRetryBudget),
+		retryTimeout:      orDur(cfg.RetryTimeout, DefaultRetryTimeout),
 		retryBuf:          cfg.RetryBufferBytes,
 		queueTimeout:      orDur(cfg.QueueTimeout, DefaultQueueTimeout),
 		maxHead:           orInt(cfg.MaxResponseHeaderBytes, DefaultMaxResponseHeaderBytes),
@@ -232,6 +311,13 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	}
 	if h.log == nil {
 		h.log = slog.Default()
+	}
+	if cfg.Circuit != (circuit.Config{}) {
+		cg, err := circuit.NewGroup(cfg.Circuit)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		h.cg = cg
 	}
 	if cfg.H2C {
 		if cfg.TLS != nil {
@@ -251,34 +337,18 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		}
 		h.trusted = append(h.trusted, p.Masked())
 	}
-	for _, c := range []byte(cfg.Via) {
-		if !tokenTable[c] {
-			return nil, fmt.Errorf("proxy: Via %q is not a token", cfg.Via)
-		}
+	if cfg.Via != "" && !h1.IsToken(cfg.Via) {
+		return nil, fmt.Errorf("proxy: Via %q is not a token", cfg.Via)
 	}
 	if cfg.StickyCookie != "" {
-		for _, c := range []byte(cfg.StickyCookie) {
-			if !tokenTable[c] {
-				return nil, fmt.Errorf("proxy: invalid StickyCookie name %q", cfg.StickyCookie)
-			}
+		if !h1.IsToken(cfg.StickyCookie) {
+			return nil, fmt.Errorf("proxy: invalid StickyCookie name %q", cfg.StickyCookie)
 		}
-		h.cookieName = cfg.StickyCookie
-		h.cookieKey = cfg.CookieKey
-		if h.cookieKey == nil {
-			h.cookieKey = make([]byte, 32)
-			rand.Read(h.cookieKey)
-		} else if len(h.cookieKey) < 16 {
-			return nil, errors.New("proxy: CookieKey must be at least 16 bytes")
+		signer, err := h1.NewCookieSigner("proxy", cfg.CookieKey, cfg.CookieMaxAge, cfg.CookieSecure)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
 		}
-		tail := "; Path=/"
-		if cfg.CookieMaxAge > 0 {
-			tail += "; Max-Age=" + strconv.FormatInt(int64(cfg.CookieMaxAge/time.Second), 10)
-		}
-		tail += "; HttpOnly; SameSite=Lax"
-		if cfg.CookieSecure {
-			tail += "; Secure"
-		}
-		h.cookieTail = tail
+		h.cookieName, h.cookies = cfg.StickyCookie, signer
 	}
 	h.reg.Store(&registry{byEP: map[*balancer.Endpoint]*upstream{}, byToken: map[string]*upstream{}})
 	h.sync()
@@ -325,6 +395,10 @@ func (h *HTTP) Close() error {
 	return nil
 }
 
+// Circuit returns the proxy's circuit breakers (see HTTPConfig.Circuit),
+// with their gauges and overflow counts, or nil without them.
+func (h *HTTP) Circuit() *circuit.Group { return h.cg }
+
 // IdleConns returns the number of idle connections kept to addr. It is
 // meant for tests and metrics.
 func (h *HTTP) IdleConns(addr netip.AddrPort) int {
@@ -366,6 +440,12 @@ type request struct {
 	peer       netip.Addr
 	trusted    bool
 	sticky     *upstream // named by the request's cookie
+	info       balancer.PickInfo
+	clientHost string // the Host the client asked for, before RewriteRequest
+
+	// What the current attempt saw, for OnAttempt.
+	status int
+	bytes  int64
 }
 
 // replayable reports whether the body can be sent again.
@@ -393,7 +473,10 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 		writeError(w, http.StatusMethodNotAllowed, "proxy: CONNECT is not supported\n")
 		return false
 	}
-	rq := request{r: r, start: time.Now()}
+	rq := request{r: r, start: time.Now(), clientHost: r.Host}
+	if rq.clientHost == "" && r.URL != nil {
+		rq.clientHost = r.URL.Host
+	}
 	if h.requestTimeout > 0 {
 		rq.deadline = rq.start.Add(h.requestTimeout)
 	}
@@ -401,7 +484,7 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 	rq.idempotent = isIdempotent(r)
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		rq.peer = ap.Addr().Unmap()
-		rq.trusted = h.isTrusted(rq.peer)
+		rq.trusted = h.trusted.Contains(rq.peer)
 	}
 	if r.ProtoMajor == 1 && headerHasToken(r.Header["Connection"], "upgrade") {
 		if v := r.Header["Upgrade"]; len(v) == 1 && v[0] != "" {
@@ -419,12 +502,22 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 	if h.cookieName != "" {
 		rq.sticky = h.stickyUpstream(r)
 	}
+	if !h.key.IsZero() {
+		rq.info = h.pickInfo(w, r, rq.peer)
+	}
+	if (h.rewrite != nil || h.modify != nil || h.onAttempt != nil) && r.URL.Path == "" && len(r.RequestURI) > 0 && r.RequestURI[0] == '/' {
+		// [Server] leaves an origin-form target in RequestURI only; the
+		// hooks see it in r.URL as under net/http.
+		if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
+			r.URL = u
+		}
+	}
 
 	var triedBuf [4]*upstream
 	tried := triedBuf[:0]
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		u, err := h.acquire(r.Context(), rq.sticky, tried)
+		u, err := h.acquire(r.Context(), rq.sticky, tried, rq.info)
 		if err != nil {
 			if lastErr == nil || errors.Is(err, ErrQueueFull) || errors.Is(err, ErrQueueTimeout) {
 				lastErr = err
@@ -432,9 +525,46 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 			h.fail(w, r, lastErr)
 			return false
 		}
-		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryBudget
+		if h.rewrite != nil {
+			h.rewrite(r, u.ep)
+		}
+		br := u.br
+		if br != nil {
+			if err := h.cg.Acquire(br, circuit.Requests); err != nil {
+				h.lim.release(u)
+				if attempt > 1 {
+					err = errors.Join(lastErr, err)
+				}
+				h.fail(w, r, err)
+				return false
+			}
+			if attempt > 1 {
+				// A retry: within MaxRetries and the retry budget, or
+				// not at all.
+				if err := h.cg.Acquire(br, circuit.Retries); err != nil {
+					h.cg.Release(br, circuit.Requests)
+					h.lim.release(u)
+					h.fail(w, r, errors.Join(lastErr, err))
+					return false
+				}
+			}
+		}
+		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryTimeout
+		var t0 time.Time
+		if h.onAttempt != nil {
+			t0, rq.status, rq.bytes = time.Now(), 0, 0
+		}
 		res, err := h.try(w, &rq, u, mayRetry)
 		h.lim.release(u)
+		if br != nil {
+			h.cg.Release(br, circuit.Requests)
+			if attempt > 1 {
+				h.cg.Release(br, circuit.Retries)
+			}
+		}
+		if h.onAttempt != nil {
+			h.reportAttempt(&rq, u, attempt, t0, res, err)
+		}
 		switch res {
 		case resDone:
 			return false
@@ -459,10 +589,40 @@ const (
 	resAbort        // the response was cut short by the backend: abort the client's
 )
 
+// reportAttempt tells OnAttempt how an attempt went.
+func (h *HTTP) reportAttempt(rq *request, u *upstream, try int, t0 time.Time, res int, err error) {
+	a := Attempt{
+		Request:  rq.r,
+		Backend:  u.ep,
+		Try:      try,
+		Status:   rq.status,
+		Bytes:    rq.bytes,
+		Duration: time.Since(t0),
+		Err:      err,
+		Retried:  res == resRetry,
+	}
+	if a.Err == nil && a.Status >= 500 {
+		a.Err = errStatus(a.Status)
+	}
+	h.onAttempt(&a)
+}
+
+// pickInfo derives the request's pick key. Behind [Server] the key is
+// read from the parsed head without allocating.
+func (h *HTTP) pickInfo(w http.ResponseWriter, r *http.Request, peer netip.Addr) balancer.PickInfo {
+	client := h.trusted.Client(peer, r.Header["X-Forwarded-For"])
+	if sc, ok := w.(*srvConn); ok {
+		sc.key = h1.KeyRequest{Head: &sc.head, Client: client}
+		return h.key.Request(&sc.key)
+	}
+	return h.key.Request(balancer.HTTPRequest(r, client))
+}
+
 // acquire picks an upstream, preferring the sticky one when ready and
 // avoiding those already tried, and takes a connection slot on it,
-// queueing when every candidate is at MaxConns.
-func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream) (*upstream, error) {
+// queueing when every candidate is at MaxConns. A pick that lands on a
+// tried upstream is made again with the key rehashed.
+func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream, info balancer.PickInfo) (*upstream, error) {
 	if sticky != nil && sticky.ready() {
 		if h.lim.tryAcquire(sticky) {
 			return sticky, nil
@@ -479,7 +639,7 @@ func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream)
 	}
 	var first *upstream
 	for range 2*n + 2 {
-		ep, err := snap.Picker.Pick(balancer.PickInfo{})
+		ep, err := snap.Picker.Pick(info)
 		if err != nil {
 			return nil, err
 		}
@@ -489,13 +649,31 @@ func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream)
 				// Everything was tried: allow a second go on one.
 				tried = tried[:0]
 			}
+			info.Key = balancer.Mix64(info.Key)
 			continue
 		}
 		if h.lim.tryAcquire(u) {
 			return u, nil
 		}
+		info.Key = balancer.Mix64(info.Key)
 		if first == nil {
 			first = u
+		}
+	}
+	if first == nil {
+		// A policy that keeps picking what was tried (first available, a
+		// hash that lands there again): take the ready ones in order.
+		for _, w := range snap.Ready {
+			u := h.upstreamFor(w.Endpoint)
+			if contains(tried, u) {
+				continue
+			}
+			if h.lim.tryAcquire(u) {
+				return u, nil
+			}
+			if first == nil {
+				first = u
+			}
 		}
 	}
 	if first == nil {
@@ -527,7 +705,6 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 				return resDone, nil
 			}
 			ep.Done(err, 0)
-			h.observe(u, true, 0)
 			if mayRetry {
 				return resRetry, err // nothing was sent
 			}
@@ -573,9 +750,11 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 		// A keep-alive connection closed by the backend is not its
 		// failure; a timeout, a refused or reset fresh connection, or a
 		// protocol violation is.
-		failed := !reused || isTimeout(err) || errors.Is(err, ErrUpstreamProtocol)
-		ep.Done(err, 0)
-		h.observe(u, failed, 0)
+		if !reused || isTimeout(err) || errors.Is(err, ErrUpstreamProtocol) {
+			ep.Done(err, 0)
+		} else {
+			ep.Done(nil, 0)
+		}
 		// After bytes went out, only an idempotent request is sent again:
 		// the backend may have acted on it before the connection broke.
 		if mayRetry && rq.replayable() && rq.idempotent && !errors.Is(err, ErrUpstreamProtocol) {
@@ -588,12 +767,12 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	}
 	head := &pc.head
 	latency := time.Since(t0)
+	rq.status = head.status
 	failed := head.status >= 500
 	if failed && mayRetry && h.retryStatus[head.status] && rq.idempotent && rq.replayable() {
 		stop()
 		pc.close()
 		ep.Done(errStatus(head.status), latency)
-		h.observe(u, true, latency)
 		return resRetry, errStatus(head.status)
 	}
 	if head.status == http.StatusSwitchingProtocols {
@@ -601,11 +780,9 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 			stop()
 			pc.close()
 			ep.Done(ErrUpstreamProtocol, latency)
-			h.observe(u, true, latency)
 			return resFail, fmt.Errorf("%w: unsolicited 101 Switching Protocols", ErrUpstreamProtocol)
 		}
 		stop()
-		h.observe(u, false, latency)
 		err := h.tunnel(w, rq, pc)
 		ep.Done(nil, latency)
 		if err != nil {
@@ -617,6 +794,7 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	bodyless := head.bodyless(r.Method == http.MethodHead)
 	hdr := w.Header()
 	sc, fast := w.(*srvConn)
+	fast = fast && h.modify == nil
 	if !fast {
 		head.copyTo(hdr)
 		if head.normalizedCL() {
@@ -626,7 +804,7 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 			hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
 		}
 		if h.cookieName != "" && rq.sticky != u {
-			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
 		}
 	}
 	// Lift the header deadline for the body, unless the whole body is
@@ -634,11 +812,16 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	if fullDeadline || !bodyless && (head.contentLength < 0 || int64(pc.br.Buffered()) < head.contentLength) {
 		pc.conn.SetDeadline(rq.deadline) // zero when there is no request deadline
 	}
-	if fast {
+	switch {
+	case fast:
 		// [Server]: the head goes from the backend's bytes straight into
 		// the client's buffer, without a header map.
 		sc.writeUpstreamHead(h, head, u, rq, bodyless)
-	} else {
+	case h.modify != nil:
+		rh := ResponseHead{Request: r, Backend: ep, Status: head.status, Header: hdr}
+		h.modify(&rh)
+		w.WriteHeader(rh.Status)
+	default:
 		w.WriteHeader(head.status)
 	}
 	reusable := !head.closeConn && rq.upgrade == ""
@@ -647,7 +830,7 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 		if head.contentLength < 0 && !head.chunked {
 			reusable = false // delimited by close
 		}
-		upErr, clErr = h.copyBody(w, pc, head, hdr)
+		rq.bytes, upErr, clErr = h.copyBody(w, pc, head, hdr)
 	}
 	stop()
 	if upErr != nil && ctx.Err() != nil {
@@ -655,13 +838,10 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	}
 	if upErr != nil {
 		ep.Done(upErr, latency)
-		h.observe(u, true, latency)
 	} else if failed {
 		ep.Done(errStatus(head.status), latency)
-		h.observe(u, true, latency)
 	} else {
 		ep.Done(nil, latency)
-		h.observe(u, false, latency)
 	}
 	if upErr == nil && clErr == nil && reusable {
 		u.put(pc, h.maxIdle, time.Now())
@@ -692,7 +872,7 @@ func (h *HTTP) readFinalHead(pc *pconn, isHead bool) error {
 // copyBody streams the response body from pc to w. It reports an
 // upstream error (a body cut short or malformed) and a client error
 // (writing to w failed) separately.
-func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr http.Header) (upErr, clErr error) {
+func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr http.Header) (written int64, upErr, clErr error) {
 	bufp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
@@ -715,7 +895,7 @@ func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr ht
 		p := buf
 		if head.contentLength >= 0 {
 			if remaining == 0 {
-				return nil, nil
+				return written, nil, nil
 			}
 			if remaining < int64(len(p)) {
 				p = p[:remaining]
@@ -730,8 +910,9 @@ func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr ht
 		}
 		if n > 0 {
 			remaining -= int64(n)
+			written += int64(n)
 			if _, werr := w.Write(p[:n]); werr != nil {
-				return nil, werr
+				return written, nil, werr
 			}
 			if fl != nil {
 				more := pc.br.Buffered() > 0 && (cr == nil || cr.left > 0)
@@ -748,12 +929,12 @@ func (h *HTTP) copyBody(w http.ResponseWriter, pc *pconn, head *respHead, hdr ht
 		}
 		if err == io.EOF {
 			if head.contentLength >= 0 && remaining > 0 {
-				return io.ErrUnexpectedEOF, nil
+				return written, io.ErrUnexpectedEOF, nil
 			}
-			return nil, nil
+			return written, nil, nil
 		}
 		if err != nil {
-			return protoErr(err), nil
+			return written, protoErr(err), nil
 		}
 	}
 }
@@ -778,9 +959,9 @@ func noStop() bool { return false }
 // stream (Content-Type text/event-stream).
 func (h *respHead) eventStream() bool {
 	for _, f := range h.fields {
-		if asciiEqualFold(h.name(f), "Content-Type") {
+		if h1.EqualFold(h.name(f), "Content-Type") {
 			v := h.value(f)
-			return len(v) >= len("text/event-stream") && asciiEqualFold(v[:len("text/event-stream")], "text/event-stream")
+			return len(v) >= len("text/event-stream") && h1.EqualFold(v[:len("text/event-stream")], "text/event-stream")
 		}
 	}
 	return false
@@ -789,13 +970,6 @@ func (h *respHead) eventStream() bool {
 func isEventStream(hdr http.Header) bool {
 	ct := hdr["Content-Type"]
 	return len(ct) > 0 && strings.HasPrefix(ct[0], "text/event-stream")
-}
-
-// observe reports a passive outcome when an observer is configured.
-func (h *HTTP) observe(u *upstream, failed bool, latency time.Duration) {
-	if h.obs != nil {
-		h.obs.Observe(u.addr, health.Outcome{Failed: failed, Latency: latency})
-	}
 }
 
 // fail answers the client with the status that fits err.
@@ -816,6 +990,8 @@ func (h *HTTP) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code, msg = http.StatusServiceUnavailable, "proxy: backends busy, queue full\n"
 	case errors.Is(err, ErrQueueTimeout):
 		code, msg = http.StatusServiceUnavailable, "proxy: backends busy, timed out in queue\n"
+	case errors.Is(err, circuit.ErrOpen):
+		code, msg = http.StatusServiceUnavailable, "proxy: circuit open: too much work in flight\n"
 	case isTimeout(err):
 		code, msg = http.StatusGatewayTimeout, "proxy: gateway timeout\n"
 	case errors.Is(err, ErrUpstreamProtocol):
@@ -852,28 +1028,12 @@ func isIdempotent(r *http.Request) bool {
 	return len(r.Header["Idempotency-Key"]) > 0 || len(r.Header["X-Idempotency-Key"]) > 0
 }
 
-func (h *HTTP) isTrusted(a netip.Addr) bool {
-	for _, p := range h.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
 // stickyUpstream returns the upstream named by the request's sticky
 // cookie, or nil. It does not allocate.
 func (h *HTTP) stickyUpstream(r *http.Request) *upstream {
 	reg := h.reg.Load()
 	for _, line := range r.Header["Cookie"] {
-		for len(line) > 0 {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			part = strings.TrimSpace(part)
-			name, val, ok := strings.Cut(part, "=")
-			if !ok || name != h.cookieName {
-				continue
-			}
+		for val, rest, ok := h1.CutCookie(line, h.cookieName); ok; val, rest, ok = h1.CutCookie(rest, h.cookieName) {
 			if u := reg.byToken[val]; u != nil {
 				return u
 			}
@@ -886,26 +1046,9 @@ func (h *HTTP) stickyUpstream(r *http.Request) *upstream {
 // case-insensitively.
 func headerHasToken(vals []string, tok string) bool {
 	for _, v := range vals {
-		found := false
-		forEachTokenString(v, func(t string) {
-			if strings.EqualFold(t, tok) {
-				found = true
-			}
-		})
-		if found {
+		if h1.HasToken(v, tok) {
 			return true
 		}
 	}
 	return false
-}
-
-func forEachTokenString(v string, fn func(string)) {
-	for len(v) > 0 {
-		var tok string
-		tok, v, _ = strings.Cut(v, ",")
-		tok = strings.Trim(tok, " \t")
-		if tok != "" {
-			fn(tok)
-		}
-	}
 }

@@ -227,13 +227,7 @@ func testHTTPWebSocket(t *testing.T, fe frontEnd) {
 	require.NoError(t, err)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	require.NoError(t, err)
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	br, resp := wsHandshake(t, c)
 	assert.Equal(t, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", resp.Header.Get("Sec-WebSocket-Accept"))
 	assert.Equal(t, "websocket", resp.Header.Get("Upgrade"))
 	for _, msg := range []string{"hello", "through", "the proxy"} {
@@ -246,6 +240,19 @@ func testHTTPWebSocket(t *testing.T, fe frontEnd) {
 	require.NoError(t, writeWSFrame(c, 8, nil))
 	_, err = br.ReadByte()
 	assert.ErrorIs(t, err, io.EOF, "the tunnel closes after the backend hangs up")
+}
+
+// wsHandshake asks for a WebSocket upgrade on c and reads the 101.
+func wsHandshake(t *testing.T, c net.Conn) (*bufio.Reader, *http.Response) {
+	t.Helper()
+	_, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	return br, resp
 }
 
 func TestHTTPServerSentEvents(t *testing.T) { forEachFrontEnd(t, testHTTPServerSentEvents) }

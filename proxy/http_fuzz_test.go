@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 // parsed is the comparable view of a respHead for round trips.
@@ -72,10 +74,10 @@ func FuzzParseResponse(f *testing.F) {
 		for _, fl := range h.fields {
 			require.NotEmpty(t, h.name(fl))
 			for _, c := range h.name(fl) {
-				require.True(t, tokenTable[c])
+				require.True(t, h1.TokenTable[c])
 			}
 			for _, c := range h.value(fl) {
-				require.True(t, validValueByte(c))
+				require.True(t, h1.ValidValueByte(c))
 			}
 		}
 		var out bytes.Buffer

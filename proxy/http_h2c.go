@@ -121,7 +121,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 		}
 		out.Header[k] = vv
 	}
-	xff, proto, xhost, fwd := h.forwardedValues(rq, host)
+	xff, proto, xhost, fwd := h.forwardedValues(rq, rq.clientHost)
 	out.Header["X-Forwarded-For"] = []string{xff}
 	out.Header["X-Forwarded-Proto"] = []string{proto}
 	out.Header["X-Forwarded-Host"] = []string{xhost}
@@ -146,7 +146,6 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 			return resDone, nil
 		}
 		ep.Done(err, 0)
-		h.observe(u, true, 0)
 		var ne *net.OpError
 		dialFailed := errors.As(err, &ne) && ne.Op == "dial"
 		if mayRetry && (dialFailed && !rq.consumed || rq.replayable() && rq.idempotent) {
@@ -156,10 +155,10 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 	}
 	defer resp.Body.Close()
 	latency := time.Since(t0)
+	rq.status = resp.StatusCode
 	failed := resp.StatusCode >= 500
 	if failed && mayRetry && h.retryStatus[resp.StatusCode] && rq.idempotent && rq.replayable() {
 		ep.Done(errStatus(resp.StatusCode), latency)
-		h.observe(u, true, latency)
 		return resRetry, errStatus(resp.StatusCode)
 	}
 	hdr := w.Header()
@@ -174,10 +173,17 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 		hdr["Via"] = append(hdr["Via"], "2 "+h.via)
 	}
 	if h.cookieName != "" && rq.sticky != u {
-		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookieName+"="+u.token+h.cookieTail)
+		hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
 	}
-	w.WriteHeader(resp.StatusCode)
-	upErr, _ := h.copyStream(w, resp.Body, resp.ContentLength < 0 || isEventStream(hdr))
+	status := resp.StatusCode
+	if h.modify != nil {
+		rh := ResponseHead{Request: r, Backend: ep, Status: status, Header: hdr}
+		h.modify(&rh)
+		status = rh.Status
+	}
+	w.WriteHeader(status)
+	var upErr error
+	rq.bytes, upErr, _ = h.copyStream(w, resp.Body, resp.ContentLength < 0 || isEventStream(hdr))
 	for k, vv := range resp.Trailer {
 		for _, v := range vv {
 			hdr.Add(http.TrailerPrefix+k, v)
@@ -189,14 +195,11 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 	switch {
 	case upErr != nil:
 		ep.Done(upErr, latency)
-		h.observe(u, true, latency)
 		return resAbort, upErr
 	case failed:
 		ep.Done(errStatus(resp.StatusCode), latency)
-		h.observe(u, true, latency)
 	default:
 		ep.Done(nil, latency)
-		h.observe(u, false, latency)
 	}
 	return resDone, nil
 }
@@ -204,7 +207,7 @@ func (h *HTTP) tryH2C(w http.ResponseWriter, rq *request, u *upstream, mayRetry 
 // copyStream copies an HTTP/2 response body to w through a pooled
 // buffer, flushing after each read when stream is set (or as
 // FlushInterval says). It reports upstream and client errors apart.
-func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (upErr, clErr error) {
+func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (written int64, upErr, clErr error) {
 	bufp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
@@ -216,8 +219,9 @@ func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (up
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			written += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return nil, werr
+				return written, nil, werr
 			}
 			if fl != nil && (stream || h.flushInterval < 0 || h.flushInterval > 0 && time.Since(last) >= h.flushInterval) {
 				fl.Flush()
@@ -225,10 +229,10 @@ func (h *HTTP) copyStream(w http.ResponseWriter, src io.Reader, stream bool) (up
 			}
 		}
 		if err == io.EOF {
-			return nil, nil
+			return written, nil, nil
 		}
 		if err != nil {
-			return err, nil
+			return written, err, nil
 		}
 	}
 }

@@ -275,7 +275,7 @@ func startProxyFE(t testing.TB, fe frontEnd, cfg HTTPConfig, backends ...*testBa
 	require.NoError(t, err)
 	p := &testProxy{h: h, pool: cfg.Pool, url: "http://" + ln.Addr().String(), addr: ln.Addr().String()}
 	if fe == fastServer {
-		srv := &Server{Handler: h}
+		srv := newServer(t, ServerConfig{Handler: h})
 		p.fast = srv
 		p.shutdown = srv.Shutdown
 		served := make(chan struct{})
@@ -293,7 +293,7 @@ func startProxyFE(t testing.TB, fe frontEnd, cfg HTTPConfig, backends ...*testBa
 		})
 		return p
 	}
-	srv := NewServer(h)
+	srv := netHTTPServer(h)
 	p.srv = srv
 	p.shutdown = srv.Shutdown
 	go srv.Serve(ln)
@@ -303,6 +303,17 @@ func startProxyFE(t testing.TB, fe frontEnd, cfg HTTPConfig, backends ...*testBa
 		cfg.Pool.Close()
 	})
 	return p
+}
+
+// netHTTPServer is an http.Server for a proxy facing clients: a bound on
+// reading heads, and HTTP/1.1 plus HTTP/2 (with TLS, and h2c with prior
+// knowledge).
+func netHTTPServer(h http.Handler) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, Protocols: &p}
 }
 
 // testClient returns a keep-alive client closed at cleanup.

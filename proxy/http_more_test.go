@@ -9,35 +9,36 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
-	"github.com/lbkit/lbkit/health"
 )
 
-// recorder is a health.Observer that keeps every outcome.
+// recorder is a balancer.Observer that keeps every outcome reported
+// through Endpoint.Done.
 type recorder struct {
 	mu  sync.Mutex
-	got map[netip.AddrPort][]health.Outcome
+	got map[netip.AddrPort][]error
 }
 
-func (r *recorder) Observe(a netip.AddrPort, o health.Outcome) {
+func (r *recorder) ObserveDone(ep *balancer.Endpoint, err error, _ time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.got == nil {
-		r.got = map[netip.AddrPort][]health.Outcome{}
+		r.got = map[netip.AddrPort][]error{}
 	}
-	r.got[a] = append(r.got[a], o)
+	r.got[ep.Addr()] = append(r.got[ep.Addr()], err)
 }
 
 func (r *recorder) outcomes(a netip.AddrPort) (ok, failed int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, o := range r.got[a] {
-		if o.Failed {
+	for _, err := range r.got[a] {
+		if err != nil {
 			failed++
 		} else {
 			ok++
@@ -51,7 +52,8 @@ func TestHTTPPassiveHealth(t *testing.T) { forEachFrontEnd(t, testHTTPPassiveHea
 func testHTTPPassiveHealth(t *testing.T, fe frontEnd) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	rec := &recorder{}
-	p := startProxyFE(t, fe, HTTPConfig{Observer: rec}, a, b)
+	p := startProxyFE(t, fe, HTTPConfig{}, a, b)
+	p.pool.SetObserver(rec) // as a health.Checker following the pool does
 	c := testClient(t, 2)
 	for range 4 {
 		code, _, _ := get(t, c, p.url+"/")

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 // skipRequestHeader reports whether a request header is not copied as is:
@@ -22,31 +24,6 @@ func skipRequestHeader(k string) bool {
 	return false
 }
 
-// validHeaderValue reports whether v may be written in a header line:
-// no CR, LF, NUL or other control bytes but HTAB. net/http's server checks
-// this already; the proxy checks again because a header it forwards
-// wrongly is a smuggling vector.
-func validHeaderValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		if !validValueByte(v[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func validHeaderName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if !tokenTable[k[i]] {
-			return false
-		}
-	}
-	return true
-}
-
 // writeRequest writes the request head and body to pc and flushes. The
 // head is written field by field from r.Header, skipping hop-by-hop
 // headers and those named in Connection, and adding the forwarding
@@ -58,14 +35,14 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 	if uri == "" || (uri[0] != '/' && uri != "*") {
 		uri = r.URL.RequestURI()
 	}
-	if !validHeaderValue(uri) || !validHeaderName(r.Method) || containsSpace(uri) {
+	if !h1.ValidValue(uri) || !h1.IsToken(r.Method) || containsSpace(uri) {
 		return errBadRequest
 	}
 	host := r.Host
 	if host == "" {
 		host = r.URL.Host
 	}
-	if !validHeaderValue(host) {
+	if !h1.ValidValue(host) {
 		return errBadRequest
 	}
 	bw.WriteString(r.Method)
@@ -80,14 +57,14 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 		if skipRequestHeader(k) || (len(conn) > 0 && headerHasToken(conn, k)) {
 			continue
 		}
-		if !validHeaderName(k) {
+		if !h1.IsToken(k) {
 			return errBadRequest
 		}
 		if k == "Cookie" && len(vv) > 1 {
 			// HTTP/2 splits cookies; HTTP/1.1 wants one line (RFC 9113 8.2.3).
 			bw.WriteString("Cookie: ")
 			for i, v := range vv {
-				if !validHeaderValue(v) {
+				if !h1.ValidValue(v) {
 					return errBadRequest
 				}
 				if i > 0 {
@@ -99,7 +76,7 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 			continue
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !h1.ValidValue(v) {
 				return errBadRequest
 			}
 			bw.WriteString(k)
@@ -108,7 +85,7 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 			bw.WriteString("\r\n")
 		}
 	}
-	if err := h.writeForwarded(bw, rq, host); err != nil {
+	if err := h.writeForwarded(bw, rq, rq.clientHost); err != nil {
 		return err
 	}
 	if h.via != "" {
@@ -119,7 +96,7 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 		bw.WriteString("\r\n")
 	}
 	if rq.upgrade != "" {
-		if !validHeaderValue(rq.upgrade) {
+		if !h1.ValidValue(rq.upgrade) {
 			return errBadRequest
 		}
 		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
@@ -163,11 +140,11 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 	// Request trailers are known once the body is read.
 	for k, vv := range r.Trailer {
 		k = strings.TrimPrefix(k, http.TrailerPrefix) // as [Server] receives them
-		if !validHeaderName(k) || isHopByHop([]byte(k)) {
+		if !h1.IsToken(k) || isHopByHop([]byte(k)) {
 			continue
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !h1.ValidValue(v) {
 				return errBadRequest
 			}
 			bw.WriteString(k)
@@ -225,7 +202,7 @@ func (h *HTTP) writeForwarded(bw *bufio.Writer, rq *request, host string) error 
 	bw.WriteString("X-Forwarded-For: ")
 	if rq.trusted && len(xff) > 0 {
 		for _, v := range xff {
-			if !validHeaderValue(v) {
+			if !h1.ValidValue(v) {
 				return errBadRequest
 			}
 			bw.WriteString(v)
@@ -237,7 +214,7 @@ func (h *HTTP) writeForwarded(bw *bufio.Writer, rq *request, host string) error 
 
 	for _, f := range [...]struct{ name, ours string }{{"X-Forwarded-Proto", proto}, {"X-Forwarded-Host", host}} {
 		v := f.ours
-		if got := r.Header[f.name]; rq.trusted && len(got) == 1 && got[0] != "" && validHeaderValue(got[0]) {
+		if got := r.Header[f.name]; rq.trusted && len(got) == 1 && got[0] != "" && h1.ValidValue(got[0]) {
 			v = got[0]
 		}
 		bw.WriteString(f.name)
@@ -249,7 +226,7 @@ func (h *HTTP) writeForwarded(bw *bufio.Writer, rq *request, host string) error 
 	bw.WriteString("Forwarded: ")
 	if fw := r.Header["Forwarded"]; rq.trusted && len(fw) > 0 {
 		for _, v := range fw {
-			if !validHeaderValue(v) {
+			if !h1.ValidValue(v) {
 				return errBadRequest
 			}
 			bw.WriteString(v)

@@ -3,10 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"net"
 	"net/netip"
@@ -15,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/circuit"
 )
 
 // pconn is one persistent HTTP/1.1 connection to a backend with its
@@ -92,7 +90,8 @@ func (pc *pconn) close() {
 type upstream struct {
 	ep    *balancer.Endpoint
 	addr  netip.AddrPort
-	token string // sticky cookie value
+	token string           // sticky cookie value
+	br    *circuit.Breaker // this member's circuit breaker; nil without HTTPConfig.Circuit
 
 	mu      sync.Mutex
 	idle    []*pconn    // LIFO: the most recently used on top
@@ -181,15 +180,6 @@ type registry struct {
 	byToken map[string]*upstream
 }
 
-// stickyToken returns the cookie value naming addr: the first 16 bytes of
-// HMAC-SHA256(key, "lbkit/proxy" 0x00 addr), base64url.
-func stickyToken(key []byte, addr netip.AddrPort) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("lbkit/proxy\x00"))
-	m.Write([]byte(addr.String()))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
-}
-
 // upstreamFor returns the upstream of ep, creating it when ep is new.
 func (h *HTTP) upstreamFor(ep *balancer.Endpoint) *upstream {
 	if u := h.reg.Load().byEP[ep]; u != nil {
@@ -209,8 +199,8 @@ func (h *HTTP) upstreamFor(ep *balancer.Endpoint) *upstream {
 		next.byToken[k] = v
 	}
 	u := &upstream{ep: ep, addr: ep.Addr()}
-	if h.cookieKey != nil {
-		u.token = stickyToken(h.cookieKey, u.addr)
+	if h.cookies != nil {
+		u.token = h.cookies.Token(u.addr)
 		next.byToken[u.token] = u
 	}
 	next.byEP[ep] = u
@@ -233,8 +223,11 @@ func (h *HTTP) sync() {
 		u := old.byEP[ep]
 		if u == nil {
 			u = &upstream{ep: ep, addr: ep.Addr()}
-			if h.cookieKey != nil {
-				u.token = stickyToken(h.cookieKey, u.addr)
+			if h.cookies != nil {
+				u.token = h.cookies.Token(u.addr)
+			}
+			if h.cg != nil {
+				u.br = h.cg.Member(u.addr)
 			}
 		}
 		next.byEP[ep] = u
@@ -254,6 +247,9 @@ func (h *HTTP) sync() {
 	for _, u := range gone {
 		u.retired.Store(true)
 		u.closeIdle(time.Time{})
+		if h.cg != nil && !next.hasAddr(u.addr) {
+			h.cg.Forget(u.addr)
+		}
 	}
 	unready := len(gone) > 0
 	for _, u := range next.byEP {
@@ -267,6 +263,16 @@ func (h *HTTP) sync() {
 		// idle one; busy ones finish their streams.
 		h.h2c.CloseIdleConnections()
 	}
+}
+
+// hasAddr reports whether a member of r has address a.
+func (r *registry) hasAddr(a netip.AddrPort) bool {
+	for _, u := range r.byEP {
+		if u.addr == a {
+			return true
+		}
+	}
+	return false
 }
 
 // watch keeps the registry in step with the pool and closes connections

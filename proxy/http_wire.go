@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 // Errors of the upstream HTTP/1.1 parser. They are wrapped in
@@ -62,7 +64,7 @@ func (h *respHead) normalizedCL() bool {
 		return false
 	}
 	for _, f := range h.fields {
-		if !f.skip && asciiEqualFold(h.name(f), "Content-Length") {
+		if !f.skip && h1.EqualFold(h.name(f), "Content-Length") {
 			return false
 		}
 	}
@@ -90,25 +92,6 @@ func (h *respHead) reset() {
 
 func (h *respHead) name(f field) []byte  { return h.block[f.ns:f.ne] }
 func (h *respHead) value(f field) []byte { return h.block[f.vs:f.ve] }
-
-// tokenTable marks the bytes allowed in an HTTP token (RFC 9110 5.6.2).
-var tokenTable = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
-
-// validValueByte reports whether c may appear in a field value: HTAB, SP,
-// VCHAR and obs-text. CR, LF, NUL, DEL and other controls may not.
-func validValueByte(c byte) bool { return c == '\t' || (c >= ' ' && c != 0x7f) }
 
 // readLine returns the next CRLF-terminated line without its CRLF,
 // appending it to dst when it does not fit bufio's buffer. n counts the
@@ -229,7 +212,7 @@ func (h *respHead) parseStatus(line []byte) error {
 		}
 		rest = rest[1:]
 		for _, c := range rest {
-			if !validValueByte(c) {
+			if !h1.ValidValueByte(c) {
 				return errStatusLine
 			}
 		}
@@ -248,7 +231,7 @@ func (h *respHead) addField(line []byte) error {
 			colon = i
 			break
 		}
-		if !tokenTable[c] {
+		if !h1.TokenTable[c] {
 			return errHeaderLine // includes obs-fold (leading SP/HTAB) and SP before ':'
 		}
 	}
@@ -263,7 +246,7 @@ func (h *respHead) addField(line []byte) error {
 		v = v[:len(v)-1]
 	}
 	for _, c := range v {
-		if !validValueByte(c) {
+		if !h1.ValidValueByte(c) {
 			return errHeaderLine
 		}
 	}
@@ -273,7 +256,7 @@ func (h *respHead) addField(line []byte) error {
 	f := field{ns: base, ne: base + int32(colon), vs: base + int32(colon), ve: base + int32(colon+len(v))}
 	name := line[:colon]
 	switch {
-	case asciiEqualFold(name, "Content-Length"):
+	case h1.EqualFold(name, "Content-Length"):
 		if err := h.addContentLength(v); err != nil {
 			return err
 		}
@@ -283,29 +266,29 @@ func (h *respHead) addField(line []byte) error {
 		f.skip = h.clFields > 1 || bytesContains(v, ',')
 		if f.skip && h.clFields > 1 {
 			for i := range h.fields {
-				if asciiEqualFold(h.name(h.fields[i]), "Content-Length") {
+				if h1.EqualFold(h.name(h.fields[i]), "Content-Length") {
 					h.fields[i].skip = true
 				}
 			}
 		}
-	case asciiEqualFold(name, "Transfer-Encoding"):
-		if h.chunked || !asciiEqualFold(v, "chunked") {
+	case h1.EqualFold(name, "Transfer-Encoding"):
+		if h.chunked || !h1.EqualFold(v, "chunked") {
 			return errTransferEnc
 		}
 		h.chunked = true
 		f.skip = true
-	case asciiEqualFold(name, "Connection"):
+	case h1.EqualFold(name, "Connection"):
 		h.connFields++
-		forEachToken(v, func(tok []byte) {
+		h1.ForEachToken(v, func(tok []byte) {
 			switch {
-			case asciiEqualFold(tok, "close"):
+			case h1.EqualFold(tok, "close"):
 				h.closeConn = true
-			case asciiEqualFold(tok, "keep-alive"):
+			case h1.EqualFold(tok, "keep-alive"):
 				h.keepAlive = true
 			}
 		})
 		f.skip = true
-	case asciiEqualFold(name, "Upgrade"):
+	case h1.EqualFold(name, "Upgrade"):
 		h.upgrade = len(h.fields) + 1
 		f.skip = true
 	case isHopByHop(name):
@@ -319,7 +302,7 @@ func (h *respHead) addField(line []byte) error {
 // comma-separated list of equal values, RFC 9110 8.6).
 func (h *respHead) addContentLength(v []byte) error {
 	var bad bool
-	forEachToken(v, func(tok []byte) {
+	h1.ForEachToken(v, func(tok []byte) {
 		if len(tok) == 0 || len(tok) > 18 {
 			bad = true
 			return
@@ -361,12 +344,12 @@ func (h *respHead) finish() error {
 	if h.connFields > 0 {
 		for i := range h.fields {
 			f := &h.fields[i]
-			if !asciiEqualFold(h.name(*f), "Connection") {
+			if !h1.EqualFold(h.name(*f), "Connection") {
 				continue
 			}
-			forEachToken(h.value(*f), func(tok []byte) {
+			h1.ForEachToken(h.value(*f), func(tok []byte) {
 				for j := range h.fields {
-					if asciiEqualFoldBytes(h.name(h.fields[j]), tok) {
+					if h1.EqualFold(h.name(h.fields[j]), tok) {
 						h.fields[j].skip = true
 					}
 				}
@@ -458,73 +441,17 @@ func (h *respHead) writeHead(w *bufio.Writer, all bool) {
 func isHopByHop(name []byte) bool {
 	switch len(name) {
 	case 2:
-		return asciiEqualFold(name, "TE")
+		return h1.EqualFold(name, "TE")
 	case 7:
-		return asciiEqualFold(name, "Trailer") || asciiEqualFold(name, "Upgrade")
+		return h1.EqualFold(name, "Trailer") || h1.EqualFold(name, "Upgrade")
 	case 10:
-		return asciiEqualFold(name, "Connection") || asciiEqualFold(name, "Keep-Alive")
+		return h1.EqualFold(name, "Connection") || h1.EqualFold(name, "Keep-Alive")
 	case 16:
-		return asciiEqualFold(name, "Proxy-Connection")
+		return h1.EqualFold(name, "Proxy-Connection")
 	case 17:
-		return asciiEqualFold(name, "Transfer-Encoding")
+		return h1.EqualFold(name, "Transfer-Encoding")
 	}
 	return false
-}
-
-func asciiEqualFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		if lower(b[i]) != lower(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func asciiEqualFoldBytes(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if lower(a[i]) != lower(b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func lower(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
-}
-
-// forEachToken calls fn for each comma-separated element of v, trimmed of
-// optional whitespace. Empty elements are skipped.
-func forEachToken(v []byte, fn func([]byte)) {
-	for len(v) > 0 {
-		i := 0
-		for i < len(v) && v[i] != ',' {
-			i++
-		}
-		tok := v[:i]
-		for len(tok) > 0 && (tok[0] == ' ' || tok[0] == '\t') {
-			tok = tok[1:]
-		}
-		for len(tok) > 0 && (tok[len(tok)-1] == ' ' || tok[len(tok)-1] == '\t') {
-			tok = tok[:len(tok)-1]
-		}
-		if len(tok) > 0 {
-			fn(tok)
-		}
-		if i == len(v) {
-			return
-		}
-		v = v[i+1:]
-	}
 }
 
 // chunkedReader decodes a chunked body (RFC 9112 7.1) from br. Trailer
@@ -606,7 +533,7 @@ func (c *chunkedReader) size() error {
 	var v int64
 	i := 0
 	for ; i < len(line); i++ {
-		d := unhex(line[i])
+		d := h1.Unhex(line[i])
 		if d < 0 {
 			break
 		}
@@ -626,7 +553,7 @@ func (c *chunkedReader) size() error {
 		return errChunked
 	}
 	for _, b := range rest {
-		if !validValueByte(b) {
+		if !h1.ValidValueByte(b) {
 			return errChunked
 		}
 	}
@@ -660,24 +587,12 @@ func (c *chunkedReader) trailers() error {
 	}
 	for _, f := range c.th.fields {
 		name := c.th.name(f)
-		if f.skip || asciiEqualFold(name, "Content-Length") {
+		if f.skip || h1.EqualFold(name, "Content-Length") {
 			continue
 		}
 		c.trailer.Add(http.TrailerPrefix+string(name), string(c.th.value(f)))
 	}
 	return nil
-}
-
-func unhex(c byte) int {
-	switch {
-	case '0' <= c && c <= '9':
-		return int(c - '0')
-	case 'a' <= c && c <= 'f':
-		return int(c-'a') + 10
-	case 'A' <= c && c <= 'F':
-		return int(c-'A') + 10
-	}
-	return -1
 }
 
 // copyBufPool holds the buffers bodies are copied through.

@@ -14,17 +14,21 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
 
-// Defaults for [Server] fields left zero.
+// Defaults for [ServerConfig] fields left zero.
 const (
 	DefaultServerReadTimeout = 10 * time.Second
 	DefaultServerIdleTimeout = 2 * time.Minute
 	DefaultServerMaxHeader   = 16 << 10
+	// DefaultServerBodyIdleTimeout is nginx's client_body_timeout.
+	DefaultServerBodyIdleTimeout = 30 * time.Second
 )
 
-// ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
+// ErrServerClosed is returned by [Server.Serve] called after the server
+// was stopped (Shutdown, Close or the end of an earlier Serve's context).
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Server serves HTTP/1.1 clients with an [HTTP] proxy without net/http's
@@ -33,12 +37,13 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // straight into the connection's buffer. The forwarding itself — picking,
 // retries, limits and queue, passive health, sticky cookies, forwarding
 // headers, hop-by-hop stripping, 502/503/504 — is the handler's, shared
-// with [HTTP.ServeHTTP]. Use [HTTP] under net/http (see [NewServer]) for
-// TLS, HTTP/2 and middleware; use Server for the highest request rate on
-// plain HTTP/1.1.
+// with [HTTP.ServeHTTP]. Use [HTTP] under net/http for TLS, HTTP/2 and
+// middleware; use Server for the highest request rate on plain HTTP/1.1.
 //
-// It is stricter than net/http about what it accepts; each of these gets
-// its status and the connection is closed, and nothing reaches a backend:
+// It is stricter than net/http about what it accepts. Request heads are
+// parsed by the HTTP/1.1 codec it shares with redirect.Server; each of
+// these gets its status and the connection is closed, and nothing
+// reaches a backend:
 //
 //   - 400: a line not ending in CRLF (bare LF), obsolete line folding,
 //     white space before a header's colon, invalid bytes in the method,
@@ -67,9 +72,20 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // or HTTPConfig.ResponseHeaderTimeout passes. There is no write timeout;
 // bound requests with HTTPConfig.RequestTimeout.
 //
-// Serve, Shutdown and ListenAndServe are safe for concurrent use. The
-// exported fields must not change after Serve is first called.
+// Make one with [NewServer]. Serve, ListenAndServe, Shutdown and Close
+// are safe for concurrent use. The server never closes its handler nor
+// the handler's pool.
 type Server struct {
+	cfg    ServerConfig // defaults filled in
+	g      serve.Group[*srvConn]
+	pool   sync.Pool // *srvConn
+	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
+	bwPool sync.Pool // *bufio.Writer
+}
+
+// ServerConfig configures a [Server]. Only Handler is required; every
+// other field has a useful zero value, documented on the field.
+type ServerConfig struct {
 	// Handler forwards the requests. Required.
 	Handler *HTTP
 	// ReadTimeout bounds the time to receive a request head once its
@@ -80,17 +96,35 @@ type Server struct {
 	// be closed up to an eighth of IdleTimeout early. Zero means
 	// DefaultServerIdleTimeout.
 	IdleTimeout time.Duration
+	// BodyIdleTimeout bounds the wait for each read of a request body:
+	// a client that stops sending its body for this long is disconnected
+	// (and the backend's request aborted). It bounds the time between
+	// body bytes, not the whole upload (see HTTPConfig.RequestTimeout),
+	// and does not apply to upgraded connections (WebSocket). Zero means
+	// DefaultServerBodyIdleTimeout; negative means no limit.
+	BodyIdleTimeout time.Duration
 	// MaxHeaderBytes caps the request line and headers together; it is
 	// the size of each connection's read buffer. Zero means
 	// DefaultServerMaxHeader.
 	MaxHeaderBytes int
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
+}
 
-	g      serve.Group[*srvConn]
-	pool   sync.Pool // *srvConn
-	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
-	bwPool sync.Pool // *bufio.Writer
+// NewServer validates cfg and returns a server; nothing runs until
+// [Server.Serve].
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("proxy: ServerConfig.Handler is required")
+	}
+	if cfg.ReadTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, errors.New("proxy: ServerConfig timeouts and sizes must not be negative")
+	}
+	cfg.ReadTimeout = orDur(cfg.ReadTimeout, DefaultServerReadTimeout)
+	cfg.IdleTimeout = orDur(cfg.IdleTimeout, DefaultServerIdleTimeout)
+	cfg.BodyIdleTimeout = orDur(cfg.BodyIdleTimeout, DefaultServerBodyIdleTimeout)
+	cfg.MaxHeaderBytes = orInt(cfg.MaxHeaderBytes, DefaultServerMaxHeader)
+	return &Server{cfg: cfg}, nil
 }
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
@@ -103,19 +137,18 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts connections on ln and serves their requests until ctx
-// ends (it then closes ln and every open client connection of the server
-// and returns ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed])
-// or ln fails. It closes ln before returning. Connection goroutines may
-// outlive Serve by the time their request takes; Shutdown waits for them.
+// ends, [Server.Shutdown] or [Server.Close] is called, or ln fails. It
+// closes ln before returning. The end of ctx means Close: ln and every
+// open client connection are closed at once. Serve returns nil when the
+// server was stopped by any of these, [ErrServerClosed] when it was
+// already stopped, and the listener's error otherwise. Connection
+// goroutines may outlive Serve by the time their request takes; Shutdown
+// and Close wait for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if s.Handler == nil {
-		ln.Close()
-		return errors.New("proxy: Server.Handler is nil")
-	}
-	return s.g.Serve(ctx, ln, &serve.Config[*srvConn]{
+	return s.g.Run(ctx, ln, &serve.Config[*srvConn]{
 		Name:    "proxy",
 		Closed:  ErrServerClosed,
-		Logger:  s.Logger,
+		Logger:  s.cfg.Logger,
 		Open:    s.newConn,
 		Serve:   s.serveConn,
 		Release: s.releaseConn,
@@ -126,7 +159,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // each connection finish the request it is serving (body and response
 // included) and closes it instead of waiting for another, and waits for
 // them until ctx ends, when it closes those left. It returns nil, or
-// ctx.Err() if it had to force.
+// ctx.Err() if it had to force. It is idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one serving a request
 	// finishes it first (it checks closing before reading on).
@@ -135,6 +168,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			sc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	})
+}
+
+// Close stops the server now: it closes the listeners and every client
+// connection, and waits for their goroutines. It is idempotent and
+// returns nil.
+func (s *Server) Close() error {
+	s.g.Close()
+	return nil
 }
 
 func (s *Server) newConn(_ context.Context, c net.Conn) *srvConn {
@@ -167,10 +208,11 @@ type srvConn struct {
 	first  [2 << 10]byte // the first read of a request, made without br
 	dl     time.Time     // the read deadline last set
 	remote string
-	idle   atomic.Bool // waiting for a request: Shutdown may wake it
+	key    h1.KeyRequest // the current request as a key source
+	idle   atomic.Bool   // waiting for a request: Shutdown may wake it
 
 	buf  []byte // the current request head, names canonicalised
-	head reqHead
+	head h1.Head
 	req  http.Request
 	hdr  http.Header // request header, cleared per request
 	trl  http.Header // request trailers, cleared per request
@@ -209,14 +251,7 @@ func (s *Server) serveConn(sc *srvConn) {
 			sc.c.Close()
 		}
 	}()
-	readTimeout := s.ReadTimeout
-	if readTimeout <= 0 {
-		readTimeout = DefaultServerReadTimeout
-	}
-	idleTimeout := s.IdleTimeout
-	if idleTimeout <= 0 {
-		idleTimeout = DefaultServerIdleTimeout
-	}
+	readTimeout, idleTimeout := s.cfg.ReadTimeout, s.cfg.IdleTimeout
 	c := sc.c
 	for {
 		if s.g.Closing() {
@@ -240,7 +275,7 @@ func (s *Server) serveConn(sc *srvConn) {
 			sc.idle.Store(true)
 			// The idle deadline moves only when it drifted by an eighth
 			// of IdleTimeout: most requests then set no timer.
-			if want := time.Now().Add(idleTimeout); sc.dl.IsZero() || want.Sub(sc.dl) > idleTimeout/8 {
+			if want := time.Now().Add(idleTimeout); sc.dl.IsZero() || drifted(want, sc.dl, idleTimeout) {
 				c.SetReadDeadline(want)
 				sc.dl = want
 			}
@@ -273,8 +308,11 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		sc.writeRefusal(code)
 		return false
 	}
-	sc.prepare()
-	abort := sc.s.Handler.serve(sc, &sc.req)
+	if !sc.prepare() {
+		sc.writeRefusal(http.StatusBadRequest)
+		return false
+	}
+	abort := sc.s.cfg.Handler.serve(sc, &sc.req)
 	if sc.hijacked {
 		return false
 	}
@@ -289,11 +327,11 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		sc.bw.WriteString("0\r\n")
 		for k, vv := range sc.rh {
 			name, ok := cutTrailerPrefix(k)
-			if !ok || !validHeaderName(name) {
+			if !ok || !h1.IsToken(name) {
 				continue
 			}
 			for _, v := range vv {
-				if validHeaderValue(v) {
+				if h1.ValidValue(v) {
 					sc.bw.WriteString(name)
 					sc.bw.WriteString(": ")
 					sc.bw.WriteString(v)
@@ -305,7 +343,7 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 	}
 	if sc.closeConn || !sc.body.done() {
 		if sc.bw.Flush() == nil && !sc.body.done() {
-			lingerClose(sc.c, sc.br)
+			h1.LingerClose(sc.c, sc.br)
 		}
 		return false
 	}
@@ -319,116 +357,93 @@ func cutTrailerPrefix(k string) (string, bool) {
 	return "", false
 }
 
-// lingerClose half-closes c and reads what the client still sends for a
-// short while, so the response is not lost to a reset caused by unread
-// request data.
-func lingerClose(c net.Conn, br *bufio.Reader) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	io.CopyN(io.Discard, br, 256<<10)
-}
-
 // readRequest reads one request head into sc.buf and parses it. It
 // returns 0, a status to refuse the request with, or -1 when the
 // connection failed.
 func (sc *srvConn) readRequest(readTimeout time.Duration) int {
-	checked := 0
-	deadlineSet := false
-	for {
-		buf, _ := sc.br.Peek(sc.br.Buffered())
-		end := -1
-		for i := checked; i < len(buf); i++ {
-			if buf[i] != '\n' {
-				continue
-			}
-			if i == 0 || buf[i-1] != '\r' {
-				return http.StatusBadRequest // bare LF
-			}
-			if i >= 3 && buf[i-2] == '\n' {
-				end = i + 1
-				break
-			}
-		}
-		if end > 0 {
-			sc.buf = append(sc.buf[:0], buf[:end]...)
-			sc.br.Discard(end)
-			break
-		}
-		checked = len(buf)
-		if len(buf) >= sc.br.Size() {
-			for _, c := range buf {
-				if c == '\n' {
-					return http.StatusRequestHeaderFieldsTooLarge
-				}
-			}
-			return http.StatusRequestURITooLong
-		}
-		if !deadlineSet {
-			// Most heads arrive whole: only a partial one costs a
-			// deadline update.
-			sc.dl = time.Now().Add(readTimeout)
-			sc.c.SetReadDeadline(sc.dl)
-			deadlineSet = true
-		}
-		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
-			return -1
-		}
+	head, code, err := h1.ReadHead(sc.br, func() {
+		// Most heads arrive whole: only a partial one costs a deadline
+		// update.
+		sc.dl = time.Now().Add(readTimeout)
+		sc.c.SetReadDeadline(sc.dl)
+	})
+	if err != nil {
+		return -1
 	}
-	if code := parseRequestHead(sc.buf, &sc.head); code != 0 {
+	if code != 0 {
 		return code
 	}
-	if sc.head.chunked || sc.head.contentLength > 0 {
+	sc.buf = append(sc.buf[:0], head...)
+	sc.br.Discard(len(head))
+	if code := sc.head.Parse(sc.buf); code != 0 {
+		return code
+	}
+	if sc.head.HasBody() {
 		// Bodies may take long to upload; the idle deadline must not
-		// cut them.
+		// cut them. The body's reads set their own (bodyReader.Read).
 		sc.dl = time.Time{}
 		sc.c.SetReadDeadline(sc.dl)
 	}
 	return 0
 }
 
-// prepare fills sc.req from sc.head, reusing every part of it.
-func (sc *srvConn) prepare() {
+// drifted reports whether deadline want is more than an eighth of d away
+// from the deadline set: only then is it worth a timer update.
+func drifted(want, set time.Time, d time.Duration) bool {
+	diff := want.Sub(set)
+	return diff > d/8 || diff < -d/8
+}
+
+// prepare fills sc.req from sc.head, reusing every part of it. It
+// reports false for a target net/url cannot take, which the parser
+// should have refused already: such a request is never forwarded.
+func (sc *srvConn) prepare() bool {
 	rh := &sc.head
 	clear(sc.hdr)
 	vals := sc.vals[:0]
-	for _, f := range rh.fields {
-		if old, ok := sc.hdr[f.name]; ok {
-			sc.hdr[f.name] = append(old, f.value)
+	for _, f := range rh.Fields {
+		if old, ok := sc.hdr[f.Name]; ok {
+			sc.hdr[f.Name] = append(old, f.Value)
 			continue
 		}
 		i := len(vals)
-		vals = append(vals, f.value)
-		sc.hdr[f.name] = vals[i : i+1 : i+1]
+		vals = append(vals, f.Value)
+		sc.hdr[f.Name] = vals[i : i+1 : i+1]
 	}
 	sc.vals = vals
 	u := sc.req.URL
 	*u = url.URL{}
 	r := &sc.req
 	*r = http.Request{
-		Method:     rh.method,
+		Method:     rh.Method,
 		URL:        u,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
-		ProtoMinor: rh.minor,
+		ProtoMinor: rh.Minor,
 		Header:     sc.hdr,
-		Host:       rh.host,
+		Host:       rh.Host,
 		RemoteAddr: sc.remote,
-		RequestURI: rh.target,
+		RequestURI: rh.Target,
 	}
-	if rh.minor == 0 {
+	if rh.Minor == 0 {
 		r.Proto = "HTTP/1.0"
 	}
-	if rh.target[0] != '/' && rh.target != "*" {
+	switch {
+	case rh.Target[0] == '/' || rh.Target == "*":
+	case rh.Method == http.MethodConnect:
+		// Authority form, as net/http gives it.
+		u.Host, r.Host = rh.Target, rh.Target
+	default:
 		// Absolute form: its authority replaces Host (RFC 9112 3.2.2).
-		if pu, err := url.ParseRequestURI(rh.target); err == nil {
-			r.URL = pu
-			r.Host = pu.Host
+		pu, err := url.ParseRequestURI(rh.Target)
+		if err != nil || pu.Host == "" {
+			return false
 		}
+		r.URL = pu
+		r.Host = pu.Host
 	}
 	sc.body.reset(sc, rh)
-	if rh.chunked {
+	if rh.Chunked {
 		if len(sc.trl) > 0 {
 			clear(sc.trl)
 		}
@@ -437,7 +452,7 @@ func (sc *srvConn) prepare() {
 	}
 	if sc.body.left != 0 {
 		r.Body = &sc.body
-		r.ContentLength = rh.contentLength
+		r.ContentLength = rh.ContentLength
 	} else {
 		r.Body = http.NoBody
 	}
@@ -445,7 +460,8 @@ func (sc *srvConn) prepare() {
 		clear(sc.rh)
 	}
 	sc.wrote, sc.bodyless, sc.chunked = false, false, false
-	sc.closeConn = !rh.keep() || sc.s.g.Closing()
+	sc.closeConn = !rh.KeepAlive() || sc.s.g.Closing()
+	return true
 }
 
 // Header returns the response header map; the proxy's core fills it for
@@ -460,17 +476,17 @@ func (sc *srvConn) WriteHeader(code int) {
 	sc.wrote = true
 	sc.bodyless = sc.req.Method == http.MethodHead || code == 204 || code == 304 || code < 200
 	bw := sc.bw
-	writeStatusLine(bw, code, nil)
+	h1.WriteStatusLine(bw, code, nil)
 	hasCL := false
 	for k, vv := range sc.rh {
-		if _, ok := cutTrailerPrefix(k); ok || isHopByHop([]byte(k)) || !validHeaderName(k) {
+		if _, ok := cutTrailerPrefix(k); ok || isHopByHop([]byte(k)) || !h1.IsToken(k) {
 			continue
 		}
 		if k == "Content-Length" {
 			hasCL = true
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !h1.ValidValue(v) {
 				continue
 			}
 			bw.WriteString(k)
@@ -489,7 +505,7 @@ func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *r
 	sc.wrote = true
 	sc.bodyless = bodyless
 	bw := sc.bw
-	writeStatusLine(bw, head.status, head.reason)
+	h1.WriteStatusLine(bw, head.status, head.reason)
 	for _, f := range head.fields {
 		if f.skip {
 			continue
@@ -515,7 +531,7 @@ func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *r
 		bw.WriteString(h.cookieName)
 		bw.WriteByte('=')
 		bw.WriteString(u.token)
-		bw.WriteString(h.cookieTail)
+		bw.WriteString(h.cookies.Attrs)
 		bw.WriteString("\r\n")
 	}
 	sc.endHead(hasCL)
@@ -526,7 +542,7 @@ func (sc *srvConn) writeUpstreamHead(h *HTTP, head *respHead, u *upstream, rq *r
 func (sc *srvConn) endHead(hasCL bool) {
 	bw := sc.bw
 	if !sc.bodyless && !hasCL {
-		if sc.head.minor == 1 {
+		if sc.head.Minor == 1 {
 			sc.chunked = true
 			bw.WriteString("Transfer-Encoding: chunked\r\n")
 		} else {
@@ -541,7 +557,7 @@ func (sc *srvConn) endHead(hasCL bool) {
 	switch {
 	case sc.closeConn:
 		bw.WriteString("Connection: close\r\n\r\n")
-	case sc.head.minor == 0:
+	case sc.head.Minor == 0:
 		bw.WriteString("Connection: keep-alive\r\n\r\n")
 	default:
 		bw.WriteString("\r\n")
@@ -591,11 +607,7 @@ func (sc *srvConn) acquire() {
 	s := sc.s
 	sc.br, _ = s.brPool.Get().(*bufio.Reader)
 	if sc.br == nil {
-		size := s.MaxHeaderBytes
-		if size <= 0 {
-			size = DefaultServerMaxHeader
-		}
-		sc.br = bufio.NewReaderSize(nil, size)
+		sc.br = bufio.NewReaderSize(nil, s.cfg.MaxHeaderBytes)
 	}
 	sc.br.Reset(&sc.src)
 	sc.bw, _ = s.bwPool.Get().(*bufio.Writer)
@@ -639,7 +651,7 @@ func (r *prefixReader) Read(p []byte) (int, error) {
 func (sc *srvConn) writeRefusal(code int) {
 	msg := "proxy: " + http.StatusText(code) + "\n"
 	bw := sc.bw
-	writeStatusLine(bw, code, nil)
+	h1.WriteStatusLine(bw, code, nil)
 	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
 	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(msg)), 10))
 	bw.WriteString("\r\nConnection: close\r\n\r\n")
@@ -658,15 +670,15 @@ type bodyReader struct {
 	scratch []byte
 }
 
-func (b *bodyReader) reset(sc *srvConn, rh *reqHead) {
+func (b *bodyReader) reset(sc *srvConn, rh *h1.Head) {
 	b.sc = sc
-	b.expect = rh.expectContinue
+	b.expect = rh.ExpectContinue
 	switch {
-	case rh.chunked:
+	case rh.Chunked:
 		b.left = -1
 		b.cr = chunkedReader{br: sc.br, scratch: &b.scratch, limit: sc.br.Size()}
-	case rh.contentLength > 0:
-		b.left = rh.contentLength
+	case rh.ContentLength > 0:
+		b.left = rh.ContentLength
 	default:
 		b.left = 0
 	}
@@ -677,8 +689,16 @@ func (b *bodyReader) done() bool {
 	return b.left == 0 || b.left < 0 && b.cr.done
 }
 
-// Read reads body bytes.
+// Read reads body bytes, each read bounded by the server's
+// BodyIdleTimeout.
 func (b *bodyReader) Read(p []byte) (int, error) {
+	sc := b.sc
+	if idle := sc.s.cfg.BodyIdleTimeout; idle > 0 && !b.done() {
+		if want := time.Now().Add(idle); sc.dl.IsZero() || drifted(want, sc.dl, idle) {
+			sc.dl = want
+			sc.c.SetReadDeadline(want)
+		}
+	}
 	if b.expect {
 		b.expect = false
 		bw := b.sc.bw

@@ -1,57 +1,96 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
 )
 
-// FuzzServerRequest feeds request heads to Server's parser. It must never
-// panic, must refuse only with the statuses it documents, and a head it
-// accepts must serialise to a head that parses to the same request.
-func FuzzServerRequest(f *testing.F) {
+// FuzzServer feeds arbitrary bytes, as one client connection, to a
+// Server in front of a real backend (the parser's own fuzz test is
+// h1.FuzzParse). The client side is an in-memory connection whose reads
+// end with the input, so an execution costs no client socket. Property:
+// the server neither panics nor hangs — it is done with the connection
+// once the input is consumed — and what it sends back is HTTP/1.1
+// responses.
+func FuzzServer(f *testing.F) {
 	for _, seed := range []string{
-		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-		"get /a?b=c HTTP/1.0\r\n\r\n",
-		"POST /u HTTP/1.1\r\nhost: x\r\ncontent-length: 5, 5\r\nexpect: 100-continue\r\n\r\n",
-		"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, close\r\n\r\n",
-		"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
-		"GET http://example.com/p HTTP/1.1\r\nHost: y\r\n\r\n",
-		"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-		// Smuggling shapes, all refused.
-		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
-		"GET / HTTP/1.1\r\nHost: x\r\nX: 1\r\n 2\r\n\r\n",
-		"GET / HTTP/1.1\nHost: x\n\n",
-		"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
-		"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n", // one request
+		"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.0\r\n\r\n",         // pipelined
+		"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",                             // chunked with a trailer
+		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", // CL.TE
+		"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",                                            // Expect
+		"GET http://x/a%zz HTTP/1.1\r\nHost: x\r\n\r\n",                                                                                // bad target
+		"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",                                     // HEAD, then close
+		"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes",                                    // upgrade the backend refuses
 	} {
 		f.Add([]byte(seed))
 	}
-	f.Fuzz(func(t *testing.T, head []byte) {
-		var rh reqHead
-		code := parseRequestHead(head, &rh)
-		switch code {
-		case 0:
-		case http.StatusBadRequest, http.StatusNotImplemented, http.StatusExpectationFailed, http.StatusHTTPVersionNotSupported:
-			return
-		default:
-			t.Fatalf("unexpected status %d", code)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(f, err)
+	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go backend.Serve(ln)
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	require.NoError(f, pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(ln.Addr().String())}))
+	h, err := NewHTTP(HTTPConfig{Pool: pool, ResponseHeaderTimeout: 2 * time.Second})
+	require.NoError(f, err)
+	srv, err := NewServer(ServerConfig{Handler: h, ReadTimeout: 2 * time.Second, BodyIdleTimeout: time.Second})
+	require.NoError(f, err)
+	f.Cleanup(func() {
+		h.Close()
+		pool.Close()
+		backend.Close()
+	})
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c := &memConn{in: bytes.NewReader(in)}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sc := srv.newConn(context.Background(), c)
+			srv.serveConn(sc)
+			srv.releaseConn(sc)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the server is still busy with %q", in)
 		}
-		require.False(t, rh.chunked && rh.contentLength >= 0, "never both framings")
-		require.LessOrEqual(t, rh.hosts, 1)
-		out := rh.appendTo(nil)
-		var again reqHead
-		require.Zero(t, parseRequestHead(out, &again), "%q", out)
-		require.Equal(t, rh.method, again.method)
-		require.Equal(t, rh.target, again.target)
-		require.Equal(t, rh.minor, again.minor)
-		require.Equal(t, rh.host, again.host)
-		require.Equal(t, rh.contentLength, again.contentLength)
-		require.Equal(t, rh.chunked, again.chunked)
-		require.Equal(t, rh.keep(), again.keep())
-		require.Equal(t, rh.expectContinue, again.expectContinue)
-		require.Equal(t, rh.fields, again.fields)
-		require.Equal(t, out, again.appendTo(nil))
+		out := c.out.Bytes()
+		if len(out) > 0 && !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
+			t.Fatalf("not an HTTP/1.1 response: %q", out)
+		}
 	})
 }
+
+// memConn is a client connection in memory: reads return the input and
+// then io.EOF (the client stopped sending), writes are kept, deadlines
+// are ignored.
+type memConn struct {
+	in  *bytes.Reader
+	out bytes.Buffer
+}
+
+func (c *memConn) Read(p []byte) (int, error)       { return c.in.Read(p) }
+func (c *memConn) Write(p []byte) (int, error)      { return c.out.Write(p) }
+func (c *memConn) Close() error                     { return nil }
+func (c *memConn) LocalAddr() net.Addr              { return memAddr }
+func (c *memConn) RemoteAddr() net.Addr             { return memAddr }
+func (c *memConn) SetDeadline(time.Time) error      { return nil }
+func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
+
+var memAddr = &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,11 @@ func TestServerRefusesAmbiguousRequests(t *testing.T) {
 		{"relative target", "GET a HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
 		{"huge header", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n", "431"},
 		{"huge request line", "GET /" + strings.Repeat("a", 100<<10) + " HTTP/1.1\r\nHost: x\r\n\r\n", "414"},
+		{"bad escape in an absolute-form path", "GET http://x/a%zz?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"escaped space in an absolute-form authority", "GET http://a%20b/x HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"empty absolute-form authority", "GET http:///x HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"user info in an absolute-form authority", "GET http://u@x/ HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"bad escape in an origin-form path", "GET /a%2 HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
 		{"bad chunk size", "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"},
 	}
 	for _, tt := range tests {
@@ -143,71 +149,95 @@ func TestServerServeAndShutdown(t *testing.T) {
 	require.NoError(t, err)
 	defer h.Close()
 
-	t.Run("nil handler", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		assert.Error(t, (&Server{}).Serve(t.Context(), ln))
+	t.Run("config", func(t *testing.T) {
+		_, err := NewServer(ServerConfig{})
+		assert.ErrorContains(t, err, "Handler is required")
+		_, err = NewServer(ServerConfig{Handler: h, ReadTimeout: -1})
+		assert.ErrorContains(t, err, "negative")
 	})
-	t.Run("context ends Serve and closes connections", func(t *testing.T) {
-		s := &Server{Handler: h}
+	// serveOne serves s on a new listener until ctx ends and answers one
+	// request on a kept-alive connection, whose reader it returns.
+	serveOne := func(t *testing.T, s *Server, ctx context.Context) (chan error, *bufio.Reader) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- s.Serve(ctx, ln) }()
 		c, err := net.Dial("tcp", ln.Addr().String())
 		require.NoError(t, err)
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		require.NoError(t, err)
-		resp.Body.Close()
-		cancel()
-		require.ErrorIs(t, <-done, context.Canceled)
-		_, err = c.Read(make([]byte, 1))
-		assert.Error(t, err, "the idle connection was closed")
-		require.NoError(t, s.Shutdown(t.Context()))
-	})
-	t.Run("Shutdown closes idle connections and refuses Serve", func(t *testing.T) {
-		s := &Server{Handler: h}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		done := make(chan error, 1)
-		go func() { done <- s.Serve(t.Context(), ln) }()
-		c, err := net.Dial("tcp", ln.Addr().String())
-		require.NoError(t, err)
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, nil)
 		require.NoError(t, err)
 		resp.Body.Close()
-		require.NoError(t, s.Shutdown(t.Context()))
-		require.ErrorIs(t, <-done, ErrServerClosed)
-		_, err = br.ReadByte()
-		assert.ErrorIs(t, err, io.EOF)
-		ln2, err := net.Listen("tcp", "127.0.0.1:0")
+		return done, br
+	}
+	stopped := func(t *testing.T, s *Server) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		assert.ErrorIs(t, s.Serve(t.Context(), ln2), ErrServerClosed)
+		assert.ErrorIs(t, s.Serve(t.Context(), ln), ErrServerClosed, "stopped for good")
+	}
+	t.Run("context ends Serve as Close, and Serve returns nil", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
+		ctx, cancel := context.WithCancel(t.Context())
+		done, br := serveOne(t, s, ctx)
+		cancel()
+		require.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.Error(t, err, "the idle connection was closed")
+		stopped(t, s)
+		require.NoError(t, s.Shutdown(t.Context()))
+		require.NoError(t, s.Close())
+	})
+	t.Run("Close stops now", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
+		done, br := serveOne(t, s, t.Context())
+		require.NoError(t, s.Close())
+		require.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.Error(t, err)
+		require.NoError(t, s.Close(), "idempotent")
+	})
+	t.Run("Close before Serve", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
+		require.NoError(t, s.Close())
+		stopped(t, s)
+	})
+	t.Run("Shutdown closes idle connections and refuses Serve", func(t *testing.T) {
+		s := newServer(t, ServerConfig{Handler: h})
+		done, br := serveOne(t, s, t.Context())
+		require.NoError(t, s.Shutdown(t.Context()))
+		require.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.ErrorIs(t, err, io.EOF)
+		stopped(t, s)
 	})
 	t.Run("ListenAndServe", func(t *testing.T) {
-		s := &Server{Handler: h}
+		s := newServer(t, ServerConfig{Handler: h})
 		err := s.ListenAndServe(t.Context(), "256.0.0.1:0")
 		assert.Error(t, err)
 	})
 }
 
 // TestServerAllocs holds the whole round trip through Server — parsing,
-// forwarding, the answer — to no allocation per request once warm.
+// forwarding, the answer — to no allocation per request once warm, with
+// no key and with a key read from the head (hooks unset).
 func TestServerAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
+	for _, key := range []string{"", "header:user-agent", "client"} {
+		t.Run("key="+key, func(t *testing.T) { testServerAllocs(t, balancer.MustParseKey(key)) })
+	}
+}
+
+func testServerAllocs(t *testing.T, key balancer.Key) {
 	const answer = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 	addr := keepAliveBackend(t, answer)
-	p := startProxyAddrsFE(t, fastServer, HTTPConfig{}, addr)
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	require.NoError(t, pool.Add(balancer.Backend{Addr: addr}))
+	p := startProxyAddrsFE(t, fastServer, HTTPConfig{Pool: pool, Key: key})
 	c, err := net.Dial("tcp", p.addr)
 	require.NoError(t, err)
 	defer c.Close()
@@ -293,4 +323,89 @@ func TestServerExpectContinueRefused(t *testing.T) {
 	require.True(t, strings.HasPrefix(out, "HTTP/1.1 503 "), out)
 	assert.NotContains(t, out, "100 Continue")
 	assert.Contains(t, out, "Connection: close\r\n")
+}
+
+// newServer is NewServer for tests.
+func newServer(t testing.TB, cfg ServerConfig) *Server {
+	t.Helper()
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	return s
+}
+
+// serveFast serves srv on a loopback listener until cleanup and returns
+// its address.
+func serveFast(t *testing.T, srv *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(context.Background(), ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-served
+	})
+	return ln.Addr().String()
+}
+
+func newTestHTTP(t *testing.T, backends ...*testBackend) *HTTP {
+	t.Helper()
+	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+	for _, b := range backends {
+		require.NoError(t, pool.Add(balancer.Backend{Addr: b.addr}))
+	}
+	h, err := NewHTTP(HTTPConfig{Pool: pool})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		h.Close()
+		pool.Close()
+	})
+	return h
+}
+
+// TestServerBodyIdleTimeout: a client that announces a body, sends part
+// of it and goes silent is disconnected after BodyIdleTimeout (issue 16),
+// with the idle and read timeouts far away.
+func TestServerBodyIdleTimeout(t *testing.T) {
+	assert.Equal(t, 30*time.Second, DefaultServerBodyIdleTimeout)
+	b := startBackend(t, "a")
+	addr := serveFast(t, newServer(t, ServerConfig{Handler: newTestHTTP(t, b), BodyIdleTimeout: 100 * time.Millisecond, ReadTimeout: time.Minute, IdleTimeout: time.Minute}))
+	for _, body := range []string{"Content-Length: 1000\r\n\r\nabc", "Transfer-Encoding: chunked\r\n\r\n3e8\r\nabc"} {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\n"+body)
+		require.NoError(t, err)
+		out, err := io.ReadAll(c)
+		require.NoError(t, err, "the server closes the connection; the client does not time out")
+		assert.NotContains(t, string(out), "200 OK")
+		c.Close()
+	}
+}
+
+// TestServerBodyIdleTimeoutNotOnUpgrades: a WebSocket stream may stay
+// silent for longer than BodyIdleTimeout.
+func TestServerBodyIdleTimeoutNotOnUpgrades(t *testing.T) {
+	b := startBackend(t, "a")
+	addr := serveFast(t, newServer(t, ServerConfig{Handler: newTestHTTP(t, b), BodyIdleTimeout: 20 * time.Millisecond}))
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br, _ := wsHandshake(t, c)
+	// Silence for ten body timeouts: the read times out on our side, the
+	// connection stays up.
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = br.ReadByte()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	require.NoError(t, writeWSFrame(c, 1, []byte("still there")))
+	_, payload, err := readWSFrame(br)
+	require.NoError(t, err)
+	assert.Equal(t, "still there", string(payload))
 }

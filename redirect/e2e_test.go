@@ -81,23 +81,20 @@ func redirCheck(t *testing.T, h *Handler, interval time.Duration) {
 	t.Helper()
 	chk, err := health.New(health.Config{Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
-	for _, ep := range h.Pool().Endpoints() {
-		require.NoError(t, chk.SetTarget(health.Target{
-			Addr: ep.Addr(), Probe: health.TCP{}, Interval: interval, Timeout: 5 * time.Second,
-			Fall: 1, Rise: 1, Initial: health.Healthy,
-		}))
-	}
-	stop := chk.Drive(h.Pool())
-	t.Cleanup(func() { stop(); chk.Close() })
+	require.NoError(t, chk.Follow(h.Pool(), health.Template{
+		Probe: health.TCP{}, Interval: interval, Timeout: 5 * time.Second,
+		Fall: 1, Rise: 1, Initial: health.Healthy,
+	}))
+	t.Cleanup(func() { chk.Close() })
 }
 
 func TestEndToEndWeights(t *testing.T) {
 	bs := []*redirBackend{redirStartBackend(t, "a"), redirStartBackend(t, "b"), redirStartBackend(t, "c")}
-	var targets []Target
+	var targets []tgt
 	for i, b := range bs {
-		targets = append(targets, Target{URL: b.srv.URL, Weight: uint32(i + 1)})
+		targets = append(targets, tgt{URL: b.srv.URL, Weight: uint32(i + 1)})
 	}
-	h := redirNew(t, Config{Backends: targets})
+	h := redirNew(t, Config{Pool: redirPool(t, targets)})
 	url := redirDispatcher(t, h) + "/obj?x=1"
 	c := redirClient(t)
 
@@ -117,7 +114,7 @@ func TestEndToEndWeights(t *testing.T) {
 
 func TestEndToEndPostKeepsBody(t *testing.T) {
 	b := redirStartBackend(t, "a")
-	h := redirNew(t, Config{Backends: []Target{{URL: b.srv.URL + "/base/"}}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{{URL: b.srv.URL + "/base/"}})})
 	url := redirDispatcher(t, h)
 	c := redirClient(t)
 	for _, method := range []string{http.MethodPost, http.MethodPut} {
@@ -134,11 +131,11 @@ func TestEndToEndPostKeepsBody(t *testing.T) {
 
 func TestEndToEndBackendKilled(t *testing.T) {
 	bs := []*redirBackend{redirStartBackend(t, "a"), redirStartBackend(t, "b"), redirStartBackend(t, "c")}
-	var targets []Target
+	var targets []tgt
 	for _, b := range bs {
-		targets = append(targets, Target{URL: b.srv.URL})
+		targets = append(targets, tgt{URL: b.srv.URL})
 	}
-	h := redirNew(t, Config{Backends: targets})
+	h := redirNew(t, Config{Pool: redirPool(t, targets)})
 
 	// Record every redirect answered under a snapshot that no longer has
 	// the killed backend.
@@ -222,13 +219,13 @@ func TestEndToEndBackendKilled(t *testing.T) {
 
 func TestEndToEndCookieAffinity(t *testing.T) {
 	bs := map[string]*redirBackend{}
-	var targets []Target
+	var targets []tgt
 	for _, name := range []string{"a", "b", "c"} {
 		b := redirStartBackend(t, name)
 		bs[name] = b
-		targets = append(targets, Target{URL: b.srv.URL})
+		targets = append(targets, tgt{URL: b.srv.URL})
 	}
-	h := redirNew(t, Config{Backends: targets, Affinity: AffinityCookie})
+	h := redirNew(t, Config{Pool: redirPool(t, targets), StickyCookie: redirCookie})
 	url := redirDispatcher(t, h) + "/app"
 	jar, err := cookiejar.New(nil)
 	require.NoError(t, err)
@@ -267,9 +264,9 @@ func TestEndToEndCookieAffinity(t *testing.T) {
 func TestEndToEndZones(t *testing.T) {
 	eu, us1, us2 := redirStartBackend(t, "eu"), redirStartBackend(t, "us1"), redirStartBackend(t, "us2")
 	h := redirNew(t, Config{
-		Backends: []Target{
+		Pool: redirPool(t, []tgt{
 			{URL: eu.srv.URL, Zone: "eu"}, {URL: us1.srv.URL, Zone: "us"}, {URL: us2.srv.URL, Zone: "us"},
-		},
+		}),
 		Zones: []ZoneRule{
 			{Prefix: netip.MustParsePrefix("198.18.0.0/24"), Zone: "eu"},
 			{Prefix: netip.MustParsePrefix("198.19.0.0/16"), Zone: "us"},
@@ -302,7 +299,7 @@ func TestEndToEndZones(t *testing.T) {
 // straight over TCP, past every client-side normalisation.
 func TestRawHostileRequests(t *testing.T) {
 	b := redirStartBackend(t, "a")
-	h := redirNew(t, Config{Backends: []Target{{URL: b.srv.URL + "/m"}}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{{URL: b.srv.URL + "/m"}})})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	base := b.srv.URL + "/m/"

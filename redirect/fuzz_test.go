@@ -27,7 +27,7 @@ func FuzzLocation(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.path, s.rawPath, s.query, s.method)
 	}
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}, DuplicateLinks: 2, Affinity: AffinityCookie})
+	h, err := New(Config{Pool: redirPool(f, []tgt{redirA, redirB, redirC}), DuplicateLinks: 2, StickyCookie: redirCookie})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package redirect
 import (
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -205,61 +206,6 @@ func isDotSegment(s string) bool {
 	return dots <= 2
 }
 
-// clientAddr returns the client's address: the TCP peer, or, when the peer
-// is a trusted proxy, the rightmost hop of the X-Forwarded-For lines xff
-// that is not trusted. An unparsable hop stops the walk at the last
-// trusted one. The zero Addr means unknown. It does not allocate.
-func (h *Handler) clientAddr(peer netip.Addr, xff []string) netip.Addr {
-	if !peer.IsValid() || len(h.trusted) == 0 || !h.isTrusted(peer) {
-		return peer
-	}
-	for i := len(xff) - 1; i >= 0; i-- {
-		line := xff[i]
-		for len(line) > 0 {
-			var hop string
-			if j := strings.LastIndexByte(line, ','); j >= 0 {
-				hop, line = line[j+1:], line[:j]
-			} else {
-				hop, line = line, ""
-			}
-			hop = strings.TrimSpace(hop)
-			if hop == "" {
-				continue
-			}
-			a := parseHostAddr(hop)
-			if !a.IsValid() {
-				return peer
-			}
-			if !h.isTrusted(a) {
-				return a
-			}
-			peer = a
-		}
-	}
-	return peer
-}
-
-func (h *Handler) isTrusted(a netip.Addr) bool {
-	for _, p := range h.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// parseHostAddr parses "ip", "ip:port" or "[ip]:port" and returns the
-// address unmapped, or the zero Addr.
-func parseHostAddr(s string) netip.Addr {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap()
-	}
-	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-		return a.Unmap()
-	}
-	return netip.Addr{}
-}
-
 // zoneOf returns the zone of the longest rule containing a, or "".
 func (h *Handler) zoneOf(a netip.Addr) string {
 	for _, z := range h.zones {
@@ -270,32 +216,61 @@ func (h *Handler) zoneOf(a netip.Addr) string {
 	return ""
 }
 
-// zoneView holds one picker per zone, built from one pool snapshot's ready
-// set. It is immutable.
-type zoneView struct {
+// view is the handler's reading of one pool snapshot: the target of
+// every member with a valid base URL, the sticky-cookie tokens and one
+// picker per zone. It is immutable; requests between two snapshots share
+// one view and do not allocate.
+type view struct {
 	snap    *balancer.Snapshot
+	byAddr  map[netip.AddrPort]*target
+	byToken map[string]*target
 	pickers map[string]balancer.Picker
 }
 
-// view returns the zone pickers for snap, building them the first time a
-// snapshot is seen. Requests between two snapshot changes share one view
-// and do not allocate.
-func (h *Handler) view(snap *balancer.Snapshot) *zoneView {
-	if v := h.zoneView.Load(); v != nil && (v.snap == snap || v.snap.Version > snap.Version) {
+// viewOf returns the view of snap, building it the first time a snapshot
+// is seen (a view of a newer snapshot serves older ones).
+func (h *Handler) viewOf(snap *balancer.Snapshot) *view {
+	if v := h.view.Load(); v != nil && (v.snap == snap || v.snap.Version > snap.Version) {
 		return v
 	}
-	h.zmu.Lock()
-	defer h.zmu.Unlock()
-	if v := h.zoneView.Load(); v != nil && (v.snap == snap || v.snap.Version > snap.Version) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if v := h.view.Load(); v != nil && (v.snap == snap || v.snap.Version > snap.Version) {
 		return v
 	}
+	v := &view{
+		snap:    snap,
+		byAddr:  make(map[netip.AddrPort]*target, len(snap.Members)),
+		pickers: make(map[string]balancer.Picker),
+	}
+	if h.signer != nil {
+		v.byToken = make(map[string]*target, len(snap.Members))
+	}
+	cache := make(map[netip.AddrPort]*target, len(snap.Members))
+	for _, ep := range snap.Members {
+		t := h.targetOf(ep)
+		if t == nil {
+			continue
+		}
+		cache[t.addr] = t
+		v.byAddr[t.addr] = t
+		if v.byToken != nil {
+			v.byToken[t.token] = t
+		}
+	}
+	h.cache = cache
+	for addr := range h.reported {
+		if !slices.ContainsFunc(snap.Members, func(ep *balancer.Endpoint) bool { return ep.Addr() == addr }) {
+			delete(h.reported, addr) // a member that left: report it again if it comes back
+		}
+	}
+
 	byZone := make(map[string][]balancer.Weighted)
 	for _, w := range snap.Ready {
-		if z := w.Endpoint.Zone(); z != "" {
+		if z := w.Endpoint.Zone(); z != "" && v.byAddr[w.Endpoint.Addr()] != nil {
 			byZone[z] = append(byZone[z], w)
 		}
 	}
-	v := &zoneView{snap: snap, pickers: make(map[string]balancer.Picker, len(byZone))}
 	for _, rule := range h.zones {
 		if _, done := v.pickers[rule.Zone]; done {
 			continue
@@ -304,6 +279,36 @@ func (h *Handler) view(snap *balancer.Snapshot) *zoneView {
 			v.pickers[rule.Zone] = h.builder.Build(ready)
 		}
 	}
-	h.zoneView.Store(v)
+	h.view.Store(v)
 	return v
+}
+
+// targetOf returns the target of member ep, reusing the previous view's
+// when its URL did not change, or nil (reported once per URL) when its
+// MetaURL is invalid. h.mu is held.
+func (h *Handler) targetOf(ep *balancer.Endpoint) *target {
+	addr, raw := ep.Addr(), ep.Meta(MetaURL)
+	if t := h.cache[addr]; t != nil && t.url == raw {
+		return t
+	}
+	u := raw
+	if u == "" {
+		u = "http://" + addr.String()
+	}
+	base, err := parseBase(u, false)
+	if err != nil {
+		if old, seen := h.reported[addr]; !seen || old != raw {
+			h.reported[addr] = raw
+			h.log.Warn("redirect: member has an invalid base URL; it is never named in a redirect",
+				"pool", h.pool.Name(), "backend", addr, "url", raw, "err", err)
+		}
+		return nil
+	}
+	delete(h.reported, addr)
+	t := &target{addr: addr, url: raw, base: base}
+	if h.signer != nil {
+		t.token = h.signer.Token(addr)
+		t.setCookie = []string{h.signer.SetCookie(h.cookieName, t.token)}
+	}
+	return t
 }

@@ -1,10 +1,6 @@
 package redirect
 
 import (
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,58 +16,23 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
-	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/balancer/weighted"
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
-// Affinity selects how a [Handler] keeps a client on the same backend.
-type Affinity uint8
-
-// The affinity modes.
-const (
-	// AffinityNone picks afresh for every request.
-	AffinityNone Affinity = iota
-	// AffinityClientIP uses [balancer.HashAddr] of the client address as
-	// the pick key. It needs a hash-based policy (Maglev, ring hash,
-	// rendezvous): a handler that builds its own pool uses Maglev for it.
-	AffinityClientIP
-	// AffinityCookie sets a cookie naming the chosen backend in an opaque,
-	// HMAC-signed form. While that backend is ready, requests carrying the
-	// cookie go back to it; otherwise the handler picks again and re-sets
-	// the cookie.
-	AffinityCookie
-)
+// MetaURL is the member metadata key (balancer.Backend.Meta) holding a
+// backend's base URL: scheme (http or https), host, an optional port and
+// an optional path prefix, e.g. "http://mirror-1.example/pub". Redirects
+// append the request's path and query to it. User info, query, fragment
+// and dot segments are invalid. A member without it is redirected to
+// "http://<addr>".
+const MetaURL = "url"
 
 // Defaults for [Config] fields left zero.
 const (
-	DefaultCookieName   = "lbkit_backend"
 	DefaultRetryAfter   = 5 * time.Second
 	DefaultMaxURLLength = 8192
 )
-
-// ErrHostName is returned (wrapped) by [New] for a Target whose URL names
-// a host that is neither an IP literal nor "localhost" and whose Addr is
-// not set: the handler does not resolve names.
-var ErrHostName = errors.New("redirect: backend URL host is not an IP literal; set Target.Addr")
-
-// Target is one backend as the redirect handler sees it: where clients are
-// sent (URL) and which pool member that is (Addr).
-type Target struct {
-	// URL is the backend's base URL: scheme (http or https), host, an
-	// optional port and an optional path prefix, e.g.
-	// "http://198.18.0.10:8080/mirror". Redirects append the request's
-	// path and query to it. User info, query and fragment are rejected.
-	URL string
-	// Addr is the pool member the URL stands for. Zero means the URL's
-	// host and port (default 80 or 443 by scheme), which must then be an
-	// IP literal or "localhost" (taken as 127.0.0.1): names are never
-	// resolved, so a URL with a DNS name needs Addr.
-	Addr netip.AddrPort
-	// Weight is the backend's relative share of redirects. Zero means 1.
-	Weight uint32
-	// Zone names the backend's location, matched against [ZoneRule.Zone].
-	Zone string
-}
 
 // ZoneRule maps clients whose address is in Prefix to Zone. The longest
 // matching prefix wins.
@@ -80,24 +41,23 @@ type ZoneRule struct {
 	Zone   string
 }
 
-// Config configures a [Handler]. Only Backends is required.
+// Config configures a [Handler]. Only Pool is required.
 type Config struct {
-	// Backends are the redirect targets. Required, at least one; distinct
-	// addresses.
-	Backends []Target
-
-	// Pool is the pool to pick from. Nil means the handler makes its own
-	// from Builder and Backends. A pool given here gets every target added
-	// (balancer.Pool.Add keeps existing members' state) and is used as is
-	// otherwise: drive its health with health.Checker.Drive or
-	// Pool.SetHealthy. Members without a matching target are never named
-	// in a redirect.
+	// Pool holds the backends: each member's address is its identity,
+	// its metadata MetaURL the base URL clients are sent to, its Zone
+	// what ZoneRule matches. Required. Change the backends or their URLs
+	// at runtime with Pool.Set/Add/Remove: the next request sees the new
+	// set. Health comes from whoever drives the pool (health.Checker's
+	// Follow). The handler never closes the pool.
 	Pool *balancer.Pool
-	// Builder is the policy for the handler's own pool and for the
-	// per-zone pickers. Nil means round robin when every target has the
-	// same weight, smooth weighted round robin when weights differ, and
-	// Maglev (which keeps equal keys together) when Affinity is
-	// AffinityClientIP.
+	// Key derives the pick key from the request (see balancer.Key): with
+	// a hash policy in the pool (Maglev, ring hash, rendezvous) a client,
+	// user or object then stays on one backend while it is ready.
+	// Client-address affinity is Key "client" (or "client/24"). The zero
+	// Key means none: the pool's policy picks freely.
+	Key balancer.Key
+	// Builder is the policy of the per-zone pickers (see Zones). Nil
+	// means Maglev when Key is set, smooth weighted round robin otherwise.
 	Builder balancer.Builder
 
 	// Code is the redirect status for GET and HEAD: 301, 302, 303, 307 or
@@ -111,12 +71,13 @@ type Config struct {
 	// redirects are expensive for you.
 	MaxAge time.Duration
 
-	// Affinity selects client stickiness. Zero means none.
-	Affinity Affinity
-	// CookieName is the affinity cookie's name. Empty means
-	// DefaultCookieName.
-	CookieName string
-	// CookieKey signs affinity cookies. Replicas that must honour each
+	// StickyCookie, when set, makes sessions sticky with a cookie of this
+	// name naming the chosen backend in an opaque, HMAC-signed form.
+	// While that backend is ready, requests carrying the cookie go back
+	// to it, whatever Key says; otherwise the handler picks again and
+	// re-sets the cookie. Empty means no cookie.
+	StickyCookie string
+	// CookieKey signs sticky cookies. Replicas that must honour each
 	// other's cookies, or a handler that must honour cookies across
 	// restarts, share a key of at least 16 bytes. Nil means a random key.
 	CookieKey []byte
@@ -126,8 +87,8 @@ type Config struct {
 	CookieSecure bool
 
 	// Zones maps client address ranges to zones. A client in a zone is
-	// sent to a ready backend of that zone when there is one, and to any
-	// ready backend otherwise.
+	// sent to a ready backend whose member Zone is that zone when there
+	// is one, and to any ready backend otherwise.
 	Zones []ZoneRule
 
 	// DuplicateLinks, when positive, adds up to that many
@@ -153,7 +114,8 @@ type Config struct {
 	MaxURLLength int
 
 	// Logger receives configuration problems found at request time (a
-	// pool member with no target). Nil means slog.Default().
+	// member whose MetaURL is invalid), with the pool's name. Nil means
+	// slog.Default().
 	Logger *slog.Logger
 }
 
@@ -163,35 +125,35 @@ type Config struct {
 // per plain redirect (the Location header value).
 type Handler struct {
 	pool    *balancer.Pool
-	own     bool
+	key     balancer.Key
 	builder balancer.Builder
-	targets []*target
-	byAddr  map[netip.AddrPort]*target
 
 	code, codeUnsafe int
 	cacheControl     []string
 	vary             []string
 
-	affinity   Affinity
 	cookieName string
-	byToken    map[string]*target
+	signer     *h1.CookieSigner // nil without StickyCookie
 
-	zones    []ZoneRule
-	zmu      sync.Mutex
-	zoneView atomic.Pointer[zoneView]
+	zones []ZoneRule
 
-	links       int
-	fallback    []string
-	retryAfter  []string
-	trusted     []netip.Prefix
-	maxURL      int
-	log         *slog.Logger
-	noTargetLog atomic.Bool
+	mu       sync.Mutex                 // guards views' building, cache and reported
+	view     atomic.Pointer[view]       // of the latest snapshot seen
+	cache    map[netip.AddrPort]*target // targets by member, reused across views
+	reported map[netip.AddrPort]string  // members reported for an invalid URL, with it
+
+	links      int
+	fallback   []string
+	retryAfter []string
+	trusted    h1.Trusted
+	maxURL     int
+	log        *slog.Logger
 }
 
-// target is the handler's precomputed view of one Target.
+// target is the handler's view of one member with a valid base URL.
 type target struct {
-	backend   balancer.Backend
+	addr      netip.AddrPort
+	url       string   // the member's MetaURL as given ("" for the default)
 	base      string   // scheme://host[:port][/prefix], no trailing slash
 	token     string   // signed cookie value
 	setCookie []string // the whole Set-Cookie header value
@@ -201,37 +163,44 @@ var _ http.Handler = (*Handler)(nil)
 
 // Preallocated header values: assigned straight into the header map.
 var (
-	hdrNoStore     = []string{"no-store"}
-	hdrVaryCookie  = []string{"Cookie"}
-	hdrTextPlain   = []string{"text/plain; charset=utf-8"}
-	hdrNoSniff     = []string{"nosniff"}
-	bodyNoBackend  = []byte("redirect: no backend available\n")
-	bodyTooLong    = []byte("redirect: URI too long\n")
-	bodyBadPath    = []byte("redirect: path has dot segments\n")
-	cookieTokenLen = base64.RawURLEncoding.EncodedLen(16)
+	hdrNoStore    = []string{"no-store"}
+	hdrVaryCookie = []string{"Cookie"}
+	hdrTextPlain  = []string{"text/plain; charset=utf-8"}
+	hdrNoSniff    = []string{"nosniff"}
+	bodyNoBackend = []byte("redirect: no backend available\n")
+	bodyTooLong   = []byte("redirect: URI too long\n")
+	bodyBadPath   = []byte("redirect: path has dot segments\n")
 )
 
 // New validates cfg and returns a handler. It returns an error for a
-// missing or malformed target, a host name without Addr ([ErrHostName]),
-// duplicate addresses, an unsupported Code, a bad FallbackURL or a short
-// CookieKey.
+// missing Pool, an unsupported Code, a bad FallbackURL, an invalid cookie
+// name or a short CookieKey. Members' URLs are read from the pool as
+// requests come: an invalid one is logged once and never redirected to.
 func New(cfg Config) (*Handler, error) {
-	if len(cfg.Backends) == 0 {
-		return nil, errors.New("redirect: Config.Backends is empty")
+	if cfg.Pool == nil {
+		return nil, errors.New("redirect: Config.Pool is required")
 	}
 	h := &Handler{
-		affinity:   cfg.Affinity,
-		cookieName: cfg.CookieName,
-		links:      cfg.DuplicateLinks,
-		maxURL:     cfg.MaxURLLength,
-		log:        cfg.Logger,
-		byAddr:     make(map[netip.AddrPort]*target, len(cfg.Backends)),
+		pool:     cfg.Pool,
+		key:      cfg.Key,
+		builder:  cfg.Builder,
+		links:    cfg.DuplicateLinks,
+		maxURL:   cfg.MaxURLLength,
+		log:      cfg.Logger,
+		cache:    map[netip.AddrPort]*target{},
+		reported: map[netip.AddrPort]string{},
 	}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
 	if h.maxURL <= 0 {
 		h.maxURL = DefaultMaxURLLength
+	}
+	if h.builder == nil {
+		h.builder = weighted.Builder{}
+		if !cfg.Key.IsZero() {
+			h.builder = maglev.Builder{}
+		}
 	}
 	switch cfg.Code {
 	case 0, http.StatusFound:
@@ -242,9 +211,6 @@ func New(cfg Config) (*Handler, error) {
 		h.code, h.codeUnsafe = cfg.Code, cfg.Code
 	default:
 		return nil, fmt.Errorf("redirect: Code %d is not a redirect status (301, 302, 303, 307, 308)", cfg.Code)
-	}
-	if cfg.Affinity > AffinityCookie {
-		return nil, fmt.Errorf("redirect: unknown Affinity %d", cfg.Affinity)
 	}
 	if cfg.MaxAge < 0 || cfg.CookieMaxAge < 0 || cfg.RetryAfter < 0 || cfg.DuplicateLinks < 0 {
 		return nil, errors.New("redirect: MaxAge, CookieMaxAge, RetryAfter and DuplicateLinks must not be negative")
@@ -260,7 +226,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h.retryAfter = []string{strconv.FormatInt(int64((ra+time.Second-1)/time.Second), 10)}
 	if cfg.FallbackURL != "" {
-		base, _, err := parseBase(cfg.FallbackURL, true)
+		base, err := parseBase(cfg.FallbackURL, true)
 		if err != nil {
 			return nil, fmt.Errorf("redirect: FallbackURL: %w", err)
 		}
@@ -281,91 +247,26 @@ func New(cfg Config) (*Handler, error) {
 	// Longest prefix first, so the first match is the best one.
 	slices.SortStableFunc(h.zones, func(a, b ZoneRule) int { return b.Prefix.Bits() - a.Prefix.Bits() })
 
-	key := cfg.CookieKey
-	if cfg.Affinity == AffinityCookie {
-		if h.cookieName == "" {
-			h.cookieName = DefaultCookieName
+	if cfg.StickyCookie != "" {
+		if !h1.ValidCookieName(cfg.StickyCookie) {
+			return nil, fmt.Errorf("redirect: invalid StickyCookie name %q", cfg.StickyCookie)
 		}
-		if !validCookieName(h.cookieName) {
-			return nil, fmt.Errorf("redirect: invalid CookieName %q", h.cookieName)
-		}
-		if key == nil {
-			key = make([]byte, 32)
-			rand.Read(key)
-		} else if len(key) < 16 {
-			return nil, errors.New("redirect: CookieKey must be at least 16 bytes")
-		}
-		h.byToken = make(map[string]*target, len(cfg.Backends))
-		h.vary = hdrVaryCookie
-	}
-
-	backends := make([]balancer.Backend, 0, len(cfg.Backends))
-	for i, tc := range cfg.Backends {
-		base, addr, err := parseBase(tc.URL, false)
-		if err != nil {
-			return nil, fmt.Errorf("redirect: backend %d (%q): %w", i, tc.URL, err)
-		}
-		if tc.Addr.IsValid() {
-			addr = tc.Addr
-		}
-		if !addr.IsValid() {
-			return nil, fmt.Errorf("%w: backend %d (%q)", ErrHostName, i, tc.URL)
-		}
-		if _, dup := h.byAddr[addr]; dup {
-			return nil, fmt.Errorf("redirect: backend %d (%q): duplicate address %v", i, tc.URL, addr)
-		}
-		t := &target{backend: balancer.Backend{Addr: addr, Weight: tc.Weight, Zone: tc.Zone}, base: base}
-		if cfg.Affinity == AffinityCookie {
-			t.token = cookieToken(key, addr)
-			t.setCookie = []string{h.setCookieValue(t.token, cfg)}
-			h.byToken[t.token] = t
-		}
-		h.targets = append(h.targets, t)
-		h.byAddr[addr] = t
-		backends = append(backends, t.backend)
-	}
-
-	h.builder = cfg.Builder
-	if h.builder == nil {
-		h.builder = defaultBuilder(cfg)
-	}
-	if cfg.Pool != nil {
-		h.pool = cfg.Pool
-		for _, b := range backends {
-			if err := h.pool.Add(b); err != nil {
-				return nil, fmt.Errorf("redirect: %w", err)
-			}
-		}
-	} else {
-		p, err := balancer.New(balancer.Config{Builder: h.builder, Logger: cfg.Logger})
+		signer, err := h1.NewCookieSigner("redirect", cfg.CookieKey, cfg.CookieMaxAge, cfg.CookieSecure)
 		if err != nil {
 			return nil, fmt.Errorf("redirect: %w", err)
 		}
-		if err := p.Set(backends); err != nil {
-			return nil, fmt.Errorf("redirect: %w", err)
-		}
-		h.pool, h.own = p, true
+		h.cookieName, h.signer, h.vary = cfg.StickyCookie, signer, hdrVaryCookie
 	}
 	return h, nil
 }
 
-// Pool returns the pool the handler picks from: the one given in Config,
-// or the handler's own. Drive its health from a checker.
+// Pool returns the pool the handler picks from.
 func (h *Handler) Pool() *balancer.Pool { return h.pool }
 
-// Close releases the handler's own pool (its slow-start timer). It does
-// nothing to a pool passed in Config. The handler keeps working.
-func (h *Handler) Close() error {
-	if h.own {
-		return h.pool.Close()
-	}
-	return nil
-}
-
-// BaseURL returns the base URL redirects to addr start with, and whether
-// addr is one of the handler's targets.
+// BaseURL returns the base URL redirects to the member addr start with,
+// and whether addr is a member with a valid base URL.
 func (h *Handler) BaseURL(addr netip.AddrPort) (string, bool) {
-	t := h.byAddr[addr]
+	t := h.viewOf(h.pool.Snapshot()).byAddr[addr]
 	if t == nil {
 		return "", false
 	}
@@ -375,15 +276,19 @@ func (h *Handler) BaseURL(addr netip.AddrPort) (string, bool) {
 // ServeHTTP answers r with a redirect to a ready backend, a redirect to the
 // fallback URL, 503 when no backend is ready, 414 for a URL longer than
 // MaxURLLength or 400 for a path with dot segments. It reads nothing but
-// the request line, Cookie (cookie affinity), X-Forwarded-For (trusted
-// peers only) and RemoteAddr.
+// the request line, Cookie (sticky cookie), X-Forwarded-For (trusted
+// peers only), RemoteAddr and what Key names.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var peer netip.Addr
+	var client netip.Addr
 	if h.needClient() {
-		peer = parseHostAddr(r.RemoteAddr)
+		client = h.trusted.Client(h1.ParseHostAddr(r.RemoteAddr), r.Header["X-Forwarded-For"])
+	}
+	var kr balancer.KeyRequest
+	if !h.key.IsZero() {
+		kr = balancer.HTTPRequest(r, client)
 	}
 	path, query, hasQuery := requestTarget(r)
-	d := h.decide(r.Method, path, query, hasQuery, peer, r.Header["X-Forwarded-For"], r.Header["Cookie"])
+	d := h.decide(r.Method, path, query, hasQuery, client, r.Header["Cookie"], kr)
 
 	hdr := w.Header()
 	hdr["Cache-Control"] = h.cacheControl
@@ -408,7 +313,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr["Location"] = locationHeader(d.t.base, path, query, hasQuery, d.n)
 	if h.links > 0 {
-		if l := h.duplicateLinks(d.snap, d.t, path, query, hasQuery); l != "" {
+		if l := h.duplicateLinks(d.snap, d.v, d.t, path, query, hasQuery); l != "" {
 			hdr["Link"] = []string{l}
 		}
 	}
@@ -420,37 +325,36 @@ type decision struct {
 	code      int                // status to send
 	t         *target            // the backend redirected to; nil for errors and the fallback
 	fallback  bool               // redirect to the fallback URL
-	setCookie bool               // (re)set the affinity cookie for t
+	setCookie bool               // (re)set the sticky cookie for t
 	n         int                // length of the Location to t
 	snap      *balancer.Snapshot // the snapshot t was picked from
+	v         *view              // the handler's view of snap
 }
 
-// needClient reports whether decisions depend on the client address.
-func (h *Handler) needClient() bool { return h.affinity == AffinityClientIP || len(h.zones) > 0 }
+// needClient reports whether decisions depend on the client address: a
+// key (which falls back to it) or zones.
+func (h *Handler) needClient() bool { return !h.key.IsZero() || len(h.zones) > 0 }
 
 // decide picks the answer to a request with the given method, escaped
-// path, raw query, TCP peer (only read when needClient), X-Forwarded-For
-// lines and Cookie lines. ServeHTTP and [Server] render it. It does not
-// allocate.
-func (h *Handler) decide(method, path, query string, hasQuery bool, peer netip.Addr, xff, cookies []string) decision {
-	var client netip.Addr
-	if h.needClient() {
-		client = h.clientAddr(peer, xff)
-	}
+// path, raw query, client (only read when needClient), Cookie lines and
+// key source (nil when Key is zero). ServeHTTP and [Server] render it. It
+// does not allocate.
+func (h *Handler) decide(method, path, query string, hasQuery bool, client netip.Addr, cookies []string, kr balancer.KeyRequest) decision {
 	snap := h.pool.Snapshot()
+	v := h.viewOf(snap)
 	var t, had *target
-	if h.affinity == AffinityCookie {
-		had = h.cookieTarget(cookies)
-		if had != nil && inReady(snap, had.backend.Addr) {
+	if h.signer != nil {
+		had = v.cookieTarget(h.cookieName, cookies)
+		if had != nil && inReady(snap, had.addr) {
 			t = had
 		}
 	}
 	if t == nil {
 		var info balancer.PickInfo
-		if h.affinity == AffinityClientIP && client.IsValid() {
-			info = balancer.WithKey(balancer.HashAddr(client))
+		if kr != nil {
+			info = h.key.Request(kr)
 		}
-		t = h.pick(snap, client, info)
+		t = h.pick(snap, v, client, info)
 	}
 	if t == nil {
 		if h.fallback != nil {
@@ -469,7 +373,7 @@ func (h *Handler) decide(method, path, query string, hasQuery bool, peer netip.A
 	if method != http.MethodGet && method != http.MethodHead {
 		code = h.codeUnsafe
 	}
-	return decision{code: code, t: t, setCookie: h.affinity == AffinityCookie && t != had, n: n, snap: snap}
+	return decision{code: code, t: t, setCookie: h.signer != nil && t != had, n: n, snap: snap, v: v}
 }
 
 // errorBody returns the plain-text body of an error status.
@@ -488,36 +392,42 @@ func errorBody(code int) []byte {
 // pick chooses a target: from the client's zone when it has ready
 // backends, else from the whole pool. It returns nil when nothing is
 // ready.
-func (h *Handler) pick(snap *balancer.Snapshot, client netip.Addr, info balancer.PickInfo) *target {
+func (h *Handler) pick(snap *balancer.Snapshot, v *view, client netip.Addr, info balancer.PickInfo) *target {
 	if len(h.zones) > 0 && client.IsValid() {
 		if zone := h.zoneOf(client); zone != "" {
-			if p := h.view(snap).pickers[zone]; p != nil {
-				if t := h.pickFrom(p, info); t != nil {
+			if p := v.pickers[zone]; p != nil {
+				if t := v.pickFrom(p, nil, info); t != nil {
 					return t
 				}
 			}
 		}
 	}
-	return h.pickFrom(snap.Picker, info)
+	return v.pickFrom(snap.Picker, snap.Ready, info)
 }
 
-// pickFrom picks from p and maps the endpoint to its target, trying a few
-// times if the pool holds members the handler has no target for.
-func (h *Handler) pickFrom(p balancer.Picker, info balancer.PickInfo) *target {
+// pickFrom picks from p and maps the endpoint to its target. A pick that
+// lands on a member without a valid URL is made again with the key
+// rehashed, a few times, and then the first such member of ready is
+// taken, so such members are never named.
+func (v *view) pickFrom(p balancer.Picker, ready []balancer.Weighted, info balancer.PickInfo) *target {
 	for range 3 {
 		ep, err := p.Pick(info)
 		if err != nil {
 			return nil
 		}
-		if t := h.byAddr[ep.Addr()]; t != nil {
+		if t := v.byAddr[ep.Addr()]; t != nil {
 			ep.Start()
 			ep.Done(nil, 0)
 			return t
 		}
-		if h.noTargetLog.CompareAndSwap(false, true) {
-			h.log.Warn("redirect: pool member has no target URL; skipping it", "backend", ep.Addr())
-		}
 		info.Key = balancer.Mix64(info.Key)
+	}
+	for _, w := range ready {
+		if t := v.byAddr[w.Endpoint.Addr()]; t != nil {
+			w.Endpoint.Start()
+			w.Endpoint.Done(nil, 0)
+			return t
+		}
 	}
 	return nil
 }
@@ -543,14 +453,14 @@ func inReady(snap *balancer.Snapshot, addr netip.AddrPort) bool {
 
 // duplicateLinks returns the RFC 6249 Link value naming the resource on up
 // to h.links other ready backends, or "".
-func (h *Handler) duplicateLinks(snap *balancer.Snapshot, chosen *target, path, query string, hasQuery bool) string {
+func (h *Handler) duplicateLinks(snap *balancer.Snapshot, v *view, chosen *target, path, query string, hasQuery bool) string {
 	var b strings.Builder
 	n := 0
 	for _, w := range snap.Ready {
 		if n == h.links {
 			break
 		}
-		t := h.byAddr[w.Endpoint.Addr()]
+		t := v.byAddr[w.Endpoint.Addr()]
 		if t == nil || t == chosen {
 			continue
 		}
@@ -565,30 +475,34 @@ func (h *Handler) duplicateLinks(snap *balancer.Snapshot, chosen *target, path, 
 	return b.String()
 }
 
-// parseBase validates a target or fallback URL and returns its base form
-// (no trailing slash unless fallback) and, when the host is an IP literal
-// or localhost, its address.
-func parseBase(raw string, fallback bool) (string, netip.AddrPort, error) {
+// parseBase validates a base or fallback URL and returns its base form
+// (no trailing slash unless fallback).
+func parseBase(raw string, fallback bool) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", netip.AddrPort{}, err
+		return "", err
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return "", netip.AddrPort{}, errors.New("scheme must be http or https")
+		return "", errors.New("scheme must be http or https")
 	case u.Host == "" || u.Opaque != "":
-		return "", netip.AddrPort{}, errors.New("URL must be absolute with a host")
+		return "", errors.New("URL must be absolute with a host")
 	case u.User != nil:
-		return "", netip.AddrPort{}, errors.New("URL must not carry user info")
+		return "", errors.New("URL must not carry user info")
 	case u.Fragment != "" || (!fallback && (u.RawQuery != "" || u.ForceQuery)):
-		return "", netip.AddrPort{}, errors.New("URL must not have a query or fragment")
+		return "", errors.New("URL must not have a query or fragment")
 	}
 	if strings.ContainsAny(raw, "\r\n\t ") {
-		return "", netip.AddrPort{}, errors.New("URL contains white space")
+		return "", errors.New("URL contains white space")
+	}
+	if ps := u.Port(); ps != "" {
+		if p, err := strconv.ParseUint(ps, 10, 16); err != nil || p == 0 {
+			return "", fmt.Errorf("bad port %q", ps)
+		}
 	}
 	path := u.EscapedPath()
 	if hasDotSegment(path) {
-		return "", netip.AddrPort{}, errors.New("URL path has dot segments")
+		return "", errors.New("URL path has dot segments")
 	}
 	base := u.Scheme + "://" + u.Host
 	if fallback {
@@ -598,95 +512,23 @@ func parseBase(raw string, fallback bool) (string, netip.AddrPort, error) {
 		if path == "" {
 			path = "/"
 		}
-		return base + path, netip.AddrPort{}, nil
+		return base + path, nil
 	}
-	base += strings.TrimRight(path, "/")
-
-	var port uint16 = 80
-	if u.Scheme == "https" {
-		port = 443
-	}
-	if ps := u.Port(); ps != "" {
-		p, err := strconv.ParseUint(ps, 10, 16)
-		if err != nil || p == 0 {
-			return "", netip.AddrPort{}, fmt.Errorf("bad port %q", ps)
-		}
-		port = uint16(p)
-	}
-	host := u.Hostname()
-	if strings.EqualFold(host, "localhost") {
-		return base, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port), nil
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil || a.Zone() != "" {
-		return base, netip.AddrPort{}, nil // a name: Addr must be given
-	}
-	return base, netip.AddrPortFrom(a, port), nil
+	return base + strings.TrimRight(path, "/"), nil
 }
 
-// cookieToken returns the opaque cookie value naming addr: the first 16
-// bytes of HMAC-SHA256(key, "lbkit/redirect" 0x00 addr), base64url.
-func cookieToken(key []byte, addr netip.AddrPort) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("lbkit/redirect\x00"))
-	m.Write([]byte(addr.String()))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
-}
-
-func (h *Handler) setCookieValue(token string, cfg Config) string {
-	v := h.cookieName + "=" + token + "; Path=/"
-	if cfg.CookieMaxAge > 0 {
-		v += "; Max-Age=" + strconv.FormatInt(int64(cfg.CookieMaxAge/time.Second), 10)
-	}
-	v += "; HttpOnly; SameSite=Lax"
-	if cfg.CookieSecure {
-		v += "; Secure"
-	}
-	return v
-}
-
-func validCookieName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// cookieTarget returns the target named by the affinity cookie in the
-// Cookie header lines, or nil. It does not allocate.
-func (h *Handler) cookieTarget(lines []string) *target {
+// cookieTarget returns the target named by the sticky cookie name in
+// the Cookie header lines, or nil. It does not allocate.
+func (v *view) cookieTarget(name string, lines []string) *target {
 	for _, line := range lines {
-		for len(line) > 0 {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			part = strings.TrimSpace(part)
-			name, val, ok := strings.Cut(part, "=")
-			if !ok || name != h.cookieName || len(val) != cookieTokenLen {
+		for val, rest, ok := h1.CutCookie(line, name); ok; val, rest, ok = h1.CutCookie(rest, name) {
+			if len(val) != h1.TokenLen {
 				continue
 			}
-			if t := h.byToken[val]; t != nil {
+			if t := v.byToken[val]; t != nil {
 				return t
 			}
 		}
 	}
 	return nil
-}
-
-// defaultBuilder returns the policy used when Config.Builder is nil.
-func defaultBuilder(cfg Config) balancer.Builder {
-	if cfg.Affinity == AffinityClientIP {
-		return maglev.Builder{}
-	}
-	for _, t := range cfg.Backends {
-		if max(t.Weight, 1) != max(cfg.Backends[0].Weight, 1) {
-			return weighted.Builder{}
-		}
-	}
-	return roundrobin.Builder{}
 }

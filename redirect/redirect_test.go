@@ -1,8 +1,9 @@
 package redirect
 
 import (
-	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -17,24 +18,86 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
+	"github.com/lbkit/lbkit/balancer/weighted"
+	"github.com/lbkit/lbkit/internal/h1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var (
-	redirA = Target{URL: "http://127.0.0.1:8081", Zone: "eu"}
-	redirB = Target{URL: "http://127.0.0.2:8082/mirror/", Zone: "us"}
-	redirC = Target{URL: "https://[::1]:8443/p", Zone: "us"}
+	redirA = tgt{URL: "http://127.0.0.1:8081", Zone: "eu"}
+	redirB = tgt{URL: "http://127.0.0.2:8082/mirror/", Zone: "us"}
+	redirC = tgt{URL: "https://[::1]:8443/p", Zone: "us"}
 )
+
+// redirCookie is the sticky cookie of the tests.
+const redirCookie = "lbkit_backend"
+
+// tgt is a test backend: a pool member whose address is Addr or, when
+// zero, the URL's host (an IP literal or localhost) and port.
+type tgt struct {
+	URL    string
+	Addr   netip.AddrPort
+	Weight uint32
+	Zone   string
+}
+
+// redirPool makes a pool of targets (round robin, or smooth weighted
+// round robin when weights differ), each member's MetaURL its URL. It is
+// closed at cleanup.
+func redirPool(t testing.TB, targets []tgt) *balancer.Pool {
+	t.Helper()
+	return redirPoolOf(t, nil, targets)
+}
+
+func redirPoolOf(t testing.TB, b balancer.Builder, targets []tgt) *balancer.Pool {
+	t.Helper()
+	bs := make([]balancer.Backend, len(targets))
+	for i, tg := range targets {
+		addr := tg.Addr
+		if !addr.IsValid() {
+			u, err := url.Parse(tg.URL)
+			require.NoError(t, err)
+			port := "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+			if u.Port() != "" {
+				port = u.Port()
+			}
+			host := u.Hostname()
+			if host == "localhost" {
+				host = "127.0.0.1"
+			}
+			addr, err = netip.ParseAddrPort(net.JoinHostPort(host, port))
+			require.NoError(t, err)
+		}
+		bs[i] = balancer.Backend{Addr: addr, Weight: tg.Weight, Zone: tg.Zone, Meta: map[string]string{MetaURL: tg.URL}}
+		if b == nil && max(tg.Weight, 1) != max(targets[0].Weight, 1) {
+			b = weighted.Builder{}
+		}
+	}
+	if b == nil {
+		b = roundrobin.Builder{}
+	}
+	pool := balancer.MustNew(balancer.Config{Name: "mirrors", Builder: b})
+	require.NoError(t, pool.Set(bs))
+	t.Cleanup(func() { pool.Close() })
+	return pool
+}
 
 func redirNew(t *testing.T, cfg Config) *Handler {
 	t.Helper()
-	if cfg.Backends == nil {
-		cfg.Backends = []Target{redirA, redirB, redirC}
+	if cfg.Pool == nil {
+		var b balancer.Builder
+		if !cfg.Key.IsZero() {
+			b = maglev.Builder{}
+		}
+		cfg.Pool = redirPoolOf(t, b, []tgt{redirA, redirB, redirC})
 	}
 	h, err := New(cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { h.Close() })
 	return h
 }
 
@@ -54,22 +117,13 @@ func TestNewValidation(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"no backends", Config{}, "Backends is empty"},
-		{"bad scheme", Config{Backends: []Target{{URL: "ftp://127.0.0.1"}}}, "scheme"},
-		{"relative", Config{Backends: []Target{{URL: "/x"}}}, "scheme"},
-		{"userinfo", Config{Backends: []Target{{URL: "http://u:p@127.0.0.1"}}}, "user info"},
-		{"query", Config{Backends: []Target{{URL: "http://127.0.0.1/?a=b"}}}, "query"},
-		{"fragment", Config{Backends: []Target{{URL: "http://127.0.0.1/#f"}}}, "fragment"},
-		{"dot segment", Config{Backends: []Target{{URL: "http://127.0.0.1/a/../b"}}}, "dot segments"},
-		{"host name", Config{Backends: []Target{{URL: "http://mirror.example"}}}, "not an IP literal"},
-		{"bad port", Config{Backends: []Target{{URL: "http://127.0.0.1:0"}}}, "bad port"},
-		{"duplicate", Config{Backends: []Target{{URL: "http://127.0.0.1"}, {URL: "http://127.0.0.1:80/x"}}}, "duplicate"},
-		{"code", Config{Backends: []Target{redirA}, Code: 200}, "not a redirect status"},
-		{"short key", Config{Backends: []Target{redirA}, Affinity: AffinityCookie, CookieKey: []byte("short")}, "at least 16"},
-		{"cookie name", Config{Backends: []Target{redirA}, Affinity: AffinityCookie, CookieName: "a b"}, "CookieName"},
-		{"fallback", Config{Backends: []Target{redirA}, FallbackURL: "javascript:alert(1)"}, "FallbackURL"},
-		{"zone rule", Config{Backends: []Target{redirA}, Zones: []ZoneRule{{Zone: "eu"}}}, "ZoneRule"},
-		{"negative", Config{Backends: []Target{redirA}, MaxAge: -1}, "negative"},
+		{"no pool", Config{}, "Pool is required"},
+		{"code", Config{Pool: redirPool(t, []tgt{redirA}), Code: 200}, "not a redirect status"},
+		{"short key", Config{Pool: redirPool(t, []tgt{redirA}), StickyCookie: redirCookie, CookieKey: []byte("short")}, "at least 16"},
+		{"cookie name", Config{Pool: redirPool(t, []tgt{redirA}), StickyCookie: "a b"}, "StickyCookie"},
+		{"fallback", Config{Pool: redirPool(t, []tgt{redirA}), FallbackURL: "javascript:alert(1)"}, "FallbackURL"},
+		{"zone rule", Config{Pool: redirPool(t, []tgt{redirA}), Zones: []ZoneRule{{Zone: "eu"}}}, "ZoneRule"},
+		{"negative", Config{Pool: redirPool(t, []tgt{redirA}), MaxAge: -1}, "negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,25 +133,65 @@ func TestNewValidation(t *testing.T) {
 			assert.True(t, strings.HasPrefix(err.Error(), "redirect: "), err.Error())
 		})
 	}
-	t.Run("host name sentinel", func(t *testing.T) {
-		_, err := New(Config{Backends: []Target{{URL: "http://mirror.example"}}})
-		assert.ErrorIs(t, err, ErrHostName)
-	})
-	t.Run("host name with Addr", func(t *testing.T) {
+	t.Run("host name", func(t *testing.T) {
 		addr := netip.MustParseAddrPort("198.18.0.10:80")
-		h := redirNew(t, Config{Backends: []Target{{URL: "http://mirror.example", Addr: addr}}})
+		h := redirNew(t, Config{Pool: redirPool(t, []tgt{{URL: "http://mirror.example", Addr: addr}})})
 		base, ok := h.BaseURL(addr)
 		require.True(t, ok)
 		assert.Equal(t, "http://mirror.example", base)
 	})
-	t.Run("localhost and default ports", func(t *testing.T) {
-		h := redirNew(t, Config{Backends: []Target{{URL: "http://localhost"}, {URL: "https://127.0.0.3/"}}})
-		_, ok := h.BaseURL(netip.MustParseAddrPort("127.0.0.1:80"))
-		assert.True(t, ok)
-		base, ok := h.BaseURL(netip.MustParseAddrPort("127.0.0.3:443"))
-		assert.True(t, ok)
-		assert.Equal(t, "https://127.0.0.3", base)
+	t.Run("default URL", func(t *testing.T) {
+		pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
+		t.Cleanup(func() { pool.Close() })
+		require.NoError(t, pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort("[2001:db8::1]:8080")}))
+		h := redirNew(t, Config{Pool: pool})
+		assert.Equal(t, "http://[2001:db8::1]:8080/x", redirServe(h, http.MethodGet, "/x").Header().Get("Location"))
 	})
+}
+
+// TestInvalidMemberURL: members whose MetaURL is invalid are reported
+// once, with the pool's name, and never named in a redirect; the others
+// are served.
+func TestInvalidMemberURL(t *testing.T) {
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	bad := []tgt{
+		{URL: "ftp://127.0.0.1", Addr: netip.MustParseAddrPort("198.18.0.1:80")},
+		{URL: "/x", Addr: netip.MustParseAddrPort("198.18.0.2:80")},
+		{URL: "http://u:p@127.0.0.1", Addr: netip.MustParseAddrPort("198.18.0.3:80")},
+		{URL: "http://127.0.0.1/?a=b", Addr: netip.MustParseAddrPort("198.18.0.4:80")},
+		{URL: "http://127.0.0.1/#f", Addr: netip.MustParseAddrPort("198.18.0.5:80")},
+		{URL: "http://127.0.0.1/a/../b", Addr: netip.MustParseAddrPort("198.18.0.6:80")},
+		{URL: "http://127.0.0.1:0", Addr: netip.MustParseAddrPort("198.18.0.7:80")},
+	}
+	for _, key := range []string{"", "client"} {
+		logs.Reset()
+		var b balancer.Builder
+		if key != "" {
+			b = maglev.Builder{}
+		}
+		h := redirNew(t, Config{Pool: redirPoolOf(t, b, append([]tgt{redirA}, bad...)), Key: balancer.MustParseKey(key), Logger: log})
+		for i := range 200 {
+			w := redirServe(h, http.MethodGet, "/", func(r *http.Request) { r.RemoteAddr = fmt.Sprintf("192.0.2.%d:1", i) })
+			require.Equal(t, http.StatusFound, w.Code)
+			require.Equal(t, "http://127.0.0.1:8081/", w.Header().Get("Location"))
+		}
+		assert.Equal(t, len(bad), strings.Count(logs.String(), "invalid base URL"), logs.String())
+		assert.Equal(t, len(bad), strings.Count(logs.String(), "pool=mirrors"), logs.String())
+		for _, tg := range bad {
+			_, ok := h.BaseURL(tg.Addr)
+			assert.False(t, ok, tg.URL)
+		}
+
+		// A member that leaves and comes back with the same bad URL is
+		// reported again.
+		pool := h.Pool()
+		require.True(t, pool.Remove(bad[0].Addr))
+		redirServe(h, http.MethodGet, "/")
+		require.NoError(t, pool.Add(balancer.Backend{Addr: bad[0].Addr, Meta: map[string]string{MetaURL: bad[0].URL}}))
+		redirServe(h, http.MethodGet, "/")
+		assert.Equal(t, len(bad)+1, strings.Count(logs.String(), "invalid base URL"), logs.String())
+	}
 }
 
 func TestStatusByMethod(t *testing.T) {
@@ -153,7 +247,7 @@ func redirBaseOf(loc string) string {
 }
 
 func TestLocation(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirB}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirB})})
 	const base = "http://127.0.0.2:8082/mirror"
 	tests := []struct {
 		name string
@@ -210,7 +304,7 @@ func TestLocation(t *testing.T) {
 
 func TestNoBackend(t *testing.T) {
 	t.Run("503", func(t *testing.T) {
-		h := redirNew(t, Config{Backends: []Target{redirA}, RetryAfter: 1500 * time.Millisecond, Affinity: AffinityCookie})
+		h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA}), RetryAfter: 1500 * time.Millisecond, StickyCookie: redirCookie})
 		h.Pool().SetHealthy(netip.MustParseAddrPort("127.0.0.1:8081"), false)
 		w := redirServe(h, http.MethodGet, "/x")
 		assert.Equal(t, http.StatusServiceUnavailable, w.Code)
@@ -220,7 +314,7 @@ func TestNoBackend(t *testing.T) {
 		assert.Empty(t, w.Header().Get("Set-Cookie"))
 	})
 	t.Run("fallback", func(t *testing.T) {
-		h := redirNew(t, Config{Backends: []Target{redirA}, FallbackURL: "https://status.example/down?from=lb"})
+		h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA}), FallbackURL: "https://status.example/down?from=lb"})
 		h.Pool().SetDraining(netip.MustParseAddrPort("127.0.0.1:8081"), true)
 		w := redirServe(h, http.MethodPost, "/x?y")
 		assert.Equal(t, http.StatusFound, w.Code)
@@ -231,7 +325,7 @@ func TestNoBackend(t *testing.T) {
 
 func TestCookieAffinity(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
-	h := redirNew(t, Config{Affinity: AffinityCookie, CookieKey: key, CookieMaxAge: time.Hour, CookieSecure: true})
+	h := redirNew(t, Config{StickyCookie: redirCookie, CookieKey: key, CookieMaxAge: time.Hour, CookieSecure: true})
 
 	w := redirServe(h, http.MethodGet, "/a")
 	require.Equal(t, 302, w.Code)
@@ -242,14 +336,14 @@ func TestCookieAffinity(t *testing.T) {
 	cookies := w.Result().Cookies()
 	require.Len(t, cookies, 1)
 	c := cookies[0]
-	assert.Equal(t, DefaultCookieName, c.Name)
+	assert.Equal(t, redirCookie, c.Name)
 	first := w.Header().Get("Location")
 	for _, b := range []string{"127.0.0.1", "8081", "127.0.0.2", "::1"} {
 		assert.NotContains(t, c.Value, b, "cookie must be opaque")
 	}
 
 	withCookie := func(v string) func(*http.Request) {
-		return func(r *http.Request) { r.Header.Add("Cookie", "other=1; "+DefaultCookieName+"="+v+"; z=2") }
+		return func(r *http.Request) { r.Header.Add("Cookie", "other=1; "+redirCookie+"="+v+"; z=2") }
 	}
 	for range 10 {
 		w := redirServe(h, http.MethodGet, "/a", withCookie(c.Value))
@@ -261,15 +355,16 @@ func TestCookieAffinity(t *testing.T) {
 	forged := strings.Repeat("A", len(c.Value))
 	w = redirServe(h, http.MethodGet, "/a", withCookie(forged))
 	assert.NotEmpty(t, w.Header().Get("Set-Cookie"))
-	other, err := New(Config{Backends: []Target{redirA, redirB, redirC}, Affinity: AffinityCookie, CookieKey: []byte("another key, 16+ bytes")})
+	other, err := New(Config{Pool: redirPool(t, []tgt{redirA, redirB, redirC}), StickyCookie: redirCookie, CookieKey: []byte("another key, 16+ bytes")})
 	require.NoError(t, err)
-	for _, tg := range other.targets {
-		assert.Nil(t, h.byToken[tg.token], "a cookie signed with another key must not match")
+	hv := h.viewOf(h.Pool().Snapshot())
+	for _, tg := range other.viewOf(other.Pool().Snapshot()).byAddr {
+		assert.Nil(t, hv.byToken[tg.token], "a cookie signed with another key must not match")
 	}
 
 	// The backend fails: the same cookie moves to a ready one, re-set.
 	var addr netip.AddrPort
-	for a, tg := range h.byAddr {
+	for a, tg := range hv.byAddr {
 		if strings.HasPrefix(first, tg.base+"/") {
 			addr = a
 		}
@@ -291,7 +386,7 @@ func TestCookieAffinity(t *testing.T) {
 }
 
 func TestClientIPAffinity(t *testing.T) {
-	h := redirNew(t, Config{Affinity: AffinityClientIP})
+	h := redirNew(t, Config{Key: balancer.MustParseKey("client")})
 	from := func(addr string) func(*http.Request) { return func(r *http.Request) { r.RemoteAddr = addr } }
 	seen := map[string]bool{}
 	for i := range 50 {
@@ -332,13 +427,13 @@ func TestClientAddr(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			r.RemoteAddr = tt.remote
 			r.Header["X-Forwarded-For"] = tt.xff
-			assert.Equal(t, tt.want, h.clientAddr(parseHostAddr(r.RemoteAddr), r.Header["X-Forwarded-For"]).String())
+			assert.Equal(t, tt.want, h.trusted.Client(h1.ParseHostAddr(r.RemoteAddr), r.Header["X-Forwarded-For"]).String())
 		})
 	}
 }
 
 func TestZones(t *testing.T) {
-	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
+	pool := redirPoolOf(t, maglev.Builder{}, []tgt{redirA, redirB, redirC})
 	h := redirNew(t, Config{Pool: pool, Zones: []ZoneRule{
 		{Prefix: netip.MustParsePrefix("198.18.0.0/15"), Zone: "us"},
 		{Prefix: netip.MustParsePrefix("198.18.1.0/24"), Zone: "eu"},
@@ -386,22 +481,6 @@ func TestDuplicateLinks(t *testing.T) {
 	}
 }
 
-func TestForeignPoolMember(t *testing.T) {
-	pool := balancer.MustNew(balancer.Config{Builder: maglev.Builder{}})
-	require.NoError(t, pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.99:80")}))
-	h := redirNew(t, Config{Pool: pool, Backends: []Target{redirA}, Logger: slog.New(slog.DiscardHandler)})
-	for range 50 {
-		w := redirServe(h, http.MethodGet, "/")
-		if w.Code == 302 {
-			assert.Equal(t, redirBases[0]+"/", w.Header().Get("Location"))
-		} else {
-			assert.Equal(t, http.StatusServiceUnavailable, w.Code)
-		}
-	}
-	pool.SetHealthy(netip.MustParseAddrPort("198.18.0.99:80"), false)
-	assert.Equal(t, 302, redirServe(h, http.MethodGet, "/").Code)
-}
-
 // redirWriter is a minimal ResponseWriter that reuses its header map, so
 // allocation counts show the handler's own.
 type redirWriter struct {
@@ -420,8 +499,9 @@ func TestAllocations(t *testing.T) {
 		max  float64
 	}{
 		{"plain", Config{}, 1},
-		{"client ip", Config{Affinity: AffinityClientIP}, 1},
-		{"cookie", Config{Affinity: AffinityCookie}, 1},
+		// balancer.HTTPRequest adapts the request for the key: one more.
+		{"client ip", Config{Key: balancer.MustParseKey("client")}, 2},
+		{"cookie", Config{StickyCookie: redirCookie}, 1},
 		{"zones", Config{Zones: []ZoneRule{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Zone: "us"}}}, 1},
 	}
 	for _, tt := range tests {
@@ -442,9 +522,4 @@ func TestAllocations(t *testing.T) {
 			assert.LessOrEqual(t, allocs, tt.max)
 		})
 	}
-}
-
-func TestErrHostNameIsSentinel(t *testing.T) {
-	_, err := New(Config{Backends: []Target{{URL: "https://example.com:8443/"}}})
-	require.True(t, errors.Is(err, ErrHostName))
 }

@@ -2,49 +2,58 @@ package redirect
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync/atomic"
 	"time"
-	"unsafe"
 
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
 
-// Defaults for [Server] fields left zero.
+// Defaults for [ServerConfig] fields left zero.
 const (
 	DefaultReadTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = 2 * time.Minute
 	DefaultMaxHeaderBytes = 16 << 10
+	// DefaultBodyIdleTimeout is nginx's client_body_timeout.
+	DefaultBodyIdleTimeout = 30 * time.Second
 )
 
-// ErrServerClosed is returned by [Server.Serve] after [Server.Shutdown].
+// ErrServerClosed is returned by [Server.Serve] called after the server
+// was stopped (Shutdown, Close or the end of an earlier Serve's context).
 var ErrServerClosed = errors.New("redirect: server closed")
 
 // Server answers HTTP/1.1 requests with a [Handler]'s redirects without
 // net/http: a purpose-built responder that reads only the request line and
 // the headers the handler uses, writes the response straight into a
 // per-connection buffer and does not allocate per request. It answers
-// exactly what [Handler.ServeHTTP] answers for the same request, and is
-// stricter than net/http about what it accepts:
+// what [Handler.ServeHTTP] answers under net/http for the same request,
+// with two exceptions: "OPTIONS *" is redirected to a backend's root
+// (net/http's server answers it itself with 200 and never calls the
+// handler), and CONNECT gets 400 (net/http hands it to the handler, which
+// redirects it to "/"). It is stricter than net/http about what it
+// accepts:
 //
-//   - request lines and header lines must end in CRLF; obsolete line
-//     folding, white space before a header's colon, control characters,
-//     a missing or repeated Host in HTTP/1.1, conflicting Content-Length
-//     values and versions other than HTTP/1.0 and 1.1 get 400 (or 505)
-//     and the connection is closed;
+//   - request heads are parsed by the HTTP/1.1 codec it shares with
+//     proxy.Server, with the same smuggling rules: a line not ending in
+//     CRLF, obsolete line folding, white space before a header's colon,
+//     control characters, a missing (HTTP/1.1) or repeated Host,
+//     differing Content-Length values or Content-Length with
+//     Transfer-Encoding get 400, a transfer coding other than chunked
+//     501, an expectation other than 100-continue 417, versions other
+//     than HTTP/1.0 and 1.1 505, and the connection is closed;
 //   - request bodies are never interpreted: a body of known length up to
 //     64 KiB is skipped so the connection can be reused, anything else
-//     (chunked, larger, or Content-Length with Transfer-Encoding) is
-//     answered with "Connection: close", after which the server stops
-//     reading the request, so no body byte is ever taken for a request;
+//     (chunked, larger, or one the client waits to send after 100
+//     Continue) is answered with "Connection: close", after which the
+//     server stops reading the request, so no body byte is ever taken
+//     for a request;
 //   - a request head (request line and headers) longer than
 //     MaxHeaderBytes gets 414 if the request line alone does not fit, 431
 //     otherwise.
@@ -52,17 +61,31 @@ var ErrServerClosed = errors.New("redirect: server closed")
 // Use [Handler] with net/http when you need TLS, HTTP/2 or middleware;
 // use Server for the highest request rate on plain HTTP/1.1.
 //
-// Serve, Shutdown and ListenAndServe are safe for concurrent use. The
-// exported fields must not change after Serve is first called.
+// Make one with [NewServer]. Serve, ListenAndServe, Shutdown and Close
+// are safe for concurrent use. The server never closes the handler's
+// pool.
 type Server struct {
+	cfg ServerConfig // defaults filled in
+	g   serve.Group[net.Conn]
+}
+
+// ServerConfig configures a [Server]. Only Handler is required; every
+// other field has a useful zero value, documented on the field.
+type ServerConfig struct {
 	// Handler makes the decisions. Required.
 	Handler *Handler
 	// ReadTimeout bounds the time to receive one request's line and
-	// headers once its first byte arrived. Zero means DefaultReadTimeout.
+	// headers (and a body it skips) once its first byte arrived. Zero
+	// means DefaultReadTimeout.
 	ReadTimeout time.Duration
 	// IdleTimeout bounds the wait for the next request on a kept-alive
 	// connection. Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// BodyIdleTimeout bounds the wait for each read of a request body the
+	// server skips (the time between body bytes); ReadTimeout still
+	// bounds the request as a whole. Zero means DefaultBodyIdleTimeout;
+	// negative means only ReadTimeout applies.
+	BodyIdleTimeout time.Duration
 	// MaxHeaderBytes caps the request line and headers together; it is
 	// the size of each connection's read buffer, which holds a whole
 	// request head while it is answered. Zero means
@@ -70,22 +93,30 @@ type Server struct {
 	MaxHeaderBytes int
 	// Logger receives accept errors. Nil means slog.Default().
 	Logger *slog.Logger
-
-	g serve.Group[net.Conn]
 }
 
-func (s *Server) readTimeout() time.Duration {
-	if s.ReadTimeout > 0 {
-		return s.ReadTimeout
+// NewServer validates cfg and returns a server; nothing runs until
+// [Server.Serve].
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("redirect: ServerConfig.Handler is required")
 	}
-	return DefaultReadTimeout
-}
-
-func (s *Server) idleTimeout() time.Duration {
-	if s.IdleTimeout > 0 {
-		return s.IdleTimeout
+	if cfg.ReadTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, errors.New("redirect: ServerConfig timeouts and sizes must not be negative")
 	}
-	return DefaultIdleTimeout
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.BodyIdleTimeout == 0 {
+		cfg.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	return &Server{cfg: cfg}, nil
 }
 
 // ListenAndServe listens on the TCP address addr and calls [Server.Serve].
@@ -98,22 +129,29 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 // Serve accepts connections on ln and answers their requests until ctx
-// ends (it then closes ln and every open connection of the server, and
-// returns ctx.Err()), [Server.Shutdown] is called ([ErrServerClosed]) or
-// ln fails. It closes ln before returning. Connection goroutines may
-// outlive Serve by the time they take to notice; Shutdown waits for them.
+// ends, [Server.Shutdown] or [Server.Close] is called, or ln fails. It
+// closes ln before returning. The end of ctx means Close: ln and every
+// open connection are closed at once. Serve returns nil when the server
+// was stopped by any of these, [ErrServerClosed] when it was already
+// stopped, and the listener's error otherwise. Connection goroutines may
+// outlive Serve by the time they take to notice; Shutdown and Close wait
+// for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if s.Handler == nil {
-		ln.Close()
-		return errors.New("redirect: Server.Handler is nil")
-	}
-	return s.g.Serve(ctx, ln, &serve.Config[net.Conn]{
+	return s.g.Run(ctx, ln, &serve.Config[net.Conn]{
 		Name:   "redirect",
 		Closed: ErrServerClosed,
-		Logger: s.Logger,
+		Logger: s.cfg.Logger,
 		Open:   func(_ context.Context, c net.Conn) net.Conn { return c },
 		Serve:  s.serveConn,
 	})
+}
+
+// Close stops the server now: it closes the listeners and every
+// connection, and waits for their goroutines. It is idempotent and
+// returns nil.
+func (s *Server) Close() error {
+	s.g.Close()
+	return nil
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -133,28 +171,23 @@ type srvConn struct {
 	br      *bufio.Reader
 	out     []byte
 	peer    netip.Addr
-	xff     [4]string // the last X-Forwarded-For lines of a request
+	head    h1.Head       // the current request, parsed in br's buffer
+	key     h1.KeyRequest // the current request as a key source
+	xff     [4]string     // the last X-Forwarded-For lines of a request
 	nxff    int
 	cookies [8]string // the first Cookie lines of a request
 	ncookie int
 	linger  bool      // unread request body may follow the last response
 	now     time.Time // when the current batch of requests arrived
+	readDL  time.Time // now + ReadTimeout: the whole request's deadline
 }
 
-// request is what the server reads of one request.
+// request is what the server keeps of one request beside sc.head.
 type request struct {
-	method, target string
-	http10         bool
-	keepAlive      bool
-	bodyLen        int64 // -1: unknown (chunked or conflicting): close after answering
-	headLen        int   // bytes of the request head in the read buffer
+	keepAlive bool
+	bodyLen   int64 // -1: chunked, or the client waits for 100 Continue: close after answering
+	headLen   int   // bytes of the request head in the read buffer
 }
-
-// Status codes the server answers with on its own.
-const (
-	statusHeaderTooLarge = http.StatusRequestHeaderFieldsTooLarge
-	statusVersion        = http.StatusHTTPVersionNotSupported
-)
 
 // errClose marks a request the server answers and then closes the
 // connection on, with the status to send.
@@ -169,17 +202,14 @@ const (
 
 func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
-	size := s.MaxHeaderBytes
-	if size <= 0 {
-		size = DefaultMaxHeaderBytes
-	}
+	size := s.cfg.MaxHeaderBytes
 	sc := &srvConn{s: s, c: c, br: bufio.NewReaderSize(c, size), out: make([]byte, 0, 1024)}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		sc.peer = ta.AddrPort().Addr().Unmap()
 	} else if c.RemoteAddr() != nil {
-		sc.peer = parseHostAddr(c.RemoteAddr().String())
+		sc.peer = h1.ParseHostAddr(c.RemoteAddr().String())
 	}
-	readTimeout, idleTimeout := s.readTimeout(), s.idleTimeout()
+	readTimeout, idleTimeout := s.cfg.ReadTimeout, s.cfg.IdleTimeout
 	for {
 		if s.g.Closing() {
 			return
@@ -202,7 +232,8 @@ func (s *Server) serveConn(c net.Conn) {
 				return
 			}
 			sc.now = time.Now() // the request's arrival: Date and the read deadline
-			c.SetReadDeadline(sc.now.Add(readTimeout))
+			sc.readDL = sc.now.Add(readTimeout)
+			c.SetReadDeadline(sc.readDL)
 		}
 		if len(sc.out) >= maxPendingOut {
 			// A client pipelining without reading: push answers out
@@ -218,7 +249,7 @@ func (s *Server) serveConn(c net.Conn) {
 				c.Write(sc.out)
 			}
 			if err == nil && sc.linger {
-				lingerClose(c, sc.br)
+				h1.LingerClose(c, sc.br)
 			}
 			return
 		}
@@ -245,255 +276,122 @@ func (sc *srvConn) step(closing bool) (keep bool, err error) {
 		return false, nil
 	}
 	if req.bodyLen > 0 {
-		if _, err := sc.br.Discard(int(req.bodyLen)); err != nil {
+		if err := sc.skipBody(req.bodyLen); err != nil {
 			return false, err
 		}
 	}
 	return true, nil
 }
 
-// lingerClose half-closes c and reads what the client still sends for a
-// short while, so the response is not lost to a reset caused by unread
-// request data.
-func lingerClose(c net.Conn, br *bufio.Reader) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
+// skipBody discards n body bytes. Each wait for more is bounded by
+// BodyIdleTimeout as well as by the request's ReadTimeout.
+func (sc *srvConn) skipBody(n int64) error {
+	idle := sc.s.cfg.BodyIdleTimeout
+	for n > 0 {
+		if sc.br.Buffered() == 0 {
+			// Tests drive step without a connection.
+			if sc.c != nil && idle > 0 {
+				dl := time.Now().Add(idle)
+				if !sc.readDL.IsZero() && sc.readDL.Before(dl) {
+					dl = sc.readDL
+				}
+				sc.c.SetReadDeadline(dl)
+			}
+			if _, err := sc.br.Peek(1); err != nil {
+				return err
+			}
+		}
+		k, _ := sc.br.Discard(int(min(n, int64(sc.br.Buffered()))))
+		n -= int64(k)
 	}
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	io.CopyN(io.Discard, br, 256<<10)
+	return nil
 }
 
-// bstr views b as a string without copying. The string is valid until the
-// reader's buffer is reused, which happens only after the response to the
-// request is in sc.out.
-func bstr(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
-
-// readHead waits until a whole request head (through its empty line) is
-// buffered and returns it, without consuming it. Parsing only a fully
-// buffered head matters: the strings taken from it point into the
-// reader's buffer, which a later read could slide.
-func (sc *srvConn) readHead() ([]byte, error) {
-	checked := 0
-	for {
-		buf, _ := sc.br.Peek(sc.br.Buffered())
-		for i := checked; i < len(buf); i++ {
-			if buf[i] != '\n' {
-				continue
-			}
-			if i == 0 || buf[i-1] != '\r' {
-				return nil, errClose(http.StatusBadRequest) // bare LF
-			}
-			if i >= 3 && buf[i-2] == '\n' {
-				return buf[:i+1], nil
-			}
-		}
-		checked = len(buf)
-		if len(buf) >= sc.br.Size() {
-			if bytes.IndexByte(buf, '\n') < 0 {
-				return nil, errClose(http.StatusRequestURITooLong)
-			}
-			return nil, errClose(statusHeaderTooLarge)
-		}
-		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// readRequest reads and validates one request head. The request's strings
+// readRequest reads and parses one request head. sc.head's strings
 // point into the read buffer: use them before calling sc.br again, and
-// consume the head with Discard(req.headLen).
+// consume the head with Discard(req.headLen). Parsing only a fully
+// buffered head matters: a later read could slide the buffer.
 func (sc *srvConn) readRequest() (request, error) {
-	head, err := sc.readHead()
+	head, code, err := h1.ReadHead(sc.br, nil)
 	if err != nil {
 		return request{}, err
 	}
-	end := bytes.Index(head, []byte("\r\n"))
-	req, ok := parseRequestLine(head[:end])
-	if !ok {
-		return request{}, errClose(http.StatusBadRequest)
+	if code == 0 {
+		code = sc.head.Parse(head)
 	}
-	req.headLen = len(head)
-	if req.http10 && req.method == "" {
-		return request{}, errClose(statusVersion)
+	if code != 0 {
+		return request{}, errClose(code)
 	}
-	rest := head[end+2:]
-	req.keepAlive = !req.http10
+	h := &sc.head
+	req := request{headLen: len(head), keepAlive: h.KeepAlive()}
+	switch {
+	case h.Chunked, h.ExpectContinue:
+		// A chunked body is not skipped; a client expecting 100 Continue
+		// waits for it, which never comes: answer and close rather than
+		// wait for a body it may never send.
+		req.bodyLen = -1
+	case h.ContentLength > 0:
+		req.bodyLen = h.ContentLength
+	}
 	sc.nxff, sc.ncookie = 0, 0
-	hosts := 0
-	var te, expect bool
-	req.bodyLen = 0
-	clSeen := false
-	for {
-		i := bytes.Index(rest, []byte("\r\n"))
-		h := rest[:i]
-		rest = rest[i+2:]
-		if len(h) == 0 {
-			break
-		}
-		if h[0] == ' ' || h[0] == '\t' {
-			return request{}, errClose(http.StatusBadRequest) // obsolete folding
-		}
-		colon := -1
-		for i, c := range h {
-			if c == ':' {
-				colon = i
-				break
-			}
-			if !tokenChar[c] {
-				return request{}, errClose(http.StatusBadRequest)
-			}
-		}
-		if colon <= 0 {
-			return request{}, errClose(http.StatusBadRequest)
-		}
-		name, value := h[:colon], trimOWS(h[colon+1:])
-		for _, c := range value {
-			if (c < ' ' && c != '\t') || c == 0x7f {
-				return request{}, errClose(http.StatusBadRequest)
-			}
-		}
-		switch {
-		case equalFoldASCII(name, "host"):
-			hosts++
-		case equalFoldASCII(name, "cookie"):
+	for _, f := range h.Fields {
+		switch f.Name {
+		case "Cookie":
 			if sc.ncookie < len(sc.cookies) {
-				sc.cookies[sc.ncookie] = bstr(value)
+				sc.cookies[sc.ncookie] = f.Value
 				sc.ncookie++
 			}
-		case equalFoldASCII(name, "x-forwarded-for"):
+		case "X-Forwarded-For":
 			if sc.nxff == len(sc.xff) { // keep the last lines: the nearest hops
 				copy(sc.xff[:], sc.xff[1:])
 				sc.nxff--
 			}
-			sc.xff[sc.nxff] = bstr(value)
+			sc.xff[sc.nxff] = f.Value
 			sc.nxff++
-		case equalFoldASCII(name, "content-length"):
-			n, ok := parseContentLength(value)
-			if !ok || (clSeen && n != req.bodyLen) {
-				return request{}, errClose(http.StatusBadRequest)
-			}
-			clSeen, req.bodyLen = true, n
-		case equalFoldASCII(name, "transfer-encoding"):
-			te = true
-		case equalFoldASCII(name, "expect"):
-			expect = true
-		case equalFoldASCII(name, "connection"):
-			if hasToken(value, "close") {
-				req.keepAlive = false
-			} else if req.http10 && hasToken(value, "keep-alive") {
-				req.keepAlive = true
-			}
 		}
-	}
-	if !req.http10 && hosts != 1 {
-		return request{}, errClose(http.StatusBadRequest)
-	}
-	if te {
-		if req.http10 || clSeen {
-			return request{}, errClose(http.StatusBadRequest) // smuggling shape
-		}
-		req.bodyLen = -1
-	}
-	if expect && req.bodyLen > 0 {
-		// The client waits for 100 Continue, which never comes: answer
-		// and close rather than wait for a body it may never send.
-		req.bodyLen = -1
 	}
 	return req, nil
 }
 
-// parseRequestLine splits "METHOD SP target SP HTTP/1.x". An unsupported
-// version is reported as http10 with an empty method.
-func parseRequestLine(line []byte) (request, bool) {
-	sp1 := -1
-	for i, c := range line {
-		if c == ' ' {
-			sp1 = i
-			break
-		}
-		if !tokenChar[c] {
-			return request{}, false
-		}
-	}
-	if sp1 <= 0 {
-		return request{}, false
-	}
-	rest := line[sp1+1:]
-	sp2 := -1
-	for i, c := range rest {
-		if c == ' ' {
-			sp2 = i
-			break
-		}
-		if c < 0x21 || c == 0x7f {
-			return request{}, false
-		}
-	}
-	if sp2 <= 0 {
-		return request{}, false
-	}
-	version := rest[sp2+1:]
-	req := request{method: bstr(line[:sp1]), target: bstr(rest[:sp2])}
-	switch string(version) {
-	case "HTTP/1.1":
-	case "HTTP/1.0":
-		req.http10 = true
-	default:
-		if len(version) == 8 && string(version[:5]) == "HTTP/" && version[6] == '.' {
-			return request{http10: true}, true // well-formed, unsupported
-		}
-		return request{}, false
-	}
-	return req, true
-}
-
-// splitTarget returns the path and query of a request target in origin,
-// absolute or asterisk form. ok is false for other forms.
-func splitTarget(t string) (path, query string, hasQuery, ok bool) {
-	switch {
-	case t == "*":
+// target returns the path and query of the request's target in origin,
+// absolute or asterisk form ("*" stands for "/"). ok is false for the
+// authority form (CONNECT).
+func (sc *srvConn) target() (path, query string, hasQuery, ok bool) {
+	h := &sc.head
+	if h.Target == "*" {
 		return "/", "", false, true
-	case len(t) > 0 && t[0] == '/':
-	case hasPrefixFold(t, "http://") || hasPrefixFold(t, "https://"):
-		// Absolute form: the authority is dropped, never used.
-		i := len("http://")
-		if t[4] == 's' || t[4] == 'S' {
-			i++
-		}
-		j := i
-		for j < len(t) && t[j] != '/' && t[j] != '?' {
-			j++
-		}
-		t = t[j:]
-		if t == "" || t[0] == '?' {
-			t = "/" + t // rare; allocates
-		}
-	default:
+	}
+	path = h.Path()
+	if path == "" {
 		return "", "", false, false
 	}
-	for i := 0; i < len(t); i++ {
-		if t[i] == '?' {
-			return t[:i], t[i+1:], true, true
-		}
-	}
-	return t, "", false, true
+	query, hasQuery = h.RawQuery()
+	return path, query, hasQuery, true
 }
 
 // answer renders the handler's decision for req into sc.out and reports
 // whether the connection stays open.
 func (sc *srvConn) answer(req request, keep bool) bool {
-	h := sc.s.Handler
-	path, query, hasQuery, ok := splitTarget(req.target)
+	h := sc.s.cfg.Handler
+	path, query, hasQuery, ok := sc.target()
 	if !ok {
 		sc.writeError(http.StatusBadRequest)
 		return false
 	}
-	d := h.decide(req.method, path, query, hasQuery, sc.peer, sc.xff[:sc.nxff], sc.cookies[:sc.ncookie])
+	var client netip.Addr
+	if h.needClient() {
+		client = h.trusted.Client(sc.peer, sc.xff[:sc.nxff])
+	}
+	var kr balancer.KeyRequest
+	if !h.key.IsZero() {
+		sc.key = h1.KeyRequest{Head: &sc.head, Client: client}
+		kr = &sc.key
+	}
+	d := h.decide(sc.head.Method, path, query, hasQuery, client, sc.cookies[:sc.ncookie], kr)
 	b := sc.out
 	switch {
 	case d.fallback:
-		b = appendStatus(b, d.code)
+		b = append(b, h1.StatusLine(d.code)...)
 		b = append(b, "Location: "...)
 		b = append(b, h.fallback[0]...)
 		b = append(b, "\r\n"...)
@@ -502,7 +400,7 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 		sc.writeErrorKeep(d.code, errorBody(d.code), keep)
 		return keep
 	default:
-		b = appendStatus(b, d.code)
+		b = append(b, h1.StatusLine(d.code)...)
 		b = append(b, "Location: "...)
 		b = appendLocation(b, d.t.base, path, query, hasQuery)
 		b = append(b, "\r\n"...)
@@ -512,7 +410,7 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 			b = append(b, "\r\n"...)
 		}
 		if h.links > 0 {
-			if l := h.duplicateLinks(d.snap, d.t, path, query, hasQuery); l != "" {
+			if l := h.duplicateLinks(d.snap, d.v, d.t, path, query, hasQuery); l != "" {
 				b = append(b, "Link: "...)
 				b = append(b, l...)
 				b = append(b, "\r\n"...)
@@ -525,18 +423,18 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 	if h.vary != nil {
 		b = append(b, "Vary: Cookie\r\n"...)
 	}
-	b = appendDate(b, sc.now)
+	b = h1.AppendDate(b, sc.now)
 	b = append(b, "Content-Length: 0\r\n"...)
-	b = appendConnection(b, req, keep)
+	b = sc.appendConnection(b, keep)
 	sc.out = append(b, "\r\n"...)
 	return keep
 }
 
-func appendConnection(b []byte, req request, keep bool) []byte {
+func (sc *srvConn) appendConnection(b []byte, keep bool) []byte {
 	switch {
 	case !keep:
 		return append(b, "Connection: close\r\n"...)
-	case req.http10:
+	case sc.head.Minor == 0:
 		return append(b, "Connection: keep-alive\r\n"...)
 	}
 	return b
@@ -551,16 +449,16 @@ func (sc *srvConn) writeError(code int) {
 // writeErrorKeep renders an error response with body, closing the
 // connection unless keep.
 func (sc *srvConn) writeErrorKeep(code int, body []byte, keep bool) {
-	b := appendStatus(sc.out, code)
+	b := append(sc.out, h1.StatusLine(code)...)
 	b = append(b, "Cache-Control: "...)
 	if code == http.StatusServiceUnavailable {
 		b = append(b, "no-store\r\nRetry-After: "...)
-		b = append(b, sc.s.Handler.retryAfter[0]...)
+		b = append(b, sc.s.cfg.Handler.retryAfter[0]...)
 	} else {
-		b = append(b, sc.s.Handler.cacheControl[0]...)
+		b = append(b, sc.s.cfg.Handler.cacheControl[0]...)
 	}
 	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"...)
-	b = appendDate(b, sc.now)
+	b = h1.AppendDate(b, sc.now)
 	b = append(b, "Content-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n"...)
@@ -570,17 +468,6 @@ func (sc *srvConn) writeErrorKeep(code int, body []byte, keep bool) {
 	b = append(b, "\r\n"...)
 	sc.out = append(b, body...)
 }
-
-// statusLines holds the status line of every status the server sends.
-var statusLines = func() map[int]string {
-	m := map[int]string{}
-	for _, c := range []int{301, 302, 303, 307, 308, 400, 414, 431, 503, 505} {
-		m[c] = "HTTP/1.1 " + strconv.Itoa(c) + " " + http.StatusText(c) + "\r\n"
-	}
-	return m
-}()
-
-func appendStatus(b []byte, code int) []byte { return append(b, statusLines[code]...) }
 
 // appendLocation appends the Location buildLocation would return.
 func appendLocation(b []byte, base, path, query string, hasQuery bool) []byte {
@@ -599,110 +486,4 @@ func trimSlashes(p string) string {
 		p = p[1:]
 	}
 	return p
-}
-
-// dateCache holds the Date header line for the current second.
-var dateCache atomic.Pointer[dateLine]
-
-type dateLine struct {
-	sec  int64
-	line []byte
-}
-
-// appendDate appends "Date: <IMF-fixdate>\r\n" for now (the zero time
-// means the current time), formatting at most once a second.
-func appendDate(b []byte, now time.Time) []byte {
-	if now.IsZero() {
-		now = time.Now()
-	}
-	// Only move forward: connections whose batch arrived a second ago
-	// reuse the newer line instead of reformatting back and forth.
-	d := dateCache.Load()
-	if d == nil || now.Unix() > d.sec {
-		line := now.UTC().AppendFormat([]byte("Date: "), http.TimeFormat)
-		d = &dateLine{sec: now.Unix(), line: append(line, "\r\n"...)}
-		dateCache.Store(d)
-	}
-	return append(b, d.line...)
-}
-
-// tokenChar marks the characters of an RFC 9110 token.
-var tokenChar = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range []byte("!#$%&'*+-.^_`|~") {
-		t[c] = true
-	}
-	return t
-}()
-
-func trimOWS(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
-		b = b[1:]
-	}
-	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
-
-// equalFoldASCII reports whether b equals the lower-case ASCII string s,
-// ignoring case.
-func equalFoldASCII[T string | []byte](b T, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && equalFoldASCII(s[:len(prefix)], prefix)
-}
-
-// hasToken reports whether the comma-separated list v holds token tok
-// (lower case), ignoring case.
-func hasToken(v []byte, tok string) bool {
-	for len(v) > 0 {
-		i := 0
-		for i < len(v) && v[i] != ',' {
-			i++
-		}
-		if equalFoldASCII(trimOWS(v[:i]), tok) {
-			return true
-		}
-		if i == len(v) {
-			break
-		}
-		v = v[i+1:]
-	}
-	return false
-}
-
-// parseContentLength parses a Content-Length value: digits only.
-func parseContentLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
 }

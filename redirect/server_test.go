@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -16,13 +17,15 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // redirStartServer serves h with a Server on loopback and returns its
 // address; the server is shut down when the test ends.
 func redirStartServer(t testing.TB, h *Handler) string {
 	t.Helper()
-	s := &Server{Handler: h}
+	s := redirServer(t, ServerConfig{Handler: h})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -31,9 +34,17 @@ func redirStartServer(t testing.TB, h *Handler) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		assert.NoError(t, s.Shutdown(ctx))
-		assert.ErrorIs(t, <-done, ErrServerClosed)
+		assert.NoError(t, <-done, "a stopped server's Serve returns nil")
 	})
 	return ln.Addr().String()
+}
+
+// redirServer is NewServer for tests.
+func redirServer(t testing.TB, cfg ServerConfig) *Server {
+	t.Helper()
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	return s
 }
 
 // redirRaw sends raw on a new connection and reads one response.
@@ -54,7 +65,7 @@ func redirRaw(t *testing.T, addr, raw string) *http.Response {
 // TestServerMatchesHandler sends the same raw requests to the handler in
 // net/http and to the Server: same status, same Location.
 func TestServerMatchesHandler(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirB}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirB})})
 	std := httptest.NewServer(h)
 	t.Cleanup(std.Close)
 	fast := redirStartServer(t, h)
@@ -95,7 +106,7 @@ func TestServerMatchesHandler(t *testing.T) {
 }
 
 func TestServerStrict(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	addr := redirStartServer(t, h)
 	tests := []struct {
 		name, raw string
@@ -112,6 +123,10 @@ func TestServerStrict(t *testing.T) {
 		{"version", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, true},
 		{"garbage version", "GET / FTP/1.1\r\nHost: x\r\n\r\n", 400, true},
 		{"authority form", "CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
+		{"empty absolute-form authority", "GET http:///x HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
+		{"bad escape in an absolute-form path", "GET http://x/%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, true},
+		{"absolute form", "GET HTTP://evil.example HTTP/1.1\r\nHost: x\r\n\r\n", 302, false},
+		{"asterisk form", "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 307, false},
 		{"long line", "GET /" + strings.Repeat("a", DefaultMaxHeaderBytes) + " HTTP/1.1\r\nHost: x\r\n\r\n", 414, true},
 		{"many headers", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 1000)+"\r\n", 40) + "\r\n", 431, true},
 		{"chunked body", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 307, true},
@@ -134,7 +149,7 @@ func TestServerStrict(t *testing.T) {
 }
 
 func TestServerPipelining(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	addr := redirStartServer(t, h)
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	require.NoError(t, err)
@@ -155,7 +170,7 @@ func TestServerPipelining(t *testing.T) {
 
 func TestServerEndToEnd(t *testing.T) {
 	bs := []*redirBackend{redirStartBackend(t, "a"), redirStartBackend(t, "b")}
-	h := redirNew(t, Config{Backends: []Target{{URL: bs[0].srv.URL}, {URL: bs[1].srv.URL}}, Affinity: AffinityCookie})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{{URL: bs[0].srv.URL}, {URL: bs[1].srv.URL}}), StickyCookie: redirCookie})
 	url := "http://" + redirStartServer(t, h)
 	c := redirClient(t)
 	jar, err := cookiejar.New(nil)
@@ -184,24 +199,24 @@ func TestServerEndToEnd(t *testing.T) {
 }
 
 func TestServerNoBackend(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
-	h.Pool().SetHealthy(h.targets[0].backend.Addr, false)
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
+	h.Pool().SetHealthy(netip.MustParseAddrPort("127.0.0.1:8081"), false)
 	addr := redirStartServer(t, h)
 	resp := redirRaw(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	assert.Equal(t, 503, resp.StatusCode)
 	assert.Equal(t, "5", resp.Header.Get("Retry-After"))
 	assert.False(t, resp.Close, "503 keeps the connection")
 
-	f := redirNew(t, Config{Backends: []Target{redirA}, FallbackURL: "http://198.18.0.1/sorry"})
-	f.Pool().SetHealthy(f.targets[0].backend.Addr, false)
+	f := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA}), FallbackURL: "http://198.18.0.1/sorry"})
+	f.Pool().SetHealthy(netip.MustParseAddrPort("127.0.0.1:8081"), false)
 	resp = redirRaw(t, redirStartServer(t, f), "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
 	assert.Equal(t, 302, resp.StatusCode)
 	assert.Equal(t, "http://198.18.0.1/sorry", resp.Header.Get("Location"))
 }
 
 func TestServerShutdown(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
-	s := &Server{Handler: h, IdleTimeout: time.Hour}
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
+	s := redirServer(t, ServerConfig{Handler: h, IdleTimeout: time.Hour})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -221,16 +236,16 @@ func TestServerShutdown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, s.Shutdown(ctx))
-	require.ErrorIs(t, <-done, ErrServerClosed)
+	require.NoError(t, <-done)
 	_, err = br.ReadByte()
 	assert.ErrorIs(t, err, io.EOF)
 	assert.ErrorIs(t, s.Serve(context.Background(), ln), ErrServerClosed)
 }
 
 func TestServerAllocations(t *testing.T) {
-	for _, cfg := range []Config{{}, {Affinity: AffinityCookie}, {Affinity: AffinityClientIP}} {
+	for _, cfg := range []Config{{}, {StickyCookie: redirCookie}, {Key: balancer.MustParseKey("client")}} {
 		h := redirNew(t, cfg)
-		sc := &srvConn{s: &Server{Handler: h}, out: make([]byte, 0, 1024)}
+		sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h}}, out: make([]byte, 0, 1024)}
 		raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: x\r\nCookie: a=b\r\n\r\n")
 		r := bytes.NewReader(raw)
 		sc.br = bufio.NewReaderSize(r, 4096)
@@ -257,12 +272,12 @@ func FuzzServer(f *testing.F) {
 	f.Add([]byte("GET /%0d%0a HTTP/1.1\r\nHost: x\r\nCookie: lbkit_backend=AAAAAAAAAAAAAAAAAAAAAA\r\n\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"))
 	f.Add([]byte("GET /a/../b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"))
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}, DuplicateLinks: 1, Affinity: AffinityCookie})
+	h, err := New(Config{Pool: redirPool(f, []tgt{redirA, redirB, redirC}), DuplicateLinks: 1, StickyCookie: redirCookie})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		sc := &srvConn{s: &Server{Handler: h, MaxHeaderBytes: 2048}, br: bufio.NewReaderSize(bytes.NewReader(in), 512)}
+		sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h, MaxHeaderBytes: 2048}}, br: bufio.NewReaderSize(bytes.NewReader(in), 512)}
 		for range 8 {
 			if keep, _ := sc.step(false); !keep {
 				break
@@ -296,12 +311,12 @@ func FuzzServer(f *testing.F) {
 // the middle of requests: the answers must equal those for the input in
 // one piece.
 func TestServerSplitArrival(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirB}, Affinity: AffinityCookie, CookieKey: []byte("0123456789abcdef")})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirB}), StickyCookie: redirCookie, CookieKey: []byte("0123456789abcdef")})
 	input := []byte("GET /first/path?with=query HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\n\r\n" +
 		"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\npayload" +
 		"GET /third/" + strings.Repeat("p", 60) + "?q=" + strings.Repeat("v", 40) + " HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.18.0.1\r\n\r\n")
 	run := func(r io.Reader, size int) string {
-		sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, size)}
+		sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h}}, br: bufio.NewReaderSize(r, size)}
 		for range 10 {
 			if keep, _ := sc.step(false); !keep {
 				break
@@ -333,7 +348,7 @@ func ppBytewiseRedir(b []byte) []io.Reader {
 // TestServerPipelineFlood pipelines many requests before reading any
 // answer: the server writes as it goes and answers every one.
 func TestServerPipelineFlood(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	addr := redirStartServer(t, h)
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	require.NoError(t, err)
@@ -353,30 +368,52 @@ func TestServerPipelineFlood(t *testing.T) {
 	}
 }
 
-func TestServerServeContext(t *testing.T) {
-	assert.Error(t, (&Server{}).Serve(context.Background(), redirListen(t)), "a Server needs a Handler")
+// TestServerLifecycle: the end of Serve's context closes connections and
+// stops the server for good; Close stops it now; Serve returns nil when
+// stopped and ErrServerClosed when already stopped.
+func TestServerLifecycle(t *testing.T) {
+	_, err := NewServer(ServerConfig{})
+	assert.ErrorContains(t, err, "Handler is required")
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
+	_, err = NewServer(ServerConfig{Handler: h, IdleTimeout: -1})
+	assert.ErrorContains(t, err, "negative")
 
-	h := redirNew(t, Config{Backends: []Target{redirA}})
-	s := &Server{Handler: h}
-	ln := redirListen(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	conn, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
-	require.NoError(t, err)
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	resp.Body.Close()
-
-	cancel()
-	assert.ErrorIs(t, <-done, context.Canceled)
-	_, err = br.ReadByte()
-	assert.Error(t, err, "open connections are closed")
-	require.NoError(t, s.Shutdown(context.Background()))
+	serveOne := func(t *testing.T, s *Server, ctx context.Context) (chan error, *bufio.Reader) {
+		ln := redirListen(t)
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, ln) }()
+		conn, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+		require.NoError(t, err)
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return done, br
+	}
+	t.Run("context", func(t *testing.T) {
+		s := redirServer(t, ServerConfig{Handler: h})
+		ctx, cancel := context.WithCancel(context.Background())
+		done, br := serveOne(t, s, ctx)
+		cancel()
+		assert.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.Error(t, err, "open connections are closed")
+		assert.ErrorIs(t, s.Serve(context.Background(), redirListen(t)), ErrServerClosed)
+		require.NoError(t, s.Shutdown(context.Background()))
+	})
+	t.Run("Close", func(t *testing.T) {
+		s := redirServer(t, ServerConfig{Handler: h})
+		done, br := serveOne(t, s, context.Background())
+		require.NoError(t, s.Close())
+		assert.NoError(t, <-done)
+		_, err := br.ReadByte()
+		assert.Error(t, err)
+		require.NoError(t, s.Close(), "idempotent")
+		assert.ErrorIs(t, s.Serve(context.Background(), redirListen(t)), ErrServerClosed)
+	})
 }
 
 func redirListen(t *testing.T) net.Listener {
@@ -388,14 +425,13 @@ func redirListen(t *testing.T) net.Listener {
 // BenchmarkServerStep is the Server's own cost per request, without the
 // network: parse one pipelined request head and render the redirect.
 func BenchmarkServerStep(b *testing.B) {
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}})
+	h, err := New(Config{Pool: redirPool(b, []tgt{redirA, redirB, redirC})})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer h.Close()
 	raw := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n")
 	r := bytes.NewReader(raw)
-	sc := &srvConn{s: &Server{Handler: h}, br: bufio.NewReaderSize(r, 4096), out: make([]byte, 0, 1024)}
+	sc := &srvConn{s: &Server{cfg: ServerConfig{Handler: h}}, br: bufio.NewReaderSize(r, 4096), out: make([]byte, 0, 1024)}
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Reset(raw)
@@ -410,11 +446,10 @@ func BenchmarkServerStep(b *testing.B) {
 // BenchmarkHandlerServeHTTP is the handler's cost per request under
 // net/http, without the server: the decision and the header map writes.
 func BenchmarkHandlerServeHTTP(b *testing.B) {
-	h, err := New(Config{Backends: []Target{redirA, redirB, redirC}})
+	h, err := New(Config{Pool: redirPool(b, []tgt{redirA, redirB, redirC})})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer h.Close()
 	r := httptest.NewRequest(http.MethodGet, "/static/app.js?v=42", nil)
 	w := &redirWriter{h: http.Header{}}
 	b.ReportAllocs()
@@ -428,19 +463,22 @@ func BenchmarkHandlerServeHTTP(b *testing.B) {
 // synctest bubble: a kept-alive connection is closed after IdleTimeout,
 // and a request head that stalls halfway after ReadTimeout.
 func TestServerTimeouts(t *testing.T) {
-	h := redirNew(t, Config{Backends: []Target{redirA}})
+	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
 	tests := []struct {
 		name  string
 		send  string
 		after time.Duration // when the server must have closed
+		want  string        // in the answer; "" for none
 	}{
-		{"idle keep-alive", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", time.Minute},
-		{"stalled head", "GET / HTTP/1.1\r\nHo", 10 * time.Second},
+		{"idle keep-alive", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", time.Minute, "302 Found"},
+		{"stalled head", "GET / HTTP/1.1\r\nHo", 10 * time.Second, ""},
+		// Issue 16: the time between body bytes is bounded on its own.
+		{"stalled body", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc", 3 * time.Second, "307"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := &Server{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second}
+				s := redirServer(t, ServerConfig{Handler: h, IdleTimeout: time.Minute, ReadTimeout: 10 * time.Second, BodyIdleTimeout: 3 * time.Second})
 				client, server := net.Pipe()
 				done := make(chan struct{})
 				go func() { s.serveConn(server); close(done) }()
@@ -449,8 +487,8 @@ func TestServerTimeouts(t *testing.T) {
 				out, _ := io.ReadAll(client) // until the server closes
 				<-done
 				assert.Equal(t, tt.after, time.Since(start))
-				if strings.HasPrefix(tt.name, "idle") {
-					assert.Contains(t, string(out), "302 Found")
+				if tt.want != "" {
+					assert.Contains(t, string(out), tt.want)
 				} else {
 					assert.Empty(t, out, "a stalled request gets no answer")
 				}

@@ -149,7 +149,10 @@ func setupDNS(ctx context.Context, cfg demoConfig, bs []*backend) (_ func(contex
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	u.push(cancel)
-	udp, tcp, err := dnslb.Listen(sctx, "127.0.0.1:0", 2)
+	// Not 127.0.0.1: the demo's clients connect from there, and the
+	// overloaded direct run leaves thousands of their ports in TIME_WAIT,
+	// which a listener cannot bind (dnslb needs one port for UDP and TCP).
+	udp, tcp, err := dnslb.Listen(sctx, "127.0.0.2:0", 2)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -240,17 +243,16 @@ func setupServed(cfg demoConfig, bs []*backend, path string, tries int,
 // in any http.Server): every client asks the dispatcher and follows its
 // 302 to a backend, asking again after an error.
 func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/index.html", 4, func(u *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
-		targets := make([]redirect.Target, len(bs))
-		for i, b := range bs {
-			targets[i] = redirect.Target{URL: "http://" + b.addr.String()}
-		}
-		h, err := redirect.New(redirect.Config{Backends: targets, Pool: pool})
+	return setupServed(cfg, bs, "/index.html", 4, func(_ *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		// Members are redirected to as http://<addr>: the default URL.
+		h, err := redirect.New(redirect.Config{Pool: pool})
 		if err != nil {
 			return frontEnd{}, err
 		}
-		u.push(func() { _ = h.Close() })
-		rs := &redirect.Server{Handler: h}
+		rs, err := redirect.NewServer(redirect.ServerConfig{Handler: h})
+		if err != nil {
+			return frontEnd{}, err
+		}
 		return frontEnd{func(ln net.Listener) error { return rs.Serve(context.Background(), ln) }, rs.Shutdown}, nil
 	})
 }
@@ -261,13 +263,17 @@ func setupRedirect(_ context.Context, cfg demoConfig, bs []*backend) (func(conte
 // backend by itself (retries on another backend, passive and active
 // health).
 func setupHTTPProxy(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
-	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, chk *health.Checker) (frontEnd, error) {
-		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, Observer: chk, RetryStatuses: []int{502, 503, 504}})
+	return setupServed(cfg, bs, "/", 1, func(u *undo, pool *balancer.Pool, _ *health.Checker) (frontEnd, error) {
+		// The checker follows the pool: outcomes reach it through Done.
+		h, err := proxy.NewHTTP(proxy.HTTPConfig{Pool: pool, RetryStatuses: []int{502, 503, 504}})
 		if err != nil {
 			return frontEnd{}, err
 		}
 		u.push(func() { _ = h.Close() })
-		ps := &proxy.Server{Handler: h}
+		ps, err := proxy.NewServer(proxy.ServerConfig{Handler: h})
+		if err != nil {
+			return frontEnd{}, err
+		}
 		return frontEnd{func(ln net.Listener) error { return ps.Serve(context.Background(), ln) }, ps.Shutdown}, nil
 	})
 }

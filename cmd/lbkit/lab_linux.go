@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/internal/netlab"
@@ -75,9 +76,38 @@ func openLab(cfg demoConfig) (env *labEnv, skip string, err error) {
 			return env, "", err
 		}
 		env.hosts = append(env.hosts, h)
-		env.bs = append(env.bs, newBackend(ln, netip.AddrPortFrom(h.Addr4(), 80), i))
+		b, err := newBackend(ln, netip.AddrPortFrom(h.Addr4(), 80), i, cfg.model)
+		if err != nil {
+			return env, "", err
+		}
+		env.bs = append(env.bs, b)
 	}
-	return env, "", nil
+	return env, "", env.reach(env.lb, env.bs)
+}
+
+// reach connects from h to every backend once (and closes), retrying for
+// a few seconds. A lab is used moments after it is built, and a packet
+// sent then can be lost (the bridge port is not forwarding yet); when the
+// lost packet is an ARP request, the kernel asks again only after a
+// second, and every flow to that backend stalls meanwhile: with keep-alive
+// clients, the other backends' connections then took all the work (a row
+// like 277/0/323). Afterwards h's neighbour entries are resolved.
+func (env *labEnv) reach(h *netlab.Host, bs []*backend) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, b := range bs {
+		for {
+			c, err := h.DialContext(ctx, "tcp", b.addr.String())
+			if err == nil {
+				_ = c.Close()
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("lab: %s cannot reach backend %v: %w", h.Name(), b.addr, err)
+			}
+		}
+	}
+	return nil
 }
 
 func (env *labEnv) close() {
@@ -157,6 +187,7 @@ func runL2LB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err != nil {
 		return result{}, err
 	}
+	go bal.Serve(ctx)
 	defer bal.Close()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -192,16 +223,14 @@ func runIPLB(ctx context.Context, cfg demoConfig, progress io.Writer) (result, e
 	if err != nil {
 		return result{}, err
 	}
-	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS())})
+	bal, err := iplb.New(iplb.Config{NetNS: int(env.lb.NS()), Services: []iplb.Service{{
+		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Key: balancer.Key{Source: balancer.KeyFlow}, Pool: pool,
+	}}})
 	if err != nil {
 		return result{}, err
 	}
+	go bal.Serve(ctx)
 	defer bal.Close()
-	if _, err := bal.AddService(iplb.Service{
-		Name: "demo", VIP: netip.AddrPortFrom(labVIP, 80), Mode: iplb.FullNAT, Pool: pool,
-	}); err != nil {
-		return result{}, err
-	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := bal.Sync(sctx); err != nil {

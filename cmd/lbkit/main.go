@@ -1,6 +1,8 @@
 // Command lbkit runs lbkit's load balancers.
 //
 //	lbkit demo [flags]   the classic experiment through every strategy
+//	lbkit serve [-config FILE]    run the load balancer from a configuration file
+//	lbkit validate -config FILE   check a configuration file, start nothing
 //
 // Run `lbkit demo -h` for the flags.
 package main
@@ -27,6 +29,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "demo":
 		return demoMain(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return serveMain(ctx, args[1:], stdout, stderr)
+	case "validate":
+		return validateMain(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -43,5 +49,8 @@ func usage(w io.Writer) {
 commands:
   demo    start backends on loopback and drive the classic experiment
           (10,000 requests at 1,000 concurrency) through every strategy
+  serve   run the load balancer from a configuration file (-config FILE;
+          without it, an embedded default with built-in backends)
+  validate  check a configuration file (-config FILE) and start nothing
 `)
 }

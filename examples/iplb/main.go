@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/maglev"
 	"github.com/lbkit/lbkit/internal/netlab"
 	"github.com/lbkit/lbkit/iplb"
 )
@@ -87,13 +88,23 @@ func run() error {
 		backends = append(backends, balancer.Backend{Addr: netip.AddrPortFrom(h.Addr4(), 8080), Weight: w})
 	}
 
-	lb, err := iplb.New(iplb.Config{NetNS: int(bal.NS())})
+	pool, err := balancer.New(balancer.Config{Builder: maglev.Builder{}})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := pool.Set(backends); err != nil {
+		return err
+	}
+	lb, err := iplb.New(iplb.Config{NetNS: int(bal.NS()), Services: []iplb.Service{{
+		Name: "web", VIP: vip, Key: balancer.MustParseKey("flow"), Pool: pool,
+	}}})
 	if err != nil {
 		return err
 	}
 	defer lb.Close()
-	pool, err := lb.AddService(iplb.Service{Name: "web", VIP: vip, Backends: backends})
-	if err != nil {
+	go lb.Serve(context.Background())
+	if err := lb.Sync(context.Background()); err != nil {
 		return err
 	}
 	fmt.Printf("service web on %v/tcp, gateway mode, backends weighted 1:1:2\n", vip)

@@ -107,6 +107,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	go bal.Serve(context.Background())
 	defer bal.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

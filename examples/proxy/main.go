@@ -77,8 +77,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	front := proxy.NewServer(p)
-	go front.Serve(ln)
+	front, err := proxy.NewServer(proxy.ServerConfig{Handler: p})
+	if err != nil {
+		return err
+	}
+	go front.Serve(context.Background(), ln)
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

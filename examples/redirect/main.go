@@ -16,6 +16,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/balancer/roundrobin"
 	"github.com/lbkit/lbkit/health"
 	"github.com/lbkit/lbkit/redirect"
 )
@@ -45,7 +47,10 @@ func serve(h http.Handler) (netip.AddrPort, func(), error) {
 }
 
 func run() error {
-	var targets []redirect.Target
+	// The pool is the only list of backends; each is redirected to as
+	// http://<addr> (a member's redirect.MetaURL metadata says otherwise).
+	pool := balancer.MustNew(balancer.Config{Name: "demo", Builder: roundrobin.Builder{}, Logger: slog.New(slog.DiscardHandler)})
+	defer pool.Close()
 	stops := map[netip.AddrPort]func(){}
 	for _, name := range []string{"alpha", "beta", "gamma"} {
 		addr, stop, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -56,17 +61,18 @@ func run() error {
 		}
 		defer stop()
 		stops[addr] = stop
-		targets = append(targets, redirect.Target{URL: "http://" + addr.String()})
+		if err := pool.Add(balancer.Backend{Addr: addr}); err != nil {
+			return err
+		}
 	}
 
 	h, err := redirect.New(redirect.Config{
-		Backends: targets,
-		Logger:   slog.New(slog.DiscardHandler),
+		Pool:   pool,
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		return err
 	}
-	defer h.Close()
 
 	// Active health checks keep the handler's pool in step: a TCP probe
 	// every 100 ms, one failure ejects.
@@ -116,7 +122,7 @@ func run() error {
 
 	// Take the first backend down and wait for the checker to eject it
 	// (within one probe interval).
-	down := netip.MustParseAddrPort(targets[0].URL[len("http://"):])
+	down := pool.Snapshot().Members[0].Addr()
 	stops[down]()
 	start := time.Now()
 	for ready := true; ready; {

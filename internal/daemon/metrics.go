@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/lbkit/lbkit/balancer"
 )
@@ -78,7 +79,7 @@ func newMetrics(pools poolSource) *Metrics {
 	m.reloads.WithLabelValues("failure")
 	m.reg.MustRegister(m.responses, m.duration, m.bytes, m.retries, m.rejected, m.reloads, m.lastSuccess, m.revision,
 		&poolCollector{pools: pools},
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -247,3 +247,33 @@ func (g *Group[C]) Shutdown(ctx context.Context, wake func(C)) error {
 	g.wg.Wait()
 	return err
 }
+
+// Run is Serve with the lifecycle every lbkit server documents: Serve
+// called on a stopped group returns cfg.Closed at once; the end of ctx
+// means Close (listeners and every connection closed, the group stopped
+// for good); and a Serve stopped by ctx, Shutdown or Close returns nil.
+// Only a failing listener makes it return an error.
+func (g *Group[C]) Run(ctx context.Context, ln net.Listener, cfg *Config[C]) error {
+	if g.closing.Load() {
+		ln.Close()
+		return cfg.Closed
+	}
+	err := g.Serve(ctx, ln, cfg)
+	if ctx.Err() != nil {
+		g.Close()
+		return nil
+	}
+	if errors.Is(err, cfg.Closed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops the group now: Shutdown with a context that has already
+// ended, so listeners and connections are closed at once. It waits for
+// the connections' Serve and Release to return. It is idempotent.
+func (g *Group[C]) Close() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	g.Shutdown(ctx, nil)
+}

@@ -10,7 +10,9 @@
  * loopback, answers the client directly. Everything else passes.
  *
  * Picking, as Katran does: a TCP SYN (without ACK) always picks from the
- * service's Maglev ring, so a new connection follows the current ring;
+ * service's Maglev ring (at the slot of the flow's hash, or of the
+ * client's address for services that hash it), so a new connection
+ * follows the current ring;
  * other packets use the connection table first and keep their backend
  * while it is up (also when it is drained: out of the ring, still up); a
  * cached backend that is down (failed) or no longer the service's is
@@ -47,16 +49,17 @@ static __always_inline __u32 vip_home(const __u64 *addr, __u32 tail)
 }
 
 /* find_service looks the flow's destination (address, port, protocol)
- * up in the vips map, probing from its home slot until it finds the key
- * or an empty slot, and returns the service's entry or 0. */
-static __always_inline struct vip_entry *find_service(const struct packet *p)
+ * up in the vips table that starts at slot base, probing from its home
+ * slot until it finds the key or an empty slot, and returns the service's
+ * entry or 0. */
+static __always_inline struct vip_entry *find_service(const struct packet *p, __u32 base)
 {
 	const __u64 *addr = &p->w[2];
 	__u32 tail = p->vip_tail;
 	__u32 mask = (1u << vip_bits) - 1;
 	__u32 slot = vip_home(addr, tail);
 	for (int i = 0; i < VIP_PROBES; i++) {
-		__u32 k = (slot + i) & mask;
+		__u32 k = base + ((slot + i) & mask);
 		struct vip_entry *e = bpf_map_lookup_elem(&vips, &k);
 		if (!e)
 			return 0;
@@ -100,7 +103,7 @@ int l2lb_xdp(struct xdp_md *ctx)
 	if (parse_packet(data, data_end, &pkt) < 0)
 		goto pass;
 
-	struct vip_entry *svc = find_service(&pkt);
+	struct vip_entry *svc = find_service(&pkt, cfg->flags & CONFIG_VIPS_B ? 1u << vip_bits : 0);
 	if (!svc)
 		goto pass;
 	__u32 sid = svc->service;
@@ -126,12 +129,16 @@ int l2lb_xdp(struct xdp_md *ctx)
 				g->conn_repicks++;
 		} else {
 			g->conn_misses++;
+			if (pkt.proto == IPPROTO_TCP)
+				g->conn_lost++;
 		}
 	} else {
 		g->conn_misses++;
 	}
 	if (!be) {
-		__u32 slot = sid * RING_SIZE + (__u32)(flow_hash(&pkt) % RING_SIZE);
+		struct service *conf = bpf_map_lookup_elem(&service_conf, &sid);
+		__u64 h = conf && (conf->flags & SERVICE_HASH_CLIENT) ? client_hash(&pkt, conf->mask) : flow_hash(&pkt);
+		__u32 slot = sid * RING_SIZE + (__u32)(h % RING_SIZE);
 		__u32 *ring = bpf_map_lookup_elem(&rings, &slot);
 		if (!ring)
 			goto no_backend;

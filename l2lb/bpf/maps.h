@@ -9,16 +9,22 @@
 #include "structs.h"
 
 /* Virtual services: (VIP, port, protocol) to service id, an open-addressed
- * hash table in an array (linear probing from the slot vip_slot names, at
+ * hash table in an array (linear probing from the slot vip_home names, at
  * most VIP_PROBES slots), so that a lookup costs a multiply and inlined
  * array reads rather than a hash map's jhash and call; frames to other
- * destinations usually end at their first, empty slot. It has 2^vip_bits
- * slots, at least 8 per service, so runs stay short. */
+ * destinations usually end at their first, empty slot. Each table has
+ * 2^vip_bits slots, at least 8 per service, so runs stay short.
+ *
+ * The map holds two tables: slots [0, 2^vip_bits) and [2^vip_bits,
+ * 2^(vip_bits+1)). The program reads the one config.flags names
+ * (CONFIG_VIPS_B); the control plane writes the other whole, then flips
+ * the flag, so a frame meets the old set of services or the new one,
+ * never a table half written. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct vip_entry);
-	__uint(max_entries, 1 << VIP_TABLE_BITS);
+	__uint(max_entries, 2 << VIP_TABLE_BITS);
 } vips SEC(".maps");
 
 /* log2 of the vips map's size; the control plane sets it at load time. */
@@ -32,6 +38,14 @@ struct {
 	__type(value, __u32);
 	__uint(max_entries, MAX_SERVICES * RING_SIZE);
 } rings SEC(".maps");
+
+/* Service settings by service id (struct service). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct service);
+	__uint(max_entries, MAX_SERVICES);
+} service_conf SEC(".maps");
 
 /* Backends by id. */
 struct {

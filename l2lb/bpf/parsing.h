@@ -127,4 +127,16 @@ static __always_inline __u64 flow_hash(const struct packet *p)
 	return h;
 }
 
+/* client_hash hashes the client's address under mask (two little-endian
+ * 64-bit words of the 16-byte form): h = CLIENT_HASH_SEED, then
+ * h = mix64(h ^ (word & mask)) for both words. The Go model (KeyHash)
+ * computes the same. */
+static __always_inline __u64 client_hash(const struct packet *p, const __u64 *mask)
+{
+	__u64 h = CLIENT_HASH_SEED;
+	h = mix64(h ^ (p->w[0] & mask[0]));
+	h = mix64(h ^ (p->w[1] & mask[1]));
+	return h;
+}
+
 #endif

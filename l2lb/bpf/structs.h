@@ -32,8 +32,16 @@
 /* backend.flags */
 #define BACKEND_UP 1 /* forward to this backend (its MAC is known) */
 
+/* CLIENT_HASH_SEED starts the client hash of services that hash the
+ * client's address. */
+#define CLIENT_HASH_SEED 0x6c326c62636c6e74ULL /* "l2lbclnt" */
+
+/* service.flags */
+#define SERVICE_HASH_CLIENT 1 /* pick by the client's address under mask, not the 5-tuple */
+
 /* config.flags */
-#define CONFIG_READY 1 /* the balancer's MAC is set: balance */
+#define CONFIG_READY 1  /* the balancer's MAC is set: balance */
+#define CONFIG_VIPS_B 2 /* look VIPs up in the second half of the vips map */
 
 /* A virtual service: destination address, port and protocol. IPv4
  * addresses are stored IPv4-mapped (::ffff:a.b.c.d), as Go's
@@ -50,6 +58,14 @@ struct vip_key {
 struct vip_entry {
 	struct vip_key key;
 	__u32 service;
+};
+
+/* A service's settings, by service id: read only when a flow picks from
+ * the ring. */
+struct service {
+	__u64 mask[2]; /* the bits of the client's address (as flow_key.src) SERVICE_HASH_CLIENT hashes */
+	__u32 flags;   /* SERVICE_HASH_CLIENT */
+	__u32 pad;
 };
 
 /* One backend: where frames for it go. */
@@ -105,6 +121,7 @@ struct global_counters {
 	__u64 conn_hits;    /* forwarded by the connection table */
 	__u64 conn_misses;  /* picked from the ring: new flow, or TCP SYN */
 	__u64 conn_repicks; /* the cached backend was down: picked again */
+	__u64 conn_lost;    /* TCP, not a SYN, no entry: evicted, or older than the program */
 };
 
 #endif
