@@ -38,10 +38,6 @@ import (
 // keeps its 64 KiB).
 const pipeSize = 1 << 20
 
-// yieldAfter is how long a loop with work runs before it parks for a
-// moment, so that the runtime polls the network for other goroutines.
-const yieldAfter = 500 * time.Microsecond
-
 // bufSize is the size of a loop's read buffer, and of the read after
 // which a direction switches to splice.
 const bufSize = 16 << 10
@@ -483,7 +479,6 @@ func (l *loop) run() {
 	var lnBatch []*fastListener
 	lastSweep := time.Now()
 	var deadline time.Duration // the tick the deadline is set for
-	busy := lastSweep          // when the loop last parked
 	for {
 		l.mu.Lock()
 		stop, tick := l.stop, l.tick
@@ -499,10 +494,9 @@ func (l *loop) run() {
 			}
 			l.file.SetReadDeadline(at)
 		}
-		var n, calls int
+		var n int
 		var werr error
 		err := raw.Read(func(fd uintptr) bool {
-			calls++
 			n, werr = sysEpollPoll(int(fd), events)
 			return n > 0 || werr != nil && werr != unix.EINTR
 		})
@@ -510,16 +504,6 @@ func (l *loop) run() {
 			panic(fmt.Sprintf("tcpproxy: epoll_wait: %v %v", err, werr)) // EBADF or EINVAL: a bug
 		}
 		now := time.Now()
-		if calls > 1 || err != nil {
-			busy = now // the loop parked: the runtime polled the network
-		} else if now.Sub(busy) > yieldAfter {
-			// A loop that always has work never parks, and the runtime
-			// polls the network only when a processor idles (or every
-			// 10 ms): other goroutines of the process waiting on sockets
-			// would wait that long. Parking for a moment lets it poll.
-			time.Sleep(time.Microsecond)
-			busy = time.Now()
-		}
 		nowNS := now.UnixNano()
 		batch = batch[:0]
 		lnBatch = lnBatch[:0]
