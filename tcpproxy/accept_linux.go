@@ -150,7 +150,14 @@ func (l *fastListener) acceptFrom(lp *loop) {
 		}
 		st := l.s.set.Load() // after accept: the settings the connection gets
 		if st.fast() {
-			l.s.startDirect(lp, st, nfd, client, l.local)
+			// Loops take connections in turn, whichever accepted them:
+			// the woken loop is most often the same one.
+			to, err := l.s.eng.loop()
+			if err != nil {
+				sysClose(nfd)
+				continue
+			}
+			l.s.startDirect(to, st, nfd, client, l.local)
 			continue
 		}
 		f := os.NewFile(uintptr(nfd), "")
