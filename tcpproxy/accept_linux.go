@@ -403,12 +403,13 @@ func (f *flow) period() time.Duration {
 
 // connecting serves an event on a direct flow's connecting backend.
 func (l *loop) connecting(f *flow, ev uint32, now int64) {
-	v, err := sysGetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && v != 0 {
-		err = syscall.Errno(v)
-	}
-	if err == nil && ev&unix.EPOLLOUT == 0 {
+	var err error
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 || ev&unix.EPOLLOUT == 0 {
+		// Failed; a clean writable event needs no asking.
 		err = unix.ECONNREFUSED
+		if v, gerr := sysGetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+			err = syscall.Errno(v)
+		}
 	}
 	if err != nil {
 		l.retry(f, fmt.Errorf("tcpproxy: dial %v: %w", f.ep.Addr(), os.NewSyscallError("connect", err)), now)
