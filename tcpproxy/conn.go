@@ -2,7 +2,9 @@ package tcpproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +30,7 @@ type conn struct {
 	mu      sync.Mutex
 	backend net.Conn
 	closed  bool
+	flow    *flow // set once an event loop owns the sockets
 }
 
 // Close closes both sides and cancels a dial in progress; it is
@@ -37,11 +40,21 @@ func (c *conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	if c.flow != nil {
+		c.flow.shut() // the loop closes the sockets
+		return nil
+	}
 	err := c.client.Close()
 	if c.backend != nil {
 		c.backend.Close()
 	}
 	return err
+}
+
+// closeConns closes both sides; the event loop that owned them calls it.
+func (c *conn) closeConns() {
+	c.client.Close()
+	c.backend.Close()
 }
 
 // setBackend records the backend side, or reports false (and closes b)
@@ -65,7 +78,12 @@ var headerReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 
 // handle proxies one client connection with the settings current when it
 // starts.
 func (s *Server) handle(c *conn) {
-	defer c.Close()
+	handed := false // to an event loop, which closes c
+	defer func() {
+		if !handed {
+			c.Close()
+		}
+	}()
 	st := s.set.Load()
 	client, local := addrPort(c.client.RemoteAddr()), addrPort(c.client.LocalAddr())
 
@@ -88,14 +106,42 @@ func (s *Server) handle(c *conn) {
 		early, _ = br.Peek(br.Buffered())
 	}
 
+	// TLS: terminated here, or the ClientHello read for its server name.
+	pool, down := st.cfg.Pool, c.client // down: where the client's bytes are read and written
+	var tlvs []proxyproto.TLV
+	switch {
+	case st.tls != nil:
+		tc, err := handshake(c, early, st.tls, st.header)
+		if err != nil {
+			st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
+			return
+		}
+		early, down = nil, tc
+		cs := tc.ConnectionState()
+		pool = route(st.routes, cs.ServerName, pool)
+		if cs.NegotiatedProtocol != "" {
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.TypeALPN, Value: []byte(cs.NegotiatedProtocol)})
+		}
+		if cs.ServerName != "" {
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.TypeAuthority, Value: []byte(cs.ServerName)})
+		}
+	case st.routes != nil:
+		name, read, err := peekHello(c.client, io.MultiReader(bytes.NewReader(early), c.client), st.header)
+		if err != nil {
+			st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
+			return
+		}
+		early, pool = read, route(st.routes, name, pool)
+	}
+
 	info := st.cfg.Key.Flow(balancer.TCP, client, local)
-	backend, ep, slot, connect, err := s.connect(c.ctx, st, info)
+	backend, ep, slot, connect, err := s.connect(c.ctx, st, pool, info)
 	if err != nil {
 		st.log.Debug("tcpproxy: client connection dropped", "client", client, "err", err)
 		return
 	}
-	defer slot.Add(-1)
 	if !c.setBackend(backend) {
+		slot.Add(-1)
 		ep.Done(nil, connect) // closed by Close or Shutdown: not the backend's fault
 		return
 	}
@@ -103,10 +149,14 @@ func (s *Server) handle(c *conn) {
 		var buf [proxyproto.V1MaxLen]byte // fits v1 and v2 without TLVs
 		b := buf[:0]
 		if v != 0 {
-			h := proxyproto.Header{Version: v, Transport: proxyproto.TCP, Source: client, Destination: local}
+			h := headerFor(v, client, local)
+			if v == proxyproto.V2 {
+				h.TLVs = tlvs
+			}
 			b = h.Append(b)
 		}
 		if _, err := backend.Write(append(b, early...)); err != nil {
+			slot.Add(-1)
 			ep.Done(fmt.Errorf("tcpproxy: write to %v: %w", ep.Addr(), err), connect)
 			return
 		}
@@ -115,10 +165,50 @@ func (s *Server) handle(c *conn) {
 	// backend however it ends: a reset or an idle timeout mid-stream
 	// cannot be told apart from the client's doing (HAProxy's "observe
 	// layer4" judges connects the same way).
-	if err := pipe(c.client, backend, st.idle); err != nil {
-		st.log.Debug("tcpproxy: connection ended", "client", client, "backend", ep.Addr(), "err", err)
+	done := func(err error) {
+		slot.Add(-1)
+		if err != nil {
+			st.log.Debug("tcpproxy: connection ended", "client", client, "backend", ep.Addr(), "err", err)
+		}
+		ep.Done(nil, connect)
 	}
-	ep.Done(nil, connect)
+	if dc, ok := down.(*net.TCPConn); ok {
+		if bc, ok := backend.(*net.TCPConn); ok && s.handOff(c, dc, bc, st.idle, done) {
+			handed = true
+			return
+		}
+	}
+	done(pipe(down, backend, st.idle))
+}
+
+// handshake terminates TLS on c's client connection within timeout (or
+// until c is closed); early are client bytes already read.
+func handshake(c *conn, early []byte, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	raw := c.client
+	if len(early) > 0 {
+		raw = &prefixConn{Conn: c.client, r: io.MultiReader(bytes.NewReader(early), c.client)}
+	}
+	tc := tls.Server(raw, cfg)
+	c.client.SetDeadline(time.Now().Add(timeout))
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		return nil, fmt.Errorf("tcpproxy: TLS handshake: %w", err)
+	}
+	return tc, c.client.SetDeadline(time.Time{})
+}
+
+// prefixConn is a connection whose reads come from r: bytes already read
+// from Conn, then Conn.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// headerFor is the PROXY header of version v naming client, which
+// connected to local.
+func headerFor(v proxyproto.Version, client, local netip.AddrPort) proxyproto.Header {
+	return proxyproto.Header{Version: v, Transport: proxyproto.TCP, Source: client, Destination: local}
 }
 
 // readHeader reads the client's PROXY header through br within timeout.
@@ -131,17 +221,17 @@ func readHeader(c net.Conn, br *bufio.Reader, timeout time.Duration) (proxyproto
 	return h, c.SetReadDeadline(time.Time{})
 }
 
-// connect picks and dials backends until one accepts, trying up to
+// connect picks from pool and dials backends until one accepts, trying up to
 // st.attempts distinct ones. It returns the connection, its endpoint (with
 // Start called), the per-backend count holding its slot and the connect
 // time. A failed dial is reported to the endpoint (and so to passive
 // health), unless it failed because the server is stopping.
-func (s *Server) connect(ctx context.Context, st *settings, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, *atomic.Int64, time.Duration, error) {
+func (s *Server) connect(ctx context.Context, st *settings, pool *balancer.Pool, info balancer.PickInfo) (net.Conn, *balancer.Endpoint, *atomic.Int64, time.Duration, error) {
 	var tried [8]netip.AddrPort
 	triedList := tried[:0]
 	lastErr := ErrNoBackend
 	for attempt := 0; attempt < st.attempts; attempt++ {
-		ep := pickUntried(st.cfg.Pool, info, triedList)
+		ep := pickUntried(pool, info, triedList)
 		if ep == nil {
 			break
 		}

@@ -25,8 +25,21 @@
 // it ends, as HAProxy judges layer-4 traffic. End of input on one
 // side is passed on as a half-close, so request-then-reply protocols work;
 // a connection on which neither side sent anything for
-// [Config.IdleTimeout] is closed. Between two TCP sockets the copy uses
-// splice(2) on Linux.
+// [Config.IdleTimeout] is closed.
+//
+// # Engine
+//
+// On Linux, connections run on event loops, one per CPU, each an epoll
+// set the Go runtime polls for it: given a *net.TCPListener, the loops
+// accept (accept4), connect to backends without blocking and copy both
+// ways, small reads through the loop's one buffer with read and write,
+// streams with splice(2) through pipes from a shared free list. A
+// connection holds no goroutine, and no buffer or pipe while idle; its
+// system calls skip the runtime's bookkeeping, as none of them can block.
+// Connections that need the net package (AcceptProxyProtocol, TLS,
+// Routes) are dialed on a goroutine and then copied on the loops too
+// unless TLS is terminated. Elsewhere, and for other listeners, each
+// connection runs on goroutines, with splice between TCP sockets.
 //
 // # PROXY protocol
 //
@@ -36,6 +49,16 @@
 // every client, for a server behind another proxy or load balancer: the
 // header's addresses then stand for the client's, in the key and in the
 // header sent on.
+//
+// # TLS
+//
+// [Config.Routes] sends TLS connections to other pools by the server name
+// (SNI) of their ClientHello, without terminating: the proxy reads the
+// hello with crypto/tls's own parser, picks the pool and forwards every
+// byte untouched. [Config.TLS] terminates TLS instead, with certificates
+// from files (reloaded by Update, picked by SNI), session tickets that
+// survive Updates and ALPN; the server name and protocol agreed reach the
+// backend in a PROXY v2 header.
 //
 // # Lifecycle and runtime change
 //

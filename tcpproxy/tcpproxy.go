@@ -2,12 +2,14 @@ package tcpproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +50,26 @@ type Config struct {
 	// needed) and never closes it: the pool belongs to its creator.
 	Pool *balancer.Pool
 
+	// Routes sends a TLS connection to another pool by the server name
+	// its ClientHello asks for (SNI), without terminating TLS: the proxy
+	// reads the ClientHello (within HeaderTimeout), picks the pool and
+	// forwards the hello and the rest of the stream untouched. Keys are
+	// server names, matched without regard to case, or wildcards
+	// ("*.example.com" matches one more label); an exact key wins.
+	// Connections without a server name, with one that matches no key, or
+	// that are not TLS go to Pool. With Routes set a client must speak
+	// first, as TLS clients do: one that sends nothing for HeaderTimeout
+	// is closed. With TLS set the name the handshake agreed routes
+	// instead. The proxy follows these pools like Pool and never closes
+	// them.
+	Routes map[string]*balancer.Pool
+	// TLS, when not nil, terminates TLS on client connections with its
+	// certificates (read again by every Update) and forwards the
+	// decrypted stream to backends. Session resumption (tickets) is on
+	// and survives Updates. The handshake must finish within
+	// HeaderTimeout.
+	TLS *TLS
+
 	// Key says how a connection's pick key is derived. The zero value is
 	// no key: the pool's policy picks freely. A client key ("client",
 	// "client/24") hashes the client's address under its prefix, so a
@@ -68,6 +90,14 @@ type Config struct {
 	// for that long (detected between IdleTimeout and twice it). Zero
 	// means DefaultIdleTimeout; negative disables it.
 	IdleTimeout time.Duration
+	// KeepAlive is the TCP keep-alive idle time (and probe interval) of
+	// both sockets of a connection: the backend's always, the client's
+	// when the server listens itself with [Server.ListenAndServe] (a
+	// listener given to Serve keeps its own setting). Zero or negative
+	// means no keep-alive probes, as HAProxy's default: IdleTimeout
+	// already ends connections whose peer vanished, and Go's default
+	// probes cost four setsockopt calls per socket.
+	KeepAlive time.Duration
 	// MaxConnsPerBackend caps this proxy's open connections to each
 	// backend. A full backend is skipped for another; when all tried are
 	// full the client connection is closed. Zero means no limit.
@@ -107,10 +137,13 @@ type settings struct {
 	idle     time.Duration
 	header   time.Duration
 	limit    int64
+	routes   map[string]*balancer.Pool // lower-case keys
+	tls      *tls.Config
 }
 
-// newSettings validates cfg and applies its defaults.
-func newSettings(cfg Config) (*settings, error) {
+// newSettings validates cfg and applies its defaults; keys are the
+// server's TLS session ticket keys.
+func newSettings(cfg Config, keys [][32]byte) (*settings, error) {
 	switch {
 	case cfg.Pool == nil:
 		return nil, errors.New("tcpproxy: Config.Pool is required")
@@ -132,13 +165,38 @@ func newSettings(cfg Config) (*settings, error) {
 		header:   orDefault(cfg.HeaderTimeout, DefaultHeaderTimeout),
 		limit:    int64(cfg.MaxConnsPerBackend),
 	}
+	for name, pool := range cfg.Routes {
+		if pool == nil {
+			return nil, fmt.Errorf("tcpproxy: Routes[%q] has no pool", name)
+		}
+		if s.routes == nil {
+			s.routes = make(map[string]*balancer.Pool, len(cfg.Routes))
+		}
+		s.routes[strings.ToLower(strings.TrimSuffix(name, "."))] = pool
+	}
+	if cfg.TLS != nil {
+		var err error
+		if s.tls, err = loadTLS(cfg.TLS, keys); err != nil {
+			return nil, err
+		}
+	}
 	s.dialer.Timeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
+	s.dialer.KeepAlive = keepAlive(cfg.KeepAlive)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	s.log = log.With("pool", cfg.Pool.Name())
 	return s, nil
+}
+
+// keepAlive maps Config.KeepAlive to the net package's KeepAlive fields,
+// where zero means Go's default probes and negative none.
+func keepAlive(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 // orDefault returns v, or def when v is zero.
@@ -154,26 +212,34 @@ func orDefault[T comparable](v, def T) T {
 // from a [balancer.Pool], connects to it (another backend if that fails)
 // and copies bytes both ways, with half-close, idle timeout, per-backend
 // connection limits, PROXY protocol headers to backends and from clients,
-// and graceful drain. Between two *net.TCPConn the copy uses splice(2) on
-// Linux, so payload does not pass through user space.
+// TLS routing or termination, and graceful drain. On Linux its
+// connections run on event loops (see the package documentation).
 //
 // All methods are safe for concurrent use. Serve blocks until the server
-// stops; each connection runs on its own goroutines.
+// stops.
 type Server struct {
-	set atomic.Pointer[settings]
+	set  atomic.Pointer[settings]
+	keys [][32]byte // TLS session ticket keys, kept across Updates
 
 	counts sync.Map // netip.AddrPort → *atomic.Int64: open connections per backend
 
 	g serve.Group[*conn]
+
+	eng     engine // event loops for established connections
+	fmu     sync.Mutex
+	flows   map[*flow]struct{} // connections the loops own
+	fidle   chan struct{}      // closed when flows empties
+	fclosed bool               // no more flows: the server stopped
 }
 
 // New validates cfg and returns a server that is not yet serving.
 func New(cfg Config) (*Server, error) {
-	st, err := newSettings(cfg)
+	keys := newTicketKeys()
+	st, err := newSettings(cfg, keys)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{}
+	s := &Server{keys: keys}
 	s.set.Store(st)
 	return s, nil
 }
@@ -187,7 +253,7 @@ func New(cfg Config) (*Server, error) {
 // running keep the logger it started with. An invalid cfg returns an
 // error and changes nothing.
 func (s *Server) Update(cfg Config) error {
-	st, err := newSettings(cfg)
+	st, err := newSettings(cfg, s.keys)
 	if err != nil {
 		return err
 	}
@@ -207,9 +273,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	if s.g.Closing() {
 		return ErrServerClosed
 	}
-	ln, err := serve.Listen(ctx, "tcpproxy", addr)
+	lc := net.ListenConfig{KeepAlive: keepAlive(s.set.Load().cfg.KeepAlive)}
+	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("tcpproxy: %w", err)
 	}
 	return s.Serve(ctx, ln)
 }
@@ -228,6 +295,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
+	if tl, ok := ln.(*net.TCPListener); ok {
+		if fl := s.fastListener(tl); fl != nil {
+			ln = fl
+		}
+	}
 	err := s.g.Serve(ctx, ln, &serve.Config[*conn]{
 		Name:      "tcpproxy",
 		Closed:    errStopped,
@@ -262,7 +334,11 @@ func temporary(err error) bool {
 // otherwise. It does not close the pool. Shutdown may be called more than
 // once, and before, during or after Serve.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.g.Shutdown(ctx, nil)
+	err := s.g.Shutdown(ctx, nil)
+	if err2 := s.waitFlows(ctx); err == nil {
+		err = err2
+	}
+	return err
 }
 
 // Close stops the server now: it closes every listener and connection
@@ -273,6 +349,7 @@ func (s *Server) Close() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_ = s.g.Shutdown(ctx, nil) // ctx.Err() when connections were open: expected
+	_ = s.waitFlows(ctx)
 	return nil
 }
 

@@ -789,3 +789,16 @@ func TestUpdateConcurrent(t *testing.T) {
 		assert.Contains(t, []proxyproto.Version{0, proxyproto.V1, proxyproto.V2}, h.Version)
 	}
 }
+
+// TestKeepAliveOffByDefault: keep-alive probes (four setsockopt calls per
+// socket in Go's default) are off unless Config.KeepAlive asks for them.
+func TestKeepAliveOffByDefault(t *testing.T) {
+	pool := newPool(t, nil)
+	st, err := newSettings(Config{Pool: pool}, nil)
+	require.NoError(t, err)
+	assert.Negative(t, st.dialer.KeepAlive, "no probes on backend sockets")
+	assert.Negative(t, keepAlive(0))
+	st, err = newSettings(Config{Pool: pool, KeepAlive: 30 * time.Second}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 30*time.Second, st.dialer.KeepAlive)
+}

@@ -1,0 +1,654 @@
+//go:build linux
+
+package tcpproxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lbkit/lbkit/balancer"
+)
+
+// The engine moves bytes between established client and backend TCP
+// sockets on a few event loops, one per CPU, instead of two goroutines
+// per connection: each loop waits in epoll (level-triggered) for the
+// sockets of its connections and splices what one sends into the other
+// through a pipe taken from a shared free list only while bytes are in
+// flight. An idle connection holds no goroutine, no buffer and no pipe:
+// its state is a flow (a few hundred bytes) in its loop's table.
+//
+// The sockets stay *net.TCPConn, dialed and accepted by the net package;
+// the loops use their descriptors, which stay valid because only the
+// loop closes the connections (Close from elsewhere shuts the sockets
+// down, which wakes the loop). The event loop was measured against the
+// two-goroutine splice pipe on this work (benchmarks/tcpproxy_test.go):
+// see the package's README rows.
+
+// pipeSize is what one splice moves at most, and the capacity pipes are
+// given (as the net package does; a pipe whose size cannot be raised
+// keeps its 64 KiB).
+const pipeSize = 1 << 20
+
+// bufSize is the size of a loop's read buffer, and of the read after
+// which a direction switches to splice.
+const bufSize = 16 << 10
+
+// firstBufs hold the first read of connections being handed to a loop.
+var firstBufs = sync.Pool{New: func() any { return new([bufSize]byte) }}
+
+// bulk is the size of a read after which a direction reads again at
+// once rather than returning to the loop: a stream in full flow costs one
+// failed read per burst instead of one wait per pipeful.
+const bulk = 16 << 10
+
+// maxFreePipes bounds the shared free list of pipes; more are closed.
+const maxFreePipes = 256
+
+// pipes is the free list of empty pipes, each [read end, write end].
+var pipes struct {
+	sync.Mutex
+	free [][2]int
+}
+
+func getPipe() ([2]int, error) {
+	pipes.Lock()
+	if n := len(pipes.free); n > 0 {
+		p := pipes.free[n-1]
+		pipes.free = pipes.free[:n-1]
+		pipes.Unlock()
+		return p, nil
+	}
+	pipes.Unlock()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return p, os.NewSyscallError("pipe2", err)
+	}
+	unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, pipeSize)
+	return p, nil
+}
+
+// putPipe returns an empty pipe to the free list.
+func putPipe(p [2]int) {
+	pipes.Lock()
+	if len(pipes.free) < maxFreePipes {
+		pipes.free = append(pipes.free, p)
+		pipes.Unlock()
+		return
+	}
+	pipes.Unlock()
+	closePipe(p)
+}
+
+func closePipe(p [2]int) {
+	unix.Close(p[0])
+	unix.Close(p[1])
+}
+
+// half is one direction of a flow: bytes read from one socket and
+// written to the other.
+type half struct {
+	pipe    [2]int
+	hasPipe bool
+	n       int    // bytes in the pipe not yet written
+	more    bool   // the last read was large: read on before waiting
+	pend    []byte // read but not yet written (no pipe)
+	stream  bool   // a read filled the buffer: splice from now on
+	eof     bool   // the source sent FIN
+	done    bool   // EOF passed on as a half-close
+}
+
+// flow is a proxied connection owned by a loop: index 0 is the client
+// side, 1 the backend side; half[0] copies client to backend.
+type flow struct {
+	l      *loop
+	conns  [2]*net.TCPConn // nil for a direct flow, which owns fd
+	fd     [2]int          // a direct flow's change under mu
+	mu     sync.Mutex      // a direct flow's fd and closed, for shut
+	closed bool
+	dial   *dialing // a direct flow's, until connected
+
+	ep      *balancer.Endpoint // a direct flow's backend
+	slot    *atomic.Int64
+	connect time.Duration
+	reg     [2]uint32 // events each socket is registered for
+	half    [2]half
+	idle    time.Duration
+	last    int64 // unix nanoseconds of the last byte moved (loop time)
+	end     func(error)
+	abort   atomic.Bool
+}
+
+// newFlow returns a flow over client and backend, or an error when their
+// descriptors cannot be had.
+func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) (*flow, error) {
+	f := &flow{conns: [2]*net.TCPConn{client, backend}, idle: idle, end: end, last: time.Now().UnixNano()}
+	for i, c := range f.conns {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		if err := raw.Control(func(fd uintptr) { f.fd[i] = int(fd) }); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// pump moves what direction d's source has to its destination until the
+// source has nothing more for now, the destination is full, or EOF was
+// passed on. Small reads go through buf (the loop's, shared by all its
+// flows) with read and write, which for a few hundred bytes costs less
+// than a pipe; once a read fills buf the direction carries a stream and
+// switches to splice for good. Bytes the destination cannot take yet are
+// kept: in the pipe, or copied out of buf.
+func (f *flow) pump(d int, now int64, buf []byte) error {
+	h := &f.half[d]
+	src, dst := f.fd[d], f.fd[1-d]
+	for !h.done {
+		if h.n > 0 {
+			m, err := sysSplice(h.pipe[0], dst, h.n)
+			if err == unix.EAGAIN {
+				return nil // the loop waits for dst to drain
+			}
+			if err != nil {
+				return fmt.Errorf("tcpproxy: splice: %w", os.NewSyscallError("splice", err))
+			}
+			h.n -= int(m)
+			if h.n > 0 {
+				continue
+			}
+			if !h.eof && !h.more {
+				putPipe(h.pipe)
+				h.hasPipe = false
+				return nil // level-triggered: the loop hears of more
+			}
+		}
+		if len(h.pend) > 0 {
+			m, err := sysWrite(dst, h.pend)
+			if err == unix.EAGAIN {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("tcpproxy: %w", os.NewSyscallError("write", err))
+			}
+			if h.pend = h.pend[m:]; len(h.pend) > 0 {
+				continue
+			}
+			h.pend = nil
+			if !h.eof {
+				return nil
+			}
+		}
+		if h.eof {
+			h.done = true
+			if f.half[1-d].done {
+				return nil // both ways over: closing sends the FIN
+			}
+			if err := sysShutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+				return fmt.Errorf("tcpproxy: half-close: %w", os.NewSyscallError("shutdown", err))
+			}
+			return nil
+		}
+		if !h.stream {
+			m, err := sysRead(src, buf)
+			if err == unix.EAGAIN {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err))
+			}
+			if m == 0 {
+				h.eof = true
+				continue
+			}
+			f.last = now
+			h.stream = m == len(buf)
+			w, err := sysWrite(dst, buf[:m])
+			if err == unix.EAGAIN {
+				w, err = 0, nil
+			}
+			if err != nil {
+				return fmt.Errorf("tcpproxy: %w", os.NewSyscallError("write", err))
+			}
+			if w < m {
+				h.pend = append([]byte(nil), buf[w:m]...)
+				return nil
+			}
+			if !h.stream {
+				return nil
+			}
+			continue
+		}
+		if !h.hasPipe {
+			p, err := getPipe()
+			if err != nil {
+				return fmt.Errorf("tcpproxy: pipe: %w", err)
+			}
+			h.pipe, h.hasPipe = p, true
+		}
+		m, err := sysSplice(src, h.pipe[1], pipeSize)
+		if err == unix.EAGAIN {
+			putPipe(h.pipe)
+			h.hasPipe = false
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("tcpproxy: splice: %w", os.NewSyscallError("splice", err))
+		}
+		if m == 0 {
+			h.eof = true
+			continue
+		}
+		h.n = int(m)
+		h.more = m >= bulk
+		f.last = now
+	}
+	return nil
+}
+
+// pending reports whether h holds bytes its destination did not take yet.
+func (h *half) pending() bool { return h.n > 0 || len(h.pend) > 0 }
+
+// want returns the events socket i must be registered for: readable while
+// its direction reads, writable while the other direction has bytes
+// waiting for it. A socket wanted for nothing is registered one-shot, as
+// a hang-up (reported whatever was asked: a socket shut both ways with
+// bytes still queued) must wake the loop once, not at every wait.
+func (f *flow) want(i int) uint32 {
+	ev := uint32(unix.EPOLLONESHOT)
+	if h := &f.half[i]; !h.done && !h.eof && !h.pending() {
+		ev = unix.EPOLLIN
+	}
+	if f.half[1-i].pending() {
+		ev = ev&^unix.EPOLLONESHOT | unix.EPOLLOUT
+	}
+	return ev
+}
+
+// finished reports whether both directions passed EOF on.
+func (f *flow) finished() bool { return f.half[0].done && f.half[1].done }
+
+// release closes what the flow holds of the engine's: its pipes.
+func (f *flow) release() {
+	for i := range f.half {
+		if h := &f.half[i]; h.hasPipe {
+			if h.n == 0 {
+				putPipe(h.pipe)
+			} else {
+				closePipe(h.pipe)
+			}
+			h.hasPipe = false
+		}
+	}
+}
+
+// shut wakes f's loop to end it: shutting the sockets down makes them
+// report a hang-up. It runs on any goroutine; the descriptors cannot be
+// closed under it, since Control holds them.
+func (f *flow) shut() {
+	f.abort.Store(true)
+	if f.conns[0] == nil {
+		f.mu.Lock()
+		if !f.closed {
+			for _, fd := range f.fd {
+				if fd >= 0 {
+					sysShutdown(fd, unix.SHUT_RDWR)
+				}
+			}
+		}
+		f.mu.Unlock()
+		return
+	}
+	for _, c := range f.conns {
+		if raw, err := c.SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) { sysShutdown(int(fd), unix.SHUT_RDWR) })
+		}
+	}
+}
+
+// loop is one event loop.
+type loop struct {
+	epfd, evfd int
+	file       *os.File // epfd, for the runtime's poller
+	buf        []byte   // for small reads, shared by the loop's flows
+
+	mu    sync.Mutex
+	flows map[int32]*flow // by socket descriptor, both sides
+	lns   map[int32]*fastListener
+	tick  time.Duration // how often idle flows are looked for; 0: never
+	stop  bool
+}
+
+// engine is a server's set of loops, started with its first flow and
+// stopped, for good, once the server stopped and its flows ended.
+type engine struct {
+	mu      sync.Mutex
+	started bool
+	err     error // why there are no loops
+	loops   []*loop
+	next    uint32
+	wg      sync.WaitGroup
+}
+
+// loop returns a loop to add a flow to, starting the loops the first
+// time, or an error when the engine cannot run (or was stopped).
+func (e *engine) loop() (*loop, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.started {
+		e.started = true
+		for range runtime.GOMAXPROCS(0) {
+			l, err := newLoop()
+			if err != nil {
+				e.err = err
+				e.stopLocked()
+				break
+			}
+			e.loops = append(e.loops, l)
+			e.wg.Go(l.run)
+		}
+	}
+	if e.err != nil {
+		return nil, e.err
+	}
+	e.next++
+	return e.loops[e.next%uint32(len(e.loops))], nil
+}
+
+// all returns every loop, starting them if need be.
+func (e *engine) all() ([]*loop, error) {
+	if _, err := e.loop(); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return nil, e.err
+	}
+	return e.loops, nil
+}
+
+// stop ends the loops (their flows must have ended) and waits for them.
+func (e *engine) stop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.started = true
+	if e.err == nil {
+		e.err = errAborted
+	}
+	e.stopLocked()
+}
+
+func (e *engine) stopLocked() {
+	for _, l := range e.loops {
+		l.mu.Lock()
+		l.stop = true
+		l.mu.Unlock()
+		l.wake()
+	}
+	e.wg.Wait()
+	e.loops = nil
+}
+
+func newLoop() (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	file := os.NewFile(uintptr(epfd), "epoll") // nonblocking: the runtime polls it
+	if err := file.SetReadDeadline(time.Time{}); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("tcpproxy: epoll descriptor not pollable: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		file.Close()
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := sysEpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		file.Close()
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return &loop{epfd: epfd, file: file, evfd: evfd, flows: make(map[int32]*flow),
+		lns: make(map[int32]*fastListener), buf: make([]byte, bufSize)}, nil
+}
+
+// wake interrupts the loop's wait.
+func (l *loop) wake() {
+	one := [8]byte{1}
+	unix.Write(l.evfd, one[:])
+}
+
+// add registers f with the loop, which owns it from then on.
+func (l *loop) add(f *flow) error {
+	f.l = l
+	l.mu.Lock()
+	if l.stop {
+		l.mu.Unlock()
+		return errAborted
+	}
+	l.flows[int32(f.fd[0])] = f
+	l.flows[int32(f.fd[1])] = f
+	l.setTick(f.period())
+	for i := range f.fd {
+		f.reg[i] = f.want(i)
+		ev := unix.EpollEvent{Events: f.reg[i], Fd: int32(f.fd[i])}
+		if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[i], &ev); err != nil {
+			delete(l.flows, int32(f.fd[0]))
+			delete(l.flows, int32(f.fd[1]))
+			if i == 1 {
+				sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[0], nil)
+			}
+			l.mu.Unlock()
+			return os.NewSyscallError("epoll_ctl", err)
+		}
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// run waits for events and serves them until stopped. The loop's epoll
+// descriptor is itself waited for in the Go runtime's poller, so a loop
+// with nothing to do parks like any goroutine blocked on a socket instead
+// of holding a thread in epoll_wait; the epoll_wait calls here never
+// block.
+func (l *loop) run() {
+	defer unix.Close(l.evfd)
+	defer l.file.Close() // the epoll descriptor
+	raw, err := l.file.SyscallConn()
+	if err != nil {
+		panic(fmt.Sprintf("tcpproxy: epoll descriptor: %v", err)) // checked by newLoop
+	}
+	events := make([]unix.EpollEvent, 128)
+	batch := make([]*flow, 0, 128)
+	var lnBatch []*fastListener
+	lastSweep := time.Now()
+	var deadline time.Duration // the tick the deadline is set for
+	for {
+		l.mu.Lock()
+		stop, tick := l.stop, l.tick
+		l.mu.Unlock()
+		if stop {
+			return
+		}
+		if tick != deadline {
+			deadline = tick
+			var at time.Time
+			if tick > 0 {
+				at = lastSweep.Add(tick)
+			}
+			l.file.SetReadDeadline(at)
+		}
+		var n int
+		var werr error
+		err := raw.Read(func(fd uintptr) bool {
+			n, werr = sysEpollPoll(int(fd), events)
+			return n > 0 || werr != nil && werr != unix.EINTR
+		})
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) || werr != nil && werr != unix.EINTR {
+			panic(fmt.Sprintf("tcpproxy: epoll_wait: %v %v", err, werr)) // EBADF or EINVAL: a bug
+		}
+		now := time.Now()
+		nowNS := now.UnixNano()
+		batch = batch[:0]
+		lnBatch = lnBatch[:0]
+		l.mu.Lock()
+		for _, ev := range events[:n] {
+			batch = append(batch, l.flows[ev.Fd])
+			if ln := l.lns[ev.Fd]; ln != nil {
+				lnBatch = append(lnBatch, ln)
+			}
+		}
+		l.mu.Unlock()
+		for _, ln := range lnBatch {
+			ln.acceptFrom(l)
+		}
+		for i, ev := range events[:n] {
+			if ev.Fd == int32(l.evfd) {
+				var buf [8]byte
+				unix.Read(l.evfd, buf[:])
+				continue
+			}
+			if f := batch[i]; f != nil {
+				l.serve(f, int(ev.Fd), ev.Events, nowNS)
+			}
+		}
+		if tick > 0 && now.Sub(lastSweep) >= tick {
+			lastSweep = now
+			deadline = -1 // set again from the new sweep
+			l.sweep(nowNS)
+		}
+	}
+}
+
+// serve handles events ev on socket fd of f.
+func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
+	if f.l == nil {
+		return // ended earlier in this batch
+	}
+	if f.abort.Load() {
+		l.end(f, errAborted)
+		return
+	}
+	if f.dial != nil {
+		l.connecting(f, ev, now)
+		return
+	}
+	i := 0
+	if fd == f.fd[1] {
+		i = 1
+	}
+	if ev&unix.EPOLLERR != 0 {
+		err := unix.ECONNRESET
+		if v, gerr := sysGetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+			err = syscall.Errno(v)
+		}
+		l.end(f, fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err)))
+		return
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 {
+		if err := f.pump(i, now, l.buf); err != nil {
+			l.end(f, err)
+			return
+		}
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP) != 0 && f.half[1-i].pending() {
+		if err := f.pump(1-i, now, l.buf); err != nil {
+			l.end(f, err)
+			return
+		}
+	}
+	if f.finished() {
+		l.end(f, nil)
+		return
+	}
+	l.register(f)
+}
+
+// register brings f's registrations in line with what it wants.
+func (l *loop) register(f *flow) {
+	for i := range f.fd {
+		if w := f.want(i); w != f.reg[i] {
+			f.reg[i] = w
+			e := unix.EpollEvent{Events: w, Fd: int32(f.fd[i])}
+			if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &e); err != nil {
+				l.end(f, os.NewSyscallError("epoll_ctl", err))
+				return
+			}
+		}
+	}
+}
+
+// sweep ends flows idle for their IdleTimeout and recomputes the tick.
+func (l *loop) sweep(now int64) {
+	var idle, late []*flow
+	l.mu.Lock()
+	tick := time.Duration(0)
+	for fd, f := range l.flows {
+		switch {
+		case f.dial != nil:
+			if now >= f.dial.deadline {
+				late = append(late, f)
+				continue
+			}
+		case int32(f.fd[0]) != fd || f.idle <= 0:
+			continue // seen by its client socket, or never idle
+		case time.Duration(now-f.last) >= f.idle:
+			idle = append(idle, f)
+			continue
+		}
+		if t := f.period(); t > 0 && (tick == 0 || t < tick) {
+			tick = t
+		}
+	}
+	l.tick = tick
+	l.mu.Unlock()
+	for _, f := range idle {
+		l.end(f, fmt.Errorf("tcpproxy: connection idle for %v: %w", f.idle, os.ErrDeadlineExceeded))
+	}
+	for _, f := range late {
+		if f.l == nil || f.dial == nil {
+			continue
+		}
+		l.retry(f, fmt.Errorf("tcpproxy: dial %v: %w", f.ep.Addr(), os.ErrDeadlineExceeded), now)
+		if f.l != nil && f.dial != nil { // connecting again: keep looking
+			l.mu.Lock()
+			l.setTick(f.period())
+			l.mu.Unlock()
+		}
+	}
+}
+
+// end removes f from the loop and ends it with err.
+func (l *loop) end(f *flow, err error) {
+	l.mu.Lock()
+	delete(l.flows, int32(f.fd[0]))
+	delete(l.flows, int32(f.fd[1]))
+	l.mu.Unlock()
+	f.l = nil
+	f.release()
+	f.end(err) // closes the sockets, which leaves the epoll set
+}
+
+// firstPump passes on what the client sent before the flow joins its
+// loop (on the goroutine handing it over).
+func (f *flow) firstPump() error {
+	buf := firstBufs.Get().(*[bufSize]byte)
+	defer firstBufs.Put(buf)
+	return f.pump(0, time.Now().UnixNano(), buf[:])
+}
