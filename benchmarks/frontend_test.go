@@ -46,7 +46,8 @@ import (
 // LBKIT_BENCH_MODES (default "keepalive,close"), LBKIT_BENCH_IDLE (idle
 // connections, default 9000: HAProxy cannot take 10,000 under a
 // descriptor limit of 20,000; 0 skips), LBKIT_BENCH_PEERS (default
-// "lbkit,nginx,haproxy"). A missing wrk, nginx or HAProxy skips its part
+// "lbkit,nginx,haproxy"; "lbkit-goroutines" adds lbkit's servers on
+// their portable goroutine-per-connection path). A missing wrk, nginx or HAProxy skips its part
 // unless CI is set, when it fails.
 
 const feIdleWait = 2 * time.Second
@@ -108,11 +109,14 @@ func feBackends(b *testing.B, bin string, body int) []string {
 	return addrs
 }
 
-func feStartLbkit(b *testing.B, bin string, backs []string, redirect bool) (string, int) {
+func feStartLbkit(b *testing.B, bin string, backs []string, redirect, goroutines bool) (string, int) {
 	addr := pxFreeAddr(b)
 	args := []string{"-listen", addr, "-backends", strings.Join(backs, ",")}
 	if redirect {
 		args = append(args, "-redirect")
+	}
+	if goroutines {
+		args = append(args, "-goroutines")
 	}
 	if p := os.Getenv(pxProfileEnv); p != "" {
 		args = append(args, "-cpuprofile", fmt.Sprintf("%s.%d", p, time.Now().UnixNano()))
@@ -493,7 +497,9 @@ func BenchmarkFrontEndProxy(b *testing.B) {
 			t := feTarget{name: p}
 			switch p {
 			case "lbkit":
-				t.fresh = func() (string, int) { return feStartLbkit(b, bin, backs, false) }
+				t.fresh = func() (string, int) { return feStartLbkit(b, bin, backs, false, false) }
+			case "lbkit-goroutines":
+				t.fresh = func() (string, int) { return feStartLbkit(b, bin, backs, false, true) }
 			case "nginx":
 				if !feNeed(b, pxNginx, "nginx-light") {
 					continue
@@ -518,7 +524,10 @@ func BenchmarkFrontEndProxy(b *testing.B) {
 // `return 302`; see the comment at the top of this file.
 func BenchmarkFrontEndRedirect(b *testing.B) {
 	bin, _ := feStart(b)
-	ts := []feTarget{{name: "lbkit", fresh: func() (string, int) { return feStartLbkit(b, bin, redirBackends, true) }}}
+	ts := []feTarget{{name: "lbkit", fresh: func() (string, int) { return feStartLbkit(b, bin, redirBackends, true, false) }}}
+	if slices.Contains(feEnvList("LBKIT_BENCH_PEERS", "lbkit,nginx,haproxy"), "lbkit-goroutines") {
+		ts = append(ts, feTarget{name: "lbkit-goroutines", fresh: func() (string, int) { return feStartLbkit(b, bin, redirBackends, true, true) }})
+	}
 	if feNeed(b, pxNginx, "nginx-light") {
 		ts = append(ts, feTarget{name: "nginx", fresh: func() (string, int) { return feStartNginx(b, redirBackends, true) }})
 	}

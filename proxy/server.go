@@ -194,7 +194,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // they run; it returns nil when connections cannot park here.
 func (s *Server) startPollerLocked() *evloop.Poller[clientConn] {
 	if s.poll == nil && !s.pollFail {
-		p, err := evloop.New(func(pc *clientConn) { pc.unpark() })
+		p, err := evloop.New((*clientConn).ready)
 		if err != nil {
 			s.pollFail = true
 			return nil
@@ -279,10 +279,12 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Parking states of a clientConn.
+// Parking states of a clientConn (see internal/evloop).
 const (
 	pcRunning = iota // a goroutine owns the connection
-	pcParked         // armed in the poller, no goroutine
+	pcParking        // its goroutine reads once more before parking
+	pcPending        // bytes arrived while parking: read again
+	pcParked         // no goroutine: the poller or Shutdown resumes it
 )
 
 // clientConn is what the server keeps per client connection: all an idle
@@ -294,6 +296,7 @@ type clientConn struct {
 	rc     syscall.RawConn // nil: the connection never parks
 	poll   *evloop.Poller[clientConn]
 	fd     int
+	added  bool // fd is in the poller's set
 	remote string
 	dl     time.Time // the read deadline last set, kept while parked
 	resume func()    // serves the connection again after it parked
@@ -317,6 +320,26 @@ func (pc *clientConn) Close() error {
 func (pc *clientConn) unpark() {
 	if pc.state.CompareAndSwap(pcParked, pcRunning) {
 		go pc.resume()
+	}
+}
+
+// ready is the poller's news that bytes arrived: it resumes a parked
+// connection and tells one that is parking to read again.
+func (pc *clientConn) ready() {
+	for {
+		switch pc.state.Load() {
+		case pcParked:
+			if pc.state.CompareAndSwap(pcParked, pcRunning) {
+				go pc.resume()
+				return
+			}
+		case pcParking:
+			if pc.state.CompareAndSwap(pcParking, pcPending) {
+				return
+			}
+		default:
+			return
+		}
 	}
 }
 
@@ -410,7 +433,7 @@ func (s *Server) releaseConn(pc *clientConn) {
 		s.putConn(pc.sc)
 		pc.sc = nil
 	}
-	if pc.rc != nil {
+	if pc.poll != nil {
 		pc.poll.Forget(pc.fd, pc)
 		s.pmu.Lock()
 		s.stopPollerLocked(false) // the last connection of a stopped Serve
@@ -472,14 +495,12 @@ func (sc *srvConn) serve() bool {
 			n, err := 0, errWouldBlock
 			if pc.rc != nil {
 				// Read what is there; park when nothing is.
-				n, err = sc.tryRead()
-				if err == errWouldBlock {
-					if sc.park(now) {
-						return true
-					}
-					if s.g.Closing() {
-						return false
-					}
+				n, err = sc.readOrPark(now)
+				switch err {
+				case errParked:
+					return true
+				case errClosing:
+					return false
 				}
 			}
 			if err == errWouldBlock {
@@ -504,7 +525,11 @@ func (sc *srvConn) serve() bool {
 	}
 }
 
-var errWouldBlock = errors.New("proxy: would block")
+var (
+	errWouldBlock = errors.New("proxy: would block")
+	errParked     = errors.New("proxy: parked")
+	errClosing    = errors.New("proxy: closing")
+)
 
 // rawRead reads once from fd without waiting; it is sc.readFn.
 func (sc *srvConn) rawRead(fd uintptr) bool {
@@ -529,26 +554,42 @@ func (sc *srvConn) tryRead() (int, error) {
 	return sc.rn, nil
 }
 
-// park arms the connection in the server's poller and gives sc back to
-// the pool: it reports true then, and the caller must return at once.
-// It reports false when the connection could not park (the caller reads
-// it on this goroutine) or when the server is closing and the connection
-// is still this goroutine's.
-func (sc *srvConn) park(now time.Time) bool {
+// readOrPark reads what the client sent into sc.first or, when nothing
+// is there, parks the connection: errParked then, when sc went back to
+// the pool and the caller must return at once. errWouldBlock means the
+// connection cannot park (read it on this goroutine); errClosing that
+// the server is closing and the connection is still this goroutine's.
+func (sc *srvConn) readOrPark(now time.Time) (int, error) {
 	s, pc := sc.s, sc.pc
-	pc.dl, pc.sc = sc.dl, nil
-	pc.since.Store(now.UnixNano())
-	pc.state.Store(pcParked)
-	if err := pc.poll.Arm(pc.fd, pc); err != nil || s.g.Closing() {
-		if pc.state.CompareAndSwap(pcParked, pcRunning) {
-			pc.sc = sc
-			return false
+	for {
+		pc.state.Store(pcParking)
+		if !pc.added {
+			if err := pc.poll.Add(pc.fd, pc); err != nil {
+				pc.state.Store(pcRunning)
+				pc.rc = nil // never again
+				return 0, errWouldBlock
+			}
+			pc.added = true
 		}
-		// Closed, woken or timed out meanwhile: it was resumed on
-		// another goroutine, which takes new request state.
+		n, err := sc.tryRead()
+		if err != errWouldBlock {
+			pc.state.Store(pcRunning)
+			return n, err
+		}
+		pc.dl, pc.sc = sc.dl, nil
+		pc.since.Store(now.UnixNano())
+		if pc.state.CompareAndSwap(pcParking, pcParked) {
+			// Another goroutine may own the connection from here.
+			if s.g.Closing() && pc.state.CompareAndSwap(pcParked, pcRunning) {
+				pc.sc = sc
+				return 0, errClosing
+			}
+			s.putConn(sc)
+			return 0, errParked
+		}
+		// Bytes arrived meanwhile.
+		pc.sc = sc
 	}
-	s.putConn(sc)
-	return true
 }
 
 // serveOne reads, forwards and answers one request. It reports whether
@@ -852,6 +893,11 @@ func (sc *srvConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	sc.hijacked = true
+	if pc := sc.pc; pc != nil && pc.added {
+		// The handler owns the connection now: no more events.
+		pc.poll.Remove(pc.fd, pc)
+		pc.added = false
+	}
 	sc.c.SetReadDeadline(time.Time{})
 	return sc.c, bufio.NewReadWriter(sc.br, bufio.NewWriter(sc.c)), nil
 }

@@ -106,24 +106,27 @@ func (p *Poller[T]) slot(fd int, grow bool) *atomic.Pointer[T] {
 	return &c[fd&(chunkSize-1)]
 }
 
-// ErrRange is returned by Arm for a descriptor too large for the table.
+// ErrRange is returned by Add for a descriptor too large for the table.
 var ErrRange = errors.New("evloop: descriptor out of range")
 
-// Arm records v as fd's owner and waits, once, for fd to turn readable
-// or hung up: then the poller calls ready(v). The caller must own fd
-// (keep it open) while arming; if Arm fails, nothing will call ready.
-func (p *Poller[T]) Arm(fd int, v *T) error {
+// Add records v as fd's owner and watches fd, edge-triggered, from now
+// until fd is closed: the poller calls ready(v) whenever bytes arrive or
+// the peer hangs up (and at once if bytes are waiting), whatever v's
+// state, so ready must ignore a connection that is not parked. The
+// caller must own fd (keep it open) while adding; if Add fails, nothing
+// will call ready.
+func (p *Poller[T]) Add(fd int, v *T) error {
 	s := p.slot(fd, true)
 	if s == nil {
 		return ErrRange
 	}
 	s.Store(v)
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd)}
-	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
-	if err == unix.ENOENT {
-		if err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err == unix.EEXIST {
-			err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
-		}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	if err == unix.EEXIST {
+		// The descriptor's number was watched for a connection that
+		// closed while being added: replace its registration.
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 	}
 	if err != nil {
 		s.CompareAndSwap(v, nil)
@@ -138,6 +141,14 @@ func (p *Poller[T]) Arm(fd int, v *T) error {
 func (p *Poller[T]) Forget(fd int, v *T) {
 	if s := p.slot(fd, false); s != nil {
 		s.CompareAndSwap(v, nil)
+	}
+}
+
+// Remove stops watching fd for v: Forget, and the descriptor leaves the
+// epoll set (for a connection handed over while still open).
+func (p *Poller[T]) Remove(fd int, v *T) {
+	if s := p.slot(fd, false); s != nil && s.CompareAndSwap(v, nil) {
+		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	}
 }
 

@@ -37,59 +37,72 @@ func pair(t *testing.T) (server, client net.Conn) {
 	return server, client
 }
 
-// TestArmReportsOncePerArm: an armed descriptor is reported when bytes
-// arrive, once, and again only after it is armed again; a hang-up is
-// reported too; a forgotten record is not.
-func TestArmReportsOncePerArm(t *testing.T) {
+func noReport(t *testing.T, ready chan *rec, why string) {
+	t.Helper()
+	select {
+	case got := <-ready:
+		t.Fatalf("%s: %q reported", why, got.name)
+	case <-time.After(20 * time.Millisecond):
+	}
+}
+
+// TestAddReportsArrivals: an added descriptor is reported whenever bytes
+// arrive (at once if they wait already) and when the peer hangs up; a
+// forgotten or removed one is not.
+func TestAddReportsArrivals(t *testing.T) {
 	ready := make(chan *rec, 8)
 	p, err := New(func(r *rec) { ready <- r })
 	require.NoError(t, err)
 	defer p.Close()
 	s, c := pair(t)
 	r := &rec{"a"}
-	fd := fdOf(t, s)
-	require.NoError(t, p.Arm(fd, r))
-	select {
-	case <-ready:
-		t.Fatal("reported before any byte arrived")
-	case <-time.After(20 * time.Millisecond):
-	}
+	require.NoError(t, p.Add(fdOf(t, s), r))
+	noReport(t, ready, "before any byte arrived")
 	c.Write([]byte("x"))
 	assert.Same(t, r, <-ready)
 	c.Write([]byte("y"))
-	select {
-	case <-ready:
-		t.Fatal("reported twice for one Arm")
-	case <-time.After(20 * time.Millisecond):
-	}
-	// Armed again with bytes waiting: reported at once.
-	require.NoError(t, p.Arm(fd, r))
-	assert.Same(t, r, <-ready)
+	assert.Same(t, r, <-ready, "every arrival is reported")
 
 	s2, c2 := pair(t)
+	c2.Write([]byte("waiting"))
 	r2 := &rec{"b"}
-	require.NoError(t, p.Arm(fdOf(t, s2), r2))
+	require.Eventually(t, func() bool {
+		n, _ := s2.(*net.TCPConn).SyscallConn()
+		var avail bool
+		n.Read(func(fd uintptr) bool {
+			b := make([]byte, 1)
+			k, _, _ := syscall.Recvfrom(int(fd), b, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			avail = k > 0
+			return true
+		})
+		return avail
+	}, time.Second, time.Millisecond)
+	require.NoError(t, p.Add(fdOf(t, s2), r2))
+	assert.Same(t, r2, <-ready, "bytes waiting when added")
 	c2.Close()
 	assert.Same(t, r2, <-ready, "a hang-up is reported")
 
 	s3, c3 := pair(t)
 	r3 := &rec{"c"}
-	require.NoError(t, p.Arm(fdOf(t, s3), r3))
+	require.NoError(t, p.Add(fdOf(t, s3), r3))
 	p.Forget(fdOf(t, s3), r3)
 	c3.Write([]byte("z"))
-	select {
-	case got := <-ready:
-		t.Fatalf("forgotten record %q reported", got.name)
-	case <-time.After(20 * time.Millisecond):
-	}
+	noReport(t, ready, "forgotten")
+
+	s4, c4 := pair(t)
+	r4 := &rec{"d"}
+	require.NoError(t, p.Add(fdOf(t, s4), r4))
+	p.Remove(fdOf(t, s4), r4)
+	c4.Write([]byte("z"))
+	noReport(t, ready, "removed")
 }
 
-// TestArmOutOfRange: a descriptor beyond the table is refused.
-func TestArmOutOfRange(t *testing.T) {
+// TestAddOutOfRange: a descriptor beyond the table is refused.
+func TestAddOutOfRange(t *testing.T) {
 	p, err := New(func(*rec) {})
 	require.NoError(t, err)
 	defer p.Close()
-	assert.ErrorIs(t, p.Arm(-1, &rec{}), ErrRange)
-	assert.ErrorIs(t, p.Arm(chunkSize*maxChunks, &rec{}), ErrRange)
+	assert.ErrorIs(t, p.Add(-1, &rec{}), ErrRange)
+	assert.ErrorIs(t, p.Add(chunkSize*maxChunks, &rec{}), ErrRange)
 	require.NoError(t, p.Close())
 }

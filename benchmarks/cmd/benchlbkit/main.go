@@ -1,7 +1,9 @@
 // Command benchlbkit runs lbkit's raw HTTP front-ends for the side-by-side
 // benchmarks (benchmarks/frontend_test.go) in their own process:
 // proxy.Server over a round-robin pool of -backends, or, with -redirect,
-// redirect.Server answering 302 to one of them. It runs until its
+// redirect.Server answering 302 to one of them; with -goroutines on a
+// listener that is not a *net.TCPListener, which selects the servers'
+// portable goroutine-per-connection path. It runs until its
 // standard input closes. With -cpuprofile it writes a CPU profile.
 package main
 
@@ -28,14 +30,18 @@ func main() {
 	backends := flag.String("backends", "", "comma-separated backend addresses")
 	redir := flag.Bool("redirect", false, "serve redirect.Server instead of proxy.Server")
 	profile := flag.String("cpuprofile", "", "write a CPU profile to this file")
+	goroutines := flag.Bool("goroutines", false, "hide the listener's type: the servers' portable path, a goroutine per connection")
 	flag.Parse()
-	if err := run(*listen, *backends, *redir, *profile); err != nil {
+	if err := run(*listen, *backends, *redir, *goroutines, *profile); err != nil {
 		fmt.Fprintln(os.Stderr, "benchlbkit:", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, backends string, redir bool, profile string) error {
+// plainListener hides a *net.TCPListener's type.
+type plainListener struct{ net.Listener }
+
+func run(listen, backends string, redir, goroutines bool, profile string) error {
 	log := slog.New(slog.DiscardHandler)
 	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
 	defer pool.Close()
@@ -53,6 +59,9 @@ func run(listen, backends string, redir bool, profile string) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
+	}
+	if goroutines {
+		ln = plainListener{ln}
 	}
 	if profile != "" {
 		f, err := os.Create(profile)
