@@ -36,8 +36,10 @@ const (
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Server serves HTTP/1.1 clients with an [HTTP] proxy without net/http's
-// server: one goroutine per client connection, no goroutine per request,
-// a strict request parser, and responses written from the backend's bytes
+// server: a goroutine per client connection only while it has a request
+// in flight (an idle kept-alive connection is parked on an epoll set with
+// no goroutine and no buffer; see [Server.Serve]), none per request, a
+// strict request parser, and responses written from the backend's bytes
 // straight into the connection's buffer. The forwarding itself — picking,
 // retries, limits and queue, passive health, sticky cookies, forwarding
 // headers, hop-by-hop stripping, 502/503/504 — is the handler's, shared
