@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -299,6 +300,7 @@ type clientConn struct {
 	poll   *evloop.Poller[clientConn]
 	fd     int
 	added  bool // fd is in the poller's set
+	busy   bool // requests come often: wait on the goroutine first
 	remote string
 	dl     time.Time // the read deadline last set, kept while parked
 	resume func()    // serves the connection again after it parked
@@ -448,6 +450,11 @@ func (s *Server) releaseConn(pc *clientConn) {
 func (s *Server) serveConn(pc *clientConn) bool {
 	sc := pc.sc
 	if sc == nil {
+		if pc.rc != nil {
+			// Resumed: a request within parkAfter of the last makes the
+			// connection busy, kept on a goroutine between requests.
+			pc.busy = time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+		}
 		sc = s.takeConn(pc)
 	}
 	if sc.serve() {
@@ -485,9 +492,15 @@ func (sc *srvConn) serve() bool {
 			// and busy connections share warm buffers.
 			sc.release()
 			// The idle deadline moves only when it drifted by an eighth
-			// of IdleTimeout: most requests then set no timer.
+			// of its span: most requests then set no timer. A busy
+			// connection waits on its goroutine for up to parkAfter, then
+			// parks.
 			now := time.Now()
-			if want := now.Add(idleTimeout); sc.dl.IsZero() || drifted(want, sc.dl, idleTimeout) {
+			wait, parkLater := idleTimeout, false
+			if pc.rc != nil && pc.busy && parkAfter < idleTimeout {
+				wait, parkLater = parkAfter, true
+			}
+			if want := now.Add(wait); sc.dl.IsZero() || drifted(want, sc.dl, wait) {
 				c.SetReadDeadline(want)
 				sc.dl = want
 			}
@@ -495,7 +508,7 @@ func (sc *srvConn) serve() bool {
 				return false
 			}
 			n, err := 0, errWouldBlock
-			if pc.rc != nil {
+			if pc.rc != nil && !parkLater {
 				// Read what is there; park when nothing is.
 				n, err = sc.readOrPark(now)
 				switch err {
@@ -513,6 +526,19 @@ func (sc *srvConn) serve() bool {
 				}
 				n, err = c.Read(sc.first[:])
 				pc.idle.Store(false)
+				if parkLater && err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !s.g.Closing() {
+					// Idle for parkAfter: park, with the sweeper
+					// bounding the rest of IdleTimeout.
+					pc.busy = false
+					sc.dl = time.Time{}
+					c.SetReadDeadline(sc.dl)
+					switch n, err = sc.readOrPark(time.Now().Add(-parkAfter)); err {
+					case errParked:
+						return true
+					case errClosing:
+						return false
+					}
+				}
 			}
 			if err != nil {
 				return false
@@ -526,6 +552,13 @@ func (sc *srvConn) serve() bool {
 		}
 	}
 }
+
+// parkAfter is how long a busy connection waits for its next request on
+// its goroutine before it parks. A connection is busy when a request came
+// within parkAfter of its parking: resuming a connection costs more than
+// a goroutine waiting in the runtime's poller, but an idle one should
+// not hold a goroutine for long.
+const parkAfter = 2 * time.Second
 
 var (
 	errWouldBlock = errors.New("proxy: would block")

@@ -149,3 +149,25 @@ func TestServerServeAgainAfterListenerFails(t *testing.T) {
 	}
 	require.NoError(t, srv.Close())
 }
+
+// TestServerBusyConnectionsParkLater: a connection whose request comes
+// soon after it parked waits for the next one on its goroutine (cheaper
+// than parking for every request) and parks after parkAfter.
+func TestServerBusyConnectionsParkLater(t *testing.T) {
+	b := startBackend(t, "a")
+	srv := newServer(t, ServerConfig{Handler: newTestHTTP(t, b)})
+	addr := serveFast(t, srv)
+	idleClients(t, addr, 1)
+	base := runtime.NumGoroutine()
+	const n = 50
+	conns, brs := idleClients(t, addr, n)
+	for i, c := range conns {
+		roundTripOn(t, c, brs[i]) // within parkAfter: busy
+	}
+	assert.GreaterOrEqual(t, runtime.NumGoroutine(), base+n*8/10, "busy connections wait on their goroutines")
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+n/10 }, parkAfter+3*time.Second, 10*time.Millisecond,
+		"goroutines: %d before, %d with %d idle connections", base, runtime.NumGoroutine(), n)
+	for i, c := range conns {
+		roundTripOn(t, c, brs[i])
+	}
+}
