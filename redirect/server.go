@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -266,6 +267,7 @@ type clientConn struct {
 	poll   *evloop.Poller[clientConn]
 	fd     int
 	added  bool // fd is in the poller's set
+	busy   bool // requests come often: wait on the goroutine first
 	peer   netip.Addr
 	resume func() // serves the connection again after it parked
 	sc     *srvConn
@@ -433,6 +435,11 @@ func (s *Server) serveConn(c net.Conn) {
 func (s *Server) serveClient(pc *clientConn) bool {
 	sc := pc.sc
 	if sc == nil {
+		if pc.rc != nil {
+			// Resumed: a request within parkAfter of the last makes the
+			// connection busy, kept on a goroutine between requests.
+			pc.busy = time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+		}
 		sc = s.takeConn(pc)
 	}
 	if sc.serve() {
@@ -477,6 +484,13 @@ func (sc *srvConn) rawRead(fd uintptr) bool {
 	return true
 }
 
+// parkAfter is how long a busy connection waits for its next request on
+// its goroutine before it parks. A connection is busy when a request came
+// within parkAfter of its parking: resuming a connection costs more than
+// a goroutine waiting in the runtime's poller, but an idle one should
+// not hold a goroutine for long.
+const parkAfter = 2 * time.Second
+
 var (
 	errWouldBlock = errors.New("redirect: would block")
 	errParked     = errors.New("redirect: parked")
@@ -488,7 +502,7 @@ var (
 // pool and the caller must return at once. errWouldBlock means the
 // connection cannot park (read it on this goroutine); errClosing that the
 // server is closing and the connection is still this goroutine's.
-func (sc *srvConn) readOrPark() error {
+func (sc *srvConn) readOrPark(now time.Time) error {
 	s, pc := sc.s, sc.pc
 	for {
 		pc.state.Store(pcParking)
@@ -508,7 +522,7 @@ func (sc *srvConn) readOrPark() error {
 			return err
 		}
 		pc.sc = nil
-		pc.since.Store(time.Now().UnixNano())
+		pc.since.Store(now.UnixNano())
 		if pc.state.CompareAndSwap(pcParking, pcParked) {
 			// Another goroutine may own the connection from here.
 			if s.g.Closing() && pc.state.CompareAndSwap(pcParked, pcRunning) {
@@ -536,7 +550,14 @@ func (sc *srvConn) serve() bool {
 			// Bound the flush and the wait for the next request, then
 			// look at closing again: Shutdown may have set its own
 			// deadline just before ours replaced it.
-			c.SetDeadline(time.Now().Add(idleTimeout))
+			now := time.Now()
+			c.SetDeadline(now.Add(idleTimeout))
+			// A busy connection waits on its goroutine for up to
+			// parkAfter, then parks.
+			parkLater := sc.pc.rc != nil && sc.pc.busy && parkAfter < idleTimeout
+			if parkLater {
+				c.SetReadDeadline(now.Add(parkAfter))
+			}
 			if s.g.Closing() {
 				return false
 			}
@@ -547,9 +568,9 @@ func (sc *srvConn) serve() bool {
 				sc.out = sc.out[:0]
 			}
 			err := errWouldBlock
-			if sc.pc.rc != nil {
+			if sc.pc.rc != nil && !parkLater {
 				// Read what is there; park when nothing is.
-				switch err = sc.readOrPark(); err {
+				switch err = sc.readOrPark(now); err {
 				case errParked:
 					return true
 				case errClosing:
@@ -558,6 +579,18 @@ func (sc *srvConn) serve() bool {
 			}
 			if err == errWouldBlock {
 				_, err = sc.br.Peek(1)
+				if parkLater && err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !s.g.Closing() {
+					// Idle for parkAfter: park, with the sweeper
+					// bounding the rest of IdleTimeout.
+					sc.pc.busy = false
+					c.SetReadDeadline(time.Time{})
+					switch err = sc.readOrPark(time.Now().Add(-parkAfter)); err {
+					case errParked:
+						return true
+					case errClosing:
+						return false
+					}
+				}
 			}
 			if err != nil {
 				return false

@@ -146,3 +146,25 @@ func TestServerPlainListener(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.NoError(t, <-done)
 }
+
+// TestServerBusyConnectionsParkLater: a connection whose request comes
+// soon after it parked waits for the next one on its goroutine and parks
+// after parkAfter.
+func TestServerBusyConnectionsParkLater(t *testing.T) {
+	s, addr, done := parkServe(t, ServerConfig{}, false)
+	redirIdle(t, addr, 1)
+	base := runtime.NumGoroutine()
+	const n = 50
+	conns, brs := redirIdle(t, addr, n)
+	for i, c := range conns {
+		redirRoundTrip(t, c, brs[i]) // within parkAfter: busy
+	}
+	assert.GreaterOrEqual(t, runtime.NumGoroutine(), base+n*8/10, "busy connections wait on their goroutines")
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+n/10 }, parkAfter+3*time.Second, 10*time.Millisecond,
+		"goroutines: %d before, %d with %d idle connections", base, runtime.NumGoroutine(), n)
+	for i, c := range conns {
+		redirRoundTrip(t, c, brs[i])
+	}
+	require.NoError(t, s.Close())
+	require.NoError(t, <-done)
+}
