@@ -531,9 +531,18 @@ type HTTP struct {
 	// is retried on another member (say 502, 503, 504). Default: none
 	// (only connection failures are retried).
 	RetryStatuses []int `yaml:"retry_statuses"`
-	// RetryBudget is the time after which no new try begins. Default:
-	// 10s.
-	RetryBudget time.Duration `yaml:"retry_budget"`
+	// RetryTimeout is the time after a request started past which no new
+	// try begins. Default: 10s.
+	RetryTimeout time.Duration `yaml:"retry_timeout"`
+	// RetryBudget limits the retries in flight to a share of the requests
+	// in flight, Envoy's retry_budget, so that in an outage retries add at
+	// most that share to the load however many clients retry. A retry
+	// over the budget is not made. Default: none.
+	RetryBudget *RetryBudget `yaml:"retry_budget"`
+	// Circuit holds circuit breakers (Envoy's thresholds) for the pool as
+	// a whole and for each member: work over a threshold is refused at
+	// once with 503. Default: none.
+	Circuit *Circuit `yaml:"circuit"`
 	// RetryBufferBytes buffers request bodies up to this size so they can
 	// be retried. Default: 0 (bodies are not replayed).
 	RetryBufferBytes int64 `yaml:"retry_buffer_bytes"`
@@ -562,6 +571,29 @@ type HTTP struct {
 	MaxIdleConns int `yaml:"max_idle_conns"`
 	// TLS, when set, serves HTTPS. Default: plain HTTP.
 	TLS *TLS `yaml:"tls"`
+}
+
+// RetryBudget is Envoy's retry budget.
+type RetryBudget struct {
+	// Percent is the share, in percent of the requests in flight, that
+	// retries in flight may reach. Required, in (0, 100].
+	Percent float64 `yaml:"percent"`
+	// MinConcurrency is the number of retries in flight always allowed,
+	// however few requests are in flight. Default: 3.
+	MinConcurrency int `yaml:"min_concurrency"`
+}
+
+// Circuit is a listener's circuit breakers.
+type Circuit struct {
+	// MaxRequests caps the requests in flight to the pool. Default: 0
+	// (no limit).
+	MaxRequests int `yaml:"max_requests"`
+	// MaxRetries caps the retries in flight to the pool. Default: 0 (no
+	// limit).
+	MaxRetries int `yaml:"max_retries"`
+	// MemberMaxRequests caps the requests in flight to each member.
+	// Default: 0 (no limit).
+	MemberMaxRequests int `yaml:"member_max_requests"`
 }
 
 // Route sends matching requests to a pool.

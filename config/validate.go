@@ -757,6 +757,17 @@ func (d *decoder) http(h *HTTP, pools map[string]*Pool) {
 	if h.RetryBufferBytes < 0 {
 		d.errAt(at2(&h.RetryBufferBytes, h), "retry_buffer_bytes: %d is negative", h.RetryBufferBytes)
 	}
+	if b := h.RetryBudget; b != nil {
+		if b.Percent <= 0 || b.Percent > 100 {
+			d.errAt(at2(&b.Percent, b), "retry_budget: percent %v must be in (0, 100]", b.Percent)
+		}
+		d.nonNegative(&b.MinConcurrency, b, "min_concurrency")
+	}
+	if c := h.Circuit; c != nil {
+		d.nonNegative(&c.MaxRequests, c, "max_requests")
+		d.nonNegative(&c.MaxRetries, c, "max_retries")
+		d.nonNegative(&c.MemberMaxRequests, c, "member_max_requests")
+	}
 	d.nonNegative(&h.MaxConns, h, "max_conns")
 	d.nonNegative(&h.MaxQueue, h, "max_queue")
 	d.nonNegative(&h.MaxIdleConns, h, "max_idle_conns")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/maglev"
@@ -206,4 +207,73 @@ func ExampleUpdater() {
 	// [198.18.0.2:443]
 	// true
 	// [198.18.0.2:443]
+}
+
+// A zone signed online and open to transfers: a secondary (here a
+// miekg/dns client) transfers the zone with TSIG, and a validating
+// resolver's DO query gets the answer with its RRSIG. In production the
+// key comes from BIND key files with LoadKey, and Notify names the
+// secondaries.
+func Example_signedAndTransferred() {
+	pool := balancer.MustNew(balancer.Config{Name: "web", Builder: roundrobin.Builder{}})
+	defer pool.Close()
+	pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort("198.18.0.1:443")})
+	key, err := dnslb.GenerateKey("example.test.", dns.ED25519)
+	if err != nil {
+		log.Fatal(err)
+	}
+	xfr := dnslb.TSIGKey{Name: "xfr.", Secret: "eGZyLWtleS1mb3ItbGJraXQtdGVzdHMtb25seSE="}
+	srv, err := dnslb.New(dnslb.Config{
+		Zones: []dnslb.Zone{{Origin: "example.test.", Keys: []dnslb.SigningKey{key},
+			Records: "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n"}},
+		Services:      []dnslb.Service{{Name: "www.example.test.", Pool: pool}},
+		TransferPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		TransferKeys:  []dnslb.TSIGKey{xfr},
+		Logger:        slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	udp, tcp, err := dnslb.Listen(context.Background(), "127.0.0.1:0", 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- srv.Serve(context.Background(), udp, []net.Listener{tcp}) }()
+
+	m := new(dns.Msg)
+	m.SetAxfr("example.test.")
+	m.SetTsig(xfr.Name, dns.HmacSHA256, 300, time.Now().Unix())
+	tr := &dns.Transfer{TsigSecret: map[string]string{xfr.Name: xfr.Secret}}
+	ch, err := tr.In(m, tcp.Addr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	var types []string
+	for env := range ch {
+		if env.Error != nil {
+			log.Fatal(env.Error)
+		}
+		for _, rr := range env.RR {
+			types = append(types, rr.Header().Name+" "+dns.TypeToString[rr.Header().Rrtype])
+		}
+	}
+	fmt.Println("AXFR:", types)
+
+	m = new(dns.Msg)
+	m.SetQuestion("www.example.test.", dns.TypeA)
+	m.SetEdns0(1232, true)
+	r, err := dns.Exchange(m, udp[0].LocalAddr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, rr := range r.Answer {
+		fmt.Println(rr.Header().Name, dns.TypeToString[rr.Header().Rrtype])
+	}
+	srv.Shutdown(context.Background())
+	<-done
+	// Output:
+	// AXFR: [example.test. SOA example.test. NS ns1.example.test. A www.example.test. A example.test. SOA]
+	// www.example.test. A
+	// www.example.test. RRSIG
 }

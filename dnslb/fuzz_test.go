@@ -252,3 +252,54 @@ func signedUpdate(t testing.TB, name, addr string) []byte {
 	require.NoError(t, err)
 	return b
 }
+
+// FuzzSignedQuery feeds arbitrary bytes to a signed zone with wildcards
+// and delegations: no panic, and every response parses, is a response
+// with the query's ID, and over UDP fits what the query allowed.
+func FuzzSignedQuery(f *testing.F) {
+	k, err := GenerateKey("example.test.", dns.ED25519)
+	require.NoError(f, err)
+	s, err := New(Config{
+		Zones:    []Zone{{Origin: "example.test.", Records: cutZone + "cnsub IN CNAME www.sub\n", Keys: []SigningKey{k}}},
+		Services: []Service{{Name: "svc.example.test.", Pool: newPool(f, nil, be("198.18.0.1:80"), be("[2001:db8::1]:80"))}},
+		Logger:   quiet,
+	})
+	require.NoError(f, err)
+	for _, seed := range [][]byte{
+		packQuery(f, "svc.example.test.", dns.TypeA, withDO),
+		packQuery(f, "a.b.wild.example.test.", dns.TypeTXT, withDO),
+		packQuery(f, "x.cnw.example.test.", dns.TypeA, withDO),
+		packQuery(f, "www.secure.example.test.", dns.TypeA, withDO),
+		packQuery(f, "cnsub.example.test.", dns.TypeA, withDO),
+		packQuery(f, "sub.example.test.", dns.TypeDS, withDO),
+		packQuery(f, "nope.example.test.", dns.TypeANY, withDO),
+		packQuery(f, "ip6-20010db8000000000000000000000001.svc.example.test.", dns.TypeA, withDO),
+		packQuery(f, "*.wild.example.test.", dns.TypeA, withDO),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		w := s.newWorker()
+		allowed := 512
+		var qm dns.Msg
+		if qm.Unpack(pkt) == nil {
+			if opt := qm.IsEdns0(); opt != nil {
+				allowed = max(512, min(int(opt.UDPSize()), DefaultMaxUDPSize))
+			}
+		}
+		for _, tcp := range []bool{false, true} {
+			out := w.respond(pkt, netip.MustParseAddrPort("192.0.2.1:5353"), tcp)
+			if out == nil {
+				continue
+			}
+			msg := out[2:]
+			if !tcp {
+				require.LessOrEqual(t, len(msg), allowed, "UDP response larger than the client allowed")
+			}
+			var r dns.Msg
+			require.NoError(t, r.Unpack(msg), "response must parse")
+			require.True(t, r.Response)
+			require.Equal(t, uint16(pkt[0])<<8|uint16(pkt[1]), r.Id)
+		}
+	})
+}

@@ -94,6 +94,10 @@ func TestShutdownFinishesTCPQueries(t *testing.T) {
 	require.NoError(t, idle.WriteMsg(m))
 	_, err = idle.ReadMsg()
 	require.NoError(t, err)
+	// The idle connection is marked busy until just after its answer is
+	// written: wait until it waits for its next query, so the busy one
+	// counted below is the partial query's.
+	require.Eventually(t, func() bool { return busyConns(s) == 0 }, 10*time.Second, time.Millisecond)
 
 	busy, rest := partialQuery(t, addr)
 	require.Eventually(t, func() bool { return busyConns(s) == 1 }, 10*time.Second, time.Millisecond)

@@ -39,11 +39,15 @@ func Listen(ctx context.Context, addr string, sockets int) (udp []net.PacketConn
 	// taken in between.
 	var plain net.ListenConfig
 	for attempt := 0; ; attempt++ {
-		probe, err := plain.ListenPacket(ctx, "udp", net.JoinHostPort(host, "0"))
+		// The probe is TCP: the kernel then picks a port no TCP socket
+		// uses, connected ones included (a UDP probe can land on the
+		// local port of an outgoing TCP connection, and the listener's
+		// bind then fails every time).
+		probe, err := plain.Listen(ctx, "tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
-			return nil, nil, fmt.Errorf("dnslb: listen UDP: %w", err)
+			return nil, nil, fmt.Errorf("dnslb: listen TCP: %w", err)
 		}
-		p := strconv.Itoa(probe.LocalAddr().(*net.UDPAddr).Port)
+		p := strconv.Itoa(probe.Addr().(*net.TCPAddr).Port)
 		probe.Close()
 		udp, tcp, err = listenOnce(ctx, &lc, host, p, sockets)
 		if err == nil || attempt == 10 {

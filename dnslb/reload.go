@@ -66,6 +66,12 @@ func compileTables(zones []Zone, services []Service) (*tables, error) {
 		if nd.svc != nil {
 			return nil, fmt.Errorf("dnslb: service %q configured twice", sc.Name)
 		}
+		if sv.name[0] == 1 && sv.name[1] == '*' {
+			return nil, fmt.Errorf("dnslb: service %q: a wildcard cannot be a service", sc.Name)
+		}
+		if zn.delegated(sv.name, false) != nil {
+			return nil, fmt.Errorf("dnslb: service %q is at or under a delegation", sc.Name)
+		}
 		for _, typ := range []uint16{typeA, typeAAAA, typeSRV, typeCNAME} {
 			if nd.rrsets[typ] != nil {
 				return nil, fmt.Errorf("dnslb: service %q also has %s records in the zone", sc.Name, dns.TypeToString[typ])
@@ -105,7 +111,21 @@ func (s *Server) Update(zones []Zone, services []Service) error {
 	for _, sv := range t.services {
 		sv.state()
 	}
+	var changed []*zone
+	if s.xfr != nil {
+		changed = s.xfr.refresh(t)
+	}
 	s.tab.Store(t)
+	if s.xfr != nil {
+		s.mu.Lock()
+		if s.xstop != nil {
+			close(s.xstop)
+			s.xstop = make(chan struct{})
+			s.xfr.watch(t, s.xstop, &s.xwg)
+			s.notifyZones(s.xctx, changed)
+		}
+		s.mu.Unlock()
+	}
 	s.log.Info("dnslb: configuration updated", "zones", len(zones), "services", len(services))
 	return nil
 }

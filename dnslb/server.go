@@ -57,6 +57,34 @@ type Config struct {
 	// Unsigned or badly signed updates get NOTAUTH. Empty means UPDATE is
 	// answered NOTIMP.
 	UpdateKeys []TSIGKey
+	// TransferPeers are the networks whose hosts may transfer the zones
+	// with AXFR and IXFR (RFC 5936, RFC 1995), so standard authoritative
+	// servers can serve dnslb's answers as secondaries. A transfer holds
+	// the zone data and, at each service's name, the A and AAAA records
+	// of its current answers (its ready backends). Empty refuses
+	// transfers. With TransferPeers or Notify set, each zone's SOA serial
+	// follows its content: it rises on every change (to the Unix time, or
+	// by one when that is not later), so it never goes back across a
+	// restart or an Update; a zone file serial above the current Unix
+	// time is kept as the start.
+	TransferPeers []netip.Prefix
+	// TransferKeys, when not empty, are the TSIG keys a transfer request
+	// must be signed with (unsigned ones are REFUSED); queries signed
+	// with one of them, such as a secondary's SOA query, get signed
+	// answers. NOTIFY messages are signed with the first.
+	TransferKeys []TSIGKey
+	// Notify are the secondaries sent a NOTIFY (RFC 1996) for a zone
+	// when the server starts and whenever its content changes: a
+	// service's answers changed or Update changed the zone.
+	Notify []netip.AddrPort
+	// NotifyDelay gathers changes for that long before a new serial and
+	// NOTIFY, so a flapping pool does not flood the secondaries. Zero
+	// means DefaultNotifyDelay.
+	NotifyDelay time.Duration
+	// IXFRHistory is how many changes per zone are kept for IXFR; an
+	// IXFR from an older serial gets the whole zone. Zero means
+	// DefaultIXFRHistory.
+	IXFRHistory int
 	// Logger receives serving errors. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -80,6 +108,10 @@ type Server struct {
 	idle    time.Duration
 	tcpSem  chan struct{}
 	updKeys map[string]TSIGKey // canonical key name → key with canonical algorithm
+	xfr     *xfr               // nil without transfers and NOTIFY
+	xwg     sync.WaitGroup     // NOTIFY senders and snapshot watchers
+	xctx    context.Context    // ends when the server stops; set by Serve
+	xstop   chan struct{}      // stops the watchers of the current tables
 
 	updMu sync.Mutex // serializes Update
 
@@ -120,20 +152,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.xfr, err = newXFR(&cfg); err != nil {
+		return nil, err
+	}
+	if s.xfr != nil {
+		s.xfr.refresh(tab)
+	}
 	s.tab.Store(tab)
-	for _, k := range cfg.UpdateKeys {
-		if k.Name == "" || k.Secret == "" {
-			return nil, errors.New("dnslb: UpdateKeys need a name and a secret")
-		}
-		k.Name = dns.CanonicalName(k.Name)
-		if k.Algorithm == "" {
-			k.Algorithm = dns.HmacSHA256
-		}
-		k.Algorithm = dns.CanonicalName(k.Algorithm)
-		if s.updKeys == nil {
-			s.updKeys = make(map[string]TSIGKey)
-		}
-		s.updKeys[k.Name] = k
+	if s.updKeys, err = canonicalKeys(cfg.UpdateKeys, "UpdateKeys"); err != nil {
+		return nil, err
 	}
 	if s.rrl, err = newLimiter(cfg.RateLimit); err != nil {
 		return nil, err
@@ -255,12 +282,37 @@ func (s *Server) Serve(ctx context.Context, udp []net.PacketConn, tcp []net.List
 		s.wg.Add(1)
 		go s.serveTCP(ln)
 	}
+	xctx, xcancel := context.WithCancel(context.Background())
+	if s.xfr != nil {
+		s.xctx = xctx
+		s.xstop = make(chan struct{})
+		tab := s.tab.Load()
+		s.xfr.watch(tab, s.xstop, &s.xwg)
+		s.xwg.Add(1)
+		go func() {
+			defer s.xwg.Done()
+			s.runXFR(xctx)
+		}()
+		zones := make([]*zone, 0, len(tab.zones))
+		for _, zn := range tab.zones {
+			zones = append(zones, zn)
+		}
+		s.notifyZones(xctx, zones)
+	}
 	s.mu.Unlock()
 	select {
 	case <-ctx.Done():
 		s.Close()
 	case <-s.done:
 	}
+	xcancel()
+	s.mu.Lock()
+	if s.xstop != nil {
+		close(s.xstop)
+		s.xstop = nil
+	}
+	s.mu.Unlock()
+	s.xwg.Wait()
 	s.wg.Wait()
 	s.closeSockets()
 	return nil
@@ -470,6 +522,14 @@ func (s *Server) handleTCP(c *tcpConn) {
 		if _, err := io.ReadFull(c, buf[:n]); err != nil {
 			return
 		}
+		if s.xfr != nil && isXFR(buf[:n]) {
+			w.stats.queries.Add(1)
+			if s.serveXFR(c, buf[:n], src) != nil {
+				return
+			}
+			w.stats.responses.Add(1)
+			continue
+		}
 		resp := w.respond(buf[:n], src, true)
 		if resp == nil {
 			continue
@@ -532,10 +592,13 @@ type worker struct {
 	rot    uint32
 	picked []int32      // record indices of the answer being built
 	stats  *workerStats // own for UDP loops, the server's shared TCP one otherwise
+	signed bool         // the answer being built is signed
+	now    int64        // Unix time of a signed answer
+	key    []byte       // signature cache key scratch
 }
 
 func (s *Server) newWorker() *worker {
-	return &worker{s: s, out: make([]byte, 0, 2+65535+512), picked: make([]int32, 0, 16),
+	return &worker{s: s, out: make([]byte, 0, 2+65535+512), picked: make([]int32, 0, 16), key: make([]byte, 0, 1024),
 		stats: &s.tcpStat, rot: rand.Uint32()}
 }
 
@@ -563,6 +626,13 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 			w.stats.responses.Add(1)
 			return out
 		}
+	}
+	if w.s.xfr != nil && isXFR(pkt) {
+		out := w.xfrUDP(pkt, src)
+		if out != nil {
+			w.stats.responses.Add(1)
+		}
+		return out
 	}
 	err := q.parseQuery(pkt)
 	limit := 512
@@ -608,6 +678,12 @@ func (w *worker) respond(pkt []byte, src netip.AddrPort, tcp bool) []byte {
 		}
 	}
 	out := r.finish()
+	if q.tsig && w.s.xfr != nil && len(w.s.xfr.keys) > 0 {
+		out = w.signReply(pkt, out)
+		if out == nil {
+			return nil
+		}
+	}
 	if r.tc && verdict == rrlPass {
 		w.stats.truncated.Add(1)
 	}
@@ -629,6 +705,7 @@ type resp struct {
 	ar         int
 	scope      uint8
 	tc         bool
+	noAA       bool // a referral: not an authoritative answer
 }
 
 // finish sets the rcode and counts, appends the OPT record when the query
@@ -652,6 +729,9 @@ func (r *resp) finish() []byte {
 	switch r.rcode {
 	case rcodeRefused, rcodeFormErr, rcodeNotImp, rcodeBadVers:
 		h[2] &^= flagAA >> 8 // not an authoritative answer
+	}
+	if r.noAA {
+		h[2] &^= flagAA >> 8
 	}
 	if r.tc {
 		h[2] |= flagTC >> 8
@@ -700,56 +780,95 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 		r.rcode = rcodeRefused
 		return
 	}
+	// Signed answers for clients that ask (RFC 3225: DO set).
+	w.signed = q.do && zn.sg != nil
+	if w.signed {
+		w.now = time.Now().Unix()
+	}
 	// owner is the message offset of the name the next records belong
 	// to: the question name, then each CNAME's target in its rdata.
 	owner := headerLen
 	var chain [maxCNAMEChain + 1]*node // the CNAME nodes already answered
 	for hops := 0; ; hops++ {
 		apex := owner + zoff // message offset of the zone's apex inside owner
+		if zn.cuts {
+			if cut := zn.delegated(lname, q.qtype == typeDS); cut != nil {
+				w.referral(r, zn, owner, lname, cut)
+				return
+			}
+		}
+		wild := false // nd is the wildcard that synthesizes lname
 		if nd == nil {
 			if zoff > 0 && w.hostAnswer(r, zn, apex, owner, lname) {
 				return
 			}
-			r.rcode = rcodeNXDomain
-			r.authority(zn, apex)
+			if zn.wild {
+				nd = zn.wildcard(lname, &w.key)
+				wild = nd != nil
+			}
+		}
+		if nd == nil {
+			if !w.signed {
+				r.rcode = rcodeNXDomain
+				r.authority(zn, apex)
+				return
+			}
+			// Compact denial: the name exists with no types but NXNAME,
+			// so one NSEC signed now (or cached for a name asked before)
+			// proves it without revealing or ordering the zone's names.
+			e := zn.nxSigs.get(lname, w.now, func() (*sigEntry, error) {
+				return zn.sg.nsecEntry(lname, zn.negTTL, []uint16{dns.TypeNXNAME})
+			})
+			w.deny(r, zn, apex, owner, e)
 			return
 		}
 		if nd.svc != nil {
-			w.serviceNode(r, zn, apex, owner, nd.svc, src)
+			w.serviceNode(r, zn, apex, owner, nd.svc, src, lname)
 			return
 		}
 		if q.qtype == typeANY {
 			if len(nd.rrsets) == 0 {
-				r.authority(zn, apex)
+				w.nodata(r, zn, apex, owner, lname, nd, wild)
 				return
 			}
-			r.hinfo(zn.negTTL, owner)
+			w.hinfo(r, zn, zn.negTTL, owner, lname)
 			return
 		}
 		if set := nd.rrsets[q.qtype]; set != nil {
+			start := len(r.b)
 			r.appendRRs(set.wire, owner)
 			r.an += set.n
+			serial := uint32(0)
+			if q.qtype == typeSOA {
+				serial = r.patchSerial(zn)
+			}
+			if w.signed {
+				r.an += w.sigStatic(r, zn, set, serial, owner, lname, start, wild)
+			}
 			return
 		}
 		cname := nd.rrsets[typeCNAME]
 		if cname == nil {
-			r.authority(zn, apex)
+			w.nodata(r, zn, apex, owner, lname, nd, wild)
 			return
 		}
 		start := len(r.b)
 		r.appendRRs(cname.wire, owner)
 		r.an++
 		chain[hops] = nd
+		if w.signed {
+			r.an += w.sigStatic(r, zn, cname, 0, owner, lname, start, wild)
+		}
 		// The target name is the CNAME's rdata: uncompressed, after
 		// the 2-byte owner pointer and 10 bytes of type, class, TTL
 		// and length; its offset in the message leaves out the two
 		// bytes reserved in front of r.b.
 		target := r.b[start+12 : start+12+int(binary.BigEndian.Uint16(r.b[start+10:]))]
 		owner = start + 12 - 2
+		lname = lowerName(&w.lname, target)
 		if hops == maxCNAMEChain || owner > 0x3FFF {
 			return
 		}
-		lname = lowerName(&w.lname, target)
 		ref, ok = tab.names[string(lname)]
 		if ok {
 			nd, zoff = ref.node, ref.zoff
@@ -766,9 +885,138 @@ func (w *worker) answer(r *resp, src netip.Addr) {
 	}
 }
 
+// sigStatic appends the RRSIGs of the static RRset set just appended at
+// r.b[start:] for the name at owner (lname) and returns how many: those
+// made once for the set, or, for an answer a wildcard synthesized, ones
+// made for lname (cached per name), so no wildcard proof is needed.
+func (w *worker) sigStatic(r *resp, zn *zone, set *rrset, serial uint32, owner int, lname []byte, start int, wild bool) int {
+	if !wild {
+		return w.appendSig(r, &set.sig, serial, zn, set.rrs, owner)
+	}
+	end := len(r.b)
+	n := w.signAnswer(r, &zn.wSigs, zn, lname, start)
+	r.patchOwners(end, owner)
+	return n
+}
+
+// referral answers a query at or under the delegation cut: the NS
+// records in the authority section with AA clear (unless a CNAME before
+// it was answered), and, signed, the DS records and their RRSIGs or the
+// NSEC that proves there are none (an unsigned delegation); then the
+// glue. owner is the message offset of lname.
+func (w *worker) referral(r *resp, zn *zone, owner int, lname []byte, cut *node) {
+	at := owner + len(lname) - len(cut.cut.name) // the cut's name inside lname
+	if r.an == 0 {
+		r.noAA = true
+	}
+	ns := cut.rrsets[typeNS]
+	r.appendRRs(ns.wire, at)
+	r.ns += ns.n
+	if w.signed {
+		if ds := cut.rrsets[typeDS]; ds != nil {
+			r.appendRRs(ds.wire, at)
+			r.ns += ds.n + w.appendSig(r, &ds.sig, 0, zn, ds.rrs, at)
+		} else if e := w.nsecOf(zn, cut.cut.name, cut); e != nil {
+			r.appendRRs(e.wire, at)
+			r.ns += e.n
+		}
+	}
+	r.b = append(r.b, cut.cut.glue...)
+	r.ar += cut.cut.glueN
+}
+
+// nsecOf returns the signed NSEC of the existing name lname at node nd,
+// listing its types.
+func (w *worker) nsecOf(zn *zone, lname []byte, nd *node) *sigEntry {
+	return nd.nsec.get(w.now, 0, func() (*sigEntry, error) {
+		return zn.sg.nsecEntry(lname, zn.negTTL, nodeTypes(nd))
+	})
+}
+
+func nodeTypes(nd *node) []uint16 {
+	types := make([]uint16, 0, len(nd.rrsets))
+	for t := range nd.rrsets {
+		types = append(types, t)
+	}
+	return types
+}
+
+// appendSig appends the RRSIGs of a static RRset (rrs, at message offset
+// owner), made once and cached in slot, and returns how many.
+func (w *worker) appendSig(r *resp, slot *sigSlot, serial uint32, zn *zone, rrs []dns.RR, owner int) int {
+	e := slot.get(w.now, serial, func() (*sigEntry, error) {
+		if serial != 0 {
+			rrs = []dns.RR{withSerial(zn.soa, serial)}
+		}
+		return zn.sg.sign(rrs)
+	})
+	if e == nil {
+		return 0
+	}
+	r.appendRRs(e.wire, owner)
+	return e.n
+}
+
+// nodata answers that the name at owner (lname) has no records of the
+// asked type; signed, with the NSEC listing the types it has (for a
+// name a wildcard synthesizes, the wildcard's, made for lname).
+func (w *worker) nodata(r *resp, zn *zone, apex, owner int, lname []byte, nd *node, wild bool) {
+	if !w.signed {
+		r.authority(zn, apex)
+		return
+	}
+	var e *sigEntry
+	if wild {
+		e = zn.nxSigs.get(lname, w.now, func() (*sigEntry, error) {
+			return zn.sg.nsecEntry(lname, zn.negTTL, nodeTypes(nd))
+		})
+	} else {
+		e = w.nsecOf(zn, lname, nd)
+	}
+	w.deny(r, zn, apex, owner, e)
+}
+
+// deny appends a signed negative answer's authority section: the SOA
+// with its RRSIGs, then the NSEC and its RRSIGs (e) owned by the name at
+// message offset owner. The rcode stays NOERROR: a signed server never
+// says NXDOMAIN (see [Server]).
+func (w *worker) deny(r *resp, zn *zone, apex, owner int, e *sigEntry) {
+	r.authority(zn, apex)
+	serial := zn.soa.Serial
+	if zn.ser != nil {
+		serial = zn.ser.Load()
+	}
+	soa := zn.nodes[string(zn.apex)].rrsets[typeSOA]
+	r.ns += w.appendSig(r, &zn.soaSig, serial, zn, soa.rrs, apex)
+	if e != nil {
+		r.appendRRs(e.wire, owner)
+		r.ns += e.n
+	}
+}
+
+// signAnswer appends the RRSIGs over the records at r.b[start:] (all of
+// the name lname, owners still pointing at the question), cached in c
+// by name and records, and returns how many.
+func (w *worker) signAnswer(r *resp, c *sigMap, zn *zone, lname []byte, start int) int {
+	recs := r.b[start:]
+	w.key = append(append(w.key[:0], lname...), recs...)
+	e := c.get(w.key, w.now, func() (*sigEntry, error) {
+		rrs, err := unpackRecords(lname, recs)
+		if err != nil {
+			return nil, err
+		}
+		return zn.sg.sign(rrs)
+	})
+	if e == nil {
+		return 0
+	}
+	r.b = append(r.b, e.wire...)
+	return e.n
+}
+
 // serviceNode answers a query for a service's name; owner is the
 // message offset of that name and apex of its zone's apex.
-func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, src netip.Addr) {
+func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, src netip.Addr, lname []byte) {
 	switch r.q.qtype {
 	case typeA, typeAAAA:
 		f := 0
@@ -777,9 +1025,12 @@ func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, sr
 		}
 		start, an := len(r.b), r.an
 		w.serviceAnswer(r, sv, f, src)
+		if w.signed && r.an > an {
+			r.an += w.signAnswer(r, &sv.state().sigs, zn, lname, start)
+		}
 		r.patchOwners(start, owner)
 		if r.rcode == 0 && r.an == an {
-			r.authority(zn, apex)
+			w.serviceNodata(r, zn, apex, owner, sv, lname)
 		}
 	case typeSRV:
 		st := sv.state()
@@ -788,18 +1039,47 @@ func (w *worker) serviceNode(r *resp, zn *zone, apex, owner int, sv *service, sr
 				r.rcode = rcodeServFail
 				return
 			}
-			r.authority(zn, apex)
+			w.serviceNodata(r, zn, apex, owner, sv, lname)
 			return
 		}
-		r.appendRRs(st.srv, owner)
+		start := len(r.b)
+		r.b = append(r.b, st.srv...)
 		r.an += st.srvN
+		if w.signed {
+			r.an += w.signAnswer(r, &st.sigs, zn, lname, start)
+		}
+		r.patchOwners(start, owner)
 		r.b = append(r.b, st.glue...)
 		r.ar = st.glueN
 	case typeANY:
-		r.hinfo(sv.ttl, owner)
+		w.hinfo(r, zn, sv.ttl, owner, lname)
 	default:
-		r.authority(zn, apex)
+		w.serviceNodata(r, zn, apex, owner, sv, lname)
 	}
+}
+
+// serviceNodata answers NODATA for a service name; signed, the NSEC
+// lists the types the service has in this snapshot.
+func (w *worker) serviceNodata(r *resp, zn *zone, apex, owner int, sv *service, lname []byte) {
+	if !w.signed {
+		r.authority(zn, apex)
+		return
+	}
+	st := sv.state()
+	e := st.nsec.get(w.now, 0, func() (*sigEntry, error) {
+		var types []uint16
+		if st.fam[0].n > 0 {
+			types = append(types, dns.TypeA)
+		}
+		if st.fam[1].n > 0 {
+			types = append(types, dns.TypeAAAA)
+		}
+		if st.srvN > 0 {
+			types = append(types, dns.TypeSRV)
+		}
+		return zn.sg.nsecEntry(lname, zn.negTTL, types)
+	})
+	w.deny(r, zn, apex, owner, e)
 }
 
 // appendRRs appends pre-packed records (each starting with a compression
@@ -832,15 +1112,41 @@ func (r *resp) authority(zn *zone, apex int) {
 	r.b = append(r.b, 0xC0|byte(apex>>8), byte(apex))
 	r.b = append(r.b, zn.soaRest...)
 	r.ns = 1
+	r.patchSerial(zn)
+}
+
+// patchSerial writes the zone's current serial into the SOA record just
+// appended (its rdata ends with serial, refresh, retry, expire and
+// minimum), when transfers give the zone a changing serial, and returns
+// the serial the record carries.
+func (r *resp) patchSerial(zn *zone) uint32 {
+	if zn.ser == nil {
+		return zn.soa.Serial
+	}
+	serial := zn.ser.Load()
+	binary.BigEndian.PutUint32(r.b[len(r.b)-20:], serial)
+	return serial
 }
 
 // hinfo answers an ANY query the RFC 8482 way: one synthesized HINFO
-// record instead of every RRset.
-func (r *resp) hinfo(ttl uint32, owner int) {
+// record instead of every RRset; signed, with an RRSIG made now.
+func (w *worker) hinfo(r *resp, zn *zone, ttl uint32, owner int, lname []byte) {
+	start := len(r.b)
 	r.b = append(r.b, 0xC0|byte(owner>>8), byte(owner))
 	r.b = appendRRHeader(r.b, typeHINFO, ttl, 9)
 	r.b = append(r.b, 7, 'R', 'F', 'C', '8', '4', '8', '2', 0)
 	r.an++
+	if !w.signed {
+		return
+	}
+	rrs, err := unpackRecords(lname, r.b[start:])
+	if err != nil {
+		return
+	}
+	if e, err := zn.sg.sign(rrs); err == nil {
+		r.appendRRs(e.wire, owner)
+		r.an += e.n
+	}
 }
 
 // hostAnswer answers the SRV target names under a service. It reports
@@ -859,12 +1165,24 @@ func (w *worker) hostAnswer(r *resp, zn *zone, apex, owner int, lname []byte) bo
 	case r.q.qtype == typeA && ref.fam == 0, r.q.qtype == typeAAAA && ref.fam == 1:
 		fs := &st.fam[ref.fam]
 		i := int(ref.idx) * fs.stride
-		r.appendRRs(fs.wire[i:i+fs.stride], owner)
+		start := len(r.b)
+		r.b = append(r.b, fs.wire[i:i+fs.stride]...)
 		r.an++
+		if w.signed {
+			r.an += w.signAnswer(r, &st.sigs, zn, lname, start)
+		}
+		r.patchOwners(start, owner)
 	case r.q.qtype == typeANY:
-		r.hinfo(pn.svc.ttl, owner)
-	default:
+		w.hinfo(r, zn, pn.svc.ttl, owner, lname)
+	case !w.signed:
 		r.authority(zn, apex)
+	default:
+		typ := uint16(dns.TypeA)
+		if ref.fam == 1 {
+			typ = dns.TypeAAAA
+		}
+		e, _ := zn.sg.nsecEntry(lname, zn.negTTL, []uint16{typ})
+		w.deny(r, zn, apex, owner, e)
 	}
 	return true
 }

@@ -222,6 +222,8 @@ type svcState struct {
 	glue  []byte // A/AAAA records of the SRV targets
 	glueN int
 	hosts map[string]hostRef // target label → record
+	sigs  sigMap             // signed answers of this snapshot (DNSSEC)
+	nsec  sigSlot            // signed NSEC of the service name
 }
 
 type hostRef struct {

@@ -32,6 +32,7 @@ const (
 	typeHINFO = 13
 	typeAAAA  = 28
 	typeSRV   = 33
+	typeDS    = 43
 	typeOPT   = 41
 	typeTSIG  = 250
 	typeIXFR  = 251
@@ -74,6 +75,7 @@ type query struct {
 	udpSize  uint16
 	version  uint8
 	do       bool // DNSSEC OK (RFC 3225), echoed in the response's OPT
+	tsig     bool // a TSIG record is present (the query is signed)
 	ecs      bool
 	ecsFam   uint16
 	ecsSrc   uint8
@@ -186,6 +188,9 @@ func (q *query) parseAdditional(pkt []byte, off int) (int, error) {
 	}
 	rdata := pkt[off : off+rdlen]
 	off += rdlen
+	if typ == typeTSIG {
+		q.tsig = true
+	}
 	if typ != typeOPT {
 		return off, nil
 	}

@@ -70,7 +70,8 @@
 // HTTPConfig.RetryStatuses, as long as its body can be replayed: it had
 // none, or it fitted in HTTPConfig.RetryBufferBytes and was buffered. A
 // body read from the client and not buffered is never sent twice. Tries
-// are bounded by HTTPConfig.MaxTries and HTTPConfig.RetryBudget.
+// are bounded by HTTPConfig.MaxTries and HTTPConfig.RetryTimeout, and by
+// the retry budget and circuit breakers of HTTPConfig.Circuit.
 //
 // # Connection limits and the queue
 //

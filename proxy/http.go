@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/circuit"
 	"github.com/lbkit/lbkit/internal/h1"
 )
 
@@ -29,7 +30,7 @@ const (
 	DefaultDialTimeout            = 5 * time.Second
 	DefaultResponseHeaderTimeout  = 60 * time.Second
 	DefaultMaxTries               = 3
-	DefaultRetryBudget            = 10 * time.Second
+	DefaultRetryTimeout           = 10 * time.Second
 	DefaultQueueTimeout           = 5 * time.Second
 	DefaultMaxResponseHeaderBytes = 64 << 10
 )
@@ -86,9 +87,19 @@ type HTTPConfig struct {
 	// MaxTries is how many backends a request may be sent to, the first
 	// included. Zero means DefaultMaxTries; 1 disables retries.
 	MaxTries int
-	// RetryBudget is the time after a request started past which no new
-	// attempt begins. Zero means DefaultRetryBudget.
-	RetryBudget time.Duration
+	// RetryTimeout is the time after a request started past which no new
+	// attempt begins. Zero means DefaultRetryTimeout.
+	RetryTimeout time.Duration
+	// Circuit holds Envoy's circuit breakers for the pool and for each
+	// member: MaxRequests (requests in flight), MaxRetries (retries in
+	// flight) and RetryBudget (retries in flight limited to a share of the
+	// requests in flight, so retries cannot multiply the load in an
+	// outage). A request over a threshold is answered 503 at once; a retry
+	// over one is not made and the last outcome is passed on. The overflow
+	// is counted (Circuit().Pool().Stats()) and its error wraps
+	// circuit.ErrOpen. The zero value sets no limit. (MaxConns and
+	// MaxQueue are HAProxy's queueing limits; the two can be combined.)
+	Circuit circuit.Config
 	// RetryStatuses lists response statuses (say 502, 503, 504) on which
 	// an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or one
 	// with an Idempotency-Key) with a replayable body is retried on
@@ -234,7 +245,8 @@ type HTTP struct {
 	respHeaderTimeout time.Duration
 	requestTimeout    time.Duration
 	maxTries          int
-	retryBudget       time.Duration
+	retryTimeout      time.Duration
+	cg                *circuit.Group // nil without Circuit
 	retryStatus       [600]bool
 	retryBuf          int64
 	queueTimeout      time.Duration
@@ -268,7 +280,7 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		return nil, errors.New("proxy: HTTPConfig.Pool is required")
 	}
 	if cfg.MaxIdleConns < 0 || cfg.IdleTimeout < 0 || cfg.DialTimeout < 0 || cfg.ResponseHeaderTimeout < 0 ||
-		cfg.RequestTimeout < 0 || cfg.MaxTries < 0 || cfg.RetryBudget < 0 || cfg.RetryBufferBytes < 0 ||
+		cfg.RequestTimeout < 0 || cfg.MaxTries < 0 || cfg.RetryTimeout < 0 || cfg.RetryBufferBytes < 0 ||
 		cfg.MaxConns < 0 || cfg.MaxQueue < 0 || cfg.QueueTimeout < 0 || cfg.CookieMaxAge < 0 || cfg.MaxResponseHeaderBytes < 0 {
 		return nil, errors.New("proxy: HTTPConfig sizes and durations must not be negative")
 	}
@@ -286,7 +298,7 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 		respHeaderTimeout: orDur(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
 		requestTimeout:    cfg.RequestTimeout,
 		maxTries:          orInt(cfg.MaxTries, DefaultMaxTries),
-		retryBudget:       orDur(cfg.RetryBudget, DefaultRetryBudget),
+		retryTimeout:      orDur(cfg.RetryTimeout, DefaultRetryTimeout),
 		retryBuf:          cfg.RetryBufferBytes,
 		queueTimeout:      orDur(cfg.QueueTimeout, DefaultQueueTimeout),
 		maxHead:           orInt(cfg.MaxResponseHeaderBytes, DefaultMaxResponseHeaderBytes),
@@ -299,6 +311,13 @@ func NewHTTP(cfg HTTPConfig) (*HTTP, error) {
 	}
 	if h.log == nil {
 		h.log = slog.Default()
+	}
+	if cfg.Circuit != (circuit.Config{}) {
+		cg, err := circuit.NewGroup(cfg.Circuit)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		h.cg = cg
 	}
 	if cfg.H2C {
 		if cfg.TLS != nil {
@@ -375,6 +394,10 @@ func (h *HTTP) Close() error {
 	})
 	return nil
 }
+
+// Circuit returns the proxy's circuit breakers (see HTTPConfig.Circuit),
+// with their gauges and overflow counts, or nil without them.
+func (h *HTTP) Circuit() *circuit.Group { return h.cg }
 
 // IdleConns returns the number of idle connections kept to addr. It is
 // meant for tests and metrics.
@@ -505,13 +528,40 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 		if h.rewrite != nil {
 			h.rewrite(r, u.ep)
 		}
-		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryBudget
+		br := u.br
+		if br != nil {
+			if err := h.cg.Acquire(br, circuit.Requests); err != nil {
+				h.lim.release(u)
+				if attempt > 1 {
+					err = errors.Join(lastErr, err)
+				}
+				h.fail(w, r, err)
+				return false
+			}
+			if attempt > 1 {
+				// A retry: within MaxRetries and the retry budget, or
+				// not at all.
+				if err := h.cg.Acquire(br, circuit.Retries); err != nil {
+					h.cg.Release(br, circuit.Requests)
+					h.lim.release(u)
+					h.fail(w, r, errors.Join(lastErr, err))
+					return false
+				}
+			}
+		}
+		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryTimeout
 		var t0 time.Time
 		if h.onAttempt != nil {
 			t0, rq.status, rq.bytes = time.Now(), 0, 0
 		}
 		res, err := h.try(w, &rq, u, mayRetry)
 		h.lim.release(u)
+		if br != nil {
+			h.cg.Release(br, circuit.Requests)
+			if attempt > 1 {
+				h.cg.Release(br, circuit.Retries)
+			}
+		}
 		if h.onAttempt != nil {
 			h.reportAttempt(&rq, u, attempt, t0, res, err)
 		}
@@ -940,6 +990,8 @@ func (h *HTTP) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code, msg = http.StatusServiceUnavailable, "proxy: backends busy, queue full\n"
 	case errors.Is(err, ErrQueueTimeout):
 		code, msg = http.StatusServiceUnavailable, "proxy: backends busy, timed out in queue\n"
+	case errors.Is(err, circuit.ErrOpen):
+		code, msg = http.StatusServiceUnavailable, "proxy: circuit open: too much work in flight\n"
 	case isTimeout(err):
 		code, msg = http.StatusGatewayTimeout, "proxy: gateway timeout\n"
 	case errors.Is(err, ErrUpstreamProtocol):

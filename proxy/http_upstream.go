@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/circuit"
 )
 
 // pconn is one persistent HTTP/1.1 connection to a backend with its
@@ -89,7 +90,8 @@ func (pc *pconn) close() {
 type upstream struct {
 	ep    *balancer.Endpoint
 	addr  netip.AddrPort
-	token string // sticky cookie value
+	token string           // sticky cookie value
+	br    *circuit.Breaker // this member's circuit breaker; nil without HTTPConfig.Circuit
 
 	mu      sync.Mutex
 	idle    []*pconn    // LIFO: the most recently used on top
@@ -224,6 +226,9 @@ func (h *HTTP) sync() {
 			if h.cookies != nil {
 				u.token = h.cookies.Token(u.addr)
 			}
+			if h.cg != nil {
+				u.br = h.cg.Member(u.addr)
+			}
 		}
 		next.byEP[ep] = u
 		if u.token != "" {
@@ -242,6 +247,9 @@ func (h *HTTP) sync() {
 	for _, u := range gone {
 		u.retired.Store(true)
 		u.closeIdle(time.Time{})
+		if h.cg != nil && !next.hasAddr(u.addr) {
+			h.cg.Forget(u.addr)
+		}
 	}
 	unready := len(gone) > 0
 	for _, u := range next.byEP {
@@ -255,6 +263,16 @@ func (h *HTTP) sync() {
 		// idle one; busy ones finish their streams.
 		h.h2c.CloseIdleConnections()
 	}
+}
+
+// hasAddr reports whether a member of r has address a.
+func (r *registry) hasAddr(a netip.AddrPort) bool {
+	for _, u := range r.byEP {
+		if u.addr == a {
+			return true
+		}
+	}
+	return false
 }
 
 // watch keeps the registry in step with the pool and closes connections

@@ -37,6 +37,26 @@ func (h HashType) String() string {
 	return fmt.Sprintf("HashType(%d)", uint8(h))
 }
 
+// MarshalText returns "consistent" or "map-based", the names String
+// prints and configuration files use.
+func (h HashType) MarshalText() ([]byte, error) {
+	if h > MapBased {
+		return nil, fmt.Errorf("sourcehash: unknown hash type %d", uint8(h))
+	}
+	return []byte(h.String()), nil
+}
+
+// UnmarshalText parses "consistent" or "map-based".
+func (h *HashType) UnmarshalText(b []byte) error {
+	for _, v := range []HashType{Consistent, MapBased} {
+		if v.String() == string(b) {
+			*h = v
+			return nil
+		}
+	}
+	return fmt.Errorf("sourcehash: unknown hash type %q: want consistent or map-based", b)
+}
+
 // MapResolution is the number of map-based slots the heaviest endpoint
 // gets before the table is reduced by the greatest common divisor: 256,
 // HAProxy's largest server weight.

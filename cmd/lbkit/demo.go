@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -28,26 +27,54 @@ type demoConfig struct {
 	only        string
 	progress    bool
 	verbose     bool
+	model       capacity // the backends' capacity model (-backend and overrides)
 }
 
 func demoMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg demoConfig
 	fs := flag.NewFlagSet("lbkit demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&cfg.backends, "backends", 3, "number of backends started on loopback")
+	fs.IntVar(&cfg.backends, "backends", 5, "number of backends (on loopback, and in the lab)")
 	fs.IntVar(&cfg.requests, "requests", 10000, "requests per strategy")
 	fs.IntVar(&cfg.concurrency, "concurrency", 1000, "concurrent clients")
-	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "client timeout per request")
+	fs.DurationVar(&cfg.timeout, "timeout", 1500*time.Millisecond, "client timeout per request: a request not answered by then is lost")
 	fs.BoolVar(&cfg.killBackend, "kill-backend", false, "kill one backend halfway through each strategy to show failover")
 	fs.StringVar(&cfg.only, "only", "", "comma-separated strategies to run (default: all)")
 	fs.BoolVar(&cfg.progress, "progress", true, "print a progress line while running")
 	fs.BoolVar(&cfg.verbose, "v", false, "log what the balancers do")
+	var names []string
+	for _, p := range presets {
+		names = append(names, p.name)
+	}
+	backendName := fs.String("backend", "gunicorn", "the backends' capacity model, after the write-up's servers: "+strings.Join(names, ", "))
+	workers := fs.Int("workers", 0, "workers per backend (default: the -backend preset's)")
+	backlog := fs.Int("backlog", 0, "listen backlog per backend (default: the -backend preset's)")
+	service := fs.Duration("service", 0, "mean service time of a request (default: the -backend preset's)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
+	m, err := preset(*backendName)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbkit demo: -backend: %v\n", err)
+		return 2
+	}
+	if *workers < 0 || *backlog < 0 || *service < 0 {
+		fmt.Fprintln(stderr, "lbkit demo: -workers, -backlog and -service cannot be negative")
+		return 2
+	}
+	if *workers > 0 {
+		m.workers = *workers
+	}
+	if *backlog > 0 {
+		m.backlog = *backlog
+	}
+	if *service > 0 {
+		m.service = *service
+	}
+	cfg.model = m
 	if cfg.backends < 1 || cfg.backends > 200 || cfg.requests < 1 || cfg.concurrency < 1 {
 		fmt.Fprintln(stderr, "lbkit demo: -backends must be 1..200, -requests and -concurrency at least 1")
 		return 2
@@ -85,6 +112,8 @@ type result struct {
 	p50, p99 time.Duration
 	perBack  []int64
 	expected bool // failures are expected here (no balancer to fail over)
+	single   bool // one backend alone (direct): no spread to measure
+	writeUp  string
 	note     string
 }
 
@@ -112,8 +141,9 @@ func printResults(w io.Writer, cfg demoConfig, results []result) {
 		fmt.Fprint(w, ", backend 1 killed halfway")
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "backends: %v\n          %s; client timeout %v\n", cfg.model, cfg.model.backlogNote(), cfg.timeout)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "strategy\tsuccess\ttime\treq/s\tp50\tp99\tper backend\tspread\t")
+	fmt.Fprintln(tw, "strategy\tsuccess\ttime\treq/s\tp50\tp99\tper backend\tspread\twrite-up\t")
 	for _, r := range results {
 		if r.skip != "" {
 			continue
@@ -125,8 +155,16 @@ func printResults(w io.Writer, cfg demoConfig, results []result) {
 		for i, c := range r.perBack {
 			counts[i] = fmt.Sprint(c)
 		}
-		fmt.Fprintf(tw, "%s\t%.2f%%\t%s\t%.0f\t%s\t%s\t%s\t%.2f\t\n", r.name, pct,
-			r.elapsed.Round(time.Millisecond), rps, fmtDur(r.p50), fmtDur(r.p99), strings.Join(counts, "/"), r.spread())
+		spread := "-"
+		if !r.single {
+			spread = fmt.Sprintf("%.2f", r.spread())
+		}
+		writeUp := "-"
+		if r.writeUp != "" {
+			writeUp = r.writeUp
+		}
+		fmt.Fprintf(tw, "%s\t%.2f%%\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", r.name, pct,
+			r.elapsed.Round(time.Millisecond), rps, fmtDur(r.p50), fmtDur(r.p99), strings.Join(counts, "/"), spread, writeUp)
 	}
 	tw.Flush()
 	for _, r := range results {
@@ -137,7 +175,8 @@ func printResults(w io.Writer, cfg demoConfig, results []result) {
 			fmt.Fprintf(w, "%s: %s\n", r.name, r.note)
 		}
 	}
-	fmt.Fprintln(w, "spread = busiest backend / mean (1.00 is even)")
+	fmt.Fprintln(w, "spread = busiest backend / mean (1.00 is even); direct = one backend alone, as in the write-up")
+	fmt.Fprintf(w, "write-up (one server alone, 10,000 requests at 1,000 concurrency): %s\n", writeUpFigures)
 }
 
 func fmtDur(d time.Duration) string {
@@ -149,78 +188,6 @@ func fmtDur(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%dµs", d.Microseconds())
 	}
-}
-
-// backend is one demo backend: an HTTP server on its own loopback address.
-type backend struct {
-	addr  netip.AddrPort
-	srv   *http.Server
-	ln    net.Listener
-	count atomic.Int64
-	dead  atomic.Bool
-	done  chan struct{}
-}
-
-// startBackends starts n HTTP backends on 127.0.0.11, 127.0.0.12, ... all
-// on one port, so DNS answers (addresses only) can name them.
-func startBackends(n int) ([]*backend, error) {
-	for range 20 {
-		bs, err := tryStartBackends(n)
-		if err == nil {
-			return bs, nil
-		}
-	}
-	return nil, errors.New("could not find a free port on 127.0.0.11 and up")
-}
-
-func tryStartBackends(n int) ([]*backend, error) {
-	var bs []*backend
-	port := uint16(0)
-	for i := range n {
-		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)})
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, port).String())
-		if err != nil {
-			for _, b := range bs {
-				b.kill()
-			}
-			return nil, err
-		}
-		ap := netip.MustParseAddrPort(ln.Addr().String())
-		port = ap.Port()
-		b := newBackend(ln, ap, i)
-		bs = append(bs, b)
-	}
-	return bs, nil
-}
-
-// newBackend serves HTTP on ln as backend number i (counting from 0),
-// reachable at addr.
-func newBackend(ln net.Listener, addr netip.AddrPort, i int) *backend {
-	b := &backend{addr: addr, ln: ln, done: make(chan struct{})}
-	body := []byte(fmt.Sprintf("hello from backend %d\n", i+1))
-	b.srv = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			b.count.Add(1)
-			_, _ = io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "text/plain")
-			_, _ = w.Write(body)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() {
-		defer close(b.done)
-		_ = b.srv.Serve(ln)
-	}()
-	return b
-}
-
-// kill stops the backend at once: listener closed, connections cut.
-func (b *backend) kill() {
-	if b.dead.Swap(true) {
-		return
-	}
-	_ = b.srv.Close()
-	<-b.done
 }
 
 // httpClient returns a keep-alive client sized for the concurrency.

@@ -76,9 +76,38 @@ func openLab(cfg demoConfig) (env *labEnv, skip string, err error) {
 			return env, "", err
 		}
 		env.hosts = append(env.hosts, h)
-		env.bs = append(env.bs, newBackend(ln, netip.AddrPortFrom(h.Addr4(), 80), i))
+		b, err := newBackend(ln, netip.AddrPortFrom(h.Addr4(), 80), i, cfg.model)
+		if err != nil {
+			return env, "", err
+		}
+		env.bs = append(env.bs, b)
 	}
-	return env, "", nil
+	return env, "", env.reach(env.lb, env.bs)
+}
+
+// reach connects from h to every backend once (and closes), retrying for
+// a few seconds. A lab is used moments after it is built, and a packet
+// sent then can be lost (the bridge port is not forwarding yet); when the
+// lost packet is an ARP request, the kernel asks again only after a
+// second, and every flow to that backend stalls meanwhile: with keep-alive
+// clients, the other backends' connections then took all the work (a row
+// like 277/0/323). Afterwards h's neighbour entries are resolved.
+func (env *labEnv) reach(h *netlab.Host, bs []*backend) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, b := range bs {
+		for {
+			c, err := h.DialContext(ctx, "tcp", b.addr.String())
+			if err == nil {
+				_ = c.Close()
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("lab: %s cannot reach backend %v: %w", h.Name(), b.addr, err)
+			}
+		}
+	}
+	return nil
 }
 
 func (env *labEnv) close() {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +23,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/internal/testnet"
 )
 
 // serveConfig is the configuration of the serve tests: one pool, "web",
@@ -63,31 +64,6 @@ type serveParams struct {
 	AccessLog                       string
 	Members                         []string
 	Extra                           string
-}
-
-// freeAddrs returns n distinct loopback addresses whose TCP and UDP ports
-// were free a moment ago.
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	var closers []io.Closer
-	defer func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	}()
-	for len(addrs) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		closers = append(closers, ln)
-		pc, err := net.ListenPacket("udp", ln.Addr().String())
-		if err != nil {
-			continue
-		}
-		closers = append(closers, pc)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs
 }
 
 // testBackends starts n HTTP backends that answer their name after a
@@ -287,7 +263,7 @@ func TestServeReloads(t *testing.T) {
 	}
 	bin := buildLbkit(t)
 	be := testBackends(t, 4)
-	addrs := freeAddrs(t, 6)
+	addrs := testnet.FreeAddrs(t, 6)
 	logFile := filepath.Join(t.TempDir(), "access.log")
 	p := serveParams{Admin: addrs[0], HTTP: addrs[1], Redirect: addrs[2], TCP: addrs[3], DNS: addrs[4], AccessLog: logFile, Members: be[:3]}
 	s := startServe(t, bin, p, "-watch=false")
@@ -435,7 +411,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 	bin := buildLbkit(t)
 	be := testBackends(t, 2)
-	addrs := freeAddrs(t, 3)
+	addrs := testnet.FreeAddrs(t, 3)
 	cfg := fmt.Sprintf(`
 admin: {addr: %s}
 pools:
@@ -472,7 +448,7 @@ listeners:
 	assert.Empty(t, strings.TrimSpace(string(out)))
 
 	// A real Prometheus scrapes it every 200 ms.
-	promAddr := freeAddrs(t, 1)[0]
+	promAddr := testnet.FreeAddrs(t, 1)[0]
 	promCfg := filepath.Join(dir, "prometheus.yml")
 	require.NoError(t, os.WriteFile(promCfg, []byte(fmt.Sprintf(`
 global: {scrape_interval: 200ms, scrape_timeout: 150ms}

@@ -16,8 +16,9 @@ type strategy struct {
 	// run, when set, replaces the loopback set-up: the strategy builds its
 	// own backends (in a namespace lab) and returns its row.
 	run func(ctx context.Context, cfg demoConfig, progress io.Writer) (result, error)
-	// expectLoss marks strategies without failover (direct): requests to a
-	// killed backend fail by design and do not fail the demo.
+	// expectLoss marks the strategy without a balancer (direct, one
+	// backend alone): it loses requests by design, to overload or to a
+	// killed backend, and that does not fail the demo.
 	expectLoss bool
 }
 
@@ -73,7 +74,7 @@ func runStrategy(ctx context.Context, cfg demoConfig, s strategy, progress io.Wr
 	if s.run != nil {
 		return s.run(ctx, cfg, progress)
 	}
-	bs, err := startBackends(cfg.backends)
+	bs, err := startBackends(cfg.backends, cfg.model)
 	if err != nil {
 		return result{}, err
 	}
@@ -88,18 +89,18 @@ func runStrategy(ctx context.Context, cfg demoConfig, s strategy, progress io.Wr
 	}
 	defer cleanup()
 	r := drive(ctx, cfg, s.name, bs, do, progress)
-	r.expected = s.expectLoss && cfg.killBackend
+	r.expected = s.expectLoss
+	if s.name == "direct" {
+		r.single, r.writeUp = true, cfg.model.writeUp
+	}
 	return r, nil
 }
 
-// setupDirect is the baseline: no balancer; each client request goes
-// straight to backend i mod n.
+// setupDirect is the baseline, the write-up's experiment: no balancer;
+// every request goes to backend 1 alone.
 func setupDirect(_ context.Context, cfg demoConfig, bs []*backend) (func(context.Context, int) error, func(), error) {
 	c := httpClient(cfg, true)
-	urls := make([]string, len(bs))
-	for i, b := range bs {
-		urls[i] = "http://" + b.addr.String() + "/"
-	}
-	do := func(ctx context.Context, i int) error { return get(ctx, c, urls[i%len(urls)]) }
+	url := "http://" + bs[0].addr.String() + "/"
+	do := func(ctx context.Context, _ int) error { return get(ctx, c, url) }
 	return do, c.CloseIdleConnections, nil
 }

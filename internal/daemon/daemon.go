@@ -257,7 +257,7 @@ func (d *Daemon) applyLocked(cfg *config.Config) (err error) {
 			if changed[name] || started[name] != nil {
 				continue
 			}
-			for _, p := range listenerPools(&ls.cfg) {
+			for _, p := range ls.cfg.PoolNames() {
 				if rekeyed[p] {
 					l := findListener(cfg, name)
 					if err := ls.srv.update(l, d.pools); err != nil {
@@ -434,7 +434,7 @@ func (d *Daemon) Status() Status {
 		pools = append(pools, poolView{ps.cfg.Name, string(policyName(&ps.cfg)), ps.cfg.Key.String(), ps, ps.checker})
 	}
 	for _, ls := range d.listeners {
-		st.Listeners = append(st.Listeners, ListenerStatus{Name: ls.cfg.Name, Type: string(ls.cfg.Type), Addr: listenerAddr(&ls.cfg), Pools: listenerPools(&ls.cfg), Since: ls.since})
+		st.Listeners = append(st.Listeners, ListenerStatus{Name: ls.cfg.Name, Type: string(ls.cfg.Type), Addr: listenerAddr(&ls.cfg), Pools: ls.cfg.PoolNames(), Since: ls.since})
 	}
 	d.mu.Unlock()
 	for _, v := range pools {
@@ -654,6 +654,9 @@ func (c listenerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDNSResponses
 	ch <- descDNSTruncated
 	ch <- descDNSRRL
+	for _, d := range kernelDescs {
+		ch <- d
+	}
 }
 
 func (c listenerCollector) Collect(ch chan<- prometheus.Metric) {

@@ -22,34 +22,10 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/config"
+	"github.com/lbkit/lbkit/internal/testnet"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// freeAddrs returns n distinct loopback addresses whose ports were free a
-// moment ago (TCP and UDP).
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	var closers []io.Closer
-	defer func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	}()
-	for len(addrs) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		closers = append(closers, ln)
-		pc, err := net.ListenPacket("udp", ln.Addr().String())
-		if err != nil {
-			continue
-		}
-		closers = append(closers, pc)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs
-}
 
 // backends starts n HTTP backends answering their own name.
 func backends(t *testing.T, n int) []string {
@@ -98,7 +74,7 @@ func (f *fixture) config(members []string, tcpAddr string, extra string) *config
 }
 
 func newFixture(t *testing.T) *fixture {
-	free := freeAddrs(t, 4)
+	free := testnet.FreeAddrs(t, 4)
 	f := &fixture{t: t, be: backends(t, 3), tcpAddr: free[0], dnsAddr: free[1], adminAddr: free[2], tcpAddr2: free[3]}
 	f.d = New(Options{Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, f.d.Start(f.config(f.be[:2], f.tcpAddr, "")))
@@ -172,6 +148,11 @@ func TestDaemonServesAndReloadsAsADiff(t *testing.T) {
 	p := f.d.Pool("web")
 	ap, _ := netip.ParseAddrPort(f.be[0])
 	kept := p.Endpoint(ap)
+	// The TCP proxy ends its connection's work when it sees the close,
+	// a moment after the client's.
+	for deadline := time.Now().Add(5 * time.Second); kept.InFlight() != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	kept.Start() // work in flight survives the reload
 	defer kept.Done(nil, 0)
 
@@ -287,7 +268,7 @@ func TestAdminToken(t *testing.T) {
 // rename-and-replace) reloads it; a broken file is rejected.
 func TestWatchFile(t *testing.T) {
 	be := backends(t, 2)
-	free := freeAddrs(t, 2)
+	free := testnet.FreeAddrs(t, 2)
 	dir := t.TempDir()
 	file := dir + "/lbkit.yaml"
 	write := func(members ...string) {

@@ -70,47 +70,6 @@ func startListener(e env, l *config.Listener, pools map[string]*poolState) (*lis
 	return ls, nil
 }
 
-// listenerPools returns the names of the pools l serves from.
-func listenerPools(l *config.Listener) []string {
-	var names []string
-	add := func(n string) {
-		if n == "" {
-			return
-		}
-		for _, m := range names {
-			if m == n {
-				return
-			}
-		}
-		names = append(names, n)
-	}
-	switch {
-	case l.Redirect != nil:
-		add(l.Redirect.Pool)
-	case l.DNS != nil:
-		for _, s := range l.DNS.Services {
-			add(s.Pool)
-		}
-		for _, u := range l.DNS.Updaters {
-			add(u.Pool)
-		}
-	case l.HTTP != nil:
-		add(l.HTTP.Pool)
-		for _, r := range l.HTTP.Routes {
-			add(r.Pool)
-		}
-	case l.TCP != nil:
-		add(l.TCP.Pool)
-	case l.IPLB != nil:
-		add(l.IPLB.Pool)
-	case l.L2LB != nil:
-		for _, v := range l.L2LB.VIPs {
-			add(v.Pool)
-		}
-	}
-	return names
-}
-
 // pool returns the named pool or an error.
 func pool(l *config.Listener, pools map[string]*poolState, name string) (*poolState, error) {
 	ps := pools[name]

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lbkit/lbkit/circuit"
 	"github.com/lbkit/lbkit/config"
 	"github.com/lbkit/lbkit/proxy"
 	"github.com/lbkit/lbkit/redirect"
@@ -188,12 +189,18 @@ func proxyHandler(e env, l *config.Listener, ps *poolState) (*proxy.HTTP, error)
 	cfg := proxy.HTTPConfig{
 		Pool: ps.pool, Key: ps.cfg.Key, MaxIdleConns: h.MaxIdleConns, IdleTimeout: h.Timeouts.Idle,
 		DialTimeout: h.Timeouts.Connect, ResponseHeaderTimeout: h.Timeouts.ResponseHeader, RequestTimeout: h.Timeouts.Request,
-		MaxTries: h.MaxTries, RetryBudget: h.RetryBudget, RetryStatuses: h.RetryStatuses, RetryBufferBytes: h.RetryBufferBytes,
+		MaxTries: h.MaxTries, RetryTimeout: h.RetryTimeout, RetryStatuses: h.RetryStatuses, RetryBufferBytes: h.RetryBufferBytes,
 		MaxConns: h.MaxConns, MaxQueue: h.MaxQueue, QueueTimeout: h.QueueTimeout, TrustedProxies: tp, Via: h.Via,
 		OnAttempt: recorder(e, l.Name, ps.cfg.Name), Logger: e.log.With("listener", l.Name),
 	}
 	if c := h.Sticky; c != nil {
 		cfg.StickyCookie, cfg.CookieKey, cfg.CookieMaxAge, cfg.CookieSecure = cookieName(c.Name), c.Key, c.MaxAge, c.Secure
+	}
+	if b := h.RetryBudget; b != nil {
+		cfg.Circuit.Pool.RetryBudget = circuit.RetryBudget{Percent: b.Percent, MinConcurrency: b.MinConcurrency}
+	}
+	if c := h.Circuit; c != nil {
+		cfg.Circuit.Pool.MaxRequests, cfg.Circuit.Pool.MaxRetries, cfg.Circuit.Member.MaxRequests = c.MaxRequests, c.MaxRetries, c.MemberMaxRequests
 	}
 	hp, err := proxy.NewHTTP(cfg)
 	if err != nil {

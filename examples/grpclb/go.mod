@@ -1,0 +1,26 @@
+module github.com/lbkit/lbkit/examples/grpclb
+
+go 1.26.0
+
+require (
+	github.com/lbkit/lbkit/grpclb v0.0.0
+	github.com/stretchr/testify v1.12.1
+	go.uber.org/goleak v1.3.0
+	google.golang.org/grpc v1.85.0
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/lbkit/lbkit v0.0.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	golang.org/x/net v0.61.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+replace (
+	github.com/lbkit/lbkit => ../../
+	github.com/lbkit/lbkit/grpclb => ../../grpclb
+)
