@@ -454,6 +454,12 @@ func (s *Server) serveConn(pc *clientConn) bool {
 			// Resumed: a request within parkAfter of the last makes the
 			// connection busy, kept on a goroutine between requests.
 			pc.busy = time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+			if pc.busy && pc.added {
+				// No events while it waits on its goroutine: it is
+				// added again when it parks.
+				pc.poll.Remove(pc.fd, pc)
+				pc.added = false
+			}
 		}
 		sc = s.takeConn(pc)
 	}
