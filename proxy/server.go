@@ -294,20 +294,21 @@ const (
 // connection holds. The request state (srvConn) is taken from a pool
 // while the connection is served.
 type clientConn struct {
-	s      *Server
-	c      net.Conn
-	rc     syscall.RawConn // nil: the connection never parks
-	poll   *evloop.Poller[clientConn]
-	fd     int
-	added  bool // fd is in the poller's set
-	busy   bool // requests come often: wait on the goroutine first
-	remote string
-	dl     time.Time // the read deadline last set, kept while parked
-	resume func()    // serves the connection again after it parked
-	sc     *srvConn  // nil while parked
-	state  atomic.Int32
-	since  atomic.Int64 // when it parked, Unix nanoseconds
-	idle   atomic.Bool  // waiting for a request in a blocking read
+	s        *Server
+	c        net.Conn
+	rc       syscall.RawConn // nil: the connection never parks
+	poll     *evloop.Poller[clientConn]
+	fd       int
+	added    bool // fd is in the poller's set
+	busy     bool // requests come often: wait on the goroutine first
+	answered bool // a request was answered
+	remote   string
+	dl       time.Time // the read deadline last set, kept while parked
+	resume   func()    // serves the connection again after it parked
+	sc       *srvConn  // nil while parked
+	state    atomic.Int32
+	since    atomic.Int64 // when it parked, Unix nanoseconds
+	idle     atomic.Bool  // waiting for a request in a blocking read
 }
 
 // Close closes the client connection; the server's group calls it to
@@ -453,7 +454,9 @@ func (s *Server) serveConn(pc *clientConn) bool {
 		if pc.rc != nil {
 			// Resumed: a request within parkAfter of the last makes the
 			// connection busy, kept on a goroutine between requests.
-			pc.busy = time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+			// The wait for a new connection's first request does not
+			// count.
+			pc.busy = pc.answered && time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
 			if pc.busy && pc.added {
 				// No events while it waits on its goroutine: it is
 				// added again when it parks.
@@ -556,6 +559,7 @@ func (sc *srvConn) serve() bool {
 			sc.bw.Flush()
 			return false
 		}
+		pc.answered = true
 	}
 }
 

@@ -171,3 +171,29 @@ func TestServerBusyConnectionsParkLater(t *testing.T) {
 		roundTripOn(t, c, brs[i])
 	}
 }
+
+// TestServerFirstRequestDoesNotMakeBusy: the wait between a connection's
+// arrival and its first request does not make it busy: after answering,
+// it parks at once.
+func TestServerFirstRequestDoesNotMakeBusy(t *testing.T) {
+	b := startBackend(t, "a")
+	srv := newServer(t, ServerConfig{Handler: newTestHTTP(t, b)})
+	addr := serveFast(t, srv)
+	idleClients(t, addr, 1)
+	base := runtime.NumGoroutine()
+	const n = 50
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		conns[i] = c
+	}
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+n/10 }, 5*time.Second, 5*time.Millisecond, "new connections park")
+	for _, c := range conns {
+		roundTripOn(t, c, bufio.NewReader(c))
+	}
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+n/10 }, parkAfter/2, 5*time.Millisecond,
+		"goroutines: %d before, %d after one request on each of %d connections", base, runtime.NumGoroutine(), n)
+}

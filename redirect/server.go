@@ -261,18 +261,19 @@ const (
 // connection holds. The request state (srvConn, with its buffers) is
 // taken from a pool while the connection is served.
 type clientConn struct {
-	s      *Server
-	c      net.Conn
-	rc     syscall.RawConn // nil: the connection never parks
-	poll   *evloop.Poller[clientConn]
-	fd     int
-	added  bool // fd is in the poller's set
-	busy   bool // requests come often: wait on the goroutine first
-	peer   netip.Addr
-	resume func() // serves the connection again after it parked
-	sc     *srvConn
-	state  atomic.Int32
-	since  atomic.Int64 // when it parked, Unix nanoseconds
+	s        *Server
+	c        net.Conn
+	rc       syscall.RawConn // nil: the connection never parks
+	poll     *evloop.Poller[clientConn]
+	fd       int
+	added    bool // fd is in the poller's set
+	busy     bool // requests come often: wait on the goroutine first
+	answered bool // a request was answered
+	peer     netip.Addr
+	resume   func() // serves the connection again after it parked
+	sc       *srvConn
+	state    atomic.Int32
+	since    atomic.Int64 // when it parked, Unix nanoseconds
 }
 
 // Close closes the connection; the server's group calls it to force a
@@ -438,7 +439,9 @@ func (s *Server) serveClient(pc *clientConn) bool {
 		if pc.rc != nil {
 			// Resumed: a request within parkAfter of the last makes the
 			// connection busy, kept on a goroutine between requests.
-			pc.busy = time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+			// The wait for a new connection's first request does not
+			// count.
+			pc.busy = pc.answered && time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
 			if pc.busy && pc.added {
 				// No events while it waits on its goroutine: it is
 				// added again when it parks.
@@ -614,6 +617,7 @@ func (sc *srvConn) serve() bool {
 			sc.out = sc.out[:0]
 		}
 		keep, err := sc.step(s.g.Closing())
+		sc.pc.answered = true
 		if !keep {
 			if len(sc.out) > 0 {
 				c.Write(sc.out)
