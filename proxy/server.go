@@ -505,11 +505,13 @@ func (sc *srvConn) serve() bool {
 			// connection waits on its goroutine for up to parkAfter, then
 			// parks.
 			now := time.Now()
-			wait, parkLater := idleTimeout, false
+			wait, tol, parkLater := idleTimeout, idleTimeout, false
 			if pc.rc != nil && pc.busy && parkAfter < idleTimeout {
-				wait, parkLater = parkAfter, true
+				// Parking a little early or late does not matter: move
+				// the deadline only when it drifted by half of parkAfter.
+				wait, tol, parkLater = parkAfter, 4*parkAfter, true
 			}
-			if want := now.Add(wait); sc.dl.IsZero() || drifted(want, sc.dl, wait) {
+			if want := now.Add(wait); sc.dl.IsZero() || drifted(want, sc.dl, tol) {
 				c.SetReadDeadline(want)
 				sc.dl = want
 			}
@@ -568,7 +570,7 @@ func (sc *srvConn) serve() bool {
 // within parkAfter of its parking: resuming a connection costs more than
 // a goroutine waiting in the runtime's poller, but an idle one should
 // not hold a goroutine for long.
-const parkAfter = 2 * time.Second
+var parkAfter = 10 * time.Second // a variable for tests
 
 var (
 	errWouldBlock = errors.New("proxy: would block")

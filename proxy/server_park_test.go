@@ -154,6 +154,9 @@ func TestServerServeAgainAfterListenerFails(t *testing.T) {
 // soon after it parked waits for the next one on its goroutine (cheaper
 // than parking for every request) and parks after parkAfter.
 func TestServerBusyConnectionsParkLater(t *testing.T) {
+	old := parkAfter
+	parkAfter = 500 * time.Millisecond
+	t.Cleanup(func() { parkAfter = old }) // runs after the server stopped
 	b := startBackend(t, "a")
 	srv := newServer(t, ServerConfig{Handler: newTestHTTP(t, b)})
 	addr := serveFast(t, srv)

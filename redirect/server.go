@@ -498,7 +498,7 @@ func (sc *srvConn) rawRead(fd uintptr) bool {
 // within parkAfter of its parking: resuming a connection costs more than
 // a goroutine waiting in the runtime's poller, but an idle one should
 // not hold a goroutine for long.
-const parkAfter = 2 * time.Second
+var parkAfter = 10 * time.Second // a variable for tests
 
 var (
 	errWouldBlock = errors.New("redirect: would block")
@@ -559,13 +559,14 @@ func (sc *srvConn) serve() bool {
 			// Bound the flush and the wait for the next request, then
 			// look at closing again: Shutdown may have set its own
 			// deadline just before ours replaced it.
-			now := time.Now()
-			c.SetDeadline(now.Add(idleTimeout))
 			// A busy connection waits on its goroutine for up to
-			// parkAfter, then parks.
+			// parkAfter (which bounds its writes too), then parks.
+			now := time.Now()
 			parkLater := sc.pc.rc != nil && sc.pc.busy && parkAfter < idleTimeout
 			if parkLater {
-				c.SetReadDeadline(now.Add(parkAfter))
+				c.SetDeadline(now.Add(parkAfter))
+			} else {
+				c.SetDeadline(now.Add(idleTimeout))
 			}
 			if s.g.Closing() {
 				return false

@@ -151,6 +151,9 @@ func TestServerPlainListener(t *testing.T) {
 // soon after it parked waits for the next one on its goroutine and parks
 // after parkAfter.
 func TestServerBusyConnectionsParkLater(t *testing.T) {
+	old := parkAfter
+	parkAfter = 500 * time.Millisecond
+	t.Cleanup(func() { parkAfter = old })
 	s, addr, done := parkServe(t, ServerConfig{}, false)
 	redirIdle(t, addr, 1)
 	base := runtime.NumGoroutine()
