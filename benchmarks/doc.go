@@ -44,4 +44,15 @@
 // 2.99). BenchmarkScaleOut/<policy> reports the same as metrics. The
 // kernel data planes (iplb, l2lb) are checked behind a real ECMP router in
 // internal/ecmplab.
+//
+// Front-end benchmarks (frontend_test.go) run lbkit's raw HTTP front-ends
+// next to nginx and HAProxy, every server and each of three backends in
+// its own process (benchmarks/cmd/benchlbkit, benchmarks/cmd/benchbackend):
+// BenchmarkFrontEndProxy (proxy.Server) and BenchmarkFrontEndRedirect
+// (redirect.Server against nginx's `return 302`) load them with wrk at
+// 100, 1,000 and 5,000 connections, kept alive and "Connection: close",
+// in interleaved rounds, and print medians with ranges of req/s, CPU per
+// request, p99 and resident memory per idle connection:
+//
+//	go test ./benchmarks -run '^$' -bench BenchmarkFrontEnd -benchtime=1x -timeout 40m
 package benchmarks

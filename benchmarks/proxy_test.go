@@ -356,7 +356,11 @@ func pxWrkRun(addr string, conns int, d time.Duration) (pxResult, error) {
 	if err != nil {
 		return pxResult{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
-	s := string(out)
+	return pxParseWrk(string(out))
+}
+
+// pxParseWrk parses wrk's output.
+func pxParseWrk(s string) (pxResult, error) {
 	var r pxResult
 	if m := pxReqs.FindStringSubmatch(s); m != nil {
 		r.requests, _ = strconv.ParseFloat(m[1], 64)

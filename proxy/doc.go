@@ -19,8 +19,9 @@
 // [HTTP.ServeHTTP] runs under net/http (an http.Server with a
 // ReadHeaderTimeout and MaxHeaderBytes, and http.Protocols for HTTP/2 and
 // h2c) and so gets TLS, HTTP/2 and any middleware. [Server] serves plain
-// HTTP/1.1 clients itself: one goroutine per connection and none per
-// request, the strict request parser it shares with redirect.Server, which
+// HTTP/1.1 clients itself: a goroutine per connection only while a
+// request is in flight (idle connections are parked on an epoll set on
+// Linux) and none per request, the strict request parser it shares with redirect.Server, which
 // refuses ambiguous framing (Content-Length with Transfer-Encoding,
 // differing lengths, obs-fold, bare LF) and request-targets that do not
 // parse with 400 before anything reaches a backend, keep-alive and

@@ -242,11 +242,17 @@ type frontEnd string
 const (
 	netHTTP    frontEnd = "net-http"
 	fastServer frontEnd = "server"
+	// goServer is Server on a listener that is not a *net.TCPListener:
+	// a goroutine per connection, never parked.
+	goServer frontEnd = "server-goroutines"
 )
+
+// plainListener hides a *net.TCPListener's type.
+type plainListener struct{ net.Listener }
 
 // forEachFrontEnd runs test once behind each front-end.
 func forEachFrontEnd(t *testing.T, test func(t *testing.T, fe frontEnd)) {
-	for _, fe := range []frontEnd{netHTTP, fastServer} {
+	for _, fe := range []frontEnd{netHTTP, fastServer, goServer} {
 		t.Run(string(fe), func(t *testing.T) { test(t, fe) })
 	}
 }
@@ -274,6 +280,9 @@ func startProxyFE(t testing.TB, fe frontEnd, cfg HTTPConfig, backends ...*testBa
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	p := &testProxy{h: h, pool: cfg.Pool, url: "http://" + ln.Addr().String(), addr: ln.Addr().String()}
+	if fe == goServer {
+		ln, fe = plainListener{ln}, fastServer
+	}
 	if fe == fastServer {
 		srv := newServer(t, ServerConfig{Handler: h})
 		p.fast = srv

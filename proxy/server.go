@@ -9,11 +9,16 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/lbkit/lbkit/internal/evloop"
 	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
@@ -32,8 +37,10 @@ const (
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Server serves HTTP/1.1 clients with an [HTTP] proxy without net/http's
-// server: one goroutine per client connection, no goroutine per request,
-// a strict request parser, and responses written from the backend's bytes
+// server: a goroutine per client connection only while it has a request
+// in flight (an idle kept-alive connection is parked on an epoll set with
+// no goroutine and no buffer; see [Server.Serve]), none per request, a
+// strict request parser, and responses written from the backend's bytes
 // straight into the connection's buffer. The forwarding itself — picking,
 // retries, limits and queue, passive health, sticky cookies, forwarding
 // headers, hop-by-hop stripping, 502/503/504 — is the handler's, shared
@@ -77,10 +84,17 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // the handler's pool.
 type Server struct {
 	cfg    ServerConfig // defaults filled in
-	g      serve.Group[*srvConn]
+	g      serve.Group[*clientConn]
 	pool   sync.Pool // *srvConn
 	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
 	bwPool sync.Pool // *bufio.Writer
+
+	pmu       sync.Mutex
+	serving   int                        // Serve calls running
+	poll      *evloop.Poller[clientConn] // nil: no connection parks
+	pollFail  bool                       // the poller cannot start here
+	sweepStop chan struct{}
+	sweepDone chan struct{}
 }
 
 // ServerConfig configures a [Server]. Only Handler is required; every
@@ -144,15 +158,98 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // already stopped, and the listener's error otherwise. Connection
 // goroutines may outlive Serve by the time their request takes; Shutdown
 // and Close wait for them.
+//
+// On Linux, when ln is a *net.TCPListener, a connection waiting for its
+// next request holds no goroutine and no buffer: it is parked on an
+// epoll set shared by the server's connections, and served by a new
+// goroutine when bytes arrive (see internal/evloop). Other listeners, and
+// other systems, keep one goroutine per connection.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return s.g.Run(ctx, ln, &serve.Config[*srvConn]{
+	cfg := &serve.Config[*clientConn]{
 		Name:    "proxy",
 		Closed:  ErrServerClosed,
 		Logger:  s.cfg.Logger,
-		Open:    s.newConn,
-		Serve:   s.serveConn,
 		Release: s.releaseConn,
-	})
+	}
+	s.pmu.Lock()
+	s.serving++
+	var poll *evloop.Poller[clientConn]
+	if _, tcp := ln.(*net.TCPListener); tcp {
+		poll = s.startPollerLocked()
+	}
+	s.pmu.Unlock()
+	if poll != nil {
+		cfg.ServePark = s.serveConn
+		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, cfg, poll) }
+	} else {
+		cfg.Serve = func(pc *clientConn) { s.serveConn(pc) }
+		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, nil, nil) }
+	}
+	err := s.g.Run(ctx, ln, cfg)
+	s.pmu.Lock()
+	s.serving--
+	s.stopPollerLocked(false)
+	s.pmu.Unlock()
+	return err
+}
+
+// startPollerLocked starts the server's poller and idle sweeper unless
+// they run; it returns nil when connections cannot park here.
+func (s *Server) startPollerLocked() *evloop.Poller[clientConn] {
+	if s.poll == nil && !s.pollFail {
+		p, err := evloop.New((*clientConn).ready)
+		if err != nil {
+			s.pollFail = true
+			return nil
+		}
+		s.poll = p
+		s.sweepStop, s.sweepDone = make(chan struct{}), make(chan struct{})
+		go s.sweep(s.sweepStop, s.sweepDone)
+	}
+	return s.poll
+}
+
+// stopPollerLocked stops the poller and the sweeper when no connection
+// is left and, unless always, no Serve runs: a later Serve starts them
+// again.
+func (s *Server) stopPollerLocked(always bool) {
+	if s.poll == nil || !always && (s.serving > 0 || s.g.Len() > 0) {
+		return
+	}
+	close(s.sweepStop)
+	<-s.sweepDone
+	s.poll.Close()
+	s.poll = nil
+}
+
+// stopPoller stops the poller and the sweeper once the group closed.
+func (s *Server) stopPoller() {
+	s.pmu.Lock()
+	s.stopPollerLocked(true)
+	s.pmu.Unlock()
+}
+
+// sweep closes parked connections idle for longer than IdleTimeout,
+// looking every eighth of it, until stop closes.
+func (s *Server) sweep(stop, done chan struct{}) {
+	defer close(done)
+	idle := s.cfg.IdleTimeout
+	t := time.NewTicker(max(idle/8, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			limit := now.Add(-idle).UnixNano()
+			s.g.Each(func(pc *clientConn) {
+				if pc.state.Load() == pcParked && pc.since.Load() <= limit && pc.state.CompareAndSwap(pcParked, pcRunning) {
+					pc.c.Close()
+					go pc.resume() // to leave the group
+				}
+			})
+		}
+	}
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -163,11 +260,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one serving a request
 	// finishes it first (it checks closing before reading on).
-	return s.g.Shutdown(ctx, func(sc *srvConn) {
-		if sc.idle.Load() {
-			sc.c.SetReadDeadline(aLongTimeAgo)
+	err := s.g.Shutdown(ctx, func(pc *clientConn) {
+		if pc.state.CompareAndSwap(pcParked, pcRunning) {
+			go pc.resume() // it sees the server closing and closes
+			return
+		}
+		if pc.idle.Load() {
+			pc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	})
+	s.stopPoller()
+	return err
 }
 
 // Close stops the server now: it closes the listeners and every client
@@ -175,10 +278,92 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // returns nil.
 func (s *Server) Close() error {
 	s.g.Close()
+	s.stopPoller()
 	return nil
 }
 
-func (s *Server) newConn(_ context.Context, c net.Conn) *srvConn {
+// Parking states of a clientConn (see internal/evloop).
+const (
+	pcRunning = iota // a goroutine owns the connection
+	pcParking        // its goroutine reads once more before parking
+	pcPending        // bytes arrived while parking: read again
+	pcParked         // no goroutine: the poller or Shutdown resumes it
+)
+
+// clientConn is what the server keeps per client connection: all an idle
+// connection holds. The request state (srvConn) is taken from a pool
+// while the connection is served.
+type clientConn struct {
+	s        *Server
+	c        net.Conn
+	rc       syscall.RawConn // nil: the connection never parks
+	poll     *evloop.Poller[clientConn]
+	fd       int
+	added    bool // fd is in the poller's set
+	busy     bool // requests come often: wait on the goroutine first
+	answered bool // a request was answered
+	remote   string
+	dl       time.Time // the read deadline last set, kept while parked
+	resume   func()    // serves the connection again after it parked
+	sc       *srvConn  // nil while parked
+	state    atomic.Int32
+	since    atomic.Int64 // when it parked, Unix nanoseconds
+	idle     atomic.Bool  // waiting for a request in a blocking read
+}
+
+// Close closes the client connection; the server's group calls it to
+// force a connection shut. A parked connection is resumed to leave the
+// group.
+func (pc *clientConn) Close() error {
+	err := pc.c.Close()
+	pc.unpark()
+	return err
+}
+
+// unpark resumes a parked connection on a new goroutine; it does nothing
+// when the connection runs.
+func (pc *clientConn) unpark() {
+	if pc.state.CompareAndSwap(pcParked, pcRunning) {
+		go pc.resume()
+	}
+}
+
+// ready is the poller's news that bytes arrived: it resumes a parked
+// connection and tells one that is parking to read again.
+func (pc *clientConn) ready() {
+	for {
+		switch pc.state.Load() {
+		case pcParked:
+			if pc.state.CompareAndSwap(pcParked, pcRunning) {
+				go pc.resume()
+				return
+			}
+		case pcParking:
+			if pc.state.CompareAndSwap(pcParking, pcPending) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// newConn wraps an accepted connection; with cfg (Serve's, parking) a
+// TCP connection may park.
+func (s *Server) newConn(c net.Conn, cfg *serve.Config[*clientConn], poll *evloop.Poller[clientConn]) *clientConn {
+	pc := &clientConn{s: s, c: c, fd: -1, remote: c.RemoteAddr().String()}
+	if tc, ok := c.(*net.TCPConn); ok && poll != nil {
+		if rc, err := tc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { pc.fd = int(fd) })
+			pc.rc, pc.poll = rc, poll
+			pc.resume = s.g.Resumer(cfg, pc)
+		}
+	}
+	return pc
+}
+
+// takeConn binds request state from the pool to pc.
+func (s *Server) takeConn(pc *clientConn) *srvConn {
 	sc, _ := s.pool.Get().(*srvConn)
 	if sc == nil {
 		sc = &srvConn{
@@ -188,19 +373,29 @@ func (s *Server) newConn(_ context.Context, c net.Conn) *srvConn {
 			vals: make([]string, 0, 32),
 		}
 		sc.req.URL = &url.URL{}
+		sc.readFn = sc.rawRead
 	}
-	sc.s, sc.c = s, c
-	sc.src = prefixReader{c: c}
-	sc.dl = time.Time{}
-	sc.remote = c.RemoteAddr().String()
+	sc.s, sc.c, sc.pc = s, pc.c, pc
+	sc.src = prefixReader{c: pc.c}
+	sc.dl = pc.dl
+	sc.remote = pc.remote
 	sc.hijacked = false
+	pc.sc = sc
 	return sc
+}
+
+// putConn returns request state to the pool; nothing may be buffered.
+func (s *Server) putConn(sc *srvConn) {
+	sc.release()
+	sc.c, sc.s, sc.pc, sc.src = nil, nil, nil, prefixReader{}
+	s.pool.Put(sc)
 }
 
 // srvConn is the per-connection state of a Server. It is the
 // http.ResponseWriter the handler's core writes to.
 type srvConn struct {
 	s      *Server
+	pc     *clientConn
 	c      net.Conn
 	br     *bufio.Reader // nil while idle
 	bw     *bufio.Writer // nil while idle
@@ -209,7 +404,10 @@ type srvConn struct {
 	dl     time.Time     // the read deadline last set
 	remote string
 	key    h1.KeyRequest // the current request as a key source
-	idle   atomic.Bool   // waiting for a request: Shutdown may wake it
+
+	readFn func(fd uintptr) bool // rawRead, made once
+	rn     int                   // rawRead's result
+	rerr   error
 
 	buf  []byte // the current request head, names canonicalised
 	head h1.Head
@@ -234,23 +432,53 @@ var (
 	_ http.Hijacker       = (*srvConn)(nil)
 )
 
-// Close closes the client connection; the server's group calls it to
-// force a connection shut.
-func (sc *srvConn) Close() error { return sc.c.Close() }
-
-// releaseConn returns sc to the pool once it left the server's group.
-func (s *Server) releaseConn(sc *srvConn) {
-	sc.release()
-	sc.c, sc.s, sc.src = nil, nil, prefixReader{}
-	s.pool.Put(sc)
+// releaseConn frees pc's request state once it left the server's group.
+func (s *Server) releaseConn(pc *clientConn) {
+	if pc.sc != nil {
+		s.putConn(pc.sc)
+		pc.sc = nil
+	}
+	if pc.poll != nil {
+		pc.poll.Forget(pc.fd, pc)
+		s.pmu.Lock()
+		s.stopPollerLocked(false) // the last connection of a stopped Serve
+		s.pmu.Unlock()
+	}
 }
 
-func (s *Server) serveConn(sc *srvConn) {
-	defer func() {
-		if !sc.hijacked {
-			sc.c.Close()
+// serveConn serves pc until it closes (or is hijacked), or parks it: it
+// reports whether it parked.
+func (s *Server) serveConn(pc *clientConn) bool {
+	sc := pc.sc
+	if sc == nil {
+		if pc.rc != nil {
+			// Resumed: a request within parkAfter of the last makes the
+			// connection busy, kept on a goroutine between requests.
+			// The wait for a new connection's first request does not
+			// count.
+			pc.busy = pc.answered && time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+			if pc.busy && pc.added {
+				// No events while it waits on its goroutine: it is
+				// added again when it parks.
+				pc.poll.Remove(pc.fd, pc)
+				pc.added = false
+			}
 		}
-	}()
+		sc = s.takeConn(pc)
+	}
+	if sc.serve() {
+		return true
+	}
+	if !sc.hijacked {
+		pc.c.Close()
+	}
+	return false
+}
+
+// serve runs sc's connection's requests; it reports whether the
+// connection parked, when sc went back to the pool.
+func (sc *srvConn) serve() bool {
+	s, pc := sc.s, sc.pc
 	readTimeout, idleTimeout := s.cfg.ReadTimeout, s.cfg.IdleTimeout
 	c := sc.c
 	for {
@@ -258,42 +486,156 @@ func (s *Server) serveConn(sc *srvConn) {
 			if sc.bw != nil {
 				sc.bw.Flush()
 			}
-			return
+			return false
 		}
 		if sc.br == nil || sc.br.Buffered() == 0 {
 			// Answers to pipelined requests are sent together, once no
 			// request is waiting.
 			if sc.bw != nil && sc.bw.Buffered() > 0 {
 				if sc.bw.Flush() != nil {
-					return
+					return false
 				}
 			}
 			// An idle connection holds no buffer (as nginx's do not):
 			// 1,000 idle clients cost 1,000 small arrays, not 24 MiB,
 			// and busy connections share warm buffers.
 			sc.release()
-			sc.idle.Store(true)
 			// The idle deadline moves only when it drifted by an eighth
-			// of IdleTimeout: most requests then set no timer.
-			if want := time.Now().Add(idleTimeout); sc.dl.IsZero() || drifted(want, sc.dl, idleTimeout) {
+			// of its span: most requests then set no timer. A busy
+			// connection waits on its goroutine for up to parkAfter, then
+			// parks.
+			now := time.Now()
+			wait, tol, parkLater := idleTimeout, idleTimeout, false
+			if pc.rc != nil && pc.busy && parkAfter < idleTimeout {
+				// Parking a little early or late does not matter: move
+				// the deadline only when it drifted by half of parkAfter.
+				wait, tol, parkLater = parkAfter, 4*parkAfter, true
+			}
+			if want := now.Add(wait); sc.dl.IsZero() || drifted(want, sc.dl, tol) {
 				c.SetReadDeadline(want)
 				sc.dl = want
 			}
 			if s.g.Closing() {
-				return
+				return false
 			}
-			n, err := c.Read(sc.first[:])
-			sc.idle.Store(false)
+			n, err := 0, errWouldBlock
+			if pc.rc != nil && !parkLater {
+				// Read what is there; park when nothing is.
+				n, err = sc.readOrPark(now)
+				switch err {
+				case errParked:
+					return true
+				case errClosing:
+					return false
+				}
+			}
+			if err == errWouldBlock {
+				pc.idle.Store(true)
+				if s.g.Closing() {
+					pc.idle.Store(false)
+					return false
+				}
+				n, err = c.Read(sc.first[:])
+				pc.idle.Store(false)
+				if parkLater && err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !s.g.Closing() {
+					// Idle for parkAfter: park, with the sweeper
+					// bounding the rest of IdleTimeout.
+					pc.busy = false
+					sc.dl = time.Time{}
+					c.SetReadDeadline(sc.dl)
+					switch n, err = sc.readOrPark(time.Now().Add(-parkAfter)); err {
+					case errParked:
+						return true
+					case errClosing:
+						return false
+					}
+				}
+			}
 			if err != nil {
-				return
+				return false
 			}
 			sc.src.pre = sc.first[:n]
 			sc.acquire()
 		}
 		if !sc.serveOne(readTimeout) {
 			sc.bw.Flush()
-			return
+			return false
 		}
+		pc.answered = true
+	}
+}
+
+// parkAfter is how long a busy connection waits for its next request on
+// its goroutine before it parks. A connection is busy when a request came
+// within parkAfter of its parking: resuming a connection costs more than
+// a goroutine waiting in the runtime's poller, but an idle one should
+// not hold a goroutine for long.
+var parkAfter = 10 * time.Second // a variable for tests
+
+var (
+	errWouldBlock = errors.New("proxy: would block")
+	errParked     = errors.New("proxy: parked")
+	errClosing    = errors.New("proxy: closing")
+)
+
+// rawRead reads once from fd without waiting; it is sc.readFn.
+func (sc *srvConn) rawRead(fd uintptr) bool {
+	sc.rn, sc.rerr = unix.Read(int(fd), sc.first[:])
+	return true
+}
+
+// tryRead reads what the client sent into sc.first without waiting:
+// errWouldBlock when nothing is there, io.EOF when the client closed.
+func (sc *srvConn) tryRead() (int, error) {
+	if err := sc.pc.rc.Read(sc.readFn); err != nil {
+		return 0, err
+	}
+	switch {
+	case sc.rerr == unix.EAGAIN || sc.rerr == unix.EINTR:
+		return 0, errWouldBlock
+	case sc.rerr != nil:
+		return 0, sc.rerr
+	case sc.rn == 0:
+		return 0, io.EOF
+	}
+	return sc.rn, nil
+}
+
+// readOrPark reads what the client sent into sc.first or, when nothing
+// is there, parks the connection: errParked then, when sc went back to
+// the pool and the caller must return at once. errWouldBlock means the
+// connection cannot park (read it on this goroutine); errClosing that
+// the server is closing and the connection is still this goroutine's.
+func (sc *srvConn) readOrPark(now time.Time) (int, error) {
+	s, pc := sc.s, sc.pc
+	for {
+		pc.state.Store(pcParking)
+		if !pc.added {
+			if err := pc.poll.Add(pc.fd, pc); err != nil {
+				pc.state.Store(pcRunning)
+				pc.rc = nil // never again
+				return 0, errWouldBlock
+			}
+			pc.added = true
+		}
+		n, err := sc.tryRead()
+		if err != errWouldBlock {
+			pc.state.Store(pcRunning)
+			return n, err
+		}
+		pc.dl, pc.sc = sc.dl, nil
+		pc.since.Store(now.UnixNano())
+		if pc.state.CompareAndSwap(pcParking, pcParked) {
+			// Another goroutine may own the connection from here.
+			if s.g.Closing() && pc.state.CompareAndSwap(pcParked, pcRunning) {
+				pc.sc = sc
+				return 0, errClosing
+			}
+			s.putConn(sc)
+			return 0, errParked
+		}
+		// Bytes arrived meanwhile.
+		pc.sc = sc
 	}
 }
 
@@ -598,6 +940,11 @@ func (sc *srvConn) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	sc.hijacked = true
+	if pc := sc.pc; pc != nil && pc.added {
+		// The handler owns the connection now: no more events.
+		pc.poll.Remove(pc.fd, pc)
+		pc.added = false
+	}
 	sc.c.SetReadDeadline(time.Time{})
 	return sc.c, bufio.NewReadWriter(sc.br, bufio.NewWriter(sc.c)), nil
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -60,7 +59,7 @@ func FuzzServer(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			sc := srv.newConn(context.Background(), c)
+			sc := srv.newConn(c, nil, nil)
 			srv.serveConn(sc)
 			srv.releaseConn(sc)
 		}()

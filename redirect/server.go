@@ -4,14 +4,22 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/evloop"
 	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/serve"
 )
@@ -65,8 +73,16 @@ var ErrServerClosed = errors.New("redirect: server closed")
 // are safe for concurrent use. The server never closes the handler's
 // pool.
 type Server struct {
-	cfg ServerConfig // defaults filled in
-	g   serve.Group[net.Conn]
+	cfg  ServerConfig // defaults filled in
+	g    serve.Group[*clientConn]
+	pool sync.Pool // *srvConn
+
+	pmu       sync.Mutex
+	serving   int                        // Serve calls running
+	poll      *evloop.Poller[clientConn] // nil: no connection parks
+	pollFail  bool                       // the poller cannot start here
+	sweepStop chan struct{}
+	sweepDone chan struct{}
 }
 
 // ServerConfig configures a [Server]. Only Handler is required; every
@@ -136,14 +152,90 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // stopped, and the listener's error otherwise. Connection goroutines may
 // outlive Serve by the time they take to notice; Shutdown and Close wait
 // for them.
+//
+// On Linux, when ln is a *net.TCPListener, a connection waiting for its
+// next request holds no goroutine and no buffer: it is parked on an
+// epoll set shared by the server's connections and served by a new
+// goroutine when bytes arrive (see internal/evloop). Other listeners, and
+// other systems, keep one goroutine per connection.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return s.g.Run(ctx, ln, &serve.Config[net.Conn]{
-		Name:   "redirect",
-		Closed: ErrServerClosed,
-		Logger: s.cfg.Logger,
-		Open:   func(_ context.Context, c net.Conn) net.Conn { return c },
-		Serve:  s.serveConn,
-	})
+	cfg := &serve.Config[*clientConn]{
+		Name:    "redirect",
+		Closed:  ErrServerClosed,
+		Logger:  s.cfg.Logger,
+		Release: s.releaseConn,
+	}
+	s.pmu.Lock()
+	s.serving++
+	var poll *evloop.Poller[clientConn]
+	if _, tcp := ln.(*net.TCPListener); tcp {
+		poll = s.startPollerLocked()
+	}
+	s.pmu.Unlock()
+	if poll != nil {
+		cfg.ServePark = s.serveClient
+		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, cfg, poll) }
+	} else {
+		cfg.Serve = func(pc *clientConn) { s.serveClient(pc) }
+		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, nil, nil) }
+	}
+	err := s.g.Run(ctx, ln, cfg)
+	s.pmu.Lock()
+	s.serving--
+	s.stopPollerLocked(false)
+	s.pmu.Unlock()
+	return err
+}
+
+// startPollerLocked starts the server's poller and idle sweeper unless
+// they run; it returns nil when connections cannot park here.
+func (s *Server) startPollerLocked() *evloop.Poller[clientConn] {
+	if s.poll == nil && !s.pollFail {
+		p, err := evloop.New((*clientConn).ready)
+		if err != nil {
+			s.pollFail = true
+			return nil
+		}
+		s.poll = p
+		s.sweepStop, s.sweepDone = make(chan struct{}), make(chan struct{})
+		go s.sweep(s.sweepStop, s.sweepDone)
+	}
+	return s.poll
+}
+
+// stopPollerLocked stops the poller and the sweeper when no connection
+// is left and, unless always, no Serve runs.
+func (s *Server) stopPollerLocked(always bool) {
+	if s.poll == nil || !always && (s.serving > 0 || s.g.Len() > 0) {
+		return
+	}
+	close(s.sweepStop)
+	<-s.sweepDone
+	s.poll.Close()
+	s.poll = nil
+}
+
+// sweep closes parked connections idle for longer than IdleTimeout,
+// looking every eighth of it, until stop closes.
+func (s *Server) sweep(stop, done chan struct{}) {
+	defer close(done)
+	idle := s.cfg.IdleTimeout
+	t := time.NewTicker(max(idle/8, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			limit := now.Add(-idle).UnixNano()
+			s.g.Each(func(pc *clientConn) {
+				if pc.state.Load() == pcParked && pc.since.Load() <= limit && pc.state.CompareAndSwap(pcParked, pcRunning) {
+					pc.c.Close()
+					go pc.resume() // to leave the group
+				}
+			})
+		}
+	}
 }
 
 // Close stops the server now: it closes the listeners and every
@@ -151,7 +243,123 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // returns nil.
 func (s *Server) Close() error {
 	s.g.Close()
+	s.pmu.Lock()
+	s.stopPollerLocked(true)
+	s.pmu.Unlock()
 	return nil
+}
+
+// Parking states of a clientConn (see internal/evloop).
+const (
+	pcRunning = iota // a goroutine owns the connection
+	pcParking        // its goroutine reads once more before parking
+	pcPending        // bytes arrived while parking: read again
+	pcParked         // no goroutine: the poller or Shutdown resumes it
+)
+
+// clientConn is what the server keeps per connection: all an idle
+// connection holds. The request state (srvConn, with its buffers) is
+// taken from a pool while the connection is served.
+type clientConn struct {
+	s        *Server
+	c        net.Conn
+	rc       syscall.RawConn // nil: the connection never parks
+	poll     *evloop.Poller[clientConn]
+	fd       int
+	added    bool // fd is in the poller's set
+	busy     bool // requests come often: wait on the goroutine first
+	answered bool // a request was answered
+	peer     netip.Addr
+	resume   func() // serves the connection again after it parked
+	sc       *srvConn
+	state    atomic.Int32
+	since    atomic.Int64 // when it parked, Unix nanoseconds
+}
+
+// Close closes the connection; the server's group calls it to force a
+// connection shut. A parked connection is resumed to leave the group.
+func (pc *clientConn) Close() error {
+	err := pc.c.Close()
+	if pc.state.CompareAndSwap(pcParked, pcRunning) {
+		go pc.resume()
+	}
+	return err
+}
+
+// ready is the poller's news that bytes arrived: it resumes a parked
+// connection and tells one that is parking to read again.
+func (pc *clientConn) ready() {
+	for {
+		switch pc.state.Load() {
+		case pcParked:
+			if pc.state.CompareAndSwap(pcParked, pcRunning) {
+				go pc.resume()
+				return
+			}
+		case pcParking:
+			if pc.state.CompareAndSwap(pcParking, pcPending) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// newConn wraps an accepted connection; with cfg (Serve's, parking) a
+// TCP connection may park.
+func (s *Server) newConn(c net.Conn, cfg *serve.Config[*clientConn], poll *evloop.Poller[clientConn]) *clientConn {
+	pc := &clientConn{s: s, c: c, fd: -1}
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		pc.peer = ta.AddrPort().Addr().Unmap()
+	} else if c.RemoteAddr() != nil {
+		pc.peer = h1.ParseHostAddr(c.RemoteAddr().String())
+	}
+	if tc, ok := c.(*net.TCPConn); ok && poll != nil {
+		if rc, err := tc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { pc.fd = int(fd) })
+			pc.rc, pc.poll = rc, poll
+			pc.resume = s.g.Resumer(cfg, pc)
+		}
+	}
+	return pc
+}
+
+// releaseConn frees pc's request state once it left the server's group.
+func (s *Server) releaseConn(pc *clientConn) {
+	if pc.sc != nil {
+		s.putConn(pc.sc)
+		pc.sc = nil
+	}
+	if pc.poll != nil {
+		pc.poll.Forget(pc.fd, pc)
+		s.pmu.Lock()
+		s.stopPollerLocked(false) // the last connection of a stopped Serve
+		s.pmu.Unlock()
+	}
+}
+
+// takeConn binds request state from the pool to pc.
+func (s *Server) takeConn(pc *clientConn) *srvConn {
+	sc, _ := s.pool.Get().(*srvConn)
+	if sc == nil {
+		sc = &srvConn{s: s, out: make([]byte, 0, 1024)}
+		sc.br = bufio.NewReaderSize(&sc.src, s.cfg.MaxHeaderBytes)
+		sc.readFn = sc.rawRead
+	}
+	sc.c, sc.pc, sc.peer = pc.c, pc, pc.peer
+	sc.src = connReader{sc: sc}
+	sc.br.Reset(&sc.src)
+	pc.sc = sc
+	return sc
+}
+
+// putConn returns request state to the pool; nothing may be buffered.
+func (s *Server) putConn(sc *srvConn) {
+	sc.c, sc.pc = nil, nil
+	sc.out = sc.out[:0]
+	sc.linger = false
+	s.pool.Put(sc)
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -161,14 +369,30 @@ func (s *Server) Close() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one in the middle of a
 	// request finishes it first (it checks closing before reading on).
-	return s.g.Shutdown(ctx, func(c net.Conn) { c.SetReadDeadline(time.Now()) })
+	err := s.g.Shutdown(ctx, func(pc *clientConn) {
+		if pc.state.CompareAndSwap(pcParked, pcRunning) {
+			go pc.resume() // it sees the server closing and closes
+			return
+		}
+		pc.c.SetReadDeadline(time.Now())
+	})
+	s.pmu.Lock()
+	s.stopPollerLocked(true)
+	s.pmu.Unlock()
+	return err
 }
 
 // srvConn is the per-connection state of a Server.
 type srvConn struct {
 	s       *Server
+	pc      *clientConn
 	c       net.Conn
 	br      *bufio.Reader
+	src     connReader            // br's source
+	readFn  func(fd uintptr) bool // rawRead, made once
+	rbuf    []byte                // rawRead's buffer
+	rn      int                   // rawRead's result
+	rerr    error
 	out     []byte
 	peer    netip.Addr
 	head    h1.Head       // the current request, parsed in br's buffer
@@ -200,36 +424,186 @@ const (
 	maxPendingOut = 16 << 10 // answers buffered before a forced write
 )
 
+// serveConn serves c on this goroutine until it closes.
 func (s *Server) serveConn(c net.Conn) {
-	defer c.Close()
-	size := s.cfg.MaxHeaderBytes
-	sc := &srvConn{s: s, c: c, br: bufio.NewReaderSize(c, size), out: make([]byte, 0, 1024)}
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		sc.peer = ta.AddrPort().Addr().Unmap()
-	} else if c.RemoteAddr() != nil {
-		sc.peer = h1.ParseHostAddr(c.RemoteAddr().String())
+	pc := s.newConn(c, nil, nil)
+	s.serveClient(pc)
+	s.releaseConn(pc)
+}
+
+// serveClient serves pc until it closes, or parks it: it reports whether
+// it parked.
+func (s *Server) serveClient(pc *clientConn) bool {
+	sc := pc.sc
+	if sc == nil {
+		if pc.rc != nil {
+			// Resumed: a request within parkAfter of the last makes the
+			// connection busy, kept on a goroutine between requests.
+			// The wait for a new connection's first request does not
+			// count.
+			pc.busy = pc.answered && time.Now().UnixNano()-pc.since.Load() < int64(parkAfter)
+			if pc.busy && pc.added {
+				// No events while it waits on its goroutine: it is
+				// added again when it parks.
+				pc.poll.Remove(pc.fd, pc)
+				pc.added = false
+			}
+		}
+		sc = s.takeConn(pc)
 	}
+	if sc.serve() {
+		return true
+	}
+	pc.c.Close()
+	return false
+}
+
+// connReader is a srvConn's bufio.Reader's source: the connection, read
+// without waiting while the srvConn is about to park.
+type connReader struct {
+	sc       *srvConn
+	nonblock bool
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	sc := r.sc
+	if !r.nonblock {
+		return sc.c.Read(p)
+	}
+	sc.rbuf = p
+	err := sc.pc.rc.Read(sc.readFn)
+	sc.rbuf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case sc.rerr == unix.EAGAIN || sc.rerr == unix.EINTR:
+		return 0, errWouldBlock
+	case sc.rerr != nil:
+		return 0, sc.rerr
+	case sc.rn == 0:
+		return 0, io.EOF
+	}
+	return sc.rn, nil
+}
+
+// rawRead reads once from fd into sc.rbuf without waiting; it is
+// sc.readFn.
+func (sc *srvConn) rawRead(fd uintptr) bool {
+	sc.rn, sc.rerr = unix.Read(int(fd), sc.rbuf)
+	return true
+}
+
+// parkAfter is how long a busy connection waits for its next request on
+// its goroutine before it parks. A connection is busy when a request came
+// within parkAfter of its parking: resuming a connection costs more than
+// a goroutine waiting in the runtime's poller, but an idle one should
+// not hold a goroutine for long.
+var parkAfter = 10 * time.Second // a variable for tests
+
+var (
+	errWouldBlock = errors.New("redirect: would block")
+	errParked     = errors.New("redirect: parked")
+	errClosing    = errors.New("redirect: closing")
+)
+
+// readOrPark fills sc.br with what the client sent or, when nothing is
+// there, parks the connection: errParked then, when sc went back to the
+// pool and the caller must return at once. errWouldBlock means the
+// connection cannot park (read it on this goroutine); errClosing that the
+// server is closing and the connection is still this goroutine's.
+func (sc *srvConn) readOrPark(now time.Time) error {
+	s, pc := sc.s, sc.pc
+	for {
+		pc.state.Store(pcParking)
+		if !pc.added {
+			if err := pc.poll.Add(pc.fd, pc); err != nil {
+				pc.state.Store(pcRunning)
+				pc.rc = nil // never again
+				return errWouldBlock
+			}
+			pc.added = true
+		}
+		sc.src.nonblock = true
+		_, err := sc.br.Peek(1)
+		sc.src.nonblock = false
+		if err != errWouldBlock {
+			pc.state.Store(pcRunning)
+			return err
+		}
+		pc.sc = nil
+		pc.since.Store(now.UnixNano())
+		if pc.state.CompareAndSwap(pcParking, pcParked) {
+			// Another goroutine may own the connection from here.
+			if s.g.Closing() && pc.state.CompareAndSwap(pcParked, pcRunning) {
+				pc.sc = sc
+				return errClosing
+			}
+			s.putConn(sc)
+			return errParked
+		}
+		// Bytes arrived meanwhile.
+		pc.sc = sc
+	}
+}
+
+// serve answers sc's connection's requests; it reports whether the
+// connection parked, when sc went back to the pool.
+func (sc *srvConn) serve() bool {
+	s, c := sc.s, sc.c
 	readTimeout, idleTimeout := s.cfg.ReadTimeout, s.cfg.IdleTimeout
 	for {
 		if s.g.Closing() {
-			return
+			return false
 		}
 		if sc.br.Buffered() == 0 {
 			// Bound the flush and the wait for the next request, then
 			// look at closing again: Shutdown may have set its own
 			// deadline just before ours replaced it.
-			c.SetDeadline(time.Now().Add(idleTimeout))
+			// A busy connection waits on its goroutine for up to
+			// parkAfter (which bounds its writes too), then parks.
+			now := time.Now()
+			parkLater := sc.pc.rc != nil && sc.pc.busy && parkAfter < idleTimeout
+			if parkLater {
+				c.SetDeadline(now.Add(parkAfter))
+			} else {
+				c.SetDeadline(now.Add(idleTimeout))
+			}
 			if s.g.Closing() {
-				return
+				return false
 			}
 			if len(sc.out) > 0 {
 				if _, err := c.Write(sc.out); err != nil {
-					return
+					return false
 				}
 				sc.out = sc.out[:0]
 			}
-			if _, err := sc.br.Peek(1); err != nil {
-				return
+			err := errWouldBlock
+			if sc.pc.rc != nil && !parkLater {
+				// Read what is there; park when nothing is.
+				switch err = sc.readOrPark(now); err {
+				case errParked:
+					return true
+				case errClosing:
+					return false
+				}
+			}
+			if err == errWouldBlock {
+				_, err = sc.br.Peek(1)
+				if parkLater && err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !s.g.Closing() {
+					// Idle for parkAfter: park, with the sweeper
+					// bounding the rest of IdleTimeout.
+					sc.pc.busy = false
+					c.SetReadDeadline(time.Time{})
+					switch err = sc.readOrPark(time.Now().Add(-parkAfter)); err {
+					case errParked:
+						return true
+					case errClosing:
+						return false
+					}
+				}
+			}
+			if err != nil {
+				return false
 			}
 			sc.now = time.Now() // the request's arrival: Date and the read deadline
 			sc.readDL = sc.now.Add(readTimeout)
@@ -239,11 +613,12 @@ func (s *Server) serveConn(c net.Conn) {
 			// A client pipelining without reading: push answers out
 			// rather than buffer them without bound.
 			if _, err := c.Write(sc.out); err != nil {
-				return
+				return false
 			}
 			sc.out = sc.out[:0]
 		}
 		keep, err := sc.step(s.g.Closing())
+		sc.pc.answered = true
 		if !keep {
 			if len(sc.out) > 0 {
 				c.Write(sc.out)
@@ -251,7 +626,7 @@ func (s *Server) serveConn(c net.Conn) {
 			if err == nil && sc.linger {
 				h1.LingerClose(c, sc.br)
 			}
-			return
+			return false
 		}
 	}
 }

@@ -63,7 +63,16 @@ type Config[C Conn] struct {
 	Open func(ctx context.Context, c net.Conn) C
 	// Serve serves a connection on its own goroutine and is responsible
 	// for closing it (or handing it over). Shutdown waits for it.
+	// Required unless ServePark is set.
 	Serve func(c C)
+	// ServePark, if not nil, replaces Serve for a server that parks idle
+	// connections without a goroutine: it returns true when it parked c
+	// (and must not touch c any more: another goroutine may own it
+	// already). A parked connection stays in the group — Shutdown waits
+	// for it, Close and the end of Serve's context close it — until the
+	// server resumes it by calling, on a new goroutine, the function
+	// [Group.Resumer] returned for it.
+	ServePark func(c C) (parked bool)
 	// Release, if not nil, runs once the connection left the group: after
 	// Serve returned, or, for a connection that arrived as the group was
 	// closing and was never served, after the group closed it. Shutdown
@@ -189,9 +198,39 @@ func (g *Group[C]) Serve(ctx context.Context, ln net.Listener, cfg *Config[C]) e
 	}
 }
 
+// Resumer returns the function that serves c again after
+// cfg.ServePark parked it: call it on a new goroutine (go f()), once per
+// park. Keep it with the connection: calling it allocates nothing.
+func (g *Group[C]) Resumer(cfg *Config[C], c C) func() {
+	return func() { g.run(cfg, c) }
+}
+
+// Len returns the number of connections in the group.
+func (g *Group[C]) Len() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.conns)
+}
+
+// Each calls f with every connection of the group, with the group's lock
+// held: f must not block, nor call the group's methods.
+func (g *Group[C]) Each(f func(C)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for c := range g.conns {
+		f(c)
+	}
+}
+
 func (g *Group[C]) run(cfg *Config[C], c C) {
+	if cfg.ServePark != nil {
+		if cfg.ServePark(c) {
+			return // parked: still in the group and counted in wg
+		}
+	} else {
+		cfg.Serve(c)
+	}
 	defer g.wg.Done()
-	cfg.Serve(c)
 	g.mu.Lock()
 	delete(g.conns, c)
 	if g.closing.Load() && len(g.conns) == 0 && g.idle != nil {

@@ -301,3 +301,60 @@ func TestListen(t *testing.T) {
 	require.Error(t, err)
 	assert.Regexp(t, "^test: ", err.Error())
 }
+
+// parkConn is a connection that ServePark parks on its first call.
+type parkConn struct {
+	net.Conn
+	served int
+	resume func()
+}
+
+// TestServeParkKeepsParkedConnections: a connection ServePark parked stays
+// in the group, without Release, until the server resumes it; Shutdown
+// waits for it, and wake resumes it.
+func TestServeParkKeepsParkedConnections(t *testing.T) {
+	var g Group[*parkConn]
+	ln := newFakeListener()
+	parked := make(chan *parkConn, 1)
+	released := make(chan *parkConn, 1)
+	cfg := &Config[*parkConn]{Name: "test", Closed: errClosed}
+	cfg.Open = func(_ context.Context, c net.Conn) *parkConn {
+		pc := &parkConn{Conn: c}
+		pc.resume = g.Resumer(cfg, pc)
+		return pc
+	}
+	cfg.ServePark = func(pc *parkConn) bool {
+		pc.served++
+		if pc.served == 1 {
+			parked <- pc
+			return true
+		}
+		pc.Close()
+		return false
+	}
+	cfg.Release = func(pc *parkConn) { released <- pc }
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(context.Background(), ln, cfg) }()
+	client, server := net.Pipe()
+	defer client.Close()
+	ln.accepts <- acceptResult{c: server}
+	pc := <-parked
+	require.Eventually(t, func() bool { return g.Len() == 1 }, 5*time.Second, time.Millisecond)
+	n := 0
+	g.Each(func(*parkConn) { n++ })
+	assert.Equal(t, 1, n)
+	select {
+	case <-released:
+		t.Fatal("a parked connection was released")
+	default:
+	}
+	shut := make(chan error, 1)
+	go func() {
+		shut <- g.Shutdown(context.Background(), func(pc *parkConn) { go pc.resume() })
+	}()
+	assert.Same(t, pc, <-released)
+	require.NoError(t, <-shut)
+	assert.Equal(t, 2, pc.served)
+	assert.Equal(t, 0, g.Len())
+	assert.ErrorIs(t, <-done, errClosed)
+}
