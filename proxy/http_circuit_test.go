@@ -19,24 +19,31 @@ import (
 )
 
 // In an outage where every backend fails, the retry budget keeps retries
-// to a share of the requests in flight: with 60 requests in flight and a
-// 10 % budget, at most max(3, 6) retries run at once, where MaxTries 3
-// alone would send every request three times.
+// to a share of the requests in flight. The budget limits retries in
+// flight, so the test holds every admitted retry until each request has
+// either been refused a retry or has one in flight: with 60 requests in
+// flight and a 10% budget (at least 3), 3 to 6 retries are admitted and
+// the rest refused, where MaxTries alone would retry all 60.
 func TestHTTPRetryBudget(t *testing.T) {
+	const n = 60
 	var hits atomic.Int64
-	release := make(chan struct{})
+	failFirst := make(chan struct{}) // the first attempts answer 503
+	releaseRetries := make(chan struct{})
 	pool := balancer.MustNew(balancer.Config{Builder: roundrobin.Builder{}})
 	for range 3 {
 		be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			hits.Add(1)
-			<-release
+			if hits.Add(1) <= n {
+				<-failFirst
+			} else {
+				<-releaseRetries
+			}
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}))
 		defer be.Close()
 		require.NoError(t, pool.Add(balancer.Backend{Addr: netip.MustParseAddrPort(be.Listener.Addr().String())}))
 	}
 	h, err := NewHTTP(HTTPConfig{
-		Pool: pool, MaxTries: 3, RetryStatuses: []int{503},
+		Pool: pool, MaxTries: 2, RetryStatuses: []int{503},
 		Circuit: circuit.Config{Pool: circuit.Thresholds{RetryBudget: circuit.RetryBudget{Percent: 10, MinConcurrency: 3}}},
 	})
 	require.NoError(t, err)
@@ -44,11 +51,12 @@ func TestHTTPRetryBudget(t *testing.T) {
 	front := httptest.NewServer(h)
 	defer front.Close()
 
-	const n = 60
 	var wg sync.WaitGroup
 	codes := make(chan int, n)
+	var finished atomic.Int64
 	for range n {
 		wg.Go(func() {
+			defer finished.Add(1)
 			resp, err := front.Client().Get(front.URL)
 			if err != nil {
 				codes <- 0
@@ -59,22 +67,30 @@ func TestHTTPRetryBudget(t *testing.T) {
 			codes <- resp.StatusCode
 		})
 	}
-	// Every first attempt is in flight; then let the backends answer.
-	deadline := time.Now().Add(10 * time.Second)
-	for hits.Load() < n && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(2 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
 	}
-	require.EqualValues(t, n, hits.Load(), "all first attempts in flight")
-	close(release)
+	wait("every first attempt in flight", func() bool { return hits.Load() == n })
+	close(failFirst)
+	// Each request now either holds an admitted retry or was refused one.
+	wait("every retry admitted or refused", func() bool { return (hits.Load()-n)+finished.Load() == n })
+	retries := hits.Load() - n
+	refused := h.Circuit().Pool().Stats().Overflow[circuit.Retries]
+	close(releaseRetries)
 	wg.Wait()
 	close(codes)
 	for c := range codes {
 		assert.Equal(t, http.StatusServiceUnavailable, c)
 	}
-	retries := hits.Load() - n
-	t.Logf("%d requests, %d retries sent, %d refused by the budget", n, retries, h.Circuit().Pool().Stats().Overflow[circuit.Retries])
-	assert.LessOrEqual(t, retries, int64(2*n/10+6), "retries are bounded by the budget, not by MaxTries (which would allow %d)", 2*n)
-	assert.Positive(t, h.Circuit().Pool().Stats().Overflow[circuit.Retries], "the budget refused retries")
+	t.Logf("%d requests, %d retries admitted, %d refused by the budget", n, retries, refused)
+	assert.GreaterOrEqual(t, retries, int64(3), "the budget's minimum concurrency is admitted")
+	assert.LessOrEqual(t, retries, int64(6), "at most 10%% of the %d requests in flight retry at once", n)
+	assert.EqualValues(t, n-retries, refused, "every other retry was refused and counted")
 }
 
 // A request over a circuit threshold is answered 503 at once, and the
