@@ -1,5 +1,5 @@
 // Package serve holds the connection-serving lifecycle shared by lbkit's
-// servers (redirect.Server, proxy.Server, proxy.TCP): a registry of
+// servers (redirect.Server, proxy.Server, tcpproxy.Server): a registry of
 // listeners and open connections, an accept loop that backs off on
 // temporary errors, closing on context cancellation, and a graceful
 // Shutdown that waits for connections until its context ends.
