@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lbkit/lbkit/balancer"
+
+	"github.com/lbkit/lbkit/internal/testlog"
 )
 
 const fileWait = 10 * time.Second
@@ -36,8 +38,8 @@ func TestFileFollowsChanges(t *testing.T) {
 	src, err := NewFile(FileConfig{Path: path, Debounce: 20 * time.Millisecond})
 	require.NoError(t, err)
 	pool := newPool(t, "web")
-	var logs logBuf
-	stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{src}, Logger: logs.logger()})
+	var logs testlog.Buffer
+	stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{src}, Logger: logs.Logger()})
 	defer stop()
 
 	waitMembers(t, pool, fileWait, "198.18.0.1:80", "198.18.0.2:80")
@@ -58,11 +60,11 @@ func TestFileFollowsChanges(t *testing.T) {
 
 	// A broken file keeps the last good members; the error names the line.
 	writeFile(t, path, "- addr: 198.18.0.6:80\n- addr: 198.18.0.7:80\n  wieght: 3\n")
-	logs.waitLog(t, `line 3: unknown field \"wieght\"`, fileWait)
+	logs.WaitFor(t, `line 3: unknown field \"wieght\"`, fileWait)
 	assert.Equal(t, []string{"198.18.0.5:80"}, members(pool))
 	// Removed: the members stay too.
 	require.NoError(t, os.Remove(path))
-	logs.waitLog(t, "no such file or directory", fileWait)
+	logs.WaitFor(t, "no such file or directory", fileWait)
 	assert.Equal(t, []string{"198.18.0.5:80"}, members(pool))
 	// Written again, good: it is followed.
 	replaceFile(t, path, "- addr: 198.18.0.8:80\n")

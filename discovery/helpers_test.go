@@ -1,15 +1,12 @@
 package discovery
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,57 +18,6 @@ import (
 
 // quiet is a logger that drops everything.
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-// logBuf is a concurrency-safe buffer for a test's log lines.
-type logBuf struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	wrote chan struct{} // closed and replaced at each write
-}
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.wrote != nil {
-		close(b.wrote)
-		b.wrote = nil
-	}
-	return b.buf.Write(p)
-}
-
-// waitLog waits until the log holds substr, failing after timeout.
-func (b *logBuf) waitLog(t *testing.T, substr string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		b.mu.Lock()
-		found := strings.Contains(b.buf.String(), substr)
-		if b.wrote == nil {
-			b.wrote = make(chan struct{})
-		}
-		wrote := b.wrote
-		b.mu.Unlock()
-		if found {
-			return
-		}
-		select {
-		case <-wrote:
-		case <-deadline.C:
-			t.Fatalf("after %v the log has no %q:\n%s", timeout, substr, b.String())
-		}
-	}
-}
-
-func (b *logBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuf) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 func newPool(t *testing.T, name string) *balancer.Pool {
 	t.Helper()

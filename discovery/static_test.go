@@ -11,6 +11,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/internal/testlog"
 )
 
 // hostsServer is a DNS server on loopback answering A queries from a map
@@ -84,8 +86,8 @@ func TestStaticResolvesHostNames(t *testing.T) {
 	})
 	require.NoError(t, err)
 	pool := newPool(t, "web")
-	var logs logBuf
-	stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{src}, Logger: logs.logger()})
+	var logs testlog.Buffer
+	stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{src}, Logger: logs.Logger()})
 	defer stop()
 
 	waitMembers(t, pool, 5*time.Second, "127.0.0.1:9101", "198.18.0.1:80", "198.18.0.9:80")
@@ -100,12 +102,12 @@ func TestStaticResolvesHostNames(t *testing.T) {
 
 	// The name stops resolving: its last addresses stay.
 	dnsSrv.set("web-1.example.test.", nil...)
-	logs.waitLog(t, `discovery: resolve \"web-1.example.test\"`, 5*time.Second)
+	logs.WaitFor(t, `discovery: resolve \"web-1.example.test\"`, 5*time.Second)
 	assert.Equal(t, []string{"127.0.0.1:9101", "198.18.0.2:80", "198.18.0.3:80", "198.18.0.9:80"}, members(pool))
 
 	dnsSrv.set("web-1.example.test.", "198.18.0.4")
 	waitMembers(t, pool, 5*time.Second, "127.0.0.1:9101", "198.18.0.4:80", "198.18.0.9:80")
-	logs.waitLog(t, "discovery: source recovered", 5*time.Second)
+	logs.WaitFor(t, "discovery: source recovered", 5*time.Second)
 }
 
 func TestStaticLiteralsOnly(t *testing.T) {

@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lbkit/lbkit/balancer"
+
+	"github.com/lbkit/lbkit/internal/testlog"
 )
 
 // feed is a Source driven by the test: each step is reported to the
@@ -74,8 +76,8 @@ func TestSyncMergesSources(t *testing.T) {
 		pool := newPool(t, "web")
 		pool.Set([]balancer.Backend{bk("198.18.0.99:80", 1)})
 		a, b := newFeed("a"), newFeed("b")
-		var logs logBuf
-		stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{a, b}, Logger: logs.logger()})
+		var logs testlog.Buffer
+		stop := runSyncer(t, &Syncer{Pool: pool, Sources: []Source{a, b}, Logger: logs.Logger()})
 		defer stop()
 
 		synctest.Wait()
@@ -152,8 +154,8 @@ func TestSyncFailureKeepsLastSet(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pool := newPool(t, "api")
 		a := newFeed("feed-a")
-		var logs logBuf
-		s := &Syncer{Pool: pool, Sources: []Source{a}, Logger: logs.logger()}
+		var logs testlog.Buffer
+		s := &Syncer{Pool: pool, Sources: []Source{a}, Logger: logs.Logger()}
 		assert.Nil(t, s.Status(), "nil before Run")
 		stop := runSyncer(t, s)
 		defer stop()

@@ -1,11 +1,9 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,54 +14,14 @@ import (
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/discovery"
+
+	"github.com/lbkit/lbkit/internal/testlog"
 )
 
 const prefix = "/lbkit/pools/web/"
 
-// logBuf is a concurrency-safe buffer for log lines that a test can wait
-// on.
-type logBuf struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	wrote chan struct{}
-}
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.wrote != nil {
-		close(b.wrote)
-		b.wrote = nil
-	}
-	return b.buf.Write(p)
-}
-
-func (b *logBuf) waitLog(t *testing.T, substr string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		b.mu.Lock()
-		found := strings.Contains(b.buf.String(), substr)
-		if b.wrote == nil {
-			b.wrote = make(chan struct{})
-		}
-		wrote := b.wrote
-		text := b.buf.String()
-		b.mu.Unlock()
-		if found {
-			return
-		}
-		select {
-		case <-wrote:
-		case <-deadline.C:
-			t.Fatalf("after %v the log has no %q:\n%s", timeout, substr, text)
-		}
-	}
-}
-
 // runSync runs a Syncer of src into pool until the test ends.
-func runSync(t *testing.T, pool *balancer.Pool, src discovery.Source, logs *logBuf) {
+func runSync(t *testing.T, pool *balancer.Pool, src discovery.Source, logs *testlog.Buffer) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
@@ -87,7 +45,7 @@ func TestWatch(t *testing.T) {
 	src, err := New(Config{Prefix: prefix, Client: newClient(t, lnk.addr()), RequestTimeout: time.Second})
 	require.NoError(t, err)
 	pool := newPool(t, "web")
-	var logs logBuf
+	var logs testlog.Buffer
 	runSync(t, pool, src, &logs)
 
 	waitMembers(t, pool, 10*time.Second, "198.18.0.1:80", "198.18.0.2:80")
@@ -104,7 +62,7 @@ func TestWatch(t *testing.T) {
 
 	// A bad value is reported; the key keeps its member.
 	put(t, admin, prefix+"b", `{"addr": "web-2:80"}`)
-	logs.waitLog(t, `key /lbkit/pools/web/b: etcd: member addr \"web-2:80\": want IP:port`, 10*time.Second)
+	logs.WaitFor(t, `key /lbkit/pools/web/b: etcd: member addr \"web-2:80\": want IP:port`, 10*time.Second)
 	assert.Equal(t, []string{"198.18.0.2:80", "198.18.0.3:80"}, members(pool))
 	put(t, admin, prefix+"b", `{"addr": "198.18.0.2:80", "weight": 5}`)
 	waitMembers(t, pool, 10*time.Second, "198.18.0.2:80", "198.18.0.3:80")
@@ -135,15 +93,9 @@ func TestWatch(t *testing.T) {
 		assert.Equal(t, []string{"198.18.0.2:80", "198.18.0.3:80", "198.18.0.4:80"}, members(pool), "no member dropped while disconnected")
 		lnk.setCut(false)
 		waitMembers(t, pool, 20*time.Second, "198.18.0.2:80", "198.18.0.4:80", "198.18.0.5:80", "198.18.0.6:80")
-		logs.waitLog(t, "was compacted", time.Second)
+		logs.WaitFor(t, "was compacted", time.Second)
 		assert.Contains(t, logs.String(), "pool=web source=\"etcd /lbkit/pools/web/\"")
 	})
-}
-
-func (b *logBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestRegisterLease(t *testing.T) {
@@ -151,7 +103,7 @@ func TestRegisterLease(t *testing.T) {
 	src, err := New(Config{Prefix: prefix, Endpoints: []string{srv.client.String()}})
 	require.NoError(t, err)
 	pool := newPool(t, "web")
-	var logs logBuf
+	var logs testlog.Buffer
 	runSync(t, pool, src, &logs)
 
 	// A backend registers itself with a short lease and then dies: its
@@ -203,7 +155,7 @@ func TestRegisterSurvivesRestart(t *testing.T) {
 	src, err := New(Config{Prefix: prefix, Client: newClient(t, srv.client.String())})
 	require.NoError(t, err)
 	pool := newPool(t, "web")
-	var logs logBuf
+	var logs testlog.Buffer
 	runSync(t, pool, src, &logs)
 	waitMembers(t, pool, 10*time.Second, "198.18.0.7:80")
 
