@@ -28,6 +28,7 @@ import (
 
 	"github.com/lbkit/lbkit/internal/daemon"
 	"github.com/lbkit/lbkit/internal/etcdtest"
+	"github.com/lbkit/lbkit/internal/testlog"
 	"github.com/lbkit/lbkit/internal/testnet"
 )
 
@@ -180,14 +181,14 @@ func hasVerdict(st daemon.Status, addr string, inService bool) bool {
 type clusterProc struct {
 	name, admin string
 	cmd         *exec.Cmd
-	out         *lockedBuffer
+	out         *testlog.Buffer
 	exited      chan struct{} // closed when the process has exited
 	err         error         // Wait's error, once exited is closed
 }
 
 func startNode(t *testing.T, bin, name, admin string, args ...string) *clusterProc {
 	t.Helper()
-	n := &clusterProc{name: name, admin: admin, out: &lockedBuffer{}, exited: make(chan struct{})}
+	n := &clusterProc{name: name, admin: admin, out: &testlog.Buffer{}, exited: make(chan struct{})}
 	n.cmd = exec.Command(bin, append([]string{"serve", "-node", name, "-admin", admin}, args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	require.NoError(t, n.cmd.Start())

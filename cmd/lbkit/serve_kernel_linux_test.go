@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lbkit/lbkit/internal/netlab"
+	"github.com/lbkit/lbkit/internal/testlog"
 )
 
 // TestServeIPLB runs lbkit serve with an iplb (nftables NAT) listener
@@ -75,7 +76,7 @@ listeners:
   - {name: nat, type: iplb, vip: 198.19.0.10, port: 80, pool: lab}
 `, members[0], members[1])), 0o644))
 
-	var out lockedBuffer
+	var out testlog.Buffer
 	cmd := exec.Command(bin, "serve", "-config", file)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	require.NoError(t, bal.Start(cmd))

@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lbkit/lbkit/internal/testlog"
 	"github.com/lbkit/lbkit/internal/testnet"
 )
 
@@ -90,25 +91,8 @@ type served struct {
 	cmd  *exec.Cmd
 	file string
 	p    serveParams
-	out  *lockedBuffer
+	out  *testlog.Buffer
 	done chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func (s *served) write(p serveParams) {
@@ -458,7 +442,7 @@ scrape_configs:
 `, addrs[0])), 0o644))
 	pcmd := exec.Command(prom, "--config.file="+promCfg, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
 		"--web.listen-address="+promAddr, "--log.level=warn")
-	var plog lockedBuffer
+	var plog testlog.Buffer
 	pcmd.Stdout, pcmd.Stderr = &plog, &plog
 	require.NoError(t, pcmd.Start())
 	defer func() {
@@ -506,7 +490,7 @@ scrape_configs:
 // admin endpoint; the test's cleanup stops it with SIGTERM.
 func startServeFile(t *testing.T, bin, file, admin string, extraArgs ...string) *served {
 	t.Helper()
-	s := &served{t: t, file: file, p: serveParams{Admin: admin}, out: &lockedBuffer{}, done: make(chan error, 1)}
+	s := &served{t: t, file: file, p: serveParams{Admin: admin}, out: &testlog.Buffer{}, done: make(chan error, 1)}
 	s.cmd = exec.Command(bin, append([]string{"serve", "-config", file}, extraArgs...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	require.NoError(t, s.cmd.Start())
