@@ -407,7 +407,7 @@ func (h *HTTP) IdleConns(addr netip.AddrPort) int {
 			u.mu.Lock()
 			n := len(u.idle)
 			u.mu.Unlock()
-			return n
+			return n + int(u.loopIdle.Load())
 		}
 	}
 	return 0

@@ -97,6 +97,8 @@ type upstream struct {
 	idle    []*pconn    // LIFO: the most recently used on top
 	retired atomic.Bool // no longer a pool member: close conns as they return
 
+	loopIdle atomic.Int32 // idle connections kept by the server's event loops
+
 	active int // connection-limit slots held; guarded by HTTP.lim.mu
 }
 

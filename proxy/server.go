@@ -95,6 +95,9 @@ type Server struct {
 	pollFail  bool                       // the poller cannot start here
 	sweepStop chan struct{}
 	sweepDone chan struct{}
+
+	eng      engine // the event loops of TCP listeners (Linux)
+	noEngine bool   // tests: the goroutine path only
 }
 
 // ServerConfig configures a [Server]. Only Handler is required; every
@@ -174,11 +177,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.pmu.Lock()
 	s.serving++
 	var poll *evloop.Poller[clientConn]
-	if _, tcp := ln.(*net.TCPListener); tcp {
-		poll = s.startPollerLocked()
+	engine := false
+	if tl, tcp := ln.(*net.TCPListener); tcp && !s.g.Closing() {
+		if el := s.engineListener(tl); el != nil {
+			ln, engine = el, true
+		} else {
+			poll = s.startPollerLocked()
+		}
 	}
 	s.pmu.Unlock()
-	if poll != nil {
+	if engine {
+		// The loops serve the connections; those handed over here get a
+		// goroutine each.
+		cfg.ServePark = s.serveConn
+		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, nil, nil) }
+	} else if poll != nil {
 		cfg.ServePark = s.serveConn
 		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, cfg, poll) }
 	} else {
@@ -186,6 +199,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, nil, nil) }
 	}
 	err := s.g.Run(ctx, ln, cfg)
+	if engine && ctx.Err() != nil {
+		// The end of ctx means Close.
+		s.eng.kill()
+		s.eng.stop()
+	}
 	s.pmu.Lock()
 	s.serving--
 	s.stopPollerLocked(false)
@@ -260,6 +278,7 @@ func (s *Server) sweep(stop, done chan struct{}) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one serving a request
 	// finishes it first (it checks closing before reading on).
+	forced := s.eng.shutdown(ctx)
 	err := s.g.Shutdown(ctx, func(pc *clientConn) {
 		if pc.state.CompareAndSwap(pcParked, pcRunning) {
 			go pc.resume() // it sees the server closing and closes
@@ -270,6 +289,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	})
 	s.stopPoller()
+	if !forced {
+		// Connections the loops handed over while the group drained
+		// may have come back: none can, the listeners are closed.
+		forced = s.eng.shutdown(ctx)
+	}
+	s.eng.stop()
+	if err == nil && forced {
+		err = ctx.Err()
+	}
 	return err
 }
 
@@ -277,8 +305,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // connection, and waits for their goroutines. It is idempotent and
 // returns nil.
 func (s *Server) Close() error {
+	s.eng.kill()
 	s.g.Close()
 	s.stopPoller()
+	s.eng.stop()
 	return nil
 }
 
@@ -309,6 +339,7 @@ type clientConn struct {
 	state    atomic.Int32
 	since    atomic.Int64 // when it parked, Unix nanoseconds
 	idle     atomic.Bool  // waiting for a request in a blocking read
+	pre      []byte       // bytes read by the engine before it handed the connection over
 }
 
 // Close closes the client connection; the server's group calls it to
@@ -351,7 +382,11 @@ func (pc *clientConn) ready() {
 // newConn wraps an accepted connection; with cfg (Serve's, parking) a
 // TCP connection may park.
 func (s *Server) newConn(c net.Conn, cfg *serve.Config[*clientConn], poll *evloop.Poller[clientConn]) *clientConn {
-	pc := &clientConn{s: s, c: c, fd: -1, remote: c.RemoteAddr().String()}
+	var pre []byte
+	if p, ok := c.(*preConn); ok {
+		c, pre = p.Conn, p.pre
+	}
+	pc := &clientConn{s: s, c: c, fd: -1, remote: c.RemoteAddr().String(), pre: pre}
 	if tc, ok := c.(*net.TCPConn); ok && poll != nil {
 		if rc, err := tc.SyscallConn(); err == nil {
 			rc.Control(func(fd uintptr) { pc.fd = int(fd) })
@@ -366,14 +401,7 @@ func (s *Server) newConn(c net.Conn, cfg *serve.Config[*clientConn], poll *evloo
 func (s *Server) takeConn(pc *clientConn) *srvConn {
 	sc, _ := s.pool.Get().(*srvConn)
 	if sc == nil {
-		sc = &srvConn{
-			hdr:  make(http.Header, 16),
-			rh:   make(http.Header, 4),
-			trl:  make(http.Header),
-			vals: make([]string, 0, 32),
-		}
-		sc.req.URL = &url.URL{}
-		sc.readFn = sc.rawRead
+		sc = newSrvConn()
 	}
 	sc.s, sc.c, sc.pc = s, pc.c, pc
 	sc.src = prefixReader{c: pc.c}
@@ -382,6 +410,34 @@ func (s *Server) takeConn(pc *clientConn) *srvConn {
 	sc.hijacked = false
 	pc.sc = sc
 	return sc
+}
+
+// newSrvConn returns request state with its maps made.
+func newSrvConn() *srvConn {
+	sc := &srvConn{
+		hdr:  make(http.Header, 16),
+		rh:   make(http.Header, 4),
+		trl:  make(http.Header),
+		vals: make([]string, 0, 32),
+	}
+	sc.req.URL = &url.URL{}
+	sc.readFn = sc.rawRead
+	return sc
+}
+
+// logger returns the logger of accept errors.
+func (s *Server) logger() *slog.Logger {
+	if s.cfg.Logger != nil {
+		return s.cfg.Logger
+	}
+	return slog.Default()
+}
+
+// preConn is a connection the engine handed over to the goroutine path,
+// with the bytes it had read and not used.
+type preConn struct {
+	net.Conn
+	pre []byte
 }
 
 // putConn returns request state to the pool; nothing may be buffered.
@@ -519,6 +575,17 @@ func (sc *srvConn) serve() bool {
 				return false
 			}
 			n, err := 0, errWouldBlock
+			if pc.pre != nil {
+				// Handed over by the engine with these bytes.
+				sc.src.pre, pc.pre = pc.pre, nil
+				sc.acquire()
+				if !sc.serveOne(readTimeout) {
+					sc.bw.Flush()
+					return false
+				}
+				pc.answered = true
+				continue
+			}
 			if pc.rc != nil && !parkLater {
 				// Read what is there; park when nothing is.
 				n, err = sc.readOrPark(now)

@@ -1,0 +1,19 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"context"
+	"net"
+)
+
+// engine is the event engine's place in a Server; it runs on Linux only
+// (see engine_linux.go).
+type engine struct{}
+
+func (e *engine) shutdown(context.Context) bool { return false }
+func (e *engine) kill()                         {}
+func (e *engine) stop()                         {}
+
+// engineListener returns nil: every connection takes the goroutine path.
+func (s *Server) engineListener(*net.TCPListener) net.Listener { return nil }
