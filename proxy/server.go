@@ -77,9 +77,13 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // they arrive, and upgrades (WebSocket) through the handler's tunnel.
 // CONNECT is answered 405, as by the handler.
 //
-// Unlike net/http, the server does not watch an idle client while its
-// request waits for a backend: a client that goes away is noticed when
-// its response is written, so the request runs until the backend answers
+// Unlike net/http, the server does not read from a client while its
+// request waits for a backend. On the event loops a client whose
+// connection is reset, or shut both ways, is noticed at once and its
+// backend request abandoned; one that only sends its FIN (as a client
+// that half-closes after its request does) still gets its answer. On the
+// goroutine path a client that goes away is noticed when its response is
+// written. Either way the request runs at most until the backend answers
 // or HTTPConfig.ResponseHeaderTimeout passes. There is no write timeout;
 // bound requests with HTTPConfig.RequestTimeout.
 //
