@@ -234,7 +234,7 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 			local = la
 		}
 	}
-	tune(cfd, st)
+	keepAliveOn(cfd, st)
 	now := time.Now().UnixNano()
 	f := &flow{fd: [2]int{cfd, -1}, idle: st.idle, last: now}
 	d := &dialing{s: s, st: st, info: st.cfg.Key.Flow(balancer.TCP, client, local), client: client, local: local}
@@ -268,10 +268,10 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 	}
 }
 
-// tune sets a direct socket's options: no Nagle delay (as the net
-// package does), keep-alive probes when configured.
-func tune(fd int, st *settings) {
-	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+// keepAliveOn turns keep-alive probes on for a direct socket when they
+// are configured. (TCP_NODELAY is set only when it matters: see
+// half.writing.)
+func keepAliveOn(fd int, st *settings) {
 	if ka := st.cfg.KeepAlive; ka > 0 {
 		secs := max(int(ka/time.Second), 1)
 		sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
@@ -333,7 +333,7 @@ func connectTo(addr netip.AddrPort, st *settings) (int, error) {
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	tune(fd, st)
+	keepAliveOn(fd, st)
 	if err := sysConnect(fd, &sa, size); err != nil && err != unix.EINPROGRESS {
 		sysClose(fd)
 		return -1, os.NewSyscallError("connect", err)
@@ -356,7 +356,9 @@ func (f *flow) closeFDs() {
 }
 
 // addConnecting registers a direct flow whose backend socket is
-// connecting: the loop hears when it connected or failed.
+// connecting: its client socket, whose edges are kept until the backend
+// connected, and the backend socket, whose first edge says it connected
+// or failed.
 func (l *loop) addConnecting(f *flow) error {
 	f.l = l
 	l.mu.Lock()
@@ -364,17 +366,20 @@ func (l *loop) addConnecting(f *flow) error {
 	if l.stop {
 		return errAborted
 	}
-	return l.watchBackend(f)
+	if err := l.watch(f, 0); err != nil {
+		return err
+	}
+	if err := l.watchBackend(f); err != nil {
+		l.unwatch(f, 0)
+		return err
+	}
+	return nil
 }
 
 // watchBackend registers f's connecting backend socket; l.mu is held.
 func (l *loop) watchBackend(f *flow) error {
-	l.flows[int32(f.fd[1])] = f
-	f.reg[1] = unix.EPOLLOUT
-	ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(f.fd[1])}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[1], &ev); err != nil {
-		delete(l.flows, int32(f.fd[1]))
-		return os.NewSyscallError("epoll_ctl", err)
+	if err := l.watch(f, 1); err != nil {
+		return err
 	}
 	l.setTick(f.period())
 	return nil
@@ -401,8 +406,10 @@ func (f *flow) period() time.Duration {
 	return 0
 }
 
-// connecting serves an event on a direct flow's connecting backend.
-func (l *loop) connecting(f *flow, ev uint32, now int64) {
+// connecting serves an event on a direct flow's connecting backend. It
+// reports whether the backend connected: then the flow is established
+// and the caller serves the event as any other.
+func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 	var err error
 	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 || ev&unix.EPOLLOUT == 0 {
 		// Failed; a clean writable event needs no asking.
@@ -413,7 +420,7 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) {
 	}
 	if err != nil {
 		l.retry(f, fmt.Errorf("tcpproxy: dial %v: %w", f.ep.Addr(), os.NewSyscallError("connect", err)), now)
-		return
+		return false
 	}
 	d := f.dial
 	f.dial = nil
@@ -422,30 +429,19 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) {
 	if v := d.st.cfg.ProxyProtocol; v != 0 {
 		var buf [256]byte
 		b := headerFor(v, d.client, d.local).Append(buf[:0])
+		f.half[0].writing(f.fd[1])
 		if n, err := sysWrite(f.fd[1], b); err != nil || n != len(b) {
 			if err == nil {
 				err = errors.New("short write")
 			}
 			l.end(f, fmt.Errorf("tcpproxy: write to %v: %w", f.ep.Addr(), err))
-			return
+			return false
 		}
 	}
-	// The client has usually spoken: pass that on at once.
-	if err := f.pump(0, now, l.buf); err != nil {
-		l.end(f, err)
-		return
-	}
 	l.mu.Lock()
-	l.flows[int32(f.fd[0])] = f
 	l.setTick(f.period())
 	l.mu.Unlock()
-	f.reg[0] = f.want(0)
-	e := unix.EpollEvent{Events: f.reg[0], Fd: int32(f.fd[0])}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[0], &e); err != nil {
-		l.end(f, os.NewSyscallError("epoll_ctl", err))
-		return
-	}
-	l.register(f)
+	return true
 }
 
 // retry reports a failed connect and tries the next backend, or ends the
@@ -471,6 +467,7 @@ func (l *loop) retry(f *flow, err error, now int64) {
 		l.end(f, err)
 		return
 	}
+	f.half[1] = half{} // nothing heard yet from the new socket
 	l.mu.Lock()
 	err = l.watchBackend(f)
 	l.mu.Unlock()

@@ -20,18 +20,40 @@ import (
 
 // The engine moves bytes between established client and backend TCP
 // sockets on a few event loops, one per CPU, instead of two goroutines
-// per connection: each loop waits in epoll (level-triggered) for the
-// sockets of its connections and splices what one sends into the other
-// through a pipe taken from a shared free list only while bytes are in
-// flight. An idle connection holds no goroutine, no buffer and no pipe:
-// its state is a flow (a few hundred bytes) in its loop's table.
+// per connection: each loop waits in epoll for the sockets of its
+// connections and splices what one sends into the other through a pipe
+// taken from a shared free list only while bytes are in flight. An idle
+// connection holds no goroutine, no buffer and no pipe: its state is a
+// flow (a few hundred bytes) in its loop's table.
 //
-// The sockets stay *net.TCPConn, dialed and accepted by the net package;
-// the loops use their descriptors, which stay valid because only the
-// loop closes the connections (Close from elsewhere shuts the sockets
-// down, which wakes the loop). The event loop was measured against the
-// two-goroutine splice pipe on this work (benchmarks/tcpproxy_test.go):
-// see the package's README rows.
+// Each socket joins its loop's epoll set once, edge-triggered, for
+// everything it will ever be waited for (readable, writable, peer
+// closed), and is never modified: a flow remembers what an edge told it
+// instead. Edge-triggered means an event comes when something changes,
+// so a flow must not stop short of what the last edge promised:
+//   - a source is read until it has nothing more for now: EAGAIN, or a
+//     short read (TCP returns less than asked only when its receive queue
+//     ran dry; bytes arriving later raise a new edge), unless the peer's
+//     FIN was reported (EPOLLRDHUP), when it is read until EOF, since
+//     the FIN behind the last bytes raises no edge of its own;
+//   - a direction whose destination is full keeps its source "ready" and
+//     goes on reading it once the destination's writable edge comes
+//     (a write that failed with EAGAIN guarantees one);
+//   - edges on a client socket while its backend connects are recorded
+//     and served once connected.
+//
+// The same short-read rule is HAProxy's; TCP urgent data (which stops a
+// read at its mark) is not proxied by either.
+//
+// The sockets of connections that needed the net package stay
+// *net.TCPConn; the loops use their descriptors, which stay valid
+// because only the loop closes the connections (Close from elsewhere
+// shuts the sockets down, which wakes the loop). The event loop was
+// measured against the two-goroutine splice pipe on this work
+// (benchmarks/tcpproxy_test.go): see the package's README rows.
+
+// events is what every flow socket is registered for.
+const events = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // pipeSize is what one splice moves at most, and the capacity pipes are
 // given (as the net package does; a pipe whose size cannot be raised
@@ -44,11 +66,6 @@ const bufSize = 16 << 10
 
 // firstBufs hold the first read of connections being handed to a loop.
 var firstBufs = sync.Pool{New: func() any { return new([bufSize]byte) }}
-
-// bulk is the size of a read after which a direction reads again at
-// once rather than returning to the loop: a stream in full flow costs one
-// failed read per burst instead of one wait per pipeful.
-const bulk = 16 << 10
 
 // maxFreePipes bounds the shared free list of pipes; more are closed.
 const maxFreePipes = 256
@@ -99,11 +116,39 @@ type half struct {
 	pipe    [2]int
 	hasPipe bool
 	n       int    // bytes in the pipe not yet written
-	more    bool   // the last read was large: read on before waiting
 	pend    []byte // read but not yet written (no pipe)
 	stream  bool   // a read filled the buffer: splice from now on
+	ready   bool   // the source may have bytes (or EOF) not read yet
+	rdhup   bool   // the source's peer closed: read it until EOF
 	eof     bool   // the source sent FIN
 	done    bool   // EOF passed on as a half-close
+	wrote   bool   // something was written to the destination
+	nodelay bool   // the destination has TCP_NODELAY
+}
+
+// heard records what an edge on the half's source reported.
+func (h *half) heard(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		h.ready = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		h.rdhup = true
+	}
+}
+
+// writing is called before each write to the half's destination dst.
+// Nagle's algorithm holds back a small segment only while an earlier
+// one is unacknowledged, so the first write on a socket always leaves at
+// once: TCP_NODELAY (which the net package sets on every socket) is set
+// only before a second one. A connection that carries one request and
+// one reply, the most common case, never needs it; a chatty one gets it
+// before it could matter.
+func (h *half) writing(dst int) {
+	if h.wrote && !h.nodelay {
+		sysSetsockoptInt(dst, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		h.nodelay = true
+	}
+	h.wrote = true
 }
 
 // flow is a proxied connection owned by a loop: index 0 is the client
@@ -119,7 +164,6 @@ type flow struct {
 	ep      *balancer.Endpoint // a direct flow's backend
 	slot    *atomic.Int64
 	connect time.Duration
-	reg     [2]uint32 // events each socket is registered for
 	half    [2]half
 	idle    time.Duration
 	last    int64 // unix nanoseconds of the last byte moved (loop time)
@@ -128,7 +172,7 @@ type flow struct {
 }
 
 // newFlow returns a flow over client and backend, or an error when their
-// descriptors cannot be had.
+// descriptors cannot be had. The net package set TCP_NODELAY on both.
 func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) (*flow, error) {
 	f := &flow{conns: [2]*net.TCPConn{client, backend}, idle: idle, end: end, last: time.Now().UnixNano()}
 	for i, c := range f.conns {
@@ -139,7 +183,9 @@ func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) 
 		if err := raw.Control(func(fd uintptr) { f.fd[i] = int(fd) }); err != nil {
 			return nil, err
 		}
+		f.half[i].nodelay = true
 	}
+	f.half[0].ready = true // the client has usually spoken: see firstPump
 	return f, nil
 }
 
@@ -149,30 +195,31 @@ func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) 
 // flows) with read and write, which for a few hundred bytes costs less
 // than a pipe; once a read fills buf the direction carries a stream and
 // switches to splice for good. Bytes the destination cannot take yet are
-// kept: in the pipe, or copied out of buf.
+// kept: in the pipe, or copied out of buf. See the engine's comment for
+// what an edge-triggered source needs.
 func (f *flow) pump(d int, now int64, buf []byte) error {
 	h := &f.half[d]
 	src, dst := f.fd[d], f.fd[1-d]
 	for !h.done {
 		if h.n > 0 {
+			h.writing(dst)
 			m, err := sysSplice(h.pipe[0], dst, h.n)
 			if err == unix.EAGAIN {
-				return nil // the loop waits for dst to drain
+				return nil // dst's writable edge resumes
 			}
 			if err != nil {
 				return fmt.Errorf("tcpproxy: splice: %w", os.NewSyscallError("splice", err))
 			}
-			h.n -= int(m)
-			if h.n > 0 {
+			if h.n -= m; h.n > 0 {
 				continue
 			}
-			if !h.eof && !h.more {
+			if !h.ready {
 				putPipe(h.pipe)
 				h.hasPipe = false
-				return nil // level-triggered: the loop hears of more
 			}
 		}
 		if len(h.pend) > 0 {
+			h.writing(dst)
 			m, err := sysWrite(dst, h.pend)
 			if err == unix.EAGAIN {
 				return nil
@@ -184,12 +231,13 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 				continue
 			}
 			h.pend = nil
-			if !h.eof {
-				return nil
-			}
 		}
 		if h.eof {
 			h.done = true
+			if h.hasPipe {
+				putPipe(h.pipe)
+				h.hasPipe = false
+			}
 			if f.half[1-d].done {
 				return nil // both ways over: closing sends the FIN
 			}
@@ -198,9 +246,13 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			return nil
 		}
+		if !h.ready {
+			return nil // src's next edge resumes
+		}
 		if !h.stream {
 			m, err := sysRead(src, buf)
 			if err == unix.EAGAIN {
+				h.ready = false
 				return nil
 			}
 			if err != nil {
@@ -211,7 +263,12 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 				continue
 			}
 			f.last = now
-			h.stream = m == len(buf)
+			if m == len(buf) {
+				h.stream = true
+			} else if !h.rdhup {
+				h.ready = false // a short read drained the socket
+			}
+			h.writing(dst)
 			w, err := sysWrite(dst, buf[:m])
 			if err == unix.EAGAIN {
 				w, err = 0, nil
@@ -221,10 +278,6 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			if w < m {
 				h.pend = append([]byte(nil), buf[w:m]...)
-				return nil
-			}
-			if !h.stream {
-				return nil
 			}
 			continue
 		}
@@ -237,6 +290,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 		}
 		m, err := sysSplice(src, h.pipe[1], pipeSize)
 		if err == unix.EAGAIN {
+			h.ready = false
 			putPipe(h.pipe)
 			h.hasPipe = false
 			return nil
@@ -248,8 +302,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			h.eof = true
 			continue
 		}
-		h.n = int(m)
-		h.more = m >= bulk
+		h.n = m
 		f.last = now
 	}
 	return nil
@@ -257,22 +310,6 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 
 // pending reports whether h holds bytes its destination did not take yet.
 func (h *half) pending() bool { return h.n > 0 || len(h.pend) > 0 }
-
-// want returns the events socket i must be registered for: readable while
-// its direction reads, writable while the other direction has bytes
-// waiting for it. A socket wanted for nothing is registered one-shot, as
-// a hang-up (reported whatever was asked: a socket shut both ways with
-// bytes still queued) must wake the loop once, not at every wait.
-func (f *flow) want(i int) uint32 {
-	ev := uint32(unix.EPOLLONESHOT)
-	if h := &f.half[i]; !h.done && !h.eof && !h.pending() {
-		ev = unix.EPOLLIN
-	}
-	if f.half[1-i].pending() {
-		ev = ev&^unix.EPOLLONESHOT | unix.EPOLLOUT
-	}
-	return ev
-}
 
 // finished reports whether both directions passed EOF on.
 func (f *flow) finished() bool { return f.half[0].done && f.half[1].done }
@@ -438,28 +475,40 @@ func (l *loop) wake() {
 func (l *loop) add(f *flow) error {
 	f.l = l
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.stop {
-		l.mu.Unlock()
 		return errAborted
 	}
-	l.flows[int32(f.fd[0])] = f
-	l.flows[int32(f.fd[1])] = f
 	l.setTick(f.period())
 	for i := range f.fd {
-		f.reg[i] = f.want(i)
-		ev := unix.EpollEvent{Events: f.reg[i], Fd: int32(f.fd[i])}
-		if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[i], &ev); err != nil {
-			delete(l.flows, int32(f.fd[0]))
-			delete(l.flows, int32(f.fd[1]))
+		if err := l.watch(f, i); err != nil {
 			if i == 1 {
-				sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[0], nil)
+				l.unwatch(f, 0)
 			}
-			l.mu.Unlock()
-			return os.NewSyscallError("epoll_ctl", err)
+			return err
 		}
 	}
-	l.mu.Unlock()
 	return nil
+}
+
+// watch adds f's socket i to the loop's epoll set, for good; l.mu is
+// held. A socket that is ready already is reported at once.
+func (l *loop) watch(f *flow, i int) error {
+	fd := f.fd[i]
+	l.flows[int32(fd)] = f
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		delete(l.flows, int32(fd))
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// unwatch removes f's socket i from the loop's epoll set; l.mu is held.
+// (Closing a socket removes it too.)
+func (l *loop) unwatch(f *flow, i int) {
+	delete(l.flows, int32(f.fd[i]))
+	sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[i], nil)
 }
 
 // run waits for events and serves them until stopped. The loop's epoll
@@ -545,13 +594,20 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 		l.end(f, errAborted)
 		return
 	}
-	if f.dial != nil {
-		l.connecting(f, ev, now)
-		return
-	}
 	i := 0
 	if fd == f.fd[1] {
 		i = 1
+	}
+	connected := false
+	if f.dial != nil {
+		if i == 0 {
+			f.half[0].heard(ev) // served once connected
+			return
+		}
+		if !l.connecting(f, ev, now) {
+			return
+		}
+		connected = true
 	}
 	if ev&unix.EPOLLERR != 0 {
 		err := unix.ECONNRESET
@@ -561,13 +617,23 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 		l.end(f, fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err)))
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 {
+	// The client's bytes first when the backend just connected.
+	o := &f.half[1-i]
+	if connected && o.ready {
+		if err := f.pump(1-i, now, l.buf); err != nil {
+			l.end(f, err)
+			return
+		}
+	}
+	h := &f.half[i]
+	h.heard(ev)
+	if h.ready {
 		if err := f.pump(i, now, l.buf); err != nil {
 			l.end(f, err)
 			return
 		}
 	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP) != 0 && f.half[1-i].pending() {
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP) != 0 && o.pending() {
 		if err := f.pump(1-i, now, l.buf); err != nil {
 			l.end(f, err)
 			return
@@ -575,22 +641,6 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 	}
 	if f.finished() {
 		l.end(f, nil)
-		return
-	}
-	l.register(f)
-}
-
-// register brings f's registrations in line with what it wants.
-func (l *loop) register(f *flow) {
-	for i := range f.fd {
-		if w := f.want(i); w != f.reg[i] {
-			f.reg[i] = w
-			e := unix.EpollEvent{Events: w, Fd: int32(f.fd[i])}
-			if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &e); err != nil {
-				l.end(f, os.NewSyscallError("epoll_ctl", err))
-				return
-			}
-		}
 	}
 }
 
@@ -600,14 +650,17 @@ func (l *loop) sweep(now int64) {
 	l.mu.Lock()
 	tick := time.Duration(0)
 	for fd, f := range l.flows {
+		if int32(f.fd[0]) != fd {
+			continue // seen by its client socket
+		}
 		switch {
 		case f.dial != nil:
 			if now >= f.dial.deadline {
 				late = append(late, f)
 				continue
 			}
-		case int32(f.fd[0]) != fd || f.idle <= 0:
-			continue // seen by its client socket, or never idle
+		case f.idle <= 0:
+			continue // never idle
 		case time.Duration(now-f.last) >= f.idle:
 			idle = append(idle, f)
 			continue
