@@ -356,9 +356,7 @@ func (f *flow) closeFDs() {
 }
 
 // addConnecting registers a direct flow whose backend socket is
-// connecting: its client socket, whose edges are kept until the backend
-// connected, and the backend socket, whose first edge says it connected
-// or failed.
+// connecting: the loop hears when it connected or failed.
 func (l *loop) addConnecting(f *flow) error {
 	f.l = l
 	l.mu.Lock()
@@ -366,18 +364,13 @@ func (l *loop) addConnecting(f *flow) error {
 	if l.stop {
 		return errAborted
 	}
-	if err := l.watch(f, 0); err != nil {
-		return err
-	}
-	if err := l.watchBackend(f); err != nil {
-		l.unwatch(f, 0)
-		return err
-	}
-	return nil
+	return l.watchBackend(f)
 }
 
-// watchBackend registers f's connecting backend socket; l.mu is held.
+// watchBackend registers f's connecting backend socket, for EPOLLOUT
+// (connected) too; l.mu is held.
 func (l *loop) watchBackend(f *flow) error {
+	f.out[1] = true
 	if err := l.watch(f, 1); err != nil {
 		return err
 	}
@@ -407,8 +400,9 @@ func (f *flow) period() time.Duration {
 }
 
 // connecting serves an event on a direct flow's connecting backend. It
-// reports whether the backend connected: then the flow is established
-// and the caller serves the event as any other.
+// reports whether the backend connected: then the client's first bytes
+// were passed on, the client's socket joined the loop, and the caller
+// serves the event as any other.
 func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 	var err error
 	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 || ev&unix.EPOLLOUT == 0 {
@@ -438,9 +432,21 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 			return false
 		}
 	}
+	// The client has usually spoken: pass that on at once, then watch
+	// the client's socket (read dry, it raises no event when added).
+	f.half[0].ready = true
+	if err := f.pump(0, now, l.buf); err != nil {
+		l.end(f, err)
+		return false
+	}
 	l.mu.Lock()
 	l.setTick(f.period())
+	err = l.watch(f, 0)
 	l.mu.Unlock()
+	if err != nil {
+		l.end(f, err)
+		return false
+	}
 	return true
 }
 

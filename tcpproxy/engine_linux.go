@@ -27,10 +27,13 @@ import (
 // flow (a few hundred bytes) in its loop's table.
 //
 // Each socket joins its loop's epoll set once, edge-triggered, for
-// everything it will ever be waited for (readable, writable, peer
-// closed), and is never modified: a flow remembers what an edge told it
-// instead. Edge-triggered means an event comes when something changes,
-// so a flow must not stop short of what the last edge promised:
+// readable and peer closed (and writable: a connecting backend, or a
+// socket that once could not take a write, which is modified once for
+// it; a writable socket added for writable is reported at once, a wasted
+// wake per connection): a flow remembers what an edge told it instead of
+// changing its registrations. Edge-triggered means an event comes when
+// something changes, so a flow must not stop short of what the last edge
+// promised:
 //   - a source is read until it has nothing more for now: EAGAIN, or a
 //     short read (TCP returns less than asked only when its receive queue
 //     ran dry; bytes arriving later raise a new edge), unless the peer's
@@ -39,8 +42,9 @@ import (
 //   - a direction whose destination is full keeps its source "ready" and
 //     goes on reading it once the destination's writable edge comes
 //     (a write that failed with EAGAIN guarantees one);
-//   - edges on a client socket while its backend connects are recorded
-//     and served once connected.
+//   - a direct flow's client socket joins once its backend connected
+//     and its first bytes were read: a client has usually spoken by
+//     then, and a socket read dry raises no event when added.
 //
 // The same short-read rule is HAProxy's; TCP urgent data (which stops a
 // read at its mark) is not proxied by either.
@@ -52,8 +56,9 @@ import (
 // measured against the two-goroutine splice pipe on this work
 // (benchmarks/tcpproxy_test.go): see the package's README rows.
 
-// events is what every flow socket is registered for.
-const events = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+// events is what every flow socket is registered for; some for
+// EPOLLOUT too.
+const events = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 // pipeSize is what one splice moves at most, and the capacity pipes are
 // given (as the net package does; a pipe whose size cannot be raised
@@ -165,6 +170,7 @@ type flow struct {
 	slot    *atomic.Int64
 	connect time.Duration
 	half    [2]half
+	out     [2]bool // socket i is registered for EPOLLOUT
 	idle    time.Duration
 	last    int64 // unix nanoseconds of the last byte moved (loop time)
 	end     func(error)
@@ -205,7 +211,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			h.writing(dst)
 			m, err := sysSplice(h.pipe[0], dst, h.n)
 			if err == unix.EAGAIN {
-				return nil // dst's writable edge resumes
+				return f.blocked(1 - d) // dst's writable edge resumes
 			}
 			if err != nil {
 				return fmt.Errorf("tcpproxy: splice: %w", os.NewSyscallError("splice", err))
@@ -222,7 +228,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			h.writing(dst)
 			m, err := sysWrite(dst, h.pend)
 			if err == unix.EAGAIN {
-				return nil
+				return f.blocked(1 - d)
 			}
 			if err != nil {
 				return fmt.Errorf("tcpproxy: %w", os.NewSyscallError("write", err))
@@ -304,6 +310,22 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 		}
 		h.n = m
 		f.last = now
+	}
+	return nil
+}
+
+// blocked makes sure f's socket i, which could not take a write, is
+// registered for EPOLLOUT, once: its writable edge is what resumes the
+// direction writing to it. (A flow not yet handed to its loop is
+// registered for it by add.)
+func (f *flow) blocked(i int) error {
+	if f.out[i] || f.l == nil {
+		return nil
+	}
+	f.out[i] = true
+	ev := unix.EpollEvent{Events: events | unix.EPOLLOUT, Fd: int32(f.fd[i])}
+	if err := sysEpollCtl(f.l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
 }
@@ -480,6 +502,7 @@ func (l *loop) add(f *flow) error {
 		return errAborted
 	}
 	l.setTick(f.period())
+	f.out[1] = f.half[0].pending() // what firstPump could not pass on
 	for i := range f.fd {
 		if err := l.watch(f, i); err != nil {
 			if i == 1 {
@@ -491,12 +514,16 @@ func (l *loop) add(f *flow) error {
 	return nil
 }
 
-// watch adds f's socket i to the loop's epoll set, for good; l.mu is
-// held. A socket that is ready already is reported at once.
+// watch adds f's socket i to the loop's epoll set, for good, and for
+// EPOLLOUT when f.out[i]; l.mu is held. A socket that is ready already is
+// reported at once.
 func (l *loop) watch(f *flow, i int) error {
 	fd := f.fd[i]
 	l.flows[int32(fd)] = f
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if f.out[i] {
+		ev.Events |= unix.EPOLLOUT
+	}
 	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		delete(l.flows, int32(fd))
 		return os.NewSyscallError("epoll_ctl", err)
@@ -598,16 +625,8 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 	if fd == f.fd[1] {
 		i = 1
 	}
-	connected := false
-	if f.dial != nil {
-		if i == 0 {
-			f.half[0].heard(ev) // served once connected
-			return
-		}
-		if !l.connecting(f, ev, now) {
-			return
-		}
-		connected = true
+	if f.dial != nil && !l.connecting(f, ev, now) {
+		return
 	}
 	if ev&unix.EPOLLERR != 0 {
 		err := unix.ECONNRESET
@@ -617,14 +636,7 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 		l.end(f, fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err)))
 		return
 	}
-	// The client's bytes first when the backend just connected.
 	o := &f.half[1-i]
-	if connected && o.ready {
-		if err := f.pump(1-i, now, l.buf); err != nil {
-			l.end(f, err)
-			return
-		}
-	}
 	h := &f.half[i]
 	h.heard(ev)
 	if h.ready {
@@ -650,8 +662,12 @@ func (l *loop) sweep(now int64) {
 	l.mu.Lock()
 	tick := time.Duration(0)
 	for fd, f := range l.flows {
-		if int32(f.fd[0]) != fd {
-			continue // seen by its client socket
+		by := f.fd[0] // each flow once: by its client socket,
+		if f.dial != nil {
+			by = f.fd[1] // or its backend's while connecting (the client's joins later)
+		}
+		if int32(by) != fd {
+			continue
 		}
 		switch {
 		case f.dial != nil:
