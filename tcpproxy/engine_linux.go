@@ -487,6 +487,12 @@ func newLoop() (*loop, error) {
 		lns: make(map[int32]*fastListener), buf: make([]byte, bufSize)}, nil
 }
 
+// close closes the loop's descriptors; run does when stopped.
+func (l *loop) close() {
+	l.file.Close() // the epoll descriptor
+	unix.Close(l.evfd)
+}
+
 // wake interrupts the loop's wait.
 func (l *loop) wake() {
 	one := [8]byte{1}
@@ -544,8 +550,7 @@ func (l *loop) unwatch(f *flow, i int) {
 // of holding a thread in epoll_wait; the epoll_wait calls here never
 // block.
 func (l *loop) run() {
-	defer unix.Close(l.evfd)
-	defer l.file.Close() // the epoll descriptor
+	defer l.close()
 	raw, err := l.file.SyscallConn()
 	if err != nil {
 		panic(fmt.Sprintf("tcpproxy: epoll descriptor: %v", err)) // checked by newLoop

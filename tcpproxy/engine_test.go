@@ -241,3 +241,49 @@ func TestNoDelayBeforeSecondWrite(t *testing.T) {
 	ping(t, c)
 	assert.Equal(t, [2]int{1, 1}, nodelay(), "client and backend sockets before their second write")
 }
+
+// TestBlockedDestinationWatched: sockets are not registered for
+// writable (a writable socket added for it is reported at once, a wasted
+// wake), so one that could not take a write must be registered for it
+// then: its writable edge is the only event that resumes the direction
+// once the source has gone quiet.
+func TestBlockedDestinationWatched(t *testing.T) {
+	l, err := newLoop() // not run: the test polls and serves
+	require.NoError(t, err)
+	t.Cleanup(func() { l.close() })
+	client, backend := nonblockingPair(t), nonblockingPair(t)
+	require.NoError(t, unix.SetsockoptInt(backend[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
+	fill := bytes.Repeat([]byte{'-'}, 4096)
+	for {
+		if _, err := unix.Write(backend[0], fill); err == unix.EAGAIN {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+	}
+	f := &flow{fd: [2]int{client[1], backend[0]}, end: func(error) {}}
+	f.half[0].nodelay, f.half[1].nodelay = true, true // not TCP
+	require.NoError(t, l.add(f))
+	defer f.release()
+	serve := func() {
+		t.Helper()
+		evs := make([]unix.EpollEvent, 8)
+		n, err := sysEpollPoll(l.epfd, evs)
+		require.NoError(t, err)
+		require.Positive(t, n, "an event is due")
+		for _, ev := range evs[:n] {
+			if f := l.flows[ev.Fd]; f != nil {
+				l.serve(f, int(ev.Fd), ev.Events, 0)
+			}
+		}
+	}
+
+	_, err = unix.Write(client[0], []byte("quiet client"))
+	require.NoError(t, err)
+	serve() // read, not written: the destination is full
+	require.True(t, f.half[0].pending())
+	filled := drain(t, backend[1])
+	serve() // the backend's writable edge
+	got := append(filled, drain(t, backend[1])...)
+	assert.Equal(t, "quiet client", strings.TrimLeft(string(got), "-"))
+}
