@@ -43,9 +43,9 @@ type dialing struct {
 }
 
 // fastListener accepts connections for the direct path on the event
-// loops (its socket is in every loop's epoll set, woken one at a time),
-// and queues those the current settings do not allow it for Accept, which
-// serve.Group calls for the net path.
+// loops (its socket is in every loop's epoll set), and queues those the
+// current settings do not allow it for Accept, which serve.Group calls
+// for the net path.
 type fastListener struct {
 	*net.TCPListener
 	s     *Server
@@ -125,9 +125,21 @@ func (l *fastListener) Close() error {
 	}
 }
 
-// acceptFrom accepts what is waiting, on loop lp's goroutine.
-func (l *fastListener) acceptFrom(lp *loop) {
-	for range 64 {
+// watched is a listener in a loop's epoll set.
+type watched struct {
+	ln    *fastListener
+	burst int // connections to accept per event, as learnt on this loop
+}
+
+// acceptFrom accepts what is waiting, on loop lp's goroutine: up to
+// w.burst connections. The listener is level-triggered, so what is left
+// is reported at the next poll; burst doubles (up to 64) when it was all
+// taken and shrinks to what there was when accept4 found no more. A
+// connection at a time, the usual case, then costs a failed accept4 on
+// every other event rather than on every one.
+func (l *fastListener) acceptFrom(lp *loop, w *watched) {
+	w.burst = max(w.burst, 1)
+	for i := range w.burst {
 		l.mu.RLock()
 		if l.closed {
 			l.mu.RUnlock()
@@ -138,6 +150,7 @@ func (l *fastListener) acceptFrom(lp *loop) {
 		switch err {
 		case nil:
 		case unix.EAGAIN:
+			w.burst = max(i, 1)
 			return
 		case unix.ECONNABORTED, unix.EINTR:
 			continue
@@ -172,6 +185,7 @@ func (l *fastListener) acceptFrom(lp *loop) {
 			c.Close()
 		}
 	}
+	w.burst = min(2*w.burst, 64)
 }
 
 // failed pauses accepting on lp after err (out of descriptors or
@@ -197,12 +211,11 @@ func (l *fastListener) failed(lp *loop, err error) {
 	})
 }
 
-// watchListener adds ln's socket to the loop's epoll set; one loop of
-// those waiting is woken per connection.
+// watchListener adds ln's socket to the loop's epoll set.
 func (l *loop) watchListener(ln *fastListener) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lns[int32(ln.fd)] = ln
+	l.lns[int32(ln.fd)] = &watched{ln: ln}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
 	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
 		delete(l.lns, int32(ln.fd))
@@ -215,7 +228,7 @@ func (l *loop) watchListener(ln *fastListener) error {
 func (l *loop) unwatchListener(ln *fastListener) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lns[int32(ln.fd)] == ln {
+	if w := l.lns[int32(ln.fd)]; w != nil && w.ln == ln {
 		delete(l.lns, int32(ln.fd))
 		sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}

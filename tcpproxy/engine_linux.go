@@ -382,7 +382,7 @@ type loop struct {
 
 	mu    sync.Mutex
 	flows map[int32]*flow // by socket descriptor, both sides
-	lns   map[int32]*fastListener
+	lns   map[int32]*watched
 	tick  time.Duration // how often idle flows are looked for; 0: never
 	stop  bool
 }
@@ -484,7 +484,7 @@ func newLoop() (*loop, error) {
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
 	return &loop{epfd: epfd, file: file, evfd: evfd, flows: make(map[int32]*flow),
-		lns: make(map[int32]*fastListener), buf: make([]byte, bufSize)}, nil
+		lns: make(map[int32]*watched), buf: make([]byte, bufSize)}, nil
 }
 
 // close closes the loop's descriptors; run does when stopped.
@@ -557,7 +557,7 @@ func (l *loop) run() {
 	}
 	events := make([]unix.EpollEvent, 128)
 	batch := make([]*flow, 0, 128)
-	var lnBatch []*fastListener
+	var lnBatch []*watched
 	lastSweep := time.Now()
 	var deadline time.Duration // the tick the deadline is set for
 	for {
@@ -596,8 +596,8 @@ func (l *loop) run() {
 			}
 		}
 		l.mu.Unlock()
-		for _, ln := range lnBatch {
-			ln.acceptFrom(l)
+		for _, w := range lnBatch {
+			w.ln.acceptFrom(l, w)
 		}
 		for i, ev := range events[:n] {
 			if ev.Fd == int32(l.evfd) {
