@@ -163,9 +163,7 @@ func (l *fastListener) acceptFrom(lp *loop, w *watched) {
 		}
 		st := l.s.set.Load() // after accept: the settings the connection gets
 		if st.fast() {
-			// Loops take connections in turn, whichever accepted them:
-			// the woken loop is most often the same one.
-			to, err := l.s.eng.loop()
+			to, err := l.s.eng.near(lp)
 			if err != nil {
 				sysClose(nfd)
 				continue
@@ -377,7 +375,11 @@ func (l *loop) addConnecting(f *flow) error {
 	if l.stop {
 		return errAborted
 	}
-	return l.watchBackend(f)
+	if err := l.watchBackend(f); err != nil {
+		return err
+	}
+	l.n.Add(1)
+	return nil
 }
 
 // watchBackend registers f's connecting backend socket, for EPOLLOUT

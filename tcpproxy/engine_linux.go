@@ -384,6 +384,7 @@ type loop struct {
 	flows map[int32]*flow // by socket descriptor, both sides
 	lns   map[int32]*watched
 	tick  time.Duration // how often idle flows are looked for; 0: never
+	n     atomic.Int32  // flows
 	stop  bool
 }
 
@@ -421,6 +422,31 @@ func (e *engine) loop() (*loop, error) {
 	}
 	e.next++
 	return e.loops[e.next%uint32(len(e.loops))], nil
+}
+
+// near returns the loop to serve a connection that loop lp accepted:
+// lp itself, whose wake it was (every loop that was waiting is woken for
+// a connection, and the first to accept it is the least busy), unless
+// another loop has less than half as many flows. Handing every
+// connection to the loops in turn wakes a second loop for each; keeping
+// each on the loop that accepted it can put streams that start together
+// on one CPU.
+func (e *engine) near(lp *loop) (*loop, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return nil, e.err
+	}
+	least := lp
+	for _, l := range e.loops {
+		if l.n.Load() < least.n.Load() {
+			least = l
+		}
+	}
+	if lp.n.Load() > 2*least.n.Load() {
+		return least, nil
+	}
+	return lp, nil
 }
 
 // all returns every loop, starting them if need be.
@@ -517,6 +543,7 @@ func (l *loop) add(f *flow) error {
 			return err
 		}
 	}
+	l.n.Add(1)
 	return nil
 }
 
@@ -714,6 +741,7 @@ func (l *loop) end(f *flow, err error) {
 	delete(l.flows, int32(f.fd[0]))
 	delete(l.flows, int32(f.fd[1]))
 	l.mu.Unlock()
+	l.n.Add(-1)
 	f.l = nil
 	f.release()
 	f.end(err) // closes the sockets, which leaves the epoll set

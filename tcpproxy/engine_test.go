@@ -287,3 +287,28 @@ func TestBlockedDestinationWatched(t *testing.T) {
 	got := append(filled, drain(t, backend[1])...)
 	assert.Equal(t, "quiet client", strings.TrimLeft(string(got), "-"))
 }
+
+// TestNear: a loop keeps the connections it accepts while the loops are
+// about even, and hands them to a loop with less than half its flows, so
+// that two streams starting together do not share one CPU.
+func TestNear(t *testing.T) {
+	tests := []struct {
+		accepting, other int32
+		keep             bool
+	}{
+		{0, 0, true},
+		{1, 0, false}, // the second of two streams
+		{0, 1, true},
+		{32, 30, true},
+		{30, 14, false},
+	}
+	for _, tt := range tests {
+		a, b := &loop{}, &loop{}
+		a.n.Store(tt.accepting)
+		b.n.Store(tt.other)
+		e := &engine{started: true, loops: []*loop{a, b}}
+		got, err := e.near(a)
+		require.NoError(t, err)
+		assert.Equal(t, tt.keep, got == a, "%d flows on the accepting loop, %d on the other", tt.accepting, tt.other)
+	}
+}
