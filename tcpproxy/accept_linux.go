@@ -394,11 +394,18 @@ func (l *loop) watchBackend(f *flow) error {
 }
 
 // setTick makes the loop look for expired flows at least every t; l.mu is
-// held.
+// held. It moves the deadline of the loop's wait closer when need be,
+// from any goroutine: no wake-up is needed for it.
 func (l *loop) setTick(t time.Duration) {
-	if t > 0 && (l.tick == 0 || t < l.tick) {
+	if t <= 0 || l.stop {
+		return
+	}
+	if l.tick == 0 || t < l.tick {
 		l.tick = t
-		l.wake()
+	}
+	if at := time.Now().Add(t); l.at.IsZero() || at.Before(l.at) {
+		l.at = at
+		l.file.SetReadDeadline(at)
 	}
 }
 

@@ -384,6 +384,7 @@ type loop struct {
 	flows map[int32]*flow // by socket descriptor, both sides
 	lns   map[int32]*watched
 	tick  time.Duration // how often idle flows are looked for; 0: never
+	at    time.Time     // when they are next: the wait's deadline; zero: never
 	n     atomic.Int32  // flows
 	stop  bool
 }
@@ -585,22 +586,12 @@ func (l *loop) run() {
 	events := make([]unix.EpollEvent, 128)
 	batch := make([]*flow, 0, 128)
 	var lnBatch []*watched
-	lastSweep := time.Now()
-	var deadline time.Duration // the tick the deadline is set for
 	for {
 		l.mu.Lock()
-		stop, tick := l.stop, l.tick
+		stop := l.stop
 		l.mu.Unlock()
 		if stop {
 			return
-		}
-		if tick != deadline {
-			deadline = tick
-			var at time.Time
-			if tick > 0 {
-				at = lastSweep.Add(tick)
-			}
-			l.file.SetReadDeadline(at)
 		}
 		var n int
 		var werr error
@@ -608,7 +599,8 @@ func (l *loop) run() {
 			n, werr = sysEpollPoll(int(fd), events)
 			return n > 0 || werr != nil && werr != unix.EINTR
 		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) || werr != nil && werr != unix.EINTR {
+		expired := errors.Is(err, os.ErrDeadlineExceeded) // time to sweep
+		if err != nil && !expired || werr != nil && werr != unix.EINTR {
 			panic(fmt.Sprintf("tcpproxy: epoll_wait: %v %v", err, werr)) // EBADF or EINVAL: a bug
 		}
 		now := time.Now()
@@ -636,10 +628,8 @@ func (l *loop) run() {
 				l.serve(f, int(ev.Fd), ev.Events, nowNS)
 			}
 		}
-		if tick > 0 && now.Sub(lastSweep) >= tick {
-			lastSweep = now
-			deadline = -1 // set again from the new sweep
-			l.sweep(nowNS)
+		if expired {
+			l.sweep(now)
 		}
 	}
 }
@@ -688,8 +678,10 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 	}
 }
 
-// sweep ends flows idle for their IdleTimeout and recomputes the tick.
-func (l *loop) sweep(now int64) {
+// sweep ends flows idle for their IdleTimeout, recomputes the tick and
+// sets the next sweep.
+func (l *loop) sweep(t time.Time) {
+	now := t.UnixNano()
 	var idle, late []*flow
 	l.mu.Lock()
 	tick := time.Duration(0)
@@ -718,6 +710,13 @@ func (l *loop) sweep(now int64) {
 		}
 	}
 	l.tick = tick
+	l.at = time.Time{}
+	if tick > 0 {
+		l.at = t.Add(tick)
+	}
+	if !l.stop {
+		l.file.SetReadDeadline(l.at)
+	}
 	l.mu.Unlock()
 	for _, f := range idle {
 		l.end(f, fmt.Errorf("tcpproxy: connection idle for %v: %w", f.idle, os.ErrDeadlineExceeded))
