@@ -51,7 +51,7 @@ type fastListener struct {
 	s     *Server
 	file  *os.File // a duplicate of the listener's descriptor, for the loops
 	fd    int
-	local netip.AddrPort // unspecified: asked per connection
+	local netip.AddrPort // unspecified: asked per connection that needs it
 	loops []*loop
 	log   *slog.Logger  // for accept errors: the one Serve started with
 	conns chan net.Conn // accepted for the net path
@@ -240,10 +240,8 @@ func (st *settings) fast() bool {
 
 // startDirect starts a direct flow for the accepted socket cfd.
 func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip.AddrPort) {
-	if a := local.Addr(); !a.IsValid() || a.IsUnspecified() {
-		if la, err := sysLocalAddr(cfd); err == nil {
-			local = la
-		}
+	if st.cfg.Key.Source == balancer.KeyFlow {
+		local = localAddr(cfd, local)
 	}
 	keepAliveOn(cfd, st)
 	now := time.Now().UnixNano()
@@ -277,6 +275,19 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 	if err := l.addConnecting(f); err != nil {
 		f.end(err)
 	}
+}
+
+// localAddr returns the address the client connected to on socket fd:
+// the listener's, unless that is unspecified (listening on every
+// address), when the socket is asked (getsockname). Only a flow key and
+// a PROXY header need it.
+func localAddr(fd int, listener netip.AddrPort) netip.AddrPort {
+	if a := listener.Addr(); !a.IsValid() || a.IsUnspecified() {
+		if la, err := sysLocalAddr(fd); err == nil {
+			return la
+		}
+	}
+	return listener
 }
 
 // keepAliveOn turns keep-alive probes on for a direct socket when they
@@ -444,7 +455,7 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 	f.last = now
 	if v := d.st.cfg.ProxyProtocol; v != 0 {
 		var buf [256]byte
-		b := headerFor(v, d.client, d.local).Append(buf[:0])
+		b := headerFor(v, d.client, localAddr(f.fd[0], d.local)).Append(buf[:0])
 		f.half[0].writing(f.fd[1])
 		if n, err := sysWrite(f.fd[1], b); err != nil || n != len(b) {
 			if err == nil {

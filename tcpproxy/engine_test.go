@@ -5,9 +5,11 @@ package tcpproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -21,6 +23,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/proxyproto"
 )
 
 // TestIdleHoldsNoGoroutine: on Linux an established connection belongs
@@ -311,4 +315,28 @@ func TestNear(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, tt.keep, got == a, "%d flows on the accepting loop, %d on the other", tt.accepting, tt.other)
 	}
+}
+
+// TestProxyProtocolWildcardListener: on a listener bound to every
+// address, the PROXY header names the address the client connected to,
+// which only the connection's socket knows.
+func TestProxyProtocolWildcardListener(t *testing.T) {
+	got := make(chan proxyproto.Header, 1)
+	b := headerBackend(t, got)
+	p, err := New(Config{Pool: newPool(t, nil, b.addr), ProxyProtocol: proxyproto.V1, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp4", "0.0.0.0:0")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		assert.NoError(t, p.Close())
+		assert.NoError(t, <-done)
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
+	c := dial(t, addr)
+	ping(t, c)
+	h := <-got
+	assert.Equal(t, addr, h.Destination.String(), "the address the client connected to")
+	assert.Equal(t, c.LocalAddr().String(), h.Source.String())
 }
