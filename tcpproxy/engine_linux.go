@@ -37,8 +37,9 @@ import (
 //   - a source is read until it has nothing more for now: EAGAIN, or a
 //     short read (TCP returns less than asked only when its receive queue
 //     ran dry; bytes arriving later raise a new edge), unless the peer's
-//     FIN was reported (EPOLLRDHUP), when it is read until EOF, since
-//     the FIN behind the last bytes raises no edge of its own;
+//     FIN was reported (EPOLLRDHUP), since the FIN behind the last bytes
+//     raises no edge of its own: then a short read reached the FIN, and
+//     is taken for EOF without a read that returns 0;
 //   - a direction whose destination is full keeps its source "ready" and
 //     goes on reading it once the destination's writable edge comes
 //     (a write that failed with EAGAIN guarantees one);
@@ -125,6 +126,7 @@ type half struct {
 	stream  bool   // a read filled the buffer: splice from now on
 	ready   bool   // the source may have bytes (or EOF) not read yet
 	rdhup   bool   // the source's peer closed: read it until EOF
+	fin     bool   // the source's FIN came (EPOLLRDHUP alone, no error)
 	eof     bool   // the source sent FIN
 	done    bool   // EOF passed on as a half-close
 	wrote   bool   // something was written to the destination
@@ -138,6 +140,9 @@ func (h *half) heard(ev uint32) {
 	}
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		h.rdhup = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP {
+		h.fin = true
 	}
 }
 
@@ -269,9 +274,17 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 				continue
 			}
 			f.last = now
-			if m == len(buf) {
+			switch {
+			case m == len(buf):
 				h.stream = true
-			} else if !h.rdhup {
+			case h.fin:
+				// The FIN came before this read, behind every byte
+				// sent (TCP queues it in order): a short read took
+				// them all, and another would return 0. Only urgent
+				// data stops a read short of what is there, and it is
+				// not proxied.
+				h.eof = true
+			case !h.rdhup:
 				h.ready = false // a short read drained the socket
 			}
 			h.writing(dst)
