@@ -473,7 +473,55 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 		writeError(w, http.StatusMethodNotAllowed, "proxy: CONNECT is not supported\n")
 		return false
 	}
-	rq := request{r: r, start: time.Now(), clientHost: r.Host}
+	rq := request{r: r}
+	h.begin(w, &rq)
+	if rq.hasBody && h.retryBuf > 0 && r.ContentLength > 0 && r.ContentLength <= h.retryBuf {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			writeError(w, http.StatusBadRequest, "proxy: reading request body failed\n")
+			return false
+		}
+		rq.buffered = buf
+	}
+
+	var triedBuf [4]*upstream
+	tried := triedBuf[:0]
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		u, err := h.beginAttempt(r.Context(), &rq, tried, attempt, true)
+		if err != nil {
+			h.fail(w, r, attemptErr(err, lastErr, attempt))
+			return false
+		}
+		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryTimeout
+		var t0 time.Time
+		if h.onAttempt != nil {
+			t0, rq.status, rq.bytes = time.Now(), 0, 0
+		}
+		res, err := h.try(w, &rq, u, mayRetry)
+		h.endAttempt(&rq, u, attempt, t0, res, err)
+		switch res {
+		case resDone:
+			return false
+		case resAbort:
+			return true
+		case resFail:
+			h.fail(w, r, err)
+			return false
+		}
+		lastErr = err
+		tried = append(tried, u)
+		rq.sticky = nil
+		h.log.Debug("proxy: retrying on another backend", "backend", u.addr, "err", err, "attempt", attempt)
+	}
+}
+
+// begin fills rq (whose r is set) with what every attempt needs, from
+// the request alone: its deadline, framing, idempotency, peer, upgrade,
+// sticky upstream and pick key. The body is not read.
+func (h *HTTP) begin(w http.ResponseWriter, rq *request) {
+	r := rq.r
+	rq.start, rq.clientHost = time.Now(), r.Host
 	if rq.clientHost == "" && r.URL != nil {
 		rq.clientHost = r.URL.Host
 	}
@@ -482,22 +530,16 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 	}
 	rq.hasBody = r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	rq.idempotent = isIdempotent(r)
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		rq.peer = ap.Addr().Unmap()
-		rq.trusted = h.trusted.Contains(rq.peer)
+	if !rq.peer.IsValid() {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			rq.peer = ap.Addr().Unmap()
+		}
 	}
+	rq.trusted = rq.peer.IsValid() && h.trusted.Contains(rq.peer)
 	if r.ProtoMajor == 1 && headerHasToken(r.Header["Connection"], "upgrade") {
 		if v := r.Header["Upgrade"]; len(v) == 1 && v[0] != "" {
 			rq.upgrade = v[0]
 		}
-	}
-	if rq.hasBody && h.retryBuf > 0 && r.ContentLength > 0 && r.ContentLength <= h.retryBuf {
-		buf := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			writeError(w, http.StatusBadRequest, "proxy: reading request body failed\n")
-			return false
-		}
-		rq.buffered = buf
 	}
 	if h.cookieName != "" {
 		rq.sticky = h.stickyUpstream(r)
@@ -512,72 +554,68 @@ func (h *HTTP) serve(w http.ResponseWriter, r *http.Request) (abort bool) {
 			r.URL = u
 		}
 	}
+}
 
-	var triedBuf [4]*upstream
-	tried := triedBuf[:0]
-	var lastErr error
-	for attempt := 1; ; attempt++ {
-		u, err := h.acquire(r.Context(), rq.sticky, tried, rq.info)
-		if err != nil {
-			if lastErr == nil || errors.Is(err, ErrQueueFull) || errors.Is(err, ErrQueueTimeout) {
-				lastErr = err
-			}
-			h.fail(w, r, lastErr)
-			return false
+// errMustQueue is beginAttempt's answer, when asked not to wait, for a
+// request that would have to queue for a connection slot.
+var errMustQueue = errors.New("proxy: request must queue")
+
+// beginAttempt starts attempt number n (from 1) of rq: it picks an
+// upstream and takes its connection slot (queueing when wait, or failing
+// with errMustQueue), runs RewriteRequest and takes the circuit breaker's
+// request (and, for a retry, retry) slots. Release them with endAttempt.
+func (h *HTTP) beginAttempt(ctx context.Context, rq *request, tried []*upstream, n int, wait bool) (*upstream, error) {
+	u, err := h.acquire(ctx, rq.sticky, tried, rq.info, wait)
+	if err != nil {
+		return nil, err
+	}
+	if h.rewrite != nil {
+		h.rewrite(rq.r, u.ep)
+	}
+	if br := u.br; br != nil {
+		if err := h.cg.Acquire(br, circuit.Requests); err != nil {
+			h.lim.release(u)
+			return nil, err
 		}
-		if h.rewrite != nil {
-			h.rewrite(r, u.ep)
-		}
-		br := u.br
-		if br != nil {
-			if err := h.cg.Acquire(br, circuit.Requests); err != nil {
+		if n > 1 {
+			// A retry: within MaxRetries and the retry budget, or not
+			// at all.
+			if err := h.cg.Acquire(br, circuit.Retries); err != nil {
+				h.cg.Release(br, circuit.Requests)
 				h.lim.release(u)
-				if attempt > 1 {
-					err = errors.Join(lastErr, err)
-				}
-				h.fail(w, r, err)
-				return false
-			}
-			if attempt > 1 {
-				// A retry: within MaxRetries and the retry budget, or
-				// not at all.
-				if err := h.cg.Acquire(br, circuit.Retries); err != nil {
-					h.cg.Release(br, circuit.Requests)
-					h.lim.release(u)
-					h.fail(w, r, errors.Join(lastErr, err))
-					return false
-				}
+				return nil, err
 			}
 		}
-		mayRetry := attempt < h.maxTries && time.Since(rq.start) < h.retryTimeout
-		var t0 time.Time
-		if h.onAttempt != nil {
-			t0, rq.status, rq.bytes = time.Now(), 0, 0
+	}
+	return u, nil
+}
+
+// attemptErr is the error to answer with when attempt n could not
+// start with err, after an earlier attempt failed with lastErr.
+func attemptErr(err, lastErr error, n int) error {
+	if errors.Is(err, circuit.ErrOpen) {
+		if n > 1 {
+			return errors.Join(lastErr, err)
 		}
-		res, err := h.try(w, &rq, u, mayRetry)
-		h.lim.release(u)
-		if br != nil {
-			h.cg.Release(br, circuit.Requests)
-			if attempt > 1 {
-				h.cg.Release(br, circuit.Retries)
-			}
+		return err
+	}
+	if lastErr == nil || errors.Is(err, ErrQueueFull) || errors.Is(err, ErrQueueTimeout) {
+		return err
+	}
+	return lastErr
+}
+
+// endAttempt releases what beginAttempt took and tells OnAttempt.
+func (h *HTTP) endAttempt(rq *request, u *upstream, n int, t0 time.Time, res int, err error) {
+	h.lim.release(u)
+	if br := u.br; br != nil {
+		h.cg.Release(br, circuit.Requests)
+		if n > 1 {
+			h.cg.Release(br, circuit.Retries)
 		}
-		if h.onAttempt != nil {
-			h.reportAttempt(&rq, u, attempt, t0, res, err)
-		}
-		switch res {
-		case resDone:
-			return false
-		case resAbort:
-			return true
-		case resFail:
-			h.fail(w, r, err)
-			return false
-		}
-		lastErr = err
-		tried = append(tried, u)
-		rq.sticky = nil
-		h.log.Debug("proxy: retrying on another backend", "backend", u.addr, "err", err, "attempt", attempt)
+	}
+	if h.onAttempt != nil {
+		h.reportAttempt(rq, u, n, t0, res, err)
 	}
 }
 
@@ -622,12 +660,15 @@ func (h *HTTP) pickInfo(w http.ResponseWriter, r *http.Request, peer netip.Addr)
 // avoiding those already tried, and takes a connection slot on it,
 // queueing when every candidate is at MaxConns. A pick that lands on a
 // tried upstream is made again with the key rehashed.
-func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream, info balancer.PickInfo) (*upstream, error) {
+func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream, info balancer.PickInfo, wait bool) (*upstream, error) {
 	if sticky != nil && sticky.ready() {
 		if h.lim.tryAcquire(sticky) {
 			return sticky, nil
 		}
 		if h.lim.maxQueue > 0 {
+			if !wait {
+				return nil, errMustQueue
+			}
 			return h.lim.wait(ctx, sticky, nil, h.queueTimeout)
 		}
 		return nil, ErrQueueFull
@@ -681,6 +722,9 @@ func (h *HTTP) acquire(ctx context.Context, sticky *upstream, tried []*upstream,
 	}
 	if h.lim.maxQueue == 0 {
 		return nil, ErrQueueFull
+	}
+	if !wait {
+		return nil, errMustQueue
 	}
 	return h.lim.wait(ctx, nil, tried, h.queueTimeout)
 }
@@ -792,38 +836,12 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 	}
 
 	bodyless := head.bodyless(r.Method == http.MethodHead)
-	hdr := w.Header()
-	sc, fast := w.(*srvConn)
-	fast = fast && h.modify == nil
-	if !fast {
-		head.copyTo(hdr)
-		if head.normalizedCL() {
-			hdr["Content-Length"] = []string{strconv.FormatInt(head.contentLength, 10)}
-		}
-		if h.via != "" {
-			hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
-		}
-		if h.cookieName != "" && rq.sticky != u {
-			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
-		}
-	}
 	// Lift the header deadline for the body, unless the whole body is
 	// already buffered (the next request sets its own deadline).
 	if fullDeadline || !bodyless && (head.contentLength < 0 || int64(pc.br.Buffered()) < head.contentLength) {
 		pc.conn.SetDeadline(rq.deadline) // zero when there is no request deadline
 	}
-	switch {
-	case fast:
-		// [Server]: the head goes from the backend's bytes straight into
-		// the client's buffer, without a header map.
-		sc.writeUpstreamHead(h, head, u, rq, bodyless)
-	case h.modify != nil:
-		rh := ResponseHead{Request: r, Backend: ep, Status: head.status, Header: hdr}
-		h.modify(&rh)
-		w.WriteHeader(rh.Status)
-	default:
-		w.WriteHeader(head.status)
-	}
+	hdr := h.passHead(w, rq, u, head, bodyless)
 	reusable := !head.closeConn && rq.upgrade == ""
 	var upErr, clErr error
 	if !bodyless {
@@ -853,6 +871,41 @@ func (h *HTTP) try(w http.ResponseWriter, rq *request, u *upstream, mayRetry boo
 		return resAbort, upErr
 	}
 	return resDone, nil
+}
+
+// passHead writes the response head to w: under [Server] straight from
+// the backend's bytes, otherwise through w's header map (which
+// ModifyResponse may change). It returns the header map, where trailers
+// go.
+func (h *HTTP) passHead(w http.ResponseWriter, rq *request, u *upstream, head *respHead, bodyless bool) http.Header {
+	hdr := w.Header()
+	sc, fast := w.(*srvConn)
+	fast = fast && h.modify == nil
+	if !fast {
+		head.copyTo(hdr)
+		if head.normalizedCL() {
+			hdr["Content-Length"] = []string{strconv.FormatInt(head.contentLength, 10)}
+		}
+		if h.via != "" {
+			hdr["Via"] = append(hdr["Via"], "1.1 "+h.via)
+		}
+		if h.cookieName != "" && rq.sticky != u {
+			hdr["Set-Cookie"] = append(hdr["Set-Cookie"], h.cookies.SetCookie(h.cookieName, u.token))
+		}
+	}
+	switch {
+	case fast:
+		// [Server]: the head goes from the backend's bytes straight into
+		// the client's buffer, without a header map.
+		sc.writeUpstreamHead(h, head, u, rq, bodyless)
+	case h.modify != nil:
+		rh := ResponseHead{Request: rq.r, Backend: u.ep, Status: head.status, Header: hdr}
+		h.modify(&rh)
+		w.WriteHeader(rh.Status)
+	default:
+		w.WriteHeader(head.status)
+	}
+	return hdr
 }
 
 // readFinalHead reads response heads until a final one (or 101),

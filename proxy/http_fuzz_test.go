@@ -201,3 +201,55 @@ func FuzzChunked(f *testing.F) {
 		require.Equal(t, tr, tr2)
 	})
 }
+
+// decodeFeed decodes in with chunkFeed, fed in pieces of size step.
+func decodeFeed(in string, step int) (string, http.Header, error) {
+	var f chunkFeed
+	tr := http.Header{}
+	f.reset(1<<10, tr)
+	var out strings.Builder
+	b := []byte(in)
+	for len(b) > 0 && !f.done() {
+		p := b[:min(step, len(b))]
+		n, err := f.feed(p, func(d []byte) error { out.Write(d); return nil })
+		if err != nil {
+			return "", nil, err
+		}
+		b = b[n:]
+	}
+	if !f.done() {
+		return "", nil, io.ErrUnexpectedEOF
+	}
+	return out.String(), tr, nil
+}
+
+// FuzzChunkFeed checks that the event loop's incremental decoder agrees
+// with chunkedReader on every input, however it is cut up.
+func FuzzChunkFeed(f *testing.F) {
+	for _, seed := range []string{
+		"3\r\nabc\r\n0\r\n\r\n",
+		"1;a=b\r\nx\r\n0\r\nX-T: 1\r\n\r\n",
+		"0\r\n\r\n",
+		"ffffffffffffffff\r\n",
+		"3\r\nabc0\r\n\r\n",
+		"0\r\nX: 1\n\r\n",
+		"2\nab\r\n0\r\n\r\n",
+	} {
+		f.Add([]byte(seed), uint8(1))
+		f.Add([]byte(seed), uint8(5))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
+		var scratch []byte
+		want := http.Header{}
+		cr := &chunkedReader{br: bufio.NewReaderSize(bytes.NewReader(data), 16), scratch: &scratch, limit: 1 << 10, trailer: want}
+		body, err := io.ReadAll(cr)
+		got, tr, ferr := decodeFeed(string(data), int(step%64)+1)
+		if err != nil {
+			require.Error(t, ferr, "chunkedReader refused %q: %v", data, err)
+			return
+		}
+		require.NoError(t, ferr, "%q", data)
+		require.Equal(t, string(body), got)
+		require.Equal(t, want, tr)
+	})
+}

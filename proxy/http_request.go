@@ -29,8 +29,63 @@ func skipRequestHeader(k string) bool {
 // headers and those named in Connection, and adding the forwarding
 // headers; nothing is allocated for it.
 func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
+	if err := h.writeHead(pc.bw, rq); err != nil {
+		return err
+	}
+	r, bw := rq.r, pc.bw
+	if !rq.hasBody {
+		writeNoBody(bw, r.Method)
+		// The head goes out with the first read of the response (connIO).
+		pc.io.deferNext = true
+		return bw.Flush()
+	}
+	if rq.buffered != nil {
+		writeBuffered(bw, rq.buffered)
+		return bw.Flush()
+	}
+	if rq.consumed {
+		return errBodyConsumed
+	}
+	rq.consumed = true
+	if r.ContentLength > 0 {
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), r.ContentLength, 10))
+		bw.WriteString("\r\n\r\n")
+		if err := copyN(bw, r.Body, r.ContentLength); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+	if err := copyChunked(bw, r.Body); err != nil {
+		return err
+	}
+	// Request trailers are known once the body is read.
+	for k, vv := range r.Trailer {
+		k = strings.TrimPrefix(k, http.TrailerPrefix) // as [Server] receives them
+		if !h1.IsToken(k) || isHopByHop([]byte(k)) {
+			continue
+		}
+		for _, v := range vv {
+			if !h1.ValidValue(v) {
+				return errBadRequest
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush()
+}
+
+// writeHead writes the request line and the header fields of rq, up to
+// (not including) the body's framing fields and the empty line: the
+// end-to-end fields of the client's request, the forwarding fields, Via
+// and the Upgrade fields.
+func (h *HTTP) writeHead(bw *bufio.Writer, rq *request) error {
 	r := rq.r
-	bw := pc.bw
 	uri := r.RequestURI
 	if uri == "" || (uri[0] != '/' && uri != "*") {
 		uri = r.URL.RequestURI()
@@ -103,58 +158,25 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 		bw.WriteString(rq.upgrade)
 		bw.WriteString("\r\n")
 	}
-	if !rq.hasBody {
-		switch r.Method {
-		case http.MethodPost, http.MethodPut, http.MethodPatch:
-			bw.WriteString("Content-Length: 0\r\n")
-		}
-		bw.WriteString("\r\n")
-		// The head goes out with the first read of the response (connIO).
-		pc.io.deferNext = true
-		return bw.Flush()
-	}
-	if rq.buffered != nil {
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(rq.buffered)), 10))
-		bw.WriteString("\r\n\r\n")
-		bw.Write(rq.buffered)
-		return bw.Flush()
-	}
-	if rq.consumed {
-		return errBodyConsumed
-	}
-	rq.consumed = true
-	if r.ContentLength > 0 {
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), r.ContentLength, 10))
-		bw.WriteString("\r\n\r\n")
-		if err := copyN(bw, r.Body, r.ContentLength); err != nil {
-			return err
-		}
-		return bw.Flush()
-	}
-	bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-	if err := copyChunked(bw, r.Body); err != nil {
-		return err
-	}
-	// Request trailers are known once the body is read.
-	for k, vv := range r.Trailer {
-		k = strings.TrimPrefix(k, http.TrailerPrefix) // as [Server] receives them
-		if !h1.IsToken(k) || isHopByHop([]byte(k)) {
-			continue
-		}
-		for _, v := range vv {
-			if !h1.ValidValue(v) {
-				return errBadRequest
-			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
+	return nil
+}
+
+// writeNoBody ends the head of a request without a body.
+func writeNoBody(bw *bufio.Writer, method string) {
+	switch method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
 	}
 	bw.WriteString("\r\n")
-	return bw.Flush()
+}
+
+// writeBuffered ends a request head with the length of body, and writes
+// the body.
+func writeBuffered(bw *bufio.Writer, body []byte) {
+	bw.WriteString("Content-Length: ")
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(body)), 10))
+	bw.WriteString("\r\n\r\n")
+	bw.Write(body)
 }
 
 // clientBodyError wraps a failure to read the client's request body: the

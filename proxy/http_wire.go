@@ -530,6 +530,17 @@ func (c *chunkedReader) size() error {
 		}
 		return err
 	}
+	v, err := parseChunkSize(line)
+	if err != nil {
+		return err
+	}
+	c.left = v
+	return nil
+}
+
+// parseChunkSize parses a chunk-size line without its CRLF:
+// "1*HEXDIG [ chunk-ext ]".
+func parseChunkSize(line []byte) (int64, error) {
 	var v int64
 	i := 0
 	for ; i < len(line); i++ {
@@ -538,27 +549,26 @@ func (c *chunkedReader) size() error {
 			break
 		}
 		if i >= 15 {
-			return errChunked
+			return 0, errChunked
 		}
 		v = v<<4 | int64(d)
 	}
 	if i == 0 {
-		return errChunked
+		return 0, errChunked
 	}
 	rest := line[i:]
 	for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\t') {
 		rest = rest[1:]
 	}
 	if len(rest) > 0 && rest[0] != ';' {
-		return errChunked
+		return 0, errChunked
 	}
 	for _, b := range rest {
 		if !h1.ValidValueByte(b) {
-			return errChunked
+			return 0, errChunked
 		}
 	}
-	c.left = v
-	return nil
+	return v, nil
 }
 
 func (c *chunkedReader) trailers() error {

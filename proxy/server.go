@@ -666,22 +666,7 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		writeError(sc, http.StatusBadGateway, "proxy: bad gateway\n")
 	}
 	if sc.chunked {
-		sc.bw.WriteString("0\r\n")
-		for k, vv := range sc.rh {
-			name, ok := cutTrailerPrefix(k)
-			if !ok || !h1.IsToken(name) {
-				continue
-			}
-			for _, v := range vv {
-				if h1.ValidValue(v) {
-					sc.bw.WriteString(name)
-					sc.bw.WriteString(": ")
-					sc.bw.WriteString(v)
-					sc.bw.WriteString("\r\n")
-				}
-			}
-		}
-		sc.bw.WriteString("\r\n")
+		sc.writeLastChunk()
 	}
 	if sc.closeConn || !sc.body.done() {
 		if sc.bw.Flush() == nil && !sc.body.done() {
@@ -690,6 +675,28 @@ func (sc *srvConn) serveOne(readTimeout time.Duration) bool {
 		return false
 	}
 	return true
+}
+
+// writeLastChunk ends a chunked response: the last chunk and the
+// trailers the backend sent (kept in sc.rh under http.TrailerPrefix).
+func (sc *srvConn) writeLastChunk() {
+	bw := sc.bw
+	bw.WriteString("0\r\n")
+	for k, vv := range sc.rh {
+		name, ok := cutTrailerPrefix(k)
+		if !ok || !h1.IsToken(name) {
+			continue
+		}
+		for _, v := range vv {
+			if h1.ValidValue(v) {
+				bw.WriteString(name)
+				bw.WriteString(": ")
+				bw.WriteString(v)
+				bw.WriteString("\r\n")
+			}
+		}
+	}
+	bw.WriteString("\r\n")
 }
 
 func cutTrailerPrefix(k string) (string, bool) {
