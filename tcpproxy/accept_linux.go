@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/rawsys"
 )
 
 // The direct path: when a connection needs nothing of the net package
@@ -145,7 +146,7 @@ func (l *fastListener) acceptFrom(lp *loop, w *watched) {
 			l.mu.RUnlock()
 			return
 		}
-		nfd, client, err := sysAccept(l.fd)
+		nfd, client, err := rawsys.Accept(l.fd)
 		l.mu.RUnlock()
 		switch err {
 		case nil:
@@ -165,7 +166,7 @@ func (l *fastListener) acceptFrom(lp *loop, w *watched) {
 		if st.fast() {
 			to, err := l.s.eng.near(lp)
 			if err != nil {
-				sysClose(nfd)
+				rawsys.Close(nfd)
 				continue
 			}
 			l.s.startDirect(to, st, nfd, client, l.local)
@@ -196,7 +197,7 @@ func (l *fastListener) failed(lp *loop, err error) {
 	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(l.fd)}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if l.closed || sysEpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev) != nil {
+	if l.closed || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev) != nil {
 		return
 	}
 	time.AfterFunc(pause, func() {
@@ -204,7 +205,7 @@ func (l *fastListener) failed(lp *loop, err error) {
 		defer l.mu.RUnlock()
 		if !l.closed {
 			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.fd)}
-			sysEpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev)
+			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev)
 		}
 	})
 }
@@ -215,7 +216,7 @@ func (l *loop) watchListener(ln *fastListener) error {
 	defer l.mu.Unlock()
 	l.lns[int32(ln.fd)] = &watched{ln: ln}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
 		delete(l.lns, int32(ln.fd))
 		return os.NewSyscallError("epoll_ctl", err)
 	}
@@ -228,7 +229,7 @@ func (l *loop) unwatchListener(ln *fastListener) {
 	defer l.mu.Unlock()
 	if w := l.lns[int32(ln.fd)]; w != nil && w.ln == ln {
 		delete(l.lns, int32(ln.fd))
-		sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+		rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
 }
 
@@ -265,7 +266,7 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 		s.dropFlow(f)
 	}
 	if !s.addFlow(f) {
-		sysClose(cfd)
+		rawsys.Close(cfd)
 		return
 	}
 	if err := f.dialNext(now); err != nil {
@@ -283,7 +284,7 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 // a PROXY header need it.
 func localAddr(fd int, listener netip.AddrPort) netip.AddrPort {
 	if a := listener.Addr(); !a.IsValid() || a.IsUnspecified() {
-		if la, err := sysLocalAddr(fd); err == nil {
+		if la, err := rawsys.LocalAddr(fd); err == nil {
 			return la
 		}
 	}
@@ -296,9 +297,9 @@ func localAddr(fd int, listener netip.AddrPort) netip.AddrPort {
 func keepAliveOn(fd int, st *settings) {
 	if ka := st.cfg.KeepAlive; ka > 0 {
 		secs := max(int(ka/time.Second), 1)
-		sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
+		rawsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+		rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
 	}
 }
 
@@ -349,15 +350,15 @@ func connectTo(addr netip.AddrPort, st *settings) (int, error) {
 			zone = uint32(ifi.Index)
 		}
 	}
-	var sa rawSockaddr
-	family, size := sa.set(addr, zone)
-	fd, err := sysSocket(family)
+	var sa rawsys.Sockaddr
+	family, size := sa.Set(addr, zone)
+	fd, err := rawsys.Socket(family)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
 	keepAliveOn(fd, st)
-	if err := sysConnect(fd, &sa, size); err != nil && err != unix.EINPROGRESS {
-		sysClose(fd)
+	if err := rawsys.Connect(fd, &sa, size); err != nil && err != unix.EINPROGRESS {
+		rawsys.Close(fd)
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil
@@ -371,7 +372,7 @@ func (f *flow) closeFDs() {
 	f.closed = true
 	for i, fd := range f.fd {
 		if fd >= 0 {
-			sysClose(fd)
+			rawsys.Close(fd)
 			f.fd[i] = -1
 		}
 	}
@@ -441,7 +442,7 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 || ev&unix.EPOLLOUT == 0 {
 		// Failed; a clean writable event needs no asking.
 		err = unix.ECONNREFUSED
-		if v, gerr := sysGetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+		if v, gerr := rawsys.GetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
 			err = syscall.Errno(v)
 		}
 	}
@@ -457,7 +458,7 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 		var buf [256]byte
 		b := headerFor(v, d.client, localAddr(f.fd[0], d.local)).Append(buf[:0])
 		f.half[0].writing(f.fd[1])
-		if n, err := sysWrite(f.fd[1], b); err != nil || n != len(b) {
+		if n, err := rawsys.Write(f.fd[1], b); err != nil || n != len(b) {
 			if err == nil {
 				err = errors.New("short write")
 			}
@@ -495,7 +496,7 @@ func (l *loop) retry(f *flow, err error, now int64) {
 	delete(l.flows, int32(old))
 	l.mu.Unlock()
 	f.mu.Lock()
-	sysClose(old) // leaves the epoll set
+	rawsys.Close(old) // leaves the epoll set
 	f.fd[1] = -1
 	f.mu.Unlock()
 	if f.abort.Load() {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/rawsys"
 )
 
 // The engine moves bytes between established client and backend TCP
@@ -155,7 +156,7 @@ func (h *half) heard(ev uint32) {
 // before it could matter.
 func (h *half) writing(dst int) {
 	if h.wrote && !h.nodelay {
-		sysSetsockoptInt(dst, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		rawsys.SetsockoptInt(dst, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		h.nodelay = true
 	}
 	h.wrote = true
@@ -214,7 +215,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 	for !h.done {
 		if h.n > 0 {
 			h.writing(dst)
-			m, err := sysSplice(h.pipe[0], dst, h.n)
+			m, err := rawsys.Splice(h.pipe[0], dst, h.n)
 			if err == unix.EAGAIN {
 				return f.blocked(1 - d) // dst's writable edge resumes
 			}
@@ -231,7 +232,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 		}
 		if len(h.pend) > 0 {
 			h.writing(dst)
-			m, err := sysWrite(dst, h.pend)
+			m, err := rawsys.Write(dst, h.pend)
 			if err == unix.EAGAIN {
 				return f.blocked(1 - d)
 			}
@@ -252,7 +253,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			if f.half[1-d].done {
 				return nil // both ways over: closing sends the FIN
 			}
-			if err := sysShutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+			if err := rawsys.Shutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 				return fmt.Errorf("tcpproxy: half-close: %w", os.NewSyscallError("shutdown", err))
 			}
 			return nil
@@ -261,7 +262,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			return nil // src's next edge resumes
 		}
 		if !h.stream {
-			m, err := sysRead(src, buf)
+			m, err := rawsys.Read(src, buf)
 			if err == unix.EAGAIN {
 				h.ready = false
 				return nil
@@ -288,7 +289,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 				h.ready = false // a short read drained the socket
 			}
 			h.writing(dst)
-			w, err := sysWrite(dst, buf[:m])
+			w, err := rawsys.Write(dst, buf[:m])
 			if err == unix.EAGAIN {
 				w, err = 0, nil
 			}
@@ -307,7 +308,7 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			h.pipe, h.hasPipe = p, true
 		}
-		m, err := sysSplice(src, h.pipe[1], pipeSize)
+		m, err := rawsys.Splice(src, h.pipe[1], pipeSize)
 		if err == unix.EAGAIN {
 			h.ready = false
 			putPipe(h.pipe)
@@ -337,7 +338,7 @@ func (f *flow) blocked(i int) error {
 	}
 	f.out[i] = true
 	ev := unix.EpollEvent{Events: events | unix.EPOLLOUT, Fd: int32(f.fd[i])}
-	if err := sysEpollCtl(f.l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &ev); err != nil {
+	if err := rawsys.EpollCtl(f.l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &ev); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
@@ -373,7 +374,7 @@ func (f *flow) shut() {
 		if !f.closed {
 			for _, fd := range f.fd {
 				if fd >= 0 {
-					sysShutdown(fd, unix.SHUT_RDWR)
+					rawsys.Shutdown(fd, unix.SHUT_RDWR)
 				}
 			}
 		}
@@ -382,7 +383,7 @@ func (f *flow) shut() {
 	}
 	for _, c := range f.conns {
 		if raw, err := c.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) { sysShutdown(int(fd), unix.SHUT_RDWR) })
+			raw.Control(func(fd uintptr) { rawsys.Shutdown(int(fd), unix.SHUT_RDWR) })
 		}
 	}
 }
@@ -518,7 +519,7 @@ func newLoop() (*loop, error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := sysEpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+	if err := rawsys.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		file.Close()
 		unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
@@ -571,7 +572,7 @@ func (l *loop) watch(f *flow, i int) error {
 	if f.out[i] {
 		ev.Events |= unix.EPOLLOUT
 	}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		delete(l.flows, int32(fd))
 		return os.NewSyscallError("epoll_ctl", err)
 	}
@@ -582,7 +583,7 @@ func (l *loop) watch(f *flow, i int) error {
 // (Closing a socket removes it too.)
 func (l *loop) unwatch(f *flow, i int) {
 	delete(l.flows, int32(f.fd[i]))
-	sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[i], nil)
+	rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[i], nil)
 }
 
 // run waits for events and serves them until stopped. The loop's epoll
@@ -609,7 +610,7 @@ func (l *loop) run() {
 		var n int
 		var werr error
 		err := raw.Read(func(fd uintptr) bool {
-			n, werr = sysEpollPoll(int(fd), events)
+			n, werr = rawsys.EpollPoll(int(fd), events)
 			return n > 0 || werr != nil && werr != unix.EINTR
 		})
 		expired := errors.Is(err, os.ErrDeadlineExceeded) // time to sweep
@@ -665,7 +666,7 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 	}
 	if ev&unix.EPOLLERR != 0 {
 		err := unix.ECONNRESET
-		if v, gerr := sysGetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+		if v, gerr := rawsys.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
 			err = syscall.Errno(v)
 		}
 		l.end(f, fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err)))

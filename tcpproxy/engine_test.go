@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lbkit/lbkit/internal/rawsys"
 	"github.com/lbkit/lbkit/proxyproto"
 )
 
@@ -272,7 +273,7 @@ func TestBlockedDestinationWatched(t *testing.T) {
 	serve := func() {
 		t.Helper()
 		evs := make([]unix.EpollEvent, 8)
-		n, err := sysEpollPoll(l.epfd, evs)
+		n, err := rawsys.EpollPoll(l.epfd, evs)
 		require.NoError(t, err)
 		require.Positive(t, n, "an event is due")
 		for _, ev := range evs[:n] {
