@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/balancer"
 )
 
 // exchange sends raw on a new connection to addr, shuts the sending
@@ -209,4 +212,42 @@ func TestServerEngineShutdownClosesWaitingConnections(t *testing.T) {
 		}
 	}
 	require.NoError(t, <-done)
+}
+
+// TestServerEngineAllocs: a request answered on the loops allocates
+// nothing, in the whole process (the client's raw reads and writes
+// allocate nothing either).
+func TestServerEngineAllocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("counts the process's allocations")
+	}
+	for _, cfg := range []Config{{}, {StickyCookie: redirCookie}, {Key: balancer.MustParseKey("client")}} {
+		cfg.Pool = redirPool(t, []tgt{redirA})
+		s, addr, done := parkServe(t, ServerConfig{Handler: redirNew(t, cfg)}, pathEngine)
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		req := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: x\r\nCookie: a=b\r\n\r\n")
+		_, err = c.Write(req)
+		require.NoError(t, err)
+		var first []byte
+		for !bytes.HasSuffix(first, []byte("\r\n\r\n")) { // the answer has no body
+			b := make([]byte, 4096)
+			n, err := c.Read(b)
+			require.NoError(t, err)
+			first = append(first, b[:n]...)
+		}
+		buf := make([]byte, len(first)) // every answer has this length
+		allocs := testing.AllocsPerRun(200, func() {
+			c.Write(req)
+			if _, err := io.ReadFull(c, buf); err != nil {
+				t.Fatal(err)
+			}
+		})
+		assert.Zero(t, allocs)
+		assert.Contains(t, string(buf), "Location: http")
+		require.NoError(t, s.Close())
+		require.NoError(t, <-done)
+	}
 }
