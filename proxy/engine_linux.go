@@ -34,8 +34,13 @@ import (
 // next event.
 //
 // An idle connection holds no goroutine and no buffer: its state is an
-// lconn of about a hundred bytes in its loop. Buffers (the request's,
+// lconn of about two hundred bytes in its loop. Buffers (the request's,
 // the response head's) are taken from pools while bytes are in flight.
+//
+// The loops, the listeners and the client connections' basics (buffers,
+// reads, writes, readiness) are internal/evloop's Engine; this file is
+// what the proxy does on a loop, its evloop.Handler (eloop): requests,
+// backend connections and responses.
 //
 // The loops forward what is common: requests with no body or a body
 // whose length is known and that fits in the request buffer, to HTTP/1.1
