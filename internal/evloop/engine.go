@@ -65,8 +65,8 @@ type Handler[X any] interface {
 	// Sweep is called after the loop expired its connections, every
 	// Tick or so.
 	Sweep(now time.Time)
-	// Idle reports whether c waits for a request with nothing read:
-	// Shutdown closes it at once.
+	// Idle reports whether Shutdown may close c at once: it waits for
+	// the client (for a request, say) with nothing left to write.
 	Idle(c *Conn[X]) bool
 	// Release ends what the handler holds for c, which is being closed
 	// or handed over.

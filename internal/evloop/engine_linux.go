@@ -471,6 +471,8 @@ type Conn[X any] struct {
 // loop when the socket has room, before the handler's Ready).
 type Writer[X any] struct{ c *Conn[X] }
 
+// Write writes p to the client, or keeps in c.Out what the socket does
+// not take now; it fails once a write to the socket failed (c.WErr).
 func (w *Writer[X]) Write(p []byte) (int, error) {
 	c := w.c
 	if c.WErr != nil {
