@@ -723,8 +723,8 @@ func (l *Loop[X]) sweep(now time.Time) {
 	l.h.Sweep(now)
 }
 
-// Listener accepts connections on the loops (its socket is in every
-// loop's epoll set, one woken per connection) and returns those handed
+// Listener accepts connections on a loop (its socket is in that loop's
+// epoll set), deals them to the loops in turn, and returns those handed
 // over to the goroutine path from Accept.
 type Listener[X any] struct {
 	*net.TCPListener
@@ -767,16 +767,19 @@ func (e *Engine[X]) Listener(ln *net.TCPListener, cfg Config[X]) net.Listener {
 		e.lns = make(map[*Listener[X]]struct{})
 	}
 	e.lns[el] = struct{}{}
+	// One loop accepts and deals the connections out in turn. In every
+	// loop's set, even EPOLLEXCLUSIVE would wake them all for each
+	// connection (the loops wait through the runtime's poller, not in
+	// epoll_wait), and all but one would find nothing to accept.
+	l := loops[len(e.lns)%len(loops)]
 	e.mu.Unlock()
-	for _, l := range loops {
-		l.mu.Lock()
-		l.setTab(dup, el)
-		l.mu.Unlock()
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(dup)}
-		if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, dup, &ev); err != nil {
-			el.Close()
-			return nil
-		}
+	l.mu.Lock()
+	l.setTab(dup, el)
+	l.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(dup)}
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, dup, &ev); err != nil {
+		el.Close()
+		return nil
 	}
 	return el
 }
@@ -916,9 +919,8 @@ func (el *Listener[X]) acceptFrom(lp *Loop[X]) {
 
 // failed pauses accepting on lp after err (out of descriptors or
 // memory): the listener stays readable, so the loop would spin. It
-// leaves lp's epoll set (an exclusive registration cannot be modified)
-// and joins again after a pause that doubles from 5ms to 1s while errors
-// go on.
+// leaves lp's epoll set and joins again after a pause that doubles from
+// 5ms to 1s while errors go on.
 func (el *Listener[X]) failed(lp *Loop[X], err error) {
 	pause := min(max(2*time.Duration(el.pause.Load()), 5*time.Millisecond), time.Second)
 	el.pause.Store(int64(pause))
@@ -932,7 +934,7 @@ func (el *Listener[X]) failed(lp *Loop[X], err error) {
 		el.mu.RLock()
 		defer el.mu.RUnlock()
 		if !el.closed {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(el.fd)}
+			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(el.fd)}
 			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, el.fd, &ev)
 		}
 	})
