@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -134,4 +135,39 @@ func TestEngineBackendIdleTimeout(t *testing.T) {
 	require.Equal(t, "a", body)
 	require.Equal(t, 1, p.h.IdleConns(b.addr))
 	require.Eventually(t, func() bool { return p.h.IdleConns(b.addr) == 0 && b.open.Load() == 0 }, 5*time.Second, 5*time.Millisecond)
+}
+
+// TestEngineShutdownStopsAcceptingFirst: a graceful shutdown closes the
+// listening socket before it drains, so a new client is refused (or
+// taken by the socket's next owner) rather than accepted and closed.
+func TestEngineShutdownStopsAcceptingFirst(t *testing.T) {
+	b := startBackend(t, "a")
+	srv := newServer(t, ServerConfig{Handler: newTestHTTP(t, b)})
+	addr := serveFast(t, srv)
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	<-b.entered
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- srv.Shutdown(ctx)
+	}()
+	require.Eventually(t, func() bool {
+		nc, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			nc.Close()
+		}
+		return err != nil
+	}, 5*time.Second, 5*time.Millisecond, "the listening socket closes while a request is in flight")
+	close(b.hold)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	assert.Equal(t, "a", string(body), "the request in flight finishes")
+	require.NoError(t, <-done)
 }

@@ -88,7 +88,11 @@ func (e *Engine[X]) start(cfg Config[X]) error {
 		l, err := newLoop(e)
 		if err != nil {
 			e.err = err
-			e.stopLocked()
+			loops := e.loops
+			e.loops = nil // no listener was made: nothing picks
+			e.mu.Unlock()
+			e.stopLoops(loops)
+			e.mu.Lock()
 			return err
 		}
 		l.first = len(e.loops) == 0
@@ -155,6 +159,7 @@ func (e *Engine[X]) drained() chan struct{} {
 // and waits for them until ctx ends, when it closes them. It reports
 // whether it had to force.
 func (e *Engine[X]) Shutdown(ctx context.Context) bool {
+	e.stopAccepting()
 	idle := e.drained()
 	if idle == nil {
 		return false
@@ -183,20 +188,25 @@ func (e *Engine[X]) Kill() {
 // waits for them. Later listeners are refused.
 func (e *Engine[X]) Stop() {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	e.started = true
 	if e.err == nil {
 		e.err = ErrClosed
 	}
-	e.stopLocked()
+	loops := e.loops
+	e.mu.Unlock()
+	// Not under e.mu: the first loop's sweep takes it (checkListeners).
+	e.stopLoops(loops)
+	e.mu.Lock()
+	e.loops = nil // after the wait: pick reads it without the lock
+	e.mu.Unlock()
 }
 
-func (e *Engine[X]) stopLocked() {
-	for _, l := range e.loops {
+// stopLoops stops loops and waits for every loop of the engine.
+func (e *Engine[X]) stopLoops(loops []*Loop[X]) {
+	for _, l := range loops {
 		l.submit(nil)
 	}
 	e.wg.Wait()
-	e.loops = nil
 }
 
 // Loop is one event loop: an epoll set, an eventfd for the tasks other
@@ -737,10 +747,11 @@ type Listener[X any] struct {
 	conns chan net.Conn
 	done  chan struct{}
 
-	mu     sync.RWMutex // held to accept, and to close
-	closed bool
-	err    error // a failure of accept4 that will not pass
-	pause  atomic.Int64
+	mu      sync.RWMutex // held to accept, and to close
+	closed  bool
+	stopped bool  // no more accepting: the socket is closed, Accept still returns handovers
+	err     error // a failure of accept4 that will not pass
+	pause   atomic.Int64
 }
 
 // Listener starts the loops with cfg unless they run, and returns ln
@@ -823,6 +834,25 @@ func (el *Listener[X]) Close() error {
 		return nil
 	}
 	el.closed = true
+	var err error
+	if !el.stopped {
+		err = el.closeSocketLocked()
+	}
+	close(el.done)
+	el.mu.Unlock()
+	for {
+		select {
+		case c := <-el.conns:
+			c.Close()
+		default:
+			return err
+		}
+	}
+}
+
+// closeSocketLocked takes el's socket off the loops and closes it (its
+// duplicate and the listener); el.mu is held.
+func (el *Listener[X]) closeSocketLocked() error {
 	el.e.mu.Lock()
 	loops := el.e.loops
 	delete(el.e.lns, el)
@@ -836,16 +866,27 @@ func (el *Listener[X]) Close() error {
 		l.mu.Unlock()
 	}
 	el.file.Close()
-	err := el.TCPListener.Close()
-	close(el.done)
-	el.mu.Unlock()
-	for {
-		select {
-		case c := <-el.conns:
-			c.Close()
-		default:
-			return err
+	return el.TCPListener.Close()
+}
+
+// stopAccepting closes every listener's socket, first thing in a
+// graceful shutdown, so no connection is accepted only to be closed (a
+// shared socket's next owner takes it instead). Accept keeps returning
+// the connections the loops hand over until the listener is closed.
+func (e *Engine[X]) stopAccepting() {
+	e.mu.Lock()
+	lns := make([]*Listener[X], 0, len(e.lns))
+	for el := range e.lns {
+		lns = append(lns, el)
+	}
+	e.mu.Unlock()
+	for _, el := range lns {
+		el.mu.Lock()
+		if !el.closed && !el.stopped {
+			el.stopped = true
+			el.closeSocketLocked()
 		}
+		el.mu.Unlock()
 	}
 }
 
@@ -864,6 +905,14 @@ func (el *Listener[X]) fail(err error) {
 	el.e.mu.Unlock()
 	el.file.Close()
 	close(el.done)
+	for {
+		select {
+		case c := <-el.conns:
+			c.Close()
+		default:
+			return
+		}
+	}
 }
 
 // checkListeners fails the listeners their owners closed: the loops
@@ -889,7 +938,7 @@ func (e *Engine[X]) checkListeners() {
 func (el *Listener[X]) acceptFrom(lp *Loop[X]) {
 	for range 64 {
 		el.mu.RLock()
-		if el.closed {
+		if el.closed || el.stopped {
 			el.mu.RUnlock()
 			return
 		}
@@ -927,13 +976,13 @@ func (el *Listener[X]) failed(lp *Loop[X], err error) {
 	el.log.Warn(el.name+": accept failed; retrying", "err", os.NewSyscallError("accept4", err), "in", pause)
 	el.mu.RLock()
 	defer el.mu.RUnlock()
-	if el.closed || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, el.fd, nil) != nil {
+	if el.closed || el.stopped || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, el.fd, nil) != nil {
 		return
 	}
 	time.AfterFunc(pause, func() {
 		el.mu.RLock()
 		defer el.mu.RUnlock()
-		if !el.closed {
+		if !el.closed && !el.stopped {
 			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(el.fd)}
 			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, el.fd, &ev)
 		}
