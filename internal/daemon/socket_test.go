@@ -1,0 +1,261 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lbkit/lbkit/config"
+	"github.com/lbkit/lbkit/internal/testnet"
+)
+
+// servedTypes records the type of every listener the daemon gives a
+// server, by listener name.
+type servedTypes struct {
+	mu    sync.Mutex
+	types map[string][]string
+}
+
+func (s *servedTypes) record(name string, ln net.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.types == nil {
+		s.types = make(map[string][]string)
+	}
+	s.types[name] = append(s.types[name], fmt.Sprintf("%T", ln))
+}
+
+func (s *servedTypes) get(name string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.types[name]...)
+}
+
+// TestReloadServesTCPListeners reloads the HTTP and redirect listeners
+// (each reload builds them new servers) and the TCP listener (updated in
+// place) under steady load: every server is given a *net.TCPListener, so
+// their paths for TCP listeners run, no request fails, and once the
+// daemon stops every port is free again (no duplicate descriptor left
+// open).
+func TestReloadServesTCPListeners(t *testing.T) {
+	be := backends(t, 2)
+	free := testnet.FreeAddrs(t, 3)
+	httpAddr, rdAddr, tcpAddr := free[0], free[1], free[2]
+	cfgFor := func(gen int) *config.Config {
+		text := fmt.Sprintf(`shutdown_timeout: 5s
+pools:
+  - name: web
+    members: [{addr: %s}, {addr: %s}]
+listeners:
+  - {name: web, type: http, addr: %s, pool: web, max_idle_conns: %d}
+  - {name: rd, type: redirect, addr: %s, pool: web, retry_after: %ds}
+  - {name: tcp, type: tcp, addr: %s, pool: web, connect_attempts: %d}
+`, be[0], be[1], httpAddr, 10+gen, rdAddr, 1+gen, tcpAddr, 2+gen)
+		cfg, err := config.Parse("test.yaml", []byte(text))
+		require.NoError(t, err)
+		return cfg
+	}
+	var served servedTypes
+	d := New(Options{AdminAddr: "off", Logger: slog.New(slog.DiscardHandler)})
+	d.served = served.record
+	require.NoError(t, d.Start(cfgFor(0)))
+	stopped := false
+	defer func() {
+		if !stopped {
+			d.Close()
+		}
+	}()
+	(&fixture{t: t, d: d}).waitReady(2)
+
+	// Clients: kept-alive and new connections to the HTTP listener, new
+	// connections to the redirect and TCP listeners. Each success ticks.
+	var ok, failed atomic.Int64
+	errs := make(chan string, 16)
+	tick := make(chan struct{}, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, kind := range []string{"http-keepalive", "http", "redirect", "tcp"} {
+		wg.Go(func() {
+			tr := &http.Transport{DisableKeepAlives: kind != "http-keepalive"}
+			defer tr.CloseIdleConnections()
+			hc := &http.Client{Transport: tr, Timeout: 10 * time.Second,
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			for range 100_000 {
+				if ctx.Err() != nil {
+					return
+				}
+				if err := loadOnce(hc, kind, httpAddr, rdAddr, tcpAddr); err != nil {
+					failed.Add(1)
+					select {
+					case errs <- kind + ": " + err.Error():
+					default:
+					}
+					continue
+				}
+				ok.Add(1)
+				select {
+				case tick <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}
+	// progress waits until requests succeed after the last reload.
+	progress := func() {
+		for range 50 {
+			select {
+			case <-tick:
+			case <-ctx.Done():
+				t.Fatal("no progress")
+			}
+		}
+	}
+	const reloads = 8
+	progress()
+	for gen := 1; gen <= reloads; gen++ {
+		require.NoError(t, d.Apply(cfgFor(gen), "test"))
+		progress()
+	}
+	cancel()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("failed request: %s", e)
+	}
+	assert.Zero(t, failed.Load())
+	t.Logf("%d requests over %d reloads", ok.Load(), reloads)
+
+	for name, n := range map[string]int{"web": 1 + reloads, "rd": 1 + reloads, "tcp": 1} {
+		got := served.get(name)
+		assert.Len(t, got, n, "%s: one listener per server", name)
+		for _, typ := range got {
+			assert.Equal(t, "*net.TCPListener", typ, name)
+		}
+	}
+
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	require.NoError(t, d.Shutdown(sctx))
+	stopped = true
+	for _, addr := range free {
+		ln, err := net.Listen("tcp", addr)
+		require.NoError(t, err, "%s is still open after Shutdown", addr)
+		ln.Close()
+	}
+}
+
+// loadOnce makes one request of the kind and checks its answer.
+func loadOnce(hc *http.Client, kind, httpAddr, rdAddr, tcpAddr string) error {
+	switch kind {
+	case "redirect":
+		resp, err := hc.Get("http://" + rdAddr + "/x")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), "http://127.0.0.1:") {
+			return fmt.Errorf("status %d location %q", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		return nil
+	case "tcp":
+		httpAddr = tcpAddr
+	}
+	resp, err := hc.Get("http://" + httpAddr + "/")
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "b") {
+		return fmt.Errorf("status %d body %q", resp.StatusCode, body)
+	}
+	return nil
+}
+
+// TestRemovedListenerClosesItsSocket removes an HTTP listener while a
+// request is in flight on it: its port refuses connections at once, the
+// request still finishes (the server drains), and then the port is free.
+func TestRemovedListenerClosesItsSocket(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		io.WriteString(w, "slow")
+	}))
+	defer slow.Close()
+	free := testnet.FreeAddrs(t, 2)
+	cfgWith := func(listeners string) *config.Config {
+		text := fmt.Sprintf(`shutdown_timeout: 10s
+pools:
+  - name: web
+    members: [{addr: %s}]
+listeners:
+  - {name: tcp, type: tcp, addr: %s, pool: web}
+%s`, slow.Listener.Addr(), free[1], listeners)
+		cfg, err := config.Parse("test.yaml", []byte(text))
+		require.NoError(t, err)
+		return cfg
+	}
+	d := New(Options{AdminAddr: "off", Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, d.Start(cfgWith(fmt.Sprintf("  - {name: web, type: http, addr: %s, pool: web}\n", free[0]))))
+	defer d.Close()
+	(&fixture{t: t, d: d}).waitReady(1)
+	d.mu.Lock()
+	web := d.listeners["web"]
+	d.mu.Unlock()
+
+	type result struct {
+		body string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get("http://" + free[0] + "/")
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		res <- result{string(b), err}
+	}()
+	<-arrived
+
+	require.NoError(t, d.Apply(cfgWith(""), "test"))
+	assert.Eventually(t, func() bool {
+		c, err := net.DialTimeout("tcp", free[0], time.Second)
+		if err != nil {
+			return errors.Is(err, syscall.ECONNREFUSED)
+		}
+		c.Close()
+		return false
+	}, 5*time.Second, 5*time.Millisecond, "the removed listener's port still accepts while it drains")
+
+	close(release)
+	r := <-res
+	require.NoError(t, r.err)
+	assert.Equal(t, "slow", r.body, "the request in flight finishes")
+	<-web.done
+	ln, err := net.Listen("tcp", free[0])
+	require.NoError(t, err, "the removed listener's port is still open")
+	ln.Close()
+}
