@@ -53,6 +53,8 @@ type swapServer struct {
 	cur    *generation
 	runs   sync.WaitGroup // Serve calls of every server, current and retired
 	olds   sync.WaitGroup // retired servers draining
+	force  context.Context
+	forceF context.CancelFunc // ends the retired servers' drain (close)
 	done   chan struct{}
 	close1 sync.Once
 }
@@ -125,6 +127,7 @@ func startSwap(e env, l *config.Listener, pools map[string]*poolState, done chan
 	log := e.log.With("listener", l.Name)
 	s := &swapServer{name: l.Name, log: log, sock: newSocket(ln, log), build: build, drain: config.DefaultShutdownTimeout,
 		served: e.served, done: done}
+	s.force, s.forceF = context.WithCancel(context.Background())
 	s.cur = s.serve(b)
 	return s, nil
 }
@@ -164,7 +167,7 @@ func (s *swapServer) update(l *config.Listener, pools map[string]*poolState) err
 	s.olds.Add(1)
 	go func() {
 		defer s.olds.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), s.drain)
+		ctx, cancel := context.WithTimeout(s.force, s.drain)
 		defer cancel()
 		old.stopAccepting(ctx)
 		if err := old.srv.Shutdown(ctx); err != nil {
@@ -176,12 +179,15 @@ func (s *swapServer) update(l *config.Listener, pools map[string]*poolState) err
 }
 
 // shutdown closes the socket and the server's listener, so the port
-// stops accepting, and drains the server until ctx ends.
+// stops accepting, and drains the server, and those retired by reloads,
+// until ctx ends.
 func (s *swapServer) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	cur := s.cur
 	s.mu.Unlock()
 	s.sock.close()
+	stop := context.AfterFunc(ctx, s.forceF)
+	defer stop()
 	cur.stopAccepting(ctx)
 	err := cur.srv.Shutdown(ctx)
 	if err != nil {
@@ -191,11 +197,13 @@ func (s *swapServer) shutdown(ctx context.Context) error {
 	return err
 }
 
+// close stops the server and those retired by reloads now.
 func (s *swapServer) close() error {
 	s.mu.Lock()
 	cur := s.cur
 	s.mu.Unlock()
 	s.sock.close()
+	s.forceF()
 	cur.retired.Store(true)
 	err := cur.srv.Close()
 	s.finish(cur)
@@ -205,6 +213,7 @@ func (s *swapServer) close() error {
 func (s *swapServer) finish(cur *generation) {
 	s.close1.Do(func() {
 		s.olds.Wait()
+		s.forceF()
 		s.runs.Wait()
 		cur.cleanup()
 		close(s.done)

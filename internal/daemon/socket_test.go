@@ -190,46 +190,49 @@ func loadOnce(hc *http.Client, kind, httpAddr, rdAddr, tcpAddr string) error {
 	return nil
 }
 
-// TestRemovedListenerClosesItsSocket removes an HTTP listener while a
-// request is in flight on it: its port refuses connections at once, the
-// request still finishes (the server drains), and then the port is free.
-func TestRemovedListenerClosesItsSocket(t *testing.T) {
-	arrived, release := make(chan struct{}), make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// slowBackend starts a backend whose requests each announce themselves on
+// arrived and wait for release to be closed before answering "slow".
+func slowBackend(t *testing.T) (addr string, arrived, release chan struct{}) {
+	arrived, release = make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
 		<-release
 		io.WriteString(w, "slow")
 	}))
-	defer slow.Close()
-	free := testnet.FreeAddrs(t, 2)
-	cfgWith := func(listeners string) *config.Config {
-		text := fmt.Sprintf(`shutdown_timeout: 10s
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String(), arrived, release
+}
+
+// slowConfig declares pool web of the one member and, with http set, an
+// HTTP listener on addr; a TCP listener on other keeps the configuration
+// from being empty.
+func slowConfig(t *testing.T, member, addr, other string, http bool, maxIdle int) *config.Config {
+	text := fmt.Sprintf(`shutdown_timeout: 10s
 pools:
   - name: web
     members: [{addr: %s}]
 listeners:
   - {name: tcp, type: tcp, addr: %s, pool: web}
-%s`, slow.Listener.Addr(), free[1], listeners)
-		cfg, err := config.Parse("test.yaml", []byte(text))
-		require.NoError(t, err)
-		return cfg
+`, member, other)
+	if http {
+		text += fmt.Sprintf("  - {name: web, type: http, addr: %s, pool: web, max_idle_conns: %d}\n", addr, maxIdle)
 	}
-	d := New(Options{AdminAddr: "off", Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, d.Start(cfgWith(fmt.Sprintf("  - {name: web, type: http, addr: %s, pool: web}\n", free[0]))))
-	defer d.Close()
-	(&fixture{t: t, d: d}).waitReady(1)
-	d.mu.Lock()
-	web := d.listeners["web"]
-	d.mu.Unlock()
+	cfg, err := config.Parse("test.yaml", []byte(text))
+	require.NoError(t, err)
+	return cfg
+}
 
-	type result struct {
-		body string
-		err  error
-	}
+type result struct {
+	body string
+	err  error
+}
+
+// request starts a GET of addr and returns where its outcome will be.
+func request(addr string) <-chan result {
 	res := make(chan result, 1)
 	go func() {
 		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		resp, err := c.Get("http://" + free[0] + "/")
+		resp, err := c.Get("http://" + addr + "/")
 		if err != nil {
 			res <- result{err: err}
 			return
@@ -238,9 +241,26 @@ listeners:
 		b, err := io.ReadAll(resp.Body)
 		res <- result{string(b), err}
 	}()
-	<-arrived
+	return res
+}
 
-	require.NoError(t, d.Apply(cfgWith(""), "test"))
+// TestRemovedListenerClosesItsSocket removes an HTTP listener while a
+// request is in flight on it: its port refuses connections at once, the
+// request still finishes (the server drains), and then the port is free.
+func TestRemovedListenerClosesItsSocket(t *testing.T) {
+	member, arrived, release := slowBackend(t)
+	free := testnet.FreeAddrs(t, 2)
+	d := New(Options{AdminAddr: "off", Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, d.Start(slowConfig(t, member, free[0], free[1], true, 0)))
+	defer d.Close()
+	(&fixture{t: t, d: d}).waitReady(1)
+	d.mu.Lock()
+	web := d.listeners["web"]
+	d.mu.Unlock()
+
+	res := request(free[0])
+	<-arrived
+	require.NoError(t, d.Apply(slowConfig(t, member, free[0], free[1], false, 0), "test"))
 	assert.Eventually(t, func() bool {
 		c, err := net.DialTimeout("tcp", free[0], time.Second)
 		if err != nil {
@@ -258,4 +278,42 @@ listeners:
 	ln, err := net.Listen("tcp", free[0])
 	require.NoError(t, err, "the removed listener's port is still open")
 	ln.Close()
+}
+
+// TestStopEndsRetiredServers stops the daemon while a server replaced by
+// a reload drains a request: Close ends it at once, Shutdown when its
+// context ends, not when the retired server's own drain timeout does.
+func TestStopEndsRetiredServers(t *testing.T) {
+	for _, how := range []string{"close", "shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			member, arrived, release := slowBackend(t)
+			defer close(release)
+			free := testnet.FreeAddrs(t, 2)
+			d := New(Options{AdminAddr: "off", Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(t, d.Start(slowConfig(t, member, free[0], free[1], true, 10)))
+			defer d.Close()
+			(&fixture{t: t, d: d}).waitReady(1)
+
+			res := request(free[0])
+			<-arrived
+			require.NoError(t, d.Apply(slowConfig(t, member, free[0], free[1], true, 20), "test"))
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				if how == "close" {
+					d.Close()
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				d.Shutdown(ctx)
+			}()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the daemon waits for the retired server's drain")
+			}
+			assert.Error(t, (<-res).err, "the request in flight is cut")
+		})
+	}
 }
