@@ -317,3 +317,54 @@ func TestStopEndsRetiredServers(t *testing.T) {
 		})
 	}
 }
+
+// TestSocketGenerations drives a socket through two server generations:
+// each gets a listener of its own (a duplicate for TCP, a virtual one fed
+// by the acceptor for a unix socket); the second takes the connections
+// once activated and the first closed, the socket staying open between
+// them; close, with the generations' listeners closed, closes it.
+func TestSocketGenerations(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if network == "unix" {
+				addr = t.TempDir() + "/s"
+			}
+			ln, err := net.Listen(network, addr)
+			require.NoError(t, err)
+			addr = ln.Addr().String()
+			s := newSocket(ln, slog.New(slog.DiscardHandler))
+			want := map[string]string{"tcp": "*net.TCPListener", "unix": "*daemon.vlistener"}[network]
+
+			// accepted dials the socket and checks that gen accepts the
+			// connection.
+			accepted := func(gen net.Listener) {
+				t.Helper()
+				c, err := net.Dial(network, addr)
+				require.NoError(t, err)
+				defer c.Close()
+				a, err := gen.Accept()
+				require.NoError(t, err)
+				a.Close()
+			}
+			first := s.listener()
+			assert.Equal(t, want, fmt.Sprintf("%T", first))
+			s.activate(first)
+			accepted(first)
+
+			second := s.listener()
+			assert.Equal(t, want, fmt.Sprintf("%T", second))
+			s.activate(second)
+			require.NoError(t, first.Close())
+			_, err = first.Accept()
+			require.ErrorIs(t, err, net.ErrClosed)
+			accepted(second)
+			accepted(second)
+
+			s.close()
+			second.Close()
+			_, err = net.Dial(network, addr)
+			require.Error(t, err, "the socket is still open")
+		})
+	}
+}
