@@ -392,7 +392,9 @@ func (l *eloop) run() {
 			}
 		}
 		for _, c := range l.incoming {
-			l.list(c)
+			if !c.closed {
+				l.list(c)
+			}
 		}
 		clear(l.incoming)
 		l.incoming = l.incoming[:0]
@@ -617,6 +619,12 @@ func (l *eloop) clientEvent(c *lconn, ev uint32) {
 		l.drop(c) // reset, or shut down both ways: nobody to answer
 		return
 	}
+	// Edge-triggered: remember every readiness reported, whatever is
+	// done with it now.
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
+		c.canRead = true
+		c.hup = c.hup || ev&unix.EPOLLRDHUP != 0
+	}
 	if ev&unix.EPOLLOUT != 0 {
 		c.canWrite = true
 		if !l.flushOut(c) {
@@ -633,10 +641,6 @@ func (l *eloop) clientEvent(c *lconn, ev uint32) {
 			l.drop(c)
 			return
 		}
-	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
-		c.canRead = true
-		c.hup = c.hup || ev&unix.EPOLLRDHUP != 0
 	}
 	l.process(c)
 }
@@ -1087,7 +1091,7 @@ func (l *eloop) putIdle(uc *uconn, now time.Time) {
 	uc.reused = true
 	uc.idleAt = now.UnixNano()
 	l.releaseUpBuf(uc)
-	if !u.ready() || l.closing || len(l.idle[u]) >= l.s.cfg.Handler.maxIdle {
+	if uc.hup || !u.ready() || l.closing || len(l.idle[u]) >= l.s.cfg.Handler.maxIdle {
 		l.closeUp(uc)
 		return
 	}
@@ -1152,8 +1156,14 @@ func (l *eloop) closeAllIdleUpstreams() {
 
 // upEvent serves events ev on backend connection uc.
 func (l *eloop) upEvent(uc *uconn, ev uint32) {
+	// Edge-triggered: remember every readiness reported, whatever is
+	// done with it now.
 	if ev&unix.EPOLLOUT != 0 {
 		uc.canWrite = true
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		uc.canRead = true
+		uc.hup = uc.hup || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
 	}
 	c := uc.c
 	if c == nil {
@@ -1182,10 +1192,6 @@ func (l *eloop) upEvent(uc *uconn, ev uint32) {
 			l.upFailed(c, err)
 		}
 		return
-	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
-		uc.canRead = true
-		uc.hup = uc.hup || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
 	}
 	switch c.state {
 	case stWait:
