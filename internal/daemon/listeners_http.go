@@ -71,17 +71,18 @@ type generation struct {
 // stopAcceptWait bounds the wait for a retired server to stop accepting
 // after its listener is closed. A server notices at once, except
 // proxy.Server's event loops, which accept on a descriptor of their own
-// and look for their listener's close every sweep (at most 250ms).
+// and look for their listener's close every sweep (at most 250ms apart).
 const stopAcceptWait = time.Second
 
-// firstRequestWait is how long a server that stopped accepting goes on
-// serving before its Shutdown starts. Shutdown closes the connections
-// waiting for a request, and one accepted just before the listener closed
-// has yet to send its first: lbkit's servers close it even when the
-// request is on its way (net/http spares connections younger than five
-// seconds). Its connections are served meanwhile, by the old
-// configuration.
-const firstRequestWait = 250 * time.Millisecond
+// firstRequestWait is how long after its listener closed a server goes
+// on serving before its Shutdown starts. Shutdown closes the connections
+// waiting for a request, and one accepted just before the server stopped
+// accepting has yet to send its first: lbkit's servers close it even when
+// the request is on its way (net/http spares connections younger than five
+// seconds). Twice stopAccepting's longest wait for proxy.Server's loops,
+// so what they accepted until they noticed the close is read first. The
+// server's connections are served meanwhile, by the old configuration.
+const firstRequestWait = 500 * time.Millisecond
 
 // stopAccepting closes g's listener and waits until its Serve returned
 // (the server takes no more connections; for up to stopAcceptWait) and
