@@ -79,9 +79,10 @@ const stopAcceptWait = time.Second
 // waiting for a request, and one accepted just before the server stopped
 // accepting has yet to send its first: lbkit's servers close it even when
 // the request is on its way (net/http spares connections younger than five
-// seconds). Twice stopAccepting's longest wait for proxy.Server's loops,
-// so what they accepted until they noticed the close is read first. The
-// server's connections are served meanwhile, by the old configuration.
+// seconds). It is twice the longest time between proxy.Server's sweeps,
+// so what its loops accepted until they noticed the close is read first.
+// The server's connections are served meanwhile, by the old
+// configuration.
 const firstRequestWait = 500 * time.Millisecond
 
 // stopAccepting closes g's listener and waits until its Serve returned
