@@ -11,16 +11,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
-	"runtime"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lbkit/lbkit/internal/evloop"
 	"github.com/lbkit/lbkit/internal/h1"
 	"github.com/lbkit/lbkit/internal/rawsys"
 )
@@ -37,8 +34,13 @@ import (
 // next event.
 //
 // An idle connection holds no goroutine and no buffer: its state is an
-// lconn of about a hundred bytes in its loop. Buffers (the request's,
+// lconn of about two hundred bytes in its loop. Buffers (the request's,
 // the response head's) are taken from pools while bytes are in flight.
+//
+// The loops, the listeners and the client connections' basics (buffers,
+// reads, writes, readiness) are internal/evloop's Engine; this file is
+// what the proxy does on a loop, its evloop.Handler (eloop): requests,
+// backend connections and responses.
 //
 // The loops forward what is common: requests with no body or a body
 // whose length is known and that fits in the request buffer, to HTTP/1.1
@@ -56,17 +58,15 @@ import (
 const (
 	engBodyBuf = 64 << 10 // a loop's buffer for response bodies
 	engUpBuf   = 16 << 10 // a backend connection's buffer for a response head
-	engBatch   = 256      // events taken per epoll_wait
 )
 
-// Client connection states.
+// Client connection states (lconn.State).
 const (
-	stIdle  = iota // waiting for a request
-	stHead         // part of a request head arrived
-	stBody         // the head arrived, the body is arriving
-	stWait         // the request is with a backend (connecting, sending, or waiting for the head)
-	stResp         // passing the response body on
-	stClose        // writing what is left, then closing
+	stIdle = iota // waiting for a request
+	stHead        // part of a request head arrived
+	stBody        // the head arrived, the body is arriving
+	stWait        // the request is with a backend (connecting, sending, or waiting for the head)
+	stResp        // passing the response body on
 )
 
 // Response body framings.
@@ -80,273 +80,62 @@ const (
 var (
 	upPool  = sync.Pool{New: func() any { b := make([]byte, 0, engUpBuf); return &b }}
 	reqPool = sync.Pool{New: func() any { return new(lreq) }}
-	outPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 )
 
-// getBuf takes a buffer from pool: the handle to give it back with, and
-// the buffer, empty.
-func getBuf(pool *sync.Pool) (*[]byte, []byte) {
-	h := pool.Get().(*[]byte)
-	return h, (*h)[:0]
+// engine is a server's set of loops (internal/evloop), started by the
+// first Serve on a TCP listener and stopped by Shutdown or Close.
+type engine = evloop.Engine[lpart]
+
+// lconn is a client connection on a loop: all an idle one holds.
+type lconn = evloop.Conn[lpart]
+
+// lpart is the proxy's part of a client connection on a loop.
+type lpart struct {
+	r      *lreq  // the request being served
+	remote string // the peer as text, made when a hook needs it
 }
 
-// putBuf gives b, taken with handle h, back to pool.
-func putBuf(pool *sync.Pool, h *[]byte, b []byte) {
-	*h = b[:0]
-	pool.Put(h)
+// engineListener returns ln wrapped for the engine, or nil when the
+// engine cannot serve this server's requests: not to h2c or TLS
+// backends, which the goroutine path's transports handle.
+func (s *Server) engineListener(ln *net.TCPListener) net.Listener {
+	h := s.cfg.Handler
+	if s.noEngine || h.h2c != nil || h.tls != nil {
+		return nil
+	}
+	return s.eng.Listener(ln, evloop.Config[lpart]{
+		Name:        "proxy",
+		NewHandler:  s.newEloop,
+		InSize:      s.cfg.MaxHeaderBytes,
+		IdleTimeout: s.cfg.IdleTimeout,
+		Tick:        s.tick(),
+		Logger:      s.logger(),
+	})
 }
 
-// engine is a server's set of loops, started by the first Serve on a TCP
-// listener and stopped by Shutdown or Close.
-type engine struct {
-	s       *Server
-	mu      sync.Mutex
-	started bool
-	err     error // why there are no loops
-	loops   []*eloop
-	wg      sync.WaitGroup
-	next    atomic.Uint32
-	conns   atomic.Int64 // client connections on the loops
-	closing atomic.Bool
-	idle    chan struct{} // closed when conns drops to 0 while closing
-	inPool  sync.Pool     // *[]byte request buffers of MaxHeaderBytes
-	lns     map[*engListener]struct{}
-}
-
-// usable reports whether the engine can serve h's requests: not to h2c
-// or TLS backends, which the goroutine path's transports handle.
-func (e *engine) usable(h *HTTP) bool { return h.h2c == nil && h.tls == nil }
-
-// start starts the loops unless they run; it returns why they cannot.
-func (e *engine) start(s *Server) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.started {
-		return e.err
-	}
-	e.started, e.s = true, s
-	for range runtime.GOMAXPROCS(0) {
-		l, err := newEloop(e)
-		if err != nil {
-			e.err = err
-			e.stopLocked()
-			return err
-		}
-		l.first = len(e.loops) == 0
-		e.loops = append(e.loops, l)
-		e.wg.Go(l.run)
-	}
-	return nil
-}
-
-// pick returns the loop for a new connection: in turn.
-func (e *engine) pick() *eloop {
-	return e.loops[e.next.Add(1)%uint32(len(e.loops))]
-}
-
-// broadcast runs fn on every loop's goroutine.
-func (e *engine) broadcast(fn func(*eloop)) {
-	e.mu.Lock()
-	loops := e.loops
-	e.mu.Unlock()
-	for _, l := range loops {
-		l.submit(fn)
-	}
-}
-
-// gone counts a client connection leaving the loops.
-func (e *engine) gone() {
-	if e.conns.Add(-1) == 0 && e.closing.Load() {
-		e.mu.Lock()
-		if e.idle != nil {
-			close(e.idle)
-			e.idle = nil
-		}
-		e.mu.Unlock()
-	}
-}
-
-// shutdown closes idle connections, lets the others finish their request
-// and waits for them until ctx ends, when it closes them. It reports
-// whether it had to force.
-func (e *engine) shutdown(ctx context.Context) bool {
-	e.closing.Store(true)
-	e.mu.Lock()
-	if !e.started || e.err != nil {
-		e.mu.Unlock()
-		return false
-	}
-	if e.idle == nil {
-		e.idle = make(chan struct{})
-	}
-	idle := e.idle
-	e.mu.Unlock()
-	if e.conns.Load() == 0 {
-		return false
-	}
-	e.broadcast(func(l *eloop) { l.closeIdle() })
-	select {
-	case <-idle:
-		return false
-	case <-ctx.Done():
-		e.kill()
-		return true
-	}
-}
-
-// kill closes every connection now and waits until they are gone.
-func (e *engine) kill() {
-	e.closing.Store(true)
-	e.mu.Lock()
-	if !e.started || e.err != nil {
-		e.mu.Unlock()
-		return
-	}
-	if e.idle == nil {
-		e.idle = make(chan struct{})
-	}
-	idle := e.idle
-	e.mu.Unlock()
-	if e.conns.Load() == 0 {
-		return
-	}
-	e.broadcast(func(l *eloop) { l.killAll() })
-	<-idle
-}
-
-// stop ends the loops for good (their connections must be gone) and
-// waits for them.
-func (e *engine) stop() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.started = true
-	if e.err == nil {
-		e.err = ErrServerClosed
-	}
-	e.stopLocked()
-}
-
-func (e *engine) stopLocked() {
-	for _, l := range e.loops {
-		l.submit(nil)
-	}
-	e.wg.Wait()
-	e.loops = nil
-}
-
-// eloop is one event loop.
+// eloop is the proxy's part of one event loop: its evloop.Handler.
 type eloop struct {
-	e    *engine
+	lp   *evloop.Loop[lpart]
 	s    *Server
-	epfd int
-	evfd int
-	file *os.File // epfd, waited for in the runtime's poller
-
-	mu       sync.Mutex
-	tab      []any    // by descriptor: *lconn, *uconn, *engListener
-	incoming []*lconn // added by other loops, not yet listed
-	tasks    []func(*eloop)
-	stopping bool
-
-	// Owned by the loop's goroutine.
-	head    *lconn // the loop's client connections, a doubly linked list
-	idle    map[*upstream][]*uconn
-	rbuf    []byte
-	hrd     bytes.Reader
-	hbr     *bufio.Reader
-	ubw     *bufio.Writer
-	uw      appendWriter
-	closing bool // the server is shutting down: no new requests
-	first   bool // the first loop, which checks the listeners
+	idle map[*upstream][]*uconn
+	rbuf []byte
+	hrd  bytes.Reader
+	hbr  *bufio.Reader
+	ubw  *bufio.Writer
+	uw   appendWriter
 }
 
-func newEloop(e *engine) (*eloop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	file := os.NewFile(uintptr(epfd), "epoll")
-	if err := file.SetReadDeadline(time.Time{}); err != nil {
-		file.Close()
-		return nil, fmt.Errorf("proxy: epoll descriptor not pollable: %w", err)
-	}
-	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		file.Close()
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := rawsys.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		file.Close()
-		unix.Close(evfd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
-	l := &eloop{e: e, s: e.s, epfd: epfd, evfd: evfd, file: file, idle: make(map[*upstream][]*uconn),
+func (s *Server) newEloop(lp *evloop.Loop[lpart]) evloop.Handler[lpart] {
+	l := &eloop{lp: lp, s: s, idle: make(map[*upstream][]*uconn),
 		rbuf: make([]byte, engBodyBuf), hbr: bufio.NewReaderSize(nil, 4<<10)}
 	l.ubw = bufio.NewWriterSize(&l.uw, 4<<10)
-	return l, nil
+	return l
 }
 
-// submit runs fn on the loop's goroutine; nil stops the loop.
-func (l *eloop) submit(fn func(*eloop)) {
-	l.mu.Lock()
-	if fn == nil {
-		l.stopping = true
-	} else {
-		l.tasks = append(l.tasks, fn)
-	}
-	l.mu.Unlock()
-	one := [8]byte{1}
-	unix.Write(l.evfd, one[:])
-}
-
-// setTab records v as descriptor fd's owner; l.mu is held.
-func (l *eloop) setTab(fd int, v any) {
-	if fd >= len(l.tab) {
-		if v == nil {
-			return
-		}
-		n := max(2*len(l.tab), fd+1, 64)
-		t := make([]any, n)
-		copy(t, l.tab)
-		l.tab = t
-	}
-	l.tab[fd] = v
-}
-
-// engineEvents are what every socket is registered for, once.
-const engineEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
-
-// register adds fd, owned by v, to the loop's epoll set.
-func (l *eloop) register(fd int, v any) error {
-	l.mu.Lock()
-	l.setTab(fd, v)
-	l.mu.Unlock()
-	ev := unix.EpollEvent{Events: engineEvents, Fd: int32(fd)}
-	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		l.mu.Lock()
-		l.setTab(fd, nil)
-		l.mu.Unlock()
-		return os.NewSyscallError("epoll_ctl", err)
-	}
-	return nil
-}
-
-// forget drops fd from the table; closing fd leaves the epoll set.
-func (l *eloop) forget(fd int) {
-	l.mu.Lock()
-	l.setTab(fd, nil)
-	l.mu.Unlock()
-}
-
-// tick is how often the loop looks for expired deadlines: an eighth of
-// the shortest timeout, within [5ms, 250ms].
-func (l *eloop) tick() time.Duration {
-	s, h := l.s, l.s.cfg.Handler
+// tick is how often the loops look for expired deadlines: an eighth of
+// the shortest timeout.
+func (s *Server) tick() time.Duration {
+	h := s.cfg.Handler
 	t := min(s.cfg.ReadTimeout, s.cfg.IdleTimeout, h.dialTimeout, h.respHeaderTimeout, h.idleTimeout)
 	if b := s.cfg.BodyIdleTimeout; b > 0 {
 		t = min(t, b)
@@ -354,160 +143,7 @@ func (l *eloop) tick() time.Duration {
 	if r := h.requestTimeout; r > 0 {
 		t = min(t, r)
 	}
-	return min(max(t/8, 5*time.Millisecond), 250*time.Millisecond)
-}
-
-// run waits for events and serves them until stopped. The epoll
-// descriptor is itself waited for in the runtime's poller, so an idle
-// loop parks like a goroutine blocked on a socket; the epoll_wait calls
-// here never block.
-func (l *eloop) run() {
-	defer unix.Close(l.evfd)
-	defer l.file.Close()
-	raw, err := l.file.SyscallConn()
-	if err != nil {
-		panic(fmt.Sprintf("proxy: epoll descriptor: %v", err)) // checked by newEloop
-	}
-	events := make([]unix.EpollEvent, engBatch)
-	batch := make([]any, engBatch)
-	tick := l.tick()
-	next := time.Now().Add(tick)
-	l.file.SetReadDeadline(next)
-	for {
-		var n int
-		var werr error
-		err := raw.Read(func(fd uintptr) bool {
-			n, werr = rawsys.EpollPoll(int(fd), events)
-			return n > 0 || werr != nil && werr != unix.EINTR
-		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) || werr != nil && werr != unix.EINTR {
-			panic(fmt.Sprintf("proxy: epoll_wait: %v %v", err, werr)) // EBADF or EINVAL: a bug
-		}
-		l.mu.Lock()
-		for i, ev := range events[:n] {
-			if int(ev.Fd) < len(l.tab) {
-				batch[i] = l.tab[ev.Fd]
-			} else {
-				batch[i] = nil
-			}
-		}
-		for _, c := range l.incoming {
-			if !c.closed {
-				l.list(c)
-			}
-		}
-		clear(l.incoming)
-		l.incoming = l.incoming[:0]
-		l.mu.Unlock()
-		for i, ev := range events[:n] {
-			switch x := batch[i].(type) {
-			case *lconn:
-				if !x.closed {
-					l.clientEvent(x, ev.Events)
-				}
-			case *uconn:
-				if !x.closed {
-					l.upEvent(x, ev.Events)
-				}
-			case *engListener:
-				x.acceptFrom(l)
-			case nil:
-				if ev.Fd == int32(l.evfd) {
-					var buf [8]byte
-					unix.Read(l.evfd, buf[:])
-					if l.runTasks() {
-						return
-					}
-				}
-			}
-			batch[i] = nil
-		}
-		if now := time.Now(); !now.Before(next) {
-			l.sweep(now)
-			next = now.Add(tick)
-			l.file.SetReadDeadline(next)
-		}
-	}
-}
-
-// runTasks runs what was submitted; it reports whether the loop must
-// stop.
-func (l *eloop) runTasks() bool {
-	l.mu.Lock()
-	tasks, stop := l.tasks, l.stopping
-	l.tasks = nil
-	l.mu.Unlock()
-	for _, fn := range tasks {
-		fn(l)
-	}
-	if stop {
-		l.closeAllIdleUpstreams()
-	}
-	return stop
-}
-
-// list adds c to the loop's list of client connections.
-func (l *eloop) list(c *lconn) {
-	c.next = l.head
-	if l.head != nil {
-		l.head.prev = c
-	}
-	l.head = c
-}
-
-func (l *eloop) unlist(c *lconn) {
-	if c.prev != nil {
-		c.prev.next = c.next
-	} else if l.head == c {
-		l.head = c.next
-	}
-	if c.next != nil {
-		c.next.prev = c.prev
-	}
-	c.prev, c.next = nil, nil
-}
-
-// adopt makes the accepted socket fd a client connection of l. It runs
-// on the accepting loop's goroutine, which may not be l's.
-func (l *eloop) adopt(fd int, peer netip.AddrPort, ln *engListener) {
-	rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	c := &lconn{l: l, fd: fd, peer: peer, ln: ln, deadline: time.Now().Add(l.s.cfg.IdleTimeout).UnixNano()}
-	c.cw.c = c
-	l.e.conns.Add(1)
-	l.mu.Lock()
-	l.setTab(fd, c)
-	l.incoming = append(l.incoming, c)
-	l.mu.Unlock()
-	ev := unix.EpollEvent{Events: engineEvents, Fd: int32(fd)}
-	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		// The loop will list c; with no events it ends at its deadline.
-		ln.log.Warn("proxy: epoll_ctl failed", "err", err)
-	}
-}
-
-// lconn is a client connection on a loop: all an idle one holds.
-type lconn struct {
-	l          *eloop
-	fd         int
-	peer       netip.AddrPort
-	ln         *engListener
-	prev, next *lconn
-	remote     string // peer as text, made when a hook needs it
-	in         []byte // the client's bytes; in[off:] not yet used; nil when idle and empty
-	inh        *[]byte
-	off        int
-	out        []byte // bytes the client did not take yet; nil when none
-	outh       *[]byte
-	r          *lreq // the request being served
-	cw         clientWriter
-	deadline   int64 // unix nanoseconds; 0: none
-	werr       error // writing to the client failed
-	state      uint8
-	closed     bool
-	canRead    bool // the socket may hold bytes: read before waiting
-	canWrite   bool
-	hup        bool // the client's FIN was reported: read until EOF
-	eof        bool // the client sent FIN and it was read
+	return t / 8
 }
 
 // lreq is the state of a request served on a loop; it is pooled.
@@ -550,107 +186,75 @@ func (m *memBody) Read(p []byte) (int, error) {
 
 func (m *memBody) Close() error { return nil }
 
-// clientWriter is where a loop request's srvConn writes: straight to the
-// socket while it takes bytes, the rest kept in the connection's out.
-type clientWriter struct{ c *lconn }
-
-func (w *clientWriter) Write(p []byte) (int, error) {
-	c := w.c
-	if c.werr != nil {
-		return 0, c.werr
-	}
-	n := len(p)
-	if len(c.out) == 0 && c.canWrite {
-		m, err := rawsys.Write(c.fd, p)
-		switch {
-		case err == unix.EAGAIN:
-			m = 0
-			c.canWrite = false
-		case err != nil:
-			c.werr = fmt.Errorf("proxy: write to client: %w", os.NewSyscallError("write", err))
-			return 0, c.werr
-		case m < len(p):
-			c.canWrite = false
+// Ready serves client connection c when it may be read or was written
+// to (evloop.Handler).
+func (l *eloop) Ready(c *lconn, wrote bool) {
+	if c.State == stResp {
+		if wrote {
+			l.pumpBody(c)
 		}
-		p = p[m:]
-	}
-	if len(p) > 0 {
-		if c.out == nil {
-			c.outh, c.out = getBuf(&outPool)
-		}
-		c.out = append(c.out, p...)
-	}
-	return n, nil
-}
-
-// flushOut writes what the client did not take yet; it reports whether
-// nothing is left.
-func (l *eloop) flushOut(c *lconn) bool {
-	for len(c.out) > 0 {
-		if !c.canWrite || c.werr != nil {
-			return false
-		}
-		m, err := rawsys.Write(c.fd, c.out)
-		switch {
-		case err == unix.EAGAIN:
-			c.canWrite = false
-			return false
-		case err != nil:
-			c.werr = fmt.Errorf("proxy: write to client: %w", os.NewSyscallError("write", err))
-			return false
-		}
-		if m < len(c.out) {
-			c.canWrite = false
-			c.out = c.out[:copy(c.out, c.out[m:])]
-			return false
-		}
-		c.out = c.out[:0]
-	}
-	if c.out != nil {
-		putBuf(&outPool, c.outh, c.out)
-		c.outh, c.out = nil, nil
-	}
-	return true
-}
-
-// clientEvent serves events ev on client connection c.
-func (l *eloop) clientEvent(c *lconn, ev uint32) {
-	if ev&unix.EPOLLERR != 0 || ev&unix.EPOLLHUP != 0 {
-		l.drop(c) // reset, or shut down both ways: nobody to answer
 		return
 	}
-	// Edge-triggered: remember every readiness reported, whatever is
-	// done with it now.
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
-		c.canRead = true
-		c.hup = c.hup || ev&unix.EPOLLRDHUP != 0
-	}
-	if ev&unix.EPOLLOUT != 0 {
-		c.canWrite = true
-		if !l.flushOut(c) {
-			if c.werr != nil {
-				l.drop(c)
-			}
-			return
-		}
-		switch c.state {
-		case stResp:
-			l.pumpBody(c)
-			return
-		case stClose:
-			l.drop(c)
-			return
-		}
-	}
 	l.process(c)
+}
+
+// Event serves events ev on a backend connection (evloop.Handler).
+func (l *eloop) Event(v any, ev uint32) {
+	if uc, ok := v.(*uconn); ok && !uc.closed {
+		l.upEvent(uc, ev)
+	}
+}
+
+// Idle reports whether c waits for a request with nothing read: Shutdown
+// closes it (evloop.Handler).
+func (l *eloop) Idle(c *lconn) bool {
+	return c.State == stIdle && (c.In == nil || c.Off == len(c.In))
+}
+
+// Close closes the loop's idle backend connections (evloop.Handler).
+func (l *eloop) Close() { l.closeAllIdleUpstreams() }
+
+// Release ends the request c has with a backend, c being closed
+// (evloop.Handler).
+func (l *eloop) Release(c *lconn) {
+	r := c.X.r
+	if r == nil {
+		return
+	}
+	if r.uc != nil {
+		l.closeUp(r.uc)
+		r.uc = nil
+		if c.State == stWait || c.State == stResp {
+			// The client went away (or the server is closing): not
+			// the backend's failure.
+			r.u.ep.Done(nil, 0)
+			l.s.cfg.Handler.endAttempt(&r.rq, r.u, r.attempt, r.t0, resDone, nil)
+		}
+	}
+	l.endReq(c)
+}
+
+// drop closes a client connection now, ending the request it has with a
+// backend.
+func (l *eloop) drop(c *lconn) { l.lp.Drop(c) }
+
+// handoff gives c, with the bytes it read and did not use, to the
+// goroutine path.
+func (l *eloop) handoff(c *lconn) {
+	if r := c.X.r; r != nil && r.uc != nil {
+		l.closeUp(r.uc)
+		r.uc = nil
+	}
+	l.endReq(c)
+	l.lp.Handoff(c)
 }
 
 // process reads and starts requests while the connection waits for one
 // and bytes are there.
 func (l *eloop) process(c *lconn) {
-	for !c.closed && len(c.out) == 0 {
+	for !c.Closed && len(c.Out) == 0 {
 		var more bool
-		switch c.state {
+		switch c.State {
 		case stIdle, stHead:
 			more = l.readHead(c)
 		case stBody:
@@ -662,105 +266,29 @@ func (l *eloop) process(c *lconn) {
 	}
 }
 
-// readClient reads what the client sent into c.in. It reports whether
-// anything changed (bytes, or the end of the client's stream).
-func (l *eloop) readClient(c *lconn) bool {
-	if !c.canRead || c.eof {
-		return false
-	}
-	if c.in == nil {
-		l.getIn(c)
-	}
-	if c.off > 0 && c.state != stBody {
-		c.in = c.in[:copy(c.in, c.in[c.off:])]
-		c.off = 0
-	}
-	free := cap(c.in) - len(c.in)
-	if free == 0 {
-		return false
-	}
-	n, err := rawsys.Read(c.fd, c.in[len(c.in):cap(c.in)])
-	switch {
-	case err == unix.EAGAIN:
-		c.canRead = false
-		return false
-	case err != nil:
-		l.drop(c)
-		return false
-	case n == 0:
-		c.eof, c.canRead = true, false
-		return true
-	}
-	if n < free && !c.hup {
-		c.canRead = false // empty until the next event
-	}
-	c.in = c.in[:len(c.in)+n]
-	return true
-}
-
-func (l *eloop) getIn(c *lconn) {
-	if h, ok := l.e.inPool.Get().(*[]byte); ok {
-		c.inh, c.in = h, (*h)[:0]
-		return
-	}
-	b := make([]byte, 0, l.s.cfg.MaxHeaderBytes)
-	c.inh, c.in = &b, b
-}
-
-func (l *eloop) putIn(c *lconn) {
-	if c.in != nil {
-		putBuf(&l.e.inPool, c.inh, c.in)
-		c.inh, c.in, c.off = nil, nil, 0
-	}
-}
-
-// headEnd finds the end of the request head at the start of b, as
-// h1.ReadHead does: its length, or 0 when it is not all there, or a
-// status to refuse it with.
-func headEnd(b []byte, limit int) (n, status int) {
-	for i, ch := range b {
-		if ch != '\n' {
-			continue
-		}
-		if i == 0 || b[i-1] != '\r' {
-			return 0, http.StatusBadRequest // bare LF
-		}
-		if i >= 3 && b[i-2] == '\n' {
-			return i + 1, 0
-		}
-	}
-	if len(b) >= limit {
-		if bytes.IndexByte(b[:limit], '\n') >= 0 {
-			return 0, http.StatusRequestHeaderFieldsTooLarge
-		}
-		return 0, http.StatusRequestURITooLong
-	}
-	return 0, 0
-}
-
 // readHead waits for a request head and starts its request; it reports
 // whether to go on processing.
 func (l *eloop) readHead(c *lconn) bool {
 	limit := l.s.cfg.MaxHeaderBytes
 	var buf []byte
-	if c.in != nil {
-		buf = c.in[c.off:]
+	if c.In != nil {
+		buf = c.In[c.Off:]
 	}
-	n, code := headEnd(buf, limit)
+	n, code := evloop.HeadEnd(buf, limit)
 	if code != 0 {
 		l.refuse(c, code)
 		return false
 	}
 	if n == 0 {
-		if c.eof {
+		if c.EOF {
 			l.drop(c)
 			return false
 		}
-		if len(buf) > 0 && c.state == stIdle {
-			c.state = stHead
-			c.deadline = time.Now().Add(l.s.cfg.ReadTimeout).UnixNano()
+		if len(buf) > 0 && c.State == stIdle {
+			c.State = stHead
+			c.Deadline = time.Now().Add(l.s.cfg.ReadTimeout).UnixNano()
 		}
-		return l.readClient(c)
+		return l.lp.ReadIn(c, c.State != stBody)
 	}
 	r := l.newReq(c)
 	sc := r.sc
@@ -774,18 +302,18 @@ func (l *eloop) readHead(c *lconn) bool {
 		return false
 	}
 	cl := max(head.ContentLength, 0)
-	if c.off > 0 && c.off+n+int(cl) > cap(c.in) {
+	if c.Off > 0 && c.Off+n+int(cl) > cap(c.In) {
 		// Make room for the body, and parse again where the head is now.
-		c.in = c.in[:copy(c.in, c.in[c.off:])]
-		c.off = 0
-		sc.head.Parse(c.in[:n])
+		c.In = c.In[:copy(c.In, c.In[c.Off:])]
+		c.Off = 0
+		sc.head.Parse(c.In[:n])
 	}
 	r.reqLen = n + int(cl)
-	if len(c.in)-c.off < r.reqLen {
-		c.state = stBody
-		c.deadline = 0
+	if len(c.In)-c.Off < r.reqLen {
+		c.State = stBody
+		c.Deadline = 0
 		if b := l.s.cfg.BodyIdleTimeout; b > 0 {
-			c.deadline = time.Now().Add(b).UnixNano()
+			c.Deadline = time.Now().Add(b).UnixNano()
 		}
 		return true
 	}
@@ -809,27 +337,27 @@ func (l *eloop) fits(head *h1.Head, n int) bool {
 // readBody waits for the rest of a request body; it reports whether to
 // go on processing.
 func (l *eloop) readBody(c *lconn) bool {
-	if len(c.in)-c.off >= c.r.reqLen {
+	if len(c.In)-c.Off >= c.X.r.reqLen {
 		l.startRequest(c)
 		return true
 	}
-	if c.eof {
+	if c.EOF {
 		l.drop(c)
 		return false
 	}
-	if !l.readClient(c) {
+	if !l.lp.ReadIn(c, c.State != stBody) {
 		return false
 	}
 	if b := l.s.cfg.BodyIdleTimeout; b > 0 {
-		c.deadline = time.Now().Add(b).UnixNano()
+		c.Deadline = time.Now().Add(b).UnixNano()
 	}
 	return true
 }
 
 // newReq gives c a request state and a srvConn writing to it.
 func (l *eloop) newReq(c *lconn) *lreq {
-	if c.r != nil {
-		return c.r
+	if c.X.r != nil {
+		return c.X.r
 	}
 	r := reqPool.Get().(*lreq)
 	s := l.s
@@ -844,19 +372,19 @@ func (l *eloop) newReq(c *lconn) *lreq {
 	if sc.bw == nil {
 		sc.bw = bufio.NewWriterSize(nil, 8<<10)
 	}
-	sc.bw.Reset(&c.cw)
+	sc.bw.Reset(&c.W)
 	r.sc = sc
-	c.r = r
+	c.X.r = r
 	return r
 }
 
 // endReq gives c's request state back.
 func (l *eloop) endReq(c *lconn) {
-	r := c.r
+	r := c.X.r
 	if r == nil {
 		return
 	}
-	c.r = nil
+	c.X.r = nil
 	sc := r.sc
 	sc.bw.Reset(nil)
 	l.s.bwPool.Put(sc.bw)
@@ -872,25 +400,15 @@ func (l *eloop) endReq(c *lconn) {
 // refuse answers a request the server will not forward and closes.
 func (l *eloop) refuse(c *lconn, code int) {
 	r := l.newReq(c)
-	r.sc.writeRefusal(code) // flushes to c.cw
+	r.sc.writeRefusal(code) // flushes to c.W
 	l.endReq(c)
-	l.closeAfterOut(c)
-}
-
-// closeAfterOut closes c once what it holds for the client is written.
-func (l *eloop) closeAfterOut(c *lconn) {
-	c.state = stClose
-	if l.flushOut(c) || c.werr != nil {
-		l.drop(c)
-		return
-	}
-	c.deadline = time.Now().Add(l.s.cfg.IdleTimeout).UnixNano()
+	l.lp.CloseAfterOut(c)
 }
 
 // startRequest starts forwarding the request whose head and body are in
-// c.in.
+// c.In.
 func (l *eloop) startRequest(c *lconn) {
-	r := c.r
+	r := c.X.r
 	sc := r.sc
 	if !sc.prepare() {
 		l.refuse(c, http.StatusBadRequest)
@@ -901,31 +419,31 @@ func (l *eloop) startRequest(c *lconn) {
 	head := &sc.head
 	hl := r.reqLen - int(max(head.ContentLength, 0))
 	if head.ContentLength > 0 {
-		r.body = c.in[c.off+hl : c.off+r.reqLen]
+		r.body = c.In[c.Off+hl : c.Off+r.reqLen]
 		r.mem.b = r.body
 		req.Body = &r.mem
 	}
 	sc.body.left = 0 // read: the connection can be reused
 	if h.rewrite != nil || h.modify != nil || h.onAttempt != nil {
-		if c.remote == "" {
-			c.remote = c.peer.String()
+		if c.X.remote == "" {
+			c.X.remote = c.Peer.String()
 		}
-		req.RemoteAddr = c.remote
+		req.RemoteAddr = c.X.remote
 	}
 	rq := &r.rq
-	*rq = request{r: req, peer: c.peer.Addr().Unmap()}
+	*rq = request{r: req, peer: c.Peer.Addr().Unmap()}
 	h.begin(sc, rq)
 	if rq.hasBody && h.retryBuf > 0 && head.ContentLength <= h.retryBuf {
 		rq.buffered = r.body
 	}
 	r.tried = r.triedBuf[:0]
-	c.state = stWait
+	c.State = stWait
 	l.nextAttempt(c)
 }
 
 // nextAttempt starts the request's next attempt.
 func (l *eloop) nextAttempt(c *lconn) {
-	r := c.r
+	r := c.X.r
 	h := l.s.cfg.Handler
 	rq := &r.rq
 	r.attempt++
@@ -960,7 +478,7 @@ func (l *eloop) nextAttempt(c *lconn) {
 			return
 		}
 		uc.c, r.uc = c, uc
-		c.deadline = r.t1.Add(h.dialTimeout).UnixNano()
+		c.Deadline = r.t1.Add(h.dialTimeout).UnixNano()
 		return // sent once connected
 	}
 	uc.c, r.uc = c, uc
@@ -969,14 +487,14 @@ func (l *eloop) nextAttempt(c *lconn) {
 
 // send writes the request to the connected backend connection.
 func (l *eloop) send(c *lconn) {
-	r := c.r
+	r := c.X.r
 	h := l.s.cfg.Handler
 	uc := r.uc
 	dl := r.t1.Add(h.respHeaderTimeout)
 	if d := r.rq.deadline; !d.IsZero() && d.Before(dl) {
 		dl = d
 	}
-	c.deadline = dl.UnixNano()
+	c.Deadline = dl.UnixNano()
 	if err := l.buildRequest(uc, r); err != nil {
 		l.closeUp(uc)
 		r.uc = nil
@@ -992,7 +510,7 @@ func (l *eloop) buildRequest(uc *uconn, r *lreq) error {
 	rq := &r.rq
 	h := l.s.cfg.Handler
 	if uc.pend == nil {
-		uc.pendh, uc.pend = getBuf(&outPool)
+		uc.pendh, uc.pend = evloop.GetOut()
 	}
 	l.uw.b = uc.pend[:0]
 	l.ubw.Reset(&l.uw)
@@ -1055,7 +573,7 @@ func (l *eloop) dial(u *upstream) (*uconn, error) {
 	}
 	rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	uc := &uconn{fd: fd, u: u, connecting: true}
-	if err := l.register(fd, uc); err != nil {
+	if err := l.lp.Register(fd, uc); err != nil {
 		rawsys.Close(fd)
 		return nil, err
 	}
@@ -1091,7 +609,7 @@ func (l *eloop) putIdle(uc *uconn, now time.Time) {
 	uc.reused = true
 	uc.idleAt = now.UnixNano()
 	l.releaseUpBuf(uc)
-	if uc.hup || !u.ready() || l.closing || len(l.idle[u]) >= l.s.cfg.Handler.maxIdle {
+	if uc.hup || !u.ready() || l.lp.Closing() || len(l.idle[u]) >= l.s.cfg.Handler.maxIdle {
 		l.closeUp(uc)
 		return
 	}
@@ -1102,11 +620,11 @@ func (l *eloop) putIdle(uc *uconn, now time.Time) {
 
 func (l *eloop) releaseUpBuf(uc *uconn) {
 	if uc.buf != nil {
-		putBuf(&upPool, uc.bufh, uc.buf)
+		evloop.PutBuf(&upPool, uc.bufh, uc.buf)
 		uc.bufh, uc.buf, uc.boff = nil, nil, 0
 	}
 	if uc.pend != nil {
-		putBuf(&outPool, uc.pendh, uc.pend)
+		evloop.PutOut(uc.pendh, uc.pend)
 		uc.pendh, uc.pend, uc.poff = nil, nil, 0
 	}
 }
@@ -1122,7 +640,7 @@ func (l *eloop) closeUp(uc *uconn) {
 		uc.idle = false
 		uc.u.loopIdle.Add(-1)
 	}
-	l.forget(uc.fd)
+	l.lp.Forget(uc.fd)
 	rawsys.Close(uc.fd)
 	l.releaseUpBuf(uc)
 }
@@ -1186,14 +704,14 @@ func (l *eloop) upEvent(uc *uconn, ev uint32) {
 	}
 	if ev&unix.EPOLLERR != 0 {
 		err := os.NewSyscallError("read", rawsys.SocketError(uc.fd, unix.ECONNRESET))
-		if c.state == stResp {
+		if c.State == stResp {
 			l.finishResp(c, err, nil)
 		} else {
 			l.upFailed(c, err)
 		}
 		return
 	}
-	switch c.state {
+	switch c.State {
 	case stWait:
 		if uc.poff < len(uc.pend) {
 			l.sendUp(uc)
@@ -1233,7 +751,7 @@ func (l *eloop) sendUp(uc *uconn) {
 
 // dialFailed ends an attempt whose connection could not be made.
 func (l *eloop) dialFailed(c *lconn, err error) {
-	r := c.r
+	r := c.X.r
 	l.closeUp(r.uc)
 	r.uc = nil
 	err = fmt.Errorf("proxy: dial %v: %w", r.u.addr, err)
@@ -1248,7 +766,7 @@ func (l *eloop) dialFailed(c *lconn, err error) {
 // upFailed ends an attempt whose request could not be sent or whose
 // response head did not come, as the goroutine path's try does.
 func (l *eloop) upFailed(c *lconn, err error) {
-	r := c.r
+	r := c.X.r
 	uc := r.uc
 	reused := uc.reused
 	l.closeUp(uc)
@@ -1286,7 +804,7 @@ func respHeadEnd(b []byte) int {
 
 // readRespHead reads the response head and passes it on.
 func (l *eloop) readRespHead(c *lconn) {
-	r := c.r
+	r := c.X.r
 	uc := r.uc
 	h := l.s.cfg.Handler
 	for interim := 0; ; {
@@ -1320,7 +838,7 @@ func (l *eloop) readRespHead(c *lconn) {
 			return
 		}
 		if uc.buf == nil {
-			uc.bufh, uc.buf = getBuf(&upPool)
+			uc.bufh, uc.buf = evloop.GetBuf(&upPool)
 		}
 		if uc.boff > 0 {
 			uc.buf = uc.buf[:copy(uc.buf, uc.buf[uc.boff:])]
@@ -1356,7 +874,7 @@ func (l *eloop) readRespHead(c *lconn) {
 // gotHead passes a final response head on and starts on its body, as
 // the goroutine path's try does.
 func (l *eloop) gotHead(c *lconn) {
-	r := c.r
+	r := c.X.r
 	uc := r.uc
 	h := l.s.cfg.Handler
 	rq := &r.rq
@@ -1396,10 +914,10 @@ func (l *eloop) gotHead(c *lconn) {
 		r.mode = bodyEOF
 		r.reusable = false // delimited by close
 	}
-	c.state = stResp
-	c.deadline = 0
+	c.State = stResp
+	c.Deadline = 0
 	if !rq.deadline.IsZero() {
-		c.deadline = rq.deadline.UnixNano()
+		c.Deadline = rq.deadline.UnixNano()
 	}
 	if rest := uc.buf[uc.boff:]; len(rest) > 0 && r.mode != bodyNone {
 		uc.boff = len(uc.buf)
@@ -1429,7 +947,7 @@ func (r *lreq) bodyDone() bool {
 // kept in r.clErr. Bytes beyond the body's end make the backend
 // connection unusable.
 func (l *eloop) deliver(c *lconn, p []byte) error {
-	r := c.r
+	r := c.X.r
 	sc := r.sc
 	switch r.mode {
 	case bodyLength:
@@ -1477,11 +995,11 @@ func (r *lreq) writeData(p []byte) error {
 // pumpBody passes the response body on while the client takes it and the
 // backend has more.
 func (l *eloop) pumpBody(c *lconn) {
-	r := c.r
+	r := c.X.r
 	uc := r.uc
 	for {
-		if r.clErr != nil || c.werr != nil {
-			l.finishResp(c, nil, cmpOr(r.clErr, c.werr))
+		if r.clErr != nil || c.WErr != nil {
+			l.finishResp(c, nil, cmpOr(r.clErr, c.WErr))
 			return
 		}
 		if r.bodyDone() {
@@ -1494,8 +1012,8 @@ func (l *eloop) pumpBody(c *lconn) {
 			r.clErr = err
 			continue
 		}
-		if !l.flushOut(c) {
-			if c.werr != nil {
+		if !l.lp.FlushOut(c) {
+			if c.WErr != nil {
 				continue
 			}
 			return // the client's turn: its EPOLLOUT resumes
@@ -1541,7 +1059,7 @@ func cmpOr(errs ...error) error {
 // finishResp ends an attempt whose head was passed on: with upErr the
 // backend cut the body short, with clErr the client could not take it.
 func (l *eloop) finishResp(c *lconn, upErr, clErr error) {
-	r := c.r
+	r := c.X.r
 	uc := r.uc
 	ep := r.u.ep
 	switch {
@@ -1563,8 +1081,8 @@ func (l *eloop) finishResp(c *lconn, upErr, clErr error) {
 		l.attemptDone(c, resAbort, upErr)
 		return
 	}
-	if clErr != nil && c.werr == nil {
-		c.werr = clErr
+	if clErr != nil && c.WErr == nil {
+		c.WErr = clErr
 	}
 	l.attemptDone(c, resDone, nil)
 }
@@ -1573,7 +1091,7 @@ func (l *eloop) finishResp(c *lconn, upErr, clErr error) {
 // answer is done, the client connection aborted, an error answered, or
 // the request tried again.
 func (l *eloop) attemptDone(c *lconn, res int, err error) {
-	r := c.r
+	r := c.X.r
 	h := l.s.cfg.Handler
 	h.endAttempt(&r.rq, r.u, r.attempt, r.t0, res, err)
 	switch res {
@@ -1594,10 +1112,10 @@ func (l *eloop) attemptDone(c *lconn, res int, err error) {
 	}
 }
 
-// responseDone ends a request whose answer was written (to c.out or the
+// responseDone ends a request whose answer was written (to c.Out or the
 // socket), and goes on to the next.
 func (l *eloop) responseDone(c *lconn) {
-	r := c.r
+	r := c.X.r
 	sc := r.sc
 	if !sc.wrote {
 		writeError(sc, http.StatusBadGateway, "proxy: bad gateway\n")
@@ -1606,130 +1124,32 @@ func (l *eloop) responseDone(c *lconn) {
 		sc.writeLastChunk()
 	}
 	sc.bw.Flush()
-	closeConn := sc.closeConn || l.closing || l.s.g.Closing()
-	c.off += r.reqLen
+	closeConn := sc.closeConn || l.lp.Closing() || l.s.g.Closing()
+	c.Off += r.reqLen
 	l.endReq(c)
-	if c.werr != nil {
+	if c.WErr != nil {
 		l.drop(c)
 		return
 	}
 	if closeConn {
-		l.closeAfterOut(c)
+		l.lp.CloseAfterOut(c)
 		return
 	}
-	c.state = stIdle
-	c.deadline = time.Now().Add(l.s.cfg.IdleTimeout).UnixNano()
-	if c.off == len(c.in) {
-		l.putIn(c)
+	c.State = stIdle
+	c.Deadline = time.Now().Add(l.s.cfg.IdleTimeout).UnixNano()
+	if c.Off == len(c.In) {
+		l.lp.PutIn(c)
 	}
-	if l.flushOut(c) {
+	if l.lp.FlushOut(c) {
 		l.process(c)
-	} else if c.werr != nil {
+	} else if c.WErr != nil {
 		l.drop(c)
 	}
 }
 
-// drop closes a client connection now, ending the request it has with a
-// backend.
-func (l *eloop) drop(c *lconn) {
-	if c.closed {
-		return
-	}
-	if r := c.r; r != nil {
-		if r.uc != nil {
-			l.closeUp(r.uc)
-			r.uc = nil
-			if c.state == stWait || c.state == stResp {
-				// The client went away (or the server is closing): not
-				// the backend's failure.
-				r.u.ep.Done(nil, 0)
-				l.s.cfg.Handler.endAttempt(&r.rq, r.u, r.attempt, r.t0, resDone, nil)
-			}
-		}
-		l.endReq(c)
-	}
-	l.release(c)
-	rawsys.Close(c.fd)
-	l.e.gone()
-}
-
-// release takes c off the loop and frees its buffers; the caller closes
-// or hands over the descriptor.
-func (l *eloop) release(c *lconn) {
-	c.closed = true
-	l.forget(c.fd)
-	l.unlist(c)
-	l.putIn(c)
-	if c.out != nil {
-		putBuf(&outPool, c.outh, c.out)
-		c.outh, c.out = nil, nil
-	}
-}
-
-// handoff gives c, with the bytes it read and did not use, to the
-// goroutine path.
-func (l *eloop) handoff(c *lconn) {
-	var pre []byte
-	if c.in != nil {
-		pre = bytes.Clone(c.in[c.off:])
-	}
-	if r := c.r; r != nil && r.uc != nil {
-		l.closeUp(r.uc)
-		r.uc = nil
-	}
-	l.endReq(c)
-	l.release(c)
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
-	f := os.NewFile(uintptr(c.fd), "")
-	nc, err := net.FileConn(f) // a duplicate, in the runtime's poller
-	f.Close()
-	l.e.gone()
-	if err != nil {
-		c.ln.log.Warn("proxy: cannot hand a connection over", "err", err)
-		return
-	}
-	c.ln.give(&preConn{Conn: nc, pre: pre})
-}
-
-// closeIdle closes the connections waiting for a request (Shutdown);
-// the others close after their answer.
-func (l *eloop) closeIdle() {
-	l.closing = true
-	for c := l.head; c != nil; {
-		next := c.next
-		if c.state == stIdle && (c.in == nil || c.off == len(c.in)) {
-			l.drop(c)
-		}
-		c = next
-	}
-	l.closeAllIdleUpstreams()
-}
-
-// killAll closes every connection now (Close).
-func (l *eloop) killAll() {
-	l.closing = true
-	for c := l.head; c != nil; {
-		next := c.next
-		l.drop(c)
-		c = next
-	}
-	l.closeAllIdleUpstreams()
-}
-
-// sweep ends what passed its deadline, and closes backend connections
-// idle for too long or to members that are not ready.
-func (l *eloop) sweep(now time.Time) {
-	if l.first {
-		l.e.checkListeners()
-	}
-	ns := now.UnixNano()
-	for c := l.head; c != nil; {
-		next := c.next
-		if c.deadline != 0 && ns >= c.deadline {
-			l.expire(c)
-		}
-		c = next
-	}
+// Sweep closes backend connections idle for too long or to members that
+// are not ready (evloop.Handler).
+func (l *eloop) Sweep(now time.Time) {
 	cutoff := now.Add(-l.s.cfg.Handler.idleTimeout).UnixNano()
 	for u, list := range l.idle {
 		ready := u.ready()
@@ -1750,12 +1170,13 @@ func (l *eloop) sweep(now time.Time) {
 	}
 }
 
-// expire ends what c was waiting for when its deadline passed.
-func (l *eloop) expire(c *lconn) {
+// Expire ends what c was waiting for when its deadline passed
+// (evloop.Handler).
+func (l *eloop) Expire(c *lconn) {
 	timeout := fmt.Errorf("proxy: %w", os.ErrDeadlineExceeded)
-	switch c.state {
+	switch c.State {
 	case stWait:
-		if uc := c.r.uc; uc != nil && uc.connecting {
+		if uc := c.X.r.uc; uc != nil && uc.connecting {
 			l.dialFailed(c, timeout)
 		} else if uc != nil {
 			l.upFailed(c, timeout)
@@ -1765,219 +1186,4 @@ func (l *eloop) expire(c *lconn) {
 	default:
 		l.drop(c) // idle, a head or body too slow, or a client not reading
 	}
-}
-
-// engListener accepts connections on the loops (its socket is in every
-// loop's epoll set, one woken per connection) and returns those handed
-// over to the goroutine path from Accept, which serve.Group calls.
-type engListener struct {
-	*net.TCPListener
-	lraw  syscall.RawConn // the listener's, to see it closed by its owner
-	e     *engine
-	file  *os.File // a duplicate of the listener's descriptor, for the loops
-	fd    int
-	log   interface{ Warn(string, ...any) }
-	conns chan net.Conn
-	done  chan struct{}
-
-	mu     sync.RWMutex // held to accept, and to close
-	closed bool
-	err    error // a failure of accept4 that will not pass
-	pause  atomic.Int64
-}
-
-// engineListener returns ln wrapped for the engine, or nil when the
-// engine cannot serve this server's requests.
-func (s *Server) engineListener(ln *net.TCPListener) net.Listener {
-	if s.noEngine || !s.eng.usable(s.cfg.Handler) {
-		return nil
-	}
-	if err := s.eng.start(s); err != nil {
-		return nil
-	}
-	lraw, err := ln.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	dup := -1
-	if err := lraw.Control(func(fd uintptr) { dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || dup < 0 {
-		return nil
-	}
-	el := &engListener{TCPListener: ln, lraw: lraw, e: &s.eng, file: os.NewFile(uintptr(dup), "listener"), fd: dup,
-		log: s.logger(), conns: make(chan net.Conn, 64), done: make(chan struct{})}
-	s.eng.mu.Lock()
-	loops := s.eng.loops
-	if s.eng.lns == nil {
-		s.eng.lns = make(map[*engListener]struct{})
-	}
-	s.eng.lns[el] = struct{}{}
-	s.eng.mu.Unlock()
-	for _, l := range loops {
-		l.mu.Lock()
-		l.setTab(dup, el)
-		l.mu.Unlock()
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(dup)}
-		if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, dup, &ev); err != nil {
-			el.Close()
-			return nil
-		}
-	}
-	return el
-}
-
-// Accept returns the next connection handed over to the goroutine path.
-func (el *engListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-el.conns:
-		return c, nil
-	case <-el.done:
-		el.mu.RLock()
-		err := el.err
-		el.mu.RUnlock()
-		if err != nil {
-			return nil, err
-		}
-		return nil, net.ErrClosed
-	}
-}
-
-// give queues c for Accept without blocking the loop.
-func (el *engListener) give(c net.Conn) {
-	select {
-	case el.conns <- c:
-	default:
-		go func() {
-			select {
-			case el.conns <- c:
-			case <-el.done:
-				c.Close()
-			}
-		}()
-	}
-}
-
-// Close stops accepting and closes the listener.
-func (el *engListener) Close() error {
-	el.mu.Lock()
-	if el.closed {
-		el.mu.Unlock()
-		return nil
-	}
-	el.closed = true
-	el.e.mu.Lock()
-	loops := el.e.loops
-	delete(el.e.lns, el)
-	el.e.mu.Unlock()
-	for _, l := range loops {
-		rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, el.fd, nil)
-		l.mu.Lock()
-		if el.fd < len(l.tab) && l.tab[el.fd] == el {
-			l.tab[el.fd] = nil
-		}
-		l.mu.Unlock()
-	}
-	el.file.Close()
-	err := el.TCPListener.Close()
-	close(el.done)
-	el.mu.Unlock()
-	for {
-		select {
-		case c := <-el.conns:
-			c.Close()
-		default:
-			return err
-		}
-	}
-}
-
-// fail stops the loops accepting on el and makes Accept return err.
-func (el *engListener) fail(err error) {
-	el.mu.Lock()
-	defer el.mu.Unlock()
-	if el.closed {
-		return
-	}
-	el.closed, el.err = true, err
-	el.e.mu.Lock()
-	for _, l := range el.e.loops {
-		rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, el.fd, nil)
-	}
-	el.e.mu.Unlock()
-	el.file.Close()
-	close(el.done)
-}
-
-// checkListeners fails the listeners their owners closed: the loops
-// accept on a duplicate of the descriptor, which closing the listener
-// does not close. It runs on the first loop at every sweep.
-func (e *engine) checkListeners() {
-	e.mu.Lock()
-	var gone []*engListener
-	for el := range e.lns {
-		if el.lraw.Control(func(uintptr) {}) != nil {
-			gone = append(gone, el)
-			delete(e.lns, el)
-		}
-	}
-	e.mu.Unlock()
-	for _, el := range gone {
-		el.fail(fmt.Errorf("proxy: accept: %w", net.ErrClosed))
-	}
-}
-
-// acceptFrom accepts what is waiting, on loop lp's goroutine, and gives
-// the connections to the loops in turn.
-func (el *engListener) acceptFrom(lp *eloop) {
-	for range 64 {
-		el.mu.RLock()
-		if el.closed {
-			el.mu.RUnlock()
-			return
-		}
-		fd, peer, err := rawsys.Accept(el.fd)
-		el.mu.RUnlock()
-		switch err {
-		case nil:
-		case unix.EAGAIN:
-			return
-		case unix.ECONNABORTED, unix.EINTR:
-			continue
-		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-			el.failed(lp, err)
-			return
-		default:
-			el.fail(fmt.Errorf("proxy: accept: %w", os.NewSyscallError("accept4", err)))
-			return
-		}
-		el.pause.Store(0)
-		if el.e.closing.Load() {
-			rawsys.Close(fd)
-			continue
-		}
-		el.e.pick().adopt(fd, peer, el)
-	}
-}
-
-// failed pauses accepting on lp after err (out of descriptors or
-// memory): the listener stays readable, so the loop would spin. It
-// leaves lp's epoll set (an exclusive registration cannot be modified)
-// and joins again after a pause that doubles from 5ms to 1s while errors
-// go on.
-func (el *engListener) failed(lp *eloop, err error) {
-	pause := min(max(2*time.Duration(el.pause.Load()), 5*time.Millisecond), time.Second)
-	el.pause.Store(int64(pause))
-	el.log.Warn("proxy: accept failed; retrying", "err", os.NewSyscallError("accept4", err), "in", pause)
-	el.mu.RLock()
-	defer el.mu.RUnlock()
-	if el.closed || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, el.fd, nil) != nil {
-		return
-	}
-	time.AfterFunc(pause, func() {
-		el.mu.RLock()
-		defer el.mu.RUnlock()
-		if !el.closed {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(el.fd)}
-			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, el.fd, &ev)
-		}
-	})
 }

@@ -11,9 +11,9 @@ import (
 // (see engine_linux.go).
 type engine struct{}
 
-func (e *engine) shutdown(context.Context) bool { return false }
-func (e *engine) kill()                         {}
-func (e *engine) stop()                         {}
+func (e *engine) Shutdown(context.Context) bool { return false }
+func (e *engine) Kill()                         {}
+func (e *engine) Stop()                         {}
 
 // engineListener returns nil: every connection takes the goroutine path.
 func (s *Server) engineListener(*net.TCPListener) net.Listener { return nil }

@@ -218,8 +218,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	err := s.g.Run(ctx, ln, cfg)
 	if engine && ctx.Err() != nil {
 		// The end of ctx means Close.
-		s.eng.kill()
-		s.eng.stop()
+		s.eng.Kill()
+		s.eng.Stop()
 	}
 	s.pmu.Lock()
 	s.serving--
@@ -295,7 +295,7 @@ func (s *Server) sweep(stop, done chan struct{}) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one serving a request
 	// finishes it first (it checks closing before reading on).
-	forced := s.eng.shutdown(ctx)
+	forced := s.eng.Shutdown(ctx)
 	err := s.g.Shutdown(ctx, func(pc *clientConn) {
 		if pc.state.CompareAndSwap(pcParked, pcRunning) {
 			go pc.resume() // it sees the server closing and closes
@@ -309,9 +309,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if !forced {
 		// Connections the loops handed over while the group drained
 		// may have come back: none can, the listeners are closed.
-		forced = s.eng.shutdown(ctx)
+		forced = s.eng.Shutdown(ctx)
 	}
-	s.eng.stop()
+	s.eng.Stop()
 	if err == nil && forced {
 		err = ctx.Err()
 	}
@@ -322,10 +322,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // connection, and waits for their goroutines. It is idempotent and
 // returns nil.
 func (s *Server) Close() error {
-	s.eng.kill()
+	s.eng.Kill()
 	s.g.Close()
 	s.stopPoller()
-	s.eng.stop()
+	s.eng.Stop()
 	return nil
 }
 
@@ -400,8 +400,8 @@ func (pc *clientConn) ready() {
 // TCP connection may park.
 func (s *Server) newConn(c net.Conn, cfg *serve.Config[*clientConn], poll *evloop.Poller[clientConn]) *clientConn {
 	var pre []byte
-	if p, ok := c.(*preConn); ok {
-		c, pre = p.Conn, p.pre
+	if p, ok := c.(*evloop.PreConn); ok {
+		c, pre = p.Conn, p.Pre
 	}
 	pc := &clientConn{s: s, c: c, fd: -1, remote: c.RemoteAddr().String(), pre: pre}
 	if tc, ok := c.(*net.TCPConn); ok && poll != nil {
@@ -448,13 +448,6 @@ func (s *Server) logger() *slog.Logger {
 		return s.cfg.Logger
 	}
 	return slog.Default()
-}
-
-// preConn is a connection the engine handed over to the goroutine path,
-// with the bytes it had read and not used.
-type preConn struct {
-	net.Conn
-	pre []byte
 }
 
 // putConn returns request state to the pool; nothing may be buffered.

@@ -83,6 +83,9 @@ type Server struct {
 	pollFail  bool                       // the poller cannot start here
 	sweepStop chan struct{}
 	sweepDone chan struct{}
+
+	eng      engine // the event loops of TCP listeners (Linux)
+	noEngine bool   // tests: the goroutine paths only
 }
 
 // ServerConfig configures a [Server]. Only Handler is required; every
@@ -153,11 +156,11 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // outlive Serve by the time they take to notice; Shutdown and Close wait
 // for them.
 //
-// On Linux, when ln is a *net.TCPListener, a connection waiting for its
-// next request holds no goroutine and no buffer: it is parked on an
-// epoll set shared by the server's connections and served by a new
-// goroutine when bytes arrive (see internal/evloop). Other listeners, and
-// other systems, keep one goroutine per connection.
+// On Linux, when ln is a *net.TCPListener, the connections are served
+// by a few event loops, one per CPU, rather than a goroutine each, and a
+// connection waiting for its next request holds no goroutine and no
+// buffer (see internal/evloop). Other listeners, and other systems, keep
+// one goroutine per connection.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	cfg := &serve.Config[*clientConn]{
 		Name:    "redirect",
@@ -168,18 +171,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.pmu.Lock()
 	s.serving++
 	var poll *evloop.Poller[clientConn]
-	if _, tcp := ln.(*net.TCPListener); tcp {
-		poll = s.startPollerLocked()
+	engine := false
+	if tl, tcp := ln.(*net.TCPListener); tcp && !s.g.Closing() {
+		if el := s.engineListener(tl); el != nil {
+			ln, engine = el, true
+		} else {
+			poll = s.startPollerLocked()
+		}
 	}
 	s.pmu.Unlock()
 	if poll != nil {
 		cfg.ServePark = s.serveClient
 		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, cfg, poll) }
 	} else {
+		// The loops hand no connection over; others get a goroutine
+		// each.
 		cfg.Serve = func(pc *clientConn) { s.serveClient(pc) }
 		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, nil, nil) }
 	}
 	err := s.g.Run(ctx, ln, cfg)
+	if engine && ctx.Err() != nil {
+		// The end of ctx means Close.
+		s.eng.Kill()
+		s.eng.Stop()
+	}
 	s.pmu.Lock()
 	s.serving--
 	s.stopPollerLocked(false)
@@ -242,10 +257,12 @@ func (s *Server) sweep(stop, done chan struct{}) {
 // connection, and waits for their goroutines. It is idempotent and
 // returns nil.
 func (s *Server) Close() error {
+	s.eng.Kill()
 	s.g.Close()
 	s.pmu.Lock()
 	s.stopPollerLocked(true)
 	s.pmu.Unlock()
+	s.eng.Stop()
 	return nil
 }
 
@@ -369,6 +386,7 @@ func (s *Server) putConn(sc *srvConn) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Wake connections waiting for a request; one in the middle of a
 	// request finishes it first (it checks closing before reading on).
+	forced := s.eng.Shutdown(ctx)
 	err := s.g.Shutdown(ctx, func(pc *clientConn) {
 		if pc.state.CompareAndSwap(pcParked, pcRunning) {
 			go pc.resume() // it sees the server closing and closes
@@ -379,6 +397,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.pmu.Lock()
 	s.stopPollerLocked(true)
 	s.pmu.Unlock()
+	s.eng.Stop()
+	if err == nil && forced {
+		err = ctx.Err()
+	}
 	return err
 }
 
@@ -697,8 +719,14 @@ func (sc *srvConn) readRequest() (request, error) {
 	if code != 0 {
 		return request{}, errClose(code)
 	}
+	return sc.request(len(head)), nil
+}
+
+// request is what sc keeps of the request whose head, headLen bytes
+// long, sc.head parsed.
+func (sc *srvConn) request(headLen int) request {
 	h := &sc.head
-	req := request{headLen: len(head), keepAlive: h.KeepAlive()}
+	req := request{headLen: headLen, keepAlive: h.KeepAlive()}
 	switch {
 	case h.Chunked, h.ExpectContinue:
 		// A chunked body is not skipped; a client expecting 100 Continue
@@ -725,7 +753,7 @@ func (sc *srvConn) readRequest() (request, error) {
 			sc.nxff++
 		}
 	}
-	return req, nil
+	return req
 }
 
 // target returns the path and query of the request's target in origin,

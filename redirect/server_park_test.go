@@ -18,19 +18,35 @@ import (
 // goroutine per connection on it.
 type plainListener struct{ net.Listener }
 
+// Ways a Server serves a listener.
+const (
+	pathEngine    = "engine"    // a TCP listener: the event loops
+	pathParked    = "parked"    // a TCP listener without the engine: goroutines, idle ones parked
+	pathGoroutine = "goroutine" // another listener: a goroutine per connection
+)
+
+// forEachTCPPath runs test with the engine's loops and with the
+// goroutine path that parks idle connections (used off Linux).
+func forEachTCPPath(t *testing.T, test func(t *testing.T, path string)) {
+	for _, path := range []string{pathEngine, pathParked} {
+		t.Run(path, func(t *testing.T) { test(t, path) })
+	}
+}
+
 // parkServe serves a new Server with cfg (Handler filled in) on
-// loopback, on a plain listener when plain; it returns the server, its
-// address and Serve's result.
-func parkServe(t *testing.T, cfg ServerConfig, plain bool) (*Server, string, chan error) {
+// loopback, the path's way; it returns the server, its address and
+// Serve's result.
+func parkServe(t *testing.T, cfg ServerConfig, path string) (*Server, string, chan error) {
 	t.Helper()
 	if cfg.Handler == nil {
 		cfg.Handler = redirNew(t, Config{})
 	}
 	s := redirServer(t, cfg)
+	s.noEngine = path != pathEngine
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	var l net.Listener = ln
-	if plain {
+	if path == pathGoroutine {
 		l = plainListener{ln}
 	}
 	done := make(chan error, 1)
@@ -69,7 +85,11 @@ func redirRoundTrip(t *testing.T, c net.Conn, br *bufio.Reader) {
 // waiting for their next request are parked, not on a goroutine each,
 // and are answered again when a request comes, pipelined ones included.
 func TestServerIdleConnectionsHoldNoGoroutine(t *testing.T) {
-	s, addr, done := parkServe(t, ServerConfig{}, false)
+	forEachTCPPath(t, testIdleConnectionsHoldNoGoroutine)
+}
+
+func testIdleConnectionsHoldNoGoroutine(t *testing.T, path string) {
+	s, addr, done := parkServe(t, ServerConfig{}, path)
 	redirIdle(t, addr, 1)
 	base := runtime.NumGoroutine()
 	const n = 200
@@ -94,9 +114,9 @@ func TestServerIdleConnectionsHoldNoGoroutine(t *testing.T) {
 // TestServerIdleTimeoutParked: a kept-alive connection that sends nothing
 // for IdleTimeout is closed, parked or not.
 func TestServerIdleTimeoutParked(t *testing.T) {
-	for _, plain := range []bool{false, true} {
-		t.Run(map[bool]string{false: "parked", true: "goroutine"}[plain], func(t *testing.T) {
-			s, addr, done := parkServe(t, ServerConfig{IdleTimeout: 100 * time.Millisecond}, plain)
+	for _, path := range []string{pathEngine, pathParked, pathGoroutine} {
+		t.Run(path, func(t *testing.T) {
+			s, addr, done := parkServe(t, ServerConfig{IdleTimeout: 100 * time.Millisecond}, path)
 			conns, _ := redirIdle(t, addr, 3)
 			start := time.Now()
 			for _, c := range conns {
@@ -114,9 +134,15 @@ func TestServerIdleTimeoutParked(t *testing.T) {
 // TestServerShutdownParked: Shutdown and Close close parked connections
 // without waiting for the context to end.
 func TestServerShutdownParked(t *testing.T) {
+	forEachTCPPath(t, func(t *testing.T, path string) {
+		testShutdownParked(t, path)
+	})
+}
+
+func testShutdownParked(t *testing.T, path string) {
 	for _, shutdown := range []bool{true, false} {
 		t.Run(map[bool]string{true: "Shutdown", false: "Close"}[shutdown], func(t *testing.T) {
-			s, addr, done := parkServe(t, ServerConfig{}, false)
+			s, addr, done := parkServe(t, ServerConfig{}, path)
 			conns, _ := redirIdle(t, addr, 20)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -138,7 +164,7 @@ func TestServerShutdownParked(t *testing.T) {
 // TestServerPlainListener: on a listener that is not a *net.TCPListener
 // the server answers with a goroutine per connection.
 func TestServerPlainListener(t *testing.T) {
-	s, addr, done := parkServe(t, ServerConfig{}, true)
+	s, addr, done := parkServe(t, ServerConfig{}, pathGoroutine)
 	conns, brs := redirIdle(t, addr, 3)
 	for i, c := range conns {
 		redirRoundTrip(t, c, brs[i])
@@ -154,7 +180,7 @@ func TestServerBusyConnectionsParkLater(t *testing.T) {
 	old := parkAfter
 	parkAfter = 500 * time.Millisecond
 	t.Cleanup(func() { parkAfter = old })
-	s, addr, done := parkServe(t, ServerConfig{}, false)
+	s, addr, done := parkServe(t, ServerConfig{}, pathParked) // the engine keeps no goroutine at all
 	redirIdle(t, addr, 1)
 	base := runtime.NumGoroutine()
 	const n = 50

@@ -25,7 +25,15 @@ import (
 // address; the server is shut down when the test ends.
 func redirStartServer(t testing.TB, h *Handler) string {
 	t.Helper()
+	return redirStartServerPath(t, h, pathEngine)
+}
+
+// redirStartServerPath is redirStartServer on a TCP listener, served
+// the path's way (pathEngine or pathParked).
+func redirStartServerPath(t testing.TB, h *Handler, path string) string {
+	t.Helper()
 	s := redirServer(t, ServerConfig{Handler: h})
+	s.noEngine = path != pathEngine
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan error, 1)
@@ -105,9 +113,11 @@ func TestServerMatchesHandler(t *testing.T) {
 	}
 }
 
-func TestServerStrict(t *testing.T) {
+func TestServerStrict(t *testing.T) { forEachTCPPath(t, testStrict) }
+
+func testStrict(t *testing.T, path string) {
 	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
-	addr := redirStartServer(t, h)
+	addr := redirStartServerPath(t, h, path)
 	tests := []struct {
 		name, raw string
 		code      int
@@ -148,9 +158,11 @@ func TestServerStrict(t *testing.T) {
 	}
 }
 
-func TestServerPipelining(t *testing.T) {
+func TestServerPipelining(t *testing.T) { forEachTCPPath(t, testPipelining) }
+
+func testPipelining(t *testing.T, path string) {
 	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
-	addr := redirStartServer(t, h)
+	addr := redirStartServerPath(t, h, path)
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	require.NoError(t, err)
 	defer conn.Close()
@@ -347,9 +359,11 @@ func ppBytewiseRedir(b []byte) []io.Reader {
 
 // TestServerPipelineFlood pipelines many requests before reading any
 // answer: the server writes as it goes and answers every one.
-func TestServerPipelineFlood(t *testing.T) {
+func TestServerPipelineFlood(t *testing.T) { forEachTCPPath(t, testPipelineFlood) }
+
+func testPipelineFlood(t *testing.T, path string) {
 	h := redirNew(t, Config{Pool: redirPool(t, []tgt{redirA})})
-	addr := redirStartServer(t, h)
+	addr := redirStartServerPath(t, h, path)
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	require.NoError(t, err)
 	defer conn.Close()

@@ -1,4 +1,12 @@
-// Package evloop parks idle connections on an epoll set, so that a
+// Package evloop serves connections on event loops ([Engine]) and parks
+// idle connections of the goroutine paths on an epoll set ([Poller]).
+//
+// The Engine runs a few loops, one per CPU, that accept, read and write
+// raw sockets and call a server's [Handler] when a client's socket is
+// ready; what the handler cannot serve on a loop it hands over to the
+// goroutine path (see engine.go).
+//
+// The Poller parks idle connections on an epoll set, so that a
 // connection waiting for its next request holds neither a goroutine nor
 // a buffer: only its socket, a small record of the server's and a slot in
 // the [Poller]'s table.
@@ -18,6 +26,7 @@
 // "parked" only if no event came meanwhile (ready having turned
 // "parking" into "pending"); otherwise it reads again.
 //
-// A Poller exists on Linux only; elsewhere [New] fails and servers keep a
+// The Engine and the Poller exist on Linux only; elsewhere
+// [Engine.Listener] returns nil, [New] fails and servers keep a
 // goroutine per connection.
 package evloop
