@@ -69,9 +69,10 @@ type generation struct {
 }
 
 // stopAcceptWait bounds the wait for a retired server to stop accepting
-// after its listener is closed. A server notices at once, except
-// proxy.Server's event loops, which accept on a descriptor of their own
-// and look for their listener's close every sweep (at most 250ms apart).
+// after its listener is closed. A server notices at once, except on the
+// event loops of proxy.Server and redirect.Server (internal/evloop), which
+// accept on a descriptor of their own and look for their listener's close
+// every sweep (at most 250ms apart).
 const stopAcceptWait = time.Second
 
 // firstRequestWait is how long after its listener closed a server goes
@@ -79,8 +80,9 @@ const stopAcceptWait = time.Second
 // waiting for a request, and one accepted just before the server stopped
 // accepting has yet to send its first: lbkit's servers close it even when
 // the request is on its way (net/http spares connections younger than five
-// seconds). It is twice the longest time between proxy.Server's sweeps,
-// so what its loops accepted until they noticed the close is read first.
+// seconds). It is twice the longest time between the event loops'
+// sweeps, so what they accepted until they noticed the close is read
+// first.
 // The server's connections are served meanwhile, by the old
 // configuration.
 const firstRequestWait = 500 * time.Millisecond
@@ -91,11 +93,11 @@ const firstRequestWait = 500 * time.Millisecond
 // the server to be shut down. During a reload it also keeps the retired
 // server from taking connections from the socket while it drains.
 //
-// The wait runs from the close, not from Serve's return: proxy.Server's
-// loops notice the close on a sweep, and the stop of its event engine
-// deadlocks with a sweep that starts meanwhile (the engine's stop holds
-// its lock while the loops end; the first loop's sweep takes it), so a
-// Shutdown a fixed time after a sweep would often meet the next one.
+// The wait runs from the close, not from Serve's return: the event loops
+// notice the close on a sweep, and evloop.Engine.Stop deadlocks with a
+// sweep that starts meanwhile (Stop holds the engine's lock while the
+// loops end; the first loop's sweep takes it), so a Shutdown a fixed time
+// after a sweep would often meet the next one.
 func (g *generation) stopAccepting(ctx context.Context) {
 	g.retired.Store(true)
 	g.ln.Close()
