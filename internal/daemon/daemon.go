@@ -62,6 +62,10 @@ type Daemon struct {
 	closed    bool
 
 	cluster atomic.Pointer[clusterNode] // set by StartCluster (see cluster.go)
+
+	// served, if not nil, is told of every listener a socket server is
+	// given to Serve. Tests set it before Start.
+	served func(listener string, ln net.Listener)
 }
 
 // maxReloads is how many reload outcomes /status keeps.
@@ -173,7 +177,7 @@ func (d *Daemon) applyLocked(cfg *config.Config) (err error) {
 			return err
 		}
 	}
-	e := env{path: cfg.Path, ctx: ctx, log: d.log, metrics: d.metrics, access: access}
+	e := env{path: cfg.Path, ctx: ctx, log: d.log, metrics: d.metrics, access: access, served: d.served}
 	if access == nil {
 		e.access = d.access
 	}

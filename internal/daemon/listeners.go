@@ -49,6 +49,9 @@ type env struct {
 	log     *slog.Logger
 	metrics *Metrics
 	access  *accessLog
+	// served, if not nil, is told of every listener a socket server is
+	// given to Serve (tests look at its type).
+	served func(listener string, ln net.Listener)
 }
 
 // startListener starts l on its address.
@@ -301,6 +304,9 @@ func startTCP(e env, l *config.Listener, pools map[string]*poolState, done chan 
 	ln, err := listen(e.ctx, l)
 	if err != nil {
 		return nil, err
+	}
+	if e.served != nil {
+		e.served(l.Name, ln)
 	}
 	go func() {
 		defer close(done)

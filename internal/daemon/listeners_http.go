@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lbkit/lbkit/circuit"
@@ -37,23 +38,83 @@ type built struct {
 }
 
 // swapServer runs a listener whose changes are applied by building a new
-// server and switching the socket's acceptor to it (see acceptor): the
-// socket and the old server's connections are kept, and no connection is
-// refused.
+// server and giving it a listener of its own on the same socket (see
+// socket): the socket and the old server's connections are kept, and no
+// connection is refused.
 type swapServer struct {
-	name  string
-	log   *slog.Logger
-	acc   *acceptor
-	build func(l *config.Listener, pools map[string]*poolState) (built, error)
-	drain time.Duration
+	name   string
+	log    *slog.Logger
+	sock   *socket
+	build  func(l *config.Listener, pools map[string]*poolState) (built, error)
+	drain  time.Duration
+	served func(listener string, ln net.Listener) // env.served
 
 	mu     sync.Mutex
-	cur    built
-	curV   *vlistener
+	cur    *generation
 	runs   sync.WaitGroup // Serve calls of every server, current and retired
 	olds   sync.WaitGroup // retired servers draining
+	force  context.Context
+	forceF context.CancelFunc // ends the retired servers' drain (close)
 	done   chan struct{}
 	close1 sync.Once
+}
+
+// generation is one of a swapServer's servers with the listener it
+// serves.
+type generation struct {
+	built
+	ln      net.Listener
+	retired atomic.Bool   // ln was closed by the daemon: Serve's error is expected
+	served  chan struct{} // closed when Serve returned
+}
+
+// stopAcceptWait bounds the wait for a retired server to stop accepting
+// after its listener is closed. A server notices at once, except on the
+// event loops of proxy.Server and redirect.Server (internal/evloop), which
+// accept on a descriptor of their own and look for their listener's close
+// every sweep (at most 250ms apart).
+const stopAcceptWait = time.Second
+
+// firstRequestWait is how long after its listener closed a server goes
+// on serving before its Shutdown starts. Shutdown closes the connections
+// waiting for a request, and one accepted just before the server stopped
+// accepting has yet to send its first: lbkit's servers close it even when
+// the request is on its way (net/http spares connections younger than five
+// seconds). It is twice the longest time between the event loops'
+// sweeps, so what they accepted until they noticed the close is read
+// first.
+// The server's connections are served meanwhile, by the old
+// configuration.
+const firstRequestWait = 500 * time.Millisecond
+
+// stopAccepting closes g's listener and waits until its Serve returned
+// (the server takes no more connections; for up to stopAcceptWait) and
+// firstRequestWait passed since the close, or until ctx ends. Only then is
+// the server to be shut down. During a reload it also keeps the retired
+// server from taking connections from the socket while it drains.
+//
+// The wait runs from the close, not from Serve's return: the event loops
+// notice the close on a sweep, and evloop.Engine.Stop deadlocks with a
+// sweep that starts meanwhile (Stop holds the engine's lock while the
+// loops end; the first loop's sweep takes it), so a Shutdown a fixed time
+// after a sweep would often meet the next one.
+func (g *generation) stopAccepting(ctx context.Context) {
+	g.retired.Store(true)
+	g.ln.Close()
+	first := time.NewTimer(firstRequestWait)
+	defer first.Stop()
+	stop := time.NewTimer(stopAcceptWait)
+	defer stop.Stop()
+	select {
+	case <-g.served:
+	case <-stop.C:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-first.C:
+	case <-ctx.Done():
+	}
 }
 
 func startSwap(e env, l *config.Listener, pools map[string]*poolState, done chan struct{},
@@ -68,20 +129,33 @@ func startSwap(e env, l *config.Listener, pools map[string]*poolState, done chan
 		return nil, err
 	}
 	log := e.log.With("listener", l.Name)
-	acc, v := newAcceptor(ln, log)
-	s := &swapServer{name: l.Name, log: log, acc: acc, build: build, drain: config.DefaultShutdownTimeout, cur: b, curV: v, done: done}
-	s.serve(b, v)
+	s := &swapServer{name: l.Name, log: log, sock: newSocket(ln, log), build: build, drain: config.DefaultShutdownTimeout,
+		served: e.served, done: done}
+	s.force, s.forceF = context.WithCancel(context.Background())
+	s.cur = s.serve(b)
 	return s, nil
 }
 
-func (s *swapServer) serve(b built, v *vlistener) {
+// serve runs b on a new listener of s.sock and makes that listener the
+// one new connections go to.
+func (s *swapServer) serve(b built) *generation {
+	g := &generation{built: b, ln: s.sock.listener(), served: make(chan struct{})}
+	if s.served != nil {
+		s.served(s.name, g.ln)
+	}
 	s.runs.Add(1)
 	go func() {
 		defer s.runs.Done()
-		if err := b.srv.Serve(context.Background(), v); err != nil {
+		defer close(g.served)
+		if err := g.srv.Serve(context.Background(), g.ln); err != nil && !g.retired.Load() {
 			s.log.Error("daemon: listener stopped", "err", err)
 		}
+		// Serve closed g.ln; closing it again makes sure the socket's
+		// duplicate descriptor is released whatever the server did.
+		g.ln.Close()
 	}()
+	s.sock.activate(g.ln)
+	return g
 }
 
 func (s *swapServer) update(l *config.Listener, pools map[string]*poolState) error {
@@ -89,19 +163,17 @@ func (s *swapServer) update(l *config.Listener, pools map[string]*poolState) err
 	if err != nil {
 		return err
 	}
-	v := s.acc.newVirtual()
+	next := s.serve(b)
 	s.mu.Lock()
-	old, oldV := s.cur, s.curV
-	s.cur, s.curV = b, v
+	old := s.cur
+	s.cur = next
 	s.mu.Unlock()
-	s.serve(b, v)
-	s.acc.switchTo(v)
-	oldV.Close()
 	s.olds.Add(1)
 	go func() {
 		defer s.olds.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), s.drain)
+		ctx, cancel := context.WithTimeout(s.force, s.drain)
 		defer cancel()
+		old.stopAccepting(ctx)
 		if err := old.srv.Shutdown(ctx); err != nil {
 			old.srv.Close()
 		}
@@ -110,11 +182,17 @@ func (s *swapServer) update(l *config.Listener, pools map[string]*poolState) err
 	return nil
 }
 
+// shutdown closes the socket and the server's listener, so the port
+// stops accepting, and drains the server, and those retired by reloads,
+// until ctx ends.
 func (s *swapServer) shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	cur, v := s.cur, s.curV
+	cur := s.cur
 	s.mu.Unlock()
-	v.Close()
+	s.sock.close()
+	stop := context.AfterFunc(ctx, s.forceF)
+	defer stop()
+	cur.stopAccepting(ctx)
 	err := cur.srv.Shutdown(ctx)
 	if err != nil {
 		cur.srv.Close()
@@ -123,20 +201,23 @@ func (s *swapServer) shutdown(ctx context.Context) error {
 	return err
 }
 
+// close stops the server and those retired by reloads now.
 func (s *swapServer) close() error {
 	s.mu.Lock()
-	cur, v := s.cur, s.curV
+	cur := s.cur
 	s.mu.Unlock()
-	v.Close()
+	s.sock.close()
+	s.forceF()
+	cur.retired.Store(true)
 	err := cur.srv.Close()
 	s.finish(cur)
 	return err
 }
 
-func (s *swapServer) finish(cur built) {
+func (s *swapServer) finish(cur *generation) {
 	s.close1.Do(func() {
-		s.acc.close()
 		s.olds.Wait()
+		s.forceF()
 		s.runs.Wait()
 		cur.cleanup()
 		close(s.done)
