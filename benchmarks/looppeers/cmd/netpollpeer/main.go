@@ -74,9 +74,12 @@ func (s *server) onRequest(_ context.Context, c netpoll.Connection) error {
 		if r.Len() == 0 && cs.Idle() {
 			return r.Release()
 		}
-		// Part of a head or body: wait for at least one more byte.
-		if _, err := r.Peek(r.Len() + 1); err != nil {
-			return c.Close()
+		// What is left is part of a head (or a body is being skipped):
+		// unless more bytes came in meanwhile, wait for at least one.
+		if rest := len(in) - n; r.Len() == rest {
+			if _, err := r.Peek(rest + 1); err != nil {
+				return c.Close()
+			}
 		}
 	}
 }
