@@ -30,9 +30,11 @@
 //     one, a chunked one, or one the client holds back for 100 Continue is
 //     answered with "Connection: close".
 //
-// Unlike redirect.Server, it does not linger on close for unread body
-// bytes and sets no read or idle deadlines: neither happens in the
-// benchmark.
+// Unlike redirect.Server, it answers a request before skipping its body
+// (redirect.Server answers once the body is skipped; the bytes are the
+// same), does not linger on close for unread body bytes, and sets no read
+// or idle deadlines (netpollpeer sets netpoll's to redirect.Server's
+// defaults): none of this happens in the benchmark.
 package looppeers
 
 import (

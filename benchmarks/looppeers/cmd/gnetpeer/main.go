@@ -20,7 +20,7 @@ import (
 func main() {
 	f, err := looppeers.ParseFlags(flag.CommandLine, os.Args[1:])
 	if err == nil {
-		err = run(f)
+		err = serve(f, looppeers.StdinClosed(), nil)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gnetpeer:", err)
@@ -72,22 +72,25 @@ func (s *server) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-func run(f looppeers.Flags) error {
+// serve answers on f.Listen until stop closes; it closes ready (when
+// not nil) once it listens.
+func serve(f looppeers.Flags, stop <-chan struct{}, ready chan<- struct{}) error {
 	r, err := looppeers.NewResponder(f.Backends)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
 	s := &server{r: r, booted: make(chan gnet.Engine, 1)}
-	addr := "tcp://" + f.Listen
-	stop := looppeers.StdinClosed()
 	errc := make(chan error, 1)
-	go func() { errc <- gnet.Run(s, addr, gnet.WithMulticore(true)) }()
+	go func() { errc <- gnet.Run(s, "tcp://"+f.Listen, gnet.WithMulticore(true)) }()
 	var eng gnet.Engine
 	select {
 	case err := <-errc:
 		return err
 	case eng = <-s.booted:
+	}
+	if ready != nil {
+		close(ready)
 	}
 	select {
 	case err := <-errc:

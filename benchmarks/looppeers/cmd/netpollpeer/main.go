@@ -30,7 +30,7 @@ const (
 func main() {
 	f, err := looppeers.ParseFlags(flag.CommandLine, os.Args[1:])
 	if err == nil {
-		err = run(f)
+		err = serve(f, looppeers.StdinClosed(), nil)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "netpollpeer:", err)
@@ -84,7 +84,9 @@ func (s *server) onRequest(_ context.Context, c netpoll.Connection) error {
 	}
 }
 
-func run(f looppeers.Flags) error {
+// serve answers on f.Listen until stop closes; it closes ready (when
+// not nil) once it listens.
+func serve(f looppeers.Flags, stop <-chan struct{}, ready chan<- struct{}) error {
 	r, err := looppeers.NewResponder(f.Backends)
 	if err != nil {
 		return err
@@ -99,11 +101,14 @@ func run(f looppeers.Flags) error {
 		netpoll.WithReadTimeout(readTimeout),
 		netpoll.WithIdleTimeout(idleTimeout))
 	if err != nil {
+		ln.Close()
 		return err
 	}
-	stop := looppeers.StdinClosed()
 	errc := make(chan error, 1)
 	go func() { errc <- loop.Serve(ln) }()
+	if ready != nil {
+		close(ready)
+	}
 	select {
 	case err := <-errc:
 		return err
