@@ -90,3 +90,20 @@ func TestConnIdle(t *testing.T) {
 	assert.Equal(t, 2, n)
 	assert.True(t, c.Idle())
 }
+
+// TestServeAlloc: answering keep-alive requests, pipelined or not,
+// allocates nothing.
+func TestServeAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	r := newResponder(t)
+	in := []byte("GET /static/app.js?v=42 HTTP/1.1\r\nHost: b\r\n\r\nGET /a%20b HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\nxy")
+	out := make([]byte, 0, 4096)
+	r.Serve(&Conn{}, out, in) // warm the pools
+	allocs := testing.AllocsPerRun(100, func() {
+		var c Conn
+		out, _, _ = r.Serve(&c, out[:0], in)
+	})
+	assert.Zero(t, allocs)
+}

@@ -46,8 +46,9 @@ func (s *server) OnBoot(eng gnet.Engine) gnet.Action {
 // a context only while it skips a request body.
 func (s *server) OnTraffic(c gnet.Conn) gnet.Action {
 	in, _ := c.Peek(-1)
-	var cs looppeers.Conn
-	if p, ok := c.Context().(*looppeers.Conn); ok {
+	var cs looppeers.Conn // on the stack: no allocation per event
+	p, _ := c.Context().(*looppeers.Conn)
+	if p != nil {
 		cs = *p
 	}
 	buf := s.out.Get()
@@ -61,12 +62,14 @@ func (s *server) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.Close // gnet writes what is buffered before closing
 	}
 	c.Discard(n)
-	switch p, ok := c.Context().(*looppeers.Conn); {
-	case !cs.Idle() && ok:
-		*p = cs
+	switch {
 	case !cs.Idle():
-		c.SetContext(&cs)
-	case ok:
+		if p == nil {
+			p = new(looppeers.Conn)
+			c.SetContext(p)
+		}
+		*p = cs
+	case p != nil:
 		c.SetContext(nil)
 	}
 	return gnet.None
