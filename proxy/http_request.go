@@ -66,14 +66,8 @@ func (h *HTTP) writeRequest(pc *pconn, rq *request) error {
 		if !h1.IsToken(k) || isHopByHop([]byte(k)) {
 			continue
 		}
-		for _, v := range vv {
-			if !h1.ValidValue(v) {
-				return errBadRequest
-			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+		if err := writeFields(bw, k, vv); err != nil {
+			return err
 		}
 	}
 	bw.WriteString("\r\n")
@@ -130,14 +124,8 @@ func (h *HTTP) writeHead(bw *bufio.Writer, rq *request) error {
 			bw.WriteString("\r\n")
 			continue
 		}
-		for _, v := range vv {
-			if !h1.ValidValue(v) {
-				return errBadRequest
-			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+		if err := writeFields(bw, k, vv); err != nil {
+			return err
 		}
 	}
 	if err := h.writeForwarded(bw, rq, rq.clientHost); err != nil {
@@ -156,6 +144,21 @@ func (h *HTTP) writeHead(bw *bufio.Writer, rq *request) error {
 		}
 		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
 		bw.WriteString(rq.upgrade)
+		bw.WriteString("\r\n")
+	}
+	return nil
+}
+
+// writeFields writes a field line "name: value" for each of vals; a
+// value with bytes a field may not hold refuses the request.
+func writeFields(bw *bufio.Writer, name string, vals []string) error {
+	for _, v := range vals {
+		if !h1.ValidValue(v) {
+			return errBadRequest
+		}
+		bw.WriteString(name)
+		bw.WriteString(": ")
+		bw.WriteString(v)
 		bw.WriteString("\r\n")
 	}
 	return nil

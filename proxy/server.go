@@ -37,11 +37,15 @@ const (
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Server serves HTTP/1.1 clients with an [HTTP] proxy without net/http's
-// server: a goroutine per client connection only while it has a request
-// in flight (an idle kept-alive connection is parked on an epoll set with
-// no goroutine and no buffer; see [Server.Serve]), none per request, a
-// strict request parser, and responses written from the backend's bytes
-// straight into the connection's buffer. The forwarding itself — picking,
+// server. On Linux, on a TCP listener, it runs an event engine: a few
+// event loops, one per CPU, wait in epoll for the client and backend
+// sockets (raw descriptors, registered once), with backend keep-alive
+// connections kept per loop; no goroutine per connection or request, and
+// an idle connection holds no buffer (see [Server.Serve]). Elsewhere, and
+// for requests the loops leave to it, it runs a goroutine per client
+// connection only while it has a request in flight. Both use a strict
+// request parser and write responses from the backend's bytes straight
+// into the client's buffer. The forwarding itself — picking,
 // retries, limits and queue, passive health, sticky cookies, forwarding
 // headers, hop-by-hop stripping, 502/503/504 — is the handler's, shared
 // with [HTTP.ServeHTTP]. Use [HTTP] under net/http for TLS, HTTP/2 and
@@ -73,9 +77,13 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // they arrive, and upgrades (WebSocket) through the handler's tunnel.
 // CONNECT is answered 405, as by the handler.
 //
-// Unlike net/http, the server does not watch an idle client while its
-// request waits for a backend: a client that goes away is noticed when
-// its response is written, so the request runs until the backend answers
+// Unlike net/http, the server does not read from a client while its
+// request waits for a backend. On the event loops a client whose
+// connection is reset, or shut both ways, is noticed at once and its
+// backend request abandoned; one that only sends its FIN (as a client
+// that half-closes after its request does) still gets its answer. On the
+// goroutine path a client that goes away is noticed when its response is
+// written. Either way the request runs at most until the backend answers
 // or HTTPConfig.ResponseHeaderTimeout passes. There is no write timeout;
 // bound requests with HTTPConfig.RequestTimeout.
 //
@@ -162,11 +170,20 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // goroutines may outlive Serve by the time their request takes; Shutdown
 // and Close wait for them.
 //
-// On Linux, when ln is a *net.TCPListener, a connection waiting for its
-// next request holds no goroutine and no buffer: it is parked on an
-// epoll set shared by the server's connections, and served by a new
-// goroutine when bytes arrive (see internal/evloop). Other listeners, and
-// other systems, keep one goroutine per connection.
+// On Linux, when ln is a *net.TCPListener, connections are accepted and
+// served by the server's event loops: accept4 on a duplicate of ln's
+// descriptor, requests read, forwarded and answered on the loops, hooks
+// (RewriteRequest, ModifyResponse, OnAttempt) called there, so they must
+// not block. A request the loops do not serve — a chunked body or one
+// larger than MaxHeaderBytes less its head, Expect: 100-continue, an
+// upgrade (WebSocket), CONNECT, a wait in the backend queue — hands its
+// connection, with the bytes read so far, to a goroutine that serves it
+// from then on. A handler with TLS or H2C backends does not use the
+// loops; its idle connections are parked on an epoll set with no
+// goroutine and no buffer, and served by a new goroutine when bytes
+// arrive (see internal/evloop). Other listeners, and other systems, keep
+// one goroutine per connection. A listener closed by its owner rather
+// than by the server is noticed within a fraction of a second.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	cfg := &serve.Config[*clientConn]{
 		Name:    "proxy",

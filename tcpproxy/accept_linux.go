@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/rawsys"
 )
 
 // The direct path: when a connection needs nothing of the net package
@@ -43,15 +44,15 @@ type dialing struct {
 }
 
 // fastListener accepts connections for the direct path on the event
-// loops (its socket is in every loop's epoll set, woken one at a time),
-// and queues those the current settings do not allow it for Accept, which
-// serve.Group calls for the net path.
+// loops (its socket is in every loop's epoll set), and queues those the
+// current settings do not allow it for Accept, which serve.Group calls
+// for the net path.
 type fastListener struct {
 	*net.TCPListener
 	s     *Server
 	file  *os.File // a duplicate of the listener's descriptor, for the loops
 	fd    int
-	local netip.AddrPort // unspecified: asked per connection
+	local netip.AddrPort // unspecified: asked per connection that needs it
 	loops []*loop
 	log   *slog.Logger  // for accept errors: the one Serve started with
 	conns chan net.Conn // accepted for the net path
@@ -125,19 +126,32 @@ func (l *fastListener) Close() error {
 	}
 }
 
-// acceptFrom accepts what is waiting, on loop lp's goroutine.
-func (l *fastListener) acceptFrom(lp *loop) {
-	for range 64 {
+// watched is a listener in a loop's epoll set.
+type watched struct {
+	ln    *fastListener
+	burst int // connections to accept per event, as learnt on this loop
+}
+
+// acceptFrom accepts what is waiting, on loop lp's goroutine: up to
+// w.burst connections. The listener is level-triggered, so what is left
+// is reported at the next poll; burst doubles (up to 64) when it was all
+// taken and shrinks to what there was when accept4 found no more. A
+// connection at a time, the usual case, then costs a failed accept4 on
+// every other event rather than on every one.
+func (l *fastListener) acceptFrom(lp *loop, w *watched) {
+	w.burst = max(w.burst, 1)
+	for i := range w.burst {
 		l.mu.RLock()
 		if l.closed {
 			l.mu.RUnlock()
 			return
 		}
-		nfd, client, err := sysAccept(l.fd)
+		nfd, client, err := rawsys.Accept(l.fd)
 		l.mu.RUnlock()
 		switch err {
 		case nil:
 		case unix.EAGAIN:
+			w.burst = max(i, 1)
 			return
 		case unix.ECONNABORTED, unix.EINTR:
 			continue
@@ -150,11 +164,9 @@ func (l *fastListener) acceptFrom(lp *loop) {
 		}
 		st := l.s.set.Load() // after accept: the settings the connection gets
 		if st.fast() {
-			// Loops take connections in turn, whichever accepted them:
-			// the woken loop is most often the same one.
-			to, err := l.s.eng.loop()
+			to, err := l.s.eng.near(lp)
 			if err != nil {
-				sysClose(nfd)
+				rawsys.Close(nfd)
 				continue
 			}
 			l.s.startDirect(to, st, nfd, client, l.local)
@@ -172,6 +184,7 @@ func (l *fastListener) acceptFrom(lp *loop) {
 			c.Close()
 		}
 	}
+	w.burst = min(2*w.burst, 64)
 }
 
 // failed pauses accepting on lp after err (out of descriptors or
@@ -184,7 +197,7 @@ func (l *fastListener) failed(lp *loop, err error) {
 	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(l.fd)}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if l.closed || sysEpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev) != nil {
+	if l.closed || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev) != nil {
 		return
 	}
 	time.AfterFunc(pause, func() {
@@ -192,19 +205,18 @@ func (l *fastListener) failed(lp *loop, err error) {
 		defer l.mu.RUnlock()
 		if !l.closed {
 			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.fd)}
-			sysEpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev)
+			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev)
 		}
 	})
 }
 
-// watchListener adds ln's socket to the loop's epoll set; one loop of
-// those waiting is woken per connection.
+// watchListener adds ln's socket to the loop's epoll set.
 func (l *loop) watchListener(ln *fastListener) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lns[int32(ln.fd)] = ln
+	l.lns[int32(ln.fd)] = &watched{ln: ln}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
 		delete(l.lns, int32(ln.fd))
 		return os.NewSyscallError("epoll_ctl", err)
 	}
@@ -215,9 +227,9 @@ func (l *loop) watchListener(ln *fastListener) error {
 func (l *loop) unwatchListener(ln *fastListener) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lns[int32(ln.fd)] == ln {
+	if w := l.lns[int32(ln.fd)]; w != nil && w.ln == ln {
 		delete(l.lns, int32(ln.fd))
-		sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+		rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
 }
 
@@ -229,12 +241,10 @@ func (st *settings) fast() bool {
 
 // startDirect starts a direct flow for the accepted socket cfd.
 func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip.AddrPort) {
-	if a := local.Addr(); !a.IsValid() || a.IsUnspecified() {
-		if la, err := sysLocalAddr(cfd); err == nil {
-			local = la
-		}
+	if st.cfg.Key.Source == balancer.KeyFlow {
+		local = localAddr(cfd, local)
 	}
-	tune(cfd, st)
+	keepAliveOn(cfd, st)
 	now := time.Now().UnixNano()
 	f := &flow{fd: [2]int{cfd, -1}, idle: st.idle, last: now}
 	d := &dialing{s: s, st: st, info: st.cfg.Key.Flow(balancer.TCP, client, local), client: client, local: local}
@@ -256,7 +266,7 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 		s.dropFlow(f)
 	}
 	if !s.addFlow(f) {
-		sysClose(cfd)
+		rawsys.Close(cfd)
 		return
 	}
 	if err := f.dialNext(now); err != nil {
@@ -268,15 +278,28 @@ func (s *Server) startDirect(l *loop, st *settings, cfd int, client, local netip
 	}
 }
 
-// tune sets a direct socket's options: no Nagle delay (as the net
-// package does), keep-alive probes when configured.
-func tune(fd int, st *settings) {
-	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+// localAddr returns the address the client connected to on socket fd:
+// the listener's, unless that is unspecified (listening on every
+// address), when the socket is asked (getsockname). Only a flow key and
+// a PROXY header need it.
+func localAddr(fd int, listener netip.AddrPort) netip.AddrPort {
+	if a := listener.Addr(); !a.IsValid() || a.IsUnspecified() {
+		if la, err := rawsys.LocalAddr(fd); err == nil {
+			return la
+		}
+	}
+	return listener
+}
+
+// keepAliveOn turns keep-alive probes on for a direct socket when they
+// are configured. (TCP_NODELAY is set only when it matters: see
+// half.writing.)
+func keepAliveOn(fd int, st *settings) {
 	if ka := st.cfg.KeepAlive; ka > 0 {
 		secs := max(int(ka/time.Second), 1)
-		sysSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
-		sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
+		rawsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+		rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
 	}
 }
 
@@ -327,15 +350,15 @@ func connectTo(addr netip.AddrPort, st *settings) (int, error) {
 			zone = uint32(ifi.Index)
 		}
 	}
-	var sa rawSockaddr
-	family, size := sa.set(addr, zone)
-	fd, err := sysSocket(family)
+	var sa rawsys.Sockaddr
+	family, size := sa.Set(addr, zone)
+	fd, err := rawsys.Socket(family)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	tune(fd, st)
-	if err := sysConnect(fd, &sa, size); err != nil && err != unix.EINPROGRESS {
-		sysClose(fd)
+	keepAliveOn(fd, st)
+	if err := rawsys.Connect(fd, &sa, size); err != nil && err != unix.EINPROGRESS {
+		rawsys.Close(fd)
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil
@@ -349,7 +372,7 @@ func (f *flow) closeFDs() {
 	f.closed = true
 	for i, fd := range f.fd {
 		if fd >= 0 {
-			sysClose(fd)
+			rawsys.Close(fd)
 			f.fd[i] = -1
 		}
 	}
@@ -364,28 +387,37 @@ func (l *loop) addConnecting(f *flow) error {
 	if l.stop {
 		return errAborted
 	}
-	return l.watchBackend(f)
+	if err := l.watchBackend(f); err != nil {
+		return err
+	}
+	l.n.Add(1)
+	return nil
 }
 
-// watchBackend registers f's connecting backend socket; l.mu is held.
+// watchBackend registers f's connecting backend socket, for EPOLLOUT
+// (connected) too; l.mu is held.
 func (l *loop) watchBackend(f *flow) error {
-	l.flows[int32(f.fd[1])] = f
-	f.reg[1] = unix.EPOLLOUT
-	ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(f.fd[1])}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[1], &ev); err != nil {
-		delete(l.flows, int32(f.fd[1]))
-		return os.NewSyscallError("epoll_ctl", err)
+	f.out[1] = true
+	if err := l.watch(f, 1); err != nil {
+		return err
 	}
 	l.setTick(f.period())
 	return nil
 }
 
 // setTick makes the loop look for expired flows at least every t; l.mu is
-// held.
+// held. It moves the deadline of the loop's wait closer when need be,
+// from any goroutine: no wake-up is needed for it.
 func (l *loop) setTick(t time.Duration) {
-	if t > 0 && (l.tick == 0 || t < l.tick) {
+	if t <= 0 || l.stop {
+		return
+	}
+	if l.tick == 0 || t < l.tick {
 		l.tick = t
-		l.wake()
+	}
+	if at := time.Now().Add(t); l.at.IsZero() || at.Before(l.at) {
+		l.at = at
+		l.file.SetReadDeadline(at)
 	}
 }
 
@@ -401,19 +433,22 @@ func (f *flow) period() time.Duration {
 	return 0
 }
 
-// connecting serves an event on a direct flow's connecting backend.
-func (l *loop) connecting(f *flow, ev uint32, now int64) {
+// connecting serves an event on a direct flow's connecting backend. It
+// reports whether the backend connected: then the client's first bytes
+// were passed on, the client's socket joined the loop, and the caller
+// serves the event as any other.
+func (l *loop) connecting(f *flow, ev uint32, now int64) bool {
 	var err error
 	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 || ev&unix.EPOLLOUT == 0 {
 		// Failed; a clean writable event needs no asking.
 		err = unix.ECONNREFUSED
-		if v, gerr := sysGetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+		if v, gerr := rawsys.GetsockoptInt(f.fd[1], unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
 			err = syscall.Errno(v)
 		}
 	}
 	if err != nil {
 		l.retry(f, fmt.Errorf("tcpproxy: dial %v: %w", f.ep.Addr(), os.NewSyscallError("connect", err)), now)
-		return
+		return false
 	}
 	d := f.dial
 	f.dial = nil
@@ -421,31 +456,32 @@ func (l *loop) connecting(f *flow, ev uint32, now int64) {
 	f.last = now
 	if v := d.st.cfg.ProxyProtocol; v != 0 {
 		var buf [256]byte
-		b := headerFor(v, d.client, d.local).Append(buf[:0])
-		if n, err := sysWrite(f.fd[1], b); err != nil || n != len(b) {
+		b := headerFor(v, d.client, localAddr(f.fd[0], d.local)).Append(buf[:0])
+		f.half[0].writing(f.fd[1])
+		if n, err := rawsys.Write(f.fd[1], b); err != nil || n != len(b) {
 			if err == nil {
 				err = errors.New("short write")
 			}
 			l.end(f, fmt.Errorf("tcpproxy: write to %v: %w", f.ep.Addr(), err))
-			return
+			return false
 		}
 	}
-	// The client has usually spoken: pass that on at once.
+	// The client has usually spoken: pass that on at once, then watch
+	// the client's socket (read dry, it raises no event when added).
+	f.half[0].ready = true
 	if err := f.pump(0, now, l.buf); err != nil {
 		l.end(f, err)
-		return
+		return false
 	}
 	l.mu.Lock()
-	l.flows[int32(f.fd[0])] = f
 	l.setTick(f.period())
+	err = l.watch(f, 0)
 	l.mu.Unlock()
-	f.reg[0] = f.want(0)
-	e := unix.EpollEvent{Events: f.reg[0], Fd: int32(f.fd[0])}
-	if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[0], &e); err != nil {
-		l.end(f, os.NewSyscallError("epoll_ctl", err))
-		return
+	if err != nil {
+		l.end(f, err)
+		return false
 	}
-	l.register(f)
+	return true
 }
 
 // retry reports a failed connect and tries the next backend, or ends the
@@ -460,7 +496,7 @@ func (l *loop) retry(f *flow, err error, now int64) {
 	delete(l.flows, int32(old))
 	l.mu.Unlock()
 	f.mu.Lock()
-	sysClose(old) // leaves the epoll set
+	rawsys.Close(old) // leaves the epoll set
 	f.fd[1] = -1
 	f.mu.Unlock()
 	if f.abort.Load() {
@@ -471,6 +507,7 @@ func (l *loop) retry(f *flow, err error, now int64) {
 		l.end(f, err)
 		return
 	}
+	f.half[1] = half{} // nothing heard yet from the new socket
 	l.mu.Lock()
 	err = l.watchBackend(f)
 	l.mu.Unlock()

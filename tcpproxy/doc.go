@@ -36,6 +36,10 @@
 // streams with splice(2) through pipes from a shared free list. A
 // connection holds no goroutine, and no buffer or pipe while idle; its
 // system calls skip the runtime's bookkeeping, as none of them can block.
+// Its sockets join the epoll set once, edge-triggered, and TCP_NODELAY is
+// set only on a socket written to more than once (Nagle's algorithm
+// never holds back a first write): a connection that carries one request
+// and one reply costs about 16 system calls.
 // Connections that need the net package (AcceptProxyProtocol, TLS,
 // Routes) are dialed on a goroutine and then copied on the loops too
 // unless TLS is terminated. Elsewhere, and for other listeners, each

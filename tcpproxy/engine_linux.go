@@ -16,22 +16,51 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/rawsys"
 )
 
 // The engine moves bytes between established client and backend TCP
 // sockets on a few event loops, one per CPU, instead of two goroutines
-// per connection: each loop waits in epoll (level-triggered) for the
-// sockets of its connections and splices what one sends into the other
-// through a pipe taken from a shared free list only while bytes are in
-// flight. An idle connection holds no goroutine, no buffer and no pipe:
-// its state is a flow (a few hundred bytes) in its loop's table.
+// per connection: each loop waits in epoll for the sockets of its
+// connections and splices what one sends into the other through a pipe
+// taken from a shared free list only while bytes are in flight. An idle
+// connection holds no goroutine, no buffer and no pipe: its state is a
+// flow (a few hundred bytes) in its loop's table.
 //
-// The sockets stay *net.TCPConn, dialed and accepted by the net package;
-// the loops use their descriptors, which stay valid because only the
-// loop closes the connections (Close from elsewhere shuts the sockets
-// down, which wakes the loop). The event loop was measured against the
-// two-goroutine splice pipe on this work (benchmarks/tcpproxy_test.go):
-// see the package's README rows.
+// Each socket joins its loop's epoll set once, edge-triggered, for
+// readable and peer closed (and writable: a connecting backend, or a
+// socket that once could not take a write, which is modified once for
+// it; a writable socket added for writable is reported at once, a wasted
+// wake per connection): a flow remembers what an edge told it instead of
+// changing its registrations. Edge-triggered means an event comes when
+// something changes, so a flow must not stop short of what the last edge
+// promised:
+//   - a source is read until it has nothing more for now: EAGAIN, or a
+//     short read (TCP returns less than asked only when its receive queue
+//     ran dry; bytes arriving later raise a new edge), unless the peer's
+//     FIN was reported (EPOLLRDHUP), since the FIN behind the last bytes
+//     raises no edge of its own: then a short read reached the FIN, and
+//     is taken for EOF without a read that returns 0;
+//   - a direction whose destination is full keeps its source "ready" and
+//     goes on reading it once the destination's writable edge comes
+//     (a write that failed with EAGAIN guarantees one);
+//   - a direct flow's client socket joins once its backend connected
+//     and its first bytes were read: a client has usually spoken by
+//     then, and a socket read dry raises no event when added.
+//
+// The same short-read rule is HAProxy's; TCP urgent data (which stops a
+// read at its mark) is not proxied by either.
+//
+// The sockets of connections that needed the net package stay
+// *net.TCPConn; the loops use their descriptors, which stay valid
+// because only the loop closes the connections (Close from elsewhere
+// shuts the sockets down, which wakes the loop). The event loop was
+// measured against the two-goroutine splice pipe on this work
+// (benchmarks/tcpproxy_test.go): see the package's README rows.
+
+// events is what every flow socket is registered for; some for
+// EPOLLOUT too.
+const events = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 // pipeSize is what one splice moves at most, and the capacity pipes are
 // given (as the net package does; a pipe whose size cannot be raised
@@ -44,11 +73,6 @@ const bufSize = 16 << 10
 
 // firstBufs hold the first read of connections being handed to a loop.
 var firstBufs = sync.Pool{New: func() any { return new([bufSize]byte) }}
-
-// bulk is the size of a read after which a direction reads again at
-// once rather than returning to the loop: a stream in full flow costs one
-// failed read per burst instead of one wait per pipeful.
-const bulk = 16 << 10
 
 // maxFreePipes bounds the shared free list of pipes; more are closed.
 const maxFreePipes = 256
@@ -99,11 +123,43 @@ type half struct {
 	pipe    [2]int
 	hasPipe bool
 	n       int    // bytes in the pipe not yet written
-	more    bool   // the last read was large: read on before waiting
 	pend    []byte // read but not yet written (no pipe)
 	stream  bool   // a read filled the buffer: splice from now on
+	ready   bool   // the source may have bytes (or EOF) not read yet
+	rdhup   bool   // the source's peer closed: read it until EOF
+	fin     bool   // the source's FIN came (EPOLLRDHUP alone, no error)
 	eof     bool   // the source sent FIN
 	done    bool   // EOF passed on as a half-close
+	wrote   bool   // something was written to the destination
+	nodelay bool   // the destination has TCP_NODELAY
+}
+
+// heard records what an edge on the half's source reported.
+func (h *half) heard(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		h.ready = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		h.rdhup = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLERR) == unix.EPOLLRDHUP {
+		h.fin = true
+	}
+}
+
+// writing is called before each write to the half's destination dst.
+// Nagle's algorithm holds back a small segment only while an earlier
+// one is unacknowledged, so the first write on a socket always leaves at
+// once: TCP_NODELAY (which the net package sets on every socket) is set
+// only before a second one. A connection that carries one request and
+// one reply, the most common case, never needs it; a chatty one gets it
+// before it could matter.
+func (h *half) writing(dst int) {
+	if h.wrote && !h.nodelay {
+		rawsys.SetsockoptInt(dst, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		h.nodelay = true
+	}
+	h.wrote = true
 }
 
 // flow is a proxied connection owned by a loop: index 0 is the client
@@ -119,8 +175,8 @@ type flow struct {
 	ep      *balancer.Endpoint // a direct flow's backend
 	slot    *atomic.Int64
 	connect time.Duration
-	reg     [2]uint32 // events each socket is registered for
 	half    [2]half
+	out     [2]bool // socket i is registered for EPOLLOUT
 	idle    time.Duration
 	last    int64 // unix nanoseconds of the last byte moved (loop time)
 	end     func(error)
@@ -128,7 +184,7 @@ type flow struct {
 }
 
 // newFlow returns a flow over client and backend, or an error when their
-// descriptors cannot be had.
+// descriptors cannot be had. The net package set TCP_NODELAY on both.
 func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) (*flow, error) {
 	f := &flow{conns: [2]*net.TCPConn{client, backend}, idle: idle, end: end, last: time.Now().UnixNano()}
 	for i, c := range f.conns {
@@ -139,7 +195,9 @@ func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) 
 		if err := raw.Control(func(fd uintptr) { f.fd[i] = int(fd) }); err != nil {
 			return nil, err
 		}
+		f.half[i].nodelay = true
 	}
+	f.half[0].ready = true // the client has usually spoken: see firstPump
 	return f, nil
 }
 
@@ -149,33 +207,34 @@ func newFlow(client, backend *net.TCPConn, idle time.Duration, end func(error)) 
 // flows) with read and write, which for a few hundred bytes costs less
 // than a pipe; once a read fills buf the direction carries a stream and
 // switches to splice for good. Bytes the destination cannot take yet are
-// kept: in the pipe, or copied out of buf.
+// kept: in the pipe, or copied out of buf. See the engine's comment for
+// what an edge-triggered source needs.
 func (f *flow) pump(d int, now int64, buf []byte) error {
 	h := &f.half[d]
 	src, dst := f.fd[d], f.fd[1-d]
 	for !h.done {
 		if h.n > 0 {
-			m, err := sysSplice(h.pipe[0], dst, h.n)
+			h.writing(dst)
+			m, err := rawsys.Splice(h.pipe[0], dst, h.n)
 			if err == unix.EAGAIN {
-				return nil // the loop waits for dst to drain
+				return f.blocked(1 - d) // dst's writable edge resumes
 			}
 			if err != nil {
 				return fmt.Errorf("tcpproxy: splice: %w", os.NewSyscallError("splice", err))
 			}
-			h.n -= int(m)
-			if h.n > 0 {
+			if h.n -= m; h.n > 0 {
 				continue
 			}
-			if !h.eof && !h.more {
+			if !h.ready {
 				putPipe(h.pipe)
 				h.hasPipe = false
-				return nil // level-triggered: the loop hears of more
 			}
 		}
 		if len(h.pend) > 0 {
-			m, err := sysWrite(dst, h.pend)
+			h.writing(dst)
+			m, err := rawsys.Write(dst, h.pend)
 			if err == unix.EAGAIN {
-				return nil
+				return f.blocked(1 - d)
 			}
 			if err != nil {
 				return fmt.Errorf("tcpproxy: %w", os.NewSyscallError("write", err))
@@ -184,23 +243,28 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 				continue
 			}
 			h.pend = nil
-			if !h.eof {
-				return nil
-			}
 		}
 		if h.eof {
 			h.done = true
+			if h.hasPipe {
+				putPipe(h.pipe)
+				h.hasPipe = false
+			}
 			if f.half[1-d].done {
 				return nil // both ways over: closing sends the FIN
 			}
-			if err := sysShutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+			if err := rawsys.Shutdown(dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 				return fmt.Errorf("tcpproxy: half-close: %w", os.NewSyscallError("shutdown", err))
 			}
 			return nil
 		}
+		if !h.ready {
+			return nil // src's next edge resumes
+		}
 		if !h.stream {
-			m, err := sysRead(src, buf)
+			m, err := rawsys.Read(src, buf)
 			if err == unix.EAGAIN {
+				h.ready = false
 				return nil
 			}
 			if err != nil {
@@ -211,8 +275,21 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 				continue
 			}
 			f.last = now
-			h.stream = m == len(buf)
-			w, err := sysWrite(dst, buf[:m])
+			switch {
+			case m == len(buf):
+				h.stream = true
+			case h.fin:
+				// The FIN came before this read, behind every byte
+				// sent (TCP queues it in order): a short read took
+				// them all, and another would return 0. Only urgent
+				// data stops a read short of what is there, and it is
+				// not proxied.
+				h.eof = true
+			case !h.rdhup:
+				h.ready = false // a short read drained the socket
+			}
+			h.writing(dst)
+			w, err := rawsys.Write(dst, buf[:m])
 			if err == unix.EAGAIN {
 				w, err = 0, nil
 			}
@@ -221,10 +298,6 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			if w < m {
 				h.pend = append([]byte(nil), buf[w:m]...)
-				return nil
-			}
-			if !h.stream {
-				return nil
 			}
 			continue
 		}
@@ -235,8 +308,9 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			}
 			h.pipe, h.hasPipe = p, true
 		}
-		m, err := sysSplice(src, h.pipe[1], pipeSize)
+		m, err := rawsys.Splice(src, h.pipe[1], pipeSize)
 		if err == unix.EAGAIN {
+			h.ready = false
 			putPipe(h.pipe)
 			h.hasPipe = false
 			return nil
@@ -248,31 +322,30 @@ func (f *flow) pump(d int, now int64, buf []byte) error {
 			h.eof = true
 			continue
 		}
-		h.n = int(m)
-		h.more = m >= bulk
+		h.n = m
 		f.last = now
+	}
+	return nil
+}
+
+// blocked makes sure f's socket i, which could not take a write, is
+// registered for EPOLLOUT, once: its writable edge is what resumes the
+// direction writing to it. (A flow not yet handed to its loop is
+// registered for it by add.)
+func (f *flow) blocked(i int) error {
+	if f.out[i] || f.l == nil {
+		return nil
+	}
+	f.out[i] = true
+	ev := unix.EpollEvent{Events: events | unix.EPOLLOUT, Fd: int32(f.fd[i])}
+	if err := rawsys.EpollCtl(f.l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
 }
 
 // pending reports whether h holds bytes its destination did not take yet.
 func (h *half) pending() bool { return h.n > 0 || len(h.pend) > 0 }
-
-// want returns the events socket i must be registered for: readable while
-// its direction reads, writable while the other direction has bytes
-// waiting for it. A socket wanted for nothing is registered one-shot, as
-// a hang-up (reported whatever was asked: a socket shut both ways with
-// bytes still queued) must wake the loop once, not at every wait.
-func (f *flow) want(i int) uint32 {
-	ev := uint32(unix.EPOLLONESHOT)
-	if h := &f.half[i]; !h.done && !h.eof && !h.pending() {
-		ev = unix.EPOLLIN
-	}
-	if f.half[1-i].pending() {
-		ev = ev&^unix.EPOLLONESHOT | unix.EPOLLOUT
-	}
-	return ev
-}
 
 // finished reports whether both directions passed EOF on.
 func (f *flow) finished() bool { return f.half[0].done && f.half[1].done }
@@ -301,7 +374,7 @@ func (f *flow) shut() {
 		if !f.closed {
 			for _, fd := range f.fd {
 				if fd >= 0 {
-					sysShutdown(fd, unix.SHUT_RDWR)
+					rawsys.Shutdown(fd, unix.SHUT_RDWR)
 				}
 			}
 		}
@@ -310,7 +383,7 @@ func (f *flow) shut() {
 	}
 	for _, c := range f.conns {
 		if raw, err := c.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) { sysShutdown(int(fd), unix.SHUT_RDWR) })
+			raw.Control(func(fd uintptr) { rawsys.Shutdown(int(fd), unix.SHUT_RDWR) })
 		}
 	}
 }
@@ -323,8 +396,10 @@ type loop struct {
 
 	mu    sync.Mutex
 	flows map[int32]*flow // by socket descriptor, both sides
-	lns   map[int32]*fastListener
+	lns   map[int32]*watched
 	tick  time.Duration // how often idle flows are looked for; 0: never
+	at    time.Time     // when they are next: the wait's deadline; zero: never
+	n     atomic.Int32  // flows
 	stop  bool
 }
 
@@ -362,6 +437,31 @@ func (e *engine) loop() (*loop, error) {
 	}
 	e.next++
 	return e.loops[e.next%uint32(len(e.loops))], nil
+}
+
+// near returns the loop to serve a connection that loop lp accepted:
+// lp itself, whose wake it was (every loop that was waiting is woken for
+// a connection, and the first to accept it is the least busy), unless
+// another loop has less than half as many flows. Handing every
+// connection to the loops in turn wakes a second loop for each; keeping
+// each on the loop that accepted it can put streams that start together
+// on one CPU.
+func (e *engine) near(lp *loop) (*loop, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return nil, e.err
+	}
+	least := lp
+	for _, l := range e.loops {
+		if l.n.Load() < least.n.Load() {
+			least = l
+		}
+	}
+	if lp.n.Load() > 2*least.n.Load() {
+		return least, nil
+	}
+	return lp, nil
 }
 
 // all returns every loop, starting them if need be.
@@ -419,13 +519,19 @@ func newLoop() (*loop, error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := sysEpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+	if err := rawsys.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		file.Close()
 		unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
 	return &loop{epfd: epfd, file: file, evfd: evfd, flows: make(map[int32]*flow),
-		lns: make(map[int32]*fastListener), buf: make([]byte, bufSize)}, nil
+		lns: make(map[int32]*watched), buf: make([]byte, bufSize)}, nil
+}
+
+// close closes the loop's descriptors; run does when stopped.
+func (l *loop) close() {
+	l.file.Close() // the epoll descriptor
+	unix.Close(l.evfd)
 }
 
 // wake interrupts the loop's wait.
@@ -438,28 +544,46 @@ func (l *loop) wake() {
 func (l *loop) add(f *flow) error {
 	f.l = l
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.stop {
-		l.mu.Unlock()
 		return errAborted
 	}
-	l.flows[int32(f.fd[0])] = f
-	l.flows[int32(f.fd[1])] = f
 	l.setTick(f.period())
+	f.out[1] = f.half[0].pending() // what firstPump could not pass on
 	for i := range f.fd {
-		f.reg[i] = f.want(i)
-		ev := unix.EpollEvent{Events: f.reg[i], Fd: int32(f.fd[i])}
-		if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, f.fd[i], &ev); err != nil {
-			delete(l.flows, int32(f.fd[0]))
-			delete(l.flows, int32(f.fd[1]))
+		if err := l.watch(f, i); err != nil {
 			if i == 1 {
-				sysEpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[0], nil)
+				l.unwatch(f, 0)
 			}
-			l.mu.Unlock()
-			return os.NewSyscallError("epoll_ctl", err)
+			return err
 		}
 	}
-	l.mu.Unlock()
+	l.n.Add(1)
 	return nil
+}
+
+// watch adds f's socket i to the loop's epoll set, for good, and for
+// EPOLLOUT when f.out[i]; l.mu is held. A socket that is ready already is
+// reported at once.
+func (l *loop) watch(f *flow, i int) error {
+	fd := f.fd[i]
+	l.flows[int32(fd)] = f
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if f.out[i] {
+		ev.Events |= unix.EPOLLOUT
+	}
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		delete(l.flows, int32(fd))
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// unwatch removes f's socket i from the loop's epoll set; l.mu is held.
+// (Closing a socket removes it too.)
+func (l *loop) unwatch(f *flow, i int) {
+	delete(l.flows, int32(f.fd[i]))
+	rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd[i], nil)
 }
 
 // run waits for events and serves them until stopped. The loop's epoll
@@ -468,39 +592,29 @@ func (l *loop) add(f *flow) error {
 // of holding a thread in epoll_wait; the epoll_wait calls here never
 // block.
 func (l *loop) run() {
-	defer unix.Close(l.evfd)
-	defer l.file.Close() // the epoll descriptor
+	defer l.close()
 	raw, err := l.file.SyscallConn()
 	if err != nil {
 		panic(fmt.Sprintf("tcpproxy: epoll descriptor: %v", err)) // checked by newLoop
 	}
 	events := make([]unix.EpollEvent, 128)
 	batch := make([]*flow, 0, 128)
-	var lnBatch []*fastListener
-	lastSweep := time.Now()
-	var deadline time.Duration // the tick the deadline is set for
+	var lnBatch []*watched
 	for {
 		l.mu.Lock()
-		stop, tick := l.stop, l.tick
+		stop := l.stop
 		l.mu.Unlock()
 		if stop {
 			return
 		}
-		if tick != deadline {
-			deadline = tick
-			var at time.Time
-			if tick > 0 {
-				at = lastSweep.Add(tick)
-			}
-			l.file.SetReadDeadline(at)
-		}
 		var n int
 		var werr error
 		err := raw.Read(func(fd uintptr) bool {
-			n, werr = sysEpollPoll(int(fd), events)
+			n, werr = rawsys.EpollPoll(int(fd), events)
 			return n > 0 || werr != nil && werr != unix.EINTR
 		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) || werr != nil && werr != unix.EINTR {
+		expired := errors.Is(err, os.ErrDeadlineExceeded) // time to sweep
+		if err != nil && !expired || werr != nil && werr != unix.EINTR {
 			panic(fmt.Sprintf("tcpproxy: epoll_wait: %v %v", err, werr)) // EBADF or EINVAL: a bug
 		}
 		now := time.Now()
@@ -515,8 +629,8 @@ func (l *loop) run() {
 			}
 		}
 		l.mu.Unlock()
-		for _, ln := range lnBatch {
-			ln.acceptFrom(l)
+		for _, w := range lnBatch {
+			w.ln.acceptFrom(l, w)
 		}
 		for i, ev := range events[:n] {
 			if ev.Fd == int32(l.evfd) {
@@ -528,10 +642,8 @@ func (l *loop) run() {
 				l.serve(f, int(ev.Fd), ev.Events, nowNS)
 			}
 		}
-		if tick > 0 && now.Sub(lastSweep) >= tick {
-			lastSweep = now
-			deadline = -1 // set again from the new sweep
-			l.sweep(nowNS)
+		if expired {
+			l.sweep(now)
 		}
 	}
 }
@@ -545,29 +657,31 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 		l.end(f, errAborted)
 		return
 	}
-	if f.dial != nil {
-		l.connecting(f, ev, now)
-		return
-	}
 	i := 0
 	if fd == f.fd[1] {
 		i = 1
 	}
+	if f.dial != nil && !l.connecting(f, ev, now) {
+		return
+	}
 	if ev&unix.EPOLLERR != 0 {
 		err := unix.ECONNRESET
-		if v, gerr := sysGetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
+		if v, gerr := rawsys.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && v != 0 {
 			err = syscall.Errno(v)
 		}
 		l.end(f, fmt.Errorf("tcpproxy: %w", os.NewSyscallError("read", err)))
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 {
+	o := &f.half[1-i]
+	h := &f.half[i]
+	h.heard(ev)
+	if h.ready {
 		if err := f.pump(i, now, l.buf); err != nil {
 			l.end(f, err)
 			return
 		}
 	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP) != 0 && f.half[1-i].pending() {
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP) != 0 && o.pending() {
 		if err := f.pump(1-i, now, l.buf); err != nil {
 			l.end(f, err)
 			return
@@ -575,39 +689,32 @@ func (l *loop) serve(f *flow, fd int, ev uint32, now int64) {
 	}
 	if f.finished() {
 		l.end(f, nil)
-		return
-	}
-	l.register(f)
-}
-
-// register brings f's registrations in line with what it wants.
-func (l *loop) register(f *flow) {
-	for i := range f.fd {
-		if w := f.want(i); w != f.reg[i] {
-			f.reg[i] = w
-			e := unix.EpollEvent{Events: w, Fd: int32(f.fd[i])}
-			if err := sysEpollCtl(l.epfd, unix.EPOLL_CTL_MOD, f.fd[i], &e); err != nil {
-				l.end(f, os.NewSyscallError("epoll_ctl", err))
-				return
-			}
-		}
 	}
 }
 
-// sweep ends flows idle for their IdleTimeout and recomputes the tick.
-func (l *loop) sweep(now int64) {
+// sweep ends flows idle for their IdleTimeout, recomputes the tick and
+// sets the next sweep.
+func (l *loop) sweep(t time.Time) {
+	now := t.UnixNano()
 	var idle, late []*flow
 	l.mu.Lock()
 	tick := time.Duration(0)
 	for fd, f := range l.flows {
+		by := f.fd[0] // each flow once: by its client socket,
+		if f.dial != nil {
+			by = f.fd[1] // or its backend's while connecting (the client's joins later)
+		}
+		if int32(by) != fd {
+			continue
+		}
 		switch {
 		case f.dial != nil:
 			if now >= f.dial.deadline {
 				late = append(late, f)
 				continue
 			}
-		case int32(f.fd[0]) != fd || f.idle <= 0:
-			continue // seen by its client socket, or never idle
+		case f.idle <= 0:
+			continue // never idle
 		case time.Duration(now-f.last) >= f.idle:
 			idle = append(idle, f)
 			continue
@@ -617,6 +724,13 @@ func (l *loop) sweep(now int64) {
 		}
 	}
 	l.tick = tick
+	l.at = time.Time{}
+	if tick > 0 {
+		l.at = t.Add(tick)
+	}
+	if !l.stop {
+		l.file.SetReadDeadline(l.at)
+	}
 	l.mu.Unlock()
 	for _, f := range idle {
 		l.end(f, fmt.Errorf("tcpproxy: connection idle for %v: %w", f.idle, os.ErrDeadlineExceeded))
@@ -640,6 +754,7 @@ func (l *loop) end(f *flow, err error) {
 	delete(l.flows, int32(f.fd[0]))
 	delete(l.flows, int32(f.fd[1]))
 	l.mu.Unlock()
+	l.n.Add(-1)
 	f.l = nil
 	f.release()
 	f.end(err) // closes the sockets, which leaves the epoll set
