@@ -47,8 +47,11 @@ import (
 // connections, default 9000: HAProxy cannot take 10,000 under a
 // descriptor limit of 20,000; 0 skips), LBKIT_BENCH_PEERS (default
 // "lbkit,nginx,haproxy"; "lbkit-goroutines" adds lbkit's servers on
-// their portable goroutine-per-connection path). A missing wrk, nginx or HAProxy skips its part
-// unless CI is set, when it fails.
+// their portable goroutine-per-connection path; "gnet" and "netpoll" add,
+// to BenchmarkFrontEndRedirect, the same 302 responder on those
+// event-loop libraries, from the nested module benchmarks/looppeers). A
+// missing wrk, nginx or HAProxy skips its part unless CI is set, when it
+// fails.
 
 const feIdleWait = 2 * time.Second
 
@@ -87,6 +90,25 @@ func feBuild(b *testing.B) string {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
 	return dir
+}
+
+// feBuildLoopPeers builds the 302 responders on third-party event-loop
+// libraries (gnetpeer, netpollpeer) from their own module, looppeers,
+// into a temporary directory.
+func feBuildLoopPeers(b *testing.B) string {
+	dir := b.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/gnetpeer", "./cmd/netpollpeer")
+	cmd.Dir = "looppeers"
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build in looppeers: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// feStartLoopPeer starts one of the looppeers commands over backs.
+func feStartLoopPeer(b *testing.B, bin, name string, backs []string) (string, int) {
+	addr := pxFreeAddr(b)
+	return addr, feStartStdin(b, addr, filepath.Join(bin, name), "-listen", addr, "-backends", strings.Join(backs, ","))
 }
 
 // feStartStdin starts a command that runs until its stdin closes.
@@ -527,6 +549,15 @@ func BenchmarkFrontEndRedirect(b *testing.B) {
 	ts := []feTarget{{name: "lbkit", fresh: func() (string, int) { return feStartLbkit(b, bin, redirBackends, true, false) }}}
 	if slices.Contains(feEnvList("LBKIT_BENCH_PEERS", "lbkit,nginx,haproxy"), "lbkit-goroutines") {
 		ts = append(ts, feTarget{name: "lbkit-goroutines", fresh: func() (string, int) { return feStartLbkit(b, bin, redirBackends, true, true) }})
+	}
+	loops := ""
+	for _, p := range []string{"gnet", "netpoll"} {
+		if slices.Contains(feEnvList("LBKIT_BENCH_PEERS", "lbkit,nginx,haproxy"), p) {
+			if loops == "" {
+				loops = feBuildLoopPeers(b)
+			}
+			ts = append(ts, feTarget{name: p, fresh: func() (string, int) { return feStartLoopPeer(b, loops, p+"peer", redirBackends) }})
+		}
 	}
 	if feNeed(b, pxNginx, "nginx-light") {
 		ts = append(ts, feTarget{name: "nginx", fresh: func() (string, int) { return feStartNginx(b, redirBackends, true) }})

@@ -1,0 +1,26 @@
+module github.com/lbkit/lbkit/benchmarks/looppeers
+
+go 1.26.0
+
+replace github.com/lbkit/lbkit => ../..
+
+require (
+	github.com/cloudwego/netpoll v0.7.2
+	github.com/lbkit/lbkit v0.0.0
+	github.com/panjf2000/gnet/v2 v2.9.7
+	github.com/stretchr/testify v1.12.1
+)
+
+require (
+	github.com/bytedance/gopkg v0.1.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/cloudwego/gopkg v0.1.4 // indirect
+	github.com/panjf2000/ants/v2 v2.11.3 // indirect
+	github.com/valyala/bytebufferpool v1.0.0 // indirect
+	go.uber.org/multierr v1.11.0 // indirect
+	go.uber.org/zap v1.27.1 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	golang.org/x/sync v0.25.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
+)

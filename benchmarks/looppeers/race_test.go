@@ -1,0 +1,6 @@
+//go:build race
+
+package looppeers
+
+// raceEnabled reports a -race build, which allocates.
+const raceEnabled = true
