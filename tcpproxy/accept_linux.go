@@ -188,24 +188,25 @@ func (l *fastListener) acceptFrom(lp *loop, w *watched) {
 }
 
 // failed pauses accepting on lp after err (out of descriptors or
-// memory): the listener stays ready, so the loop would spin. The pause
+// memory): the listener stays ready, so the loop would spin. It leaves
+// lp's epoll set (an EPOLLEXCLUSIVE registration cannot be modified:
+// EPOLL_CTL_MOD fails with EINVAL) and joins again after a pause that
 // doubles from 5ms to 1s while errors go on.
 func (l *fastListener) failed(lp *loop, err error) {
 	pause := min(max(2*time.Duration(l.pause.Load()), 5*time.Millisecond), time.Second)
 	l.pause.Store(int64(pause))
 	l.log.Warn("tcpproxy: accept failed; retrying", "err", os.NewSyscallError("accept4", err), "in", pause)
-	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(l.fd)}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if l.closed || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev) != nil {
+	if l.closed || rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, l.fd, nil) != nil {
 		return
 	}
 	time.AfterFunc(pause, func() {
 		l.mu.RLock()
 		defer l.mu.RUnlock()
 		if !l.closed {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.fd)}
-			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, l.fd, &ev)
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(l.fd)}
+			rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, l.fd, &ev)
 		}
 	})
 }

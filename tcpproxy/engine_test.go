@@ -341,3 +341,30 @@ func TestProxyProtocolWildcardListener(t *testing.T) {
 	assert.Equal(t, addr, h.Destination.String(), "the address the client connected to")
 	assert.Equal(t, c.LocalAddr().String(), h.Source.String())
 }
+
+// TestAcceptFailurePauses: after an accept error that will pass (out of
+// descriptors), a loop stops watching the listener for the pause, then
+// watches it again; the loop would otherwise spin on a listener that
+// stays readable.
+func TestAcceptFailurePauses(t *testing.T) {
+	p, err := New(Config{Pool: newPool(t, nil), Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	fl, ok := p.fastListener(ln.(*net.TCPListener)).(*fastListener)
+	require.True(t, ok, "the engine runs here")
+	t.Cleanup(func() {
+		fl.Close()
+		p.Close()
+	})
+	lp := fl.loops[0]
+	fl.failed(lp, unix.EMFILE)
+	// Deleting an fd that is not in the set fails with ENOENT.
+	assert.ErrorIs(t, rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, fl.fd, nil), unix.ENOENT, "out of the set during the pause")
+	// Modifying an exclusive registration fails with EINVAL, a missing
+	// one with ENOENT: a probe that changes nothing.
+	assert.Eventually(t, func() bool {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fl.fd)}
+		return rawsys.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, fl.fd, &ev) == unix.EINVAL
+	}, 5*time.Second, time.Millisecond, "back in the set after the pause")
+}
