@@ -190,6 +190,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, nil, nil) }
 	}
 	err := s.g.Run(ctx, ln, cfg)
+	if engine && errors.Is(err, ErrServerClosed) {
+		// Shutdown came after the loops took ln, before the group did:
+		// this Serve ran, and was stopped.
+		err = nil
+	}
 	if engine && ctx.Err() != nil {
 		// The end of ctx means Close.
 		s.eng.Kill()

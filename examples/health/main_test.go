@@ -166,8 +166,11 @@ func TestRun(t *testing.T) {
 	killed, restarted, drained := phases[1].traffic, phases[2].traffic, phases[4].traffic
 	assert.Equal(t, "", killed[2]+killed[6], "failures outside bravo after its death: %q", killed[0])
 	assert.Equal(t, "0", killed[3], "bravo served after its death: %q", killed[0])
-	assert.Equal(t, "0", restarted[3], "bravo got requests while ejected: %q", restarted[0])
-	assert.Equal(t, "0", drained[5], "charlie got requests while draining: %q", drained[0])
+	// The checker changes the pool before it publishes the event that
+	// ends a phase, so one 5 ms tick can send a request in between: to
+	// bravo once it is back, to charlie once its drain ended.
+	assert.LessOrEqual(t, n(restarted[3]), 1, "bravo got requests while ejected: %q", restarted[0])
+	assert.LessOrEqual(t, n(drained[5]), 1, "charlie got requests while draining: %q", drained[0])
 	assert.Positive(t, n(last.traffic[3]), "bravo got no requests after its slow start: %q", last.traffic[0])
 
 	assert.Equal(t, "done    "+strconv.Itoa(sent)+" requests, "+strconv.Itoa(failed)+" failed (sent to bravo between its death and its ejection)",
