@@ -4,34 +4,11 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strings"
 	"unsafe"
 
 	"github.com/lbkit/lbkit/balancer"
+	"github.com/lbkit/lbkit/internal/h1"
 )
-
-// urlSafe marks the bytes copied into a Location as they are: RFC 3986
-// unreserved characters, sub-delimiters, ':', '@', '/' and '%' (the input
-// is already escaped). Everything else, control characters and white space
-// first, is percent-encoded. Queries may also carry '?'.
-var pathSafe, querySafe [256]bool
-
-func init() {
-	for c := 'a'; c <= 'z'; c++ {
-		pathSafe[c] = true
-		pathSafe[c-'a'+'A'] = true
-	}
-	for c := '0'; c <= '9'; c++ {
-		pathSafe[c] = true
-	}
-	for _, c := range []byte("-._~!$&'()*+,;=:@/%") {
-		pathSafe[c] = true
-	}
-	querySafe = pathSafe
-	querySafe['?'] = true
-}
-
-const hexUpper = "0123456789ABCDEF"
 
 // requestTarget returns the parts of r's target a Location carries: the
 // escaped path (never empty) and the raw query. It uses r.URL only, so an
@@ -48,65 +25,12 @@ func requestTarget(r *http.Request) (path, query string, hasQuery bool) {
 	return path, r.URL.RawQuery, r.URL.RawQuery != "" || r.URL.ForceQuery
 }
 
-// escapedLen returns the length of s once the bytes not marked in safe are
-// percent-encoded.
-func escapedLen(s string, safe *[256]bool) int {
-	n := len(s)
-	for i := 0; i < len(s); i++ {
-		if !safe[s[i]] {
-			n += 2
-		}
-	}
-	return n
-}
-
-// appendEscaped writes s to b, percent-encoding the bytes not in safe.
-func appendEscaped(b *strings.Builder, s string, safe *[256]bool) {
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if safe[c] {
-			continue
-		}
-		b.WriteString(s[start:i])
-		b.WriteByte('%')
-		b.WriteByte(hexUpper[c>>4])
-		b.WriteByte(hexUpper[c&15])
-		start = i + 1
-	}
-	b.WriteString(s[start:])
-}
-
-// locationLen returns the length of the Location that buildLocation
-// produces for these parts.
-func locationLen(base, path, query string, hasQuery bool) int {
-	n := len(base) + 1 + escapedLen(strings.TrimLeft(path, "/"), &pathSafe)
-	if hasQuery {
-		n += 1 + escapedLen(query, &querySafe)
-	}
-	return n
-}
-
-// buildLocation returns base + "/" + path + "?" + query with the path's
-// leading slashes collapsed into the one after base (so no "//" follows
-// the base, and no relative reading of the Location can turn the path
-// into a host) and every byte outside the URL-safe set percent-encoded.
-// n is locationLen's result; the string is the only allocation.
+// buildLocation returns the Location h1.AppendLocation appends for these
+// parts; n is h1.LocationLen's result. The string is the only
+// allocation.
 func buildLocation(base, path, query string, hasQuery bool, n int) string {
-	var b strings.Builder
-	b.Grow(n)
-	writeLocation(&b, base, path, query, hasQuery)
-	return b.String()
-}
-
-func writeLocation(b *strings.Builder, base, path, query string, hasQuery bool) {
-	b.WriteString(base)
-	b.WriteByte('/')
-	appendEscaped(b, strings.TrimLeft(path, "/"), &pathSafe)
-	if hasQuery {
-		b.WriteByte('?')
-		appendEscaped(b, query, &querySafe)
-	}
+	buf := h1.AppendLocation(make([]byte, 0, n), base, path, query, hasQuery)
+	return unsafe.String(unsafe.SliceData(buf), len(buf))
 }
 
 // locationHeader returns a one-element header value holding the Location
@@ -147,63 +71,9 @@ type (
 // points hdr[0] at it and returns hdr. buf is never written again, so the
 // string is immutable as Go requires.
 func fillLocation(hdr []string, buf []byte, base, path, query string, hasQuery bool) []string {
-	buf = append(buf, base...)
-	buf = append(buf, '/')
-	buf = appendEscapedBytes(buf, strings.TrimLeft(path, "/"), &pathSafe)
-	if hasQuery {
-		buf = append(buf, '?')
-		buf = appendEscapedBytes(buf, query, &querySafe)
-	}
+	buf = h1.AppendLocation(buf, base, path, query, hasQuery)
 	hdr[0] = unsafe.String(unsafe.SliceData(buf), len(buf))
 	return hdr
-}
-
-// appendEscapedBytes is appendEscaped for a byte slice.
-func appendEscapedBytes(b []byte, s string, safe *[256]bool) []byte {
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if safe[c] {
-			continue
-		}
-		b = append(b, s[start:i]...)
-		b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
-		start = i + 1
-	}
-	return append(b, s[start:]...)
-}
-
-// hasDotSegment reports whether path has a "." or ".." segment, plain or
-// percent-encoded: a client resolving it could leave the base URL's path
-// prefix.
-func hasDotSegment(path string) bool {
-	for len(path) > 0 {
-		var seg string
-		seg, path, _ = strings.Cut(path, "/")
-		if isDotSegment(seg) {
-			return true
-		}
-	}
-	return false
-}
-
-func isDotSegment(s string) bool {
-	if len(s) == 0 || len(s) > 6 {
-		return false
-	}
-	dots := 0
-	for i := 0; i < len(s); {
-		switch {
-		case s[i] == '.':
-			i++
-		case i+3 <= len(s) && s[i] == '%' && s[i+1] == '2' && (s[i+2] == 'e' || s[i+2] == 'E'):
-			i += 3
-		default:
-			return false
-		}
-		dots++
-	}
-	return dots <= 2
 }
 
 // zoneOf returns the zone of the longest rule containing a, or "".

@@ -362,10 +362,10 @@ func (h *Handler) decide(method, path, query string, hasQuery bool, client netip
 		}
 		return decision{code: http.StatusServiceUnavailable}
 	}
-	if hasDotSegment(path) {
+	if h1.HasDotSegment(path) {
 		return decision{code: http.StatusBadRequest}
 	}
-	n := locationLen(t.base, path, query, hasQuery)
+	n := h1.LocationLen(t.base, path, query, hasQuery)
 	if n > h.maxURL {
 		return decision{code: http.StatusRequestURITooLong}
 	}
@@ -468,7 +468,8 @@ func (h *Handler) duplicateLinks(snap *balancer.Snapshot, v *view, chosen *targe
 			b.WriteString(", ")
 		}
 		b.WriteByte('<')
-		writeLocation(&b, t.base, path, query, hasQuery)
+		var scratch [256]byte
+		b.Write(h1.AppendLocation(scratch[:0], t.base, path, query, hasQuery))
 		b.WriteString(">; rel=duplicate")
 		n++
 	}
@@ -501,7 +502,7 @@ func parseBase(raw string, fallback bool) (string, error) {
 		}
 	}
 	path := u.EscapedPath()
-	if hasDotSegment(path) {
+	if h1.HasDotSegment(path) {
 		return "", errors.New("URL path has dot segments")
 	}
 	base := u.Scheme + "://" + u.Host

@@ -810,7 +810,7 @@ func (sc *srvConn) answer(req request, keep bool) bool {
 	default:
 		b = append(b, h1.StatusLine(d.code)...)
 		b = append(b, "Location: "...)
-		b = appendLocation(b, d.t.base, path, query, hasQuery)
+		b = h1.AppendLocation(b, d.t.base, path, query, hasQuery)
 		b = append(b, "\r\n"...)
 		if d.setCookie {
 			b = append(b, "Set-Cookie: "...)
@@ -875,23 +875,4 @@ func (sc *srvConn) writeErrorKeep(code int, body []byte, keep bool) {
 	}
 	b = append(b, "\r\n"...)
 	sc.out = append(b, body...)
-}
-
-// appendLocation appends the Location buildLocation would return.
-func appendLocation(b []byte, base, path, query string, hasQuery bool) []byte {
-	b = append(b, base...)
-	b = append(b, '/')
-	b = appendEscapedBytes(b, trimSlashes(path), &pathSafe)
-	if hasQuery {
-		b = append(b, '?')
-		b = appendEscapedBytes(b, query, &querySafe)
-	}
-	return b
-}
-
-func trimSlashes(p string) string {
-	for len(p) > 0 && p[0] == '/' {
-		p = p[1:]
-	}
-	return p
 }

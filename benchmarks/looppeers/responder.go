@@ -43,6 +43,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/lbkit/lbkit/balancer"
 	"github.com/lbkit/lbkit/balancer/roundrobin"
@@ -59,6 +60,9 @@ const (
 )
 
 var bodyBadPath = []byte("redirect: path has dot segments\n")
+
+// zeroTime asks h1.AppendDate for the current time.
+var zeroTime time.Time
 
 // Responder renders redirect.Server's answers. It is safe for concurrent
 // use.
@@ -202,7 +206,7 @@ func (r *Responder) answer(h *h1.Head, out []byte, keep bool) ([]byte, bool) {
 	if err != nil {
 		return appendError(out, http.StatusServiceUnavailable, []byte("redirect: no backend available\n"), keep), keep
 	}
-	if hasDotSegment(path) {
+	if h1.HasDotSegment(path) {
 		return appendError(out, http.StatusBadRequest, bodyBadPath, keep), keep
 	}
 	code := http.StatusFound
@@ -211,13 +215,7 @@ func (r *Responder) answer(h *h1.Head, out []byte, keep bool) ([]byte, bool) {
 	}
 	b := append(out, h1.StatusLine(code)...)
 	b = append(b, "Location: "...)
-	b = append(b, r.bases[e.Addr()]...)
-	b = append(b, '/')
-	b = appendEscaped(b, trimSlashes(path), &pathSafe)
-	if hasQuery {
-		b = append(b, '?')
-		b = appendEscaped(b, query, &querySafe)
-	}
+	b = h1.AppendLocation(b, r.bases[e.Addr()], path, query, hasQuery)
 	b = append(b, "\r\nCache-Control: no-store\r\n"...)
 	b = h1.AppendDate(b, zeroTime)
 	b = append(b, "Content-Length: 0\r\n"...)
