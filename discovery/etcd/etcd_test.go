@@ -141,12 +141,16 @@ func TestRegisterLease(t *testing.T) {
 }
 
 func TestRegisterSurvivesRestart(t *testing.T) {
+	const ttl = 8 * time.Second
 	srv := startEtcd(t)
 	c := newClient(t, srv.client.String())
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- Register(ctx, c, prefix, balancer.Backend{Addr: netipAP("198.18.0.7:80")}, 2*time.Second)
+		// The TTL outlasts the embedded server's slowest stop seen (5.2 s,
+		// waiting for its clients' streams while its lessor still ran),
+		// or the lease could expire while nobody can renew it.
+		done <- Register(ctx, c, prefix, balancer.Backend{Addr: netipAP("198.18.0.7:80")}, ttl)
 	}()
 	defer func() {
 		cancel()
@@ -161,8 +165,8 @@ func TestRegisterSurvivesRestart(t *testing.T) {
 
 	srv.stop()
 	srv.start()
-	// Kept alive across the restart: still there after several TTLs.
-	timer := time.NewTimer(5 * time.Second)
+	// Kept alive across the restart: still there after two TTLs.
+	timer := time.NewTimer(2 * ttl)
 	defer timer.Stop()
 	for {
 		s := pool.Snapshot()
