@@ -181,3 +181,39 @@ func SplitBody(t *testing.T, addr string) {
 	require.NoError(t, err)
 	assert.Equal(t, string(want), string(NormalizeDate(append(got, rest...))))
 }
+
+// Serve serves a peer on listen, redirecting to backends, until stop is
+// closed; it closes ready once it listens.
+type Serve func(listen string, backends []netip.AddrPort, stop <-chan struct{}, ready chan<- struct{}) error
+
+// Start runs serve on a free loopback port until the test ends and
+// returns the address.
+func Start(t *testing.T, serve Serve) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	stop, ready, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		done <- serve(addr, []netip.AddrPort{Backend}, stop, ready)
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		close(stop)
+		require.NoError(t, <-done)
+	})
+	return addr
+}
+
+// Run checks the peer that serve serves: it answers as redirect.Server
+// does, one connection's requests keep being answered (each after the
+// last), and a request body that arrives over two reads is skipped.
+func Run(t *testing.T, serve Serve) {
+	t.Run("SameAnswers", func(t *testing.T) { Compare(t, Start(t, serve)) })
+	t.Run("KeepAlive", func(t *testing.T) { RoundTrips(t, Start(t, serve), 5000) })
+	t.Run("SplitBody", func(t *testing.T) { SplitBody(t, Start(t, serve)) })
+}
