@@ -97,12 +97,7 @@ type Server struct {
 	brPool sync.Pool // *bufio.Reader of MaxHeaderBytes
 	bwPool sync.Pool // *bufio.Writer
 
-	pmu       sync.Mutex
-	serving   int                        // Serve calls running
-	poll      *evloop.Poller[clientConn] // nil: no connection parks
-	pollFail  bool                       // the poller cannot start here
-	sweepStop chan struct{}
-	sweepDone chan struct{}
+	park evloop.Parking[clientConn] // idle connections of the goroutine path
 
 	eng      engine // the event loops of TCP listeners (Linux)
 	noEngine bool   // tests: the goroutine path only
@@ -191,18 +186,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Logger:  s.cfg.Logger,
 		Release: s.releaseConn,
 	}
-	s.pmu.Lock()
-	s.serving++
-	var poll *evloop.Poller[clientConn]
-	engine := false
+	engine, park := false, false
 	if tl, tcp := ln.(*net.TCPListener); tcp && !s.g.Closing() {
 		if el := s.engineListener(tl); el != nil {
 			ln, engine = el, true
 		} else {
-			poll = s.startPollerLocked()
+			park = true
 		}
 	}
-	s.pmu.Unlock()
+	poll := s.park.Enter(park, (*clientConn).ready, max(s.cfg.IdleTimeout/8, time.Millisecond), s.sweep)
 	if engine {
 		// The loops serve the connections; those handed over here get a
 		// goroutine each.
@@ -226,70 +218,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.eng.Kill()
 		s.eng.Stop()
 	}
-	s.pmu.Lock()
-	s.serving--
-	s.stopPollerLocked(false)
-	s.pmu.Unlock()
+	s.park.Leave(s.g.Len)
 	return err
 }
 
-// startPollerLocked starts the server's poller and idle sweeper unless
-// they run; it returns nil when connections cannot park here.
-func (s *Server) startPollerLocked() *evloop.Poller[clientConn] {
-	if s.poll == nil && !s.pollFail {
-		p, err := evloop.New((*clientConn).ready)
-		if err != nil {
-			s.pollFail = true
-			return nil
+// sweep closes parked connections idle for longer than IdleTimeout; the
+// parking's sweeper calls it every eighth of that.
+func (s *Server) sweep(now time.Time) {
+	limit := now.Add(-s.cfg.IdleTimeout).UnixNano()
+	s.g.Each(func(pc *clientConn) {
+		if pc.state.Load() == pcParked && pc.since.Load() <= limit && pc.state.CompareAndSwap(pcParked, pcRunning) {
+			pc.c.Close()
+			go pc.resume() // to leave the group
 		}
-		s.poll = p
-		s.sweepStop, s.sweepDone = make(chan struct{}), make(chan struct{})
-		go s.sweep(s.sweepStop, s.sweepDone)
-	}
-	return s.poll
-}
-
-// stopPollerLocked stops the poller and the sweeper when no connection
-// is left and, unless always, no Serve runs: a later Serve starts them
-// again.
-func (s *Server) stopPollerLocked(always bool) {
-	if s.poll == nil || !always && (s.serving > 0 || s.g.Len() > 0) {
-		return
-	}
-	close(s.sweepStop)
-	<-s.sweepDone
-	s.poll.Close()
-	s.poll = nil
-}
-
-// stopPoller stops the poller and the sweeper once the group closed.
-func (s *Server) stopPoller() {
-	s.pmu.Lock()
-	s.stopPollerLocked(true)
-	s.pmu.Unlock()
-}
-
-// sweep closes parked connections idle for longer than IdleTimeout,
-// looking every eighth of it, until stop closes.
-func (s *Server) sweep(stop, done chan struct{}) {
-	defer close(done)
-	idle := s.cfg.IdleTimeout
-	t := time.NewTicker(max(idle/8, time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			limit := now.Add(-idle).UnixNano()
-			s.g.Each(func(pc *clientConn) {
-				if pc.state.Load() == pcParked && pc.since.Load() <= limit && pc.state.CompareAndSwap(pcParked, pcRunning) {
-					pc.c.Close()
-					go pc.resume() // to leave the group
-				}
-			})
-		}
-	}
+	})
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, lets
@@ -310,7 +252,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			pc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	})
-	s.stopPoller()
+	s.park.Stop()
 	if !forced {
 		// Connections the loops handed over while the group drained
 		// may have come back: none can, the listeners are closed.
@@ -329,7 +271,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.eng.Kill()
 	s.g.Close()
-	s.stopPoller()
+	s.park.Stop()
 	s.eng.Stop()
 	return nil
 }
@@ -511,9 +453,7 @@ func (s *Server) releaseConn(pc *clientConn) {
 	}
 	if pc.poll != nil {
 		pc.poll.Forget(pc.fd, pc)
-		s.pmu.Lock()
-		s.stopPollerLocked(false) // the last connection of a stopped Serve
-		s.pmu.Unlock()
+		s.park.Release(s.g.Len) // the last connection of a stopped Serve
 	}
 }
 

@@ -77,12 +77,7 @@ type Server struct {
 	g    serve.Group[*clientConn]
 	pool sync.Pool // *srvConn
 
-	pmu       sync.Mutex
-	serving   int                        // Serve calls running
-	poll      *evloop.Poller[clientConn] // nil: no connection parks
-	pollFail  bool                       // the poller cannot start here
-	sweepStop chan struct{}
-	sweepDone chan struct{}
+	park evloop.Parking[clientConn] // idle connections of the goroutine path
 
 	eng      engine // the event loops of TCP listeners (Linux)
 	noEngine bool   // tests: the goroutine paths only
@@ -168,18 +163,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Logger:  s.cfg.Logger,
 		Release: s.releaseConn,
 	}
-	s.pmu.Lock()
-	s.serving++
-	var poll *evloop.Poller[clientConn]
-	engine := false
+	engine, park := false, false
 	if tl, tcp := ln.(*net.TCPListener); tcp && !s.g.Closing() {
 		if el := s.engineListener(tl); el != nil {
 			ln, engine = el, true
 		} else {
-			poll = s.startPollerLocked()
+			park = true
 		}
 	}
-	s.pmu.Unlock()
+	poll := s.park.Enter(park, (*clientConn).ready, max(s.cfg.IdleTimeout/8, time.Millisecond), s.sweep)
 	if poll != nil {
 		cfg.ServePark = s.serveClient
 		cfg.Open = func(_ context.Context, c net.Conn) *clientConn { return s.newConn(c, cfg, poll) }
@@ -200,62 +192,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.eng.Kill()
 		s.eng.Stop()
 	}
-	s.pmu.Lock()
-	s.serving--
-	s.stopPollerLocked(false)
-	s.pmu.Unlock()
+	s.park.Leave(s.g.Len)
 	return err
 }
 
-// startPollerLocked starts the server's poller and idle sweeper unless
-// they run; it returns nil when connections cannot park here.
-func (s *Server) startPollerLocked() *evloop.Poller[clientConn] {
-	if s.poll == nil && !s.pollFail {
-		p, err := evloop.New((*clientConn).ready)
-		if err != nil {
-			s.pollFail = true
-			return nil
+// sweep closes parked connections idle for longer than IdleTimeout; the
+// parking's sweeper calls it every eighth of that.
+func (s *Server) sweep(now time.Time) {
+	limit := now.Add(-s.cfg.IdleTimeout).UnixNano()
+	s.g.Each(func(pc *clientConn) {
+		if pc.state.Load() == pcParked && pc.since.Load() <= limit && pc.state.CompareAndSwap(pcParked, pcRunning) {
+			pc.c.Close()
+			go pc.resume() // to leave the group
 		}
-		s.poll = p
-		s.sweepStop, s.sweepDone = make(chan struct{}), make(chan struct{})
-		go s.sweep(s.sweepStop, s.sweepDone)
-	}
-	return s.poll
-}
-
-// stopPollerLocked stops the poller and the sweeper when no connection
-// is left and, unless always, no Serve runs.
-func (s *Server) stopPollerLocked(always bool) {
-	if s.poll == nil || !always && (s.serving > 0 || s.g.Len() > 0) {
-		return
-	}
-	close(s.sweepStop)
-	<-s.sweepDone
-	s.poll.Close()
-	s.poll = nil
-}
-
-// sweep closes parked connections idle for longer than IdleTimeout,
-// looking every eighth of it, until stop closes.
-func (s *Server) sweep(stop, done chan struct{}) {
-	defer close(done)
-	idle := s.cfg.IdleTimeout
-	t := time.NewTicker(max(idle/8, time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			limit := now.Add(-idle).UnixNano()
-			s.g.Each(func(pc *clientConn) {
-				if pc.state.Load() == pcParked && pc.since.Load() <= limit && pc.state.CompareAndSwap(pcParked, pcRunning) {
-					pc.c.Close()
-					go pc.resume() // to leave the group
-				}
-			})
-		}
-	}
+	})
 }
 
 // Close stops the server now: it closes the listeners and every
@@ -264,9 +214,7 @@ func (s *Server) sweep(stop, done chan struct{}) {
 func (s *Server) Close() error {
 	s.eng.Kill()
 	s.g.Close()
-	s.pmu.Lock()
-	s.stopPollerLocked(true)
-	s.pmu.Unlock()
+	s.park.Stop()
 	s.eng.Stop()
 	return nil
 }
@@ -355,9 +303,7 @@ func (s *Server) releaseConn(pc *clientConn) {
 	}
 	if pc.poll != nil {
 		pc.poll.Forget(pc.fd, pc)
-		s.pmu.Lock()
-		s.stopPollerLocked(false) // the last connection of a stopped Serve
-		s.pmu.Unlock()
+		s.park.Release(s.g.Len) // the last connection of a stopped Serve
 	}
 }
 
@@ -399,9 +345,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		pc.c.SetReadDeadline(time.Now())
 	})
-	s.pmu.Lock()
-	s.stopPollerLocked(true)
-	s.pmu.Unlock()
+	s.park.Stop()
 	s.eng.Stop()
 	if err == nil && forced {
 		err = ctx.Err()
